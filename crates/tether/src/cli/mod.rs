@@ -1,0 +1,142 @@
+//! The command-line interface: flags, the command enum, one function per command.
+//!
+//! Global flags follow kubectl (`--kubeconfig`, `--context`, `-n`, `-o`, `-v`). Every
+//! command writes to an `impl Write` and returns its exit code, so tests can run it in
+//! process. Start at [`run`].
+
+mod version;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cluster::ClusterOptions;
+use crate::output::OutputFormat;
+
+/// tether: GitOps for Kubernetes. `plan`/`apply` from CI (push), `agent` in the cluster (pull).
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts, named as kubectl names them.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use (default: its current-context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// Default namespace for namespaced objects that name none (default: the context's).
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t)]
+    pub output: OutputFormat,
+
+    /// More logs on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
+    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl GlobalArgs {
+    pub fn cluster_options(&self) -> ClusterOptions {
+        ClusterOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            namespace: self.namespace.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print tether's version and, when a cluster is reachable, the API server's.
+    Version(version::VersionArgs),
+}
+
+/// Runs one command; returns the process exit code (0 success, 1 error; some commands
+/// define more, such as `plan --detailed-exitcode`).
+pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Version(args) => version::run(&cli.global, &args, out).await,
+    }
+}
+
+/// Logs go to stderr so that stdout stays parseable (`-o json`).
+pub fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::new(spec),
+        _ => EnvFilter::new(match verbose {
+            // By default only tether speaks: the errors of the libraries below it reach the
+            // user through tether's own error messages, with what to do.
+            0 => "tether=warn",
+            1 => "warn,tether=info",
+            2 => "info,tether=debug,kube=debug",
+            _ => "debug,tether=trace,kube=trace",
+        }),
+    };
+    // A second call (tests running several commands in one process) keeps the first.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose >= 2)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_flags_parse_anywhere_like_kubectl() {
+        let cli = Cli::try_parse_from([
+            "tether",
+            "version",
+            "--context",
+            "kind-dev",
+            "-n",
+            "team-a",
+            "-o",
+            "json",
+            "-vv",
+            "--kubeconfig",
+            "/tmp/kc",
+        ])
+        .expect("valid flags");
+        assert_eq!(cli.global.context.as_deref(), Some("kind-dev"));
+        assert_eq!(cli.global.namespace.as_deref(), Some("team-a"));
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.verbose, 2);
+        assert_eq!(cli.global.kubeconfig, Some(PathBuf::from("/tmp/kc")));
+    }
+
+    #[test]
+    fn unknown_output_format_is_rejected() {
+        let err = Cli::try_parse_from(["tether", "version", "-o", "xml"])
+            .expect_err("xml is not a format");
+        assert!(err.to_string().contains("xml"), "{err}");
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,18 @@
+//! tether: a GitOps engine for Kubernetes.
+//!
+//! The pipeline (see `shared/DESIGN.md`) is source → render → plan → apply → health, driven
+//! either once from the CLI (push) or continuously by the agent (pull). Each stage is a
+//! module with a small public surface; stages exchange plain data. Start reading at
+//! [`cli::run`], which maps every command to one function.
+//!
+//! Modules today:
+//! - [`cluster`]: connecting to a Kubernetes API server the way kubectl does (kubeconfig,
+//!   contexts, namespaces) and turning connection failures into errors a user can act on.
+//! - [`cli`]: the command-line interface, writing to any `impl Write`.
+//! - [`output`]: the `-o text|json|yaml` output formats shared by every command.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod cluster;
+pub mod output;

@@ -1,0 +1,28 @@
+//! The `tether` binary: parses the command line and hands it to [`tether::cli::run`].
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = tether::cli::Cli::parse();
+    tether::cli::init_logging(cli.global.verbose);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match runtime.block_on(tether::cli::run(cli, &mut stdout)) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            // `{:#}` prints the whole chain on one line: "what failed: why".
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Shared helpers for tests that need the real local control plane (testenv).
+//!
+//! Cluster tests read the kubeconfig from `TETHER_TEST_KUBECONFIG`, never from `KUBECONFIG`,
+//! so a developer's own cluster is never touched by accident. `make test` sets it; by hand:
+//! `make cluster-up && TETHER_TEST_KUBECONFIG=$(python3 testenv/testenv.py env | cut -d= -f2) cargo test`.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use tether::cluster::{Cluster, ClusterOptions};
+
+pub const KUBECONFIG_VAR: &str = "TETHER_TEST_KUBECONFIG";
+
+/// The kubeconfig of the test cluster. Fails the test (not skips it) when none is set:
+/// a cluster test that silently passes without a cluster proves nothing.
+pub fn kubeconfig() -> PathBuf {
+    match std::env::var_os(KUBECONFIG_VAR) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => panic!(
+            "{KUBECONFIG_VAR} is not set: cluster tests need the local control plane. \
+             Run `make test`, or `make cluster-up` and export {KUBECONFIG_VAR} to the \
+             path that `make -s cluster-env` prints."
+        ),
+    }
+}
+
+pub async fn cluster() -> Cluster {
+    Cluster::connect(&ClusterOptions::default().kubeconfig(kubeconfig()))
+        .await
+        .expect("the test kubeconfig is valid")
+}
+
+/// A name no other test (or earlier run) uses: `prefix-<pid>-<time>-<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock is after 1970")
+        .as_millis()
+        % 100_000_000;
+    format!(
+        "{prefix}-{}-{millis}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh namespace for one test, deleted when dropped (also when the test panics).
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &kube::Client, prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"tether.dev/test": "true"}}
+        }))
+        .expect("static namespace manifest");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap_or_else(|err| panic!("cannot create test namespace {name}: {err}"));
+        Self { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        cleanup(
+            &format!("test namespace {name}"),
+            move |client| async move {
+                Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::background())
+                    .await
+                    .map(|_| ())
+            },
+        );
+    }
+}
+
+/// Runs a clean-up action from `Drop`, which cannot await: on another thread, in a
+/// short-lived runtime, with a client of its own (the test's client belongs to the test's
+/// runtime, which is blocked while this runs). A failure is a warning, not a panic.
+pub fn cleanup<F, Fut>(what: &str, action: F)
+where
+    F: FnOnce(kube::Client) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), kube::Error>>,
+{
+    let outcome = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime can be built");
+        runtime.block_on(async move { action(cluster().await.client()).await })
+    })
+    .join();
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => eprintln!("warning: could not delete {what}: {err}"),
+        Err(_) => eprintln!("warning: clean-up of {what} panicked"),
+    }
+}
