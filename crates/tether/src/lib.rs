@@ -10,9 +10,13 @@
 //!   contexts, namespaces) and turning connection failures into errors a user can act on.
 //! - [`cli`]: the command-line interface, writing to any `impl Write`.
 //! - [`output`]: the `-o text|json|yaml` output formats shared by every command.
+//! - [`source`]: Git → revision + read-only tree.
+//! - [`render`]: tree → desired objects with their origin.
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod cluster;
 pub mod output;
+pub mod render;
+pub mod source;

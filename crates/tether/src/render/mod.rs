@@ -1,0 +1,490 @@
+//! Render: a tree at a revision → desired objects, each with its origin (file, document, line).
+//!
+//! Today: plain YAML/JSON folders ([`render_plain`]). Every problem found is collected and
+//! reported together, each with `file:line`, so a user fixes them in one pass. Start at
+//! [`render_plain`]; YAML semantics live in [`yaml`].
+
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::source::tree::{EntryKind, Tree, TreeError, join_within, parent};
+pub use yaml::YamlLimits;
+
+/// Where an object came from: `apps/web/deploy.yaml:12 (document 2)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Origin {
+    /// Repository-relative path.
+    pub file: String,
+    /// 1-based line where the object starts; 0 when unknown.
+    pub line: u64,
+    /// 0-based index of the document among the file's non-empty YAML documents.
+    pub document: usize,
+    /// For `kind: List`, the index in `items`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<usize>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        write!(f, " (document {}", self.document + 1)?;
+        if let Some(item) = self.item {
+            write!(f, ", item {}", item + 1)?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// What identifies an object in a cluster: group, kind, namespace, name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
+    pub group: String,
+    pub kind: String,
+    /// Empty when the manifest names none (cluster-scoped, or the default namespace).
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    /// `Deployment.apps/web -n shop`, in kubectl's resource.group/name style.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind)?;
+        if !self.group.is_empty() {
+            write!(f, ".{}", self.group)?;
+        }
+        write!(f, "/{}", self.name)?;
+        if !self.namespace.is_empty() {
+            write!(f, " -n {}", self.namespace)?;
+        }
+        Ok(())
+    }
+}
+
+/// A desired object: its manifest as JSON, its identity and where it was written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Object {
+    pub key: ObjectKey,
+    pub origin: Origin,
+    pub manifest: Value,
+}
+
+/// Options of plain rendering. Defaults fit real repositories; limits guard the process.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    /// Files above this size are refused (default 8 MiB).
+    pub max_file_bytes: u64,
+    /// A render with more objects than this is refused (default 100,000).
+    pub max_objects: usize,
+    pub yaml: YamlLimits,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 8 * 1024 * 1024,
+            max_objects: 100_000,
+            yaml: YamlLimits::default(),
+        }
+    }
+}
+
+/// One problem in the input, with where it is. Never contains a Secret's data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("{path}: not found in {tree}; check --path and --ref")]
+    PathNotFound { path: String, tree: String },
+    #[error("{path}: is a file, not a folder; give --path the folder that holds the manifests")]
+    PathNotAFolder { path: String },
+    #[error("{file}:{line}:{column}: invalid YAML: {message}")]
+    Yaml {
+        file: String,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    #[error("{file}:{line}: invalid UTF-8 at byte {offset}; save the file as UTF-8")]
+    Utf8 {
+        file: String,
+        line: u64,
+        offset: usize,
+    },
+    #[error("{origin}: {message}")]
+    Manifest { origin: Origin, message: String },
+    #[error("{key} is defined twice: at {first} and at {second}; remove one")]
+    Duplicate {
+        key: Box<ObjectKey>,
+        first: Box<Origin>,
+        second: Box<Origin>,
+    },
+    #[error("{file}: symlink to {target:?} leaves the repository; tether reads nothing outside it")]
+    SymlinkEscapes { file: String, target: String },
+    #[error("{file}: symlink to {target:?} points at nothing")]
+    SymlinkDangling { file: String, target: String },
+    #[error("{0}")]
+    Tree(String),
+    #[error("{count} objects is above the limit of {limit}; split the application")]
+    TooManyObjects { count: usize, limit: usize },
+}
+
+/// Every problem a render found, sorted by file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.0.len();
+        write!(
+            f,
+            "{count} problem{} in the manifests:",
+            if count == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.0 {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+const MANIFEST_EXTENSIONS: [&str; 3] = [".yaml", ".yml", ".json"];
+const IGNORE_FILE: &str = ".tetherignore";
+const MAX_SYMLINK_HOPS: usize = 8;
+
+/// Renders a folder of plain YAML/JSON manifests: walks `path` recursively in byte order,
+/// reads `.yaml`, `.yml` and `.json`, skips empty documents, expands `kind: List`, honours
+/// `.tetherignore` files (gitignore syntax) at the repository root and in `path`.
+/// Returns the objects in file order, or every problem found.
+pub fn render_plain(
+    tree: &dyn Tree,
+    path: &str,
+    options: &RenderOptions,
+) -> Result<Vec<Object>, Problems> {
+    let entries = match tree.list(path) {
+        Ok(entries) => entries,
+        Err(TreeError::NotFound { path, tree }) => {
+            return Err(Problems(vec![Problem::PathNotFound { path, tree }]));
+        }
+        Err(TreeError::NotADirectory { path, .. }) => {
+            return Err(Problems(vec![Problem::PathNotAFolder { path }]));
+        }
+        Err(other) => return Err(Problems(vec![Problem::Tree(other.to_string())])),
+    };
+    let ignore = IgnoreRules::load(tree, path, options);
+    let mut problems = Vec::new();
+    let mut objects = Vec::new();
+    for entry in entries {
+        if !is_manifest(&entry.path) || ignore.is_ignored(&entry.path) {
+            continue;
+        }
+        let bytes = match entry.kind {
+            EntryKind::Submodule => continue,
+            EntryKind::File => tree.read(&entry.path, options.max_file_bytes),
+            EntryKind::Symlink => match resolve_symlink(tree, &entry.path) {
+                Ok(Some(target)) => tree.read(&target, options.max_file_bytes),
+                // A link to a folder is not followed, as `git` and kubectl do not follow it.
+                Ok(None) => continue,
+                Err(problem) => {
+                    problems.push(problem);
+                    continue;
+                }
+            },
+        };
+        match bytes {
+            Ok(bytes) => parse_file(&entry.path, &bytes, options, &mut objects, &mut problems),
+            Err(err) => problems.push(Problem::Tree(err.to_string())),
+        }
+        if objects.len() > options.max_objects {
+            problems.push(Problem::TooManyObjects {
+                count: objects.len(),
+                limit: options.max_objects,
+            });
+            break;
+        }
+    }
+    check_duplicates(&objects, &mut problems);
+    if problems.is_empty() {
+        Ok(objects)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+fn is_manifest(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    MANIFEST_EXTENSIONS.iter().any(|ext| lower.ends_with(ext))
+}
+
+/// Follows a symlink inside the tree. `Ok(None)` for a link to a folder.
+fn resolve_symlink(tree: &dyn Tree, link: &str) -> Result<Option<String>, Problem> {
+    let mut current = link.to_string();
+    for _ in 0..MAX_SYMLINK_HOPS {
+        let target_bytes = tree
+            .read(&current, 4096)
+            .map_err(|err| Problem::Tree(err.to_string()))?;
+        let target = String::from_utf8_lossy(&target_bytes).into_owned();
+        let Some(resolved) = join_within(parent(&current), &target) else {
+            return Err(Problem::SymlinkEscapes {
+                file: link.to_string(),
+                target,
+            });
+        };
+        match tree.entry_kind(&resolved) {
+            None => {
+                return Err(Problem::SymlinkDangling {
+                    file: link.to_string(),
+                    target,
+                });
+            }
+            Some(None) => return Ok(None),
+            Some(Some(EntryKind::Symlink)) => current = resolved,
+            Some(Some(EntryKind::File)) => return Ok(Some(resolved)),
+            Some(Some(EntryKind::Submodule)) => return Ok(None),
+        }
+    }
+    Err(Problem::Tree(format!(
+        "{link}: more than {MAX_SYMLINK_HOPS} symlinks in a chain (a loop?)"
+    )))
+}
+
+fn parse_file(
+    file: &str,
+    bytes: &[u8],
+    options: &RenderOptions,
+    objects: &mut Vec<Object>,
+    problems: &mut Vec<Problem>,
+) {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => {
+            let offset = err.valid_up_to();
+            let line = 1 + bytes[..offset].iter().filter(|b| **b == b'\n').count() as u64;
+            problems.push(Problem::Utf8 {
+                file: file.to_string(),
+                line,
+                offset,
+            });
+            return;
+        }
+    };
+    let documents = match yaml::parse_documents(text, &options.yaml) {
+        Ok(documents) => documents,
+        Err(err) => {
+            problems.push(Problem::Yaml {
+                file: file.to_string(),
+                line: err.line,
+                column: err.column,
+                message: err.message,
+            });
+            return;
+        }
+    };
+    for (index, doc) in documents.into_iter().enumerate() {
+        let origin = Origin {
+            file: file.to_string(),
+            line: doc.line,
+            document: index,
+            item: None,
+        };
+        match doc.value {
+            Value::Null => {}
+            Value::Object(_) if doc.value.get("kind") == Some(&Value::String("List".into())) => {
+                expand_list(doc.value, origin, objects, problems);
+            }
+            value => match to_object(value, origin.clone()) {
+                Ok(object) => objects.push(object),
+                Err(message) => problems.push(Problem::Manifest { origin, message }),
+            },
+        }
+    }
+}
+
+/// `kind: List` (what `kubectl get -o yaml` writes) holds objects in `items`.
+fn expand_list(
+    list: Value,
+    origin: Origin,
+    objects: &mut Vec<Object>,
+    problems: &mut Vec<Problem>,
+) {
+    let items = match list.get("items") {
+        Some(Value::Array(items)) => items.clone(),
+        Some(Value::Null) | None => Vec::new(),
+        Some(_) => {
+            problems.push(Problem::Manifest {
+                origin,
+                message: "a List's items must be a sequence".into(),
+            });
+            return;
+        }
+    };
+    for (index, item) in items.into_iter().enumerate() {
+        let origin = Origin {
+            item: Some(index),
+            ..origin.clone()
+        };
+        match to_object(item, origin.clone()) {
+            Ok(object) => objects.push(object),
+            Err(message) => problems.push(Problem::Manifest { origin, message }),
+        }
+    }
+}
+
+fn to_object(manifest: Value, origin: Origin) -> Result<Object, String> {
+    let Value::Object(map) = &manifest else {
+        return Err(format!(
+            "expected a Kubernetes object (a mapping with apiVersion, kind and metadata), found {}",
+            type_name(&manifest)
+        ));
+    };
+    let string_field = |name: &str| -> Result<String, String> {
+        match map.get(name) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(Value::String(_)) | None => Err(format!("{name} is missing")),
+            Some(other) => Err(format!(
+                "{name} must be a string, found {}",
+                type_name(other)
+            )),
+        }
+    };
+    let api_version = string_field("apiVersion")?;
+    let kind = string_field("kind")?;
+    let metadata = match map.get("metadata") {
+        Some(Value::Object(metadata)) => metadata,
+        Some(other) => {
+            return Err(format!(
+                "metadata must be a mapping, found {}",
+                type_name(other)
+            ));
+        }
+        None => return Err(format!("{kind} has no metadata; set metadata.name")),
+    };
+    let name = match metadata.get("name") {
+        Some(Value::String(name)) if !name.is_empty() => name.clone(),
+        Some(Value::String(_)) | None if metadata.contains_key("generateName") => {
+            return Err(format!(
+                "{kind} uses metadata.generateName, which GitOps cannot track; set metadata.name"
+            ));
+        }
+        Some(Value::String(_)) | None => return Err(format!("{kind} has no metadata.name")),
+        Some(other) => {
+            return Err(format!(
+                "metadata.name must be a string, found {}",
+                type_name(other)
+            ));
+        }
+    };
+    let namespace = match metadata.get("namespace") {
+        Some(Value::String(ns)) => ns.clone(),
+        None | Some(Value::Null) => String::new(),
+        Some(other) => {
+            return Err(format!(
+                "metadata.namespace must be a string, found {}",
+                type_name(other)
+            ));
+        }
+    };
+    let group = match api_version.split_once('/') {
+        Some((group, version)) if !group.is_empty() && !version.is_empty() => group.to_string(),
+        Some(_) => {
+            return Err(format!(
+                "apiVersion {api_version:?} is not GROUP/VERSION or VERSION"
+            ));
+        }
+        None => String::new(),
+    };
+    Ok(Object {
+        key: ObjectKey {
+            group,
+            kind,
+            namespace,
+            name,
+        },
+        origin,
+        manifest,
+    })
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a sequence",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+fn check_duplicates(objects: &[Object], problems: &mut Vec<Problem>) {
+    let mut seen: BTreeMap<&ObjectKey, &Origin> = BTreeMap::new();
+    for object in objects {
+        if let Some(first) = seen.insert(&object.key, &object.origin) {
+            problems.push(Problem::Duplicate {
+                key: Box::new(object.key.clone()),
+                first: Box::new(first.clone()),
+                second: Box::new(object.origin.clone()),
+            });
+            // Keep pointing at the first definition for any third one.
+            seen.insert(&object.key, first);
+        }
+    }
+}
+
+/// `.tetherignore` files (gitignore syntax) at the repository root and in the rendered folder.
+struct IgnoreRules {
+    matchers: Vec<(String, ignore::gitignore::Gitignore)>,
+}
+
+impl IgnoreRules {
+    fn load(tree: &dyn Tree, path: &str, options: &RenderOptions) -> Self {
+        let mut dirs = vec![String::new()];
+        if !path.is_empty() {
+            dirs.push(path.to_string());
+        }
+        let mut matchers = Vec::new();
+        for dir in dirs {
+            let file = if dir.is_empty() {
+                IGNORE_FILE.to_string()
+            } else {
+                format!("{dir}/{IGNORE_FILE}")
+            };
+            let Ok(bytes) = tree.read(&file, options.max_file_bytes) else {
+                continue;
+            };
+            let mut builder = ignore::gitignore::GitignoreBuilder::new("/");
+            for line in String::from_utf8_lossy(&bytes).lines() {
+                // A malformed pattern is skipped, as git skips it.
+                let _ = builder.add_line(None, line);
+            }
+            if let Ok(matcher) = builder.build() {
+                matchers.push((dir, matcher));
+            }
+        }
+        Self { matchers }
+    }
+
+    fn is_ignored(&self, path: &str) -> bool {
+        self.matchers.iter().any(|(dir, matcher)| {
+            let relative = if dir.is_empty() {
+                Some(path)
+            } else {
+                path.strip_prefix(dir.as_str())
+                    .and_then(|p| p.strip_prefix('/'))
+            };
+            relative.is_some_and(|rel| {
+                matcher
+                    .matched_path_or_any_parents(format!("/{rel}"), false)
+                    .is_ignore()
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

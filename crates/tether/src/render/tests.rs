@@ -1,0 +1,258 @@
+use super::*;
+use crate::source::tree::DirTree;
+
+/// Writes `files` under a fresh temporary folder and returns it with a tree over it.
+fn repo(files: &[(&str, &str)]) -> (tempfile::TempDir, DirTree) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (path, text) in files {
+        let full = dir.path().join(path);
+        std::fs::create_dir_all(full.parent().expect("has parent")).expect("mkdir");
+        std::fs::write(full, text).expect("write");
+    }
+    let tree = DirTree::new(dir.path()).expect("folder exists");
+    (dir, tree)
+}
+
+fn render(tree: &DirTree, path: &str) -> Result<Vec<Object>, Problems> {
+    render_plain(tree, path, &RenderOptions::default())
+}
+
+fn names(objects: &[Object]) -> Vec<String> {
+    objects.iter().map(|o| o.key.to_string()).collect()
+}
+
+const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: NAME\ndata: {mode: 0644}\n";
+
+fn cm(name: &str) -> String {
+    CM.replace("NAME", name)
+}
+
+#[test]
+fn walks_recursively_in_byte_order_and_reads_only_manifests() {
+    let (_dir, tree) = repo(&[
+        ("apps/b.yaml", &cm("b")),
+        ("apps/a.yml", &cm("a")),
+        (
+            "apps/sub/c.json",
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}"#,
+        ),
+        ("apps/README.md", "not a manifest"),
+        ("apps/Z.YAML", &cm("z")),
+        ("other/x.yaml", &cm("outside-path")),
+    ]);
+    let objects = render(&tree, "apps").expect("valid");
+    assert_eq!(
+        names(&objects),
+        ["ConfigMap/z", "ConfigMap/a", "ConfigMap/b", "ConfigMap/c"],
+        "byte order: uppercase first, then a.yml, b.yaml, sub/c.json"
+    );
+    assert_eq!(objects[1].manifest["data"]["mode"], 420, "YAML 1.1 octal");
+    assert_eq!(objects[3].origin.file, "apps/sub/c.json");
+}
+
+#[test]
+fn multi_document_files_keep_document_index_and_line() {
+    let text = format!("# leading comment\n{}---\n---\n{}", cm("one"), cm("two"));
+    let (_dir, tree) = repo(&[("m.yaml", &text)]);
+    let objects = render(&tree, "").expect("valid");
+    assert_eq!(names(&objects), ["ConfigMap/one", "ConfigMap/two"]);
+    assert_eq!(objects[0].origin.document, 0);
+    assert_eq!(objects[0].origin.line, 2);
+    assert_eq!(
+        objects[1].origin.document, 1,
+        "empty documents are not counted"
+    );
+    assert_eq!(objects[1].origin.line, 9);
+    assert_eq!(objects[1].origin.to_string(), "m.yaml:9 (document 2)");
+}
+
+#[test]
+fn list_kind_is_expanded_with_item_origins() {
+    let list = r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: ConfigMap, metadata: {name: first}}
+- {apiVersion: apps/v1, kind: Deployment, metadata: {name: web, namespace: shop}}
+"#;
+    let (_dir, tree) = repo(&[("list.yaml", list)]);
+    let objects = render(&tree, "").expect("valid");
+    assert_eq!(
+        names(&objects),
+        ["ConfigMap/first", "Deployment.apps/web -n shop"]
+    );
+    assert_eq!(objects[1].origin.item, Some(1));
+    assert_eq!(objects[1].key.group, "apps");
+    assert_eq!(objects[1].key.namespace, "shop");
+}
+
+#[test]
+fn tetherignore_excludes_files_with_gitignore_syntax() {
+    let (_dir, tree) = repo(&[
+        (".tetherignore", "/apps/drafts/\n"),
+        ("apps/.tetherignore", "*.local.yaml\n!keep.local.yaml\n"),
+        ("apps/a.yaml", &cm("a")),
+        ("apps/dev.local.yaml", &cm("dev")),
+        ("apps/keep.local.yaml", &cm("keep")),
+        ("apps/drafts/d.yaml", &cm("draft")),
+    ]);
+    let objects = render(&tree, "apps").expect("valid");
+    assert_eq!(names(&objects), ["ConfigMap/a", "ConfigMap/keep"]);
+}
+
+#[test]
+fn every_problem_is_reported_with_file_and_line() {
+    let (_dir, tree) = repo(&[
+        ("a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n"),
+        (
+            "b.yaml",
+            &format!("{}---\nkind: Service\nmetadata: {{name: s}}\n", cm("ok")),
+        ),
+        ("c.yaml", "apiVersion: v1\nkind: [oops\n"),
+        ("d.yaml", "- just\n- a list\n"),
+        (
+            "e.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {generateName: web-}\n",
+        ),
+    ]);
+    let problems = render(&tree, "").expect_err("invalid").0;
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 5, "{text:#?}");
+    assert!(
+        text[0].starts_with("a.yaml:1 (document 1): ConfigMap has no metadata.name"),
+        "{}",
+        text[0]
+    );
+    assert!(
+        text[1].starts_with("b.yaml:7 (document 2): apiVersion is missing"),
+        "{}",
+        text[1]
+    );
+    assert!(text[2].starts_with("c.yaml:2:"), "{}", text[2]);
+    assert!(text[3].contains("found a sequence"), "{}", text[3]);
+    assert!(text[4].contains("generateName"), "{}", text[4]);
+}
+
+#[test]
+fn the_same_object_twice_names_both_origins() {
+    let (_dir, tree) = repo(&[("x/one.yaml", &cm("dup")), ("y/two.yaml", &cm("dup"))]);
+    let problems = render(&tree, "").expect_err("duplicate").0;
+    assert_eq!(problems.len(), 1);
+    let text = problems[0].to_string();
+    assert!(text.contains("ConfigMap/dup is defined twice"), "{text}");
+    assert!(
+        text.contains("x/one.yaml:1") && text.contains("y/two.yaml:1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn invalid_utf8_names_the_line() {
+    let (dir, tree) = repo(&[]);
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        b"apiVersion: v1\nkind: ConfigMap\ndata: {a: \"\xff\"}\n",
+    )
+    .expect("write");
+    let problems = render(&tree, "").expect_err("invalid UTF-8").0;
+    assert_eq!(
+        problems[0].to_string(),
+        "bad.yaml:3: invalid UTF-8 at byte 42; save the file as UTF-8"
+    );
+}
+
+#[test]
+fn a_file_above_the_size_limit_is_refused() {
+    let big = cm("big");
+    let (_dir, tree) = repo(&[("big.yaml", &big)]);
+    let options = RenderOptions {
+        max_file_bytes: 10,
+        ..Default::default()
+    };
+    let problems = render_plain(&tree, "", &options).expect_err("too large").0;
+    let expected = format!(
+        "big.yaml: {} bytes is above the limit of 10 bytes",
+        big.len()
+    );
+    assert!(problems[0].to_string().contains(&expected), "{problems:?}");
+}
+
+#[test]
+fn too_many_objects_is_refused() {
+    let many: String = (0..5)
+        .map(|i| format!("{}---\n", cm(&format!("c{i}"))))
+        .collect();
+    let (_dir, tree) = repo(&[("many.yaml", &many)]);
+    let options = RenderOptions {
+        max_objects: 3,
+        ..Default::default()
+    };
+    let problems = render_plain(&tree, "", &options).expect_err("too many").0;
+    assert!(
+        matches!(problems[0], Problem::TooManyObjects { count: 5, limit: 3 }),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn symlinks_inside_are_followed_and_outside_refused() {
+    let outside = tempfile::tempdir().expect("temp dir");
+    std::fs::write(outside.path().join("secret.yaml"), cm("stolen")).expect("write");
+    let (dir, tree) = repo(&[
+        ("real/base.yaml", &cm("base")),
+        ("apps/own.yaml", &cm("own")),
+    ]);
+    std::os::unix::fs::symlink("../real/base.yaml", dir.path().join("apps/link.yaml"))
+        .expect("symlink");
+    let objects = render(&tree, "apps").expect("inside link is fine");
+    assert_eq!(names(&objects), ["ConfigMap/base", "ConfigMap/own"]);
+    assert_eq!(objects[0].origin.file, "apps/link.yaml");
+
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.yaml"),
+        dir.path().join("apps/abs.yaml"),
+    )
+    .expect("symlink");
+    std::os::unix::fs::symlink(
+        "../../../../../../etc/passwd.yaml",
+        dir.path().join("apps/rel.yaml"),
+    )
+    .expect("symlink");
+    std::os::unix::fs::symlink("nothing.yaml", dir.path().join("apps/dangling.yaml"))
+        .expect("symlink");
+    let problems = render(&tree, "apps").expect_err("escapes").0;
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(text.len(), 3, "{text:#?}");
+    assert!(
+        text[0].starts_with("apps/abs.yaml: symlink to")
+            && text[0].contains("leaves the repository"),
+        "{}",
+        text[0]
+    );
+    assert!(
+        text[1].starts_with("apps/dangling.yaml: symlink to \"nothing.yaml\" points at nothing"),
+        "{}",
+        text[1]
+    );
+    assert!(
+        text[2].starts_with("apps/rel.yaml: symlink to")
+            && text[2].contains("leaves the repository"),
+        "{}",
+        text[2]
+    );
+}
+
+#[test]
+fn a_missing_path_is_a_clear_problem() {
+    let (_dir, tree) = repo(&[("apps/a.yaml", &cm("a"))]);
+    let problems = render(&tree, "nope").expect_err("missing").0;
+    assert!(
+        matches!(&problems[0], Problem::PathNotFound { path, .. } if path == "nope"),
+        "{problems:?}"
+    );
+    let problems = render(&tree, "apps/a.yaml").expect_err("a file").0;
+    assert!(
+        matches!(&problems[0], Problem::PathNotAFolder { .. }),
+        "{problems:?}"
+    );
+}
