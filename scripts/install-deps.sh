@@ -26,6 +26,11 @@ command -v git >/dev/null || missing+=(git)
 command -v python3 >/dev/null || missing+=(python3)
 command -v make >/dev/null || missing+=(make)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+# Git servers for the source tests: git daemon and git http-backend come with git; sshd,
+# ssh and ssh-keygen (SSH transport, SSH commit signatures) and gpg (OpenPGP signatures).
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v gpg >/dev/null || missing+=(gnupg)
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
 fi

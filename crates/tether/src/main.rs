@@ -19,6 +19,15 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     match runtime.block_on(tether::cli::run(cli, &mut stdout)) {
         Ok(code) => ExitCode::from(code),
+        // `tether render | head`: the reader left; that is not an error.
+        Err(err)
+            if err.chain().any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             // `{:#}` prints the whole chain on one line: "what failed: why".
             eprintln!("error: {err:#}");

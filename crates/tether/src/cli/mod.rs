@@ -4,6 +4,7 @@
 //! command writes to an `impl Write` and returns its exit code, so tests can run it in
 //! process. Start at [`run`].
 
+mod render;
 mod version;
 
 use std::io::Write;
@@ -66,6 +67,8 @@ impl GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print the desired objects of a Git revision (or a local folder), with their origin.
+    Render(Box<render::RenderArgs>),
     /// Print tether's version and, when a cluster is reachable, the API server's.
     Version(version::VersionArgs),
 }
@@ -74,6 +77,7 @@ pub enum Command {
 /// define more, such as `plan --detailed-exitcode`).
 pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Render(args) => render::run(&cli.global, &args, out).await,
         Command::Version(args) => version::run(&cli.global, &args, out).await,
     }
 }
@@ -96,6 +100,7 @@ pub fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(verbose >= 2)
         .try_init();
 }

@@ -1,4 +1,10 @@
 //! Source: a Git repository and a ref → a revision (commit id) and a read-only tree.
 //!
-//! [`tree`] defines the tree the render stage reads, for a Git commit or a plain folder.
+//! [`git::GitSource::fetch`] resolves `--ref` ([`reference`]) on the remote, fetches just that
+//! commit into a local cache and returns a [`tree::Tree`] over it; [`signature`] checks who
+//! signed it. [`tree::DirTree`] serves a plain folder the same way.
+
+pub mod git;
+pub mod reference;
+pub mod signature;
 pub mod tree;

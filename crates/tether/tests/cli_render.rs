@@ -1,0 +1,134 @@
+//! `tether render` run as a user runs it, against a real `git daemon` and on this
+//! repository's own example folder.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::git::{GitDaemon, GitRepo};
+
+fn tether(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the tether binary runs")
+}
+
+#[test]
+fn render_over_git_daemon_prints_revision_objects_and_origins() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "shop");
+    repo.write(
+        "deploy/prod/app.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shop\ndata:\n  mode: 0644\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata:\n  name: shop-db\nstringData:\n  password: hunter2\n",
+    );
+    repo.write("deploy/prod/notes.txt", "ignored");
+    let commit = repo.commit("prod");
+    repo.tag_annotated("v1.4.2");
+    let daemon = GitDaemon::start(&root);
+    let cache = dir.path().join("cache");
+
+    let out = tether(&[
+        "render",
+        "--repo",
+        &daemon.url("shop"),
+        "--ref",
+        ">=1.4 <2",
+        "--path",
+        "deploy/prod",
+        "--show-origin",
+        "--git-cache",
+        cache.to_str().expect("utf-8"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("# Revision: {commit} (refs/tags/v1.4.2 of git://")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("# Source: deploy/prod/app.yaml:1 (document 1)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("# Source: deploy/prod/app.yaml:8 (document 2)\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("mode: 420"), "YAML 1.1 octal: {stdout}");
+    assert!(
+        !stdout.contains("hunter2"),
+        "Secret values are redacted: {stdout}"
+    );
+
+    let json = tether(&[
+        "render",
+        "--repo",
+        &daemon.url("shop"),
+        "--ref",
+        "v1.4.2",
+        "--path",
+        "deploy/prod",
+        "-o",
+        "json",
+        "--show-secrets",
+        "--git-cache",
+        cache.to_str().expect("utf-8"),
+    ]);
+    let list: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON on stdout");
+    assert_eq!(list["kind"], "List");
+    assert_eq!(
+        list["items"][1]["stringData"]["password"], "hunter2",
+        "--show-secrets"
+    );
+
+    let missing = tether(&[
+        "render",
+        "--repo",
+        &daemon.url("shop"),
+        "--path",
+        "deploy/staging",
+        "--git-cache",
+        cache.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("deploy/staging: not found in commit"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn render_reads_the_bundled_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/web-app");
+    let out = tether(&["render", "--path", example, "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let kinds: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["kind"].as_str().expect("kind"))
+        .collect();
+    for kind in [
+        "Namespace",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "CustomResourceDefinition",
+        "Greeting",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+}
