@@ -6,7 +6,7 @@ SHELL := /bin/bash
 TESTENV := python3 testenv/testenv.py
 PROFILE ?= full
 
-.PHONY: help build demo test lint deps cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
+.PHONY: help build demo test lint deps bench-render cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
 
 help:
 	@echo "make demo            build tether, start the local cluster, show tether reaching it"
@@ -15,6 +15,7 @@ help:
 	@echo "make cluster-down    stop it and remove its data"
 	@echo "eval \$$(make -s cluster-env)   point kubectl and tether at it"
 	@echo "make cluster-status | cluster-logs | cluster-selftest | cluster-build"
+	@echo "make bench-render    render 5,000 manifests from git://, cold and warm (writes bench/reports/)"
 
 deps:
 	@scripts/install-deps.sh
@@ -31,12 +32,18 @@ lint: deps
 
 demo: build cluster-up
 	@echo
+	@echo "==> tether render of the bundled example, from this repository's committed HEAD"
+	./target/debug/tether render --repo . --path examples/web-app --show-origin
+	@echo
 	@echo "==> tether version, against the local cluster"
 	@$(TESTENV) env >/dev/null
 	./target/debug/tether version --kubeconfig "$$($(TESTENV) env | sed 's/^export KUBECONFIG=//')"
 	@echo
 	@echo "The cluster keeps running: 'eval \$$(make -s cluster-env)' then kubectl or ./target/debug/tether;"
 	@echo "'make cluster-down' stops it."
+
+bench-render: deps
+	@bench/render.sh
 
 cluster-build:
 	@$(TESTENV) build

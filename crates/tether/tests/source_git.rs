@@ -146,6 +146,18 @@ fn a_cached_revision_is_not_fetched_again() {
     );
 }
 
+/// The pack files in every cached repository: a fetch that receives objects adds one.
+fn pack_files(cache: &Path) -> Vec<std::path::PathBuf> {
+    let mut packs = Vec::new();
+    for repo in std::fs::read_dir(cache).expect("cache").flatten() {
+        if let Ok(entries) = std::fs::read_dir(repo.path().join("objects/pack")) {
+            packs.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    packs.sort();
+    packs
+}
+
 #[test]
 fn concurrent_fetches_of_one_repository_share_the_cache_safely() {
     let f = fixture();
