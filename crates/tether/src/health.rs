@@ -100,7 +100,9 @@ fn stale(obj: &Value) -> Option<Health> {
     (generation > 0 && observed < generation).then(|| {
         Health::new(
             HealthStatus::Progressing,
-            format!("waiting for the controller to observe generation {generation} (seen {observed})"),
+            format!(
+                "waiting for the controller to observe generation {generation} (seen {observed})"
+            ),
         )
     })
 }
@@ -109,40 +111,75 @@ fn deployment(obj: &Value) -> Health {
     if let Some(h) = stale(obj) {
         return h;
     }
-    if condition_is(obj, "Progressing", "False") || condition(obj, "Progressing").is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded") {
-        return Health::new(HealthStatus::Degraded, condition_message(obj, "Progressing"));
+    if condition_is(obj, "Progressing", "False")
+        || condition(obj, "Progressing").is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded")
+    {
+        return Health::new(
+            HealthStatus::Degraded,
+            condition_message(obj, "Progressing"),
+        );
     }
-    let desired = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    let desired = obj
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     let updated = int(obj, "/status/updatedReplicas");
     let available = int(obj, "/status/availableReplicas");
     let total = int(obj, "/status/replicas");
     if updated < desired {
-        return Health::new(HealthStatus::Progressing, format!("{updated} of {desired} replicas updated"));
+        return Health::new(
+            HealthStatus::Progressing,
+            format!("{updated} of {desired} replicas updated"),
+        );
     }
     if total > updated {
-        return Health::new(HealthStatus::Progressing, format!("{} old replicas pending termination", total - updated));
+        return Health::new(
+            HealthStatus::Progressing,
+            format!("{} old replicas pending termination", total - updated),
+        );
     }
     if available < updated {
-        return Health::new(HealthStatus::Progressing, format!("{available} of {updated} updated replicas available"));
+        return Health::new(
+            HealthStatus::Progressing,
+            format!("{available} of {updated} updated replicas available"),
+        );
     }
-    Health::new(HealthStatus::Healthy, format!("{available}/{desired} replicas available"))
+    Health::new(
+        HealthStatus::Healthy,
+        format!("{available}/{desired} replicas available"),
+    )
 }
 
 fn stateful_set(obj: &Value) -> Health {
     if let Some(h) = stale(obj) {
         return h;
     }
-    let desired = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    let desired = obj
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     let ready = int(obj, "/status/readyReplicas");
     let updated = int(obj, "/status/updatedReplicas");
-    let rolling = obj.pointer("/spec/updateStrategy/type").and_then(Value::as_str) != Some("OnDelete");
+    let rolling = obj
+        .pointer("/spec/updateStrategy/type")
+        .and_then(Value::as_str)
+        != Some("OnDelete");
     if rolling && updated < desired {
-        return Health::new(HealthStatus::Progressing, format!("{updated} of {desired} replicas updated"));
+        return Health::new(
+            HealthStatus::Progressing,
+            format!("{updated} of {desired} replicas updated"),
+        );
     }
     if ready < desired {
-        return Health::new(HealthStatus::Progressing, format!("{ready} of {desired} replicas ready"));
+        return Health::new(
+            HealthStatus::Progressing,
+            format!("{ready} of {desired} replicas ready"),
+        );
     }
-    Health::new(HealthStatus::Healthy, format!("{ready}/{desired} replicas ready"))
+    Health::new(
+        HealthStatus::Healthy,
+        format!("{ready}/{desired} replicas ready"),
+    )
 }
 
 fn daemon_set(obj: &Value) -> Health {
@@ -153,12 +190,21 @@ fn daemon_set(obj: &Value) -> Health {
     let updated = int(obj, "/status/updatedNumberScheduled");
     let available = int(obj, "/status/numberAvailable");
     if updated < desired {
-        return Health::new(HealthStatus::Progressing, format!("{updated} of {desired} pods updated"));
+        return Health::new(
+            HealthStatus::Progressing,
+            format!("{updated} of {desired} pods updated"),
+        );
     }
     if available < desired {
-        return Health::new(HealthStatus::Progressing, format!("{available} of {desired} pods available"));
+        return Health::new(
+            HealthStatus::Progressing,
+            format!("{available} of {desired} pods available"),
+        );
     }
-    Health::new(HealthStatus::Healthy, format!("{available}/{desired} pods available"))
+    Health::new(
+        HealthStatus::Healthy,
+        format!("{available}/{desired} pods available"),
+    )
 }
 
 fn job(obj: &Value) -> Health {
@@ -168,7 +214,10 @@ fn job(obj: &Value) -> Health {
     if condition_is(obj, "Complete", "True") {
         return Health::new(HealthStatus::Healthy, "complete");
     }
-    Health::new(HealthStatus::Progressing, format!("{} active", int(obj, "/status/active")))
+    Health::new(
+        HealthStatus::Progressing,
+        format!("{} active", int(obj, "/status/active")),
+    )
 }
 
 fn pod(obj: &Value) -> Health {
@@ -176,9 +225,13 @@ fn pod(obj: &Value) -> Health {
         Some("Succeeded") => Health::new(HealthStatus::Healthy, "succeeded"),
         Some("Failed") => Health::new(
             HealthStatus::Degraded,
-            obj.pointer("/status/message").and_then(Value::as_str).unwrap_or("failed"),
+            obj.pointer("/status/message")
+                .and_then(Value::as_str)
+                .unwrap_or("failed"),
         ),
-        Some("Running") if condition_is(obj, "Ready", "True") => Health::new(HealthStatus::Healthy, "running and ready"),
+        Some("Running") if condition_is(obj, "Ready", "True") => {
+            Health::new(HealthStatus::Healthy, "running and ready")
+        }
         Some(phase) => Health::new(HealthStatus::Progressing, format!("{phase}, not ready")),
         None => Health::new(HealthStatus::Progressing, "not scheduled yet"),
     }
@@ -188,7 +241,10 @@ fn pvc(obj: &Value) -> Health {
     match obj.pointer("/status/phase").and_then(Value::as_str) {
         Some("Bound") => Health::new(HealthStatus::Healthy, "bound"),
         Some("Lost") => Health::new(HealthStatus::Degraded, "the bound volume is lost"),
-        other => Health::new(HealthStatus::Progressing, other.unwrap_or("Pending").to_string()),
+        other => Health::new(
+            HealthStatus::Progressing,
+            other.unwrap_or("Pending").to_string(),
+        ),
     }
 }
 
@@ -201,7 +257,10 @@ fn namespace(obj: &Value) -> Health {
 
 fn crd(obj: &Value) -> Health {
     if condition_is(obj, "NamesAccepted", "False") {
-        return Health::new(HealthStatus::Degraded, condition_message(obj, "NamesAccepted"));
+        return Health::new(
+            HealthStatus::Degraded,
+            condition_message(obj, "NamesAccepted"),
+        );
     }
     if condition_is(obj, "Established", "True") {
         return Health::new(HealthStatus::Healthy, "established");
@@ -237,7 +296,14 @@ mod tests {
         assess(Some(&obj)).status
     }
 
-    fn deploy(generation: i64, observed: i64, replicas: i64, updated: i64, available: i64, total: i64) -> Value {
+    fn deploy(
+        generation: i64,
+        observed: i64,
+        replicas: i64,
+        updated: i64,
+        available: i64,
+        total: i64,
+    ) -> Value {
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "web", "generation": generation},
@@ -250,10 +316,26 @@ mod tests {
     #[test]
     fn deployments_are_healthy_only_when_rolled_out() {
         assert_eq!(status(deploy(2, 2, 2, 2, 2, 2)), HealthStatus::Healthy);
-        assert_eq!(status(deploy(3, 2, 2, 2, 2, 2)), HealthStatus::Progressing, "stale generation");
-        assert_eq!(status(deploy(2, 2, 3, 2, 2, 2)), HealthStatus::Progressing, "scaling up");
-        assert_eq!(status(deploy(2, 2, 2, 2, 1, 2)), HealthStatus::Progressing, "not available");
-        assert_eq!(status(deploy(2, 2, 2, 2, 2, 3)), HealthStatus::Progressing, "old pod left");
+        assert_eq!(
+            status(deploy(3, 2, 2, 2, 2, 2)),
+            HealthStatus::Progressing,
+            "stale generation"
+        );
+        assert_eq!(
+            status(deploy(2, 2, 3, 2, 2, 2)),
+            HealthStatus::Progressing,
+            "scaling up"
+        );
+        assert_eq!(
+            status(deploy(2, 2, 2, 2, 1, 2)),
+            HealthStatus::Progressing,
+            "not available"
+        );
+        assert_eq!(
+            status(deploy(2, 2, 2, 2, 2, 3)),
+            HealthStatus::Progressing,
+            "old pod left"
+        );
         let mut stuck = deploy(2, 2, 2, 1, 1, 2);
         stuck["status"]["conditions"] = json!([{"type": "Progressing", "status": "False",
             "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet web-1 has timed out"}]);
@@ -264,8 +346,10 @@ mod tests {
 
     #[test]
     fn jobs_pods_pvcs_crds_and_namespaces() {
-        let job = |t: &str| json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {},
-            "status": {"conditions": [{"type": t, "status": "True", "message": "BackoffLimitExceeded"}]}});
+        let job = |t: &str| {
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {},
+            "status": {"conditions": [{"type": t, "status": "True", "message": "BackoffLimitExceeded"}]}})
+        };
         assert_eq!(status(job("Complete")), HealthStatus::Healthy);
         assert_eq!(status(job("Failed")), HealthStatus::Degraded);
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {},
@@ -285,9 +369,11 @@ mod tests {
     fn generic_objects_follow_ready_and_observed_generation() {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
         assert_eq!(status(cm), HealthStatus::Healthy);
-        let cr = |ready: &str, gen: i64, seen: i64| json!({"apiVersion": "example.dev/v1", "kind": "Db",
-            "metadata": {"generation": gen},
-            "status": {"observedGeneration": seen, "conditions": [{"type": "Ready", "status": ready, "message": "disk full"}]}});
+        let cr = |ready: &str, generation: i64, seen: i64| {
+            json!({"apiVersion": "example.dev/v1", "kind": "Db",
+            "metadata": {"generation": generation},
+            "status": {"observedGeneration": seen, "conditions": [{"type": "Ready", "status": ready, "message": "disk full"}]}})
+        };
         assert_eq!(status(cr("True", 1, 1)), HealthStatus::Healthy);
         assert_eq!(status(cr("True", 2, 1)), HealthStatus::Progressing);
         assert_eq!(status(cr("False", 1, 1)), HealthStatus::Degraded);

@@ -12,11 +12,17 @@
 //! - [`output`]: the `-o text|json|yaml` output formats shared by every command.
 //! - [`source`]: Git → revision + read-only tree.
 //! - [`render`]: tree → desired objects with their origin.
+//! - [`plan`]: desired + live → a Plan (create/update/unchanged/prune/conflict) with diffs.
+//! - [`apply`]: a Plan → the cluster, with ApplySet ownership, pruning and waits.
+//! - [`health`]: live object → Healthy/Progressing/Degraded/Missing/Unknown.
 
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod cli;
 pub mod cluster;
+pub mod health;
 pub mod output;
+pub mod plan;
 pub mod render;
 pub mod source;

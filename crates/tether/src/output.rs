@@ -16,6 +16,8 @@ pub enum OutputFormat {
     Json,
     /// YAML, one document.
     Yaml,
+    /// Markdown, for a pull-request comment (`plan`; other commands print text).
+    Markdown,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +41,7 @@ pub fn write_structured<T: Serialize>(
             serde_json::to_writer_pretty(&mut *out, value)?;
             writeln!(out)?;
         }
-        OutputFormat::Yaml | OutputFormat::Text => {
+        OutputFormat::Yaml | OutputFormat::Text | OutputFormat::Markdown => {
             let text = serde_saphyr::to_string(value)?;
             out.write_all(text.as_bytes())?;
             if !text.ends_with('\n') {

@@ -116,6 +116,7 @@ fn a_cached_revision_is_not_fetched_again() {
     assert!(cold.contacted_remote);
     assert!(cold.objects_received > 0, "{cold:?}");
 
+    let packs_before = pack_files(cache.path());
     let (_, _, warm) = source(&url, "main", cache.path())
         .fetch()
         .expect("warm fetch");
@@ -124,6 +125,8 @@ fn a_cached_revision_is_not_fetched_again() {
         "a branch may have moved: the refs are listed"
     );
     assert_eq!(warm.objects_received, 0, "but no object is transferred");
+    // Checked on disk too, not only by what the fetch says of itself: no new pack.
+    assert_eq!(pack_files(cache.path()), packs_before);
 
     let (_, _, pinned) = source(&url, &f.head, cache.path())
         .fetch()

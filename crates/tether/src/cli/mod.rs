@@ -4,6 +4,8 @@
 //! command writes to an `impl Write` and returns its exit code, so tests can run it in
 //! process. Start at [`run`].
 
+mod apply;
+mod plan;
 mod render;
 mod version;
 
@@ -69,6 +71,12 @@ impl GlobalArgs {
 pub enum Command {
     /// Print the desired objects of a Git revision (or a local folder), with their origin.
     Render(Box<render::RenderArgs>),
+    /// Show what apply would change: a diff per object and a summary (exit 2 with
+    /// --detailed-exitcode when there are changes).
+    Plan(Box<plan::PlanArgs>),
+    /// Make the cluster match the revision: server-side apply in order, prune what tether
+    /// owns and Git no longer has, optionally wait for health.
+    Apply(Box<apply::ApplyArgs>),
     /// Print tether's version and, when a cluster is reachable, the API server's.
     Version(version::VersionArgs),
 }
@@ -78,6 +86,8 @@ pub enum Command {
 pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
     match cli.command {
         Command::Render(args) => render::run(&cli.global, &args, out).await,
+        Command::Plan(args) => plan::run(&cli.global, &args, out).await,
+        Command::Apply(args) => apply::run(&cli.global, &args, out).await,
         Command::Version(args) => version::run(&cli.global, &args, out).await,
     }
 }

@@ -227,7 +227,7 @@ pub async fn run(
         }
     }
     match global.output {
-        OutputFormat::Text | OutputFormat::Yaml => {
+        OutputFormat::Text | OutputFormat::Yaml | OutputFormat::Markdown => {
             write_yaml(out, &resolved, &objects, args.show_origin)?
         }
         OutputFormat::Json => {

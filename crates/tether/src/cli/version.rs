@@ -61,7 +61,7 @@ pub async fn run(
         }
     }
     match global.output {
-        OutputFormat::Text => {
+        OutputFormat::Text | OutputFormat::Markdown => {
             writeln!(
                 out,
                 "tether: v{} ({})",

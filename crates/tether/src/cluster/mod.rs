@@ -4,6 +4,8 @@
 //! context and namespace selection, and turning connection failures into [`Error`]s that say
 //! what failed, where, and what to do. Start at [`Cluster::connect`].
 
+pub mod discovery;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

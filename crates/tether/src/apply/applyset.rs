@@ -1,0 +1,223 @@
+//! Ownership as a KEP-3659 ApplySet, so kubectl understands what tether owns.
+//!
+//! The parent is a Secret `tether-<app>` in the application's namespace, labelled with the
+//! set's id and annotated with the tooling, the group-kinds and the extra namespaces of its
+//! members; every member carries `applyset.kubernetes.io/part-of: <id>`. The id is computed
+//! exactly as kubectl computes it, so `kubectl get -l applyset.kubernetes.io/part-of=<id>`
+//! lists the same objects. Start at [`ApplySet`].
+
+use std::collections::BTreeSet;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use sha2::Digest;
+
+pub const PART_OF_LABEL: &str = "applyset.kubernetes.io/part-of";
+pub const ID_LABEL: &str = "applyset.kubernetes.io/id";
+pub const TOOLING_ANNOTATION: &str = "applyset.kubernetes.io/tooling";
+pub const GROUP_KINDS_ANNOTATION: &str = "applyset.kubernetes.io/contains-group-kinds";
+pub const NAMESPACES_ANNOTATION: &str = "applyset.kubernetes.io/additional-namespaces";
+
+/// A group and kind as the ApplySet annotation spells them: `Deployment.apps`, `ConfigMap`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKind {
+    pub group: String,
+    pub kind: String,
+}
+
+impl GroupKind {
+    pub fn parse(text: &str) -> Self {
+        match text.split_once('.') {
+            Some((kind, group)) => Self {
+                group: group.to_string(),
+                kind: kind.to_string(),
+            },
+            None => Self {
+                group: String::new(),
+                kind: text.to_string(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for GroupKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.group.is_empty() {
+            f.write_str(&self.kind)
+        } else {
+            write!(f, "{}.{}", self.kind, self.group)
+        }
+    }
+}
+
+/// The set's identity and what its parent records about its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplySet {
+    pub app: String,
+    /// The parent's (and the application's default) namespace.
+    pub namespace: String,
+    pub id: String,
+    pub group_kinds: BTreeSet<GroupKind>,
+    /// Namespaces of members other than the parent's.
+    pub namespaces: BTreeSet<String>,
+}
+
+impl ApplySet {
+    pub fn new(app: &str, namespace: &str) -> Self {
+        let parent_name = parent_name(app);
+        Self {
+            app: app.to_string(),
+            namespace: namespace.to_string(),
+            id: applyset_id(&parent_name, namespace, "Secret", ""),
+            group_kinds: BTreeSet::new(),
+            namespaces: BTreeSet::new(),
+        }
+    }
+
+    pub fn parent_name(&self) -> String {
+        parent_name(&self.app)
+    }
+
+    /// Reads the recorded members' kinds and namespaces from an existing parent.
+    pub fn read_parent(&mut self, parent: &Value) -> Result<(), String> {
+        let labels = &parent["metadata"]["labels"];
+        let annotations = &parent["metadata"]["annotations"];
+        match labels[ID_LABEL].as_str() {
+            Some(id) if id == self.id => {}
+            Some(other) => {
+                return Err(format!(
+                    "its {ID_LABEL} label is {other}, expected {}",
+                    self.id
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "it has no {ID_LABEL} label: it is not an ApplySet parent"
+                ));
+            }
+        }
+        match annotations[TOOLING_ANNOTATION].as_str() {
+            Some(tooling) if tooling.split('/').next() == Some("tether") => {}
+            Some(tooling) => return Err(format!("it is managed by {tooling:?}, not tether")),
+            None => return Err(format!("it has no {TOOLING_ANNOTATION} annotation")),
+        }
+        self.group_kinds = split(annotations[GROUP_KINDS_ANNOTATION].as_str())
+            .map(|s| GroupKind::parse(&s))
+            .collect();
+        self.namespaces = split(annotations[NAMESPACES_ANNOTATION].as_str()).collect();
+        Ok(())
+    }
+
+    /// The parent Secret for server-side apply, recording `group_kinds` and `namespaces`.
+    pub fn parent_manifest(&self) -> Value {
+        let kinds: Vec<String> = self.group_kinds.iter().map(ToString::to_string).collect();
+        let namespaces: Vec<&str> = self
+            .namespaces
+            .iter()
+            .map(String::as_str)
+            .filter(|ns| *ns != self.namespace && !ns.is_empty())
+            .collect();
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "tether.dev/applyset",
+            "metadata": {
+                "name": self.parent_name(),
+                "namespace": self.namespace,
+                "labels": {ID_LABEL: self.id, "app.kubernetes.io/managed-by": "tether", "tether.dev/app": self.app},
+                "annotations": {
+                    TOOLING_ANNOTATION: format!("tether/v{}", env!("CARGO_PKG_VERSION")),
+                    GROUP_KINDS_ANNOTATION: kinds.join(","),
+                    NAMESPACES_ANNOTATION: namespaces.join(","),
+                }
+            }
+        })
+    }
+}
+
+fn split(text: Option<&str>) -> impl Iterator<Item = String> + '_ {
+    text.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+pub fn parent_name(app: &str) -> String {
+    format!("tether-{app}")
+}
+
+/// `applyset-<base64url(sha256(name.namespace.kind.group))>-v1`, as KEP-3659 and kubectl define it.
+pub fn applyset_id(name: &str, namespace: &str, kind: &str, group: &str) -> String {
+    let digest = sha2::Sha256::digest(format!("{name}.{namespace}.{kind}.{group}").as_bytes());
+    format!(
+        "applyset-{}-v1",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_is_computed_as_kubectl_computes_it() {
+        // sha256("tether-web.shop.Secret.") in unpadded base64url, computed independently:
+        // python3 -c 'import hashlib,base64;print(base64.urlsafe_b64encode(hashlib.sha256(b"tether-web.shop.Secret.").digest()).rstrip(b"="))'
+        let expected = {
+            let out = std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import hashlib,base64;print(base64.urlsafe_b64encode(hashlib.sha256(b'tether-web.shop.Secret.').digest()).rstrip(b'=').decode())",
+                ])
+                .output()
+                .expect("python3 runs");
+            format!(
+                "applyset-{}-v1",
+                String::from_utf8_lossy(&out.stdout).trim()
+            )
+        };
+        assert_eq!(ApplySet::new("web", "shop").id, expected);
+    }
+
+    #[test]
+    fn parent_round_trips_kinds_and_namespaces() {
+        let mut set = ApplySet::new("web", "shop");
+        set.group_kinds = [
+            "Deployment.apps",
+            "ConfigMap",
+            "Greeting.example.tether.dev",
+        ]
+        .iter()
+        .map(|s| GroupKind::parse(s))
+        .collect();
+        set.namespaces = ["shop", "monitoring"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let parent = set.parent_manifest();
+        assert_eq!(
+            parent["metadata"]["annotations"][GROUP_KINDS_ANNOTATION],
+            "ConfigMap,Deployment.apps,Greeting.example.tether.dev"
+        );
+        assert_eq!(
+            parent["metadata"]["annotations"][NAMESPACES_ANNOTATION],
+            "monitoring"
+        );
+        let mut read = ApplySet::new("web", "shop");
+        read.read_parent(&parent).expect("our own parent");
+        assert_eq!(read.group_kinds, set.group_kinds);
+        assert_eq!(
+            read.namespaces,
+            ["monitoring".to_string()].into_iter().collect()
+        );
+
+        let mut other = parent.clone();
+        other["metadata"]["annotations"][TOOLING_ANNOTATION] = "kubectl/v1.34".into();
+        assert!(
+            read.read_parent(&other)
+                .expect_err("kubectl's")
+                .contains("kubectl/v1.34")
+        );
+    }
+}

@@ -1,0 +1,521 @@
+//! Apply: carry out a [`Plan`] — widen the ApplySet, server-side apply stage by stage,
+//! prune what is no longer desired, narrow the ApplySet, and optionally wait for health.
+//!
+//! The rules of `shared/DESIGN.md` hold here: nothing is written if the plan has errors or
+//! conflicts (unless forced); the inventory grows before objects are created and shrinks
+//! only after they are deleted; pruning happens only after every apply succeeded, in
+//! reverse order; an unchanged object gets no request at all. Start at [`apply`].
+
+pub mod applyset;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cluster::discovery::Resolver;
+use crate::health::{self, Health, HealthStatus};
+use crate::plan::{Action, Change, FIELD_MANAGER, Plan, Stage, api_for};
+use crate::render::ObjectKey;
+use applyset::GroupKind;
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Delete members that are no longer desired.
+    pub prune: bool,
+    /// Allow a render with no objects to prune everything.
+    pub allow_empty: bool,
+    /// Take ownership of fields other managers own.
+    pub force_conflicts: bool,
+    pub concurrency: usize,
+    /// Wait for every desired object to be healthy, up to this long.
+    pub wait: Option<Duration>,
+    /// How long to wait for CRDs to be established and pruned objects to be gone.
+    pub settle_timeout: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            prune: true,
+            allow_empty: false,
+            force_conflicts: false,
+            concurrency: 16,
+            wait: None,
+            settle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectResult {
+    pub key: ObjectKey,
+    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApplyReport {
+    pub results: Vec<ObjectResult>,
+    /// Requests that changed the cluster (applies, deletes, parent updates).
+    pub writes: usize,
+    pub pruned: usize,
+    /// Set when `--wait` ran out of time or something became Degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<String>,
+}
+
+impl ApplyReport {
+    pub fn failed(&self) -> Vec<&ObjectResult> {
+        self.results.iter().filter(|r| r.error.is_some()).collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "the render is empty but the ApplySet holds {members} object(s): refusing to prune \
+         everything; pass --allow-empty if that is what you want"
+    )]
+    EmptyRender { members: usize },
+    #[error(
+        "{count} object(s) have fields owned by another manager; nothing was written:\n{details}\nresolve the conflict in Git, or pass --force-conflicts to take ownership"
+    )]
+    Conflicts { count: usize, details: String },
+    #[error("cannot update the ApplySet parent Secret/{name}: {reason}")]
+    Parent { name: String, reason: String },
+    #[error("CRD {name} was not established within {seconds} s")]
+    CrdNotEstablished { name: String, seconds: u64 },
+    #[error("cannot refresh API discovery: {0}")]
+    Discovery(String),
+}
+
+/// Carries out `plan`. Per-object failures are in the report; an `Err` means nothing (or
+/// nothing more) could be done safely.
+pub async fn apply(
+    client: &kube::Client,
+    resolver: &mut Resolver,
+    plan: Plan,
+    options: &ApplyOptions,
+) -> Result<ApplyReport, Error> {
+    let mut report = ApplyReport::default();
+    let prunes = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Prune)
+        .count();
+    if plan.desired_count() == 0 && prunes > 0 && options.prune && !options.allow_empty {
+        return Err(Error::EmptyRender { members: prunes });
+    }
+    let conflicts: Vec<&Change> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Conflict)
+        .collect();
+    if !conflicts.is_empty() && !options.force_conflicts {
+        let details = conflicts
+            .iter()
+            .map(|c| format!("  {}: {}", c.key, c.conflicts.join("; ")))
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(Error::Conflicts {
+            count: conflicts.len(),
+            details,
+        });
+    }
+
+    // 1. Widen the inventory before anything is created (crash safety).
+    let desired: Vec<&Change> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Prune)
+        .collect();
+    let desired_kinds: BTreeSet<GroupKind> = desired
+        .iter()
+        .map(|c| GroupKind {
+            group: c.key.group.clone(),
+            kind: c.key.kind.clone(),
+        })
+        .collect();
+    // Namespaces beyond the parent's own (the ApplySet's "additional namespaces").
+    let desired_namespaces: BTreeSet<String> = desired
+        .iter()
+        .filter(|c| !c.key.namespace.is_empty() && c.key.namespace != plan.options.namespace)
+        .map(|c| c.key.namespace.clone())
+        .collect();
+    let mut widened = plan.applyset.clone();
+    widened.group_kinds.extend(desired_kinds.iter().cloned());
+    widened
+        .namespaces
+        .extend(desired_namespaces.iter().cloned());
+    let mut pending: Vec<Change> = plan
+        .changes
+        .iter()
+        .filter(|c| matches!(c.action, Action::Create | Action::Update | Action::Conflict))
+        .cloned()
+        .collect();
+    // The parent lives in the application's namespace: when this set creates that
+    // namespace, it is created first, then the parent, then everything else.
+    if !plan.parent_exists {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let missing = namespaces
+            .get_opt(&plan.options.namespace)
+            .await
+            .map_err(|e| Error::Parent {
+                name: plan.applyset.parent_name(),
+                reason: describe(&e),
+            })?;
+        if missing.is_none() {
+            let position = pending
+                .iter()
+                .position(|c| c.key.group.is_empty() && c.key.kind == "Namespace" && c.key.name == plan.options.namespace)
+                .ok_or_else(|| Error::Parent {
+                    name: plan.applyset.parent_name(),
+                    reason: format!(
+                        "namespace {} does not exist and is not part of this application; create it or pick another with -n",
+                        plan.options.namespace
+                    ),
+                })?;
+            let namespace = pending.remove(position);
+            let results = apply_batch(client, std::slice::from_ref(&namespace), options).await;
+            let failed = results.iter().any(|r| r.error.is_some());
+            report.writes += results.iter().filter(|r| r.error.is_none()).count();
+            report.results.extend(results);
+            if failed {
+                return Ok(report);
+            }
+        }
+    }
+    write_parent(client, &plan, &widened, &mut report).await?;
+
+    // 2. Apply stage by stage; later stages wait for earlier ones.
+    let mut all_ok = true;
+    for stage in [
+        Stage::Crds,
+        Stage::Namespaces,
+        Stage::ClusterScoped,
+        Stage::Namespaced,
+    ] {
+        let batch: Vec<Change> = pending
+            .iter()
+            .filter(|c| c.stage == stage)
+            .cloned()
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let results = apply_batch(client, &batch, options).await;
+        let stage_ok = results.iter().all(|r| r.error.is_none());
+        report.writes += results.iter().filter(|r| r.error.is_none()).count();
+        report.results.extend(results);
+        if !stage_ok {
+            all_ok = false;
+            break;
+        }
+        if stage == Stage::Crds {
+            wait_for_crds(client, &batch, options.settle_timeout).await?;
+            resolver
+                .refresh()
+                .await
+                .map_err(|e| Error::Discovery(e.to_string()))?;
+            for change in pending.iter_mut().filter(|c| c.kind.is_none()) {
+                let api_version = change
+                    .desired
+                    .as_ref()
+                    .and_then(|d| d["apiVersion"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                change.kind = resolver.resolve(&api_version, &change.key.kind);
+            }
+        }
+    }
+    for change in plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Unchanged)
+    {
+        report.results.push(ObjectResult {
+            key: change.key.clone(),
+            action: Action::Unchanged,
+            error: None,
+            health: None,
+        });
+    }
+
+    // 3. Prune only after every apply succeeded, in reverse stage order.
+    if all_ok && options.prune {
+        let prune_changes: Vec<&Change> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action == Action::Prune)
+            .collect();
+        let mut pruned_all = true;
+        for stage in [
+            Stage::Namespaced,
+            Stage::ClusterScoped,
+            Stage::Namespaces,
+            Stage::Crds,
+        ] {
+            let batch: Vec<&Change> = prune_changes
+                .iter()
+                .copied()
+                .filter(|c| c.stage == stage)
+                .collect();
+            let results = prune_batch(client, &batch, options).await;
+            for result in &results {
+                if result.error.is_none() {
+                    report.pruned += 1;
+                    report.writes += 1;
+                } else {
+                    pruned_all = false;
+                }
+            }
+            report.results.extend(results);
+            if !pruned_all {
+                break;
+            }
+        }
+        // 4. Narrow the inventory only after the deletes are done.
+        if pruned_all {
+            let mut narrowed = plan.applyset.clone();
+            narrowed.group_kinds = desired_kinds;
+            narrowed.namespaces = desired_namespaces;
+            write_parent(client, &plan, &narrowed, &mut report).await?;
+        }
+    }
+
+    if all_ok && let Some(timeout) = options.wait {
+        wait_healthy(client, resolver, &plan, &mut report, timeout).await;
+    }
+    Ok(report)
+}
+
+/// Server-side applies the parent when what it records changes (never on a no-op).
+async fn write_parent(
+    client: &kube::Client,
+    plan: &Plan,
+    set: &applyset::ApplySet,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    if plan.parent_exists
+        && set.group_kinds == plan.applyset.group_kinds
+        && set.namespaces == plan.applyset.namespaces
+    {
+        return Ok(());
+    }
+    let api: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &plan.options.namespace);
+    let manifest = set.parent_manifest();
+    api.patch(
+        &set.parent_name(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&manifest),
+    )
+    .await
+    .map_err(|e| Error::Parent {
+        name: set.parent_name(),
+        reason: describe(&e),
+    })?;
+    report.writes += 1;
+    Ok(())
+}
+
+async fn apply_batch(
+    client: &kube::Client,
+    batch: &[Change],
+    options: &ApplyOptions,
+) -> Vec<ObjectResult> {
+    futures::stream::iter(batch.iter().map(|change| async move {
+        let error = match (&change.kind, &change.desired) {
+            (Some(kind), Some(manifest)) => {
+                let api = api_for(client, kind, &change.key.namespace);
+                let mut params = PatchParams::apply(FIELD_MANAGER);
+                if options.force_conflicts {
+                    params = params.force();
+                }
+                api.patch(&change.key.name, &params, &Patch::Apply(manifest))
+                    .await
+                    .err()
+                    .map(|e| describe(&e))
+            }
+            (None, _) => {
+                Some("its kind is still not served after its CRD was established".to_string())
+            }
+            (_, None) => Some("nothing to apply".to_string()),
+        };
+        ObjectResult {
+            key: change.key.clone(),
+            action: if change.action == Action::Conflict {
+                Action::Update
+            } else {
+                change.action
+            },
+            error,
+            health: None,
+        }
+    }))
+    .buffer_unordered(options.concurrency.max(1))
+    .collect()
+    .await
+}
+
+async fn prune_batch(
+    client: &kube::Client,
+    batch: &[&Change],
+    options: &ApplyOptions,
+) -> Vec<ObjectResult> {
+    futures::stream::iter(batch.iter().map(|change| async move {
+        let kind = change.kind.as_ref().expect("prune candidates are resolved");
+        let api = api_for(client, kind, &change.key.namespace);
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..Default::default()
+        };
+        let error = match api.delete(&change.key.name, &params).await {
+            Ok(_) => wait_gone(&api, &change.key.name, options.settle_timeout)
+                .await
+                .err(),
+            Err(kube::Error::Api(status)) if status.code == 404 => None,
+            Err(e) => Some(describe(&e)),
+        };
+        ObjectResult {
+            key: change.key.clone(),
+            action: Action::Prune,
+            error,
+            health: None,
+        }
+    }))
+    .buffer_unordered(options.concurrency.max(1))
+    .collect()
+    .await
+}
+
+async fn wait_gone(api: &Api<DynamicObject>, name: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match api.get_opt(name).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) if Instant::now() > deadline => {
+                return Err(format!(
+                    "still present {} s after deletion (finalizers?)",
+                    timeout.as_secs()
+                ));
+            }
+            Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => return Err(describe(&e)),
+        }
+    }
+}
+
+async fn wait_for_crds(
+    client: &kube::Client,
+    batch: &[Change],
+    timeout: Duration,
+) -> Result<(), Error> {
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for change in batch {
+        let established = kube::runtime::wait::await_condition(
+            crds.clone(),
+            &change.key.name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        match tokio::time::timeout(timeout, established).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                return Err(Error::CrdNotEstablished {
+                    name: change.key.name.clone(),
+                    seconds: timeout.as_secs(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls every desired object until all are Healthy, one is Degraded, or time runs out.
+async fn wait_healthy(
+    client: &kube::Client,
+    resolver: &Resolver,
+    plan: &Plan,
+    report: &mut ApplyReport,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    let desired: Vec<&Change> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Prune)
+        .collect();
+    loop {
+        let checks = futures::stream::iter(desired.iter().map(|change| async move {
+            let api_version = change
+                .desired
+                .as_ref()
+                .and_then(|d| d["apiVersion"].as_str())
+                .unwrap_or_default();
+            let Some(kind) = change
+                .kind
+                .clone()
+                .or_else(|| resolver.resolve(api_version, &change.key.kind))
+            else {
+                return (change.key.clone(), Health::missing());
+            };
+            let live: Option<Value> = api_for(client, &kind, &change.key.namespace)
+                .get_opt(&change.key.name)
+                .await
+                .ok()
+                .flatten()
+                .map(|o| serde_json::to_value(o).expect("objects serialize"));
+            (change.key.clone(), health::assess(live.as_ref()))
+        }))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+        let not_healthy: Vec<&(ObjectKey, Health)> = checks
+            .iter()
+            .filter(|(_, h)| h.status != HealthStatus::Healthy)
+            .collect();
+        let degraded = checks
+            .iter()
+            .find(|(_, h)| h.status == HealthStatus::Degraded);
+        let done = not_healthy.is_empty() || degraded.is_some() || Instant::now() > deadline;
+        if done {
+            for (key, health) in &checks {
+                if let Some(result) = report.results.iter_mut().find(|r| &r.key == key) {
+                    result.health = Some(health.clone());
+                }
+            }
+            if let Some((key, h)) = degraded {
+                report.unhealthy = Some(format!("{key} is Degraded: {}", h.message));
+            } else if let Some((key, h)) = not_healthy.first() {
+                report.unhealthy = Some(format!(
+                    "{} object(s) not healthy after {} s, e.g. {key}: {} ({})",
+                    not_healthy.len(),
+                    timeout.as_secs(),
+                    h.status,
+                    h.message
+                ));
+            }
+            return;
+        }
+        tracing::info!(
+            waiting = not_healthy.len(),
+            "waiting for objects to become healthy"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn describe(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}

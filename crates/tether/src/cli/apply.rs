@@ -1,0 +1,178 @@
+//! `tether apply`: plan, then make the cluster match — ordered server-side apply, ApplySet
+//! pruning, and with `--wait` a wait for health.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::GlobalArgs;
+use super::plan::{TargetArgs, color_wanted, prepare};
+use super::render::parse_duration;
+use crate::apply::{ApplyOptions, ApplyReport, apply};
+use crate::output::OutputFormat;
+use crate::plan::Action;
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Keep objects that are no longer in Git (default: prune them).
+    #[arg(long)]
+    pub no_prune: bool,
+
+    /// Allow an empty render to prune every object of the application.
+    #[arg(long)]
+    pub allow_empty: bool,
+
+    /// Wait until every object is healthy (Deployments rolled out, Jobs complete, …).
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long --wait waits.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyDocument<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    app: &'a str,
+    namespace: &'a str,
+    revision: Option<&'a crate::source::git::Revision>,
+    #[serde(flatten)]
+    report: &'a ApplyReport,
+}
+
+pub async fn run(
+    global: &GlobalArgs,
+    args: &ApplyArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    let mut prepared = prepare(global, &args.target).await?;
+    let options = ApplyOptions {
+        prune: !args.no_prune,
+        allow_empty: args.allow_empty,
+        force_conflicts: args.target.force_conflicts,
+        concurrency: args.target.concurrency,
+        wait: args.wait.then_some(args.timeout),
+        ..Default::default()
+    };
+    let app = prepared.plan.options.app.clone();
+    let namespace = prepared.plan.options.namespace.clone();
+    let summary = prepared.plan.summary();
+    if global.output == OutputFormat::Text {
+        super::plan::write_plan(
+            out,
+            OutputFormat::Text,
+            &prepared.plan,
+            prepared.revision.as_ref(),
+        )?;
+        writeln!(out)?;
+    }
+    let client = prepared.cluster.client();
+    let report = apply(&client, &mut prepared.resolver, prepared.plan, &options).await?;
+    match global.output {
+        OutputFormat::Json | OutputFormat::Yaml => {
+            let document = ApplyDocument {
+                api_version: "tether.dev/v1alpha1",
+                kind: "ApplyResult",
+                app: &app,
+                namespace: &namespace,
+                revision: prepared.revision.as_ref(),
+                report: &report,
+            };
+            crate::output::write_structured(out, global.output, &document)?;
+        }
+        _ => write_text(out, &report, args.wait, color_wanted())?,
+    }
+    let failed = report.failed();
+    if !failed.is_empty() {
+        let list: Vec<String> = failed
+            .iter()
+            .map(|r| {
+                format!(
+                    "  {} {}: {}",
+                    r.action,
+                    r.key,
+                    r.error.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        anyhow::bail!(
+            "{} object(s) failed; later stages and pruning were skipped:\n{}",
+            failed.len(),
+            list.join("\n")
+        );
+    }
+    if let Some(why) = &report.unhealthy {
+        anyhow::bail!("applied, but not healthy: {why}");
+    }
+    tracing::debug!(?summary, writes = report.writes, "apply finished");
+    Ok(0)
+}
+
+fn write_text(
+    out: &mut impl Write,
+    report: &ApplyReport,
+    wait: bool,
+    color: bool,
+) -> anyhow::Result<()> {
+    let count = |action: Action| {
+        report
+            .results
+            .iter()
+            .filter(|r| r.action == action && r.error.is_none())
+            .count()
+    };
+    for result in report
+        .results
+        .iter()
+        .filter(|r| r.action != Action::Unchanged)
+    {
+        let verb = match (result.action, &result.error) {
+            (_, Some(_)) => "failed",
+            (Action::Create, None) => "created",
+            (Action::Prune, None) => "pruned",
+            _ => "updated",
+        };
+        writeln!(out, "{verb} {}", result.key)?;
+    }
+    if wait {
+        writeln!(out)?;
+        writeln!(out, "{:<12} {:<50} MESSAGE", "HEALTH", "OBJECT")?;
+        for result in report.results.iter().filter(|r| r.health.is_some()) {
+            let health = result.health.as_ref().expect("filtered");
+            let status = health.status.to_string();
+            let status = if color {
+                let code = match health.status {
+                    crate::health::HealthStatus::Healthy => "32",
+                    crate::health::HealthStatus::Degraded => "31",
+                    _ => "33",
+                };
+                format!("\x1b[{code}m{status:<12}\x1b[0m")
+            } else {
+                format!("{status:<12}")
+            };
+            writeln!(
+                out,
+                "{status} {:<50} {}",
+                result.key.to_string(),
+                health.message
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "Apply complete: {} created, {} updated, {} pruned, {} unchanged ({} writes)",
+        count(Action::Create),
+        count(Action::Update),
+        count(Action::Prune),
+        count(Action::Unchanged),
+        report.writes
+    )?;
+    Ok(())
+}

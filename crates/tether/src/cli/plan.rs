@@ -1,0 +1,376 @@
+//! `tether plan`: what `apply` would change, as a diff per object, a summary line, JSON for
+//! tools or Markdown for a pull-request comment. `--detailed-exitcode`: 0 in sync, 2 changes.
+
+use std::io::{IsTerminal, Write};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::GlobalArgs;
+use super::render::SourceArgs;
+use crate::cluster::Cluster;
+use crate::cluster::discovery::Resolver;
+use crate::output::OutputFormat;
+use crate::plan::{Action, Change, Plan, PlanOptions, Summary};
+use crate::render::{ObjectKey, Origin, RenderOptions, render_plain};
+use crate::source::git::Revision;
+
+/// Where to apply and how: shared by `plan` and `apply`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Application name; names the ApplySet parent Secret `tether-<app>` in the namespace.
+    /// Default: the last folder of --path (else the repository's name).
+    #[arg(long, value_name = "NAME")]
+    pub app: Option<String>,
+
+    /// Take over objects that already exist and belong to no ApplySet.
+    #[arg(long)]
+    pub adopt: bool,
+
+    /// Take ownership of fields that another field manager owns.
+    #[arg(long)]
+    pub force_conflicts: bool,
+
+    /// API requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Exit 0 when in sync, 2 when there are changes, 1 on error (as terraform plan).
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+/// Everything `plan` and `apply` start from.
+pub struct Prepared {
+    pub cluster: Cluster,
+    pub resolver: Resolver,
+    pub plan: Plan,
+    pub revision: Option<Revision>,
+}
+
+/// Resolves the source, renders, connects, discovers and plans.
+pub async fn prepare(global: &GlobalArgs, target: &TargetArgs) -> anyhow::Result<Prepared> {
+    let resolved = target.source.resolve().await?;
+    let objects = render_plain(
+        resolved.tree.as_ref(),
+        &resolved.path,
+        &RenderOptions::default(),
+    )?;
+    let cluster = Cluster::connect(&global.cluster_options()).await?;
+    let resolver = Resolver::new(cluster.client())
+        .await
+        .map_err(|e| cluster.describe(e))
+        .context("API discovery failed")?;
+    let app = match &target.app {
+        Some(app) => app.clone(),
+        None => default_app_name(&resolved.path, target.source.repo.as_deref())?,
+    };
+    let mut options = PlanOptions::new(app, cluster.namespace());
+    options.adopt = target.adopt;
+    options.force_conflicts = target.force_conflicts;
+    options.concurrency = target.concurrency;
+    let plan = crate::plan::plan(&cluster.client(), &resolver, objects, &options).await?;
+    Ok(Prepared {
+        cluster,
+        resolver,
+        plan,
+        revision: resolved.revision,
+    })
+}
+
+/// The last folder of the path, else the repository's name, as a DNS label.
+fn default_app_name(path: &str, repo: Option<&str>) -> anyhow::Result<String> {
+    let from_path = path.rsplit('/').find(|p| !p.is_empty() && *p != ".");
+    let from_repo = repo.and_then(|r| {
+        r.trim_end_matches('/')
+            .trim_end_matches(".git")
+            .rsplit(['/', ':'])
+            .next()
+    });
+    let raw = from_path.or(from_repo).unwrap_or("");
+    let name: String = raw
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = name.trim_matches('-').to_string();
+    if name.is_empty() {
+        anyhow::bail!("cannot derive an application name from --path {path:?}; pass --app NAME");
+    }
+    Ok(name)
+}
+
+pub async fn run(global: &GlobalArgs, args: &PlanArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+    let prepared = prepare(global, &args.target).await?;
+    write_plan(
+        out,
+        global.output,
+        &prepared.plan,
+        prepared.revision.as_ref(),
+    )?;
+    Ok(if args.detailed_exitcode && prepared.plan.has_changes() {
+        2
+    } else {
+        0
+    })
+}
+
+/// The `-o json` document. Its shape is a contract: fields are only ever added.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PlanDocument<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    app: &'a str,
+    namespace: &'a str,
+    apply_set_id: &'a str,
+    revision: Option<&'a Revision>,
+    summary: Summary,
+    changes: Vec<ChangeDocument<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangeDocument<'a> {
+    action: Action,
+    key: &'a ObjectKey,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<&'a Origin>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    diff: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    conflicts: &'a [String],
+}
+
+pub fn write_plan(
+    out: &mut impl Write,
+    format: OutputFormat,
+    plan: &Plan,
+    revision: Option<&Revision>,
+) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json | OutputFormat::Yaml => {
+            let document = PlanDocument {
+                api_version: "tether.dev/v1alpha1",
+                kind: "Plan",
+                app: &plan.options.app,
+                namespace: &plan.options.namespace,
+                apply_set_id: &plan.applyset.id,
+                revision,
+                summary: plan.summary(),
+                changes: plan
+                    .changes
+                    .iter()
+                    .map(|c| ChangeDocument {
+                        action: c.action,
+                        key: &c.key,
+                        origin: c.origin.as_ref(),
+                        diff: &c.diff,
+                        conflicts: &c.conflicts,
+                    })
+                    .collect(),
+            };
+            crate::output::write_structured(out, format, &document)?;
+        }
+        OutputFormat::Markdown => write_markdown(out, plan, revision)?,
+        OutputFormat::Text => write_text(out, plan, revision, color_wanted())?,
+    }
+    Ok(())
+}
+
+/// ANSI colours on a terminal, unless NO_COLOR is set.
+pub fn color_wanted() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn symbol(action: Action) -> &'static str {
+    match action {
+        Action::Create => "+",
+        Action::Update => "~",
+        Action::Unchanged => "=",
+        Action::Prune => "-",
+        Action::Conflict => "!",
+    }
+}
+
+fn describe_change(change: &Change) -> String {
+    let origin = change
+        .origin
+        .as_ref()
+        .map(|o| format!("  ({o})"))
+        .unwrap_or_default();
+    format!(
+        "{} {} {}{origin}",
+        symbol(change.action),
+        change.action,
+        change.key
+    )
+}
+
+fn write_text(
+    out: &mut impl Write,
+    plan: &Plan,
+    revision: Option<&Revision>,
+    color: bool,
+) -> anyhow::Result<()> {
+    let paint = |code: &str, text: &str| {
+        if color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    };
+    let at = revision
+        .map(|r| format!(" at {}", &r.commit[..r.commit.len().min(12)]))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "tether plan: app {} in namespace {}{at} (ApplySet {})",
+        plan.options.app, plan.options.namespace, plan.applyset.id
+    )?;
+    for change in plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Unchanged)
+    {
+        writeln!(out)?;
+        let code = match change.action {
+            Action::Create => "32;1",
+            Action::Prune => "31;1",
+            Action::Conflict => "35;1",
+            _ => "33;1",
+        };
+        writeln!(out, "{}", paint(code, &describe_change(change)))?;
+        for conflict in &change.conflicts {
+            writeln!(out, "    conflict: {conflict}")?;
+        }
+        for line in change.diff.lines() {
+            let code = if line.starts_with("+++") || line.starts_with("---") {
+                "1"
+            } else if line.starts_with('+') {
+                "32"
+            } else if line.starts_with('-') {
+                "31"
+            } else if line.starts_with("@@") {
+                "36"
+            } else {
+                ""
+            };
+            if code.is_empty() {
+                writeln!(out, "    {line}")?;
+            } else {
+                writeln!(out, "    {}", paint(code, line))?;
+            }
+        }
+    }
+    writeln!(out)?;
+    writeln!(out, "{}", plan.summary())?;
+    Ok(())
+}
+
+fn write_markdown(
+    out: &mut impl Write,
+    plan: &Plan,
+    revision: Option<&Revision>,
+) -> anyhow::Result<()> {
+    let at = revision
+        .map(|r| format!(" at `{}`", &r.commit[..r.commit.len().min(12)]))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "### tether plan: `{}` → namespace `{}`{at}",
+        plan.options.app, plan.options.namespace
+    )?;
+    writeln!(out)?;
+    writeln!(out, "**{}**", plan.summary())?;
+    let changed: Vec<&Change> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Unchanged)
+        .collect();
+    if changed.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "No changes: the cluster matches the revision.")?;
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(out, "| | Action | Object | Source |")?;
+    writeln!(out, "|---|---|---|---|")?;
+    for change in &changed {
+        let origin = change
+            .origin
+            .as_ref()
+            .map(|o| format!("`{o}`"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "| {} | {} | `{}` | {origin} |",
+            symbol(change.action),
+            change.action,
+            change.key
+        )?;
+    }
+    for change in changed {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "<details><summary>{} <code>{}</code></summary>",
+            change.action, change.key
+        )?;
+        writeln!(out)?;
+        for conflict in &change.conflicts {
+            writeln!(out, "- conflict: {conflict}")?;
+        }
+        // A fence longer than any run of backticks in the diff cannot be closed by it.
+        let fence = "`".repeat(3.max(longest_backtick_run(&change.diff) + 1));
+        writeln!(out, "{fence}diff")?;
+        write!(out, "{}", change.diff)?;
+        if !change.diff.ends_with('\n') {
+            writeln!(out)?;
+        }
+        writeln!(out, "{fence}")?;
+        writeln!(out)?;
+        writeln!(out, "</details>")?;
+    }
+    Ok(())
+}
+
+fn longest_backtick_run(text: &str) -> usize {
+    text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_app_names_are_dns_labels() {
+        assert_eq!(
+            default_app_name("examples/web-app", None).unwrap(),
+            "web-app"
+        );
+        assert_eq!(
+            default_app_name(".", Some("https://x/team/Deploy_Repo.git")).unwrap(),
+            "deploy-repo"
+        );
+        assert_eq!(
+            default_app_name("apps/Shop_Front/", None).unwrap(),
+            "shop-front"
+        );
+        assert!(default_app_name(".", None).is_err());
+    }
+
+    #[test]
+    fn markdown_fences_outlast_backticks_in_diffs() {
+        assert_eq!(longest_backtick_run("a ```` b ` c"), 4);
+    }
+}

@@ -1,0 +1,60 @@
+//! API discovery: which kinds the server serves, under which resource name and scope.
+//!
+//! Discovered once per run and refreshed on demand (after a CRD is established), so an
+//! unknown kind costs one more discovery, not one per object. Start at [`Resolver`].
+
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
+
+/// What tether needs to know to address one kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindInfo {
+    pub resource: ApiResource,
+    pub namespaced: bool,
+}
+
+pub struct Resolver {
+    client: kube::Client,
+    discovery: Discovery,
+}
+
+impl Resolver {
+    pub async fn new(client: kube::Client) -> Result<Self, kube::Error> {
+        let discovery = Discovery::new(client.clone()).run_aggregated().await?;
+        Ok(Self { client, discovery })
+    }
+
+    /// Discovers again: new CRDs become resolvable.
+    pub async fn refresh(&mut self) -> Result<(), kube::Error> {
+        self.discovery = Discovery::new(self.client.clone()).run_aggregated().await?;
+        Ok(())
+    }
+
+    /// Resolves `apiVersion` + `kind`.
+    pub fn resolve(&self, api_version: &str, kind: &str) -> Option<KindInfo> {
+        let (group, version) = match api_version.split_once('/') {
+            Some((group, version)) => (group, version),
+            None => ("", api_version),
+        };
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        self.discovery
+            .resolve_gvk(&gvk)
+            .map(
+                |(resource, caps): (ApiResource, ApiCapabilities)| KindInfo {
+                    resource,
+                    namespaced: caps.scope == Scope::Namespaced,
+                },
+            )
+    }
+
+    /// Resolves a group and kind at the version the server prefers (for pruning, where
+    /// only the group and kind are recorded).
+    pub fn resolve_group_kind(&self, group: &str, kind: &str) -> Option<KindInfo> {
+        let api_group = self.discovery.groups().find(|g| g.name() == group)?;
+        let (resource, caps) = api_group.recommended_kind(kind)?;
+        Some(KindInfo {
+            resource,
+            namespaced: caps.scope == Scope::Namespaced,
+        })
+    }
+}

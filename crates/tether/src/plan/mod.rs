@@ -1,0 +1,581 @@
+//! Plan: desired objects + the cluster → what apply would do to each object, with its diff.
+//!
+//! Every desired object is dry-run with server-side apply (field manager `tether`), so
+//! defaults, admission and removed fields show exactly as the server would make them; the
+//! prediction is compared with the live object minus server-owned fields ([`diff`]).
+//! Objects recorded in the ApplySet but no longer desired are planned for pruning.
+//! Start at [`plan`].
+
+pub mod diff;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::apply::applyset::{ApplySet, GroupKind, PART_OF_LABEL};
+use crate::cluster::discovery::{KindInfo, Resolver};
+use crate::render::{Object, ObjectKey, Origin};
+
+/// The field manager tether applies with.
+pub const FIELD_MANAGER: &str = "tether";
+
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// The application: names the ApplySet parent (`tether-<app>`).
+    pub app: String,
+    /// Default namespace for namespaced objects without one; also the parent's namespace.
+    pub namespace: String,
+    /// Take ownership of fields another manager owns.
+    pub force_conflicts: bool,
+    /// Take over objects that exist and belong to no ApplySet.
+    pub adopt: bool,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+}
+
+impl PlanOptions {
+    pub fn new(app: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            app: app.into(),
+            namespace: namespace.into(),
+            force_conflicts: false,
+            adopt: false,
+            concurrency: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Unchanged,
+    Prune,
+    Conflict,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Unchanged => "unchanged",
+            Action::Prune => "prune",
+            Action::Conflict => "conflict",
+        })
+    }
+}
+
+/// The order objects are applied in (and pruned in, reversed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Stage {
+    Crds,
+    Namespaces,
+    ClusterScoped,
+    Namespaced,
+}
+
+/// What apply would do to one object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub key: ObjectKey,
+    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// Unified YAML diff from live to predicted, Secret values redacted ("" when unchanged).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub diff: String,
+    /// For conflicts: which fields, owned by which managers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
+    #[serde(skip)]
+    pub stage: Stage,
+    /// The manifest to apply: namespace filled, ApplySet label added (none for prune).
+    #[serde(skip)]
+    pub desired: Option<Value>,
+    #[serde(skip)]
+    pub live: Option<Value>,
+    /// `None` while the kind's CRD is part of this same set and not yet served.
+    #[serde(skip)]
+    pub kind: Option<KindInfo>,
+}
+
+/// A problem that stops the plan: nothing may be written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{}{}{message}", origin.as_ref().map(|o| format!("{o}: ")).unwrap_or_default(), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
+pub struct PlanError {
+    pub key: Option<ObjectKey>,
+    pub origin: Option<Origin>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct PlanErrors(pub Vec<PlanError>);
+
+impl std::fmt::Display for PlanErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "{n} object{} cannot be applied; nothing was written:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for error in &self.0 {
+            write!(f, "\n  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub create: usize,
+    pub update: usize,
+    pub unchanged: usize,
+    pub prune: usize,
+    pub conflict: usize,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Plan: {} to create, {} to update, {} to prune, {} unchanged",
+            self.create, self.update, self.prune, self.unchanged
+        )?;
+        if self.conflict > 0 {
+            write!(f, ", {} in conflict", self.conflict)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub options: PlanOptions,
+    /// The set as recorded by its parent now (empty when there is no parent yet).
+    pub applyset: ApplySet,
+    pub parent_exists: bool,
+    pub changes: Vec<Change>,
+}
+
+impl Plan {
+    pub fn summary(&self) -> Summary {
+        let mut summary = Summary::default();
+        for change in &self.changes {
+            match change.action {
+                Action::Create => summary.create += 1,
+                Action::Update => summary.update += 1,
+                Action::Unchanged => summary.unchanged += 1,
+                Action::Prune => summary.prune += 1,
+                Action::Conflict => summary.conflict += 1,
+            }
+        }
+        summary
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(|c| c.action != Action::Unchanged)
+    }
+
+    pub fn desired_count(&self) -> usize {
+        self.changes
+            .iter()
+            .filter(|c| c.action != Action::Prune)
+            .count()
+    }
+}
+
+fn stage_of(key: &ObjectKey, namespaced: bool) -> Stage {
+    match (key.group.as_str(), key.kind.as_str()) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => Stage::Crds,
+        ("", "Namespace") => Stage::Namespaces,
+        _ if !namespaced => Stage::ClusterScoped,
+        _ => Stage::Namespaced,
+    }
+}
+
+/// The api for one object's kind, in its namespace.
+pub fn api_for(client: &kube::Client, kind: &KindInfo, namespace: &str) -> Api<DynamicObject> {
+    if kind.namespaced {
+        Api::namespaced_with(client.clone(), namespace, &kind.resource)
+    } else {
+        Api::all_with(client.clone(), &kind.resource)
+    }
+}
+
+fn api_error(err: &kube::Error) -> Option<&kube::core::Status> {
+    match err {
+        kube::Error::Api(status) => Some(status),
+        _ => None,
+    }
+}
+
+/// Plans `objects` against the cluster. Errors stop the plan and name every object at fault.
+pub async fn plan(
+    client: &kube::Client,
+    resolver: &Resolver,
+    objects: Vec<Object>,
+    options: &PlanOptions,
+) -> Result<Plan, PlanErrors> {
+    let mut errors = Vec::new();
+    let mut applyset = ApplySet::new(&options.app, &options.namespace);
+    let parents: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &options.namespace,
+        &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+    );
+    let parent_exists = match parents.get_opt(&applyset.parent_name()).await {
+        Ok(Some(parent)) => {
+            let value = serde_json::to_value(parent).expect("objects serialize");
+            if let Err(why) = applyset.read_parent(&value) {
+                errors.push(PlanError {
+                    key: None,
+                    origin: None,
+                    message: format!(
+                        "Secret/{} -n {} exists but cannot be tether's ApplySet parent: {why}; choose another --app",
+                        applyset.parent_name(),
+                        options.namespace
+                    ),
+                });
+            }
+            true
+        }
+        Ok(None) => false,
+        Err(err) => return Err(PlanErrors(vec![cluster_error(None, None, &err)])),
+    };
+
+    // CRDs in this set define kinds that may not be served yet.
+    let pending_kinds: BTreeMap<(String, String), bool> = objects
+        .iter()
+        .filter(|o| {
+            o.key.group == "apiextensions.k8s.io" && o.key.kind == "CustomResourceDefinition"
+        })
+        .filter_map(|o| {
+            let spec = &o.manifest["spec"];
+            Some((
+                (
+                    spec["group"].as_str()?.to_string(),
+                    spec["names"]["kind"].as_str()?.to_string(),
+                ),
+                spec["scope"].as_str() != Some("Cluster"),
+            ))
+        })
+        .collect();
+
+    let mut prepared = Vec::new();
+    let mut seen: BTreeMap<ObjectKey, Origin> = BTreeMap::new();
+    for object in objects {
+        let api_version = object.manifest["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let kind = resolver.resolve(&api_version, &object.key.kind);
+        let namespaced = match &kind {
+            Some(info) => info.namespaced,
+            None => match pending_kinds.get(&(object.key.group.clone(), object.key.kind.clone())) {
+                Some(namespaced) => *namespaced,
+                None => {
+                    errors.push(PlanError {
+                        key: Some(object.key.clone()),
+                        origin: Some(object.origin.clone()),
+                        message: format!(
+                            "the cluster does not serve kind {} in {api_version}; install its CRD or fix apiVersion/kind",
+                            object.key.kind
+                        ),
+                    });
+                    continue;
+                }
+            },
+        };
+        let mut key = object.key.clone();
+        let mut manifest = object.manifest;
+        let metadata = manifest["metadata"]
+            .as_object_mut()
+            .expect("render checked metadata");
+        if namespaced {
+            if key.namespace.is_empty() {
+                key.namespace = options.namespace.clone();
+                metadata.insert("namespace".into(), Value::String(key.namespace.clone()));
+            }
+        } else {
+            // kubectl ignores a namespace on a cluster-scoped object; so do we.
+            key.namespace.clear();
+            metadata.remove("namespace");
+        }
+        let labels = metadata
+            .entry("labels")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if !labels.is_object() {
+            *labels = Value::Object(Default::default());
+        }
+        labels
+            .as_object_mut()
+            .expect("just made an object")
+            .insert(PART_OF_LABEL.into(), Value::String(applyset.id.clone()));
+        if let Some(first) = seen.insert(key.clone(), object.origin.clone()) {
+            errors.push(PlanError {
+                key: Some(key.clone()),
+                origin: Some(object.origin.clone()),
+                message: format!(
+                    "is also defined at {first} (with the default namespace filled in)"
+                ),
+            });
+            continue;
+        }
+        prepared.push((key, object.origin, manifest, kind, namespaced));
+    }
+
+    let creating_namespaces: BTreeSet<String> = prepared
+        .iter()
+        .filter(|(key, ..)| key.group.is_empty() && key.kind == "Namespace")
+        .map(|(key, ..)| key.name.clone())
+        .collect();
+
+    let results: Vec<Result<Change, PlanError>> = futures::stream::iter(prepared.into_iter().map(
+        |(key, origin, manifest, kind, namespaced)| {
+            let applyset_id = applyset.id.clone();
+            let creating_namespaces = &creating_namespaces;
+            async move {
+                plan_one(
+                    client,
+                    key,
+                    origin,
+                    manifest,
+                    kind,
+                    namespaced,
+                    &applyset_id,
+                    creating_namespaces,
+                    options,
+                )
+                .await
+            }
+        },
+    ))
+    .buffer_unordered(options.concurrency.max(1))
+    .collect()
+    .await;
+    let mut changes = Vec::new();
+    for result in results {
+        match result {
+            Ok(change) => changes.push(change),
+            Err(error) => errors.push(error),
+        }
+    }
+
+    match prune_candidates(client, resolver, &applyset, &seen).await {
+        Ok(prunes) => changes.extend(prunes),
+        Err(error) => errors.push(error),
+    }
+    if !errors.is_empty() {
+        errors.sort_by(|a, b| a.origin.cmp(&b.origin).then(a.key.cmp(&b.key)));
+        return Err(PlanErrors(errors));
+    }
+    changes.sort_by(|a, b| (a.stage, &a.key).cmp(&(b.stage, &b.key)));
+    Ok(Plan {
+        options: options.clone(),
+        applyset,
+        parent_exists,
+        changes,
+    })
+}
+
+fn cluster_error(key: Option<&ObjectKey>, origin: Option<&Origin>, err: &kube::Error) -> PlanError {
+    let message = match api_error(err) {
+        Some(status) => status.message.clone(),
+        None => format!("the API server did not answer: {err}"),
+    };
+    PlanError {
+        key: key.cloned(),
+        origin: origin.cloned(),
+        message,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn plan_one(
+    client: &kube::Client,
+    key: ObjectKey,
+    origin: Origin,
+    manifest: Value,
+    kind: Option<KindInfo>,
+    namespaced: bool,
+    applyset_id: &str,
+    creating_namespaces: &BTreeSet<String>,
+    options: &PlanOptions,
+) -> Result<Change, PlanError> {
+    let stage = stage_of(&key, namespaced);
+    let mut change = Change {
+        key: key.clone(),
+        action: Action::Create,
+        origin: Some(origin.clone()),
+        diff: String::new(),
+        conflicts: Vec::new(),
+        stage,
+        desired: Some(manifest.clone()),
+        live: None,
+        kind: kind.clone(),
+    };
+    let Some(kind) = kind else {
+        // Its CRD comes with this set: nothing to ask the server yet.
+        change.diff = render_diff(None, Some(&manifest), &key);
+        return Ok(change);
+    };
+    let api = api_for(client, &kind, &key.namespace);
+    let error = |message: String| PlanError {
+        key: Some(key.clone()),
+        origin: Some(origin.clone()),
+        message,
+    };
+    let live = api
+        .get_opt(&key.name)
+        .await
+        .map_err(|e| cluster_error(Some(&key), Some(&origin), &e))?
+        .map(|o| serde_json::to_value(o).expect("objects serialize"));
+    if let Some(live) = &live {
+        match live["metadata"]["labels"][PART_OF_LABEL].as_str() {
+            Some(id) if id == applyset_id => {}
+            Some(other) => {
+                return Err(error(format!(
+                    "belongs to another ApplySet ({other}); two applications cannot own one object"
+                )));
+            }
+            None if !options.adopt => {
+                return Err(error(
+                    "exists and is not managed by tether; pass --adopt to take it over".into(),
+                ));
+            }
+            None => {}
+        }
+    }
+    let mut params = PatchParams::apply(FIELD_MANAGER).dry_run();
+    if options.force_conflicts {
+        params = params.force();
+    }
+    let predicted = match api
+        .patch(&key.name, &params, &Patch::Apply(&manifest))
+        .await
+    {
+        Ok(object) => serde_json::to_value(object).expect("objects serialize"),
+        Err(err) => match api_error(&err) {
+            Some(status) if status.code == 409 && status.reason == "Conflict" => {
+                change.action = Action::Conflict;
+                change.live = live;
+                change.conflicts = status
+                    .details
+                    .as_ref()
+                    .map(|d| {
+                        d.causes
+                            .iter()
+                            .map(|c| format!("{}: {}", c.field, c.message))
+                            .collect()
+                    })
+                    .filter(|c: &Vec<String>| !c.is_empty())
+                    .unwrap_or_else(|| vec![status.message.clone()]);
+                return Ok(change);
+            }
+            Some(status)
+                if status.code == 404
+                    && live.is_none()
+                    && creating_namespaces.contains(&key.namespace) =>
+            {
+                // Its namespace is created by this same apply: the server cannot dry-run it yet.
+                change.diff = render_diff(None, Some(&manifest), &key);
+                return Ok(change);
+            }
+            _ => return Err(cluster_error(Some(&key), Some(&origin), &err)),
+        },
+    };
+    let before = live.as_ref().map(diff::normalize);
+    let after = diff::normalize(&predicted);
+    change.action = match &before {
+        None => Action::Create,
+        Some(before) if *before == after => Action::Unchanged,
+        Some(_) => Action::Update,
+    };
+    if change.action != Action::Unchanged {
+        change.diff = render_diff(before.as_ref(), Some(&after), &key);
+    }
+    change.live = live;
+    Ok(change)
+}
+
+/// A redacted unified diff between two normalized objects.
+fn render_diff(before: Option<&Value>, after: Option<&Value>, key: &ObjectKey) -> String {
+    let mut before = before.map(diff::normalize);
+    let mut after = after.map(diff::normalize);
+    if before
+        .as_ref()
+        .or(after.as_ref())
+        .is_some_and(diff::is_secret)
+    {
+        diff::redact_secret_pair(before.as_mut(), after.as_mut());
+    }
+    diff::unified_diff(
+        &diff::to_yaml(before.as_ref()),
+        &diff::to_yaml(after.as_ref()),
+        &key.to_string(),
+    )
+}
+
+/// Members of the set (by label, in the kinds and namespaces its parent records) that are
+/// no longer desired.
+async fn prune_candidates(
+    client: &kube::Client,
+    resolver: &Resolver,
+    applyset: &ApplySet,
+    desired: &BTreeMap<ObjectKey, Origin>,
+) -> Result<Vec<Change>, PlanError> {
+    let selector = ListParams::default().labels(&format!("{PART_OF_LABEL}={}", applyset.id));
+    let mut namespaces: BTreeSet<String> = applyset.namespaces.clone();
+    namespaces.insert(applyset.namespace.clone());
+    let mut prunes = Vec::new();
+    for GroupKind { group, kind } in &applyset.group_kinds {
+        let Some(info) = resolver.resolve_group_kind(group, kind) else {
+            // The kind is gone (its CRD was deleted): so are its objects.
+            continue;
+        };
+        let apis: Vec<Api<DynamicObject>> = if info.namespaced {
+            namespaces
+                .iter()
+                .map(|ns| api_for(client, &info, ns))
+                .collect()
+        } else {
+            vec![api_for(client, &info, "")]
+        };
+        for api in apis {
+            let list = api
+                .list(&selector)
+                .await
+                .map_err(|e| cluster_error(None, None, &e))?;
+            for object in list {
+                let value = serde_json::to_value(&object).expect("objects serialize");
+                let key = ObjectKey {
+                    group: group.clone(),
+                    kind: kind.clone(),
+                    namespace: object.metadata.namespace.clone().unwrap_or_default(),
+                    name: object.metadata.name.clone().unwrap_or_default(),
+                };
+                if desired.contains_key(&key) {
+                    continue;
+                }
+                prunes.push(Change {
+                    stage: stage_of(&key, info.namespaced),
+                    diff: render_diff(Some(&value), None, &key),
+                    key,
+                    action: Action::Prune,
+                    origin: None,
+                    conflicts: Vec::new(),
+                    desired: None,
+                    live: Some(value),
+                    kind: Some(info.clone()),
+                });
+            }
+        }
+    }
+    Ok(prunes)
+}
