@@ -25,6 +25,8 @@ fi
 testenv up --profile full
 TETHER_TEST_KUBECONFIG="$(testenv env | sed 's/^export KUBECONFIG=//')"
 export TETHER_TEST_KUBECONFIG
+TETHER_TEST_KUBECTL="$(testenv bin kubectl)"
+export TETHER_TEST_KUBECTL
 
 step "testenv selftest"
 testenv selftest

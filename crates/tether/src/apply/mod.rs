@@ -192,7 +192,11 @@ pub async fn apply(
             }
         }
     }
-    write_parent(client, &plan, &widened, &mut report).await?;
+    let mut parent = Parent {
+        recorded: plan.applyset.clone(),
+        exists: plan.parent_exists,
+    };
+    parent.record(client, &widened, &mut report).await?;
 
     // 2. Apply stage by stage; later stages wait for earlier ones.
     let mut all_ok = true;
@@ -286,7 +290,7 @@ pub async fn apply(
             let mut narrowed = plan.applyset.clone();
             narrowed.group_kinds = desired_kinds;
             narrowed.namespaces = desired_namespaces;
-            write_parent(client, &plan, &narrowed, &mut report).await?;
+            parent.record(client, &narrowed, &mut report).await?;
         }
     }
 
@@ -296,34 +300,43 @@ pub async fn apply(
     Ok(report)
 }
 
-/// Server-side applies the parent when what it records changes (never on a no-op).
-async fn write_parent(
-    client: &kube::Client,
-    plan: &Plan,
-    set: &applyset::ApplySet,
-    report: &mut ApplyReport,
-) -> Result<(), Error> {
-    if plan.parent_exists
-        && set.group_kinds == plan.applyset.group_kinds
-        && set.namespaces == plan.applyset.namespaces
-    {
-        return Ok(());
+/// What the parent Secret records now; written only when that changes (never on a no-op).
+struct Parent {
+    recorded: applyset::ApplySet,
+    exists: bool,
+}
+
+impl Parent {
+    async fn record(
+        &mut self,
+        client: &kube::Client,
+        set: &applyset::ApplySet,
+        report: &mut ApplyReport,
+    ) -> Result<(), Error> {
+        if self.exists
+            && set.group_kinds == self.recorded.group_kinds
+            && set.namespaces == self.recorded.namespaces
+        {
+            return Ok(());
+        }
+        let api: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(client.clone(), &set.namespace);
+        let manifest = set.parent_manifest();
+        api.patch(
+            &set.parent_name(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&manifest),
+        )
+        .await
+        .map_err(|e| Error::Parent {
+            name: set.parent_name(),
+            reason: describe(&e),
+        })?;
+        report.writes += 1;
+        self.recorded = set.clone();
+        self.exists = true;
+        Ok(())
     }
-    let api: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(client.clone(), &plan.options.namespace);
-    let manifest = set.parent_manifest();
-    api.patch(
-        &set.parent_name(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&manifest),
-    )
-    .await
-    .map_err(|e| Error::Parent {
-        name: set.parent_name(),
-        reason: describe(&e),
-    })?;
-    report.writes += 1;
-    Ok(())
 }
 
 async fn apply_batch(

@@ -110,3 +110,25 @@ where
         Err(_) => eprintln!("warning: clean-up of {what} panicked"),
     }
 }
+
+/// Runs the kubectl that testenv built (same version as the server) against the test
+/// cluster, with kubectl's ApplySet support switched on.
+pub fn kubectl(args: &[&str]) -> std::process::Output {
+    let binary = std::env::var_os("TETHER_TEST_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let testenv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testenv/testenv.py");
+            let out = std::process::Command::new("python3")
+                .args([testenv, "bin", "kubectl"])
+                .output()
+                .expect("python3 runs testenv.py");
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        });
+    std::process::Command::new(&binary)
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(args)
+        .env("KUBECTL_APPLYSET", "true")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()))
+}

@@ -1,0 +1,604 @@
+//! plan and apply against the real local control plane: create, update, no-op with zero
+//! writes, removed fields, pruning, ownership, conflicts, CRDs with their resources,
+//! pre-flight, Secret redaction, agreement with kubectl's ApplySet, and health waits.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::{TestNamespace, cluster, unique_name};
+use tether::apply::{ApplyOptions, ApplyReport, Error as ApplyError, apply};
+use tether::cluster::discovery::Resolver;
+use tether::health::HealthStatus;
+use tether::plan::{Action, Plan, PlanErrors, PlanOptions, plan};
+use tether::render::{Object, RenderOptions, render_plain};
+use tether::source::tree::DirTree;
+
+/// Renders `files` (path → YAML) from a temporary folder, as `tether` would.
+fn objects(files: &[(&str, String)]) -> Vec<Object> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (path, text) in files {
+        let full = dir.path().join(path);
+        std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+        std::fs::write(full, text).expect("write");
+    }
+    render_plain(
+        &DirTree::new(dir.path()).expect("dir"),
+        "",
+        &RenderOptions::default(),
+    )
+    .expect("valid manifests")
+}
+
+fn cm(name: &str, data: &[(&str, &str)]) -> String {
+    let data: BTreeMap<&str, &str> = data.iter().copied().collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata: {}\n",
+        serde_json::to_string(&data).expect("json")
+    )
+}
+
+fn deployment(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  \
+         selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    \
+         spec:\n      containers:\n      - name: app\n        image: registry.invalid/{name}:1\n"
+    )
+}
+
+struct Env {
+    client: kube::Client,
+    resolver: Resolver,
+    ns: TestNamespace,
+    app: String,
+}
+
+async fn env(prefix: &str) -> Env {
+    let cluster = cluster().await;
+    let client = cluster.client();
+    let resolver = Resolver::new(client.clone()).await.expect("discovery");
+    let ns = TestNamespace::create(&client, prefix).await;
+    Env {
+        client,
+        resolver,
+        ns,
+        app: unique_name(prefix),
+    }
+}
+
+impl Env {
+    fn options(&self) -> PlanOptions {
+        PlanOptions::new(self.app.clone(), self.ns.name.clone())
+    }
+
+    async fn plan(&self, files: &[(&str, String)]) -> Result<Plan, PlanErrors> {
+        plan(
+            &self.client,
+            &self.resolver,
+            objects(files),
+            &self.options(),
+        )
+        .await
+    }
+
+    async fn apply_with(
+        &mut self,
+        files: &[(&str, String)],
+        plan_options: PlanOptions,
+        options: ApplyOptions,
+    ) -> Result<ApplyReport, ApplyError> {
+        let planned = plan(&self.client, &self.resolver, objects(files), &plan_options)
+            .await
+            .unwrap_or_else(|e| panic!("plan failed: {e}"));
+        apply(&self.client, &mut self.resolver, planned, &options).await
+    }
+
+    async fn apply(&mut self, files: &[(&str, String)]) -> ApplyReport {
+        let report = self
+            .apply_with(files, self.options(), ApplyOptions::default())
+            .await
+            .expect("apply succeeds");
+        assert!(report.failed().is_empty(), "{:?}", report.failed());
+        report
+    }
+
+    fn configmaps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+}
+
+fn actions(plan: &Plan) -> Vec<(String, Action)> {
+    plan.changes
+        .iter()
+        .map(|c| (c.key.to_string(), c.action))
+        .collect()
+}
+
+#[tokio::test]
+async fn create_update_noop_and_removed_fields() {
+    let mut env = env("apply-basic").await;
+    let v1 = vec![
+        (
+            "cm.yaml",
+            cm("settings", &[("LOG_LEVEL", "info"), ("GREETING", "hi")]),
+        ),
+        ("deploy.yaml", deployment("web", 2)),
+    ];
+    let first = env.plan(&v1).await.expect("plan");
+    assert_eq!(first.summary().create, 2, "{:?}", actions(&first));
+    let report = env.apply(&v1).await;
+    assert_eq!(report.writes, 3, "two objects and the ApplySet parent");
+
+    // No-op: zero writes; resourceVersion and managedFields untouched.
+    let before = env.configmaps().get("settings").await.expect("exists");
+    let deploys: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let deploy_before = deploys.get("web").await.expect("exists");
+    let again = env.plan(&v1).await.expect("plan");
+    assert!(
+        !again.has_changes(),
+        "no false drift: {:?}",
+        actions(&again)
+    );
+    let report = env.apply(&v1).await;
+    assert_eq!(report.writes, 0);
+    let after = env.configmaps().get("settings").await.expect("exists");
+    assert_eq!(
+        before.metadata.resource_version,
+        after.metadata.resource_version
+    );
+    assert_eq!(
+        before.metadata.managed_fields,
+        after.metadata.managed_fields
+    );
+    let deploy_after = deploys.get("web").await.expect("exists");
+    assert_eq!(
+        deploy_before.metadata.generation,
+        deploy_after.metadata.generation
+    );
+
+    // A field removed from Git is removed from the cluster, and the plan says so.
+    let v2 = vec![
+        ("cm.yaml", cm("settings", &[("GREETING", "hello")])),
+        ("deploy.yaml", deployment("web", 3)),
+    ];
+    let planned = env.plan(&v2).await.expect("plan");
+    let change = planned
+        .changes
+        .iter()
+        .find(|c| c.key.name == "settings")
+        .expect("planned");
+    assert_eq!(change.action, Action::Update);
+    assert!(
+        change.diff.contains("-  LOG_LEVEL: info"),
+        "{}",
+        change.diff
+    );
+    assert!(
+        change.diff.contains("+  GREETING: hello"),
+        "{}",
+        change.diff
+    );
+    env.apply(&v2).await;
+    let data = env
+        .configmaps()
+        .get("settings")
+        .await
+        .expect("exists")
+        .data
+        .expect("data");
+    assert_eq!(data.get("LOG_LEVEL"), None);
+    assert_eq!(data.get("GREETING").map(String::as_str), Some("hello"));
+    assert_eq!(
+        deploys
+            .get("web")
+            .await
+            .expect("exists")
+            .spec
+            .expect("spec")
+            .replicas,
+        Some(3)
+    );
+}
+
+#[tokio::test]
+async fn prune_after_a_file_is_deleted_but_never_on_an_empty_render() {
+    let mut env = env("apply-prune").await;
+    env.apply(&[("a.yaml", cm("a", &[])), ("b.yaml", cm("b", &[]))])
+        .await;
+
+    let planned = env.plan(&[("a.yaml", cm("a", &[]))]).await.expect("plan");
+    assert!(
+        actions(&planned).contains(&(format!("ConfigMap/b -n {}", env.ns.name), Action::Prune))
+    );
+    let report = env.apply(&[("a.yaml", cm("a", &[]))]).await;
+    assert_eq!(report.pruned, 1);
+    assert!(
+        env.configmaps().get_opt("b").await.expect("get").is_none(),
+        "b is pruned"
+    );
+
+    let err = env
+        .apply_with(&[], env.options(), ApplyOptions::default())
+        .await
+        .expect_err("empty render");
+    assert!(
+        matches!(err, ApplyError::EmptyRender { members: 1 }),
+        "{err}"
+    );
+    assert!(
+        env.configmaps().get_opt("a").await.expect("get").is_some(),
+        "nothing was pruned"
+    );
+
+    let report = env
+        .apply_with(
+            &[],
+            env.options(),
+            ApplyOptions {
+                allow_empty: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("allowed");
+    assert_eq!(report.pruned, 1);
+    assert!(env.configmaps().get_opt("a").await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn unowned_objects_need_adopt_and_other_apps_objects_are_refused() {
+    let mut env = env("apply-adopt").await;
+    let existing: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "handmade"}, "data": {"k": "v"}}))
+            .expect("cm");
+    env.configmaps()
+        .create(&PostParams::default(), &existing)
+        .await
+        .expect("create");
+
+    let files = vec![("cm.yaml", cm("handmade", &[("k", "v")]))];
+    let err = env.plan(&files).await.expect_err("unowned");
+    assert!(
+        err.to_string()
+            .contains("is not managed by tether; pass --adopt"),
+        "{err}"
+    );
+
+    let mut adopt = env.options();
+    adopt.adopt = true;
+    env.apply_with(&files, adopt, ApplyOptions::default())
+        .await
+        .expect("adopted");
+    let labels = env
+        .configmaps()
+        .get("handmade")
+        .await
+        .expect("exists")
+        .metadata
+        .labels
+        .expect("labels");
+    assert!(labels.contains_key("applyset.kubernetes.io/part-of"));
+
+    // Another application may never take it, not even with --adopt.
+    let mut other = env.options();
+    other.app = format!("{}-other", env.app);
+    other.adopt = true;
+    let err = plan(&env.client, &env.resolver, objects(&files), &other)
+        .await
+        .expect_err("owned by another");
+    assert!(
+        err.to_string().contains("belongs to another ApplySet"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn conflicts_with_another_manager_stop_apply_unless_forced() {
+    let mut env = env("apply-conflict").await;
+    let files = vec![("deploy.yaml", deployment("web", 2))];
+    env.apply(&files).await;
+    // Someone scales it by hand with their own field manager.
+    let deploys: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let scale = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 5}});
+    deploys
+        .patch(
+            "web",
+            &PatchParams::apply("hand-edit").force(),
+            &Patch::Apply(&scale),
+        )
+        .await
+        .expect("hand edit");
+
+    let planned = env.plan(&files).await.expect("plan");
+    let change = &planned.changes[0];
+    assert_eq!(change.action, Action::Conflict);
+    assert!(
+        change
+            .conflicts
+            .iter()
+            .any(|c| c.contains(".spec.replicas") && c.contains("hand-edit")),
+        "{:?}",
+        change.conflicts
+    );
+    let err = apply(
+        &env.client,
+        &mut env.resolver,
+        planned,
+        &ApplyOptions::default(),
+    )
+    .await
+    .expect_err("conflict");
+    assert!(err.to_string().contains("--force-conflicts"), "{err}");
+    assert_eq!(
+        deploys
+            .get("web")
+            .await
+            .expect("get")
+            .spec
+            .expect("spec")
+            .replicas,
+        Some(5),
+        "nothing written"
+    );
+
+    let mut force = env.options();
+    force.force_conflicts = true;
+    env.apply_with(
+        &files,
+        force,
+        ApplyOptions {
+            force_conflicts: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("forced");
+    assert_eq!(
+        deploys
+            .get("web")
+            .await
+            .expect("get")
+            .spec
+            .expect("spec")
+            .replicas,
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn a_crd_and_its_custom_resources_apply_together() {
+    let mut env = env("apply-crd").await;
+    let group = format!("{}.test.tether.dev", unique_name("g"));
+    let crd = format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gadgets.{group}\nspec:\n  \
+         group: {group}\n  names: {{kind: Gadget, plural: gadgets, singular: gadget}}\n  scope: Namespaced\n  versions:\n  \
+         - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        \
+         properties:\n          spec: {{type: object, properties: {{size: {{type: integer}}}}}}\n"
+    );
+    let cr =
+        format!("apiVersion: {group}/v1\nkind: Gadget\nmetadata:\n  name: g1\nspec:\n  size: 3\n");
+    let files = vec![("crd.yaml", crd), ("gadget.yaml", cr)];
+    let planned = env
+        .plan(&files)
+        .await
+        .expect("the CR's kind comes with the set");
+    assert_eq!(planned.summary().create, 2);
+    env.apply(&files).await;
+    let again = env.plan(&files).await.expect("plan");
+    assert!(!again.has_changes(), "{:?}", actions(&again));
+    // Clean up the cluster-scoped CRD (pruning it removes its custom resources too).
+    env.apply_with(
+        &[],
+        env.options(),
+        ApplyOptions {
+            allow_empty: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("prune all");
+}
+
+#[tokio::test]
+async fn one_invalid_object_among_fifty_means_nothing_is_written() {
+    let env = env("apply-preflight").await;
+    let mut files: Vec<(String, String)> = (0..49)
+        .map(|i| (format!("cm-{i:02}.yaml"), cm(&format!("cm-{i:02}"), &[])))
+        .collect();
+    files.push((
+        "broken.yaml".into(),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: broken\nspec:\n  replicas: -1\n  selector: {matchLabels: {a: b}}\n  \
+         template:\n    metadata: {labels: {a: b}}\n    spec: {containers: [{name: c, image: x}]}\n"
+            .into(),
+    ));
+    files.push((
+        "unknown.yaml".into(),
+        "apiVersion: nowhere.dev/v1\nkind: Phantom\nmetadata:\n  name: p\n".into(),
+    ));
+    let refs: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
+    let err = env.plan(&refs).await.expect_err("invalid objects");
+    let text = err.to_string();
+    assert_eq!(err.0.len(), 2, "{text}");
+    assert!(
+        text.contains("broken.yaml:1") && text.contains("spec.replicas"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unknown.yaml:1") && text.contains("does not serve kind Phantom"),
+        "{text}"
+    );
+    let listed = env
+        .configmaps()
+        .list(&Default::default())
+        .await
+        .expect("list");
+    assert!(
+        listed
+            .items
+            .iter()
+            .all(|c| !c.metadata.name.as_deref().unwrap_or("").starts_with("cm-")),
+        "nothing written"
+    );
+}
+
+#[tokio::test]
+async fn secret_changes_show_keys_not_values() {
+    let mut env = env("apply-secret").await;
+    let secret = |value: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: {value}\n  user: admin\n"
+        )
+    };
+    env.apply(&[("s.yaml", secret("first-Pa55"))]).await;
+    let planned = env
+        .plan(&[("s.yaml", secret("second-Pa55"))])
+        .await
+        .expect("plan");
+    let change = &planned.changes[0];
+    assert_eq!(change.action, Action::Update);
+    for leaked in [
+        "first-Pa55",
+        "second-Pa55",
+        "Zmlyc3Qt",
+        "c2Vjb25k",
+        "admin",
+        "YWRtaW4",
+    ] {
+        assert!(
+            !change.diff.contains(leaked),
+            "{leaked} leaked into the diff:\n{}",
+            change.diff
+        );
+    }
+    assert!(
+        change.diff.contains("password: \"<redacted: new value>\""),
+        "{}",
+        change.diff
+    );
+    let stored: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns.name);
+    assert!(stored.get("db").await.is_ok());
+}
+
+#[tokio::test]
+async fn tether_and_kubectl_agree_on_the_applyset() {
+    let mut env = env("apply-kubectl").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("a.yaml"), cm("a", &[("k", "v")])).expect("write");
+    std::fs::write(dir.path().join("web.yaml"), deployment("web", 1)).expect("write");
+    // kubectl manages the set first, with the parent tether would use for this app.
+    let parent = format!("secret/tether-{}", env.app);
+    let out = support::kubectl(&[
+        "apply",
+        "--server-side",
+        "--prune",
+        &format!("--applyset={parent}"),
+        "-n",
+        &env.ns.name,
+        "-f",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "kubectl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let kubectl_parent = secrets
+        .get(&format!("tether-{}", env.app))
+        .await
+        .expect("kubectl made the parent");
+    let kubectl_labels = kubectl_parent.metadata.labels.clone().expect("labels");
+    let kubectl_kinds = kubectl_parent
+        .metadata
+        .annotations
+        .clone()
+        .expect("annotations")["applyset.kubernetes.io/contains-group-kinds"]
+        .clone();
+
+    // Same id: tether sees kubectl's members as its own, with nothing to change.
+    let planned = env
+        .plan(&[
+            ("a.yaml", cm("a", &[("k", "v")])),
+            ("web.yaml", deployment("web", 1)),
+        ])
+        .await;
+    let err = planned.expect_err("the parent is kubectl's");
+    assert!(err.to_string().contains("managed by \"kubectl/"), "{err}");
+    secrets
+        .delete(&format!("tether-{}", env.app), &Default::default())
+        .await
+        .expect("hand over");
+    let planned = env
+        .plan(&[
+            ("a.yaml", cm("a", &[("k", "v")])),
+            ("web.yaml", deployment("web", 1)),
+        ])
+        .await
+        .expect("members carry tether's id already");
+    assert_eq!(
+        kubectl_labels["applyset.kubernetes.io/id"],
+        planned.applyset.id
+    );
+    assert_eq!(planned.summary().create, 0, "{:?}", actions(&planned));
+    env.apply(&[
+        ("a.yaml", cm("a", &[("k", "v")])),
+        ("web.yaml", deployment("web", 1)),
+    ])
+    .await;
+    let tether_parent = secrets
+        .get(&format!("tether-{}", env.app))
+        .await
+        .expect("tether's parent");
+    assert_eq!(
+        tether_parent.metadata.annotations.expect("annotations")["applyset.kubernetes.io/contains-group-kinds"],
+        kubectl_kinds
+    );
+    // kubectl lists the same members by the ApplySet label.
+    let out = support::kubectl(&[
+        "get",
+        "configmaps,deployments",
+        "-n",
+        &env.ns.name,
+        "-l",
+        &format!("applyset.kubernetes.io/part-of={}", planned.applyset.id),
+        "-o",
+        "name",
+    ]);
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["configmap/a", "deployment.apps/web"]);
+}
+
+#[tokio::test]
+async fn a_deployment_becomes_healthy_with_wait() {
+    let mut env = env("apply-wait").await;
+    let report = env
+        .apply_with(
+            &[("deploy.yaml", deployment("web", 2))],
+            env.options(),
+            ApplyOptions {
+                wait: Some(Duration::from_secs(60)),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("apply");
+    assert_eq!(report.unhealthy, None);
+    let web = report
+        .results
+        .iter()
+        .find(|r| r.key.name == "web")
+        .expect("result");
+    let health = web.health.as_ref().expect("assessed");
+    assert_eq!(health.status, HealthStatus::Healthy);
+    assert_eq!(health.message, "2/2 replicas available");
+}
