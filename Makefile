@@ -9,7 +9,7 @@ PROFILE ?= full
 .PHONY: help build demo test lint deps bench-render cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
 
 help:
-	@echo "make demo            build tether, start the local cluster, show tether reaching it"
+	@echo "make demo            build tether, start the local cluster, plan + apply the example from Git"
 	@echo "make test            fmt, clippy and every test against a fresh local cluster"
 	@echo "make cluster-up      start the local control plane (PROFILE=minimal: etcd + API server only)"
 	@echo "make cluster-down    stop it and remove its data"
@@ -30,17 +30,8 @@ lint: deps
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-demo: build cluster-up
-	@echo
-	@echo "==> tether render of the bundled example, from this repository's committed HEAD"
-	./target/debug/tether render --repo . --path examples/web-app --show-origin
-	@echo
-	@echo "==> tether version, against the local cluster"
-	@$(TESTENV) env >/dev/null
-	./target/debug/tether version --kubeconfig "$$($(TESTENV) env | sed 's/^export KUBECONFIG=//')"
-	@echo
-	@echo "The cluster keeps running: 'eval \$$(make -s cluster-env)' then kubectl or ./target/debug/tether;"
-	@echo "'make cluster-down' stops it."
+demo:
+	@scripts/demo.sh
 
 bench-render: deps
 	@bench/render.sh
