@@ -6,7 +6,7 @@ SHELL := /bin/bash
 TESTENV := python3 testenv/testenv.py
 PROFILE ?= full
 
-.PHONY: help build demo test lint deps bench-render cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
+.PHONY: help build demo test lint deps bench-render bench-apply cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
 
 help:
 	@echo "make demo            build tether, start the local cluster, plan + apply the example from Git"
@@ -16,6 +16,7 @@ help:
 	@echo "eval \$$(make -s cluster-env)   point kubectl and tether at it"
 	@echo "make cluster-status | cluster-logs | cluster-selftest | cluster-build"
 	@echo "make bench-render    render 5,000 manifests from git://, cold and warm (writes bench/reports/)"
+	@echo "make bench-apply     apply 1,000 Deployments + 1,000 Services, tether beside kubectl"
 
 deps:
 	@scripts/install-deps.sh
@@ -35,6 +36,9 @@ demo:
 
 bench-render: deps
 	@bench/render.sh
+
+bench-apply: deps
+	@bench/apply.sh
 
 cluster-build:
 	@$(TESTENV) build

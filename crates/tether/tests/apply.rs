@@ -602,3 +602,49 @@ async fn a_deployment_becomes_healthy_with_wait() {
     assert_eq!(health.status, HealthStatus::Healthy);
     assert_eq!(health.message, "2/2 replicas available");
 }
+
+#[tokio::test]
+async fn fields_from_kubectl_client_side_apply_are_taken_over_and_removed() {
+    let mut env = env("apply-csa").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("cm.yaml");
+    std::fs::write(&file, cm("legacy", &[("a", "1"), ("b", "2")])).expect("write");
+    // Applied the old way, client-side.
+    let out = support::kubectl(&[
+        "apply",
+        "-n",
+        &env.ns.name,
+        "-f",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Git drops key b. tether adopts the object, takes over kubectl's fields, removes b.
+    let files = vec![("cm.yaml", cm("legacy", &[("a", "1")]))];
+    let mut adopt = env.options();
+    adopt.adopt = true;
+    let planned = plan(&env.client, &env.resolver, objects(&files), &adopt)
+        .await
+        .expect("plan");
+    assert_eq!(
+        planned.changes[0].takes_over_from,
+        ["kubectl-client-side-apply"]
+    );
+    env.apply_with(&files, adopt.clone(), ApplyOptions::default())
+        .await
+        .expect("apply");
+    let live = env.configmaps().get("legacy").await.expect("exists");
+    let data = live.data.expect("data");
+    assert_eq!(data.get("b"), None, "the field removed from Git is gone");
+    assert_eq!(data.get("a").map(String::as_str), Some("1"));
+    let annotations = live.metadata.annotations.unwrap_or_default();
+    assert!(!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+    let again = plan(&env.client, &env.resolver, objects(&files), &adopt)
+        .await
+        .expect("plan");
+    assert!(!again.has_changes(), "{:?}", actions(&again));
+}

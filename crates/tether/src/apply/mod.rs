@@ -352,10 +352,14 @@ async fn apply_batch(
                 if options.force_conflicts {
                     params = params.force();
                 }
-                api.patch(&change.key.name, &params, &Patch::Apply(manifest))
-                    .await
-                    .err()
-                    .map(|e| describe(&e))
+                match take_over_client_side_fields(&api, change).await {
+                    Err(e) => Some(e),
+                    Ok(()) => api
+                        .patch(&change.key.name, &params, &Patch::Apply(manifest))
+                        .await
+                        .err()
+                        .map(|e| describe(&e)),
+                }
             }
             (None, _) => {
                 Some("its kind is still not served after its CRD was established".to_string())
@@ -376,6 +380,51 @@ async fn apply_batch(
     .buffer_unordered(options.concurrency.max(1))
     .collect()
     .await
+}
+
+/// Hands fields owned by client-side apply to tether (see [`crate::plan::migrate`]), with
+/// the resourceVersion as a precondition so a concurrent change is not overwritten.
+async fn take_over_client_side_fields(
+    api: &Api<DynamicObject>,
+    change: &Change,
+) -> Result<(), String> {
+    let Some(live) = change
+        .live
+        .as_ref()
+        .filter(|_| !change.takes_over_from.is_empty())
+    else {
+        return Ok(());
+    };
+    let managed = live["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut operations = vec![
+        serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": live["metadata"]["resourceVersion"]}),
+        serde_json::json!({"op": "replace", "path": "/metadata/managedFields", "value": crate::plan::migrate::take_over(&managed)}),
+    ];
+    if live["metadata"]["annotations"][crate::plan::migrate::LAST_APPLIED_ANNOTATION].is_string() {
+        operations.push(serde_json::json!({
+            "op": "remove",
+            "path": "/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration"
+        }));
+    }
+    let patch: json_patch::Patch =
+        serde_json::from_value(Value::Array(operations)).map_err(|e| e.to_string())?;
+    api.patch(
+        &change.key.name,
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| {
+        format!(
+            "cannot take over fields from {}: {}",
+            change.takes_over_from.join(", "),
+            describe(&e)
+        )
+    })
 }
 
 async fn prune_batch(

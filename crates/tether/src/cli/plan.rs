@@ -149,6 +149,8 @@ struct ChangeDocument<'a> {
     diff: &'a str,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     conflicts: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    takes_over_from: &'a [String],
 }
 
 pub fn write_plan(
@@ -176,6 +178,7 @@ pub fn write_plan(
                         origin: c.origin.as_ref(),
                         diff: &c.diff,
                         conflicts: &c.conflicts,
+                        takes_over_from: &c.takes_over_from,
                     })
                     .collect(),
             };
@@ -252,6 +255,13 @@ fn write_text(
         writeln!(out, "{}", paint(code, &describe_change(change)))?;
         for conflict in &change.conflicts {
             writeln!(out, "    conflict: {conflict}")?;
+        }
+        if !change.takes_over_from.is_empty() {
+            writeln!(
+                out,
+                "    takes over fields from {}",
+                change.takes_over_from.join(", ")
+            )?;
         }
         for line in change.diff.lines() {
             let code = if line.starts_with("+++") || line.starts_with("---") {

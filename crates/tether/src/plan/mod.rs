@@ -7,6 +7,7 @@
 //! Start at [`plan`].
 
 pub mod diff;
+pub mod migrate;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -102,6 +103,9 @@ pub struct Change {
     /// `None` while the kind's CRD is part of this same set and not yet served.
     #[serde(skip)]
     pub kind: Option<KindInfo>,
+    /// Client-side-apply managers whose fields apply will hand to tether first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub takes_over_from: Vec<String>,
 }
 
 /// A problem that stops the plan: nothing may be written.
@@ -419,6 +423,7 @@ async fn plan_one(
         desired: Some(manifest.clone()),
         live: None,
         kind: kind.clone(),
+        takes_over_from: Vec::new(),
     };
     let Some(kind) = kind else {
         // Its CRD comes with this set: nothing to ask the server yet.
@@ -492,9 +497,15 @@ async fn plan_one(
     };
     let before = live.as_ref().map(diff::normalize);
     let after = diff::normalize(&predicted);
+    change.takes_over_from = live
+        .as_ref()
+        .map(migrate::client_side_managers)
+        .unwrap_or_default();
     change.action = match &before {
         None => Action::Create,
-        Some(before) if *before == after => Action::Unchanged,
+        // Fields a client-side manager owns cannot be removed until tether owns them:
+        // the first apply hands them over, even when the values already match.
+        Some(before) if *before == after && change.takes_over_from.is_empty() => Action::Unchanged,
         Some(_) => Action::Update,
     };
     if change.action != Action::Unchanged {
@@ -573,6 +584,7 @@ async fn prune_candidates(
                     desired: None,
                     live: Some(value),
                     kind: Some(info.clone()),
+                    takes_over_from: Vec::new(),
                 });
             }
         }
