@@ -522,7 +522,7 @@ def component_argv(name: str, versions: dict[str, str], state: dict) -> list[str
                 f"--cert-dir={rd / 'apiserver-certs'}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                "--service-cluster-ip-range=10.0.0.0/16",
                 f"--service-account-issuer=https://127.0.0.1:{port}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",

@@ -219,6 +219,76 @@ fn api_error(err: &kube::Error) -> Option<&kube::core::Status> {
     }
 }
 
+/// A desired object ready to plan: namespace filled in, ApplySet label added.
+struct Prepared {
+    key: ObjectKey,
+    origin: Origin,
+    manifest: Value,
+    kind: Option<KindInfo>,
+    namespaced: bool,
+}
+
+/// What every object's plan needs to know about the whole set.
+struct Context<'a> {
+    client: &'a kube::Client,
+    applyset_id: &'a str,
+    creating_namespaces: &'a BTreeSet<String>,
+    options: &'a PlanOptions,
+}
+
+/// Objects of one kind in one namespace are read with one LIST instead of one GET each,
+/// when the set has more than this many of them.
+const LIST_THRESHOLD: usize = 4;
+
+/// Reads the live objects of every (kind, namespace) with many desired objects in one
+/// request each. Absent from the map: read it alone.
+async fn prefetch_live(
+    client: &kube::Client,
+    prepared: &[Prepared],
+) -> Result<BTreeMap<(String, String, String), BTreeMap<String, Value>>, PlanError> {
+    let mut groups: BTreeMap<(String, String, String), (KindInfo, usize)> = BTreeMap::new();
+    for item in prepared {
+        if let Some(kind) = &item.kind {
+            let entry = groups
+                .entry((
+                    item.key.group.clone(),
+                    item.key.kind.clone(),
+                    item.key.namespace.clone(),
+                ))
+                .or_insert_with(|| (kind.clone(), 0));
+            entry.1 += 1;
+        }
+    }
+    let lists = futures::stream::iter(
+        groups
+            .into_iter()
+            .filter(|(_, (_, n))| *n > LIST_THRESHOLD)
+            .map(|(group, (kind, _))| async move {
+                let api = api_for(client, &kind, &group.2);
+                let list = api.list(&ListParams::default()).await;
+                (group, list)
+            }),
+    )
+    .buffer_unordered(4)
+    .collect::<Vec<_>>()
+    .await;
+    let mut live = BTreeMap::new();
+    for (group, list) in lists {
+        let list = list.map_err(|e| cluster_error(None, None, &e))?;
+        let objects = list
+            .into_iter()
+            .filter_map(|o| {
+                Some((
+                    o.metadata.name.clone()?,
+                    serde_json::to_value(o).expect("objects serialize"),
+                ))
+            })
+            .collect();
+        live.insert(group, objects);
+    }
+    Ok(live)
+}
+
 /// Plans `objects` against the cluster. Errors stop the plan and name every object at fault.
 pub async fn plan(
     client: &kube::Client,
@@ -331,38 +401,46 @@ pub async fn plan(
             });
             continue;
         }
-        prepared.push((key, object.origin, manifest, kind, namespaced));
+        prepared.push(Prepared {
+            key,
+            origin: object.origin,
+            manifest,
+            kind,
+            namespaced,
+        });
     }
 
     let creating_namespaces: BTreeSet<String> = prepared
         .iter()
-        .filter(|(key, ..)| key.group.is_empty() && key.kind == "Namespace")
-        .map(|(key, ..)| key.name.clone())
+        .filter(|p| p.key.group.is_empty() && p.key.kind == "Namespace")
+        .map(|p| p.key.name.clone())
         .collect();
-
-    let results: Vec<Result<Change, PlanError>> = futures::stream::iter(prepared.into_iter().map(
-        |(key, origin, manifest, kind, namespaced)| {
-            let applyset_id = applyset.id.clone();
-            let creating_namespaces = &creating_namespaces;
-            async move {
-                plan_one(
-                    client,
-                    key,
-                    origin,
-                    manifest,
-                    kind,
-                    namespaced,
-                    &applyset_id,
-                    creating_namespaces,
-                    options,
-                )
-                .await
-            }
-        },
-    ))
-    .buffer_unordered(options.concurrency.max(1))
-    .collect()
-    .await;
+    let prefetched = match prefetch_live(client, &prepared).await {
+        Ok(prefetched) => prefetched,
+        Err(error) => return Err(PlanErrors(vec![error])),
+    };
+    let context = Context {
+        client,
+        applyset_id: &applyset.id,
+        creating_namespaces: &creating_namespaces,
+        options,
+    };
+    let results: Vec<Result<Change, PlanError>> =
+        futures::stream::iter(prepared.into_iter().map(|item| {
+            let group = (
+                item.key.group.clone(),
+                item.key.kind.clone(),
+                item.key.namespace.clone(),
+            );
+            let live = prefetched
+                .get(&group)
+                .map(|objects| objects.get(&item.key.name).cloned());
+            let context = &context;
+            async move { plan_one(context, item, live).await }
+        }))
+        .buffer_unordered(options.concurrency.max(1))
+        .collect()
+        .await;
     let mut changes = Vec::new();
     for result in results {
         match result {
@@ -400,18 +478,26 @@ fn cluster_error(key: Option<&ObjectKey>, origin: Option<&Origin>, err: &kube::E
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Plans one object. `prefetched` is its live state when a LIST already read it
+/// (`Some(None)`: it does not exist); `None` means read it now.
 async fn plan_one(
-    client: &kube::Client,
-    key: ObjectKey,
-    origin: Origin,
-    manifest: Value,
-    kind: Option<KindInfo>,
-    namespaced: bool,
-    applyset_id: &str,
-    creating_namespaces: &BTreeSet<String>,
-    options: &PlanOptions,
+    context: &Context<'_>,
+    item: Prepared,
+    prefetched: Option<Option<Value>>,
 ) -> Result<Change, PlanError> {
+    let Prepared {
+        key,
+        origin,
+        manifest,
+        kind,
+        namespaced,
+    } = item;
+    let Context {
+        client,
+        applyset_id,
+        creating_namespaces,
+        options,
+    } = *context;
     let stage = stage_of(&key, namespaced);
     let mut change = Change {
         key: key.clone(),
@@ -436,11 +522,16 @@ async fn plan_one(
         origin: Some(origin.clone()),
         message,
     };
-    let live = api
-        .get_opt(&key.name)
-        .await
-        .map_err(|e| cluster_error(Some(&key), Some(&origin), &e))?
-        .map(|o| serde_json::to_value(o).expect("objects serialize"));
+    let read_live = || async {
+        api.get_opt(&key.name)
+            .await
+            .map_err(|e| cluster_error(Some(&key), Some(&origin), &e))
+            .map(|o| o.map(|o| serde_json::to_value(o).expect("objects serialize")))
+    };
+    let mut live = match prefetched {
+        Some(live) => live,
+        None => read_live().await?,
+    };
     if let Some(live) = &live {
         match live["metadata"]["labels"][PART_OF_LABEL].as_str() {
             Some(id) if id == applyset_id => {}
@@ -495,8 +586,14 @@ async fn plan_one(
             _ => return Err(cluster_error(Some(&key), Some(&origin), &err)),
         },
     };
-    let before = live.as_ref().map(diff::normalize);
+    let mut before = live.as_ref().map(diff::normalize);
     let after = diff::normalize(&predicted);
+    if before.is_some() && before.as_ref() != Some(&after) {
+        // A controller may have written the object between our read and the dry-run (which
+        // starts from the newest state): compare with a fresh read before calling it drift.
+        live = read_live().await?;
+        before = live.as_ref().map(diff::normalize);
+    }
     change.takes_over_from = live
         .as_ref()
         .map(migrate::client_side_managers)
