@@ -124,6 +124,33 @@ async fn plan_then_apply_from_git_with_exit_codes_and_formats() {
         String::from_utf8_lossy(&again.stdout)
     );
 
+    let status = run("status", &["--detailed-exitcode"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(": Synced (0 of 2 objects differ), Healthy"),
+        "{text}"
+    );
+
+    // A change made by hand shows as OutOfSync.
+    let configmaps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), &ns.name);
+    let edit = serde_json::json!({"data": {"color": "red"}});
+    configmaps
+        .patch(
+            "shop",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&edit),
+        )
+        .await
+        .expect("hand edit");
+    let drifted = run("status", &["--detailed-exitcode", "-o", "json"]);
+    assert_eq!(drifted.status.code(), Some(2));
+    let document: serde_json::Value = serde_json::from_slice(&drifted.stdout).expect("JSON");
+    assert_eq!(document["sync"], "OutOfSync");
+    assert_eq!(document["objects"][0]["key"]["name"], "shop");
+    assert_eq!(document["objects"][0]["sync"], "OutOfSync");
+
     // A broken manifest: exit 1, the file and line, nothing written.
     repo.write(
         "apps/shop/config.yaml",

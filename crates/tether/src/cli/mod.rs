@@ -7,6 +7,7 @@
 mod apply;
 mod plan;
 mod render;
+mod status;
 mod version;
 
 use std::io::Write;
@@ -77,6 +78,8 @@ pub enum Command {
     /// Make the cluster match the revision: server-side apply in order, prune what tether
     /// owns and Git no longer has, optionally wait for health.
     Apply(Box<apply::ApplyArgs>),
+    /// Is the cluster in sync with the revision, and is every object healthy?
+    Status(Box<status::StatusArgs>),
     /// Print tether's version and, when a cluster is reachable, the API server's.
     Version(version::VersionArgs),
 }
@@ -88,6 +91,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
         Command::Render(args) => render::run(&cli.global, &args, out).await,
         Command::Plan(args) => plan::run(&cli.global, &args, out).await,
         Command::Apply(args) => apply::run(&cli.global, &args, out).await,
+        Command::Status(args) => status::run(&cli.global, &args, out).await,
         Command::Version(args) => version::run(&cli.global, &args, out).await,
     }
 }

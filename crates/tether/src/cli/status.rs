@@ -1,0 +1,153 @@
+//! `tether status`: is the cluster in sync with a revision, and is every object healthy?
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use super::GlobalArgs;
+use super::plan::{TargetArgs, prepare};
+use crate::health::{self, Health, HealthStatus};
+use crate::output::OutputFormat;
+use crate::plan::Action;
+use crate::render::ObjectKey;
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Exit 0 when Synced and Healthy, 2 otherwise (1 on error).
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Sync {
+    Synced,
+    OutOfSync,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ObjectStatus {
+    key: ObjectKey,
+    sync: Sync,
+    /// What apply would do about it.
+    action: Action,
+    health: Health,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusDocument<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    app: &'a str,
+    namespace: &'a str,
+    revision: Option<&'a crate::source::git::Revision>,
+    sync: Sync,
+    health: HealthStatus,
+    objects: Vec<ObjectStatus>,
+}
+
+pub async fn run(
+    global: &GlobalArgs,
+    args: &StatusArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    let prepared = prepare(global, &args.target).await?;
+    let plan = &prepared.plan;
+    let objects: Vec<ObjectStatus> = plan
+        .changes
+        .iter()
+        .map(|change| ObjectStatus {
+            key: change.key.clone(),
+            sync: if change.action == Action::Unchanged {
+                Sync::Synced
+            } else {
+                Sync::OutOfSync
+            },
+            action: change.action,
+            health: if change.action == Action::Prune {
+                Health {
+                    status: HealthStatus::Healthy,
+                    message: "no longer in Git; apply prunes it".into(),
+                }
+            } else {
+                health::assess(change.live.as_ref())
+            },
+        })
+        .collect();
+    let sync = if objects.iter().all(|o| o.sync == Sync::Synced) {
+        Sync::Synced
+    } else {
+        Sync::OutOfSync
+    };
+    // The application is as healthy as its least healthy object.
+    let overall = objects
+        .iter()
+        .map(|o| o.health.status)
+        .max_by_key(|s| match s {
+            HealthStatus::Healthy => 0,
+            HealthStatus::Unknown => 1,
+            HealthStatus::Progressing => 2,
+            HealthStatus::Missing => 3,
+            HealthStatus::Degraded => 4,
+        })
+        .unwrap_or(HealthStatus::Healthy);
+    match global.output {
+        OutputFormat::Json | OutputFormat::Yaml => {
+            let document = StatusDocument {
+                api_version: "tether.dev/v1alpha1",
+                kind: "ApplicationStatus",
+                app: &plan.options.app,
+                namespace: &plan.options.namespace,
+                revision: prepared.revision.as_ref(),
+                sync,
+                health: overall,
+                objects,
+            };
+            crate::output::write_structured(out, global.output, &document)?;
+        }
+        _ => {
+            let at = prepared
+                .revision
+                .as_ref()
+                .map(|r| format!(" at {}", &r.commit[..r.commit.len().min(12)]))
+                .unwrap_or_default();
+            let differing = objects.iter().filter(|o| o.sync == Sync::OutOfSync).count();
+            writeln!(
+                out,
+                "app {} in namespace {}{at}: {sync:?} ({differing} of {} objects differ), {overall}",
+                plan.options.app,
+                plan.options.namespace,
+                objects.len()
+            )?;
+            writeln!(out)?;
+            writeln!(
+                out,
+                "{:<10} {:<12} {:<50} MESSAGE",
+                "SYNC", "HEALTH", "OBJECT"
+            )?;
+            for object in &objects {
+                let sync = match object.sync {
+                    Sync::Synced => "Synced".to_string(),
+                    Sync::OutOfSync => format!("{}", object.action),
+                };
+                writeln!(
+                    out,
+                    "{sync:<10} {:<12} {:<50} {}",
+                    object.health.status.to_string(),
+                    object.key.to_string(),
+                    object.health.message
+                )?;
+            }
+        }
+    }
+    let clean = sync == Sync::Synced && overall == HealthStatus::Healthy;
+    Ok(if args.detailed_exitcode && !clean {
+        2
+    } else {
+        0
+    })
+}
