@@ -24,5 +24,6 @@ pub mod cluster;
 pub mod health;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod render;
 pub mod source;

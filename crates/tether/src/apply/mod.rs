@@ -35,6 +35,7 @@ pub struct ApplyOptions {
     pub wait: Option<Duration>,
     /// How long to wait for CRDs to be established and pruned objects to be gone.
     pub settle_timeout: Duration,
+    pub progress: crate::progress::ProgressHandle,
 }
 
 impl Default for ApplyOptions {
@@ -46,6 +47,7 @@ impl Default for ApplyOptions {
             concurrency: 16,
             wait: None,
             settle_timeout: Duration::from_secs(120),
+            progress: Default::default(),
         }
     }
 }
@@ -200,6 +202,9 @@ pub async fn apply(
 
     // 2. Apply stage by stage; later stages wait for earlier ones.
     let mut all_ok = true;
+    if !pending.is_empty() {
+        options.progress.begin("applying", pending.len());
+    }
     for stage in [
         Stage::Crds,
         Stage::Namespaces,
@@ -239,6 +244,9 @@ pub async fn apply(
             }
         }
     }
+    if !pending.is_empty() {
+        options.progress.finish();
+    }
     for change in plan
         .changes
         .iter()
@@ -259,6 +267,9 @@ pub async fn apply(
             .iter()
             .filter(|c| c.action == Action::Prune)
             .collect();
+        if !prune_changes.is_empty() {
+            options.progress.begin("pruning", prune_changes.len());
+        }
         let mut pruned_all = true;
         for stage in [
             Stage::Namespaced,
@@ -285,6 +296,9 @@ pub async fn apply(
                 break;
             }
         }
+        if !prune_changes.is_empty() {
+            options.progress.finish();
+        }
         // 4. Narrow the inventory only after the deletes are done.
         if pruned_all {
             let mut narrowed = plan.applyset.clone();
@@ -295,7 +309,22 @@ pub async fn apply(
     }
 
     if all_ok && let Some(timeout) = options.wait {
-        wait_healthy(client, resolver, &plan, &mut report, timeout).await;
+        let desired = plan
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::Prune)
+            .count();
+        options.progress.begin("waiting for health", desired);
+        wait_healthy(
+            client,
+            resolver,
+            &plan,
+            &mut report,
+            timeout,
+            &options.progress,
+        )
+        .await;
+        options.progress.finish();
     }
     Ok(report)
 }
@@ -366,6 +395,7 @@ async fn apply_batch(
             }
             (_, None) => Some("nothing to apply".to_string()),
         };
+        options.progress.tick();
         ObjectResult {
             key: change.key.clone(),
             action: if change.action == Action::Conflict {
@@ -446,6 +476,7 @@ async fn prune_batch(
             Err(kube::Error::Api(status)) if status.code == 404 => None,
             Err(e) => Some(describe(&e)),
         };
+        options.progress.tick();
         ObjectResult {
             key: change.key.clone(),
             action: Action::Prune,
@@ -508,6 +539,7 @@ async fn wait_healthy(
     plan: &Plan,
     report: &mut ApplyReport,
     timeout: Duration,
+    progress: &crate::progress::ProgressHandle,
 ) {
     let deadline = Instant::now() + timeout;
     let desired: Vec<&Change> = plan
@@ -567,10 +599,15 @@ async fn wait_healthy(
             }
             return;
         }
-        tracing::info!(
-            waiting = not_healthy.len(),
-            "waiting for objects to become healthy"
-        );
+        if let Some((key, h)) = not_healthy.first() {
+            progress.note(&format!(
+                "{}/{} healthy; e.g. {key}: {} ({})",
+                checks.len() - not_healthy.len(),
+                checks.len(),
+                h.status,
+                h.message
+            ));
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -59,6 +59,7 @@ pub async fn run(
         force_conflicts: args.target.force_conflicts,
         concurrency: args.target.concurrency,
         wait: args.wait.then_some(args.timeout),
+        progress: super::progress::for_stderr(),
         ..Default::default()
     };
     let app = prepared.plan.options.app.clone();

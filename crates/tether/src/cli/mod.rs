@@ -6,6 +6,7 @@
 
 mod apply;
 mod plan;
+mod progress;
 mod render;
 mod status;
 mod version;

@@ -78,6 +78,7 @@ pub async fn prepare(global: &GlobalArgs, target: &TargetArgs) -> anyhow::Result
     options.adopt = target.adopt;
     options.force_conflicts = target.force_conflicts;
     options.concurrency = target.concurrency;
+    options.progress = super::progress::for_stderr();
     let plan = crate::plan::plan(&cluster.client(), &resolver, objects, &options).await?;
     Ok(Prepared {
         cluster,

@@ -35,6 +35,7 @@ pub struct PlanOptions {
     pub adopt: bool,
     /// Requests in flight at once.
     pub concurrency: usize,
+    pub progress: crate::progress::ProgressHandle,
 }
 
 impl PlanOptions {
@@ -45,6 +46,7 @@ impl PlanOptions {
             force_conflicts: false,
             adopt: false,
             concurrency: 16,
+            progress: Default::default(),
         }
     }
 }
@@ -425,6 +427,7 @@ pub async fn plan(
         creating_namespaces: &creating_namespaces,
         options,
     };
+    options.progress.begin("planning", prepared.len());
     let results: Vec<Result<Change, PlanError>> =
         futures::stream::iter(prepared.into_iter().map(|item| {
             let group = (
@@ -436,11 +439,16 @@ pub async fn plan(
                 .get(&group)
                 .map(|objects| objects.get(&item.key.name).cloned());
             let context = &context;
-            async move { plan_one(context, item, live).await }
+            async move {
+                let result = plan_one(context, item, live).await;
+                context.options.progress.tick();
+                result
+            }
         }))
         .buffer_unordered(options.concurrency.max(1))
         .collect()
         .await;
+    options.progress.finish();
     let mut changes = Vec::new();
     for result in results {
         match result {
