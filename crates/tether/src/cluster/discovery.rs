@@ -15,18 +15,22 @@ pub struct KindInfo {
 
 pub struct Resolver {
     client: kube::Client,
-    discovery: Discovery,
+    discovery: std::sync::RwLock<Discovery>,
 }
 
 impl Resolver {
     pub async fn new(client: kube::Client) -> Result<Self, kube::Error> {
         let discovery = Discovery::new(client.clone()).run_aggregated().await?;
-        Ok(Self { client, discovery })
+        Ok(Self {
+            client,
+            discovery: std::sync::RwLock::new(discovery),
+        })
     }
 
     /// Discovers again: new CRDs become resolvable.
-    pub async fn refresh(&mut self) -> Result<(), kube::Error> {
-        self.discovery = Discovery::new(self.client.clone()).run_aggregated().await?;
+    pub async fn refresh(&self) -> Result<(), kube::Error> {
+        let fresh = Discovery::new(self.client.clone()).run_aggregated().await?;
+        *self.discovery.write().expect("not poisoned") = fresh;
         Ok(())
     }
 
@@ -38,6 +42,8 @@ impl Resolver {
         };
         let gvk = GroupVersionKind::gvk(group, version, kind);
         self.discovery
+            .read()
+            .expect("not poisoned")
             .resolve_gvk(&gvk)
             .map(
                 |(resource, caps): (ApiResource, ApiCapabilities)| KindInfo {
@@ -50,7 +56,8 @@ impl Resolver {
     /// Resolves a group and kind at the version the server prefers (for pruning, where
     /// only the group and kind are recorded).
     pub fn resolve_group_kind(&self, group: &str, kind: &str) -> Option<KindInfo> {
-        let api_group = self.discovery.groups().find(|g| g.name() == group)?;
+        let discovery = self.discovery.read().expect("not poisoned");
+        let api_group = discovery.groups().find(|g| g.name() == group)?;
         let (resource, caps) = api_group.recommended_kind(kind)?;
         Some(KindInfo {
             resource,

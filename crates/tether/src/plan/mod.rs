@@ -343,6 +343,17 @@ pub async fn plan(
         })
         .collect();
 
+    // A kind the cached discovery does not know may be new (a CRD installed since): look
+    // again once before calling it unknown.
+    let unknown = objects.iter().any(|o| {
+        let api_version = o.manifest["apiVersion"].as_str().unwrap_or_default();
+        resolver.resolve(api_version, &o.key.kind).is_none()
+            && !pending_kinds.contains_key(&(o.key.group.clone(), o.key.kind.clone()))
+    });
+    if unknown && let Err(err) = resolver.refresh().await {
+        return Err(PlanErrors(vec![cluster_error(None, None, &err)]));
+    }
+
     let mut prepared = Vec::new();
     let mut seen: BTreeMap<ObjectKey, Origin> = BTreeMap::new();
     for object in objects {
