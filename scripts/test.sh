@@ -26,7 +26,9 @@ testenv up --profile full
 TETHER_TEST_KUBECONFIG="$(testenv env | sed 's/^export KUBECONFIG=//')"
 export TETHER_TEST_KUBECONFIG
 TETHER_TEST_KUBECTL="$(testenv bin kubectl)"
-export TETHER_TEST_KUBECTL
+TETHER_TEST_HELM="$(testenv bin helm)"
+TETHER_TEST_KUSTOMIZE="$(testenv bin kustomize)"
+export TETHER_TEST_KUBECTL TETHER_TEST_HELM TETHER_TEST_KUSTOMIZE
 
 step "testenv selftest"
 testenv selftest

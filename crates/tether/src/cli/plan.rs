@@ -7,12 +7,12 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::GlobalArgs;
-use super::render::SourceArgs;
+use super::render::{RendererArgs, SourceArgs, default_app_name};
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
 use crate::output::OutputFormat;
 use crate::plan::{Action, Change, Plan, PlanOptions, Summary};
-use crate::render::{ObjectKey, Origin, RenderOptions, render_plain};
+use crate::render::{ObjectKey, Origin};
 use crate::source::git::Revision;
 
 /// Where to apply and how: shared by `plan` and `apply`.
@@ -20,6 +20,9 @@ use crate::source::git::Revision;
 pub struct TargetArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub renderer: RendererArgs,
 
     /// Application name; names the ApplySet parent Secret `tether-<app>` in the namespace.
     /// Default: the last folder of --path (else the repository's name).
@@ -60,11 +63,6 @@ pub struct Prepared {
 /// Resolves the source, renders, connects, discovers and plans.
 pub async fn prepare(global: &GlobalArgs, target: &TargetArgs) -> anyhow::Result<Prepared> {
     let resolved = target.source.resolve().await?;
-    let objects = render_plain(
-        resolved.tree.as_ref(),
-        &resolved.path,
-        &RenderOptions::default(),
-    )?;
     let cluster = Cluster::connect(&global.cluster_options()).await?;
     let resolver = Resolver::new(cluster.client())
         .await
@@ -74,6 +72,18 @@ pub async fn prepare(global: &GlobalArgs, target: &TargetArgs) -> anyhow::Result
         Some(app) => app.clone(),
         None => default_app_name(&resolved.path, target.source.repo.as_deref())?,
     };
+    let mut render_options =
+        target
+            .renderer
+            .options(&app, cluster.namespace(), resolved.revision.as_ref())?;
+    // Helm's .Capabilities describe the cluster this is planned for.
+    if render_options.helm.kube_version.is_none() {
+        render_options.helm.kube_version = Some(cluster.server_version().await?.git_version);
+    }
+    if render_options.helm.api_versions.is_empty() {
+        render_options.helm.api_versions = resolver.api_versions();
+    }
+    let objects = resolved.render(render_options).await?;
     let mut options = PlanOptions::new(app, cluster.namespace());
     options.adopt = target.adopt;
     options.force_conflicts = target.force_conflicts;
@@ -86,28 +96,6 @@ pub async fn prepare(global: &GlobalArgs, target: &TargetArgs) -> anyhow::Result
         plan,
         revision: resolved.revision,
     })
-}
-
-/// The last folder of the path, else the repository's name, as a DNS label.
-fn default_app_name(path: &str, repo: Option<&str>) -> anyhow::Result<String> {
-    let from_path = path.rsplit('/').find(|p| !p.is_empty() && *p != ".");
-    let from_repo = repo.and_then(|r| {
-        r.trim_end_matches('/')
-            .trim_end_matches(".git")
-            .rsplit(['/', ':'])
-            .next()
-    });
-    let raw = from_path.or(from_repo).unwrap_or("");
-    let name: String = raw
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let name = name.trim_matches('-').to_string();
-    if name.is_empty() {
-        anyhow::bail!("cannot derive an application name from --path {path:?}; pass --app NAME");
-    }
-    Ok(name)
 }
 
 pub async fn run(global: &GlobalArgs, args: &PlanArgs, out: &mut impl Write) -> anyhow::Result<u8> {
@@ -362,23 +350,6 @@ fn longest_backtick_run(text: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn default_app_names_are_dns_labels() {
-        assert_eq!(
-            default_app_name("examples/web-app", None).unwrap(),
-            "web-app"
-        );
-        assert_eq!(
-            default_app_name(".", Some("https://x/team/Deploy_Repo.git")).unwrap(),
-            "deploy-repo"
-        );
-        assert_eq!(
-            default_app_name("apps/Shop_Front/", None).unwrap(),
-            "shop-front"
-        );
-        assert!(default_app_name(".", None).is_err());
-    }
 
     #[test]
     fn markdown_fences_outlast_backticks_in_diffs() {

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::GlobalArgs;
 use crate::output::OutputFormat;
-use crate::render::{Object, RenderOptions, render_plain};
+use crate::render::{Object, RenderOptions, Renderer, render};
 use crate::source::git::{GitAuth, GitSource, Revision};
 use crate::source::reference::RefSpec;
 use crate::source::signature::SignaturePolicy;
@@ -70,10 +70,172 @@ pub struct SourceArgs {
     pub git_cache: Option<PathBuf>,
 }
 
+/// How the folder becomes objects: shared by `render`, `plan`, `apply` and `status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RendererArgs {
+    /// auto detects Kustomize (kustomization.yaml) and Helm (Chart.yaml), else plain files.
+    #[arg(long, value_enum, default_value_t)]
+    pub renderer: Renderer,
+
+    /// A variable for ${VAR} substitution after rendering; repeatable. Substitution is on
+    /// only when --var or --vars-file is given.
+    #[arg(long = "var", value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+
+    /// A file of KEY=VALUE lines for ${VAR} substitution; repeatable (later files win).
+    #[arg(long, value_name = "FILE")]
+    pub vars_file: Vec<PathBuf>,
+
+    /// Let kustomizations use remote bases (URLs).
+    #[arg(long)]
+    pub kustomize_allow_remote: bool,
+
+    /// Let kustomizations render helmCharts.
+    #[arg(long)]
+    pub kustomize_enable_helm: bool,
+
+    /// Helm release name (default: the application's name).
+    #[arg(long, value_name = "NAME")]
+    pub release: Option<String>,
+
+    /// Helm values file, a path in the repository; repeatable, applied in order.
+    #[arg(long = "values", value_name = "FILE")]
+    pub values: Vec<String>,
+
+    /// Helm value, KEY=VALUE as helm --set; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+
+    /// Do not render the chart's crds/ folder.
+    #[arg(long)]
+    pub skip_crds: bool,
+
+    /// Render a chart from this Helm repository (the URL holding index.yaml).
+    #[arg(long, value_name = "URL", requires = "chart")]
+    pub helm_repo: Option<String>,
+
+    /// The chart's name in --helm-repo.
+    #[arg(long, value_name = "NAME", requires = "helm_repo")]
+    pub chart: Option<String>,
+
+    /// The chart version: exact or a semver range (default: the newest).
+    #[arg(long, value_name = "VERSION", default_value = "*")]
+    pub chart_version: String,
+
+    /// .Capabilities.KubeVersion for Helm (plan/apply ask the cluster).
+    #[arg(long, value_name = "VERSION")]
+    pub kube_version: Option<String>,
+
+    /// .Capabilities.APIVersions for Helm; repeatable (plan/apply ask the cluster).
+    #[arg(long, value_name = "GROUP/VERSION")]
+    pub api_versions: Vec<String>,
+
+    /// The kustomize program (default: $TETHER_KUSTOMIZE, else PATH).
+    #[arg(long, value_name = "FILE")]
+    pub kustomize_bin: Option<PathBuf>,
+
+    /// The helm program (default: $TETHER_HELM, else PATH).
+    #[arg(long, value_name = "FILE")]
+    pub helm_bin: Option<PathBuf>,
+
+    /// Time limit for one kustomize or helm run.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    pub render_timeout: Duration,
+}
+
+impl RendererArgs {
+    /// Render options for application `app` in `namespace`.
+    pub fn options(
+        &self,
+        app: &str,
+        namespace: &str,
+        revision: Option<&Revision>,
+    ) -> anyhow::Result<RenderOptions> {
+        let mut vars = None;
+        if !self.vars.is_empty() || !self.vars_file.is_empty() {
+            let mut all = crate::render::substitute::Vars::new();
+            for file in &self.vars_file {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("--vars-file {}", file.display()))?;
+                let parsed = crate::render::substitute::parse_vars_file(&text)
+                    .map_err(|e| anyhow::anyhow!("--vars-file {}: {e}", file.display()))?;
+                all.extend(parsed);
+            }
+            for pair in &self.vars {
+                let (key, value) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--var {pair:?}: expected KEY=VALUE"))?;
+                all.insert(key.to_string(), value.to_string());
+            }
+            vars = Some(all);
+        }
+        Ok(RenderOptions {
+            renderer: self.renderer,
+            kustomize: crate::render::kustomize::KustomizeOptions {
+                allow_remote: self.kustomize_allow_remote,
+                enable_helm: self.kustomize_enable_helm,
+            },
+            helm: crate::render::helm::HelmOptions {
+                release: self.release.clone(),
+                values_files: self.values.clone(),
+                set: self.set.clone(),
+                skip_crds: self.skip_crds,
+                kube_version: self.kube_version.clone(),
+                api_versions: self.api_versions.clone(),
+                repo_chart: match (&self.helm_repo, &self.chart) {
+                    (Some(url), Some(chart)) => Some(crate::render::helm::RepoChart {
+                        url: url.clone(),
+                        chart: chart.clone(),
+                        version: self.chart_version.clone(),
+                    }),
+                    _ => None,
+                },
+            },
+            vars,
+            namespace: namespace.to_string(),
+            app: app.to_string(),
+            kustomize_bin: self.kustomize_bin.clone(),
+            helm_bin: self.helm_bin.clone(),
+            limits: crate::render::external::Limits {
+                timeout: self.render_timeout,
+                ..Default::default()
+            },
+            revision: revision.map(|r| r.commit.clone()),
+            cache_dir: Some(crate::source::git::cache_root()),
+            ..Default::default()
+        })
+    }
+}
+
+/// The last folder of the path, else the repository's name, as a DNS label.
+pub fn default_app_name(path: &str, repo: Option<&str>) -> anyhow::Result<String> {
+    let from_path = path.rsplit('/').find(|p| !p.is_empty() && *p != ".");
+    let from_repo = repo.and_then(|r| {
+        r.trim_end_matches('/')
+            .trim_end_matches(".git")
+            .rsplit(['/', ':'])
+            .next()
+    });
+    let raw = from_path.or(from_repo).unwrap_or("");
+    let name: String = raw
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = name.trim_matches('-').to_string();
+    if name.is_empty() {
+        anyhow::bail!("cannot derive an application name from --path {path:?}; pass --app NAME");
+    }
+    Ok(name)
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RenderArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub renderer: RendererArgs,
 
     /// Annotate each object with the file, line and document it came from.
     #[arg(long)]
@@ -107,10 +269,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// The tree to render and, for Git, the revision it is at.
 pub struct Resolved {
-    pub tree: Box<dyn Tree>,
+    pub tree: std::sync::Arc<dyn Tree>,
     pub revision: Option<Revision>,
     /// Repository-relative folder to render.
     pub path: String,
+}
+
+impl Resolved {
+    /// Renders the folder on a blocking thread (renderers are programs and file I/O).
+    pub async fn render(&self, options: RenderOptions) -> anyhow::Result<Vec<Object>> {
+        let tree = self.tree.clone();
+        let path = self.path.clone();
+        Ok(
+            tokio::task::spawn_blocking(move || render(tree.as_ref(), &path, &options))
+                .await
+                .context("the render task panicked")??,
+        )
+    }
 }
 
 impl SourceArgs {
@@ -178,7 +353,7 @@ impl SourceArgs {
             "source resolved"
         );
         Ok(Resolved {
-            tree: Box::new(tree),
+            tree: std::sync::Arc::new(tree),
             revision: Some(revision),
             path,
         })
@@ -204,7 +379,7 @@ fn local_folder(path: &Path) -> anyhow::Result<Resolved> {
         .to_string_lossy()
         .into_owned();
     Ok(Resolved {
-        tree: Box::new(DirTree::new(root)?),
+        tree: std::sync::Arc::new(DirTree::new(root)?),
         revision: None,
         path: relative,
     })
@@ -216,11 +391,13 @@ pub async fn run(
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
     let resolved = args.source.resolve().await?;
-    let mut objects = render_plain(
-        resolved.tree.as_ref(),
-        &resolved.path,
-        &RenderOptions::default(),
-    )?;
+    let app = default_app_name(&resolved.path, args.source.repo.as_deref())
+        .unwrap_or_else(|_| "app".into());
+    let namespace = global.namespace.clone().unwrap_or_else(|| "default".into());
+    let options = args
+        .renderer
+        .options(&app, &namespace, resolved.revision.as_ref())?;
+    let mut objects = resolved.render(options).await?;
     if !args.show_secrets {
         for object in &mut objects {
             redact_secret(object);
@@ -332,6 +509,23 @@ fn with_origin_annotation(object: &Object) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_app_names_are_dns_labels() {
+        assert_eq!(
+            default_app_name("examples/web-app", None).unwrap(),
+            "web-app"
+        );
+        assert_eq!(
+            default_app_name(".", Some("https://x/team/Deploy_Repo.git")).unwrap(),
+            "deploy-repo"
+        );
+        assert_eq!(
+            default_app_name("apps/Shop_Front/", None).unwrap(),
+            "shop-front"
+        );
+        assert!(default_app_name(".", None).is_err());
+    }
 
     #[test]
     fn durations_parse_like_kubectl_timeouts() {

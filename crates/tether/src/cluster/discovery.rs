@@ -53,6 +53,28 @@ impl Resolver {
             )
     }
 
+    /// Every `group/version` and `group/version/Kind` served, for Helm's `.Capabilities.APIVersions`.
+    pub fn api_versions(&self) -> Vec<String> {
+        let discovery = self.discovery.read().expect("not poisoned");
+        let mut out = Vec::new();
+        for group in discovery.groups() {
+            for version in group.versions() {
+                let group_version = if group.name().is_empty() {
+                    version.to_string()
+                } else {
+                    format!("{}/{version}", group.name())
+                };
+                for (resource, _) in group.versioned_resources(version) {
+                    out.push(format!("{group_version}/{}", resource.kind));
+                }
+                out.push(group_version);
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Resolves a group and kind at the version the server prefers (for pruning, where
     /// only the group and kind are recorded).
     pub fn resolve_group_kind(&self, group: &str, kind: &str) -> Option<KindInfo> {

@@ -1,9 +1,17 @@
 //! Render: a tree at a revision → desired objects, each with its origin (file, document, line).
 //!
-//! Today: plain YAML/JSON folders ([`render_plain`]). Every problem found is collected and
-//! reported together, each with `file:line`, so a user fixes them in one pass. Start at
-//! [`render_plain`]; YAML semantics live in [`yaml`].
+//! A folder renders as plain YAML/JSON ([`render_plain`]), with Kustomize ([`kustomize`])
+//! or with Helm ([`helm`]), detected from its files; the external programs run in a private
+//! snapshot under limits ([`snapshot`], [`external`]) and their output is cached by revision.
+//! Variables are substituted afterwards ([`substitute`]). Every problem found is collected
+//! and reported together, each with `file:line`. Start at [`render`]; YAML semantics live
+//! in [`yaml`].
 
+pub mod external;
+pub mod helm;
+pub mod kustomize;
+pub mod snapshot;
+pub mod substitute;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -76,7 +84,20 @@ pub struct Object {
     pub manifest: Value,
 }
 
-/// Options of plain rendering. Defaults fit real repositories; limits guard the process.
+/// Which renderer turns a folder into objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Renderer {
+    /// Kustomize when the folder has a kustomization, Helm when it has Chart.yaml, else plain.
+    #[default]
+    Auto,
+    /// Plain YAML/JSON files.
+    Directory,
+    Kustomize,
+    Helm,
+}
+
+/// Options of rendering. Defaults fit real repositories; limits guard the process.
 #[derive(Debug, Clone)]
 pub struct RenderOptions {
     /// Files above this size are refused (default 8 MiB).
@@ -84,6 +105,21 @@ pub struct RenderOptions {
     /// A render with more objects than this is refused (default 100,000).
     pub max_objects: usize,
     pub yaml: YamlLimits,
+    pub renderer: Renderer,
+    pub kustomize: kustomize::KustomizeOptions,
+    pub helm: helm::HelmOptions,
+    /// Variables for `${VAR}` substitution; `None` turns substitution off.
+    pub vars: Option<substitute::Vars>,
+    /// The namespace (Helm's `--namespace`) and the application (Helm's default release).
+    pub namespace: String,
+    pub app: String,
+    /// Explicit kustomize and helm programs (else $TETHER_KUSTOMIZE / $TETHER_HELM, else PATH).
+    pub kustomize_bin: Option<std::path::PathBuf>,
+    pub helm_bin: Option<std::path::PathBuf>,
+    pub limits: external::Limits,
+    /// The commit rendered: with `cache_dir`, renderer output is cached under this key.
+    pub revision: Option<String>,
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RenderOptions {
@@ -92,6 +128,17 @@ impl Default for RenderOptions {
             max_file_bytes: 8 * 1024 * 1024,
             max_objects: 100_000,
             yaml: YamlLimits::default(),
+            renderer: Renderer::Auto,
+            kustomize: Default::default(),
+            helm: Default::default(),
+            vars: None,
+            namespace: "default".into(),
+            app: "app".into(),
+            kustomize_bin: None,
+            helm_bin: None,
+            limits: Default::default(),
+            revision: None,
+            cache_dir: None,
         }
     }
 }
@@ -132,6 +179,20 @@ pub enum Problem {
     Tree(String),
     #[error("{count} objects is above the limit of {limit}; split the application")]
     TooManyObjects { count: usize, limit: usize },
+    #[error(
+        "{file}:{line}: variable {name} is not set and has no default; set it with --var {name}=… or write ${{{name}:=default}}"
+    )]
+    UnsetVariable {
+        file: String,
+        line: u64,
+        name: String,
+    },
+    #[error("{renderer} {path}: {message}")]
+    Renderer {
+        renderer: &'static str,
+        path: String,
+        message: String,
+    },
 }
 
 /// Every problem a render found, sorted by file.
@@ -216,6 +277,226 @@ pub fn render_plain(
     }
 }
 
+/// Renders `path` of `tree` with the renderer `options.renderer` names (or detects).
+pub fn render(
+    tree: &dyn Tree,
+    path: &str,
+    options: &RenderOptions,
+) -> Result<Vec<Object>, Problems> {
+    let renderer = match options.renderer {
+        Renderer::Auto if options.helm.repo_chart.is_some() => Renderer::Helm,
+        Renderer::Auto if kustomize::kustomization_in(tree, path).is_some() => Renderer::Kustomize,
+        Renderer::Auto
+            if matches!(
+                tree.entry_kind(&join_path(path, "Chart.yaml")),
+                Some(Some(_))
+            ) =>
+        {
+            Renderer::Helm
+        }
+        Renderer::Auto => Renderer::Directory,
+        chosen => chosen,
+    };
+    match renderer {
+        Renderer::Kustomize => render_kustomize(tree, path, options),
+        Renderer::Helm => render_helm(tree, path, options),
+        _ => render_plain(tree, path, options),
+    }
+}
+
+fn join_path(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn renderer_problem(renderer: &'static str, path: &str, message: String) -> Problems {
+    Problems(vec![Problem::Renderer {
+        renderer,
+        path: if path.is_empty() {
+            ".".into()
+        } else {
+            path.to_string()
+        },
+        message,
+    }])
+}
+
+/// Identifies a program without running it: path, size and modification time.
+fn tool_identity(program: &std::path::Path) -> String {
+    let meta = std::fs::metadata(program).ok();
+    let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+    let modified = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{}:{size}:{modified}", program.display())
+}
+
+/// Runs `produce` unless the same inputs were rendered before (only for a Git revision:
+/// a folder on disk may have changed since).
+fn cached(
+    options: &RenderOptions,
+    key: serde_json::Value,
+    produce: impl FnOnce() -> Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, String> {
+    let (Some(_), Some(dir)) = (&options.revision, &options.cache_dir) else {
+        return produce();
+    };
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(key.to_string().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let file = dir.join("render").join(format!("{digest}.out"));
+    if let Ok(bytes) = std::fs::read(&file) {
+        tracing::debug!(file = %file.display(), "render cache hit");
+        return Ok(bytes);
+    }
+    let bytes = produce()?;
+    if let Some(parent) = file.parent()
+        && std::fs::create_dir_all(parent).is_ok()
+    {
+        let partial = file.with_extension(format!("partial-{}", std::process::id()));
+        if std::fs::write(&partial, &bytes).is_ok() {
+            let _ = std::fs::rename(&partial, &file);
+        }
+    }
+    Ok(bytes)
+}
+
+fn render_kustomize(
+    tree: &dyn Tree,
+    path: &str,
+    options: &RenderOptions,
+) -> Result<Vec<Object>, Problems> {
+    let fail = |message: String| renderer_problem("kustomize", path, message);
+    kustomize::check_references(tree, path, &options.kustomize, options.max_file_bytes)
+        .map_err(fail)?;
+    let program = external::locate(
+        options.kustomize_bin.as_deref(),
+        "TETHER_KUSTOMIZE",
+        "kustomize",
+    )
+    .map_err(fail)?;
+    let key = serde_json::json!({
+        "renderer": "kustomize", "revision": options.revision, "path": path,
+        "allowRemote": options.kustomize.allow_remote, "enableHelm": options.kustomize.enable_helm,
+        "tool": tool_identity(&program),
+    });
+    let output = cached(options, key, || {
+        let snapshot = snapshot::Snapshot::write(tree, options.max_file_bytes)?;
+        kustomize::build(
+            &program,
+            &snapshot,
+            path,
+            &options.kustomize,
+            &options.limits,
+        )
+    })
+    .map_err(fail)?;
+    let label = format!(
+        "kustomize build {}",
+        if path.is_empty() { "." } else { path }
+    );
+    finish(&label, &|_| label.clone(), &output, options)
+}
+
+fn render_helm(
+    tree: &dyn Tree,
+    path: &str,
+    options: &RenderOptions,
+) -> Result<Vec<Object>, Problems> {
+    let fail = |message: String| renderer_problem("helm", path, message);
+    helm::check_values(tree, &options.helm).map_err(fail)?;
+    let program =
+        external::locate(options.helm_bin.as_deref(), "TETHER_HELM", "helm").map_err(fail)?;
+    let release = options
+        .helm
+        .release
+        .clone()
+        .unwrap_or_else(|| options.app.clone());
+    let chart_cache = options
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("tether-helm-charts"));
+    let repo_chart = match &options.helm.repo_chart {
+        Some(chart) => Some(
+            helm::fetch_repo_chart(chart, &chart_cache, options.limits.timeout).map_err(fail)?,
+        ),
+        None => None,
+    };
+    let key = serde_json::json!({
+        "renderer": "helm", "revision": options.revision, "path": path, "namespace": options.namespace,
+        "release": release, "options": options.helm,
+        "repoChart": repo_chart.as_ref().map(|(file, version)| format!("{}@{version}", file.display())),
+        "tool": tool_identity(&program),
+    });
+    let output = cached(options, key, || {
+        let snapshot = snapshot::Snapshot::write(tree, options.max_file_bytes)?;
+        let chart = match &repo_chart {
+            Some((file, _)) => file.clone(),
+            None => snapshot.root().join(path),
+        };
+        helm::template(
+            &program,
+            &snapshot,
+            &chart,
+            &options.namespace,
+            &release,
+            &options.helm,
+            &options.limits,
+        )
+    })
+    .map_err(fail)?;
+    let text = String::from_utf8_lossy(&output).into_owned();
+    let sources = helm::source_comments(&text);
+    let label = format!("helm template {}", if path.is_empty() { "." } else { path });
+    let file_at = |line: u64| {
+        sources
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= line)
+            .map(|(_, source)| source.clone())
+            .unwrap_or_else(|| label.clone())
+    };
+    let mut objects = finish(&label, &file_at, &output, options)?;
+    // Hooks are applied as ordinary objects for now; their origin says what they are.
+    for object in &mut objects {
+        if let Some(hook) = object.manifest["metadata"]["annotations"]["helm.sh/hook"].as_str() {
+            object.origin.file = format!("{} [helm hook: {hook}]", object.origin.file);
+        }
+    }
+    Ok(objects)
+}
+
+/// Parses a renderer's output into objects and checks the set.
+fn finish(
+    label: &str,
+    file_at: &dyn Fn(u64) -> String,
+    output: &[u8],
+    options: &RenderOptions,
+) -> Result<Vec<Object>, Problems> {
+    let mut objects = Vec::new();
+    let mut problems = Vec::new();
+    parse_stream(label, file_at, output, options, &mut objects, &mut problems);
+    if objects.len() > options.max_objects {
+        problems.push(Problem::TooManyObjects {
+            count: objects.len(),
+            limit: options.max_objects,
+        });
+    }
+    check_duplicates(&objects, &mut problems);
+    if problems.is_empty() {
+        Ok(objects)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
 fn is_manifest(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     MANIFEST_EXTENSIONS.iter().any(|ext| lower.ends_with(ext))
@@ -260,6 +541,26 @@ fn parse_file(
     objects: &mut Vec<Object>,
     problems: &mut Vec<Problem>,
 ) {
+    parse_stream(
+        file,
+        &|_| file.to_string(),
+        bytes,
+        options,
+        objects,
+        problems,
+    );
+}
+
+/// Parses a YAML stream whose documents come from `file_at(line)` (one file for plain
+/// manifests; the template named by `# Source:` for Helm output).
+fn parse_stream(
+    file: &str,
+    file_at: &dyn Fn(u64) -> String,
+    bytes: &[u8],
+    options: &RenderOptions,
+    objects: &mut Vec<Object>,
+    problems: &mut Vec<Problem>,
+) {
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,
         Err(err) => {
@@ -272,6 +573,24 @@ fn parse_file(
             });
             return;
         }
+    };
+    let substituted;
+    let text = match &options.vars {
+        Some(vars) => match substitute::substitute(text, vars) {
+            Ok(out) => {
+                substituted = out;
+                substituted.as_str()
+            }
+            Err(unset) => {
+                problems.extend(unset.into_iter().map(|u| Problem::UnsetVariable {
+                    file: file_at(u.line),
+                    line: u.line,
+                    name: u.name,
+                }));
+                return;
+            }
+        },
+        None => text,
     };
     let documents = match yaml::parse_documents(text, &options.yaml) {
         Ok(documents) => documents,
@@ -287,7 +606,7 @@ fn parse_file(
     };
     for (index, doc) in documents.into_iter().enumerate() {
         let origin = Origin {
-            file: file.to_string(),
+            file: file_at(doc.line),
             line: doc.line,
             document: index,
             item: None,

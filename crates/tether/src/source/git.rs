@@ -144,17 +144,22 @@ pub enum Error {
     Git { url: String, reason: String },
 }
 
-/// The default cache folder: `$TETHER_CACHE_DIR/git`, else `$XDG_CACHE_HOME/tether/git`,
-/// else `~/.cache/tether/git`.
-pub fn default_cache_dir() -> PathBuf {
+/// tether's cache folder: `$TETHER_CACHE_DIR`, else `$XDG_CACHE_HOME/tether`, else
+/// `~/.cache/tether`.
+pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("TETHER_CACHE_DIR") {
-        return PathBuf::from(dir).join("git");
+        return PathBuf::from(dir);
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir);
-    base.join("tether").join("git")
+    base.join("tether")
+}
+
+/// The default Git cache folder: `git` under [`cache_root`].
+pub fn default_cache_dir() -> PathBuf {
+    cache_root().join("git")
 }
 
 impl GitSource {
@@ -221,7 +226,7 @@ impl GitSource {
 
 /// HTTPS goes through rustls with the ring provider, as the Kubernetes client does; the
 /// provider is chosen once per process.
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // Err only when another provider was installed first, which is fine too.

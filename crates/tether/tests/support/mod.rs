@@ -111,19 +111,30 @@ where
     }
 }
 
+/// A program testenv built (kubectl, helm, kustomize): `$TETHER_TEST_<NAME>` when set
+/// (make test sets them), else asked from testenv (which builds it when missing).
+pub fn tool(name: &str) -> PathBuf {
+    let var = format!("TETHER_TEST_{}", name.to_ascii_uppercase());
+    if let Some(path) = std::env::var_os(&var).filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let testenv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testenv/testenv.py");
+    let out = std::process::Command::new("python3")
+        .args([testenv, "bin", name])
+        .output()
+        .expect("python3 runs testenv.py");
+    assert!(
+        out.status.success(),
+        "testenv bin {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// Runs the kubectl that testenv built (same version as the server) against the test
 /// cluster, with kubectl's ApplySet support switched on.
 pub fn kubectl(args: &[&str]) -> std::process::Output {
-    let binary = std::env::var_os("TETHER_TEST_KUBECTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let testenv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testenv/testenv.py");
-            let out = std::process::Command::new("python3")
-                .args([testenv, "bin", "kubectl"])
-                .output()
-                .expect("python3 runs testenv.py");
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        });
+    let binary = tool("kubectl");
     std::process::Command::new(&binary)
         .arg("--kubeconfig")
         .arg(kubeconfig())

@@ -1,0 +1,244 @@
+//! Running a renderer program (kustomize, helm) under limits: a timeout, a clean
+//! environment, a cap on output, and a cap on how many run at once.
+//!
+//! # Security
+//! The program sees only PATH and a private HOME/cache folder: no cloud or Git credentials
+//! of the tether process, no KUBECONFIG. Its output is read up to a limit and then it is
+//! killed, so a hostile chart cannot exhaust memory.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Limits for one run.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub max_output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(90),
+            max_output_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Renderer processes running at once in this process.
+const MAX_CONCURRENT: usize = 4;
+
+static RUNNING: Mutex<usize> = Mutex::new(0);
+static FREED: Condvar = Condvar::new();
+
+struct Slot;
+
+impl Slot {
+    fn take() -> Self {
+        let mut running = RUNNING.lock().expect("not poisoned");
+        while *running >= MAX_CONCURRENT {
+            running = FREED.wait(running).expect("not poisoned");
+        }
+        *running += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *RUNNING.lock().expect("not poisoned") -= 1;
+        FREED.notify_one();
+    }
+}
+
+/// Counts process starts, so tests and benchmarks can prove a cache hit started none.
+pub static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs `program args` in `cwd` and returns its stdout; `Err` has the reason, with the
+/// program's own message (trimmed) when it failed.
+pub fn run(
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    home: &Path,
+    limits: &Limits,
+) -> Result<Vec<u8>, String> {
+    let _slot = Slot::take();
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .env("HOME", home)
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("HELM_CACHE_HOME", home.join("helm-cache"))
+        .env("HELM_CONFIG_HOME", home.join("helm-config"))
+        .env("HELM_DATA_HOME", home.join("helm-data"))
+        .env("KUBECONFIG", "/dev/null")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // A group of its own, so a timeout ends the program's children too (helm plugins,
+    // a shell wrapper's `sleep`), not just the program.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let cap = limits.max_output_bytes;
+    let out_reader = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        // Past the cap the pipe is closed: the program's next write fails and it stops.
+        (&mut stdout)
+            .take(cap as u64 + 1)
+            .read_to_end(&mut buffer)
+            .map(|_| buffer)
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buffer);
+        buffer
+    });
+    let deadline = Instant::now() + limits.timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", child.id())])
+                    .stderr(Stdio::null())
+                    .status();
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("{name}: {e}")),
+        }
+    };
+    let output = out_reader
+        .join()
+        .map_err(|_| format!("{name}: reading its output failed"))?;
+    let errors = err_reader.join().unwrap_or_default();
+    let Some(status) = status else {
+        return Err(format!(
+            "{name} did not finish within {} s and was killed",
+            limits.timeout.as_secs()
+        ));
+    };
+    let output = output.map_err(|e| format!("{name}: {e}"))?;
+    if output.len() > cap {
+        return Err(format!(
+            "{name} printed more than {cap} bytes; refusing the output"
+        ));
+    }
+    if !status.success() {
+        return Err(format!("{name} failed: {}", trim_message(&errors)));
+    }
+    Ok(output)
+}
+
+/// The tool's own error, without noise: last lines, at most 1,000 characters.
+fn trim_message(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = lines[lines.len().saturating_sub(8)..].join("\n  ");
+    if tail.chars().count() > 1000 {
+        format!("{}…", tail.chars().take(1000).collect::<String>())
+    } else if tail.is_empty() {
+        "(no message)".to_string()
+    } else {
+        tail
+    }
+}
+
+/// Finds a program: the explicit path, else `env_var`, else PATH.
+pub fn locate(explicit: Option<&Path>, env_var: &str, name: &str) -> Result<PathBuf, String> {
+    if let Some(path) = explicit {
+        return Ok(path.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os(env_var).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            format!("{name} is not installed: put it on PATH, set {env_var}, or pass --{name}-bin")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, limits: &Limits) -> Result<Vec<u8>, String> {
+        let home = tempfile::tempdir().expect("home");
+        run(
+            Path::new("/bin/sh"),
+            &["-c".to_string(), script.to_string()],
+            home.path(),
+            home.path(),
+            limits,
+        )
+    }
+
+    #[test]
+    fn a_hanging_renderer_is_killed_at_the_timeout() {
+        let limits = Limits {
+            timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let err = sh("sleep 30", &limits).expect_err("hangs");
+        assert!(err.contains("did not finish within"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn output_is_capped_and_errors_are_the_tools_own() {
+        let limits = Limits {
+            max_output_bytes: 1000,
+            ..Default::default()
+        };
+        let err = sh("yes", &limits).expect_err("too much, and it never stops by itself");
+        assert!(err.contains("more than 1000 bytes"), "{err}");
+        let err = sh(
+            "echo 'Error: chart not found' >&2; exit 1",
+            &Limits::default(),
+        )
+        .expect_err("fails");
+        assert!(err.ends_with("failed: Error: chart not found"), "{err}");
+    }
+
+    #[test]
+    fn the_environment_is_clean() {
+        let out = sh("env", &Limits::default()).expect("runs");
+        let env = String::from_utf8_lossy(&out);
+        assert!(
+            !env.contains("CARGO_PKG_NAME"),
+            "inherited variables leak: {env}"
+        );
+        assert!(env.contains("KUBECONFIG=/dev/null"), "{env}");
+    }
+}

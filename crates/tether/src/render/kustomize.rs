@@ -1,0 +1,249 @@
+//! Kustomize: `kustomize build` of a folder in a snapshot of the revision.
+//!
+//! # Security
+//! Before kustomize runs, every kustomization reachable from the folder is read and each
+//! path it names (resources, bases, components, patches, generator files…) must stay inside
+//! the repository: kustomize's load restrictor checks files but lets a base reach any
+//! folder, and the snapshot sits on the host's file system. Remote bases (URLs) are
+//! refused unless allowed; `helmCharts` need `enable_helm`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::external::{self, Limits};
+use super::snapshot::{Snapshot, inside};
+use crate::source::tree::Tree;
+
+pub const KUSTOMIZATION_FILES: [&str; 3] =
+    ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+#[derive(Debug, Clone, Default)]
+pub struct KustomizeOptions {
+    /// Allow remote bases (`https://…`, `github.com/…`).
+    pub allow_remote: bool,
+    /// Allow `helmCharts` in kustomizations (`kustomize build --enable-helm`).
+    pub enable_helm: bool,
+}
+
+/// The kustomization file in `dir`, if any.
+pub fn kustomization_in(tree: &dyn Tree, dir: &str) -> Option<String> {
+    KUSTOMIZATION_FILES
+        .iter()
+        .map(|name| join(dir, name))
+        .find(|path| matches!(tree.entry_kind(path), Some(Some(_))))
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn is_remote(reference: &str) -> bool {
+    reference.contains("://")
+        || reference.starts_with("github.com/")
+        || reference.starts_with("gitlab.com/")
+        || reference.starts_with("bitbucket.org/")
+        || reference.starts_with("git@")
+        || reference.starts_with("git::")
+}
+
+/// Checks every path the kustomizations under `dir` name (recursively through bases).
+pub fn check_references(
+    tree: &dyn Tree,
+    dir: &str,
+    options: &KustomizeOptions,
+    max_file_bytes: u64,
+) -> Result<(), String> {
+    let mut visited = BTreeSet::new();
+    check_dir(tree, dir, options, max_file_bytes, &mut visited)
+}
+
+fn check_dir(
+    tree: &dyn Tree,
+    dir: &str,
+    options: &KustomizeOptions,
+    max_file_bytes: u64,
+    visited: &mut BTreeSet<String>,
+) -> Result<(), String> {
+    if !visited.insert(dir.to_string()) {
+        return Ok(());
+    }
+    let Some(file) = kustomization_in(tree, dir) else {
+        return Ok(());
+    };
+    let bytes = tree
+        .read(&file, max_file_bytes)
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&bytes);
+    let doc: Value =
+        serde_saphyr::from_str(&text).map_err(|e| format!("{file}: invalid YAML: {e}"))?;
+    if doc.get("helmCharts").is_some() && !options.enable_helm {
+        return Err(format!("{file}: helmCharts need --kustomize-enable-helm"));
+    }
+    for reference in references(&doc) {
+        let reference = reference.trim();
+        if reference.is_empty() {
+            continue;
+        }
+        if is_remote(reference) {
+            if options.allow_remote {
+                continue;
+            }
+            return Err(format!(
+                "{file}: remote base {reference:?} is refused; vendor it into the repository or pass --kustomize-allow-remote"
+            ));
+        }
+        let Some(resolved) = inside(dir, reference) else {
+            return Err(format!(
+                "{file}: {reference:?} leaves the repository; tether reads nothing outside it"
+            ));
+        };
+        if matches!(tree.entry_kind(&resolved), Some(None)) {
+            check_dir(tree, &resolved, options, max_file_bytes, visited)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every path-like string a kustomization names.
+fn references(doc: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let strings = |value: &Value, out: &mut Vec<String>| {
+        for item in value.as_array().into_iter().flatten() {
+            if let Some(s) = item.as_str() {
+                out.push(s.to_string());
+            }
+        }
+    };
+    for field in [
+        "resources",
+        "bases",
+        "components",
+        "crds",
+        "patchesStrategicMerge",
+        "transformers",
+        "generators",
+        "validators",
+    ] {
+        strings(&doc[field], &mut out);
+    }
+    for field in ["patches", "patchesJson6902", "replacements"] {
+        for item in doc[field].as_array().into_iter().flatten() {
+            if let Some(path) = item["path"].as_str() {
+                out.push(path.to_string());
+            }
+        }
+    }
+    for field in ["configMapGenerator", "secretGenerator"] {
+        for generator in doc[field].as_array().into_iter().flatten() {
+            for key in ["files", "envs"] {
+                for item in generator[key].as_array().into_iter().flatten() {
+                    if let Some(s) = item.as_str() {
+                        // `key=path` names the key explicitly.
+                        out.push(s.rsplit_once('=').map(|(_, p)| p).unwrap_or(s).to_string());
+                    }
+                }
+            }
+            if let Some(env) = generator["env"].as_str() {
+                out.push(env.to_string());
+            }
+        }
+    }
+    if let Some(path) = doc["openapi"]["path"].as_str() {
+        out.push(path.to_string());
+    }
+    out
+}
+
+/// Runs `kustomize build` on `dir` in the snapshot.
+pub fn build(
+    program: &Path,
+    snapshot: &Snapshot,
+    dir: &str,
+    options: &KustomizeOptions,
+    limits: &Limits,
+) -> Result<Vec<u8>, String> {
+    let root = snapshot.root();
+    let target = if dir.is_empty() {
+        root.clone()
+    } else {
+        root.join(dir)
+    };
+    let mut args = vec![
+        "build".to_string(),
+        target.display().to_string(),
+        "--load-restrictor".to_string(),
+        "LoadRestrictionsRootOnly".to_string(),
+    ];
+    if options.enable_helm {
+        args.push("--enable-helm".to_string());
+    }
+    external::run(program, &args, &root, &snapshot.home()?, limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::tree::DirTree;
+
+    fn tree(files: &[(&str, &str)]) -> (tempfile::TempDir, DirTree) {
+        let dir = tempfile::tempdir().expect("temp");
+        for (path, text) in files {
+            let full = dir.path().join(path);
+            std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+            std::fs::write(full, text).expect("write");
+        }
+        let tree = DirTree::new(dir.path()).expect("dir");
+        (dir, tree)
+    }
+
+    #[test]
+    fn bases_inside_the_repository_pass_and_escapes_are_refused() {
+        let (_d, t) = tree(&[
+            ("base/kustomization.yaml", "resources: [cm.yaml]\n"),
+            ("base/cm.yaml", "x"),
+            (
+                "overlays/prod/kustomization.yaml",
+                "resources: [../../base]\npatches: [{path: patch.yaml}]\n",
+            ),
+            ("overlays/prod/patch.yaml", "x"),
+            (
+                "overlays/evil/kustomization.yaml",
+                "resources: [../../../../../etc]\n",
+            ),
+            (
+                "overlays/remote/kustomization.yaml",
+                "resources: [https://github.com/org/repo//base?ref=v1]\n",
+            ),
+            (
+                "overlays/gen/kustomization.yaml",
+                "configMapGenerator: [{name: c, files: [secret=../../../outside.txt]}]\n",
+            ),
+            (
+                "overlays/helm/kustomization.yaml",
+                "helmCharts: [{name: x}]\n",
+            ),
+        ]);
+        let options = KustomizeOptions::default();
+        check_references(&t, "overlays/prod", &options, 1 << 20).expect("inside");
+        let err = check_references(&t, "overlays/evil", &options, 1 << 20).expect_err("escape");
+        assert!(err.contains("leaves the repository"), "{err}");
+        let err = check_references(&t, "overlays/remote", &options, 1 << 20).expect_err("remote");
+        assert!(err.contains("remote base"), "{err}");
+        let allowed = KustomizeOptions {
+            allow_remote: true,
+            ..Default::default()
+        };
+        check_references(&t, "overlays/remote", &allowed, 1 << 20).expect("allowed");
+        let err =
+            check_references(&t, "overlays/gen", &options, 1 << 20).expect_err("generator escape");
+        assert!(err.contains("outside.txt"), "{err}");
+        let err = check_references(&t, "overlays/helm", &options, 1 << 20).expect_err("helm");
+        assert!(err.contains("--kustomize-enable-helm"), "{err}");
+    }
+}
