@@ -446,7 +446,7 @@ impl StaticServer {
             .local_addr()
             .expect("addr")
             .port();
-        let child = Command::new("python3")
+        let mut child = Command::new("python3")
             .args([
                 "-m",
                 "http.server",
@@ -465,6 +465,8 @@ impl StaticServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("the static server did not start");
     }
 }
