@@ -6,7 +6,7 @@ SHELL := /bin/bash
 TESTENV := python3 testenv/testenv.py
 PROFILE ?= full
 
-.PHONY: help build demo test lint deps bench-render bench-apply cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
+.PHONY: help build demo test lint deps bench-render bench-render-tools bench-apply cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
 
 help:
 	@echo "make demo            build tether, start the local cluster, plan + apply the example from Git"
@@ -17,6 +17,7 @@ help:
 	@echo "make cluster-status | cluster-logs | cluster-selftest | cluster-build"
 	@echo "make bench-render    render 5,000 manifests from git://, cold and warm (writes bench/reports/)"
 	@echo "make bench-apply     apply 1,000 Deployments + 1,000 Services, tether beside kubectl"
+	@echo "make bench-render-tools  render 50 overlays + 20 charts, cold and cached"
 
 deps:
 	@scripts/install-deps.sh
@@ -39,6 +40,9 @@ bench-render: deps
 
 bench-apply: deps
 	@bench/apply.sh
+
+bench-render-tools: deps
+	@bench/render-tools.sh
 
 cluster-build:
 	@$(TESTENV) build
