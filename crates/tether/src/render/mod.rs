@@ -187,10 +187,11 @@ pub enum Problem {
         line: u64,
         name: String,
     },
-    #[error("{renderer} {path}: {message}")]
+    #[error("{renderer} {path} (application {app}): {message}")]
     Renderer {
         renderer: &'static str,
         path: String,
+        app: String,
         message: String,
     },
 }
@@ -312,7 +313,7 @@ fn join_path(dir: &str, name: &str) -> String {
     }
 }
 
-fn renderer_problem(renderer: &'static str, path: &str, message: String) -> Problems {
+fn renderer_problem(renderer: &'static str, path: &str, app: &str, message: String) -> Problems {
     Problems(vec![Problem::Renderer {
         renderer,
         path: if path.is_empty() {
@@ -320,6 +321,7 @@ fn renderer_problem(renderer: &'static str, path: &str, message: String) -> Prob
         } else {
             path.to_string()
         },
+        app: app.to_string(),
         message,
     }])
 }
@@ -373,7 +375,7 @@ fn render_kustomize(
     path: &str,
     options: &RenderOptions,
 ) -> Result<Vec<Object>, Problems> {
-    let fail = |message: String| renderer_problem("kustomize", path, message);
+    let fail = |message: String| renderer_problem("kustomize", path, &options.app, message);
     kustomize::check_references(tree, path, &options.kustomize, options.max_file_bytes)
         .map_err(fail)?;
     let program = external::locate(
@@ -410,7 +412,7 @@ fn render_helm(
     path: &str,
     options: &RenderOptions,
 ) -> Result<Vec<Object>, Problems> {
-    let fail = |message: String| renderer_problem("helm", path, message);
+    let fail = |message: String| renderer_problem("helm", path, &options.app, message);
     helm::check_values(tree, &options.helm).map_err(fail)?;
     let program =
         external::locate(options.helm_bin.as_deref(), "TETHER_HELM", "helm").map_err(fail)?;
