@@ -407,7 +407,11 @@ fn escapes_are_refused_before_any_program_runs() {
     opts.helm.values_files = vec!["../../../../etc/passwd".into()];
     let err = render(&tree, "charts/web", &opts).expect_err("values escape");
     assert!(err.to_string().contains("leaves the repository"), "{err}");
-    assert!(err.to_string().contains("helm charts/web (application shop)"), "names the application: {err}");
+    assert!(
+        err.to_string()
+            .contains("helm charts/web (application shop)"),
+        "names the application: {err}"
+    );
     assert_eq!(starts(&counter), 0, "helm never ran");
 }
 
