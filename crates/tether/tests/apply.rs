@@ -108,6 +108,17 @@ impl Env {
         report
     }
 
+    /// Applies an empty render with --allow-empty: prunes every member of the set.
+    async fn prune_all(&mut self) -> ApplyReport {
+        let options = ApplyOptions {
+            allow_empty: true,
+            ..Default::default()
+        };
+        self.apply_with(&[], self.options(), options)
+            .await
+            .expect("prune all")
+    }
+
     fn configmaps(&self) -> Api<ConfigMap> {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }
@@ -236,17 +247,7 @@ async fn prune_after_a_file_is_deleted_but_never_on_an_empty_render() {
         "nothing was pruned"
     );
 
-    let report = env
-        .apply_with(
-            &[],
-            env.options(),
-            ApplyOptions {
-                allow_empty: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("allowed");
+    let report = env.prune_all().await;
     assert_eq!(report.pruned, 1);
     assert!(env.configmaps().get_opt("a").await.expect("get").is_none());
 }
@@ -393,16 +394,7 @@ async fn a_crd_and_its_custom_resources_apply_together() {
     let again = env.plan(&files).await.expect("plan");
     assert!(!again.has_changes(), "{:?}", actions(&again));
     // Clean up the cluster-scoped CRD (pruning it removes its custom resources too).
-    env.apply_with(
-        &[],
-        env.options(),
-        ApplyOptions {
-            allow_empty: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("prune all");
+    env.prune_all().await;
 }
 
 #[tokio::test]

@@ -222,7 +222,7 @@ fn write_text(
         }
     };
     let at = revision
-        .map(|r| format!(" at {}", &r.commit[..r.commit.len().min(12)]))
+        .map(|r| format!(" at {}", r.short()))
         .unwrap_or_default();
     writeln!(
         out,
@@ -282,7 +282,7 @@ fn write_markdown(
     revision: Option<&Revision>,
 ) -> anyhow::Result<()> {
     let at = revision
-        .map(|r| format!(" at `{}`", &r.commit[..r.commit.len().min(12)]))
+        .map(|r| format!(" at `{}`", r.short()))
         .unwrap_or_default();
     writeln!(
         out,

@@ -113,7 +113,7 @@ pub async fn run(
             let at = prepared
                 .revision
                 .as_ref()
-                .map(|r| format!(" at {}", &r.commit[..r.commit.len().min(12)]))
+                .map(|r| format!(" at {}", r.short()))
                 .unwrap_or_default();
             let differing = objects.iter().filter(|o| o.sync == Sync::OutOfSync).count();
             writeln!(

@@ -83,6 +83,13 @@ pub struct Revision {
     pub url: String,
 }
 
+impl Revision {
+    /// The commit id abbreviated to 12 digits, for messages.
+    pub fn short(&self) -> &str {
+        &self.commit[..self.commit.len().min(12)]
+    }
+}
+
 /// What a fetch did, for logs, tests and benchmarks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FetchStats {
