@@ -15,12 +15,15 @@
 //! - [`plan`]: desired + live → a Plan (create/update/unchanged/prune/conflict) with diffs.
 //! - [`apply`]: a Plan → the cluster, with ApplySet ownership, pruning and waits.
 //! - [`health`]: live object → Healthy/Progressing/Degraded/Missing/Unknown.
+//! - [`agent`]: the pull-mode controller over `Application` resources.
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod apply;
 pub mod cli;
 pub mod cluster;
+pub mod duration;
 pub mod health;
 pub mod output;
 pub mod plan;

@@ -88,7 +88,7 @@ impl Env {
     }
 
     async fn apply_with(
-        &mut self,
+        &self,
         files: &[(&str, String)],
         plan_options: PlanOptions,
         options: ApplyOptions,
@@ -96,10 +96,10 @@ impl Env {
         let planned = plan(&self.client, &self.resolver, objects(files), &plan_options)
             .await
             .unwrap_or_else(|e| panic!("plan failed: {e}"));
-        apply(&self.client, &mut self.resolver, planned, &options).await
+        apply(&self.client, &self.resolver, planned, &options).await
     }
 
-    async fn apply(&mut self, files: &[(&str, String)]) -> ApplyReport {
+    async fn apply(&self, files: &[(&str, String)]) -> ApplyReport {
         let report = self
             .apply_with(files, self.options(), ApplyOptions::default())
             .await
@@ -109,7 +109,7 @@ impl Env {
     }
 
     /// Applies an empty render with --allow-empty: prunes every member of the set.
-    async fn prune_all(&mut self) -> ApplyReport {
+    async fn prune_all(&self) -> ApplyReport {
         let options = ApplyOptions {
             allow_empty: true,
             ..Default::default()
@@ -133,7 +133,7 @@ fn actions(plan: &Plan) -> Vec<(String, Action)> {
 
 #[tokio::test]
 async fn create_update_noop_and_removed_fields() {
-    let mut env = env("apply-basic").await;
+    let env = env("apply-basic").await;
     let v1 = vec![
         (
             "cm.yaml",
@@ -219,7 +219,7 @@ async fn create_update_noop_and_removed_fields() {
 
 #[tokio::test]
 async fn prune_after_a_file_is_deleted_but_never_on_an_empty_render() {
-    let mut env = env("apply-prune").await;
+    let env = env("apply-prune").await;
     env.apply(&[("a.yaml", cm("a", &[])), ("b.yaml", cm("b", &[]))])
         .await;
 
@@ -254,7 +254,7 @@ async fn prune_after_a_file_is_deleted_but_never_on_an_empty_render() {
 
 #[tokio::test]
 async fn unowned_objects_need_adopt_and_other_apps_objects_are_refused() {
-    let mut env = env("apply-adopt").await;
+    let env = env("apply-adopt").await;
     let existing: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "handmade"}, "data": {"k": "v"}}))
             .expect("cm");
@@ -301,7 +301,7 @@ async fn unowned_objects_need_adopt_and_other_apps_objects_are_refused() {
 
 #[tokio::test]
 async fn conflicts_with_another_manager_stop_apply_unless_forced() {
-    let mut env = env("apply-conflict").await;
+    let env = env("apply-conflict").await;
     let files = vec![("deploy.yaml", deployment("web", 2))];
     env.apply(&files).await;
     // Someone scales it by hand with their own field manager.
@@ -329,7 +329,7 @@ async fn conflicts_with_another_manager_stop_apply_unless_forced() {
     );
     let err = apply(
         &env.client,
-        &mut env.resolver,
+        &env.resolver,
         planned,
         &ApplyOptions::default(),
     )
@@ -374,7 +374,7 @@ async fn conflicts_with_another_manager_stop_apply_unless_forced() {
 
 #[tokio::test]
 async fn a_crd_and_its_custom_resources_apply_together() {
-    let mut env = env("apply-crd").await;
+    let env = env("apply-crd").await;
     let group = format!("{}.test.tether.dev", unique_name("g"));
     let crd = format!(
         "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gadgets.{group}\nspec:\n  \
@@ -441,7 +441,7 @@ async fn one_invalid_object_among_fifty_means_nothing_is_written() {
 
 #[tokio::test]
 async fn secret_changes_show_keys_not_values() {
-    let mut env = env("apply-secret").await;
+    let env = env("apply-secret").await;
     let secret = |value: &str| {
         format!(
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: {value}\n  user: admin\n"
@@ -479,7 +479,7 @@ async fn secret_changes_show_keys_not_values() {
 
 #[tokio::test]
 async fn tether_and_kubectl_agree_on_the_applyset() {
-    let mut env = env("apply-kubectl").await;
+    let env = env("apply-kubectl").await;
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("a.yaml"), cm("a", &[("k", "v")])).expect("write");
     std::fs::write(dir.path().join("web.yaml"), deployment("web", 1)).expect("write");
@@ -572,7 +572,7 @@ async fn tether_and_kubectl_agree_on_the_applyset() {
 
 #[tokio::test]
 async fn a_deployment_becomes_healthy_with_wait() {
-    let mut env = env("apply-wait").await;
+    let env = env("apply-wait").await;
     let report = env
         .apply_with(
             &[("deploy.yaml", deployment("web", 2))],
@@ -597,7 +597,7 @@ async fn a_deployment_becomes_healthy_with_wait() {
 
 #[tokio::test]
 async fn fields_from_kubectl_client_side_apply_are_taken_over_and_removed() {
-    let mut env = env("apply-csa").await;
+    let env = env("apply-csa").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("cm.yaml");
     std::fs::write(&file, cm("legacy", &[("a", "1"), ("b", "2")])).expect("write");
@@ -771,7 +771,7 @@ fn rendered(
 
 #[tokio::test]
 async fn kustomize_and_helm_output_applies_without_false_drift() {
-    let mut env = env("apply-tools").await;
+    let env = env("apply-tools").await;
     let overlay = vec![
         ("base/kustomization.yaml", "resources: [deploy.yaml]\nconfigMapGenerator:\n- name: settings\n  literals: [LEVEL=info]\n".to_string()),
         ("base/deploy.yaml", deployment("web", 1)),
@@ -799,7 +799,7 @@ async fn kustomize_and_helm_output_applies_without_false_drift() {
     assert_eq!(planned.summary().create, 3, "{:?}", actions(&planned));
     let report = apply(
         &env.client,
-        &mut env.resolver,
+        &env.resolver,
         planned,
         &ApplyOptions::default(),
     )

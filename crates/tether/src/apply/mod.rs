@@ -102,7 +102,7 @@ pub enum Error {
 /// nothing more) could be done safely.
 pub async fn apply(
     client: &kube::Client,
-    resolver: &mut Resolver,
+    resolver: &Resolver,
     plan: Plan,
     options: &ApplyOptions,
 ) -> Result<ApplyReport, Error> {
@@ -373,43 +373,45 @@ async fn apply_batch(
     batch: &[Change],
     options: &ApplyOptions,
 ) -> Vec<ObjectResult> {
-    futures::stream::iter(batch.iter().map(|change| async move {
-        let error = match (&change.kind, &change.desired) {
-            (Some(kind), Some(manifest)) => {
-                let api = api_for(client, kind, &change.key.namespace);
-                let mut params = PatchParams::apply(FIELD_MANAGER);
-                if options.force_conflicts {
-                    params = params.force();
-                }
-                match take_over_client_side_fields(&api, change).await {
-                    Err(e) => Some(e),
-                    Ok(()) => api
-                        .patch(&change.key.name, &params, &Patch::Apply(manifest))
-                        .await
-                        .err()
-                        .map(|e| describe(&e)),
-                }
+    // Indexes, not `iter().map(|change| …)`: a closure over a borrowed item makes the
+    // future's Send-ness unprovable for the agent's controller (rust-lang/rust#102211).
+    futures::stream::iter((0..batch.len()).map(|i| apply_one(client, &batch[i], options)))
+        .buffer_unordered(options.concurrency.max(1))
+        .collect()
+        .await
+}
+
+async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOptions) -> ObjectResult {
+    let error = match (&change.kind, &change.desired) {
+        (Some(kind), Some(manifest)) => {
+            let api = api_for(client, kind, &change.key.namespace);
+            let mut params = PatchParams::apply(FIELD_MANAGER);
+            if options.force_conflicts {
+                params = params.force();
             }
-            (None, _) => {
-                Some("its kind is still not served after its CRD was established".to_string())
+            match take_over_client_side_fields(&api, change).await {
+                Err(e) => Some(e),
+                Ok(()) => api
+                    .patch(&change.key.name, &params, &Patch::Apply(manifest))
+                    .await
+                    .err()
+                    .map(|e| describe(&e)),
             }
-            (_, None) => Some("nothing to apply".to_string()),
-        };
-        options.progress.tick();
-        ObjectResult {
-            key: change.key.clone(),
-            action: if change.action == Action::Conflict {
-                Action::Update
-            } else {
-                change.action
-            },
-            error,
-            health: None,
         }
-    }))
-    .buffer_unordered(options.concurrency.max(1))
-    .collect()
-    .await
+        (None, _) => Some("its kind is still not served after its CRD was established".to_string()),
+        (_, None) => Some("nothing to apply".to_string()),
+    };
+    options.progress.tick();
+    ObjectResult {
+        key: change.key.clone(),
+        action: if change.action == Action::Conflict {
+            Action::Update
+        } else {
+            change.action
+        },
+        error,
+        health: None,
+    }
 }
 
 /// Hands fields owned by client-side apply to tether (see [`crate::plan::migrate`]), with
@@ -462,7 +464,8 @@ async fn prune_batch(
     batch: &[&Change],
     options: &ApplyOptions,
 ) -> Vec<ObjectResult> {
-    futures::stream::iter(batch.iter().map(|change| async move {
+    futures::stream::iter((0..batch.len()).map(|i| async move {
+        let change = batch[i];
         let kind = change.kind.as_ref().expect("prune candidates are resolved");
         let api = api_for(client, kind, &change.key.namespace);
         let params = DeleteParams {
@@ -548,7 +551,9 @@ async fn wait_healthy(
         .filter(|c| c.action != Action::Prune)
         .collect();
     loop {
-        let checks = futures::stream::iter(desired.iter().map(|change| async move {
+        let desired = &desired;
+        let checks = futures::stream::iter((0..desired.len()).map(|i| async move {
+            let change = desired[i];
             let api_version = change
                 .desired
                 .as_ref()

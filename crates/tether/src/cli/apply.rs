@@ -52,7 +52,7 @@ pub async fn run(
     args: &ApplyArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
-    let mut prepared = prepare(global, &args.target).await?;
+    let prepared = prepare(global, &args.target).await?;
     let options = ApplyOptions {
         prune: !args.no_prune,
         allow_empty: args.allow_empty,
@@ -75,7 +75,7 @@ pub async fn run(
         writeln!(out)?;
     }
     let client = prepared.cluster.client();
-    let report = apply(&client, &mut prepared.resolver, prepared.plan, &options).await?;
+    let report = apply(&client, &prepared.resolver, prepared.plan, &options).await?;
     match global.output {
         OutputFormat::Json | OutputFormat::Yaml => {
             let document = ApplyDocument {

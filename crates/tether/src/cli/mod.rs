@@ -4,6 +4,7 @@
 //! command writes to an `impl Write` and returns its exit code, so tests can run it in
 //! process. Start at [`run`].
 
+mod agent;
 mod apply;
 mod plan;
 mod progress;
@@ -81,6 +82,10 @@ pub enum Command {
     Apply(Box<apply::ApplyArgs>),
     /// Is the cluster in sync with the revision, and is every object healthy?
     Status(Box<status::StatusArgs>),
+    /// Install or upgrade the Application CRD (applications.tether.dev).
+    Install(agent::InstallArgs),
+    /// Run the pull-mode agent: reconcile Application resources continuously.
+    Agent(agent::AgentArgs),
     /// Print tether's version and, when a cluster is reachable, the API server's.
     Version(version::VersionArgs),
 }
@@ -93,6 +98,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
         Command::Plan(args) => plan::run(&cli.global, &args, out).await,
         Command::Apply(args) => apply::run(&cli.global, &args, out).await,
         Command::Status(args) => status::run(&cli.global, &args, out).await,
+        Command::Install(args) => agent::install(&cli.global, &args, out).await,
+        Command::Agent(args) => agent::agent(&cli.global, &args, out).await,
         Command::Version(args) => version::run(&cli.global, &args, out).await,
     }
 }

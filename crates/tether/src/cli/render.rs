@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use super::GlobalArgs;
+pub use crate::duration::parse_duration;
 use crate::output::OutputFormat;
 use crate::render::{Object, RenderOptions, Renderer, render};
 use crate::source::git::{GitAuth, GitSource, Revision};
@@ -244,27 +245,6 @@ pub struct RenderArgs {
     /// Print Secret values as they are in Git (default: each value is replaced by its size).
     #[arg(long)]
     pub show_secrets: bool,
-}
-
-/// Parses `90`, `90s`, `2m`, `1h`, `500ms`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 2m or 1h"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(value)),
-        "ms" => Ok(Duration::from_millis(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        "h" => Ok(Duration::from_secs(value * 3600)),
-        _ => Err(format!(
-            "{text:?}: unknown unit {unit:?}; use ms, s, m or h"
-        )),
-    }
 }
 
 /// The tree to render and, for Git, the revision it is at.
@@ -525,15 +505,5 @@ mod tests {
             "shop-front"
         );
         assert!(default_app_name(".", None).is_err());
-    }
-
-    #[test]
-    fn durations_parse_like_kubectl_timeouts() {
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
     }
 }

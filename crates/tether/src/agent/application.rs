@@ -1,0 +1,358 @@
+//! The `Application` custom resource (`applications.tether.dev/v1alpha1`): one source, how
+//! to render it, one destination and a sync policy; its status is the agent's record.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+// Several printcolumns each name `type_`: not a duplicate, though clippy reads it as one.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[kube(
+    group = "tether.dev",
+    version = "v1alpha1",
+    kind = "Application",
+    namespaced,
+    status = "ApplicationStatus",
+    shortname = "app",
+    category = "tether",
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.lastAppliedRevision"
+    ),
+    printcolumn(name = "Sync", type_ = "string", json_path = ".status.sync.status"),
+    printcolumn(name = "Health", type_ = "string", json_path = ".status.health"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationSpec {
+    pub source: Source,
+    #[serde(default)]
+    pub render: RenderSpec,
+    pub destination: Destination,
+    #[serde(default)]
+    pub sync_policy: SyncPolicy,
+    /// Stop reconciling (nothing is changed) until set back to false.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Applications (in the same namespace) that must be Ready before this one is applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// A Git URL: https://, http://, git://, ssh://, file:// or git@host:path.
+    #[serde(rename = "repoURL")]
+    pub repo_url: String,
+    #[serde(default)]
+    pub r#ref: GitRef,
+    /// The folder inside the repository ("" or "." for the root).
+    #[serde(default)]
+    pub path: String,
+    /// A Secret in the Application's namespace with `username` and `password` (HTTPS), or
+    /// `sshPrivateKey` and `knownHosts` (SSH), and optionally `caFile` (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    /// Require the revision to be signed by one of these public keys (OpenSSH lines or
+    /// armored OpenPGP blocks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_keys: Vec<String>,
+}
+
+/// Exactly one of branch, tag, commit or semver; none means the default branch.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GitRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semver: Option<String>,
+}
+
+impl GitRef {
+    /// The `--ref` text this stands for.
+    pub fn as_ref_text(&self) -> Result<String, String> {
+        let given: Vec<String> = [
+            self.branch.as_ref().map(|b| format!("branch:{b}")),
+            self.tag.as_ref().map(|t| format!("tag:{t}")),
+            self.commit.as_ref().map(|c| format!("commit:{c}")),
+            self.semver.as_ref().map(|s| format!("semver:{s}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match given.len() {
+            0 => Ok(String::new()),
+            1 => Ok(given.into_iter().next().expect("one element")),
+            _ => Err("spec.source.ref sets more than one of branch, tag, commit and semver".into()),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+pub struct LocalObjectReference {
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RenderSpec {
+    /// auto (default), directory, kustomize or helm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renderer: Option<String>,
+    /// Helm values files (repository paths), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_files: Vec<String>,
+    /// Variables for `${VAR}` substitution; substitution is on when this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variables: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+pub struct Destination {
+    /// Default namespace for objects without one; also where the ApplySet parent lives.
+    pub namespace: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncPolicy {
+    /// Apply new revisions by itself; otherwise only report OutOfSync.
+    #[serde(default = "yes")]
+    pub automated: bool,
+    /// Delete objects that left Git.
+    #[serde(default = "yes")]
+    pub prune: bool,
+    /// Put back changes made by hand.
+    #[serde(default = "yes")]
+    pub self_heal: bool,
+    /// How often to look at Git (e.g. 1m, 30s).
+    #[serde(default = "default_interval")]
+    pub interval: String,
+    #[serde(default)]
+    pub retry: Retry,
+}
+
+impl Default for SyncPolicy {
+    fn default() -> Self {
+        Self {
+            automated: true,
+            prune: true,
+            self_heal: true,
+            interval: default_interval(),
+            retry: Retry::default(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_interval() -> String {
+    "1m".into()
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+pub struct Retry {
+    /// Failed attempts before the Application is Stalled.
+    #[serde(default = "default_retry_limit")]
+    pub limit: u32,
+    /// The first wait after a failure; doubled each time (with jitter), capped at 5 minutes.
+    #[serde(default = "default_backoff")]
+    pub backoff: String,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            limit: default_retry_limit(),
+            backoff: default_backoff(),
+        }
+    }
+}
+
+fn default_retry_limit() -> u32 {
+    5
+}
+
+fn default_backoff() -> String {
+    "5s".into()
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+pub struct Dependency {
+    pub name: String,
+}
+
+/// The agent's record, kstatus style.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempted_revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+    /// Healthy, Progressing, Degraded, Missing or Unknown: the least healthy object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// The last syncs, newest first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_set: Option<ApplySetReference>,
+    /// Consecutive failed attempts (reset by a success).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// Synced or OutOfSync.
+    pub status: String,
+    pub revision: String,
+    pub create: u32,
+    pub update: u32,
+    pub prune: u32,
+    pub unchanged: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub revision: String,
+    pub time: String,
+    /// Succeeded or Failed.
+    pub result: String,
+    pub created: u32,
+    pub updated: u32,
+    pub pruned: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplySetReference {
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    pub id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn the_documented_shape_parses() {
+        let yaml = r#"
+apiVersion: tether.dev/v1alpha1
+kind: Application
+metadata: {name: guestbook, namespace: tether-system}
+spec:
+  source:
+    repoURL: https://git.example.com/team/deploy.git
+    ref: {branch: main}
+    path: apps/guestbook
+    secretRef: {name: git-creds}
+  render: {}
+  destination: {namespace: guestbook}
+  syncPolicy:
+    automated: true
+    prune: true
+    selfHeal: true
+    interval: 1m
+    retry: {limit: 5, backoff: 5s}
+  dependsOn: [{name: infra}]
+"#;
+        let app: Application = serde_saphyr::from_str(yaml).expect("the contract's example parses");
+        assert_eq!(
+            app.spec.source.repo_url,
+            "https://git.example.com/team/deploy.git"
+        );
+        assert_eq!(
+            app.spec.source.r#ref.as_ref_text().expect("one ref"),
+            "branch:main"
+        );
+        assert_eq!(app.spec.depends_on[0].name, "infra");
+        assert_eq!(app.spec.sync_policy.retry.limit, 5);
+    }
+
+    #[test]
+    fn the_crd_has_printer_columns_and_a_status_subresource() {
+        let crd = Application::crd();
+        let version = &crd.spec.versions[0];
+        let columns: Vec<&str> = version
+            .additional_printer_columns
+            .as_ref()
+            .expect("columns")
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Revision", "Sync", "Health", "Ready", "Age"]);
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+        assert_eq!(
+            crd.spec.names.short_names.as_deref(),
+            Some(&["app".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn two_refs_at_once_are_refused() {
+        let git_ref = GitRef {
+            branch: Some("main".into()),
+            tag: Some("v1".into()),
+            ..Default::default()
+        };
+        assert!(git_ref.as_ref_text().is_err());
+    }
+}

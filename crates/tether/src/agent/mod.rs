@@ -1,0 +1,662 @@
+//! The agent (pull mode): a controller over `Application` resources that follows Git and
+//! keeps the cluster converged with the same source → render → plan → apply → health
+//! stages as push mode, writing what it did to each Application's status.
+//!
+//! Start at [`run`]; one reconcile of one Application is `reconcile`.
+
+pub mod application;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{CustomResourceExt, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::apply::{ApplyOptions, apply};
+use crate::cluster::discovery::Resolver;
+use crate::duration::parse_duration;
+use crate::health::{self, HealthStatus};
+use crate::plan::{Action as PlanAction, PlanOptions, plan};
+use crate::render::{RenderOptions, Renderer};
+use crate::source::git::{GitAuth, GitSource, Revision};
+use crate::source::reference::RefSpec;
+use crate::source::signature::SignaturePolicy;
+pub use application::{Application, ApplicationSpec, ApplicationStatus};
+use application::{ApplySetReference, Condition, HistoryEntry, SyncStatus};
+
+/// The field manager of the agent's status writes.
+const STATUS_MANAGER: &str = "tether-agent";
+const HISTORY_LIMIT: usize = 10;
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Watch Applications in this namespace only (default: all namespaces).
+    pub namespace: Option<String>,
+    /// Where Git repositories and renders are cached.
+    pub cache_dir: std::path::PathBuf,
+    pub concurrency: usize,
+    /// Explicit kustomize and helm programs (else $TETHER_KUSTOMIZE / $TETHER_HELM, else PATH).
+    pub kustomize_bin: Option<std::path::PathBuf>,
+    pub helm_bin: Option<std::path::PathBuf>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            cache_dir: crate::source::git::cache_root(),
+            concurrency: 16,
+            kustomize_bin: None,
+            helm_bin: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot install the Application CRD: {0}")]
+    Install(String),
+    #[error("cannot write the status of {0}: {1}")]
+    Status(String, String),
+    #[error("API discovery failed: {0}")]
+    Discovery(String),
+}
+
+/// Installs or upgrades the `applications.tether.dev` CRD (server-side apply) and waits
+/// until it is established.
+pub async fn install_crd(client: &kube::Client) -> Result<(), Error> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = Application::crd();
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply("tether").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .map_err(|e| Error::Install(e.to_string()))?;
+    let established = kube::runtime::wait::await_condition(
+        crds,
+        &name,
+        kube::runtime::wait::conditions::is_crd_established(),
+    );
+    tokio::time::timeout(Duration::from_secs(60), established)
+        .await
+        .map_err(|_| Error::Install(format!("{name} was not established within 60 s")))?
+        .map_err(|e| Error::Install(e.to_string()))?;
+    Ok(())
+}
+
+struct Context {
+    client: kube::Client,
+    resolver: Resolver,
+    options: AgentOptions,
+    recorder: Recorder,
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    client: kube::Client,
+    options: AgentOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let resolver = Resolver::new(client.clone())
+        .await
+        .map_err(|e| Error::Discovery(e.to_string()))?;
+    let applications: Api<Application> = match &options.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "tether-agent".into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        },
+    );
+    let concurrency = options.concurrency;
+    let context = Arc::new(Context {
+        client,
+        resolver,
+        options,
+        recorder,
+    });
+    Controller::new(applications, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency as u16))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::warn!(%err, "reconcile failed");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+fn error_policy(_app: Arc<Application>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%err, "will retry");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// What one sync did, for the status.
+struct Outcome {
+    revision: Revision,
+    sync: SyncStatus,
+    health: HealthStatus,
+    applied: Option<HistoryEntry>,
+    apply_set: ApplySetReference,
+}
+
+/// One reconcile of one Application: resolve, render, plan, apply when allowed, record.
+async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let interval =
+        parse_duration(&app.spec.sync_policy.interval).unwrap_or(Duration::from_secs(60));
+    let status = app.status.clone().unwrap_or_default();
+    if app.spec.suspend {
+        let mut status = status;
+        set_condition(
+            &mut status,
+            &app,
+            "Reconciling",
+            "False",
+            "Suspended",
+            "spec.suspend is true: nothing is changed",
+        );
+        write_status(&ctx, &app, status).await?;
+        return Ok(Action::requeue(interval));
+    }
+    if let Some(waiting) = unready_dependency(&ctx, &app).await {
+        let mut status = status;
+        set_condition(
+            &mut status,
+            &app,
+            "Ready",
+            "False",
+            "DependencyNotReady",
+            &format!("waiting for Application {waiting} to be Ready"),
+        );
+        set_condition(
+            &mut status,
+            &app,
+            "Reconciling",
+            "True",
+            "DependencyNotReady",
+            &format!("waiting for {waiting}"),
+        );
+        write_status(&ctx, &app, status).await?;
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    match sync(&ctx, &app).await {
+        Ok(outcome) => {
+            let mut status = status;
+            status.failures = 0;
+            status.last_attempted_revision = Some(outcome.revision.commit.clone());
+            let synced = outcome.sync.status == "Synced";
+            if synced {
+                status.last_applied_revision = Some(outcome.revision.commit.clone());
+            }
+            if let Some(entry) = outcome.applied {
+                publish(
+                    &ctx,
+                    &app,
+                    EventType::Normal,
+                    "Synced",
+                    entry.message.clone().unwrap_or_default(),
+                )
+                .await;
+                status.history.insert(0, entry);
+                status.history.truncate(HISTORY_LIMIT);
+            }
+            status.health = Some(outcome.health.to_string());
+            status.apply_set = Some(outcome.apply_set);
+            let message = format!(
+                "revision {} {}; {}",
+                &outcome.revision.commit[..12.min(outcome.revision.commit.len())],
+                if synced {
+                    "applied"
+                } else {
+                    "differs from the cluster (automated sync is off)"
+                },
+                outcome.health
+            );
+            status.sync = Some(outcome.sync);
+            set_condition(
+                &mut status,
+                &app,
+                "Ready",
+                if synced { "True" } else { "False" },
+                if synced { "Succeeded" } else { "OutOfSync" },
+                &message,
+            );
+            set_condition(
+                &mut status,
+                &app,
+                "Reconciling",
+                "False",
+                "Succeeded",
+                &message,
+            );
+            set_condition(&mut status, &app, "Stalled", "False", "Succeeded", "");
+            write_status(&ctx, &app, status).await?;
+            Ok(Action::requeue(jitter(interval)))
+        }
+        Err(message) => {
+            let mut status = status;
+            status.failures += 1;
+            let limit = app.spec.sync_policy.retry.limit.max(1);
+            let failures = status.failures;
+            let stalled = failures >= limit;
+            set_condition(&mut status, &app, "Ready", "False", "Failed", &message);
+            if stalled {
+                set_condition(
+                    &mut status,
+                    &app,
+                    "Stalled",
+                    "True",
+                    "RetryLimitReached",
+                    &format!(
+                        "{} failed attempts; fix the cause, then change the Application or wait for the next interval: {message}",
+                        failures
+                    ),
+                );
+                set_condition(
+                    &mut status,
+                    &app,
+                    "Reconciling",
+                    "False",
+                    "Stalled",
+                    &message,
+                );
+            } else {
+                set_condition(
+                    &mut status,
+                    &app,
+                    "Reconciling",
+                    "True",
+                    "Retrying",
+                    &message,
+                );
+            }
+            publish(
+                &ctx,
+                &app,
+                EventType::Warning,
+                "SyncFailed",
+                message.clone(),
+            )
+            .await;
+            let failures = status.failures;
+            write_status(&ctx, &app, status).await?;
+            let base = parse_duration(&app.spec.sync_policy.retry.backoff)
+                .unwrap_or(Duration::from_secs(5));
+            let wait = if stalled {
+                interval
+            } else {
+                jitter(
+                    (base * 2u32.saturating_pow(failures.saturating_sub(1)))
+                        .min(Duration::from_secs(300)),
+                )
+            };
+            Ok(Action::requeue(wait))
+        }
+    }
+}
+
+/// The first dependency that is not Ready, if any.
+async fn unready_dependency(ctx: &Context, app: &Application) -> Option<String> {
+    let namespace = app.namespace().unwrap_or_default();
+    let apps: Api<Application> = Api::namespaced(ctx.client.clone(), &namespace);
+    for dependency in &app.spec.depends_on {
+        let ready = apps
+            .get_opt(&dependency.name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|d| d.status)
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+        if !ready {
+            return Some(dependency.name.clone());
+        }
+    }
+    None
+}
+
+/// Resolve, render, plan and (when the policy allows) apply; an `Err` is a message for
+/// the status, saying what failed.
+async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
+    let name = app.name_any();
+    let namespace = app.namespace().unwrap_or_default();
+    let spec = &app.spec;
+    let mut source = GitSource::new(
+        spec.source.repo_url.clone(),
+        RefSpec::parse(&spec.source.r#ref.as_ref_text()?).map_err(|e| e.to_string())?,
+    );
+    source.cache_dir = ctx.options.cache_dir.join("git");
+    let secret_files =
+        tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+    if let Some(secret) = &spec.source.secret_ref {
+        source.auth = credentials(ctx, &namespace, &secret.name, secret_files.path()).await?;
+    }
+    if !spec.source.verify_keys.is_empty() {
+        let mut policy = SignaturePolicy::default();
+        for key in &spec.source.verify_keys {
+            if key.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
+                policy.pgp_keys.push(key.clone());
+            } else {
+                policy.ssh_keys.extend(
+                    key.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string),
+                );
+            }
+        }
+        source.verify = Some(policy);
+    }
+    let (revision, tree, _) = tokio::task::spawn_blocking(move || source.fetch())
+        .await
+        .map_err(|e| format!("the Git task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+
+    let renderer = match spec.render.renderer.as_deref() {
+        None | Some("") | Some("auto") => Renderer::Auto,
+        Some("directory") => Renderer::Directory,
+        Some("kustomize") => Renderer::Kustomize,
+        Some("helm") => Renderer::Helm,
+        Some(other) => {
+            return Err(format!(
+                "spec.render.renderer {other:?} is not auto, directory, kustomize or helm"
+            ));
+        }
+    };
+    let mut options = RenderOptions {
+        renderer,
+        vars: spec.render.variables.clone(),
+        namespace: spec.destination.namespace.clone(),
+        app: name.clone(),
+        kustomize_bin: ctx.options.kustomize_bin.clone(),
+        helm_bin: ctx.options.helm_bin.clone(),
+        revision: Some(revision.commit.clone()),
+        cache_dir: Some(ctx.options.cache_dir.clone()),
+        ..Default::default()
+    };
+    options.helm.values_files = spec.render.values_files.clone();
+    options.helm.api_versions = ctx.resolver.api_versions();
+    let path = crate::source::tree::normalize(&spec.source.path).ok_or_else(|| {
+        format!(
+            "spec.source.path {:?} leaves the repository",
+            spec.source.path
+        )
+    })?;
+    let objects =
+        tokio::task::spawn_blocking(move || crate::render::render(&tree, &path, &options))
+            .await
+            .map_err(|e| format!("the render task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+
+    let mut plan_options = PlanOptions::new(name.clone(), spec.destination.namespace.clone());
+    plan_options.concurrency = ctx.options.concurrency;
+    let planned = plan(&ctx.client, &ctx.resolver, objects, &plan_options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let summary = planned.summary();
+    let apply_set = ApplySetReference {
+        kind: "Secret".into(),
+        name: planned.applyset.parent_name(),
+        namespace: planned.applyset.namespace.clone(),
+        id: planned.applyset.id.clone(),
+    };
+    let new_revision = app
+        .status
+        .as_ref()
+        .and_then(|s| s.last_applied_revision.as_deref())
+        != Some(revision.commit.as_str());
+    let policy = &spec.sync_policy;
+    // A new revision is applied when automated; drift on the same revision only with selfHeal.
+    let allowed = policy.automated && (new_revision || policy.self_heal);
+    let mut sync = SyncStatus {
+        status: if planned.has_changes() {
+            "OutOfSync"
+        } else {
+            "Synced"
+        }
+        .into(),
+        revision: revision.commit.clone(),
+        create: summary.create as u32,
+        update: summary.update as u32,
+        prune: summary.prune as u32,
+        unchanged: summary.unchanged as u32,
+    };
+    let mut applied = None;
+    let desired: Vec<_> = planned
+        .changes
+        .iter()
+        .filter(|c| c.action != PlanAction::Prune)
+        .map(|c| (c.key.clone(), c.kind.clone()))
+        .collect();
+    if planned.has_changes() && allowed {
+        let options = ApplyOptions {
+            prune: policy.prune,
+            concurrency: ctx.options.concurrency,
+            ..Default::default()
+        };
+        let report = apply(&ctx.client, &ctx.resolver, planned, &options)
+            .await
+            .map_err(|e| e.to_string())?;
+        let failed = report.failed();
+        if let Some(first) = failed.first() {
+            return Err(format!(
+                "{} object(s) failed to apply, e.g. {}: {}",
+                failed.len(),
+                first.key,
+                first.error.as_deref().unwrap_or_default()
+            ));
+        }
+        let count = |action: PlanAction| {
+            report.results.iter().filter(|r| r.action == action).count() as u32
+        };
+        applied = Some(HistoryEntry {
+            revision: revision.commit.clone(),
+            time: now_rfc3339(),
+            result: "Succeeded".into(),
+            created: count(PlanAction::Create),
+            updated: count(PlanAction::Update),
+            pruned: count(PlanAction::Prune),
+            message: Some(format!(
+                "applied {}: {} created, {} updated, {} pruned",
+                &revision.commit[..12.min(revision.commit.len())],
+                count(PlanAction::Create),
+                count(PlanAction::Update),
+                count(PlanAction::Prune)
+            )),
+        });
+        sync.status = "Synced".into();
+    }
+    let health = assess(ctx, &desired, &spec.destination.namespace).await;
+    Ok(Outcome {
+        revision,
+        sync,
+        health,
+        applied,
+        apply_set,
+    })
+}
+
+/// The least healthy of the desired objects.
+async fn assess(
+    ctx: &Context,
+    desired: &[(
+        crate::render::ObjectKey,
+        Option<crate::cluster::discovery::KindInfo>,
+    )],
+    _namespace: &str,
+) -> HealthStatus {
+    let checks = futures::stream::iter((0..desired.len()).map(|i| async move {
+        let (key, kind) = &desired[i];
+        let Some(kind) = kind.clone() else {
+            return HealthStatus::Unknown;
+        };
+        let live = crate::plan::api_for(&ctx.client, &kind, &key.namespace)
+            .get_opt(&key.name)
+            .await
+            .ok()
+            .flatten()
+            .map(|o| serde_json::to_value(o).expect("objects serialize"));
+        health::assess(live.as_ref()).status
+    }))
+    .buffer_unordered(ctx.options.concurrency.max(1))
+    .collect::<Vec<_>>()
+    .await;
+    let rank = |s: &HealthStatus| match s {
+        HealthStatus::Healthy => 0,
+        HealthStatus::Unknown => 1,
+        HealthStatus::Progressing => 2,
+        HealthStatus::Missing => 3,
+        HealthStatus::Degraded => 4,
+    };
+    checks
+        .into_iter()
+        .max_by_key(rank)
+        .unwrap_or(HealthStatus::Healthy)
+}
+
+/// Git credentials from a Secret: `username`/`password` for HTTPS; `sshPrivateKey` and
+/// `knownHosts` for SSH (written to files only this sync can read); `caFile` (PEM).
+async fn credentials(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<GitAuth, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(ctx.client.clone(), namespace);
+    let secret = secrets.get(name).await.map_err(|e| {
+        format!(
+            "cannot read the Git credentials Secret {namespace}/{name}: {}",
+            describe(&e)
+        )
+    })?;
+    let data = secret.data.unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    };
+    let file = |key: &str, file: &str| -> Result<Option<std::path::PathBuf>, String> {
+        let Some(value) = data.get(key) else {
+            return Ok(None);
+        };
+        let path = dir.join(file);
+        std::fs::write(&path, &value.0).map_err(|e| format!("cannot write {file}: {e}"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        Ok(Some(path))
+    };
+    Ok(GitAuth {
+        username: text("username"),
+        password: text("password"),
+        ssh_key: file("sshPrivateKey", "id")?,
+        known_hosts: file("knownHosts", "known_hosts")?,
+        ca_file: file("caFile", "ca.pem")?,
+    })
+}
+
+fn describe(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn set_condition(
+    status: &mut ApplicationStatus,
+    app: &Application,
+    kind: &str,
+    value: &str,
+    reason: &str,
+    message: &str,
+) {
+    let generation = app.metadata.generation;
+    match status.conditions.iter_mut().find(|c| c.type_ == kind) {
+        Some(existing) => {
+            if existing.status != value {
+                existing.last_transition_time = now_rfc3339();
+            }
+            existing.status = value.into();
+            existing.reason = reason.into();
+            existing.message = message.into();
+            existing.observed_generation = generation;
+        }
+        None => status.conditions.push(Condition {
+            type_: kind.into(),
+            status: value.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: now_rfc3339(),
+            observed_generation: generation,
+        }),
+    }
+    status.observed_generation = generation;
+}
+
+async fn write_status(
+    ctx: &Context,
+    app: &Application,
+    status: ApplicationStatus,
+) -> Result<(), Error> {
+    if app.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<Application> =
+        Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": Application::api_version(&()), "kind": "Application", "status": status});
+    api.patch_status(
+        &app.name_any(),
+        &PatchParams::apply(STATUS_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|e| Error::Status(app.name_any(), describe(&e)))?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, app: &Application, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
+        tracing::debug!(%err, "cannot publish an event");
+    }
+}
+
+/// ±10 % so that many Applications with one interval do not poll Git in lockstep.
+fn jitter(base: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let factor = 0.9 + (nanos % 1000) as f64 / 5000.0;
+    base.mul_f64(factor)
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}

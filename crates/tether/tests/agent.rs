@@ -1,0 +1,242 @@
+//! The agent against the real control plane and a real `git daemon`: an Application is
+//! synced, new commits are applied, removed files are pruned, suspend stops changes, and
+//! the status and printer columns tell what happened.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::git::{GitDaemon, GitRepo};
+use support::{TestNamespace, cluster};
+use tether::agent::{AgentOptions, Application, install_crd, run};
+
+fn cm(name: &str, color: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: {color}\n")
+}
+
+/// Waits until `check` holds for the Application, or fails with its last status.
+async fn until(
+    apps: &Api<Application>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Application) -> bool,
+) -> Application {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let app = apps.get(name).await.expect("the Application exists");
+        if check(&app) {
+            return app;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 60 s; status: {:#?}",
+            app.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn applied(app: &Application) -> Option<&str> {
+    app.status.as_ref()?.last_applied_revision.as_deref()
+}
+
+#[tokio::test]
+async fn the_agent_syncs_new_commits_prunes_and_respects_suspend() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("apps/shop/a.yaml", &cm("a", "blue"));
+    repo.write("apps/shop/b.yaml", &cm("b", "blue"));
+    let first = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run(
+        client.clone(),
+        AgentOptions {
+            namespace: Some(ns.name.clone()),
+            cache_dir: dir.path().join("cache"),
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    let app: Application = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": "shop"},
+        "spec": {
+            "source": {"repoURL": daemon.url("deploy"), "ref": {"branch": "main"}, "path": "apps/shop"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1s"}
+        }
+    }))
+    .expect("application");
+    apps.create(&PostParams::default(), &app)
+        .await
+        .expect("created");
+
+    let synced = until(&apps, "shop", "first sync", |a| {
+        applied(a) == Some(first.as_str())
+    })
+    .await;
+    let status = synced.status.expect("status");
+    assert_eq!(status.sync.as_ref().expect("sync").status, "Synced");
+    assert_eq!(status.health.as_deref(), Some("Healthy"));
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
+        "{:?}",
+        status.conditions
+    );
+    assert_eq!(status.history[0].created, 2);
+    assert_eq!(
+        status.apply_set.as_ref().expect("applyset").name,
+        "tether-shop"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    assert_eq!(
+        configmaps.get("a").await.expect("a").data.expect("data")["color"],
+        "blue"
+    );
+
+    // A new commit: one change, one file removed.
+    repo.write("apps/shop/a.yaml", &cm("a", "green"));
+    repo.remove("apps/shop/b.yaml");
+    let second = repo.commit("second");
+    let synced = until(&apps, "shop", "second sync", |a| {
+        applied(a) == Some(second.as_str())
+    })
+    .await;
+    assert_eq!(
+        configmaps.get("a").await.expect("a").data.expect("data")["color"],
+        "green"
+    );
+    assert!(
+        configmaps.get_opt("b").await.expect("get").is_none(),
+        "b was pruned"
+    );
+    let history = synced.status.expect("status").history;
+    assert_eq!(
+        (history[0].updated, history[0].pruned),
+        (1, 1),
+        "{history:?}"
+    );
+
+    // kubectl shows the printer columns.
+    let out = support::kubectl(&["get", "applications", "-n", &ns.name]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("REVISION") && table.contains("SYNC") && table.contains("HEALTH"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&second[..7]) && table.contains("Synced") && table.contains("Healthy"),
+        "{table}"
+    );
+
+    // Suspended: a new commit is not applied.
+    apps.patch(
+        "shop",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .expect("suspend");
+    until(&apps, "shop", "suspended", |a| {
+        a.status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "Suspended"))
+    })
+    .await;
+    repo.write("apps/shop/a.yaml", &cm("a", "red"));
+    repo.commit("while suspended");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        configmaps.get("a").await.expect("a").data.expect("data")["color"],
+        "green",
+        "nothing changed"
+    );
+    assert_eq!(
+        applied(&apps.get("shop").await.expect("app")),
+        Some(second.as_str())
+    );
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), agent)
+        .await
+        .expect("the agent stops when asked")
+        .expect("no panic")
+        .expect("no error");
+}
+
+#[tokio::test]
+async fn a_broken_source_is_reported_and_stalls_after_the_retry_limit() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-broken").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run(
+        client.clone(),
+        AgentOptions {
+            namespace: Some(ns.name.clone()),
+            cache_dir: dir.path().join("cache"),
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    let missing = format!("file://{}/nothing-here", dir.path().display());
+    let app: Application = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": "broken"},
+        "spec": {
+            "source": {"repoURL": missing, "path": "."},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1m", "retry": {"limit": 2, "backoff": "100ms"}}
+        }
+    }))
+    .expect("application");
+    apps.create(&PostParams::default(), &app)
+        .await
+        .expect("created");
+    let stalled = until(&apps, "broken", "stalled", |a| {
+        a.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Stalled" && c.status == "True")
+        })
+    })
+    .await;
+    let status = stalled.status.expect("status");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.contains("nothing-here"),
+        "says what failed: {}",
+        ready.message
+    );
+    assert!(status.failures >= 2);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+}
