@@ -240,3 +240,120 @@ async fn a_broken_source_is_reported_and_stalls_after_the_retry_limit() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
 }
+
+#[tokio::test]
+async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-drift").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("healed/a.yaml", &cm("healed", "blue"));
+    repo.write("reported/a.yaml", &cm("reported", "blue"));
+    let commit = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run(
+        client.clone(),
+        AgentOptions {
+            namespace: Some(ns.name.clone()),
+            cache_dir: dir.path().join("cache"),
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    for (name, self_heal) in [("healed", true), ("reported", false)] {
+        // An hour between polls: only the watch can explain a quick reaction.
+        let app: Application = serde_json::from_value(json!({
+            "apiVersion": "tether.dev/v1alpha1",
+            "kind": "Application",
+            "metadata": {"name": name},
+            "spec": {
+                "source": {"repoURL": daemon.url("deploy"), "path": name},
+                "destination": {"namespace": ns.name},
+                "syncPolicy": {"interval": "1h", "selfHeal": self_heal}
+            }
+        }))
+        .expect("application");
+        apps.create(&PostParams::default(), &app)
+            .await
+            .expect("created");
+        until(&apps, name, "first sync", |a| {
+            applied(a) == Some(commit.as_str())
+        })
+        .await;
+    }
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let edit = |name: &'static str| {
+        let configmaps = configmaps.clone();
+        async move {
+            configmaps
+                .patch(
+                    name,
+                    &PatchParams::apply("hand-edit").force(),
+                    &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"color": "red"}})),
+                )
+                .await
+                .expect("hand edit");
+        }
+    };
+
+    edit("healed").await;
+    let started = Instant::now();
+    loop {
+        let color = configmaps
+            .get("healed")
+            .await
+            .expect("get")
+            .data
+            .expect("data")["color"]
+            .clone();
+        if color == "blue" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the edit was not reverted within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("drift corrected in {:?}", started.elapsed());
+
+    configmaps
+        .delete("healed", &Default::default())
+        .await
+        .expect("delete by hand");
+    let started = Instant::now();
+    while configmaps.get_opt("healed").await.expect("get").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the deleted object was not recreated within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    edit("reported").await;
+    until(&apps, "reported", "reported as OutOfSync", |a| {
+        a.status
+            .as_ref()
+            .and_then(|s| s.sync.as_ref())
+            .is_some_and(|s| s.status == "OutOfSync")
+    })
+    .await;
+    assert_eq!(
+        configmaps
+            .get("reported")
+            .await
+            .expect("get")
+            .data
+            .expect("data")["color"],
+        "red",
+        "without selfHeal the edit stays"
+    );
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+}

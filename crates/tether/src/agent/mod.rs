@@ -5,6 +5,7 @@
 //! Start at [`run`]; one reconcile of one Application is `reconcile`.
 
 pub mod application;
+pub mod drift;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -98,6 +99,7 @@ struct Context {
     resolver: Resolver,
     options: AgentOptions,
     recorder: Recorder,
+    drift: drift::DriftWatch,
 }
 
 /// Runs the controller until `shutdown` completes.
@@ -121,14 +123,17 @@ pub async fn run(
         },
     );
     let concurrency = options.concurrency;
+    let (drift, drifted) = drift::DriftWatch::new(client.clone());
     let context = Arc::new(Context {
         client,
         resolver,
         options,
         recorder,
+        drift,
     });
     Controller::new(applications, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency as u16))
+        .reconcile_on(drifted)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -407,6 +412,8 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
 
     let mut plan_options = PlanOptions::new(name.clone(), spec.destination.namespace.clone());
     plan_options.concurrency = ctx.options.concurrency;
+    // With selfHeal, Git is the authority: fields someone else took are taken back.
+    plan_options.force_conflicts = spec.sync_policy.self_heal;
     let planned = plan(&ctx.client, &ctx.resolver, objects, &plan_options)
         .await
         .map_err(|e| e.to_string())?;
@@ -417,6 +424,11 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         namespace: planned.applyset.namespace.clone(),
         id: planned.applyset.id.clone(),
     };
+    ctx.drift.register(
+        kube::runtime::reflector::ObjectRef::from_obj(app),
+        &planned.applyset.id,
+        planned.changes.iter().filter_map(|c| c.kind.clone()),
+    );
     let new_revision = app
         .status
         .as_ref()
@@ -448,6 +460,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
     if planned.has_changes() && allowed {
         let options = ApplyOptions {
             prune: policy.prune,
+            force_conflicts: policy.self_heal,
             concurrency: ctx.options.concurrency,
             ..Default::default()
         };
