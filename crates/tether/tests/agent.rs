@@ -357,3 +357,94 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
 }
+
+/// The API server's own count of per-object requests (GET, APPLY, PATCH, DELETE… of one
+/// named object: `scope="resource"`) for `resource`, from its /metrics. Lists and
+/// collection deletes (the namespace controller cleaning up other tests) do not count.
+async fn requests_for(client: &kube::Client, resource: &str) -> u64 {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("request");
+    let text = client.request_text(request).await.expect("metrics");
+    let needle = format!("resource=\"{resource}\"");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains(&needle)
+                && l.contains("scope=\"resource\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test]
+async fn a_no_op_reconcile_of_a_thousand_objects_sends_no_request_for_them() {
+    use std::sync::atomic::Ordering;
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-noop").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "many");
+    // PodTemplates: a kind no controller and no other test touches, so the API server's
+    // request count for it is ours alone.
+    let mut manifests = String::new();
+    for i in 0..1000 {
+        manifests.push_str(&format!(
+            "---\napiVersion: v1\nkind: PodTemplate\nmetadata:\n  name: t-{i:04}\ntemplate:\n  metadata:\n    labels: {{app: t}}\n  spec:\n    containers: [{{name: c, image: registry.invalid/t:1}}]\n"
+        ));
+    }
+    repo.write("apps/many/templates.yaml", &manifests);
+    let commit = repo.commit("a thousand objects");
+    let daemon = GitDaemon::start(&root);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run(
+        client.clone(),
+        AgentOptions {
+            namespace: Some(ns.name.clone()),
+            cache_dir: dir.path().join("cache"),
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    let app: Application = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": "many"},
+        "spec": {
+            "source": {"repoURL": daemon.url("many"), "path": "apps/many"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1s"}
+        }
+    }))
+    .expect("application");
+    apps.create(&PostParams::default(), &app)
+        .await
+        .expect("created");
+    until(&apps, "many", "first sync", |a| {
+        applied(a) == Some(commit.as_str())
+    })
+    .await;
+    // One more full sync runs once the watches have listed everything; then reconciles are free.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let reconciles_before = tether::agent::RECONCILES.load(Ordering::Relaxed);
+    let requests_before = requests_for(&client, "podtemplates").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let requests_after = requests_for(&client, "podtemplates").await;
+    let reconciles = tether::agent::RECONCILES.load(Ordering::Relaxed) - reconciles_before;
+    assert!(
+        reconciles >= 3,
+        "the agent kept reconciling ({reconciles} times)"
+    );
+    assert_eq!(
+        requests_after - requests_before,
+        0,
+        "{reconciles} no-op reconciles of 1,000 objects sent requests for them"
+    );
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+}

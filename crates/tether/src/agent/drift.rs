@@ -5,6 +5,11 @@
 //! Each object's fingerprint is its managedFields minus the status subresource and minus
 //! tether's own applies: status updates and tether's writes change nothing, while an edit,
 //! a scale or a delete by anyone else triggers the owning Application.
+//!
+//! It also tells a periodic reconcile when it may skip planning altogether (no-op is free):
+//! when every kind of the set has been watched since the last full sync and nothing but
+//! status changed, no request is needed for the Application's objects; when only status
+//! changed, health is read again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -30,7 +35,11 @@ pub struct DriftWatch {
     /// Kinds (group, kind) with a running watch.
     watched: Arc<Mutex<BTreeSet<(String, String)>>>,
     /// Object uid → fingerprint of the last state seen.
-    seen: Arc<Mutex<HashMap<String, u64>>>,
+    seen: Arc<Mutex<HashMap<String, Prints>>>,
+    /// Kinds whose watch has listed every object once.
+    ready: Arc<Mutex<BTreeSet<(String, String)>>>,
+    /// ApplySet id → what changed since the last full sync.
+    sets: Arc<Mutex<HashMap<String, SetState>>>,
     trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
 }
 
@@ -48,9 +57,37 @@ impl DriftWatch {
             owners: Default::default(),
             watched: Default::default(),
             seen: Default::default(),
+            ready: Default::default(),
+            sets: Default::default(),
             trigger,
         };
         (watch, tokio_stream_from(receiver))
+    }
+
+    /// A full sync of set `id` starts: forget earlier changes. The sync counts as watched
+    /// only if every kind it had last time is watched already.
+    pub fn begin_full_sync(&self, id: &str) {
+        let ready = self.ready.lock().expect("not poisoned").clone();
+        let mut sets = self.sets.lock().expect("not poisoned");
+        let state = sets.entry(id.to_string()).or_default();
+        state.verified = !state.kinds.is_empty() && state.kinds.iter().all(|k| ready.contains(k));
+        state.drifted = false;
+        state.status_changed = false;
+    }
+
+    /// Whether a periodic reconcile of set `id` may skip planning: `Some(status_changed)`
+    /// when nothing but status changed since a full sync made while every kind was watched.
+    pub fn may_skip(&self, id: &str) -> Option<bool> {
+        let sets = self.sets.lock().expect("not poisoned");
+        let state = sets.get(id)?;
+        (state.verified && !state.drifted).then_some(state.status_changed)
+    }
+
+    /// After a health read: status changes so far are accounted for.
+    pub fn health_read(&self, id: &str) {
+        if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
+            state.status_changed = false;
+        }
     }
 
     /// Records that `app` owns ApplySet `id` with objects of `kinds`, and starts a watch for
@@ -65,6 +102,16 @@ impl DriftWatch {
             .write()
             .expect("not poisoned")
             .insert(id.to_string(), app);
+        let kinds: Vec<KindInfo> = kinds.into_iter().collect();
+        self.sets
+            .lock()
+            .expect("not poisoned")
+            .entry(id.to_string())
+            .or_default()
+            .kinds = kinds
+            .iter()
+            .map(|k| (k.resource.group.clone(), k.resource.kind.clone()))
+            .collect();
         for kind in kinds {
             let key = (kind.resource.group.clone(), kind.resource.kind.clone());
             if !self.watched.lock().expect("not poisoned").insert(key) {
@@ -83,12 +130,18 @@ impl DriftWatch {
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::InitApply(object)) => {
-                    self.remember(&object);
+                    let _ = self.remember(&object);
                 }
-                Ok(watcher::Event::Apply(object)) => {
-                    if self.remember(&object) {
-                        self.notify(&object, "changed");
-                    }
+                Ok(watcher::Event::Apply(object)) => match self.remember(&object) {
+                    Change::Foreign => self.notify(&object, "changed"),
+                    Change::Ours => {}
+                    Change::Status => self.status_changed(&object),
+                },
+                Ok(watcher::Event::InitDone) => {
+                    self.ready
+                        .lock()
+                        .expect("not poisoned")
+                        .insert((kind.resource.group.clone(), kind.resource.kind.clone()));
                 }
                 Ok(watcher::Event::Delete(object)) => {
                     if let Some(uid) = &object.metadata.uid {
@@ -105,13 +158,32 @@ impl DriftWatch {
     }
 
     /// Stores the object's fingerprint; true when it differs from the last one seen.
-    fn remember(&self, object: &PartialObjectMeta<DynamicObject>) -> bool {
+    /// Stores the object's fingerprints and says who changed it since the last event.
+    fn remember(&self, object: &PartialObjectMeta<DynamicObject>) -> Change {
         let Some(uid) = object.metadata.uid.clone() else {
-            return false;
+            return Change::Ours;
         };
-        let print = fingerprint(object);
-        let previous = self.seen.lock().expect("not poisoned").insert(uid, print);
-        previous.is_some_and(|p| p != print)
+        let prints = fingerprints(object);
+        match self.seen.lock().expect("not poisoned").insert(uid, prints) {
+            // First sight (created by our apply, or before the watch existed).
+            None => Change::Ours,
+            Some(previous) if previous.foreign != prints.foreign => Change::Foreign,
+            Some(previous) if previous.ours != prints.ours => Change::Ours,
+            // Neither someone's spec change nor our apply: a controller wrote status.
+            Some(_) => Change::Status,
+        }
+    }
+
+    fn status_changed(&self, object: &PartialObjectMeta<DynamicObject>) {
+        if let Some(id) = object
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(PART_OF_LABEL))
+            && let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id)
+        {
+            state.status_changed = true;
+        }
     }
 
     fn notify(&self, object: &PartialObjectMeta<DynamicObject>, what: &str) {
@@ -123,6 +195,9 @@ impl DriftWatch {
         else {
             return;
         };
+        if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
+            state.drifted = true;
+        }
         let owner = self.owners.read().expect("not poisoned").get(id).cloned();
         if let Some(owner) = owner {
             tracing::info!(
@@ -135,35 +210,68 @@ impl DriftWatch {
     }
 }
 
-/// What others than tether changed: managedFields without status and without tether's applies.
-fn fingerprint(object: &PartialObjectMeta<DynamicObject>) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+#[derive(Debug, Default)]
+struct SetState {
+    kinds: BTreeSet<(String, String)>,
+    /// The last full sync ran while every kind was watched.
+    verified: bool,
+    /// Someone else changed or deleted a member since.
+    drifted: bool,
+    /// A member's status changed since (health may differ).
+    status_changed: bool,
+}
+
+/// Who changed an object, judged from its managedFields.
+enum Change {
+    /// Someone other than tether changed fields outside status, or deleted it.
+    Foreign,
+    /// tether's own apply (or the first sight of the object).
+    Ours,
+    /// Only status changed.
+    Status,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Prints {
+    /// Fields others own outside status, and deletion.
+    foreign: u64,
+    /// tether's own applied fields.
+    ours: u64,
+}
+
+fn fingerprints(object: &PartialObjectMeta<DynamicObject>) -> Prints {
+    let mut foreign = std::collections::hash_map::DefaultHasher::new();
+    let mut ours = std::collections::hash_map::DefaultHasher::new();
     for entry in object.metadata.managed_fields.iter().flatten() {
-        let ours = entry.manager.as_deref() == Some(FIELD_MANAGER)
-            && entry.operation.as_deref() == Some("Apply");
-        if ours || entry.subresource.as_deref() == Some("status") {
+        if entry.subresource.as_deref() == Some("status") {
             continue;
         }
-        entry.manager.hash(&mut hasher);
-        entry.operation.hash(&mut hasher);
-        entry.subresource.hash(&mut hasher);
+        let is_ours = entry.manager.as_deref() == Some(FIELD_MANAGER)
+            && entry.operation.as_deref() == Some("Apply");
+        let hasher = if is_ours { &mut ours } else { &mut foreign };
+        entry.manager.hash(hasher);
+        entry.operation.hash(hasher);
+        entry.subresource.hash(hasher);
         entry
             .fields_v1
             .as_ref()
             .map(|f| f.0.to_string())
-            .hash(&mut hasher);
+            .hash(hasher);
         entry
             .time
             .as_ref()
             .map(|t| format!("{:?}", t.0))
-            .hash(&mut hasher);
+            .hash(hasher);
     }
     object
         .metadata
         .deletion_timestamp
         .is_some()
-        .hash(&mut hasher);
-    hasher.finish()
+        .hash(&mut foreign);
+    Prints {
+        foreign: foreign.finish(),
+        ours: ours.finish(),
+    }
 }
 
 fn tokio_stream_from<T: Send + 'static>(

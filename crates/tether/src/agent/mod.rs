@@ -30,6 +30,9 @@ use crate::source::signature::SignaturePolicy;
 pub use application::{Application, ApplicationSpec, ApplicationStatus};
 use application::{ApplySetReference, Condition, HistoryEntry, SyncStatus};
 
+/// Reconciles run by this process (for tests and metrics).
+pub static RECONCILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The field manager of the agent's status writes.
 const STATUS_MANAGER: &str = "tether-agent";
 const HISTORY_LIMIT: usize = 10;
@@ -100,7 +103,14 @@ struct Context {
     options: AgentOptions,
     recorder: Recorder,
     drift: drift::DriftWatch,
+    /// ApplySet id → the desired objects of its last full sync (for health reads).
+    desired: std::sync::Mutex<std::collections::HashMap<String, Vec<Desired>>>,
 }
+
+type Desired = (
+    crate::render::ObjectKey,
+    Option<crate::cluster::discovery::KindInfo>,
+);
 
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
@@ -130,6 +140,7 @@ pub async fn run(
         options,
         recorder,
         drift,
+        desired: Default::default(),
     });
     Controller::new(applications, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency as u16))
@@ -161,6 +172,7 @@ struct Outcome {
 
 /// One reconcile of one Application: resolve, render, plan, apply when allowed, record.
 async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+    RECONCILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let interval =
         parse_duration(&app.spec.sync_policy.interval).unwrap_or(Duration::from_secs(60));
     let status = app.status.clone().unwrap_or_default();
@@ -374,6 +386,40 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         .map_err(|e| format!("the Git task failed: {e}"))?
         .map_err(|e| e.to_string())?;
 
+    // No-op is free: the revision is the one applied, the spec is unchanged, and the watches
+    // saw nothing but status change since the last full sync: no request for any object.
+    let applyset_id = crate::apply::applyset::ApplySet::new(&name, &spec.destination.namespace).id;
+    if let Some(status) = &app.status
+        && status.last_applied_revision.as_deref() == Some(revision.commit.as_str())
+        && status.observed_generation == app.metadata.generation
+        && let (Some(sync), Some(apply_set)) = (&status.sync, &status.apply_set)
+        && sync.status == "Synced"
+        && let Some(status_changed) = ctx.drift.may_skip(&applyset_id)
+    {
+        let previous = status.health.as_deref().unwrap_or("Unknown");
+        let health = if status_changed {
+            ctx.drift.health_read(&applyset_id);
+            let desired = ctx
+                .desired
+                .lock()
+                .expect("not poisoned")
+                .get(&applyset_id)
+                .cloned()
+                .unwrap_or_default();
+            assess(ctx, &desired, &spec.destination.namespace).await
+        } else {
+            health_from(previous)
+        };
+        return Ok(Outcome {
+            revision,
+            sync: sync.clone(),
+            health,
+            applied: None,
+            apply_set: apply_set.clone(),
+        });
+    }
+    ctx.drift.begin_full_sync(&applyset_id);
+
     let renderer = match spec.render.renderer.as_deref() {
         None | Some("") | Some("auto") => Renderer::Auto,
         Some("directory") => Renderer::Directory,
@@ -497,6 +543,10 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         sync.status = "Synced".into();
     }
     let health = assess(ctx, &desired, &spec.destination.namespace).await;
+    ctx.desired
+        .lock()
+        .expect("not poisoned")
+        .insert(applyset_id, desired);
     Ok(Outcome {
         revision,
         sync,
@@ -504,6 +554,16 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         applied,
         apply_set,
     })
+}
+
+fn health_from(text: &str) -> HealthStatus {
+    match text {
+        "Healthy" => HealthStatus::Healthy,
+        "Progressing" => HealthStatus::Progressing,
+        "Degraded" => HealthStatus::Degraded,
+        "Missing" => HealthStatus::Missing,
+        _ => HealthStatus::Unknown,
+    }
 }
 
 /// The least healthy of the desired objects.
