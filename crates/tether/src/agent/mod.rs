@@ -67,6 +67,8 @@ pub enum Error {
     Install(String),
     #[error("cannot write the status of {0}: {1}")]
     Status(String, String),
+    #[error("the status of {0} changed meanwhile; reconciling again from the newest")]
+    StaleStatus(String),
     #[error("API discovery failed: {0}")]
     Discovery(String),
 }
@@ -157,6 +159,10 @@ pub async fn run(
 }
 
 fn error_policy(_app: Arc<Application>, err: &Error, _ctx: Arc<Context>) -> Action {
+    if let Error::StaleStatus(_) = err {
+        tracing::debug!(%err);
+        return Action::requeue(Duration::from_millis(100));
+    }
     tracing::warn!(%err, "will retry");
     Action::requeue(Duration::from_secs(5))
 }
@@ -693,15 +699,28 @@ async fn write_status(
     }
     let api: Api<Application> =
         Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": Application::api_version(&()), "kind": "Application", "status": status});
-    api.patch_status(
-        &app.name_any(),
-        &PatchParams::apply(STATUS_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|e| Error::Status(app.name_any(), describe(&e)))?;
-    Ok(())
+    // The status is computed from the Application as this reconcile saw it: the
+    // resourceVersion makes the write fail if it changed since (no lost history entry).
+    let patch = json!({
+        "apiVersion": Application::api_version(&()),
+        "kind": "Application",
+        "metadata": {"name": app.name_any(), "resourceVersion": app.resource_version()},
+        "status": status
+    });
+    match api
+        .patch_status(
+            &app.name_any(),
+            &PatchParams::apply(STATUS_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            Err(Error::StaleStatus(app.name_any()))
+        }
+        Err(e) => Err(Error::Status(app.name_any(), describe(&e))),
+    }
 }
 
 async fn publish(ctx: &Context, app: &Application, type_: EventType, reason: &str, note: String) {
