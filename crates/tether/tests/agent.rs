@@ -448,3 +448,140 @@ async fn a_no_op_reconcile_of_a_thousand_objects_sends_no_request_for_them() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
 }
+
+#[tokio::test]
+async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
+    use hmac::Mac;
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-webhook").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("app/a.yaml", &cm("hooked", "blue"));
+    let first = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run(
+        client.clone(),
+        AgentOptions {
+            namespace: Some(ns.name.clone()),
+            cache_dir: dir.path().join("cache"),
+            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            webhook_secret: Some(b"hook-s3cret".to_vec()),
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    let app: Application = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": "hooked"},
+        "spec": {
+            "source": {"repoURL": daemon.url("deploy"), "ref": {"branch": "main"}, "path": "app"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h"}
+        }
+    }))
+    .expect("application");
+    apps.create(&PostParams::default(), &app)
+        .await
+        .expect("created");
+    until(&apps, "hooked", "first sync", |a| {
+        applied(a) == Some(first.as_str())
+    })
+    .await;
+
+    repo.write("app/a.yaml", &cm("hooked", "green"));
+    let second = repo.commit("second");
+    let body = serde_json::to_vec(
+        &json!({"ref": "refs/heads/main", "repository": {"clone_url": daemon.url("deploy")}}),
+    )
+    .expect("json");
+    let post = |signature: String, body: Vec<u8>| {
+        let url = format!("http://127.0.0.1:{port}/webhooks/github");
+        tokio::task::spawn_blocking(move || {
+            reqwest::blocking::Client::new()
+                .post(url)
+                .header("X-GitHub-Event", "push")
+                .header("X-Hub-Signature-256", signature)
+                .body(body)
+                .send()
+                .map(|r| r.status().as_u16())
+        })
+    };
+    // Forged: signed with another secret. Refused; an hour-long interval means no sync.
+    let mut forged = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"guess").expect("key");
+    forged.update(&body);
+    let forged: String = forged
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let status = post(format!("sha256={forged}"), body.clone())
+        .await
+        .expect("join")
+        .expect("request");
+    assert_eq!(status, 401);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        applied(&apps.get("hooked").await.expect("app")),
+        Some(first.as_str()),
+        "nothing changed"
+    );
+
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"hook-s3cret").expect("key");
+    mac.update(&body);
+    let signature: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let started = Instant::now();
+    let status = post(format!("sha256={signature}"), body)
+        .await
+        .expect("join")
+        .expect("request");
+    assert_eq!(status, 202);
+    until(&apps, "hooked", "synced after the webhook", |a| {
+        applied(a) == Some(second.as_str())
+    })
+    .await;
+    let latency = started.elapsed();
+    eprintln!("webhook to applied: {latency:?}");
+    assert!(
+        latency < Duration::from_secs(5),
+        "webhook to applied took {latency:?}"
+    );
+
+    let metrics = tokio::task::spawn_blocking(move || {
+        reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics")).and_then(|r| r.text())
+    })
+    .await
+    .expect("join")
+    .expect("metrics");
+    assert!(
+        metrics.contains("tether_reconciles_total{result=\"applied\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tether_webhooks_total{provider=\"github\",result=\"refused\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tether_webhooks_total{provider=\"github\",result=\"accepted\"} 1"),
+        "{metrics}"
+    );
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+}

@@ -6,6 +6,7 @@
 
 pub mod application;
 pub mod drift;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -47,6 +48,10 @@ pub struct AgentOptions {
     /// Explicit kustomize and helm programs (else $TETHER_KUSTOMIZE / $TETHER_HELM, else PATH).
     pub kustomize_bin: Option<std::path::PathBuf>,
     pub helm_bin: Option<std::path::PathBuf>,
+    /// Serve webhooks, /healthz, /readyz and /metrics here.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The shared secret for webhooks (HMAC key, or GitLab's token); none turns them off.
+    pub webhook_secret: Option<Vec<u8>>,
 }
 
 impl Default for AgentOptions {
@@ -57,6 +62,8 @@ impl Default for AgentOptions {
             concurrency: 16,
             kustomize_bin: None,
             helm_bin: None,
+            listen: None,
+            webhook_secret: None,
         }
     }
 }
@@ -69,6 +76,8 @@ pub enum Error {
     Status(String, String),
     #[error("the status of {0} changed meanwhile; reconciling again from the newest")]
     StaleStatus(String),
+    #[error("cannot serve on {0}: {1}")]
+    Listen(String, String),
     #[error("API discovery failed: {0}")]
     Discovery(String),
 }
@@ -105,8 +114,42 @@ struct Context {
     options: AgentOptions,
     recorder: Recorder,
     drift: drift::DriftWatch,
+    metrics: Arc<server::Metrics>,
+    /// namespace/name → (sync, health), for the Applications gauge.
+    states: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
     /// ApplySet id → the desired objects of its last full sync (for health reads).
     desired: std::sync::Mutex<std::collections::HashMap<String, Vec<Desired>>>,
+}
+
+impl Context {
+    fn count_reconcile(&self, result: &str, started: std::time::Instant) {
+        self.metrics
+            .reconciles
+            .get_or_create(&server::ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+        self.metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Keeps the Applications-by-state gauge in step with this Application's latest state.
+    fn record_state(&self, app: &Application, sync: &str, health: &str) {
+        let key = format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any());
+        let mut states = self.states.lock().expect("not poisoned");
+        states.insert(key, (sync.to_string(), health.to_string()));
+        self.metrics.applications.clear();
+        for (sync, health) in states.values() {
+            self.metrics
+                .applications
+                .get_or_create(&server::StateLabels {
+                    sync: sync.clone(),
+                    health: health.clone(),
+                })
+                .inc();
+        }
+    }
 }
 
 type Desired = (
@@ -136,17 +179,59 @@ pub async fn run(
     );
     let concurrency = options.concurrency;
     let (drift, drifted) = drift::DriftWatch::new(client.clone());
+    let metrics = Arc::new(server::Metrics::default());
+    let (webhook_trigger, webhooks) = tokio::sync::mpsc::unbounded_channel();
+    let controller = Controller::new(applications, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency as u16));
+    let store = controller.store();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = match options.listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| Error::Listen(address.to_string(), e.to_string()))?;
+            let app = server::router(
+                metrics.clone(),
+                store.clone(),
+                webhook_trigger,
+                options.webhook_secret.clone(),
+                ready.clone(),
+            );
+            tracing::info!(%address, "serving webhooks, health and metrics");
+            Some(tokio::spawn(async move {
+                if let Err(err) = axum::serve(listener, app).await {
+                    tracing::warn!(%err, "the HTTP server stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+    {
+        let store = store.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
     let context = Arc::new(Context {
         client,
         resolver,
         options,
         recorder,
         drift,
+        metrics,
+        states: Default::default(),
         desired: Default::default(),
     });
-    Controller::new(applications, watcher::Config::default())
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency as u16))
-        .reconcile_on(drifted)
+    let mut webhooks = webhooks;
+    let triggers = futures::stream::select(
+        drifted,
+        futures::stream::poll_fn(move |cx| webhooks.poll_recv(cx)),
+    );
+    controller
+        .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -155,6 +240,9 @@ pub async fn run(
             }
         })
         .await;
+    if let Some(server) = server {
+        server.abort();
+    }
     Ok(())
 }
 
@@ -179,6 +267,7 @@ struct Outcome {
 /// One reconcile of one Application: resolve, render, plan, apply when allowed, record.
 async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
     RECONCILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::Instant::now();
     let interval =
         parse_duration(&app.spec.sync_policy.interval).unwrap_or(Duration::from_secs(60));
     let status = app.status.clone().unwrap_or_default();
@@ -218,6 +307,13 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
     }
     match sync(&ctx, &app).await {
         Ok(outcome) => {
+            let result = if outcome.applied.is_some() {
+                "applied"
+            } else {
+                "unchanged"
+            };
+            ctx.count_reconcile(result, started);
+            ctx.record_state(&app, &outcome.sync.status, &outcome.health.to_string());
             let mut status = status;
             status.failures = 0;
             status.last_attempted_revision = Some(outcome.revision.commit.clone());
@@ -271,6 +367,7 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
             Ok(Action::requeue(jitter(interval)))
         }
         Err(message) => {
+            ctx.count_reconcile("failed", started);
             let mut status = status;
             status.failures += 1;
             let limit = app.spec.sync_policy.retry.limit.max(1);
@@ -387,10 +484,14 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         }
         source.verify = Some(policy);
     }
+    let fetch_started = std::time::Instant::now();
     let (revision, tree, _) = tokio::task::spawn_blocking(move || source.fetch())
         .await
         .map_err(|e| format!("the Git task failed: {e}"))?
         .map_err(|e| e.to_string())?;
+    ctx.metrics
+        .git_fetch_seconds
+        .observe(fetch_started.elapsed().as_secs_f64());
 
     // No-op is free: the revision is the one applied, the spec is unchanged, and the watches
     // saw nothing but status change since the last full sync: no request for any object.
@@ -531,6 +632,22 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         let count = |action: PlanAction| {
             report.results.iter().filter(|r| r.action == action).count() as u32
         };
+        for (action, label) in [
+            (PlanAction::Create, "create"),
+            (PlanAction::Update, "update"),
+            (PlanAction::Prune, "prune"),
+        ] {
+            ctx.metrics
+                .applied
+                .get_or_create(&server::ActionLabels {
+                    action: label.into(),
+                })
+                .inc_by(count(action) as u64);
+        }
+        if !new_revision {
+            // The same revision again, with changes: someone changed the cluster by hand.
+            ctx.metrics.drift_corrections.inc();
+        }
         applied = Some(HistoryEntry {
             revision: revision.commit.clone(),
             time: now_rfc3339(),

@@ -31,6 +31,15 @@ pub struct AgentArgs {
     /// The helm program (default: $TETHER_HELM, else PATH).
     #[arg(long, value_name = "FILE")]
     pub helm_bin: Option<PathBuf>,
+
+    /// Serve webhooks (/webhooks/github|gitlab|gitea|generic), /healthz, /readyz and
+    /// /metrics on this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// File holding the webhook secret (HMAC key; GitLab's token). Without it, webhooks are off.
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 pub async fn install(
@@ -58,8 +67,26 @@ pub async fn agent(
     if args.install_crd {
         install_crd(&cluster.client()).await?;
     }
+    let webhook_secret = match &args.webhook_secret_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the webhook secret file {}: {e}",
+                    file.display()
+                )
+            })?;
+            let secret = text.trim_end_matches(['\n', '\r']).as_bytes().to_vec();
+            if secret.is_empty() {
+                anyhow::bail!("the webhook secret file {} is empty", file.display());
+            }
+            Some(secret)
+        }
+        None => None,
+    };
     let options = AgentOptions {
         namespace: (!args.all_namespaces).then(|| cluster.namespace().to_string()),
+        listen: args.listen,
+        webhook_secret,
         concurrency: args.concurrency,
         kustomize_bin: args.kustomize_bin.clone(),
         helm_bin: args.helm_bin.clone(),

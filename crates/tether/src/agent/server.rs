@@ -1,0 +1,418 @@
+//! The agent's HTTP server: Git webhooks (GitHub, GitLab, Gitea, generic) that trigger an
+//! immediate sync of the Applications following the pushed repository and branch,
+//! `/healthz`, `/readyz` and Prometheus `/metrics`.
+//!
+//! # Security
+//! Every webhook is authenticated before its body is believed: an HMAC-SHA256 signature
+//! (GitHub, Gitea, generic) or a shared token (GitLab), compared in constant time. A forged
+//! or unsigned request gets 401 and triggers nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use hmac::{Hmac, Mac};
+use kube::runtime::reflector::{ObjectRef, Store};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+
+use super::Application;
+
+/// The agent's metrics, registered once.
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub reconcile_seconds: Histogram,
+    pub git_fetch_seconds: Histogram,
+    pub applied: Family<ActionLabels, Counter>,
+    pub drift_corrections: Counter,
+    pub applications: Family<StateLabels, Gauge>,
+    pub webhooks: Family<WebhookLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub sync: String,
+    pub health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub provider: String,
+    pub result: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tether");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles of Applications, by result",
+            reconciles.clone(),
+        );
+        let buckets = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let reconcile_seconds = Histogram::new(buckets);
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one reconcile",
+            reconcile_seconds.clone(),
+        );
+        let git_fetch_seconds = Histogram::new(buckets);
+        registry.register(
+            "git_fetch_duration_seconds",
+            "Time to resolve and fetch a revision",
+            git_fetch_seconds.clone(),
+        );
+        let applied = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "objects_applied",
+            "Objects created, updated or pruned by the agent",
+            applied.clone(),
+        );
+        let drift_corrections = Counter::default();
+        registry.register(
+            "drift_corrections",
+            "Syncs started because an owned object was changed by hand",
+            drift_corrections.clone(),
+        );
+        let applications = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "applications",
+            "Applications by sync state and health",
+            applications.clone(),
+        );
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Webhook requests, by provider and result",
+            webhooks.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_seconds,
+            git_fetch_seconds,
+            applied,
+            drift_corrections,
+            applications,
+            webhooks,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ServerState {
+    metrics: Arc<Metrics>,
+    applications: Store<Application>,
+    trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
+    webhook_secret: Option<Arc<Vec<u8>>>,
+    ready: Arc<AtomicBool>,
+}
+
+/// The router; `ready` turns true once the controller's first list of Applications is in.
+pub fn router(
+    metrics: Arc<Metrics>,
+    applications: Store<Application>,
+    trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
+    webhook_secret: Option<Vec<u8>>,
+    ready: Arc<AtomicBool>,
+) -> Router {
+    let state = ServerState {
+        metrics,
+        applications,
+        trigger,
+        webhook_secret: webhook_secret.map(Arc::new),
+        ready,
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/webhooks/{provider}", post(webhook))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<ServerState>) -> (StatusCode, &'static str) {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first list of Applications",
+        )
+    }
+}
+
+async fn metrics_text(State(state): State<ServerState>) -> (StatusCode, HeaderMap, String) {
+    let mut text = String::new();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            .parse()
+            .expect("valid header"),
+    );
+    match prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry) {
+        Ok(()) => (StatusCode::OK, headers, text),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            HeaderMap::new(),
+            e.to_string(),
+        ),
+    }
+}
+
+/// HMAC-SHA256 of `body` with `secret`, compared in constant time with `given_hex`.
+pub fn signature_valid(secret: &[u8], body: &[u8], given_hex: &str) -> bool {
+    let Ok(given) = hex_decode(given_hex.trim()) else {
+        return false;
+    };
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    let expected = mac.finalize().into_bytes();
+    expected.as_slice().ct_eq(&given).into()
+}
+
+fn hex_decode(text: &str) -> Result<Vec<u8>, ()> {
+    if !text.len().is_multiple_of(2) {
+        return Err(());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2).ok_or(())?, 16).map_err(|_| ()))
+        .collect()
+}
+
+/// What a push says: which repository (by every URL the provider gives) and which ref.
+#[derive(Debug, PartialEq)]
+struct Push {
+    urls: Vec<String>,
+    branch: Option<String>,
+}
+
+async fn webhook(
+    State(state): State<ServerState>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let count = |result: &str| {
+        state
+            .metrics
+            .webhooks
+            .get_or_create(&WebhookLabels {
+                provider: provider.clone(),
+                result: result.into(),
+            })
+            .inc();
+    };
+    let Some(secret) = state.webhook_secret.clone() else {
+        count("disabled");
+        return (
+            StatusCode::NOT_FOUND,
+            "webhooks are off: start the agent with --webhook-secret-file".into(),
+        );
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let authentic = match provider.as_str() {
+        "github" => header("x-hub-signature-256")
+            .strip_prefix("sha256=")
+            .is_some_and(|sig| signature_valid(&secret, &body, sig)),
+        "gitea" => signature_valid(&secret, &body, &header("x-gitea-signature")),
+        "gitlab" => {
+            let token = header("x-gitlab-token");
+            !token.is_empty() && bool::from(token.as_bytes().ct_eq(secret.as_slice()))
+        }
+        "generic" => header("x-tether-signature")
+            .strip_prefix("sha256=")
+            .is_some_and(|sig| signature_valid(&secret, &body, sig)),
+        _ => {
+            count("unknown-provider");
+            return (
+                StatusCode::NOT_FOUND,
+                format!("no webhook for {provider:?}; use github, gitlab, gitea or generic"),
+            );
+        }
+    };
+    if !authentic {
+        count("refused");
+        return (
+            StatusCode::UNAUTHORIZED,
+            "the signature or token does not match".into(),
+        );
+    }
+    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        count("bad-payload");
+        return (StatusCode::BAD_REQUEST, "the body is not JSON".into());
+    };
+    let push = parse_push(&provider, &payload);
+    let mut triggered = 0;
+    for app in state.applications.state() {
+        if follows(&app, &push) {
+            let _ = state.trigger.send(ObjectRef::from_obj(app.as_ref()));
+            triggered += 1;
+        }
+    }
+    count("accepted");
+    (
+        StatusCode::ACCEPTED,
+        format!("{triggered} Application(s) will sync now\n"),
+    )
+}
+
+fn parse_push(provider: &str, payload: &serde_json::Value) -> Push {
+    let strings = |pointers: &[&str]| -> Vec<String> {
+        pointers
+            .iter()
+            .filter_map(|p| {
+                payload
+                    .pointer(p)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            })
+            .collect()
+    };
+    let urls = match provider {
+        "gitlab" => strings(&[
+            "/project/git_http_url",
+            "/project/git_ssh_url",
+            "/project/web_url",
+            "/repository/git_http_url",
+        ]),
+        "generic" => strings(&["/repoURL"]),
+        _ => strings(&[
+            "/repository/clone_url",
+            "/repository/ssh_url",
+            "/repository/html_url",
+            "/repository/git_url",
+        ]),
+    };
+    let branch = payload["ref"]
+        .as_str()
+        .map(|r| r.strip_prefix("refs/heads/").unwrap_or(r).to_string());
+    Push { urls, branch }
+}
+
+/// Compares repository URLs without scheme, credentials, `.git` and trailing slashes.
+fn same_repository(a: &str, b: &str) -> bool {
+    fn key(url: &str) -> String {
+        let without_scheme = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
+        let without_user = without_scheme
+            .rsplit_once('@')
+            .map(|(_, rest)| rest)
+            .unwrap_or(without_scheme);
+        without_user
+            .trim_end_matches('/')
+            .trim_end_matches(".git")
+            .replacen(':', "/", 1)
+            .to_ascii_lowercase()
+    }
+    key(a) == key(b)
+}
+
+fn follows(app: &Application, push: &Push) -> bool {
+    let source = &app.spec.source;
+    if !push
+        .urls
+        .iter()
+        .any(|url| same_repository(url, &source.repo_url))
+    {
+        return false;
+    }
+    match (&source.r#ref.branch, &push.branch) {
+        (Some(branch), Some(pushed)) => branch == pushed,
+        // Tags, commits and semver ranges may follow any push; a refresh is cheap.
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_checked_against_an_independent_hmac() {
+        // The expected signature comes from OpenSSL, not from the code under test.
+        let mut openssl = std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-hmac", "s3cret", "-hex"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl runs");
+        use std::io::Write;
+        openssl
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(br#"{"a":1}"#)
+            .expect("write");
+        let out = openssl.wait_with_output().expect("openssl output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let expected = text
+            .rsplit(' ')
+            .next()
+            .expect("a digest")
+            .trim()
+            .to_string();
+        assert_eq!(expected.len(), 64, "{text}");
+        assert!(signature_valid(b"s3cret", br#"{"a":1}"#, &expected));
+        assert!(
+            !signature_valid(b"s3cret", br#"{"a":2}"#, &expected),
+            "another body"
+        );
+        assert!(
+            !signature_valid(b"other", br#"{"a":1}"#, &expected),
+            "another secret"
+        );
+        assert!(!signature_valid(b"s3cret", br#"{"a":1}"#, "zz"), "not hex");
+    }
+
+    #[test]
+    fn pushes_match_repositories_and_branches() {
+        assert!(same_repository(
+            "https://git.example.com/team/deploy.git",
+            "git@git.example.com:team/deploy"
+        ));
+        assert!(same_repository(
+            "ssh://git@git.example.com/team/deploy/",
+            "https://user@git.example.com/team/deploy.git"
+        ));
+        assert!(!same_repository(
+            "https://git.example.com/team/deploy",
+            "https://git.example.com/team/other"
+        ));
+        let push = parse_push(
+            "github",
+            &serde_json::json!({"ref": "refs/heads/main", "repository": {"clone_url": "https://git.example.com/team/deploy.git"}}),
+        );
+        assert_eq!(push.branch.as_deref(), Some("main"));
+        assert_eq!(push.urls, ["https://git.example.com/team/deploy.git"]);
+    }
+}
