@@ -15,7 +15,7 @@ use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{CustomResourceExt, Resource, ResourceExt};
 use serde_json::json;
 
@@ -181,9 +181,16 @@ pub async fn run(
     let (drift, drifted) = drift::DriftWatch::new(client.clone());
     let metrics = Arc::new(server::Metrics::default());
     let (webhook_trigger, webhooks) = tokio::sync::mpsc::unbounded_channel();
-    let controller = Controller::new(applications, watcher::Config::default())
+    // Reconcile on spec changes (generation), not on the status this agent writes: a sync
+    // happens when Git, the spec, a watched object or a webhook says so, or at the interval.
+    let (store, writer) = kube::runtime::reflector::store();
+    let applications = watcher(applications, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(kube::runtime::predicates::generation, Default::default());
+    let controller = Controller::for_stream(applications, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency as u16));
-    let store = controller.store();
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let server = match options.listen {
         Some(address) => {
