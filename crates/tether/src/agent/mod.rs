@@ -463,39 +463,9 @@ async fn unready_dependency(ctx: &Context, app: &Application) -> Option<String> 
 /// the status, saying what failed.
 async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
     let name = app.name_any();
-    let namespace = app.namespace().unwrap_or_default();
     let spec = &app.spec;
-    let mut source = GitSource::new(
-        spec.source.repo_url.clone(),
-        RefSpec::parse(&spec.source.r#ref.as_ref_text()?).map_err(|e| e.to_string())?,
-    );
-    source.cache_dir = ctx.options.cache_dir.join("git");
-    let secret_files =
-        tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;
-    if let Some(secret) = &spec.source.secret_ref {
-        source.auth = credentials(ctx, &namespace, &secret.name, secret_files.path()).await?;
-    }
-    if !spec.source.verify_keys.is_empty() {
-        let mut policy = SignaturePolicy::default();
-        for key in &spec.source.verify_keys {
-            if key.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
-                policy.pgp_keys.push(key.clone());
-            } else {
-                policy.ssh_keys.extend(
-                    key.lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_string),
-                );
-            }
-        }
-        source.verify = Some(policy);
-    }
     let fetch_started = std::time::Instant::now();
-    let (revision, tree, _) = tokio::task::spawn_blocking(move || source.fetch())
-        .await
-        .map_err(|e| format!("the Git task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+    let (revision, tree) = fetch(&ctx.client, &ctx.options, app).await?;
     ctx.metrics
         .git_fetch_seconds
         .observe(fetch_started.elapsed().as_secs_f64());
@@ -534,49 +504,15 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
     }
     ctx.drift.begin_full_sync(&applyset_id);
 
-    let renderer = match spec.render.renderer.as_deref() {
-        None | Some("") | Some("auto") => Renderer::Auto,
-        Some("directory") => Renderer::Directory,
-        Some("kustomize") => Renderer::Kustomize,
-        Some("helm") => Renderer::Helm,
-        Some(other) => {
-            return Err(format!(
-                "spec.render.renderer {other:?} is not auto, directory, kustomize or helm"
-            ));
-        }
-    };
-    let mut options = RenderOptions {
-        renderer,
-        vars: spec.render.variables.clone(),
-        namespace: spec.destination.namespace.clone(),
-        app: name.clone(),
-        kustomize_bin: ctx.options.kustomize_bin.clone(),
-        helm_bin: ctx.options.helm_bin.clone(),
-        revision: Some(revision.commit.clone()),
-        cache_dir: Some(ctx.options.cache_dir.clone()),
-        ..Default::default()
-    };
-    options.helm.values_files = spec.render.values_files.clone();
-    options.helm.api_versions = ctx.resolver.api_versions();
-    let path = crate::source::tree::normalize(&spec.source.path).ok_or_else(|| {
-        format!(
-            "spec.source.path {:?} leaves the repository",
-            spec.source.path
-        )
-    })?;
-    let objects =
-        tokio::task::spawn_blocking(move || crate::render::render(&tree, &path, &options))
-            .await
-            .map_err(|e| format!("the render task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
-
-    let mut plan_options = PlanOptions::new(name.clone(), spec.destination.namespace.clone());
-    plan_options.concurrency = ctx.options.concurrency;
-    // With selfHeal, Git is the authority: fields someone else took are taken back.
-    plan_options.force_conflicts = spec.sync_policy.self_heal;
-    let planned = plan(&ctx.client, &ctx.resolver, objects, &plan_options)
-        .await
-        .map_err(|e| e.to_string())?;
+    let planned = render_and_plan(
+        &ctx.client,
+        &ctx.resolver,
+        &ctx.options,
+        app,
+        &revision,
+        tree,
+    )
+    .await?;
     let summary = planned.summary();
     let apply_set = ApplySetReference {
         kind: "Secret".into(),
@@ -686,6 +622,105 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
     })
 }
 
+/// Resolves the Application's ref and fetches that revision (credentials from its Secret,
+/// signature checked when it names keys).
+pub async fn fetch(
+    client: &kube::Client,
+    options: &AgentOptions,
+    app: &Application,
+) -> Result<(Revision, crate::source::git::CommitTree), String> {
+    let namespace = app.namespace().unwrap_or_default();
+    let spec = &app.spec;
+    let mut source = GitSource::new(
+        spec.source.repo_url.clone(),
+        RefSpec::parse(&spec.source.r#ref.as_ref_text()?).map_err(|e| e.to_string())?,
+    );
+    source.cache_dir = options.cache_dir.join("git");
+    let secret_files =
+        tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+    if let Some(secret) = &spec.source.secret_ref {
+        source.auth = credentials(client, &namespace, &secret.name, secret_files.path()).await?;
+    }
+    if !spec.source.verify_keys.is_empty() {
+        let mut policy = SignaturePolicy::default();
+        for key in &spec.source.verify_keys {
+            if key.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
+                policy.pgp_keys.push(key.clone());
+            } else {
+                policy.ssh_keys.extend(
+                    key.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string),
+                );
+            }
+        }
+        source.verify = Some(policy);
+    }
+    let (revision, tree, _) = tokio::task::spawn_blocking(move || source.fetch())
+        .await
+        .map_err(|e| format!("the Git task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    Ok((revision, tree))
+}
+
+/// Renders a fetched revision as the Application says and plans it against the cluster.
+pub async fn render_and_plan(
+    client: &kube::Client,
+    resolver: &Resolver,
+    options: &AgentOptions,
+    app: &Application,
+    revision: &Revision,
+    tree: crate::source::git::CommitTree,
+) -> Result<crate::plan::Plan, String> {
+    let name = app.name_any();
+    let spec = &app.spec;
+    let renderer = match spec.render.renderer.as_deref() {
+        None | Some("") | Some("auto") => Renderer::Auto,
+        Some("directory") => Renderer::Directory,
+        Some("kustomize") => Renderer::Kustomize,
+        Some("helm") => Renderer::Helm,
+        Some(other) => {
+            return Err(format!(
+                "spec.render.renderer {other:?} is not auto, directory, kustomize or helm"
+            ));
+        }
+    };
+    let mut render_options = RenderOptions {
+        renderer,
+        vars: spec.render.variables.clone(),
+        namespace: spec.destination.namespace.clone(),
+        app: name.clone(),
+        kustomize_bin: options.kustomize_bin.clone(),
+        helm_bin: options.helm_bin.clone(),
+        revision: Some(revision.commit.clone()),
+        cache_dir: Some(options.cache_dir.clone()),
+        ..Default::default()
+    };
+    render_options.helm.values_files = spec.render.values_files.clone();
+    render_options.helm.api_versions = resolver.api_versions();
+    let path = crate::source::tree::normalize(&spec.source.path).ok_or_else(|| {
+        format!(
+            "spec.source.path {:?} leaves the repository",
+            spec.source.path
+        )
+    })?;
+    let objects =
+        tokio::task::spawn_blocking(move || crate::render::render(&tree, &path, &render_options))
+            .await
+            .map_err(|e| format!("the render task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+
+    let mut plan_options = PlanOptions::new(name.clone(), spec.destination.namespace.clone());
+    plan_options.concurrency = options.concurrency;
+    // With selfHeal, Git is the authority: fields someone else took are taken back.
+    plan_options.force_conflicts = spec.sync_policy.self_heal;
+    let planned = plan(client, resolver, objects, &plan_options)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(planned)
+}
+
 fn health_from(text: &str) -> HealthStatus {
     match text {
         "Healthy" => HealthStatus::Healthy,
@@ -737,14 +772,14 @@ async fn assess(
 /// Git credentials from a Secret: `username`/`password` for HTTPS; `sshPrivateKey` and
 /// `knownHosts` for SSH (written to files only this sync can read); `caFile` (PEM).
 async fn credentials(
-    ctx: &Context,
+    client: &kube::Client,
     namespace: &str,
     name: &str,
     dir: &std::path::Path,
 ) -> Result<GitAuth, String> {
     use std::os::unix::fs::PermissionsExt;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(ctx.client.clone(), namespace);
+        Api::namespaced(client.clone(), namespace);
     let secret = secrets.get(name).await.map_err(|e| {
         format!(
             "cannot read the Git credentials Secret {namespace}/{name}: {}",
