@@ -585,3 +585,153 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
 }
+
+fn tether_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(support::kubeconfig())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the tether binary runs")
+}
+
+#[tokio::test]
+async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-cli").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("app/a.yaml", &cm("ops", "blue"));
+    let first = repo.commit("first");
+    repo.write("app/a.yaml", &cm("ops", "green"));
+    let second = repo.commit("second");
+    let daemon = GitDaemon::start(&root);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run(
+        client.clone(),
+        AgentOptions {
+            namespace: Some(ns.name.clone()),
+            cache_dir: dir.path().join("cache"),
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    let app: Application = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": "ops"},
+        "spec": {
+            "source": {"repoURL": daemon.url("deploy"), "ref": {"branch": "main"}, "path": "app"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h"}
+        }
+    }))
+    .expect("application");
+    apps.create(&PostParams::default(), &app)
+        .await
+        .expect("created");
+    until(&apps, "ops", "first sync", |a| {
+        applied(a) == Some(second.as_str())
+    })
+    .await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let color =
+        || async { configmaps.get("ops").await.expect("cm").data.expect("data")["color"].clone() };
+
+    let list = tether_cli(&["get", "apps", "-n", &ns.name]);
+    let table = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        table.contains("ops") && table.contains(&second[..12]) && table.contains("Synced"),
+        "{table}"
+    );
+
+    let diff = tether_cli(&["diff", "ops", "-n", &ns.name]);
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "in sync: {}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+
+    // Rollback pins the first commit; the agent applies it.
+    let rollback = tether_cli(&["rollback", "ops", &first, "-n", &ns.name]);
+    assert!(
+        rollback.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rollback.stderr)
+    );
+    until(&apps, "ops", "rolled back", |a| {
+        applied(a) == Some(first.as_str())
+    })
+    .await;
+    assert_eq!(color().await, "blue");
+    let history = tether_cli(&["history", "ops", "-n", &ns.name]);
+    let text = String::from_utf8_lossy(&history.stdout);
+    assert!(
+        text.lines().nth(1).is_some_and(|l| l.starts_with(&first)),
+        "newest first: {text}"
+    );
+
+    // Resume follows the branch again.
+    let resume = tether_cli(&["resume", "ops", "-n", &ns.name]);
+    assert!(
+        resume.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resume.stderr)
+    );
+    until(&apps, "ops", "back on the branch", |a| {
+        applied(a) == Some(second.as_str())
+    })
+    .await;
+    assert_eq!(color().await, "green");
+
+    // A hand edit the agent has not seen yet (no self-heal: reported), then `sync` on demand.
+    apps.patch(
+        "ops",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"syncPolicy": {"selfHeal": false}}})),
+    )
+    .await
+    .expect("patch");
+    // Let the reconcile that the spec change started finish before the next commit, so
+    // only `tether sync` can explain that commit being applied.
+    until(&apps, "ops", "spec change seen", |a| {
+        a.status.as_ref().and_then(|s| s.observed_generation) == a.metadata.generation
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    repo.write("app/a.yaml", &cm("ops", "red"));
+    let third = repo.commit("third");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        applied(&apps.get("ops").await.expect("app")),
+        Some(second.as_str()),
+        "not applied by itself"
+    );
+    let diff = tether_cli(&["diff", "ops", "-n", &ns.name]);
+    assert_eq!(diff.status.code(), Some(2), "the new commit differs");
+    assert!(String::from_utf8_lossy(&diff.stdout).contains("+  color: red"));
+    let sync = tether_cli(&["sync", "ops", "-n", &ns.name]);
+    assert!(
+        sync.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sync.stderr)
+    );
+    until(&apps, "ops", "synced on request", |a| {
+        applied(a) == Some(third.as_str())
+    })
+    .await;
+
+    let suspend = tether_cli(&["suspend", "ops", "-n", &ns.name]);
+    assert!(suspend.status.success());
+    let list = tether_cli(&["get", "apps", "-n", &ns.name]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("(suspended)"));
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+}

@@ -226,7 +226,15 @@ pub struct ApplicationStatus {
     /// Consecutive failed attempts (reset by a success).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failures: u32,
+    /// The last `tether.dev/sync-requested` annotation value acted on (`tether sync`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_request: Option<String>,
 }
+
+/// `tether sync` sets this annotation (to a timestamp) to ask for a full sync now.
+pub const SYNC_REQUEST_ANNOTATION: &str = "tether.dev/sync-requested";
+/// `tether rollback` records the ref it replaced here, for `tether resume`.
+pub const ROLLED_BACK_FROM_ANNOTATION: &str = "tether.dev/rolled-back-from";
 
 fn is_zero(n: &u32) -> bool {
     *n == 0

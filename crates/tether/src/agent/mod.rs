@@ -188,7 +188,7 @@ pub async fn run(
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(kube::runtime::predicates::generation, Default::default());
+        .predicate_filter(spec_or_sync_request, Default::default());
     let controller = Controller::for_stream(applications, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency as u16));
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -251,6 +251,17 @@ pub async fn run(
         server.abort();
     }
     Ok(())
+}
+
+/// Reconcile when the spec changes (generation) or `tether sync` asks (annotation).
+fn spec_or_sync_request(app: &Application) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    app.metadata.generation.hash(&mut hasher);
+    app.annotations()
+        .get(application::SYNC_REQUEST_ANNOTATION)
+        .hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 fn error_policy(_app: Arc<Application>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -323,6 +334,10 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
             ctx.record_state(&app, &outcome.sync.status, &outcome.health.to_string());
             let mut status = status;
             status.failures = 0;
+            status.last_sync_request = app
+                .annotations()
+                .get(application::SYNC_REQUEST_ANNOTATION)
+                .cloned();
             status.last_attempted_revision = Some(outcome.revision.commit.clone());
             let synced = outcome.sync.status == "Synced";
             if synced {
@@ -473,7 +488,12 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
     // No-op is free: the revision is the one applied, the spec is unchanged, and the watches
     // saw nothing but status change since the last full sync: no request for any object.
     let applyset_id = crate::apply::applyset::ApplySet::new(&name, &spec.destination.namespace).id;
+    let sync_request = app
+        .annotations()
+        .get(application::SYNC_REQUEST_ANNOTATION)
+        .cloned();
     if let Some(status) = &app.status
+        && status.last_sync_request == sync_request
         && status.last_applied_revision.as_deref() == Some(revision.commit.as_str())
         && status.observed_generation == app.metadata.generation
         && let (Some(sync), Some(apply_set)) = (&status.sync, &status.apply_set)

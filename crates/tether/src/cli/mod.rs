@@ -6,6 +6,7 @@
 
 mod agent;
 mod apply;
+mod apps;
 mod plan;
 mod progress;
 mod render;
@@ -86,6 +87,20 @@ pub enum Command {
     Install(agent::InstallArgs),
     /// Run the pull-mode agent: reconcile Application resources continuously.
     Agent(agent::AgentArgs),
+    /// List Applications with their revision, sync state and health (`tether get apps`).
+    Get(apps::GetArgs),
+    /// Ask the agent to sync an Application now.
+    Sync(apps::AppArgs),
+    /// Show what the agent would change for an Application (exit 2 when it differs).
+    Diff(apps::AppArgs),
+    /// Stop the agent from changing an Application.
+    Suspend(apps::AppArgs),
+    /// Let the agent change an Application again (after a rollback: follow its ref again).
+    Resume(apps::AppArgs),
+    /// The last syncs of an Application.
+    History(apps::AppArgs),
+    /// Apply an earlier commit and stop following new ones until `tether resume`.
+    Rollback(apps::RollbackArgs),
     /// Print tether's version and, when a cluster is reachable, the API server's.
     Version(version::VersionArgs),
 }
@@ -100,6 +115,13 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
         Command::Status(args) => status::run(&cli.global, &args, out).await,
         Command::Install(args) => agent::install(&cli.global, &args, out).await,
         Command::Agent(args) => agent::agent(&cli.global, &args, out).await,
+        Command::Get(args) => apps::get(&cli.global, &args, out).await,
+        Command::Sync(args) => apps::sync(&cli.global, &args, out).await,
+        Command::Diff(args) => apps::diff(&cli.global, &args, out).await,
+        Command::Suspend(args) => apps::suspend(&cli.global, &args, out).await,
+        Command::Resume(args) => apps::resume(&cli.global, &args, out).await,
+        Command::History(args) => apps::history(&cli.global, &args, out).await,
+        Command::Rollback(args) => apps::rollback(&cli.global, &args, out).await,
         Command::Version(args) => version::run(&cli.global, &args, out).await,
     }
 }

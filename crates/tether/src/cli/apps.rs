@@ -1,0 +1,267 @@
+//! Operator commands on Applications: `get apps`, `sync`, `diff`, `suspend`, `resume`,
+//! `history`, `rollback`. They read and patch the Application resources; the agent acts.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+use super::GlobalArgs;
+use crate::agent::application::{ROLLED_BACK_FROM_ANNOTATION, SYNC_REQUEST_ANNOTATION};
+use crate::agent::{AgentOptions, Application};
+use crate::cluster::Cluster;
+use crate::cluster::discovery::Resolver;
+use crate::output::{OutputFormat, write_structured};
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// What to list: apps (Applications).
+    #[arg(value_parser = ["apps", "app", "applications", "application"])]
+    pub what: String,
+    /// In every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AppArgs {
+    /// The Application's name (in -n / the context's namespace).
+    pub app: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    /// The Application's name.
+    pub app: String,
+    /// The commit to go back to (see `tether history APP`).
+    pub revision: String,
+}
+
+async fn api(global: &GlobalArgs) -> anyhow::Result<(Cluster, Api<Application>)> {
+    let cluster = Cluster::connect(&global.cluster_options()).await?;
+    let api = Api::namespaced(cluster.client(), cluster.namespace());
+    Ok((cluster, api))
+}
+
+async fn get_app(
+    cluster: &Cluster,
+    api: &Api<Application>,
+    name: &str,
+) -> anyhow::Result<Application> {
+    match api.get_opt(name).await.map_err(|e| cluster.describe(e))? {
+        Some(app) => Ok(app),
+        None => anyhow::bail!(
+            "Application {name} not found in namespace {}; list them with `tether get apps`",
+            cluster.namespace()
+        ),
+    }
+}
+
+fn condition(app: &Application, kind: &str) -> String {
+    app.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == kind))
+        .map(|c| c.status.clone())
+        .unwrap_or_else(|| "Unknown".into())
+}
+
+pub async fn get(global: &GlobalArgs, args: &GetArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+    let (cluster, namespaced) = api(global).await?;
+    let api: Api<Application> = if args.all_namespaces {
+        Api::all(cluster.client())
+    } else {
+        namespaced
+    };
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| cluster.describe(e))?;
+    if matches!(global.output, OutputFormat::Json | OutputFormat::Yaml) {
+        write_structured(out, global.output, &list.items)?;
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "{:<20} {:<24} {:<13} {:<10} {:<11} {:<6}",
+        "NAMESPACE", "NAME", "REVISION", "SYNC", "HEALTH", "READY"
+    )?;
+    for app in &list.items {
+        let status = app.status.clone().unwrap_or_default();
+        let revision = status
+            .last_applied_revision
+            .as_deref()
+            .map(|r| &r[..r.len().min(12)])
+            .unwrap_or("-")
+            .to_string();
+        let sync = status
+            .sync
+            .as_ref()
+            .map(|s| s.status.clone())
+            .unwrap_or_else(|| "-".into());
+        let health = status.health.clone().unwrap_or_else(|| "-".into());
+        let suspended = if app.spec.suspend { " (suspended)" } else { "" };
+        writeln!(
+            out,
+            "{:<20} {:<24} {:<13} {:<10} {:<11} {}{suspended}",
+            app.namespace().unwrap_or_default(),
+            app.name_any(),
+            revision,
+            sync,
+            health,
+            condition(app, "Ready")
+        )?;
+    }
+    Ok(0)
+}
+
+pub async fn sync(global: &GlobalArgs, args: &AppArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+    let (cluster, api) = api(global).await?;
+    get_app(&cluster, &api, &args.app).await?;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = json!({"metadata": {"annotations": {SYNC_REQUEST_ANNOTATION: now}}});
+    api.patch(&args.app, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| cluster.describe(e))?;
+    writeln!(
+        out,
+        "sync of {} requested; the agent runs it now (`tether get apps` shows the result)",
+        args.app
+    )?;
+    Ok(0)
+}
+
+pub async fn diff(global: &GlobalArgs, args: &AppArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+    let (cluster, api) = api(global).await?;
+    let app = get_app(&cluster, &api, &args.app).await?;
+    let client = cluster.client();
+    let resolver = Resolver::new(client.clone())
+        .await
+        .map_err(|e| cluster.describe(e))?;
+    let options = AgentOptions::default();
+    let (revision, tree) = crate::agent::fetch(&client, &options, &app)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let plan = crate::agent::render_and_plan(&client, &resolver, &options, &app, &revision, tree)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    super::plan::write_plan(out, global.output, &plan, Some(&revision))?;
+    Ok(if plan.has_changes() { 2 } else { 0 })
+}
+
+async fn set_suspend(
+    global: &GlobalArgs,
+    name: &str,
+    suspend: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    let (cluster, api) = api(global).await?;
+    let app = get_app(&cluster, &api, name).await?;
+    let mut patch = json!({"spec": {"suspend": suspend}});
+    if !suspend && let Some(previous) = app.annotations().get(ROLLED_BACK_FROM_ANNOTATION) {
+        // Resuming after a rollback: follow the ref it replaced again.
+        let previous: serde_json::Value = serde_json::from_str(previous)
+            .with_context(|| format!("the {ROLLED_BACK_FROM_ANNOTATION} annotation is not JSON"))?;
+        let mut reference = json!({"branch": null, "tag": null, "commit": null, "semver": null});
+        if let (Some(target), Some(fields)) = (reference.as_object_mut(), previous.as_object()) {
+            for (key, value) in fields {
+                target.insert(key.clone(), value.clone());
+            }
+        }
+        patch["spec"]["source"] = json!({"ref": reference});
+        patch["metadata"] = json!({"annotations": {ROLLED_BACK_FROM_ANNOTATION: null}});
+    }
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| cluster.describe(e))?;
+    writeln!(
+        out,
+        "{name} {}",
+        if suspend {
+            "suspended: the agent changes nothing until `tether resume`"
+        } else {
+            "resumed"
+        }
+    )?;
+    Ok(0)
+}
+
+pub async fn suspend(
+    global: &GlobalArgs,
+    args: &AppArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    set_suspend(global, &args.app, true, out).await
+}
+
+pub async fn resume(
+    global: &GlobalArgs,
+    args: &AppArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    set_suspend(global, &args.app, false, out).await
+}
+
+pub async fn history(
+    global: &GlobalArgs,
+    args: &AppArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    let (cluster, api) = api(global).await?;
+    let app = get_app(&cluster, &api, &args.app).await?;
+    let history = app.status.map(|s| s.history).unwrap_or_default();
+    if matches!(global.output, OutputFormat::Json | OutputFormat::Yaml) {
+        write_structured(out, global.output, &history)?;
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "{:<42} {:<22} {:<10} MESSAGE",
+        "REVISION", "TIME", "RESULT"
+    )?;
+    for entry in history {
+        writeln!(
+            out,
+            "{:<42} {:<22} {:<10} {}",
+            entry.revision,
+            entry.time,
+            entry.result,
+            entry.message.unwrap_or_default()
+        )?;
+    }
+    Ok(0)
+}
+
+pub async fn rollback(
+    global: &GlobalArgs,
+    args: &RollbackArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    if !crate::source::reference::is_commit_id(&args.revision) {
+        anyhow::bail!(
+            "{:?} is not a commit id; pick one from `tether history {}`",
+            args.revision,
+            args.app
+        );
+    }
+    let (cluster, api) = api(global).await?;
+    let app = get_app(&cluster, &api, &args.app).await?;
+    let current = serde_json::to_string(&app.spec.source.r#ref)?;
+    let mut patch = json!({
+        "spec": {"source": {"ref": {"branch": null, "tag": null, "semver": null, "commit": args.revision}}}
+    });
+    // Only the first rollback records what to return to.
+    if !app.annotations().contains_key(ROLLED_BACK_FROM_ANNOTATION) {
+        patch["metadata"] = json!({"annotations": {ROLLED_BACK_FROM_ANNOTATION: current}});
+    }
+    api.patch(&args.app, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| cluster.describe(e))?;
+    writeln!(
+        out,
+        "{} is pinned to {}: new commits are not applied until `tether resume {}`",
+        args.app, args.revision, args.app
+    )?;
+    Ok(0)
+}
