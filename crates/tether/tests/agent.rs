@@ -18,6 +18,46 @@ fn cm(name: &str, color: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: {color}\n")
 }
 
+/// An agent running in this test process; `stop` ends it as SIGTERM would.
+struct RunningAgent {
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<Result<(), tether::agent::Error>>,
+}
+
+fn start_agent(client: &kube::Client, options: AgentOptions) -> RunningAgent {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(run(client.clone(), options, async move {
+        let _ = stopped.await;
+    }));
+    RunningAgent { stop, handle }
+}
+
+impl RunningAgent {
+    async fn stop(self) -> Result<(), String> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(Duration::from_secs(30), self.handle).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(err))) => Err(err.to_string()),
+            Ok(Err(panic)) => Err(format!("the agent panicked: {panic}")),
+            Err(_) => Err("the agent did not stop within 30 s".into()),
+        }
+    }
+}
+
+/// Creates Application `name` with `spec` in the namespace of `apps`.
+async fn create_application(apps: &Api<Application>, name: &str, spec: serde_json::Value) {
+    let app: Application = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": name},
+        "spec": spec
+    }))
+    .expect("a valid Application");
+    apps.create(&PostParams::default(), &app)
+        .await
+        .expect("the Application is created");
+}
+
 /// Waits until `check` holds for the Application, or fails with its last status.
 async fn until(
     apps: &Api<Application>,
@@ -57,34 +97,21 @@ async fn the_agent_syncs_new_commits_prunes_and_respects_suspend() {
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(run(
-        client.clone(),
+    let agent = start_agent(
+        &client,
         AgentOptions {
             namespace: Some(ns.name.clone()),
             cache_dir: dir.path().join("cache"),
             ..Default::default()
         },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    );
 
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
-    let app: Application = serde_json::from_value(json!({
-        "apiVersion": "tether.dev/v1alpha1",
-        "kind": "Application",
-        "metadata": {"name": "shop"},
-        "spec": {
+    create_application(&apps, "shop", json!({
             "source": {"repoURL": daemon.url("deploy"), "ref": {"branch": "main"}, "path": "apps/shop"},
             "destination": {"namespace": ns.name},
             "syncPolicy": {"interval": "1s"}
-        }
-    }))
-    .expect("application");
-    apps.create(&PostParams::default(), &app)
-        .await
-        .expect("created");
+        })).await;
 
     let synced = until(&apps, "shop", "first sync", |a| {
         applied(a) == Some(first.as_str())
@@ -174,12 +201,10 @@ async fn the_agent_syncs_new_commits_prunes_and_respects_suspend() {
         Some(second.as_str())
     );
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), agent)
+    agent
+        .stop()
         .await
-        .expect("the agent stops when asked")
-        .expect("no panic")
-        .expect("no error");
+        .expect("the agent stops cleanly when asked");
 }
 
 #[tokio::test]
@@ -188,34 +213,26 @@ async fn a_broken_source_is_reported_and_stalls_after_the_retry_limit() {
     install_crd(&client).await.expect("CRD installed");
     let ns = TestNamespace::create(&client, "agent-broken").await;
     let dir = tempfile::tempdir().expect("temp");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(run(
-        client.clone(),
+    let agent = start_agent(
+        &client,
         AgentOptions {
             namespace: Some(ns.name.clone()),
             cache_dir: dir.path().join("cache"),
             ..Default::default()
         },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    );
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
     let missing = format!("file://{}/nothing-here", dir.path().display());
-    let app: Application = serde_json::from_value(json!({
-        "apiVersion": "tether.dev/v1alpha1",
-        "kind": "Application",
-        "metadata": {"name": "broken"},
-        "spec": {
+    create_application(
+        &apps,
+        "broken",
+        json!({
             "source": {"repoURL": missing, "path": "."},
             "destination": {"namespace": ns.name},
             "syncPolicy": {"interval": "1m", "retry": {"limit": 2, "backoff": "100ms"}}
-        }
-    }))
-    .expect("application");
-    apps.create(&PostParams::default(), &app)
-        .await
-        .expect("created");
+        }),
+    )
+    .await;
     let stalled = until(&apps, "broken", "stalled", |a| {
         a.status.as_ref().is_some_and(|s| {
             s.conditions
@@ -237,8 +254,7 @@ async fn a_broken_source_is_reported_and_stalls_after_the_retry_limit() {
         ready.message
     );
     assert!(status.failures >= 2);
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+    let _ = agent.stop().await;
 }
 
 #[tokio::test]
@@ -253,35 +269,27 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
     repo.write("reported/a.yaml", &cm("reported", "blue"));
     let commit = repo.commit("first");
     let daemon = GitDaemon::start(&root);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(run(
-        client.clone(),
+    let agent = start_agent(
+        &client,
         AgentOptions {
             namespace: Some(ns.name.clone()),
             cache_dir: dir.path().join("cache"),
             ..Default::default()
         },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    );
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
     for (name, self_heal) in [("healed", true), ("reported", false)] {
         // An hour between polls: only the watch can explain a quick reaction.
-        let app: Application = serde_json::from_value(json!({
-            "apiVersion": "tether.dev/v1alpha1",
-            "kind": "Application",
-            "metadata": {"name": name},
-            "spec": {
+        create_application(
+            &apps,
+            name,
+            json!({
                 "source": {"repoURL": daemon.url("deploy"), "path": name},
                 "destination": {"namespace": ns.name},
                 "syncPolicy": {"interval": "1h", "selfHeal": self_heal}
-            }
-        }))
-        .expect("application");
-        apps.create(&PostParams::default(), &app)
-            .await
-            .expect("created");
+            }),
+        )
+        .await;
         until(&apps, name, "first sync", |a| {
             applied(a) == Some(commit.as_str())
         })
@@ -354,8 +362,7 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
         "red",
         "without selfHeal the edit stays"
     );
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+    let _ = agent.stop().await;
 }
 
 /// The API server's own count of per-object requests (GET, APPLY, PATCH, DELETE… of one
@@ -397,33 +404,25 @@ async fn a_no_op_reconcile_of_a_thousand_objects_sends_no_request_for_them() {
     repo.write("apps/many/templates.yaml", &manifests);
     let commit = repo.commit("a thousand objects");
     let daemon = GitDaemon::start(&root);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(run(
-        client.clone(),
+    let agent = start_agent(
+        &client,
         AgentOptions {
             namespace: Some(ns.name.clone()),
             cache_dir: dir.path().join("cache"),
             ..Default::default()
         },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    );
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
-    let app: Application = serde_json::from_value(json!({
-        "apiVersion": "tether.dev/v1alpha1",
-        "kind": "Application",
-        "metadata": {"name": "many"},
-        "spec": {
+    create_application(
+        &apps,
+        "many",
+        json!({
             "source": {"repoURL": daemon.url("many"), "path": "apps/many"},
             "destination": {"namespace": ns.name},
             "syncPolicy": {"interval": "1s"}
-        }
-    }))
-    .expect("application");
-    apps.create(&PostParams::default(), &app)
-        .await
-        .expect("created");
+        }),
+    )
+    .await;
     until(&apps, "many", "first sync", |a| {
         applied(a) == Some(commit.as_str())
     })
@@ -451,8 +450,7 @@ async fn a_no_op_reconcile_of_a_thousand_objects_sends_no_request_for_them() {
         sent, 0,
         "{reconciles} no-op reconciles of 1,000 objects sent {sent} requests for them"
     );
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+    let _ = agent.stop().await;
 }
 
 #[tokio::test]
@@ -472,9 +470,8 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
         .local_addr()
         .expect("addr")
         .port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(run(
-        client.clone(),
+    let agent = start_agent(
+        &client,
         AgentOptions {
             namespace: Some(ns.name.clone()),
             cache_dir: dir.path().join("cache"),
@@ -482,25 +479,18 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
             webhook_secret: Some(b"hook-s3cret".to_vec()),
             ..Default::default()
         },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    );
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
-    let app: Application = serde_json::from_value(json!({
-        "apiVersion": "tether.dev/v1alpha1",
-        "kind": "Application",
-        "metadata": {"name": "hooked"},
-        "spec": {
+    create_application(
+        &apps,
+        "hooked",
+        json!({
             "source": {"repoURL": daemon.url("deploy"), "ref": {"branch": "main"}, "path": "app"},
             "destination": {"namespace": ns.name},
             "syncPolicy": {"interval": "1h"}
-        }
-    }))
-    .expect("application");
-    apps.create(&PostParams::default(), &app)
-        .await
-        .expect("created");
+        }),
+    )
+    .await;
     until(&apps, "hooked", "first sync", |a| {
         applied(a) == Some(first.as_str())
     })
@@ -588,8 +578,7 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
         metrics.contains("tether_webhooks_total{provider=\"github\",result=\"accepted\"} 1"),
         "{metrics}"
     );
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+    let _ = agent.stop().await;
 }
 
 fn tether_cli(args: &[&str]) -> std::process::Output {
@@ -615,33 +604,25 @@ async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
     repo.write("app/a.yaml", &cm("ops", "green"));
     let second = repo.commit("second");
     let daemon = GitDaemon::start(&root);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(run(
-        client.clone(),
+    let agent = start_agent(
+        &client,
         AgentOptions {
             namespace: Some(ns.name.clone()),
             cache_dir: dir.path().join("cache"),
             ..Default::default()
         },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    );
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
-    let app: Application = serde_json::from_value(json!({
-        "apiVersion": "tether.dev/v1alpha1",
-        "kind": "Application",
-        "metadata": {"name": "ops"},
-        "spec": {
+    create_application(
+        &apps,
+        "ops",
+        json!({
             "source": {"repoURL": daemon.url("deploy"), "ref": {"branch": "main"}, "path": "app"},
             "destination": {"namespace": ns.name},
             "syncPolicy": {"interval": "1h"}
-        }
-    }))
-    .expect("application");
-    apps.create(&PostParams::default(), &app)
-        .await
-        .expect("created");
+        }),
+    )
+    .await;
     until(&apps, "ops", "first sync", |a| {
         applied(a) == Some(second.as_str())
     })
@@ -738,6 +719,5 @@ async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
     assert!(suspend.status.success());
     let list = tether_cli(&["get", "apps", "-n", &ns.name]);
     assert!(String::from_utf8_lossy(&list.stdout).contains("(suspended)"));
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+    let _ = agent.stop().await;
 }
