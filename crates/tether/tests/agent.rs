@@ -477,6 +477,7 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
             cache_dir: dir.path().join("cache"),
             listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
             webhook_secret: Some(b"hook-s3cret".to_vec()),
+            api_token: Some(b"api-t0ken".to_vec()),
             ..Default::default()
         },
     );
@@ -578,6 +579,61 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
         metrics.contains("tether_webhooks_total{provider=\"github\",result=\"accepted\"} 1"),
         "{metrics}"
     );
+
+    // The JSON API: a token is required; with it, the list and one Application's objects.
+    let api = |path: String, token: Option<&'static str>, method: &'static str| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        tokio::task::spawn_blocking(move || {
+            let client = reqwest::blocking::Client::new();
+            let mut request = if method == "POST" {
+                client.post(url)
+            } else {
+                client.get(url)
+            };
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().expect("request");
+            let status = response.status().as_u16();
+            let text = response.text().unwrap_or_default();
+            let body: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+            (status, body)
+        })
+    };
+    let (status, _) = api("/api/v1/applications".into(), None, "GET")
+        .await
+        .expect("join");
+    assert_eq!(status, 401, "no token");
+    let (status, _) = api("/api/v1/applications".into(), Some("wrong"), "GET")
+        .await
+        .expect("join");
+    assert_eq!(status, 401, "wrong token");
+    let (status, list) = api("/api/v1/applications".into(), Some("api-t0ken"), "GET")
+        .await
+        .expect("join");
+    assert_eq!(status, 200);
+    assert_eq!(list["applications"][0]["name"], "hooked", "{list}");
+    assert_eq!(list["applications"][0]["sync"], "Synced", "{list}");
+    let (status, one) = api(
+        format!("/api/v1/applications/{}/hooked", ns.name),
+        Some("api-t0ken"),
+        "GET",
+    )
+    .await
+    .expect("join");
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["objects"][0]["key"]["name"], "hooked", "{one}");
+    assert_eq!(one["objects"][0]["sync"], "Synced", "{one}");
+    assert_eq!(one["objects"][0]["health"]["status"], "Healthy", "{one}");
+    let (status, _) = api(
+        format!("/api/v1/applications/{}/hooked/sync", ns.name),
+        Some("api-t0ken"),
+        "POST",
+    )
+    .await
+    .expect("join");
+    assert_eq!(status, 202);
     let _ = agent.stop().await;
 }
 

@@ -4,6 +4,7 @@
 //!
 //! Start at [`run`]; one reconcile of one Application is `reconcile`.
 
+pub mod api;
 pub mod application;
 pub mod drift;
 pub mod server;
@@ -52,6 +53,8 @@ pub struct AgentOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// The shared secret for webhooks (HMAC key, or GitLab's token); none turns them off.
     pub webhook_secret: Option<Vec<u8>>,
+    /// The bearer token of the JSON API; none turns the API off.
+    pub api_token: Option<Vec<u8>>,
 }
 
 impl Default for AgentOptions {
@@ -64,6 +67,7 @@ impl Default for AgentOptions {
             helm_bin: None,
             listen: None,
             webhook_secret: None,
+            api_token: None,
         }
     }
 }
@@ -197,12 +201,28 @@ pub async fn run(
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|e| Error::Listen(address.to_string(), e.to_string()))?;
+            let api = match &options.api_token {
+                Some(token) => Some(api::ApiState {
+                    applications: store.clone(),
+                    trigger: webhook_trigger.clone(),
+                    token: Arc::new(token.clone()),
+                    client: client.clone(),
+                    resolver: Arc::new(
+                        Resolver::new(client.clone())
+                            .await
+                            .map_err(|e| Error::Discovery(e.to_string()))?,
+                    ),
+                    options: options.clone(),
+                }),
+                None => None,
+            };
             let app = server::router(
                 metrics.clone(),
                 store.clone(),
                 webhook_trigger,
                 options.webhook_secret.clone(),
                 ready.clone(),
+                api,
             );
             tracing::info!(%address, "serving webhooks, health and metrics");
             Some(tokio::spawn(async move {

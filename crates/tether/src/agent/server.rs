@@ -1,6 +1,7 @@
 //! The agent's HTTP server: Git webhooks (GitHub, GitLab, Gitea, generic) that trigger an
 //! immediate sync of the Applications following the pushed repository and branch,
-//! `/healthz`, `/readyz` and Prometheus `/metrics`.
+//! `/healthz`, `/readyz`, Prometheus `/metrics`, and the JSON API ([`super::api`]) when a
+//! token is configured.
 //!
 //! # Security
 //! Every webhook is authenticated before its body is believed: an HMAC-SHA256 signature
@@ -137,6 +138,7 @@ pub fn router(
     trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
     webhook_secret: Option<Vec<u8>>,
     ready: Arc<AtomicBool>,
+    api: Option<super::api::ApiState>,
 ) -> Router {
     let state = ServerState {
         metrics,
@@ -145,12 +147,16 @@ pub fn router(
         webhook_secret: webhook_secret.map(Arc::new),
         ready,
     };
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/webhooks/{provider}", post(webhook))
-        .with_state(state)
+        .with_state(state);
+    match api {
+        Some(api) => router.merge(super::api::routes(api)),
+        None => router,
+    }
 }
 
 async fn readyz(State(state): State<ServerState>) -> (StatusCode, &'static str) {

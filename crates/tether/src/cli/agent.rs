@@ -40,6 +40,10 @@ pub struct AgentArgs {
     /// File holding the webhook secret (HMAC key; GitLab's token). Without it, webhooks are off.
     #[arg(long, value_name = "FILE", requires = "listen")]
     pub webhook_secret_file: Option<PathBuf>,
+
+    /// File holding the bearer token of the JSON API (/api/v1). Without it, the API is off.
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    pub api_token_file: Option<PathBuf>,
 }
 
 pub async fn install(
@@ -67,26 +71,13 @@ pub async fn agent(
     if args.install_crd {
         install_crd(&cluster.client()).await?;
     }
-    let webhook_secret = match &args.webhook_secret_file {
-        Some(file) => {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read the webhook secret file {}: {e}",
-                    file.display()
-                )
-            })?;
-            let secret = text.trim_end_matches(['\n', '\r']).as_bytes().to_vec();
-            if secret.is_empty() {
-                anyhow::bail!("the webhook secret file {} is empty", file.display());
-            }
-            Some(secret)
-        }
-        None => None,
-    };
+    let webhook_secret = read_secret(args.webhook_secret_file.as_deref(), "webhook secret")?;
+    let api_token = read_secret(args.api_token_file.as_deref(), "API token")?;
     let options = AgentOptions {
         namespace: (!args.all_namespaces).then(|| cluster.namespace().to_string()),
         listen: args.listen,
         webhook_secret,
+        api_token,
         concurrency: args.concurrency,
         kustomize_bin: args.kustomize_bin.clone(),
         helm_bin: args.helm_bin.clone(),
@@ -112,4 +103,24 @@ pub async fn agent(
     };
     run_agent(cluster.client(), options, shutdown).await?;
     Ok(0)
+}
+
+/// The first line of a secret file; an empty file is an error.
+fn read_secret(file: Option<&std::path::Path>, what: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read the {what} file {}: {e}", file.display()))?;
+    let secret = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .as_bytes()
+        .to_vec();
+    if secret.is_empty() {
+        anyhow::bail!("the {what} file {} is empty", file.display());
+    }
+    Ok(Some(secret))
 }

@@ -1,0 +1,183 @@
+//! The agent's JSON API under `/api/v1`, for tools and the UI: list Applications, show one
+//! with each object's sync state, health and current diff, and trigger a sync.
+//!
+//! # Security
+//! Every request needs `Authorization: Bearer <token>` (compared in constant time); the
+//! token comes from a file, never from the command line. Diffs never contain Secret values.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+
+use super::{AgentOptions, Application};
+use crate::cluster::discovery::Resolver;
+use crate::plan::Action;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub applications: Store<Application>,
+    pub trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
+    pub token: Arc<Vec<u8>>,
+    pub client: kube::Client,
+    pub resolver: Arc<Resolver>,
+    pub options: AgentOptions,
+}
+
+pub fn routes(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/applications", get(list))
+        .route("/api/v1/applications/{namespace}/{name}", get(show))
+        .route("/api/v1/applications/{namespace}/{name}/sync", post(sync))
+        .with_state(state)
+}
+
+type Reply = (StatusCode, Json<Value>);
+
+fn error(code: StatusCode, message: impl Into<String>) -> Reply {
+    (code, Json(json!({"error": message.into()})))
+}
+
+fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), Reply> {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !given.is_empty() && bool::from(given.as_bytes().ct_eq(state.token.as_slice())) {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required",
+        ))
+    }
+}
+
+fn summary(app: &Application) -> Value {
+    let status = app.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| json!({"status": c.status, "reason": c.reason, "message": c.message}));
+    json!({
+        "namespace": app.namespace(),
+        "name": app.name_any(),
+        "repoURL": app.spec.source.repo_url,
+        "path": app.spec.source.path,
+        "suspended": app.spec.suspend,
+        "lastAppliedRevision": status.last_applied_revision,
+        "sync": status.sync.as_ref().map(|s| s.status.clone()),
+        "health": status.health,
+        "ready": ready,
+    })
+}
+
+async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
+    if let Err(reply) = authorized(&state, &headers) {
+        return reply;
+    }
+    let mut apps: Vec<Value> = state
+        .applications
+        .state()
+        .iter()
+        .map(|a| summary(a))
+        .collect();
+    apps.sort_by_key(|a| (a["namespace"].to_string(), a["name"].to_string()));
+    (StatusCode::OK, Json(json!({"applications": apps})))
+}
+
+fn find(state: &ApiState, namespace: &str, name: &str) -> Option<Arc<Application>> {
+    state
+        .applications
+        .get(&ObjectRef::new(name).within(namespace))
+}
+
+/// One Application with its objects: what apply would do, and health, computed now.
+async fn show(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Reply {
+    if let Err(reply) = authorized(&state, &headers) {
+        return reply;
+    }
+    let Some(app) = find(&state, &namespace, &name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no Application {namespace}/{name}"),
+        );
+    };
+    let planned = async {
+        let (revision, tree) = super::fetch(&state.client, &state.options, &app).await?;
+        let plan = super::render_and_plan(
+            &state.client,
+            &state.resolver,
+            &state.options,
+            &app,
+            &revision,
+            tree,
+        )
+        .await?;
+        Ok::<_, String>((revision, plan))
+    }
+    .await;
+    let mut body = summary(&app);
+    body["status"] = serde_json::to_value(&app.status).unwrap_or(Value::Null);
+    match planned {
+        Ok((revision, plan)) => {
+            let objects: Vec<Value> = plan
+                .changes
+                .iter()
+                .map(|change| {
+                    let health = if change.action == Action::Prune {
+                        None
+                    } else {
+                        Some(crate::health::assess(change.live.as_ref()))
+                    };
+                    json!({
+                        "key": change.key,
+                        "origin": change.origin,
+                        "sync": if change.action == Action::Unchanged { "Synced" } else { "OutOfSync" },
+                        "action": change.action,
+                        "health": health,
+                        "diff": change.diff,
+                    })
+                })
+                .collect();
+            body["revision"] = serde_json::to_value(&revision).unwrap_or(Value::Null);
+            body["objects"] = Value::Array(objects);
+        }
+        Err(message) => body["planError"] = Value::String(message),
+    }
+    (StatusCode::OK, Json(body))
+}
+
+async fn sync(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Reply {
+    if let Err(reply) = authorized(&state, &headers) {
+        return reply;
+    }
+    let Some(app) = find(&state, &namespace, &name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no Application {namespace}/{name}"),
+        );
+    };
+    let _ = state.trigger.send(ObjectRef::from_obj(app.as_ref()));
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"sync": "requested", "application": format!("{namespace}/{name}")})),
+    )
+}
