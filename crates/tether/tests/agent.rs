@@ -33,6 +33,11 @@ fn start_agent(client: &kube::Client, options: AgentOptions) -> RunningAgent {
 }
 
 impl RunningAgent {
+    /// Ends the agent at once, as a crash would: nothing is released.
+    fn kill(self) {
+        self.handle.abort();
+    }
+
     async fn stop(self) -> Result<(), String> {
         let _ = self.stop.send(());
         match tokio::time::timeout(Duration::from_secs(30), self.handle).await {
@@ -776,4 +781,93 @@ async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
     let list = tether_cli(&["get", "apps", "-n", &ns.name]);
     assert!(String::from_utf8_lossy(&list.stdout).contains("(suspended)"));
     let _ = agent.stop().await;
+}
+
+async fn lease_holder(client: &kube::Client, namespace: &str) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), namespace);
+    leases
+        .get_opt("tether-agent")
+        .await
+        .ok()
+        .flatten()?
+        .spec?
+        .holder_identity
+}
+
+#[tokio::test]
+async fn of_two_agents_one_leads_and_the_other_takes_over_when_it_dies() {
+    use tether::agent::leader::ElectionOptions;
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-leader").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("app/a.yaml", &cm("led", "blue"));
+    let first = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let agent = |identity: &str| {
+        let mut election = ElectionOptions::new(ns.name.clone());
+        election.identity = identity.into();
+        election.lease_duration = Duration::from_secs(3);
+        election.renew_every = Duration::from_millis(500);
+        start_agent(
+            &client,
+            AgentOptions {
+                namespace: Some(ns.name.clone()),
+                cache_dir: dir.path().join(format!("cache-{identity}")),
+                leader_election: Some(election),
+                ..Default::default()
+            },
+        )
+    };
+    let a = agent("agent-a");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lease_holder(&client, &ns.name).await.as_deref() != Some("agent-a") {
+        assert!(Instant::now() < deadline, "agent-a never took the Lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = agent("agent-b");
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    create_application(
+        &apps,
+        "led",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "app"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1s"}
+        }),
+    )
+    .await;
+    until(&apps, "led", "first sync", |a| {
+        applied(a) == Some(first.as_str())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        lease_holder(&client, &ns.name).await.as_deref(),
+        Some("agent-a"),
+        "agent-b waits while agent-a renews"
+    );
+
+    a.kill();
+    repo.write("app/a.yaml", &cm("led", "green"));
+    let second = repo.commit("second");
+    let died = Instant::now();
+    until(&apps, "led", "the new leader syncs", |a| {
+        applied(a) == Some(second.as_str())
+    })
+    .await;
+    let took = died.elapsed();
+    assert_eq!(
+        lease_holder(&client, &ns.name).await.as_deref(),
+        Some("agent-b")
+    );
+    eprintln!("failover to agent-b and sync: {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "took over and synced in {took:?}"
+    );
+    b.stop().await.expect("agent-b stops cleanly");
 }

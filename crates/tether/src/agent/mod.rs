@@ -7,6 +7,7 @@
 pub mod api;
 pub mod application;
 pub mod drift;
+pub mod leader;
 pub mod server;
 
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct AgentOptions {
     pub webhook_secret: Option<Vec<u8>>,
     /// The bearer token of the JSON API; none turns the API off.
     pub api_token: Option<Vec<u8>>,
+    /// Act only while holding this Lease (several agents, one leader).
+    pub leader_election: Option<leader::ElectionOptions>,
 }
 
 impl Default for AgentOptions {
@@ -68,6 +71,7 @@ impl Default for AgentOptions {
             listen: None,
             webhook_secret: None,
             api_token: None,
+            leader_election: None,
         }
     }
 }
@@ -80,6 +84,8 @@ pub enum Error {
     Status(String, String),
     #[error("the status of {0} changed meanwhile; reconciling again from the newest")]
     StaleStatus(String),
+    #[error("lost the leader Lease; stopping so that the new leader alone acts")]
+    LostLeadership,
     #[error("cannot serve on {0}: {1}")]
     Listen(String, String),
     #[error("API discovery failed: {0}")]
@@ -225,11 +231,11 @@ pub async fn run(
                 api,
             );
             tracing::info!(%address, "serving webhooks, health and metrics");
-            Some(tokio::spawn(async move {
+            Some(AbortOnDrop(tokio::spawn(async move {
                 if let Err(err) = axum::serve(listener, app).await {
                     tracing::warn!(%err, "the HTTP server stopped");
                 }
-            }))
+            })))
         }
         None => None,
     };
@@ -252,6 +258,40 @@ pub async fn run(
         states: Default::default(),
         desired: Default::default(),
     });
+    // With leader election, wait for the Lease (serving health and metrics meanwhile); stop
+    // when it is lost, so that two agents never act at once.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lost_signal = Arc::new(tokio::sync::Notify::new());
+    let mut renewal = None;
+    if let Some(election) = context.options.leader_election.clone() {
+        let election = leader::Election::new(context.client.clone(), election);
+        let lease_lost = tokio::select! {
+            lease_lost = election.lead() => lease_lost,
+            _ = shutdown.clone() => {
+                drop(server);
+                return Ok(());
+            }
+        };
+        let lost = lost.clone();
+        let lost_signal = lost_signal.clone();
+        // Renewal lives exactly as long as this function: if the agent's task dies, so does
+        // its claim on the Lease.
+        renewal = Some(AbortOnDrop(tokio::spawn(async move {
+            lease_lost.await;
+            lost.store(true, std::sync::atomic::Ordering::Relaxed);
+            lost_signal.notify_one();
+        })));
+    }
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {},
+                _ = lost_signal.notified() => {},
+            }
+        }
+    };
     let mut webhooks = webhooks;
     let triggers = futures::stream::select(
         drifted,
@@ -259,7 +299,7 @@ pub async fn run(
     );
     controller
         .reconcile_on(triggers)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(err) = result {
@@ -267,10 +307,21 @@ pub async fn run(
             }
         })
         .await;
-    if let Some(server) = server {
-        server.abort();
+    drop(server);
+    drop(renewal);
+    if lost.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Error::LostLeadership);
     }
     Ok(())
+}
+
+/// A spawned task that ends when this handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Reconcile when the spec changes (generation) or `tether sync` asks (annotation).

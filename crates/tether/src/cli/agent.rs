@@ -41,6 +41,11 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FILE", requires = "listen")]
     pub webhook_secret_file: Option<PathBuf>,
 
+    /// Act only while holding the Lease tether-agent in this namespace (run several agents
+    /// for availability; one acts, another takes over within 15 s when it dies).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub leader_elect: Option<String>,
+
     /// File holding the bearer token of the JSON API (/api/v1). Without it, the API is off.
     #[arg(long, value_name = "FILE", requires = "listen")]
     pub api_token_file: Option<PathBuf>,
@@ -78,6 +83,10 @@ pub async fn agent(
         listen: args.listen,
         webhook_secret,
         api_token,
+        leader_election: args
+            .leader_elect
+            .clone()
+            .map(crate::agent::leader::ElectionOptions::new),
         concurrency: args.concurrency,
         kustomize_bin: args.kustomize_bin.clone(),
         helm_bin: args.helm_bin.clone(),
