@@ -871,3 +871,154 @@ async fn of_two_agents_one_leads_and_the_other_takes_over_when_it_dies() {
     );
     b.stop().await.expect("agent-b stops cleanly");
 }
+
+#[tokio::test]
+async fn an_application_of_applications_and_dependencies_in_order() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-appofapps").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "platform");
+    let daemon = GitDaemon::start(&root);
+    // The root Application renders two child Applications; `web` depends on `infra`.
+    let child = |name: &str, path: &str, depends: &str| {
+        format!(
+            "apiVersion: tether.dev/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  source:\n    repoURL: {}\n    path: {path}\n  \
+             destination: {{namespace: {}}}\n  syncPolicy: {{interval: 1s}}\n{depends}",
+            daemon.url("platform"),
+            ns.name
+        )
+    };
+    repo.write("apps/infra.yaml", &child("infra", "infra", ""));
+    repo.write(
+        "apps/web.yaml",
+        &child("web", "web", "  dependsOn: [{name: infra}]\n"),
+    );
+    repo.write("infra/cm.yaml", &cm("infra-config", "blue"));
+    repo.write("web/cm.yaml", &cm("web-config", "blue"));
+    let commit = repo.commit("platform");
+    let agent = start_agent(
+        &client,
+        AgentOptions {
+            namespace: Some(ns.name.clone()),
+            cache_dir: dir.path().join("cache"),
+            ..Default::default()
+        },
+    );
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    create_application(
+        &apps,
+        "root",
+        json!({
+            "source": {"repoURL": daemon.url("platform"), "path": "apps"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1s"}
+        }),
+    )
+    .await;
+    until(&apps, "root", "root synced", |a| {
+        applied(a) == Some(commit.as_str())
+    })
+    .await;
+    let infra = until(&apps, "infra", "child synced", |a| {
+        applied(a) == Some(commit.as_str())
+    })
+    .await;
+    let web = until(&apps, "web", "dependent synced", |a| {
+        applied(a) == Some(commit.as_str())
+    })
+    .await;
+    let first_applied = |app: &Application| {
+        app.status
+            .as_ref()
+            .and_then(|s| s.history.last())
+            .map(|h| h.time.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        first_applied(&infra) <= first_applied(&web),
+        "web was applied before its dependency: {} vs {}",
+        first_applied(&infra),
+        first_applied(&web)
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        configmaps
+            .get_opt("web-config")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    // The children are members of the root's ApplySet: removing one from Git prunes it.
+    repo.remove("apps/web.yaml");
+    let second = repo.commit("drop web");
+    until(&apps, "root", "root synced again", |a| {
+        applied(a) == Some(second.as_str())
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while apps.get_opt("web").await.expect("get").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the child Application was not pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_dependency_that_is_not_ready_holds_the_application_back() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-depends").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("web/cm.yaml", &cm("waiting", "blue"));
+    repo.commit("web");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(
+        &client,
+        AgentOptions {
+            namespace: Some(ns.name.clone()),
+            cache_dir: dir.path().join("cache"),
+            ..Default::default()
+        },
+    );
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    create_application(
+        &apps,
+        "web",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "web"},
+            "destination": {"namespace": ns.name},
+            "dependsOn": [{"name": "missing-infra"}]
+        }),
+    )
+    .await;
+    let held = until(&apps, "web", "held back", |a| {
+        a.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.reason == "DependencyNotReady")
+        })
+    })
+    .await;
+    let ready = held
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert!(ready.message.contains("missing-infra"), "{}", ready.message);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        configmaps.get_opt("waiting").await.expect("get").is_none(),
+        "nothing applied before the dependency"
+    );
+    let _ = agent.stop().await;
+}
