@@ -6,7 +6,7 @@ SHELL := /bin/bash
 TESTENV := python3 testenv/testenv.py
 PROFILE ?= full
 
-.PHONY: help build demo test lint deps bench-render bench-render-tools bench-apply cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
+.PHONY: help build demo test lint deps bench-render bench-render-tools bench-apply bench-agent cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
 
 help:
 	@echo "make demo            build tether, start the local cluster, plan + apply the example from Git"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-render    render 5,000 manifests from git://, cold and warm (writes bench/reports/)"
 	@echo "make bench-apply     apply 1,000 Deployments + 1,000 Services, tether beside kubectl"
 	@echo "make bench-render-tools  render 50 overlays + 20 charts, cold and cached"
+	@echo "make bench-agent     the agent with 100 Applications × 100 objects: drift, webhooks, memory"
 
 deps:
 	@scripts/install-deps.sh
@@ -43,6 +44,9 @@ bench-apply: deps
 
 bench-render-tools: deps
 	@bench/render-tools.sh
+
+bench-agent: deps
+	@bench/agent.sh
 
 cluster-build:
 	@$(TESTENV) build

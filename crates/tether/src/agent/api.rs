@@ -117,7 +117,7 @@ async fn show(
         );
     };
     let planned = async {
-        let (revision, tree) = super::fetch(&state.client, &state.options, &app).await?;
+        let (revision, tree) = super::fetch(&state.client, &state.options, &app, None).await?;
         let plan = super::render_and_plan(
             &state.client,
             &state.resolver,

@@ -83,6 +83,15 @@ impl DriftWatch {
         (state.verified && !state.drifted).then_some(state.status_changed)
     }
 
+    /// Whether someone changed or deleted a member of set `id` since its last full sync.
+    pub fn is_drifted(&self, id: &str) -> bool {
+        self.sets
+            .lock()
+            .expect("not poisoned")
+            .get(id)
+            .is_some_and(|s| s.drifted)
+    }
+
     /// After a health read: status changes so far are accounted for.
     pub fn health_read(&self, id: &str) {
         if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {

@@ -302,8 +302,12 @@ pub async fn run(
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::warn!(%err, "reconcile failed");
+            match result {
+                Err(kube::runtime::controller::Error::ReconcilerFailed(Error::StaleStatus(name), _)) => {
+                    tracing::debug!(application = %name, "status changed meanwhile; reconciling again");
+                }
+                Err(err) => tracing::warn!(%err, "reconcile failed"),
+                Ok(_) => {}
             }
         })
         .await;
@@ -354,9 +358,19 @@ struct Outcome {
 }
 
 /// One reconcile of one Application: resolve, render, plan, apply when allowed, record.
-async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
     RECONCILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = std::time::Instant::now();
+    // The cache may not hold this agent's last status write yet: read the Application
+    // itself (one request per reconcile, none per object), so the status built here starts
+    // from the newest one and its write does not conflict.
+    let api: Api<Application> =
+        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    let app = match api.get_opt(&cached.name_any()).await {
+        Ok(Some(app)) => Arc::new(app),
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => return Err(Error::Status(cached.name_any(), describe(&e))),
+    };
     let interval =
         parse_duration(&app.spec.sync_policy.interval).unwrap_or(Duration::from_secs(60));
     let status = app.status.clone().unwrap_or_default();
@@ -551,14 +565,23 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
     let name = app.name_any();
     let spec = &app.spec;
     let fetch_started = std::time::Instant::now();
-    let (revision, tree) = fetch(&ctx.client, &ctx.options, app).await?;
+    let applyset_id = crate::apply::applyset::ApplySet::new(&name, &spec.destination.namespace).id;
+    // Drift is corrected to the revision already applied, which the cache holds: no need to
+    // ask Git (or wait for other Applications' fetches) to put back a hand edit.
+    let pin = app
+        .status
+        .as_ref()
+        .filter(|s| {
+            ctx.drift.is_drifted(&applyset_id) && s.observed_generation == app.metadata.generation
+        })
+        .and_then(|s| s.last_applied_revision.clone());
+    let (revision, tree) = fetch(&ctx.client, &ctx.options, app, pin.as_deref()).await?;
     ctx.metrics
         .git_fetch_seconds
         .observe(fetch_started.elapsed().as_secs_f64());
 
     // No-op is free: the revision is the one applied, the spec is unchanged, and the watches
     // saw nothing but status change since the last full sync: no request for any object.
-    let applyset_id = crate::apply::applyset::ApplySet::new(&name, &spec.destination.namespace).id;
     let sync_request = app
         .annotations()
         .get(application::SYNC_REQUEST_ANNOTATION)
@@ -715,17 +738,20 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
 
 /// Resolves the Application's ref and fetches that revision (credentials from its Secret,
 /// signature checked when it names keys).
+/// `pin` fetches that commit instead of resolving the ref.
 pub async fn fetch(
     client: &kube::Client,
     options: &AgentOptions,
     app: &Application,
+    pin: Option<&str>,
 ) -> Result<(Revision, crate::source::git::CommitTree), String> {
     let namespace = app.namespace().unwrap_or_default();
     let spec = &app.spec;
-    let mut source = GitSource::new(
-        spec.source.repo_url.clone(),
-        RefSpec::parse(&spec.source.r#ref.as_ref_text()?).map_err(|e| e.to_string())?,
-    );
+    let reference = match pin {
+        Some(commit) => RefSpec::Commit(commit.to_string()),
+        None => RefSpec::parse(&spec.source.r#ref.as_ref_text()?).map_err(|e| e.to_string())?,
+    };
+    let mut source = GitSource::new(spec.source.repo_url.clone(), reference);
     source.cache_dir = options.cache_dir.join("git");
     let secret_files =
         tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;

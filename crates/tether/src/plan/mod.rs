@@ -242,11 +242,14 @@ struct Context<'a> {
 /// when the set has more than this many of them.
 const LIST_THRESHOLD: usize = 4;
 
-/// Reads the live objects of every (kind, namespace) with many desired objects in one
-/// request each. Absent from the map: read it alone.
+/// Reads the live members of this set for every (kind, namespace) with many desired
+/// objects, one request each. Only members are listed (by the ApplySet label), so memory
+/// stays proportional to the set even when many applications share a namespace; an object
+/// absent from the list (new, or not yet owned) is read alone.
 async fn prefetch_live(
     client: &kube::Client,
     prepared: &[Prepared],
+    applyset_id: &str,
 ) -> Result<BTreeMap<(String, String, String), BTreeMap<String, Value>>, PlanError> {
     let mut groups: BTreeMap<(String, String, String), (KindInfo, usize)> = BTreeMap::new();
     for item in prepared {
@@ -267,7 +270,9 @@ async fn prefetch_live(
             .filter(|(_, (_, n))| *n > LIST_THRESHOLD)
             .map(|(group, (kind, _))| async move {
                 let api = api_for(client, &kind, &group.2);
-                let list = api.list(&ListParams::default()).await;
+                let members =
+                    ListParams::default().labels(&format!("{PART_OF_LABEL}={applyset_id}"));
+                let list = api.list(&members).await;
                 (group, list)
             }),
     )
@@ -428,7 +433,7 @@ pub async fn plan(
         .filter(|p| p.key.group.is_empty() && p.key.kind == "Namespace")
         .map(|p| p.key.name.clone())
         .collect();
-    let prefetched = match prefetch_live(client, &prepared).await {
+    let prefetched = match prefetch_live(client, &prepared, &applyset.id).await {
         Ok(prefetched) => prefetched,
         Err(error) => return Err(PlanErrors(vec![error])),
     };
@@ -446,9 +451,11 @@ pub async fn plan(
                 item.key.kind.clone(),
                 item.key.namespace.clone(),
             );
+            // Listed: its live state. Not listed: unknown (new, or not ours yet), so read it.
             let live = prefetched
                 .get(&group)
-                .map(|objects| objects.get(&item.key.name).cloned());
+                .and_then(|objects| objects.get(&item.key.name).cloned())
+                .map(Some);
             let context = &context;
             async move {
                 let result = plan_one(context, item, live).await;

@@ -194,6 +194,7 @@ impl GitSource {
         };
         std::fs::create_dir_all(&self.cache_dir).map_err(|e| cache_err(e.to_string()))?;
         // One process at a time per repository: concurrent fetches would race on packs and refs.
+        let waiting_since = Instant::now();
         let lock = std::fs::File::create(cache.with_extension("lock"))
             .map_err(|e| cache_err(e.to_string()))?;
         lock.lock()
@@ -208,6 +209,7 @@ impl GitSource {
             url: &url,
             display_url: &display_url,
             started: Instant::now(),
+            waiting_since,
             ssh_stderr: &ssh_stderr,
         };
         let (commit, from_ref, stats) = session.resolve_and_fetch(&repo)?;
@@ -365,6 +367,7 @@ struct RemoteRef {
     commit: gix::ObjectId,
 }
 
+#[derive(Clone)]
 struct Listing {
     refs: Vec<RemoteRef>,
     /// The branch HEAD points at, if the server says.
@@ -376,6 +379,8 @@ struct Session<'a> {
     url: &'a gix::Url,
     display_url: &'a str,
     started: Instant,
+    /// When this fetch began to wait for the repository's lock.
+    waiting_since: Instant,
     /// Where ssh's stderr goes (the command runs through `sh -c`, which redirects it).
     ssh_stderr: &'a Path,
 }
@@ -402,7 +407,17 @@ impl Session<'_> {
             return Ok((oid, None, stats));
         }
         stats.contacted_remote = true;
-        let listing = self.list_refs(repo)?;
+        // Many Applications following one repository wait for its lock together (after a
+        // webhook, say): a listing taken after this one began waiting is as fresh as its own.
+        let listing = match recent_listing(self.display_url, self.waiting_since) {
+            Some(listing) => listing,
+            None => {
+                let listed_at = Instant::now();
+                let listing = self.list_refs(repo)?;
+                remember_listing(self.display_url, listed_at, &listing);
+                listing
+            }
+        };
         let target = self.pick(&listing, repo)?;
         let (commit, from_ref, fetch_src) = match target {
             Target::Ref(r) => (Some(r.commit), Some(r.name.clone()), r.name),
@@ -833,6 +848,23 @@ impl Session<'_> {
         }
         Error::Git { url, reason: text }
     }
+}
+
+/// The last ref listing per URL, with when it was taken.
+static LISTINGS: std::sync::Mutex<BTreeMap<String, (Instant, Listing)>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+fn recent_listing(url: &str, not_before: Instant) -> Option<Listing> {
+    let listings = LISTINGS.lock().expect("not poisoned");
+    let (taken, listing) = listings.get(url)?;
+    (*taken >= not_before).then(|| listing.clone())
+}
+
+fn remember_listing(url: &str, taken: Instant, listing: &Listing) {
+    LISTINGS
+        .lock()
+        .expect("not poisoned")
+        .insert(url.to_string(), (taken, listing.clone()));
 }
 
 enum Target {
