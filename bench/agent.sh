@@ -132,7 +132,12 @@ for n in range(5):
 print(f"webhook_p50 {statistics.median(webhook):.3f}")
 print(f"webhook_max {max(webhook):.3f}")
 
-# Steady state: per-object requests for ConfigMaps over 2 minutes (two polling intervals).
+# Steady state: once every Application has applied the last push (a new commit re-plans
+# all 100, since they share the repository), per-object requests for ConfigMaps over two
+# polling intervals.
+while applied(revision) < apps:
+    time.sleep(0.5)
+time.sleep(10)
 def per_object_configmap_requests():
     text = call("GET", "/metrics").decode()
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
