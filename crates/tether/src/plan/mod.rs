@@ -613,12 +613,28 @@ async fn plan_one(
         },
     };
     let mut before = live.as_ref().map(diff::normalize);
-    let after = diff::normalize(&predicted);
+    let mut after = diff::normalize(&predicted);
     if before.is_some() && before.as_ref() != Some(&after) {
         // A controller may have written the object between our read and the dry-run (which
-        // starts from the newest state): compare with a fresh read before calling it drift.
+        // starts from the newest state): compare with a fresh read before calling it drift,
+        // and if it moved again meanwhile, dry-run once more from that state.
+        let first_version = live
+            .as_ref()
+            .map(|l| l["metadata"]["resourceVersion"].clone());
         live = read_live().await?;
         before = live.as_ref().map(diff::normalize);
+        let moved = live
+            .as_ref()
+            .map(|l| l["metadata"]["resourceVersion"].clone())
+            != first_version;
+        if moved
+            && before.as_ref() != Some(&after)
+            && let Ok(again) = api
+                .patch(&key.name, &params, &Patch::Apply(&manifest))
+                .await
+        {
+            after = diff::normalize(&serde_json::to_value(again).expect("objects serialize"));
+        }
     }
     change.takes_over_from = live
         .as_ref()
