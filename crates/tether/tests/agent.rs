@@ -49,6 +49,15 @@ impl RunningAgent {
     }
 }
 
+/// An agent watching the test namespace, caching under `dir`.
+fn options_for(ns: &TestNamespace, dir: &std::path::Path) -> AgentOptions {
+    AgentOptions {
+        namespace: Some(ns.name.clone()),
+        cache_dir: dir.join("cache"),
+        ..Default::default()
+    }
+}
+
 /// Creates Application `name` with `spec` in the namespace of `apps`.
 async fn create_application(apps: &Api<Application>, name: &str, spec: serde_json::Value) {
     let app: Application = serde_json::from_value(json!({
@@ -102,14 +111,7 @@ async fn the_agent_syncs_new_commits_prunes_and_respects_suspend() {
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
 
-    let agent = start_agent(
-        &client,
-        AgentOptions {
-            namespace: Some(ns.name.clone()),
-            cache_dir: dir.path().join("cache"),
-            ..Default::default()
-        },
-    );
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
 
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
     create_application(&apps, "shop", json!({
@@ -218,14 +220,7 @@ async fn a_broken_source_is_reported_and_stalls_after_the_retry_limit() {
     install_crd(&client).await.expect("CRD installed");
     let ns = TestNamespace::create(&client, "agent-broken").await;
     let dir = tempfile::tempdir().expect("temp");
-    let agent = start_agent(
-        &client,
-        AgentOptions {
-            namespace: Some(ns.name.clone()),
-            cache_dir: dir.path().join("cache"),
-            ..Default::default()
-        },
-    );
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
     let missing = format!("file://{}/nothing-here", dir.path().display());
     create_application(
@@ -274,14 +269,7 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
     repo.write("reported/a.yaml", &cm("reported", "blue"));
     let commit = repo.commit("first");
     let daemon = GitDaemon::start(&root);
-    let agent = start_agent(
-        &client,
-        AgentOptions {
-            namespace: Some(ns.name.clone()),
-            cache_dir: dir.path().join("cache"),
-            ..Default::default()
-        },
-    );
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
     for (name, self_heal) in [("healed", true), ("reported", false)] {
         // An hour between polls: only the watch can explain a quick reaction.
@@ -409,14 +397,7 @@ async fn a_no_op_reconcile_of_a_thousand_objects_sends_no_request_for_them() {
     repo.write("apps/many/templates.yaml", &manifests);
     let commit = repo.commit("a thousand objects");
     let daemon = GitDaemon::start(&root);
-    let agent = start_agent(
-        &client,
-        AgentOptions {
-            namespace: Some(ns.name.clone()),
-            cache_dir: dir.path().join("cache"),
-            ..Default::default()
-        },
-    );
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
     create_application(
         &apps,
@@ -478,12 +459,10 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
     let agent = start_agent(
         &client,
         AgentOptions {
-            namespace: Some(ns.name.clone()),
-            cache_dir: dir.path().join("cache"),
             listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
             webhook_secret: Some(b"hook-s3cret".to_vec()),
             api_token: Some(b"api-t0ken".to_vec()),
-            ..Default::default()
+            ..options_for(&ns, dir.path())
         },
     );
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
@@ -665,14 +644,7 @@ async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
     repo.write("app/a.yaml", &cm("ops", "green"));
     let second = repo.commit("second");
     let daemon = GitDaemon::start(&root);
-    let agent = start_agent(
-        &client,
-        AgentOptions {
-            namespace: Some(ns.name.clone()),
-            cache_dir: dir.path().join("cache"),
-            ..Default::default()
-        },
-    );
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
     create_application(
         &apps,
@@ -898,14 +870,7 @@ async fn an_application_of_applications_and_dependencies_in_order() {
     repo.write("infra/cm.yaml", &cm("infra-config", "blue"));
     repo.write("web/cm.yaml", &cm("web-config", "blue"));
     let commit = repo.commit("platform");
-    let agent = start_agent(
-        &client,
-        AgentOptions {
-            namespace: Some(ns.name.clone()),
-            cache_dir: dir.path().join("cache"),
-            ..Default::default()
-        },
-    );
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
     create_application(
         &apps,
@@ -979,14 +944,7 @@ async fn a_dependency_that_is_not_ready_holds_the_application_back() {
     repo.write("web/cm.yaml", &cm("waiting", "blue"));
     repo.commit("web");
     let daemon = GitDaemon::start(&root);
-    let agent = start_agent(
-        &client,
-        AgentOptions {
-            namespace: Some(ns.name.clone()),
-            cache_dir: dir.path().join("cache"),
-            ..Default::default()
-        },
-    );
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
     create_application(
         &apps,

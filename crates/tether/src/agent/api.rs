@@ -95,10 +95,23 @@ async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
     (StatusCode::OK, Json(json!({"applications": apps})))
 }
 
-fn find(state: &ApiState, namespace: &str, name: &str) -> Option<Arc<Application>> {
+/// The Application a request names, once the request is authorized.
+fn authorized_app(
+    state: &ApiState,
+    headers: &HeaderMap,
+    namespace: &str,
+    name: &str,
+) -> Result<Arc<Application>, Reply> {
+    authorized(state, headers)?;
     state
         .applications
         .get(&ObjectRef::new(name).within(namespace))
+        .ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no Application {namespace}/{name}"),
+            )
+        })
 }
 
 /// One Application with its objects: what apply would do, and health, computed now.
@@ -107,14 +120,9 @@ async fn show(
     headers: HeaderMap,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Reply {
-    if let Err(reply) = authorized(&state, &headers) {
-        return reply;
-    }
-    let Some(app) = find(&state, &namespace, &name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no Application {namespace}/{name}"),
-        );
+    let app = match authorized_app(&state, &headers, &namespace, &name) {
+        Ok(app) => app,
+        Err(reply) => return reply,
     };
     let planned = async {
         let (revision, tree) = super::fetch(&state.client, &state.options, &app, None).await?;
@@ -166,14 +174,9 @@ async fn sync(
     headers: HeaderMap,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Reply {
-    if let Err(reply) = authorized(&state, &headers) {
-        return reply;
-    }
-    let Some(app) = find(&state, &namespace, &name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no Application {namespace}/{name}"),
-        );
+    let app = match authorized_app(&state, &headers, &namespace, &name) {
+        Ok(app) => app,
+        Err(reply) => return reply,
     };
     let _ = state.trigger.send(ObjectRef::from_obj(app.as_ref()));
     (
