@@ -29,6 +29,24 @@ impl std::fmt::Display for HealthStatus {
     }
 }
 
+impl HealthStatus {
+    /// The least healthy of `statuses` (Healthy when there are none): how healthy an
+    /// application is. Degraded beats Missing beats Progressing beats Unknown.
+    pub fn worst(statuses: impl IntoIterator<Item = HealthStatus>) -> HealthStatus {
+        let severity = |s: &HealthStatus| match s {
+            HealthStatus::Healthy => 0,
+            HealthStatus::Unknown => 1,
+            HealthStatus::Progressing => 2,
+            HealthStatus::Missing => 3,
+            HealthStatus::Degraded => 4,
+        };
+        statuses
+            .into_iter()
+            .max_by_key(severity)
+            .unwrap_or(HealthStatus::Healthy)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Health {
     pub status: HealthStatus,
@@ -311,6 +329,17 @@ mod tests {
             "status": {"observedGeneration": observed, "updatedReplicas": updated,
                        "availableReplicas": available, "replicas": total}
         })
+    }
+
+    #[test]
+    fn the_worst_status_wins() {
+        use HealthStatus::*;
+        assert_eq!(
+            HealthStatus::worst([Healthy, Progressing, Unknown]),
+            Progressing
+        );
+        assert_eq!(HealthStatus::worst([Missing, Degraded, Healthy]), Degraded);
+        assert_eq!(HealthStatus::worst([]), Healthy);
     }
 
     #[test]

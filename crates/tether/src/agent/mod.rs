@@ -21,7 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{CustomResourceExt, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::apply::{ApplyOptions, apply};
+use crate::apply::{ApplyOptions, apply, describe};
 use crate::cluster::discovery::Resolver;
 use crate::duration::parse_duration;
 use crate::health::{self, HealthStatus};
@@ -604,7 +604,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
                 .get(&applyset_id)
                 .cloned()
                 .unwrap_or_default();
-            assess(ctx, &desired, &spec.destination.namespace).await
+            assess(ctx, &desired).await
         } else {
             health_from(previous)
         };
@@ -722,7 +722,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         });
         sync.status = "Synced".into();
     }
-    let health = assess(ctx, &desired, &spec.destination.namespace).await;
+    let health = assess(ctx, &desired).await;
     ctx.desired
         .lock()
         .expect("not poisoned")
@@ -855,7 +855,6 @@ async fn assess(
         crate::render::ObjectKey,
         Option<crate::cluster::discovery::KindInfo>,
     )],
-    _namespace: &str,
 ) -> HealthStatus {
     let checks = futures::stream::iter((0..desired.len()).map(|i| async move {
         let (key, kind) = &desired[i];
@@ -873,17 +872,7 @@ async fn assess(
     .buffer_unordered(ctx.options.concurrency.max(1))
     .collect::<Vec<_>>()
     .await;
-    let rank = |s: &HealthStatus| match s {
-        HealthStatus::Healthy => 0,
-        HealthStatus::Unknown => 1,
-        HealthStatus::Progressing => 2,
-        HealthStatus::Missing => 3,
-        HealthStatus::Degraded => 4,
-    };
-    checks
-        .into_iter()
-        .max_by_key(rank)
-        .unwrap_or(HealthStatus::Healthy)
+    HealthStatus::worst(checks)
 }
 
 /// Git credentials from a Secret: `username`/`password` for HTTPS; `sshPrivateKey` and
@@ -925,13 +914,6 @@ async fn credentials(
         known_hosts: file("knownHosts", "known_hosts")?,
         ca_file: file("caFile", "ca.pem")?,
     })
-}
-
-fn describe(err: &kube::Error) -> String {
-    match err {
-        kube::Error::Api(status) => status.message.clone(),
-        other => other.to_string(),
-    }
 }
 
 fn set_condition(

@@ -617,7 +617,8 @@ async fn wait_healthy(
     }
 }
 
-fn describe(err: &kube::Error) -> String {
+/// A client error as a user reads it: the API server's own message when it sent one.
+pub(crate) fn describe(err: &kube::Error) -> String {
     match err {
         kube::Error::Api(status) => status.message.clone(),
         other => other.to_string(),

@@ -84,17 +84,8 @@ pub async fn run(
         Sync::OutOfSync
     };
     // The application is as healthy as its least healthy object.
-    let overall = objects
-        .iter()
-        .map(|o| o.health.status)
-        .max_by_key(|s| match s {
-            HealthStatus::Healthy => 0,
-            HealthStatus::Unknown => 1,
-            HealthStatus::Progressing => 2,
-            HealthStatus::Missing => 3,
-            HealthStatus::Degraded => 4,
-        })
-        .unwrap_or(HealthStatus::Healthy);
+    let overall = objects.iter().map(|o| o.health.status);
+    let overall = HealthStatus::worst(overall);
     match global.output {
         OutputFormat::Json | OutputFormat::Yaml => {
             let document = StatusDocument {
