@@ -7,8 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::git::{GitDaemon, GitRepo};
 use support::{TestNamespace, cluster};
@@ -377,8 +377,29 @@ async fn requests_for(client: &kube::Client, resource: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// The API server's count of writes (create, apply, patch, update, delete; dry-runs do not
+/// count) of single objects of `resource`.
+async fn writes_for(client: &kube::Client, resource: &str) -> u64 {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("request");
+    let text = client.request_text(request).await.expect("metrics");
+    let needle = format!("resource=\"{resource}\"");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains(&needle)
+                && l.contains("dry_run=\"\"")
+                && ["APPLY", "PATCH", "POST", "PUT", "DELETE"]
+                    .iter()
+                    .any(|verb| l.contains(&format!("verb=\"{verb}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 #[tokio::test]
-async fn a_no_op_reconcile_of_a_thousand_objects_sends_no_request_for_them() {
+async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_nothing() {
     use std::sync::atomic::Ordering;
     let client = cluster().await.client();
     install_crd(&client).await.expect("CRD installed");
@@ -436,7 +457,85 @@ async fn a_no_op_reconcile_of_a_thousand_objects_sends_no_request_for_them() {
         sent, 0,
         "{reconciles} no-op reconciles of 1,000 objects sent {sent} requests for them"
     );
-    let _ = agent.stop().await;
+
+    // A push to another folder of the same repository: the new revision renders what is
+    // applied, so the Application moves to it without a request for its objects.
+    let requests_before = requests_for(&client, "podtemplates").await;
+    repo.write("apps/other/cm.yaml", &cm("other", "red"));
+    let elsewhere = repo.commit("another application's change");
+    let moved = until(&apps, "many", "the push to another folder", |a| {
+        applied(a) == Some(elsewhere.as_str())
+    })
+    .await;
+    assert_eq!(
+        requests_for(&client, "podtemplates").await - requests_before,
+        0,
+        "a revision that changed another folder sent requests for this Application's objects"
+    );
+    assert_eq!(
+        moved
+            .status
+            .as_ref()
+            .and_then(|s| s.sync.as_ref())
+            .map(|s| s.revision.as_str()),
+        Some(elsewhere.as_str())
+    );
+    agent.stop().await.expect("the agent stops");
+
+    // A restart forgets what the watches saw, so the new agent plans everything once (dry
+    // runs); it must write nothing: no object, not the ApplySet parent, not the status.
+    let writes_before = writes_for(&client, "podtemplates").await;
+    assert!(
+        writes_before >= 1000,
+        "the write count does not see the first sync's 1,000 creates ({writes_before})"
+    );
+    let requests_before = requests_for(&client, "podtemplates").await;
+    let app_version = apps.get("many").await.expect("app").resource_version();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
+    let parent_version = secrets
+        .get("tether-many")
+        .await
+        .expect("parent")
+        .resource_version();
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while requests_for(&client, "podtemplates").await - requests_before < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent did not plan the objects"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let it finish that reconcile and run a few more.
+    let reconciles_before = tether::agent::RECONCILES.load(Ordering::Relaxed);
+    while tether::agent::RECONCILES.load(Ordering::Relaxed) - reconciles_before < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent stopped reconciling"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        writes_for(&client, "podtemplates").await - writes_before,
+        0,
+        "the restarted agent wrote objects that were already as Git says"
+    );
+    assert_eq!(
+        secrets
+            .get("tether-many")
+            .await
+            .expect("parent")
+            .resource_version(),
+        parent_version,
+        "the restarted agent rewrote the ApplySet parent"
+    );
+    assert_eq!(
+        apps.get("many").await.expect("app").resource_version(),
+        app_version,
+        "the restarted agent rewrote an unchanged status"
+    );
+    agent.stop().await.expect("the agent stops");
 }
 
 #[tokio::test]

@@ -73,6 +73,23 @@ impl DriftWatch {
         state.verified = !state.kinds.is_empty() && state.kinds.iter().all(|k| ready.contains(k));
         state.drifted = false;
         state.status_changed = false;
+        state.applied_digest = None;
+    }
+
+    /// The full sync of set `id` left the cluster holding the render with this digest.
+    pub fn set_applied_digest(&self, id: &str, digest: [u8; 32]) {
+        if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
+            state.applied_digest = Some(digest);
+        }
+    }
+
+    /// The digest of the render the cluster holds for set `id`, if known.
+    pub fn applied_digest(&self, id: &str) -> Option<[u8; 32]> {
+        self.sets
+            .lock()
+            .expect("not poisoned")
+            .get(id)
+            .and_then(|s| s.applied_digest)
     }
 
     /// Whether a periodic reconcile of set `id` may skip planning: `Some(status_changed)`
@@ -228,6 +245,8 @@ struct SetState {
     drifted: bool,
     /// A member's status changed since (health may differ).
     status_changed: bool,
+    /// The digest of the render the last full sync left the cluster holding.
+    applied_digest: Option<[u8; 32]>,
 }
 
 /// Who changed an object, judged from its managedFields.

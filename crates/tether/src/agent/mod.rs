@@ -576,57 +576,79 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         })
         .and_then(|s| s.last_applied_revision.clone());
     let (revision, tree) = fetch(&ctx.client, &ctx.options, app, pin.as_deref()).await?;
+    let mut tree = Some(tree);
     ctx.metrics
         .git_fetch_seconds
         .observe(fetch_started.elapsed().as_secs_f64());
 
-    // No-op is free: the revision is the one applied, the spec is unchanged, and the watches
-    // saw nothing but status change since the last full sync: no request for any object.
+    // No-op is free. Nothing is asked of the cluster for the Application's objects when the
+    // spec and the sync request are unchanged, the last full sync left it Synced, and the
+    // watches saw nothing but status change since; and either the revision is the one
+    // applied, or a new revision renders exactly what was applied (a push that touched
+    // other folders of a shared repository).
     let sync_request = app
         .annotations()
         .get(application::SYNC_REQUEST_ANNOTATION)
         .cloned();
-    if let Some(status) = &app.status
-        && status.last_sync_request == sync_request
-        && status.last_applied_revision.as_deref() == Some(revision.commit.as_str())
-        && status.observed_generation == app.metadata.generation
-        && let (Some(sync), Some(apply_set)) = (&status.sync, &status.apply_set)
-        && sync.status == "Synced"
+    let settled = app.status.as_ref().and_then(|status| {
+        let unchanged = status.last_sync_request == sync_request
+            && status.observed_generation == app.metadata.generation;
+        let (sync, apply_set) = (status.sync.as_ref()?, status.apply_set.as_ref()?);
+        (unchanged && sync.status == "Synced").then_some((status, sync, apply_set))
+    });
+    let mut rendered = None;
+    if let Some((status, sync, apply_set)) = settled
         && let Some(status_changed) = ctx.drift.may_skip(&applyset_id)
     {
-        let previous = status.health.as_deref().unwrap_or("Unknown");
-        let health = if status_changed {
-            ctx.drift.health_read(&applyset_id);
-            let desired = ctx
-                .desired
-                .lock()
-                .expect("not poisoned")
-                .get(&applyset_id)
-                .cloned()
-                .unwrap_or_default();
-            assess(ctx, &desired).await
+        let same_revision =
+            status.last_applied_revision.as_deref() == Some(revision.commit.as_str());
+        let same_output = if same_revision {
+            true
         } else {
-            health_from(previous)
+            let tree = tree.take().expect("the tree is rendered once");
+            let objects = render_app(&ctx.resolver, &ctx.options, app, &revision, tree).await?;
+            let digest = digest_of(&objects);
+            rendered = Some((objects, digest));
+            ctx.drift.applied_digest(&applyset_id) == Some(digest)
         };
-        return Ok(Outcome {
-            revision,
-            sync: sync.clone(),
-            health,
-            applied: None,
-            apply_set: apply_set.clone(),
-        });
+        if same_output {
+            let previous = status.health.as_deref().unwrap_or("Unknown");
+            let health = if status_changed {
+                ctx.drift.health_read(&applyset_id);
+                let desired = ctx
+                    .desired
+                    .lock()
+                    .expect("not poisoned")
+                    .get(&applyset_id)
+                    .cloned()
+                    .unwrap_or_default();
+                assess(ctx, &desired).await
+            } else {
+                health_from(previous)
+            };
+            let mut sync = sync.clone();
+            sync.revision = revision.commit.clone();
+            return Ok(Outcome {
+                revision,
+                sync,
+                health,
+                applied: None,
+                apply_set: apply_set.clone(),
+            });
+        }
     }
     ctx.drift.begin_full_sync(&applyset_id);
 
-    let planned = render_and_plan(
-        &ctx.client,
-        &ctx.resolver,
-        &ctx.options,
-        app,
-        &revision,
-        tree,
-    )
-    .await?;
+    let (objects, digest) = match rendered {
+        Some(rendered) => rendered,
+        None => {
+            let tree = tree.take().expect("the tree is rendered once");
+            let objects = render_app(&ctx.resolver, &ctx.options, app, &revision, tree).await?;
+            let digest = digest_of(&objects);
+            (objects, digest)
+        }
+    };
+    let planned = plan_app(&ctx.client, &ctx.resolver, &ctx.options, app, objects).await?;
     let summary = planned.summary();
     let apply_set = ApplySetReference {
         kind: "Secret".into(),
@@ -722,6 +744,11 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         });
         sync.status = "Synced".into();
     }
+    if sync.status == "Synced" {
+        // The cluster now holds this render: a later revision that renders the same needs
+        // no plan.
+        ctx.drift.set_applied_digest(&applyset_id, digest);
+    }
     let health = assess(ctx, &desired).await;
     ctx.desired
         .lock()
@@ -790,6 +817,18 @@ pub async fn render_and_plan(
     revision: &Revision,
     tree: crate::source::git::CommitTree,
 ) -> Result<crate::plan::Plan, String> {
+    let objects = render_app(resolver, options, app, revision, tree).await?;
+    plan_app(client, resolver, options, app, objects).await
+}
+
+/// Renders a fetched revision as the Application says.
+async fn render_app(
+    resolver: &Resolver,
+    options: &AgentOptions,
+    app: &Application,
+    revision: &Revision,
+    tree: crate::source::git::CommitTree,
+) -> Result<Vec<crate::render::Object>, String> {
     let name = app.name_any();
     let spec = &app.spec;
     let renderer = match spec.render.renderer.as_deref() {
@@ -807,7 +846,7 @@ pub async fn render_and_plan(
         renderer,
         vars: spec.render.variables.clone(),
         namespace: spec.destination.namespace.clone(),
-        app: name.clone(),
+        app: name,
         kustomize_bin: options.kustomize_bin.clone(),
         helm_bin: options.helm_bin.clone(),
         revision: Some(revision.commit.clone()),
@@ -822,20 +861,41 @@ pub async fn render_and_plan(
             spec.source.path
         )
     })?;
-    let objects =
-        tokio::task::spawn_blocking(move || crate::render::render(&tree, &path, &render_options))
-            .await
-            .map_err(|e| format!("the render task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || crate::render::render(&tree, &path, &render_options))
+        .await
+        .map_err(|e| format!("the render task failed: {e}"))?
+        .map_err(|e| e.to_string())
+}
 
-    let mut plan_options = PlanOptions::new(name.clone(), spec.destination.namespace.clone());
+/// Plans rendered objects against the cluster as the Application's policy says.
+async fn plan_app(
+    client: &kube::Client,
+    resolver: &Resolver,
+    options: &AgentOptions,
+    app: &Application,
+    objects: Vec<crate::render::Object>,
+) -> Result<crate::plan::Plan, String> {
+    let spec = &app.spec;
+    let mut plan_options = PlanOptions::new(app.name_any(), spec.destination.namespace.clone());
     plan_options.concurrency = options.concurrency;
     // With selfHeal, Git is the authority: fields someone else took are taken back.
     plan_options.force_conflicts = spec.sync_policy.self_heal;
-    let planned = plan(client, resolver, objects, &plan_options)
+    plan(client, resolver, objects, &plan_options)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(planned)
+        .map_err(|e| e.to_string())
+}
+
+/// What a render produced, as one value: two renders with the same digest make the same
+/// plan against the same cluster (where each object came from does not count).
+fn digest_of(objects: &[crate::render::Object]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for object in objects {
+        let manifest = object.manifest.to_string();
+        hasher.update((manifest.len() as u64).to_le_bytes());
+        hasher.update(manifest.as_bytes());
+    }
+    hasher.finalize().into()
 }
 
 fn health_from(text: &str) -> HealthStatus {
