@@ -1079,3 +1079,230 @@ async fn a_dependency_that_is_not_ready_holds_the_application_back() {
     );
     let _ = agent.stop().await;
 }
+
+/// Sends `signal` (a `kill -s` name) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -s {signal} {pid} failed");
+}
+
+/// Waits up to `limit` for `child` to exit.
+async fn exit_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_once_on_a_second() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-sigterm").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "big");
+    let write_all = |color: &str| {
+        let mut manifests = String::new();
+        for i in 0..400 {
+            manifests.push_str("---\n");
+            manifests.push_str(&cm(&format!("c-{i:03}"), color));
+        }
+        repo.write("apps/big/configmaps.yaml", &manifests);
+    };
+    write_all("red");
+    let first = repo.commit("400 ConfigMaps");
+    let daemon = GitDaemon::start(&root);
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    create_application(
+        &apps,
+        "big",
+        json!({
+            "source": {"repoURL": daemon.url("big"), "path": "apps/big"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h"}
+        }),
+    )
+    .await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let id = tether::apply::applyset::ApplySet::new("big", &ns.name).id;
+    let members = kube::api::ListParams::default()
+        .labels(&format!("{}={id}", tether::apply::applyset::PART_OF_LABEL));
+    // The agent binary, and its stderr line by line.
+    let spawn = || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args([
+                "agent",
+                "--concurrency",
+                "2",
+                "-n",
+                &ns.name,
+                "--kubeconfig",
+            ])
+            .arg(support::kubeconfig())
+            .env("TETHER_CACHE_DIR", dir.path().join("cache"))
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the tether binary starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let Ok(line) = line else { break };
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, received)
+    };
+    // Waits for a stderr line containing `text`.
+    let wait_for_line = |received: &std::sync::mpsc::Receiver<String>, text: &str| {
+        let mut seen = Vec::new();
+        loop {
+            match received.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains(text) => return,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no line with {text:?} on stderr; saw:\n{}", seen.join("\n")),
+            }
+        }
+    };
+    // Waits until the apply is under way: some, not all, objects carry `wanted`.
+    let under_way = |wanted: &'static str| {
+        let configmaps = configmaps.clone();
+        let members = members.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let list = configmaps.list(&members).await.expect("list");
+                let done = list
+                    .items
+                    .iter()
+                    .filter(|c| {
+                        c.data
+                            .as_ref()
+                            .and_then(|d| d.get("color"))
+                            .map(String::as_str)
+                            == Some(wanted)
+                    })
+                    .count();
+                if done > 0 {
+                    return done;
+                }
+                assert!(Instant::now() < deadline, "the apply did not start");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // One SIGTERM in the middle of the first apply: the agent finishes it, writes the
+    // status, and exits 0.
+    let (mut agent, stderr) = spawn();
+    let seen = under_way("red").await;
+    assert!(
+        seen < 400,
+        "the apply finished before the signal ({seen} objects)"
+    );
+    signal(agent.id(), "TERM");
+    wait_for_line(&stderr, "shutting down after the reconciles in flight");
+    let status = exit_within(&mut agent, Duration::from_secs(60))
+        .await
+        .expect("the agent exits within 60 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(
+        configmaps.list(&members).await.expect("list").items.len(),
+        400
+    );
+    let app = apps.get("big").await.expect("app");
+    assert_eq!(
+        applied(&app),
+        Some(first.as_str()),
+        "the finished apply is recorded in the status"
+    );
+
+    // Two signals in the middle of the next apply: it is abandoned at once. Every object
+    // written is still a recorded member (the parent lists ConfigMaps), and the next agent
+    // completes the revision.
+    write_all("blue");
+    let second = repo.commit("all blue");
+    let (mut agent, stderr) = spawn();
+    let seen = under_way("blue").await;
+    signal(agent.id(), "TERM");
+    // The second signal once the first is handled (two at once may arrive as one).
+    wait_for_line(&stderr, "shutting down after the reconciles in flight");
+    signal(agent.id(), "TERM");
+    let status = exit_within(&mut agent, Duration::from_secs(5))
+        .await
+        .expect("the agent exits within 5 s of a second SIGTERM");
+    assert_eq!(status.code(), Some(143), "exit status {status}");
+    let blue = configmaps
+        .list(&members)
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .filter(|c| {
+            c.data
+                .as_ref()
+                .and_then(|d| d.get("color"))
+                .map(String::as_str)
+                == Some("blue")
+        })
+        .count();
+    assert!(
+        (seen..400).contains(&blue),
+        "{blue} of 400 objects were updated when the apply was abandoned (at least {seen} before the signal)"
+    );
+    assert_ne!(
+        applied(&apps.get("big").await.expect("app")),
+        Some(second.as_str())
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
+    let parent = secrets
+        .get("tether-big")
+        .await
+        .expect("the ApplySet parent");
+    assert_eq!(
+        parent
+            .annotations()
+            .get("applyset.kubernetes.io/contains-group-kinds")
+            .map(String::as_str),
+        Some("ConfigMap")
+    );
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    until(
+        &apps,
+        "big",
+        "the abandoned revision completed by the next agent",
+        |a| applied(a) == Some(second.as_str()),
+    )
+    .await;
+    let blue = configmaps
+        .list(&members)
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .filter(|c| {
+            c.data
+                .as_ref()
+                .and_then(|d| d.get("color"))
+                .map(String::as_str)
+                == Some("blue")
+        })
+        .count();
+    assert_eq!(blue, 400);
+    agent.stop().await.expect("the agent stops");
+}

@@ -101,6 +101,8 @@ pub async fn agent(
             .unwrap_or_else(|| "all namespaces".into()),
         cluster.server()
     );
+    // The first SIGTERM or Ctrl-C lets the reconciles in flight finish (an apply runs to
+    // its end and its status is written); a second one stops at once.
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -108,7 +110,19 @@ pub async fn agent(
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
         }
-        eprintln!("tether agent: shutting down after the reconciles in flight");
+        eprintln!(
+            "tether agent: shutting down after the reconciles in flight (signal again to stop at once)"
+        );
+        tokio::spawn(async move {
+            let code = tokio::select! {
+                _ = tokio::signal::ctrl_c() => 130,
+                _ = term.recv() => 143,
+            };
+            eprintln!(
+                "tether agent: stopping at once; an apply in flight is abandoned (what it wrote is recorded in its ApplySet, and the next reconcile completes it)"
+            );
+            std::process::exit(code);
+        });
     };
     run_agent(cluster.client(), options, shutdown).await?;
     Ok(0)
