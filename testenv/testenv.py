@@ -4,6 +4,7 @@
 Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and etcd (at the
 version Kubernetes pins) from the Go module proxy, plus kwok, helm and kustomize; caches
 them outside the repository; starts them on free loopback ports. Start reading at `main`.
+On request only (`build flux`), Flux's source- and kustomize-controller for the benchmarks.
 
 Commands: build, up, down, env, status, logs, bin. `testenv.py --help` says more.
 """
@@ -43,6 +44,15 @@ PROFILES = {
     "minimal": ["etcd", "kube-apiserver"],
     # controllers, a scheduler and kwok's simulated nodes, so workloads become Ready.
     "full": ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"],
+}
+# What `build` builds without arguments: everything `make test` and the demo need.
+DEFAULT_TARGETS = ["kubernetes", "kwok", "helm", "kustomize"]
+# Built only when named: the peer the benchmarks measure tether against.
+EXTRA_TARGETS = ["flux"]
+# Flux controllers: name -> (module, versions.env key). Each module's main package is its root.
+FLUX_CONTROLLERS = {
+    "flux-source-controller": ("github.com/fluxcd/source-controller", "FLUX_SOURCE_CONTROLLER_VERSION"),
+    "flux-kustomize-controller": ("github.com/fluxcd/kustomize-controller", "FLUX_KUSTOMIZE_CONTROLLER_VERSION"),
 }
 DEFAULT_NODES = 3
 CONTEXT_NAME = "tether-testenv"
@@ -93,9 +103,17 @@ def tool_bin_dir(name: str, version: str) -> Path:
     return cache_root() / "bin" / f"{name}-{version}"
 
 
+def pinned(versions: dict[str, str], key: str) -> str:
+    if key not in versions:
+        raise TestenvError(f"{VERSIONS_FILE}: {key} is missing")
+    return versions[key]
+
+
 def binary(name: str, versions: dict[str, str]) -> Path:
     if name in K8S_COMMANDS or name == "etcd":
         return k8s_bin_dir(versions) / name
+    if name in FLUX_CONTROLLERS:
+        return tool_bin_dir(name, pinned(versions, FLUX_CONTROLLERS[name][1])) / name
     key = {"kwok": "KWOK_VERSION", "helm": "HELM_VERSION", "kustomize": "KUSTOMIZE_VERSION"}[name]
     return tool_bin_dir(name, versions[key]) / name
 
@@ -174,6 +192,20 @@ def run_go(args: list[str], cwd: Path, what: str, total: int | None = None) -> N
         raise TestenvError(f"{what} failed (go {' '.join(args[:2])} exited {code}); "
                            f"last lines of {log_path}:\n{tail}")
     log(f"  {what}: done in {fmt_duration(time.monotonic() - started)}")
+
+
+@contextlib.contextmanager
+def staged_install(out_dir: Path):
+    """Yields an empty folder to build into; on success it becomes `out_dir` in one rename,
+    so an interrupted build never leaves something that looks cached."""
+    staging = Path(tempfile.mkdtemp(prefix="build-", dir=cache_root() / "bin"))
+    try:
+        yield staging
+        shutil.rmtree(out_dir, ignore_errors=True)
+        staging.chmod(0o755)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def go_mod_download_json(module: str) -> dict:
@@ -255,18 +287,12 @@ def build_kubernetes(versions: dict[str, str]) -> None:
     deps = subprocess.run(["go", "list", "-deps", "-tags", K8S_TAGS, *packages], cwd=src,
                           env=go_env(), capture_output=True, text=True)
     total = len(deps.stdout.split()) if deps.returncode == 0 else None
-    staging = Path(tempfile.mkdtemp(prefix="build-", dir=cache_root() / "bin"))
-    try:
+    with staged_install(out_dir) as staging:
         for package in packages:
             name = "etcd" if package == ETCD_PACKAGE else package.rsplit("/", 1)[1]
             log(f"  compiling {name}")
             run_go(["build", "-v", "-trimpath", "-tags", K8S_TAGS, "-ldflags", ldflags,
                     "-o", str(staging / name), package], src, f"build-{name}-{version}", total)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        staging.chmod(0o755)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def build_go_tool(name: str, package: str, version: str, ldflags: str = "") -> None:
@@ -275,8 +301,7 @@ def build_go_tool(name: str, package: str, version: str, ldflags: str = "") -> N
     if (out_dir / name).exists():
         return
     log(f"building {name} {version} ({package})")
-    staging = Path(tempfile.mkdtemp(prefix="build-", dir=cache_root() / "bin"))
-    try:
+    with staged_install(out_dir) as staging:
         env_dir = Path(tempfile.mkdtemp(prefix="gobin-", dir=cache_root() / "bin"))
         args = ["install", "-v", "-trimpath"]
         if ldflags:
@@ -297,17 +322,56 @@ def build_go_tool(name: str, package: str, version: str, ldflags: str = "") -> N
             raise TestenvError(f"go install {package} left {len(built)} files in {env_dir}, expected one")
         built[0].rename(staging / name)
         shutil.rmtree(env_dir, ignore_errors=True)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        staging.chmod(0o755)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_go_module(name: str, module: str, version: str, crds: str) -> None:
+    """Builds a module's root package from its own source tree, plus its CRDs in `crds/`.
+
+    For modules whose go.mod has replace directives, which `go install pkg@version` refuses.
+    A local replace (`x/api => ./api`) points at a nested module the zip leaves out; dropping
+    it makes Go take that module, at the version go.mod requires, from the proxy (GOFLAGS
+    -mod=mod adds its go.sum line). The other replaces (pins, CVE fixes) stay, so the result
+    is the upstream build. No `go mod tidy`: it would also fetch test-only modules.
+    """
+    out_dir = tool_bin_dir(name, version)
+    if (out_dir / name).exists():
+        return
+    log(f"building {name} {version} ({module})")
+    info = go_mod_download_json(f"{module}@{version}")
+    src = cache_root() / "src" / f"{name}-{version}"
+
+    def make_writable() -> None:
+        # The module cache is read-only, and copytree keeps modes; go writes go.mod and go.sum.
+        for path in [src, *src.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+
+    if src.exists():
+        make_writable()
+        shutil.rmtree(src)
+    shutil.copytree(info["Dir"], src)
+    make_writable()
+    edit = subprocess.run(["go", "mod", "edit", "-json"], cwd=src, env=go_env(), capture_output=True, text=True)
+    if edit.returncode != 0:
+        raise TestenvError(f"cannot read {src / 'go.mod'}: {edit.stderr.strip()}")
+    local = [r["Old"]["Path"] for r in json.loads(edit.stdout).get("Replace") or []
+             if r["New"]["Path"].startswith(("./", "../"))]
+    if local:
+        run_go(["mod", "edit", *[f"-dropreplace={path}" for path in local]], src, f"go-mod-edit-{name}-{version}")
+    with staged_install(out_dir) as staging:
+        run_go(["build", "-v", "-trimpath", "-o", str(staging / name), "."], src,
+               f"build-{name}-{version}")
+        crd_files = sorted(src.glob(crds))
+        if not crd_files:
+            raise TestenvError(f"{module}@{version} has no CRDs at {crds}; has its layout changed?")
+        (staging / "crds").mkdir()
+        for crd in crd_files:
+            shutil.copyfile(crd, staging / "crds" / crd.name)
 
 
 def build(only: list[str] | None = None) -> dict[str, str]:
     versions = read_versions()
     (cache_root() / "bin").mkdir(parents=True, exist_ok=True)
-    wanted = set(only or ["kubernetes", "kwok", "helm", "kustomize"])
+    wanted = set(only or DEFAULT_TARGETS)
     started = time.monotonic()
     with file_lock(cache_root() / "build.lock"):
         if "kubernetes" in wanted:
@@ -321,6 +385,10 @@ def build(only: list[str] | None = None) -> dict[str, str]:
                           f"-s -w -X helm.sh/helm/{major}/internal/version.version={helm_version}")
         if "kustomize" in wanted:
             build_go_tool("kustomize", "sigs.k8s.io/kustomize/kustomize/v5", versions["KUSTOMIZE_VERSION"])
+        for name, (module, key) in FLUX_CONTROLLERS.items():
+            # `bin` asks for one controller by name; `build flux` for both.
+            if "flux" in wanted or name in wanted:
+                build_go_module(name, module, pinned(versions, key), "config/crd/bases/*.yaml")
     elapsed = time.monotonic() - started
     if elapsed > 5:
         log(f"build finished in {fmt_duration(elapsed)}; binaries in {cache_root() / 'bin'}")
@@ -798,9 +866,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="testenv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("build", help="build and cache every pinned binary (no cluster)")
-    p.add_argument("what", nargs="*", metavar="kubernetes|kwok|helm|kustomize",
-                   help="what to build (default: everything)")
+    p = sub.add_parser("build", help="build and cache the pinned binaries (no cluster)")
+    p.add_argument("what", nargs="*", metavar="|".join(DEFAULT_TARGETS + EXTRA_TARGETS),
+                   help=f"what to build (default: {', '.join(DEFAULT_TARGETS)}; "
+                        f"{', '.join(EXTRA_TARGETS)} only when named, for the benchmarks)")
     p = sub.add_parser("up", help="start the control plane (idempotent)")
     p.add_argument("--profile", choices=sorted(PROFILES), default=os.environ.get("TESTENV_PROFILE", "full"))
     p.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="kwok nodes (full profile)")
@@ -814,13 +883,14 @@ def main() -> int:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=40)
     p = sub.add_parser("bin", help="print the path of a cached binary, building it if needed")
-    p.add_argument("name", choices=[*K8S_COMMANDS, "etcd", "kwok", "helm", "kustomize"])
+    p.add_argument("name", choices=[*K8S_COMMANDS, "etcd", "kwok", "helm", "kustomize", *FLUX_CONTROLLERS])
     args = parser.parse_args()
     try:
         if args.command == "build":
-            unknown = set(args.what) - {"kubernetes", "kwok", "helm", "kustomize"}
+            targets = DEFAULT_TARGETS + EXTRA_TARGETS
+            unknown = set(args.what) - set(targets)
             if unknown:
-                parser.error(f"cannot build {', '.join(sorted(unknown))}: choose from kubernetes, kwok, helm, kustomize")
+                parser.error(f"cannot build {', '.join(sorted(unknown))}: choose from {', '.join(targets)}")
             build(args.what or None)
         elif args.command == "up":
             up(args.profile, args.nodes)
@@ -838,7 +908,8 @@ def main() -> int:
         elif args.command == "logs":
             return logs_cmd(args.component, args.follow, args.lines)
         elif args.command == "bin":
-            group = {"kwok": "kwok", "helm": "helm", "kustomize": "kustomize"}.get(args.name, "kubernetes")
+            group = {"kwok": "kwok", "helm": "helm", "kustomize": "kustomize",
+                     **{name: name for name in FLUX_CONTROLLERS}}.get(args.name, "kubernetes")
             print(binary(args.name, build([group])))
     except TestenvError as err:
         print(f"testenv: error: {err}", file=sys.stderr)
