@@ -266,6 +266,15 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
     repo.write("healed/a.yaml", &cm("healed", "blue"));
+    // LimitRanges: a kind no controller and no other test touches, so the API server's
+    // request count for it is this test's alone.
+    let mut limits = String::new();
+    for i in 0..50 {
+        limits.push_str(&format!(
+            "---\napiVersion: v1\nkind: LimitRange\nmetadata:\n  name: l-{i:02}\nspec:\n  limits: [{{type: Container, max: {{cpu: \"2\"}}}}]\n"
+        ));
+    }
+    repo.write("healed/limits.yaml", &limits);
     repo.write("reported/a.yaml", &cm("reported", "blue"));
     let commit = repo.commit("first");
     let daemon = GitDaemon::start(&root);
@@ -324,6 +333,63 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
     }
     eprintln!("drift corrected in {:?}", started.elapsed());
 
+    // Only what drifted is planned and applied again: one hand edit among 50 LimitRanges
+    // costs a few requests for LimitRanges, not one per member.
+    let limit_ranges: Api<k8s_openapi::api::core::v1::LimitRange> =
+        Api::namespaced(client.clone(), &ns.name);
+    let requests_before = requests_for(&client, "limitranges").await;
+    let verbs_before = requests_by_verb(&client, "limitranges").await;
+    limit_ranges
+        .patch(
+            "l-07",
+            &PatchParams::apply("hand-edit").force(),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "l-07"},
+                "spec": {"limits": [{"type": "Container", "max": {"cpu": "3"}}]}}),
+            ),
+        )
+        .await
+        .expect("hand edit");
+    let started = Instant::now();
+    let mut reads = 0;
+    loop {
+        reads += 1;
+        let live = limit_ranges.get("l-07").await.expect("get");
+        let cpu = live.spec.expect("spec").limits[0]
+            .max
+            .as_ref()
+            .expect("max")["cpu"]
+            .0
+            .clone();
+        if cpu == "2" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the LimitRange edit was not reverted within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The hand edit, the test's reads, and the agent's correction.
+    let test_requests = 1 + reads;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let agent_requests =
+        requests_for(&client, "limitranges").await - requests_before - test_requests;
+    let verbs: Vec<String> = requests_by_verb(&client, "limitranges")
+        .await
+        .into_iter()
+        .map(|(verb, n)| {
+            format!(
+                "{verb} {}",
+                n - verbs_before.get(&verb).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    assert!(
+        agent_requests <= 5,
+        "correcting 1 of 50 LimitRanges took {agent_requests} requests for LimitRanges (with the test's {test_requests}: {verbs:?})"
+    );
+
     configmaps
         .delete("healed", &Default::default())
         .await
@@ -362,40 +428,52 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
 /// named object: `scope="resource"`) for `resource`, from its /metrics. Lists and
 /// collection deletes (the namespace controller cleaning up other tests) do not count.
 async fn requests_for(client: &kube::Client, resource: &str) -> u64 {
-    let request = http::Request::get("/metrics")
-        .body(Vec::new())
-        .expect("request");
-    let text = client.request_text(request).await.expect("metrics");
-    let needle = format!("resource=\"{resource}\"");
-    text.lines()
-        .filter(|l| {
-            l.starts_with("apiserver_request_total{")
-                && l.contains(&needle)
-                && l.contains("scope=\"resource\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    requests_by_verb(client, resource).await.values().sum()
 }
 
-/// The API server's count of writes (create, apply, patch, update, delete; dry-runs do not
-/// count) of single objects of `resource`.
-async fn writes_for(client: &kube::Client, resource: &str) -> u64 {
+/// [`requests_for`] by verb (with " dry-run" for dry runs).
+async fn requests_by_verb(
+    client: &kube::Client,
+    resource: &str,
+) -> std::collections::BTreeMap<String, u64> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())
         .expect("request");
     let text = client.request_text(request).await.expect("metrics");
     let needle = format!("resource=\"{resource}\"");
-    text.lines()
-        .filter(|l| {
-            l.starts_with("apiserver_request_total{")
-                && l.contains(&needle)
-                && l.contains("dry_run=\"\"")
-                && ["APPLY", "PATCH", "POST", "PUT", "DELETE"]
-                    .iter()
-                    .any(|verb| l.contains(&format!("verb=\"{verb}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    let label = |line: &str, name: &str| {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        Some(line[start..].split('"').next()?.to_string())
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| {
+        l.starts_with("apiserver_request_total{")
+            && l.contains(&needle)
+            && l.contains("scope=\"resource\"")
+    }) {
+        let Some(count) = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok()) else {
+            continue;
+        };
+        let verb = label(line, "verb").unwrap_or_default();
+        let dry = if label(line, "dry_run").unwrap_or_default().is_empty() {
+            ""
+        } else {
+            " dry-run"
+        };
+        *counts.entry(format!("{verb}{dry}")).or_insert(0) += count as u64;
+    }
+    counts
+}
+
+/// The API server's count of writes (apply, patch, update, delete; dry-runs do not count)
+/// of single objects of `resource`. tether writes only by server-side apply.
+async fn writes_for(client: &kube::Client, resource: &str) -> u64 {
+    requests_by_verb(client, resource)
+        .await
+        .into_iter()
+        .filter(|(verb, _)| ["APPLY", "PATCH", "PUT", "DELETE"].contains(&verb.as_str()))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 #[tokio::test]
@@ -485,6 +563,7 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
     // A restart forgets what the watches saw, so the new agent plans everything once (dry
     // runs); it must write nothing: no object, not the ApplySet parent, not the status.
     let writes_before = writes_for(&client, "podtemplates").await;
+    let verbs_before = requests_by_verb(&client, "podtemplates").await;
     assert!(
         writes_before >= 1000,
         "the write count does not see the first sync's 1,000 creates ({writes_before})"
@@ -519,7 +598,8 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
     assert_eq!(
         writes_for(&client, "podtemplates").await - writes_before,
         0,
-        "the restarted agent wrote objects that were already as Git says"
+        "the restarted agent wrote objects that were already as Git says (requests since the restart: {:?}, before: {verbs_before:?})",
+        requests_by_verb(&client, "podtemplates").await
     );
     assert_eq!(
         secrets

@@ -2,9 +2,11 @@
 //! owns triggers that Application's reconcile at once, without polling.
 //!
 //! One metadata-only watch per kind in use, selecting objects with an ApplySet label.
-//! Each object's fingerprint is its managedFields minus the status subresource and minus
-//! tether's own applies: status updates and tether's writes change nothing, while an edit,
-//! a scale or a delete by anyone else triggers the owning Application.
+//! Each object's fingerprint is its managedFields minus the status subresource. A write
+//! that moved the time of tether's own apply entry is tether's (even when it took fields
+//! back from someone); any other change outside status (an edit, a scale, a removed field
+//! tether set) or a delete triggers the owning Application. It remembers which members
+//! drifted, so that a few can be corrected without planning the whole set.
 //!
 //! It also tells a periodic reconcile when it may skip planning altogether (no-op is free):
 //! when every kind of the set has been watched since the last full sync and nothing but
@@ -26,6 +28,7 @@ use super::Application;
 use crate::apply::applyset::PART_OF_LABEL;
 use crate::cluster::discovery::KindInfo;
 use crate::plan::FIELD_MANAGER;
+use crate::render::ObjectKey;
 
 #[derive(Clone)]
 pub struct DriftWatch {
@@ -74,6 +77,33 @@ impl DriftWatch {
         state.drifted = false;
         state.status_changed = false;
         state.applied_digest = None;
+        state.drifted_objects.clear();
+        state.drift_overflow = false;
+    }
+
+    /// The members of set `id` someone changed or deleted since its last full sync, when
+    /// correcting just those is enough: every kind of the set was watched since then, and
+    /// few members drifted. Taking them clears the drift; later changes set it again.
+    pub fn take_drifted(&self, id: &str) -> Option<BTreeSet<ObjectKey>> {
+        let mut sets = self.sets.lock().expect("not poisoned");
+        let state = sets.get_mut(id)?;
+        if !state.verified
+            || !state.drifted
+            || state.drift_overflow
+            || state.drifted_objects.is_empty()
+        {
+            return None;
+        }
+        state.drifted = false;
+        Some(std::mem::take(&mut state.drifted_objects))
+    }
+
+    /// A targeted correction of set `id` failed: the next reconcile must sync it in full.
+    pub fn require_full_sync(&self, id: &str) {
+        if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
+            state.drifted = true;
+            state.drift_overflow = true;
+        }
     }
 
     /// The full sync of set `id` left the cluster holding the render with this digest.
@@ -159,7 +189,7 @@ impl DriftWatch {
                     let _ = self.remember(&object);
                 }
                 Ok(watcher::Event::Apply(object)) => match self.remember(&object) {
-                    Change::Foreign => self.notify(&object, "changed"),
+                    Change::Foreign => self.notify(&kind, &object, "changed"),
                     Change::Ours => {}
                     Change::Status => self.status_changed(&object),
                 },
@@ -173,7 +203,7 @@ impl DriftWatch {
                     if let Some(uid) = &object.metadata.uid {
                         self.seen.lock().expect("not poisoned").remove(uid);
                     }
-                    self.notify(&object, "deleted");
+                    self.notify(&kind, &object, "deleted");
                 }
                 Ok(_) => {}
                 Err(err) => {
@@ -193,8 +223,15 @@ impl DriftWatch {
         match self.seen.lock().expect("not poisoned").insert(uid, prints) {
             // First sight (created by our apply, or before the watch existed).
             None => Change::Ours,
-            Some(previous) if previous.foreign != prints.foreign => Change::Foreign,
-            Some(previous) if previous.ours != prints.ours => Change::Ours,
+            // tether wrote it (the time of its entry moved), even when that took fields
+            // back from someone else's entry.
+            Some(previous) if previous.ours_time != prints.ours_time => Change::Ours,
+            // Someone else wrote fields outside status: their own, or removed some of ours.
+            Some(previous)
+                if previous.foreign != prints.foreign || previous.ours != prints.ours =>
+            {
+                Change::Foreign
+            }
             // Neither someone's spec change nor our apply: a controller wrote status.
             Some(_) => Change::Status,
         }
@@ -212,7 +249,7 @@ impl DriftWatch {
         }
     }
 
-    fn notify(&self, object: &PartialObjectMeta<DynamicObject>, what: &str) {
+    fn notify(&self, kind: &KindInfo, object: &PartialObjectMeta<DynamicObject>, what: &str) {
         let Some(id) = object
             .metadata
             .labels
@@ -223,6 +260,16 @@ impl DriftWatch {
         };
         if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
             state.drifted = true;
+            if state.drifted_objects.len() < TARGETED_LIMIT {
+                state.drifted_objects.insert(ObjectKey {
+                    group: kind.resource.group.clone(),
+                    kind: kind.resource.kind.clone(),
+                    namespace: object.metadata.namespace.clone().unwrap_or_default(),
+                    name: object.metadata.name.clone().unwrap_or_default(),
+                });
+            } else {
+                state.drift_overflow = true;
+            }
         }
         let owner = self.owners.read().expect("not poisoned").get(id).cloned();
         if let Some(owner) = owner {
@@ -247,7 +294,14 @@ struct SetState {
     status_changed: bool,
     /// The digest of the render the last full sync left the cluster holding.
     applied_digest: Option<[u8; 32]>,
+    /// The members changed or deleted by someone else since, while there are few of them.
+    drifted_objects: BTreeSet<ObjectKey>,
+    /// More than [`TARGETED_LIMIT`] members drifted: only a full sync will do.
+    drift_overflow: bool,
 }
+
+/// Up to this many drifted members are corrected one by one; more take a full sync.
+const TARGETED_LIMIT: usize = 32;
 
 /// Who changed an object, judged from its managedFields.
 enum Change {
@@ -265,17 +319,24 @@ struct Prints {
     foreign: u64,
     /// tether's own applied fields.
     ours: u64,
+    /// When tether last applied the object (its managedFields entry's time).
+    ours_time: u64,
 }
 
 fn fingerprints(object: &PartialObjectMeta<DynamicObject>) -> Prints {
     let mut foreign = std::collections::hash_map::DefaultHasher::new();
     let mut ours = std::collections::hash_map::DefaultHasher::new();
+    let mut ours_time = std::collections::hash_map::DefaultHasher::new();
     for entry in object.metadata.managed_fields.iter().flatten() {
         if entry.subresource.as_deref() == Some("status") {
             continue;
         }
         let is_ours = entry.manager.as_deref() == Some(FIELD_MANAGER)
             && entry.operation.as_deref() == Some("Apply");
+        let time = entry.time.as_ref().map(|t| format!("{:?}", t.0));
+        if is_ours {
+            time.hash(&mut ours_time);
+        }
         let hasher = if is_ours { &mut ours } else { &mut foreign };
         entry.manager.hash(hasher);
         entry.operation.hash(hasher);
@@ -285,11 +346,7 @@ fn fingerprints(object: &PartialObjectMeta<DynamicObject>) -> Prints {
             .as_ref()
             .map(|f| f.0.to_string())
             .hash(hasher);
-        entry
-            .time
-            .as_ref()
-            .map(|t| format!("{:?}", t.0))
-            .hash(hasher);
+        time.hash(hasher);
     }
     object
         .metadata
@@ -299,6 +356,7 @@ fn fingerprints(object: &PartialObjectMeta<DynamicObject>) -> Prints {
     Prints {
         foreign: foreign.finish(),
         ours: ours.finish(),
+        ours_time: ours_time.finish(),
     }
 }
 

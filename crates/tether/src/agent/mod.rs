@@ -597,7 +597,26 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         (unchanged && sync.status == "Synced").then_some((status, sync, apply_set))
     });
     let mut rendered = None;
-    if let Some((status, sync, apply_set)) = settled
+    // Drift with selfHeal, on the revision applied: correct just the objects that drifted.
+    let policy = &spec.sync_policy;
+    if let Some(settled) = settled
+        && pin.is_some()
+        && policy.automated
+        && policy.self_heal
+        && let Some(drifted) = ctx.drift.take_drifted(&applyset_id)
+    {
+        let tree = tree.take().expect("the tree is rendered once");
+        match correct_drift(ctx, app, revision.clone(), tree, drifted, settled).await {
+            Ok(Targeted::Done(outcome)) => return Ok(outcome),
+            Ok(Targeted::Full(objects, digest)) => rendered = Some((objects, digest)),
+            Err(message) => {
+                ctx.drift.require_full_sync(&applyset_id);
+                return Err(message);
+            }
+        }
+    }
+    if rendered.is_none()
+        && let Some((status, sync, apply_set)) = settled
         && let Some(status_changed) = ctx.drift.may_skip(&applyset_id)
     {
         let same_revision =
@@ -666,7 +685,6 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         .as_ref()
         .and_then(|s| s.last_applied_revision.as_deref())
         != Some(revision.commit.as_str());
-    let policy = &spec.sync_policy;
     // A new revision is applied when automated; drift on the same revision only with selfHeal.
     let allowed = policy.automated && (new_revision || policy.self_heal);
     let mut sync = SyncStatus {
@@ -690,58 +708,8 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         .map(|c| (c.key.clone(), c.kind.clone()))
         .collect();
     if planned.has_changes() && allowed {
-        let options = ApplyOptions {
-            prune: policy.prune,
-            force_conflicts: policy.self_heal,
-            concurrency: ctx.options.concurrency,
-            ..Default::default()
-        };
-        let report = apply(&ctx.client, &ctx.resolver, planned, &options)
-            .await
-            .map_err(|e| e.to_string())?;
-        let failed = report.failed();
-        if let Some(first) = failed.first() {
-            return Err(format!(
-                "{} object(s) failed to apply, e.g. {}: {}",
-                failed.len(),
-                first.key,
-                first.error.as_deref().unwrap_or_default()
-            ));
-        }
-        let count = |action: PlanAction| {
-            report.results.iter().filter(|r| r.action == action).count() as u32
-        };
-        for (action, label) in [
-            (PlanAction::Create, "create"),
-            (PlanAction::Update, "update"),
-            (PlanAction::Prune, "prune"),
-        ] {
-            ctx.metrics
-                .applied
-                .get_or_create(&server::ActionLabels {
-                    action: label.into(),
-                })
-                .inc_by(count(action) as u64);
-        }
-        if !new_revision {
-            // The same revision again, with changes: someone changed the cluster by hand.
-            ctx.metrics.drift_corrections.inc();
-        }
-        applied = Some(HistoryEntry {
-            revision: revision.commit.clone(),
-            time: now_rfc3339(),
-            result: "Succeeded".into(),
-            created: count(PlanAction::Create),
-            updated: count(PlanAction::Update),
-            pruned: count(PlanAction::Prune),
-            message: Some(format!(
-                "applied {}: {} created, {} updated, {} pruned",
-                &revision.commit[..12.min(revision.commit.len())],
-                count(PlanAction::Create),
-                count(PlanAction::Update),
-                count(PlanAction::Prune)
-            )),
-        });
+        applied =
+            Some(apply_and_record(ctx, app, planned, &revision, !new_revision, "applied").await?);
         sync.status = "Synced".into();
     }
     if sync.status == "Synced" {
@@ -761,6 +729,163 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         applied,
         apply_set,
     })
+}
+
+/// Applies a plan as the Application's policy says, counts what it did in the metrics, and
+/// returns the history entry (`what` starts its message: "applied", "corrected drift at").
+async fn apply_and_record(
+    ctx: &Context,
+    app: &Application,
+    planned: crate::plan::Plan,
+    revision: &Revision,
+    drift: bool,
+    what: &str,
+) -> Result<HistoryEntry, String> {
+    let policy = &app.spec.sync_policy;
+    let options = ApplyOptions {
+        prune: policy.prune && !planned.options.partial,
+        force_conflicts: policy.self_heal,
+        concurrency: ctx.options.concurrency,
+        ..Default::default()
+    };
+    let report = apply(&ctx.client, &ctx.resolver, planned, &options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let failed = report.failed();
+    if let Some(first) = failed.first() {
+        return Err(format!(
+            "{} object(s) failed to apply, e.g. {}: {}",
+            failed.len(),
+            first.key,
+            first.error.as_deref().unwrap_or_default()
+        ));
+    }
+    let count =
+        |action: PlanAction| report.results.iter().filter(|r| r.action == action).count() as u32;
+    for (action, label) in [
+        (PlanAction::Create, "create"),
+        (PlanAction::Update, "update"),
+        (PlanAction::Prune, "prune"),
+    ] {
+        ctx.metrics
+            .applied
+            .get_or_create(&server::ActionLabels {
+                action: label.into(),
+            })
+            .inc_by(count(action) as u64);
+    }
+    if drift {
+        // The same revision again, with changes: someone changed the cluster by hand.
+        ctx.metrics.drift_corrections.inc();
+    }
+    Ok(HistoryEntry {
+        revision: revision.commit.clone(),
+        time: now_rfc3339(),
+        result: "Succeeded".into(),
+        created: count(PlanAction::Create),
+        updated: count(PlanAction::Update),
+        pruned: count(PlanAction::Prune),
+        message: Some(format!(
+            "{what} {}: {} created, {} updated, {} pruned",
+            &revision.commit[..12.min(revision.commit.len())],
+            count(PlanAction::Create),
+            count(PlanAction::Update),
+            count(PlanAction::Prune)
+        )),
+    })
+}
+
+/// What a targeted drift correction did.
+enum Targeted {
+    Done(Outcome),
+    /// The render is not the one applied, or a drifted member is not in it: sync in full
+    /// (with this render).
+    Full(Vec<crate::render::Object>, [u8; 32]),
+}
+
+/// Corrects only the members someone changed or deleted: renders the applied revision,
+/// plans and applies just those objects (never prunes), and keeps the rest of the status.
+async fn correct_drift(
+    ctx: &Context,
+    app: &Application,
+    revision: Revision,
+    tree: crate::source::git::CommitTree,
+    drifted: std::collections::BTreeSet<crate::render::ObjectKey>,
+    settled: (&ApplicationStatus, &SyncStatus, &ApplySetReference),
+) -> Result<Targeted, String> {
+    let applyset_id =
+        crate::apply::applyset::ApplySet::new(&app.name_any(), &app.spec.destination.namespace).id;
+    let objects = render_app(&ctx.resolver, &ctx.options, app, &revision, tree).await?;
+    let digest = digest_of(&objects);
+    if ctx.drift.applied_digest(&applyset_id) != Some(digest) {
+        return Ok(Targeted::Full(objects, digest));
+    }
+    let destination = &app.spec.destination.namespace;
+    // A rendered object names its namespace, or leaves it to the destination (or is
+    // cluster-scoped, where the watch reports none).
+    let is_drifted = |key: &crate::render::ObjectKey| {
+        drifted.iter().any(|d| {
+            d.group == key.group
+                && d.kind == key.kind
+                && d.name == key.name
+                && (d.namespace == key.namespace
+                    || (key.namespace.is_empty()
+                        && (d.namespace == *destination || d.namespace.is_empty())))
+        })
+    };
+    let subset: Vec<crate::render::Object> = objects
+        .iter()
+        .filter(|o| is_drifted(&o.key))
+        .cloned()
+        .collect();
+    if subset.len() < drifted.len() {
+        return Ok(Targeted::Full(objects, digest));
+    }
+    let spec = &app.spec;
+    let mut plan_options = PlanOptions::new(app.name_any(), destination.clone());
+    plan_options.concurrency = ctx.options.concurrency;
+    plan_options.force_conflicts = spec.sync_policy.self_heal;
+    plan_options.partial = true;
+    let planned = plan(&ctx.client, &ctx.resolver, subset, &plan_options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let corrected: Vec<_> = planned
+        .changes
+        .iter()
+        .map(|c| (c.key.clone(), c.kind.clone()))
+        .collect();
+    let applied = if planned.has_changes() {
+        Some(apply_and_record(ctx, app, planned, &revision, true, "corrected drift at").await?)
+    } else {
+        None
+    };
+    let (status, sync, apply_set) = settled;
+    // When everything was Healthy and no other member's status changed since, the others
+    // still are: read the corrected objects only. Otherwise read them all.
+    let health = if status.health.as_deref() == Some("Healthy")
+        && ctx.drift.may_skip(&applyset_id) == Some(false)
+    {
+        assess(ctx, &corrected).await
+    } else {
+        ctx.drift.health_read(&applyset_id);
+        let desired = ctx
+            .desired
+            .lock()
+            .expect("not poisoned")
+            .get(&applyset_id)
+            .cloned()
+            .unwrap_or_default();
+        assess(ctx, &desired).await
+    };
+    let mut sync = sync.clone();
+    sync.revision = revision.commit.clone();
+    Ok(Targeted::Done(Outcome {
+        revision,
+        sync,
+        health,
+        applied,
+        apply_set: apply_set.clone(),
+    }))
 }
 
 /// Resolves the Application's ref and fetches that revision (credentials from its Secret,

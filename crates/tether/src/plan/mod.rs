@@ -35,6 +35,9 @@ pub struct PlanOptions {
     pub adopt: bool,
     /// Requests in flight at once.
     pub concurrency: usize,
+    /// Plan only the objects given, a part of the set (a targeted correction): members
+    /// not given are left alone, never pruned.
+    pub partial: bool,
     pub progress: crate::progress::ProgressHandle,
 }
 
@@ -46,6 +49,7 @@ impl PlanOptions {
             force_conflicts: false,
             adopt: false,
             concurrency: 16,
+            partial: false,
             progress: Default::default(),
         }
     }
@@ -475,9 +479,11 @@ pub async fn plan(
         }
     }
 
-    match prune_candidates(client, resolver, &applyset, &seen).await {
-        Ok(prunes) => changes.extend(prunes),
-        Err(error) => errors.push(error),
+    if !options.partial {
+        match prune_candidates(client, resolver, &applyset, &seen).await {
+            Ok(prunes) => changes.extend(prunes),
+            Err(error) => errors.push(error),
+        }
     }
     if !errors.is_empty() {
         errors.sort_by(|a, b| a.origin.cmp(&b.origin).then(a.key.cmp(&b.key)));
