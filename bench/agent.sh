@@ -21,4 +21,5 @@ exec python3 bench/agent.py \
   --flux-versions "$(versions FLUX_SOURCE_CONTROLLER_VERSION),$(versions FLUX_KUSTOMIZE_CONTROLLER_VERSION)" \
   --kubectl "$(testenv bin kubectl)" --git-server crates/tether/tests/support/git_http_server.py \
   --apps "${APPS:-100}" --objects "${OBJECTS:-100}" --edits "${EDITS:-100}" --flux-edits "${FLUX_EDITS:-20}" --steady-seconds "${STEADY_SECONDS:-120}" \
+  --tools "${TOOLS:-tether,flux}" \
   --report "bench/reports/agent-$(date -u +%Y-%m-%d).md"

@@ -39,6 +39,8 @@ pub struct DriftWatch {
     watched: Arc<Mutex<BTreeSet<(String, String)>>>,
     /// Object uid → fingerprint of the last state seen.
     seen: Arc<Mutex<HashMap<String, Prints>>>,
+    /// Member → its resourceVersion as last seen by the watches.
+    versions: Arc<Mutex<HashMap<ObjectKey, String>>>,
     /// Kinds whose watch has listed every object once.
     ready: Arc<Mutex<BTreeSet<(String, String)>>>,
     /// ApplySet id → what changed since the last full sync.
@@ -60,6 +62,7 @@ impl DriftWatch {
             owners: Default::default(),
             watched: Default::default(),
             seen: Default::default(),
+            versions: Default::default(),
             ready: Default::default(),
             sets: Default::default(),
             trigger,
@@ -79,6 +82,42 @@ impl DriftWatch {
         state.applied_digest = None;
         state.drifted_objects.clear();
         state.drift_overflow = false;
+        state.pending.clear();
+    }
+
+    /// A full sync of set `id` that began before its watches were running ended with its
+    /// members at these resourceVersions (as its writes and plan saw them). Once the
+    /// watches have seen each member at exactly that version, nothing was missed, and the
+    /// set counts as watched from the sync on: later reconciles may skip, with no
+    /// second full plan to establish that.
+    pub fn expect_versions(&self, id: &str, expected: Vec<(ObjectKey, String)>) {
+        let seen = self.versions.lock().expect("not poisoned");
+        let mut sets = self.sets.lock().expect("not poisoned");
+        let Some(state) = sets.get_mut(id) else {
+            return;
+        };
+        if state.verified || expected.is_empty() {
+            return;
+        }
+        state.pending = expected
+            .into_iter()
+            .filter(|(key, version)| seen.get(key) != Some(version))
+            .collect();
+        state.verified = state.pending.is_empty();
+    }
+
+    /// The watch saw `key` of set `id` at `version`.
+    fn saw_version(&self, id: Option<&str>, key: ObjectKey, version: String) {
+        // The same lock order as `expect_versions`: versions, then sets.
+        let mut versions = self.versions.lock().expect("not poisoned");
+        if let Some(id) = id
+            && let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id)
+            && state.pending.get(&key) == Some(&version)
+        {
+            state.pending.remove(&key);
+            state.verified = state.pending.is_empty();
+        }
+        versions.insert(key, version);
     }
 
     /// The members of set `id` someone changed or deleted since its last full sync, when
@@ -187,12 +226,16 @@ impl DriftWatch {
             match event {
                 Ok(watcher::Event::InitApply(object)) => {
                     let _ = self.remember(&object);
+                    self.record_version(&kind, &object);
                 }
-                Ok(watcher::Event::Apply(object)) => match self.remember(&object) {
-                    Change::Foreign => self.notify(&kind, &object, "changed"),
-                    Change::Ours => {}
-                    Change::Status => self.status_changed(&object),
-                },
+                Ok(watcher::Event::Apply(object)) => {
+                    match self.remember(&object) {
+                        Change::Foreign => self.notify(&kind, &object, "changed"),
+                        Change::Ours => {}
+                        Change::Status => self.status_changed(&object),
+                    }
+                    self.record_version(&kind, &object);
+                }
                 Ok(watcher::Event::InitDone) => {
                     self.ready
                         .lock()
@@ -203,6 +246,10 @@ impl DriftWatch {
                     if let Some(uid) = &object.metadata.uid {
                         self.seen.lock().expect("not poisoned").remove(uid);
                     }
+                    self.versions
+                        .lock()
+                        .expect("not poisoned")
+                        .remove(&member_key(&kind, &object));
                     self.notify(&kind, &object, "deleted");
                 }
                 Ok(_) => {}
@@ -213,27 +260,32 @@ impl DriftWatch {
         }
     }
 
-    /// Stores the object's fingerprint; true when it differs from the last one seen.
+    fn record_version(&self, kind: &KindInfo, object: &PartialObjectMeta<DynamicObject>) {
+        if let Some(version) = object.metadata.resource_version.clone() {
+            let id = object
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(PART_OF_LABEL));
+            self.saw_version(id.map(String::as_str), member_key(kind, object), version);
+        }
+    }
+
     /// Stores the object's fingerprints and says who changed it since the last event.
     fn remember(&self, object: &PartialObjectMeta<DynamicObject>) -> Change {
         let Some(uid) = object.metadata.uid.clone() else {
             return Change::Ours;
         };
         let prints = fingerprints(object);
-        match self.seen.lock().expect("not poisoned").insert(uid, prints) {
+        let previous = self
+            .seen
+            .lock()
+            .expect("not poisoned")
+            .insert(uid, prints.clone());
+        match previous {
             // First sight (created by our apply, or before the watch existed).
             None => Change::Ours,
-            // tether wrote it (the time of its entry moved), even when that took fields
-            // back from someone else's entry.
-            Some(previous) if previous.ours_time != prints.ours_time => Change::Ours,
-            // Someone else wrote fields outside status: their own, or removed some of ours.
-            Some(previous)
-                if previous.foreign != prints.foreign || previous.ours != prints.ours =>
-            {
-                Change::Foreign
-            }
-            // Neither someone's spec change nor our apply: a controller wrote status.
-            Some(_) => Change::Status,
+            Some(previous) => classify(&previous, &prints),
         }
     }
 
@@ -261,12 +313,7 @@ impl DriftWatch {
         if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
             state.drifted = true;
             if state.drifted_objects.len() < TARGETED_LIMIT {
-                state.drifted_objects.insert(ObjectKey {
-                    group: kind.resource.group.clone(),
-                    kind: kind.resource.kind.clone(),
-                    namespace: object.metadata.namespace.clone().unwrap_or_default(),
-                    name: object.metadata.name.clone().unwrap_or_default(),
-                });
+                state.drifted_objects.insert(member_key(kind, object));
             } else {
                 state.drift_overflow = true;
             }
@@ -298,12 +345,15 @@ struct SetState {
     drifted_objects: BTreeSet<ObjectKey>,
     /// More than [`TARGETED_LIMIT`] members drifted: only a full sync will do.
     drift_overflow: bool,
+    /// Members the watches have yet to see at the version the last full sync left them.
+    pending: HashMap<ObjectKey, String>,
 }
 
 /// Up to this many drifted members are corrected one by one; more take a full sync.
 const TARGETED_LIMIT: usize = 32;
 
 /// Who changed an object, judged from its managedFields.
+#[derive(Debug, PartialEq, Eq)]
 enum Change {
     /// Someone other than tether changed fields outside status, or deleted it.
     Foreign,
@@ -313,40 +363,102 @@ enum Change {
     Status,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A watched object's identity, as plans write it.
+fn member_key(kind: &KindInfo, object: &PartialObjectMeta<DynamicObject>) -> ObjectKey {
+    ObjectKey {
+        group: kind.resource.group.clone(),
+        kind: kind.resource.kind.clone(),
+        namespace: object.metadata.namespace.clone().unwrap_or_default(),
+        name: object.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// What an object's managedFields (outside status) say about who wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Prints {
-    /// Fields others own outside status, and deletion.
+    /// Every other manager's entry: (manager, operation) → when it last wrote.
+    foreign_times: Vec<(u64, u64)>,
+    /// The fields the other managers own, and whether the object is being deleted.
     foreign: u64,
     /// tether's own applied fields.
     ours: u64,
-    /// When tether last applied the object (its managedFields entry's time).
+    /// When tether last applied the object.
     ours_time: u64,
+    /// How much each side owns (the length of its fieldsV1): who took fields from whom.
+    ours_size: usize,
+    foreign_size: usize,
+}
+
+/// Who made the write between two states of an object. A manager's entry gets a new time
+/// when that manager writes; entries of managers whose fields the writer took shrink
+/// without a new time. Times have one-second resolution, so tether's own write in the
+/// same second as its last one may be taken for someone else's: one needless reconcile.
+fn classify(previous: &Prints, now: &Prints) -> Change {
+    let someone_wrote = now.foreign_times.iter().any(|(manager, time)| {
+        previous
+            .foreign_times
+            .iter()
+            .find(|(m, _)| m == manager)
+            .is_none_or(|(_, t)| t != time)
+    });
+    if someone_wrote {
+        Change::Foreign
+    } else if now.ours_time != previous.ours_time {
+        // tether wrote, perhaps taking fields back from someone.
+        Change::Ours
+    } else if now.foreign != previous.foreign {
+        // No entry has a new time, yet others' fields changed: the object began to be
+        // deleted, someone wrote twice in one second (taking tether's fields, or their own),
+        // or tether took fields back in the same second as its last apply.
+        let took_ours =
+            now.ours_size < previous.ours_size && now.foreign_size > previous.foreign_size;
+        let only_theirs =
+            now.ours == previous.ours && now.foreign_times.len() == previous.foreign_times.len();
+        if took_ours || only_theirs {
+            Change::Foreign
+        } else {
+            Change::Ours
+        }
+    } else if now.ours != previous.ours {
+        // Some of tether's fields went without anyone gaining them: removed by hand.
+        Change::Foreign
+    } else {
+        // Neither someone's change nor tether's apply: a controller wrote status.
+        Change::Status
+    }
 }
 
 fn fingerprints(object: &PartialObjectMeta<DynamicObject>) -> Prints {
+    let hash = |value: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        value(&mut hasher);
+        hasher.finish()
+    };
     let mut foreign = std::collections::hash_map::DefaultHasher::new();
-    let mut ours = std::collections::hash_map::DefaultHasher::new();
-    let mut ours_time = std::collections::hash_map::DefaultHasher::new();
+    let mut foreign_times = Vec::new();
+    let (mut ours, mut ours_time, mut ours_size, mut foreign_size) = (0, 0, 0, 0);
     for entry in object.metadata.managed_fields.iter().flatten() {
         if entry.subresource.as_deref() == Some("status") {
             continue;
         }
-        let is_ours = entry.manager.as_deref() == Some(FIELD_MANAGER)
-            && entry.operation.as_deref() == Some("Apply");
-        let time = entry.time.as_ref().map(|t| format!("{:?}", t.0));
-        if is_ours {
-            time.hash(&mut ours_time);
+        let fields = entry.fields_v1.as_ref().map(|f| f.0.to_string());
+        let time = hash(&|h| entry.time.as_ref().map(|t| format!("{:?}", t.0)).hash(h));
+        if entry.manager.as_deref() == Some(FIELD_MANAGER)
+            && entry.operation.as_deref() == Some("Apply")
+        {
+            ours = hash(&|h| fields.hash(h));
+            ours_time = time;
+            ours_size = fields.as_ref().map_or(0, String::len);
+        } else {
+            let manager = hash(&|h| {
+                entry.manager.hash(h);
+                entry.operation.hash(h);
+            });
+            foreign_times.push((manager, time));
+            foreign_size += fields.as_ref().map_or(0, String::len);
+            manager.hash(&mut foreign);
+            fields.hash(&mut foreign);
         }
-        let hasher = if is_ours { &mut ours } else { &mut foreign };
-        entry.manager.hash(hasher);
-        entry.operation.hash(hasher);
-        entry.subresource.hash(hasher);
-        entry
-            .fields_v1
-            .as_ref()
-            .map(|f| f.0.to_string())
-            .hash(hasher);
-        time.hash(hasher);
     }
     object
         .metadata
@@ -354,9 +466,12 @@ fn fingerprints(object: &PartialObjectMeta<DynamicObject>) -> Prints {
         .is_some()
         .hash(&mut foreign);
     Prints {
+        foreign_times,
         foreign: foreign.finish(),
-        ours: ours.finish(),
-        ours_time: ours_time.finish(),
+        ours,
+        ours_time,
+        ours_size,
+        foreign_size,
     }
 }
 
@@ -364,4 +479,75 @@ fn tokio_stream_from<T: Send + 'static>(
     mut receiver: mpsc::UnboundedReceiver<T>,
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An object tether applied at second 1 that no one else wrote to.
+    fn applied() -> Prints {
+        Prints {
+            foreign_times: Vec::new(),
+            foreign: 0,
+            ours: 10,
+            ours_time: 1,
+            ours_size: 100,
+            foreign_size: 0,
+        }
+    }
+
+    #[test]
+    fn who_wrote_is_read_from_the_managed_fields() {
+        let before = applied();
+        // kubectl edit: a new manager takes one of tether's fields.
+        let edited = Prints {
+            foreign_times: vec![(7, 2)],
+            foreign: 70,
+            ours: 11,
+            ours_size: 90,
+            foreign_size: 10,
+            ..applied()
+        };
+        assert_eq!(classify(&before, &edited), Change::Foreign);
+        // tether takes it back later: its own time moves, the editor's entry goes.
+        let corrected = Prints {
+            ours_time: 3,
+            ..applied()
+        };
+        assert_eq!(classify(&edited, &corrected), Change::Ours);
+        // ... or in the same second as its last apply: no new time anywhere.
+        assert_eq!(classify(&edited, &applied()), Change::Ours);
+        // A field of tether's removed by someone who then owns nothing.
+        let removed = Prints {
+            ours: 12,
+            ours_size: 80,
+            ..applied()
+        };
+        assert_eq!(classify(&before, &removed), Change::Foreign);
+        // The editor writes again within the same second, taking another field of tether's.
+        let again = Prints {
+            foreign: 71,
+            ours: 13,
+            ours_size: 80,
+            foreign_size: 20,
+            ..edited.clone()
+        };
+        assert_eq!(classify(&edited, &again), Change::Foreign);
+        // tether's own apply of a new revision.
+        let reapplied = Prints {
+            ours: 14,
+            ours_time: 5,
+            ..applied()
+        };
+        assert_eq!(classify(&before, &reapplied), Change::Ours);
+        // A deletion begins.
+        let deleting = Prints {
+            foreign: 1,
+            ..applied()
+        };
+        assert_eq!(classify(&before, &deleting), Change::Foreign);
+        // Only the status subresource changed (its entries are left out).
+        assert_eq!(classify(&before, &applied()), Change::Status);
+    }
 }

@@ -39,6 +39,8 @@ pub static RECONCILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 /// The field manager of the agent's status writes.
 const STATUS_MANAGER: &str = "tether-agent";
 const HISTORY_LIMIT: usize = 10;
+/// How old a listing of a repository's refs a poll may reuse (see `GitSource`).
+const LISTING_MAX_AGE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -607,7 +609,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
     {
         let tree = tree.take().expect("the tree is rendered once");
         match correct_drift(ctx, app, revision.clone(), tree, drifted, settled).await {
-            Ok(Targeted::Done(outcome)) => return Ok(outcome),
+            Ok(Targeted::Done(outcome)) => return Ok(*outcome),
             Ok(Targeted::Full(objects, digest)) => rendered = Some((objects, digest)),
             Err(message) => {
                 ctx.drift.require_full_sync(&applyset_id);
@@ -707,15 +709,38 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         .filter(|c| c.action != PlanAction::Prune)
         .map(|c| (c.key.clone(), c.kind.clone()))
         .collect();
+    // Each member's resourceVersion after this sync, for the drift watch.
+    let mut versions: Vec<(crate::render::ObjectKey, String)> = planned
+        .changes
+        .iter()
+        .filter(|c| c.action == PlanAction::Unchanged)
+        .filter_map(|c| {
+            let version = c.live.as_ref()?["metadata"]["resourceVersion"].as_str()?;
+            Some((c.key.clone(), version.to_string()))
+        })
+        .collect();
     if planned.has_changes() && allowed {
-        applied =
-            Some(apply_and_record(ctx, app, planned, &revision, !new_revision, "applied").await?);
-        sync.status = "Synced".into();
+        let (entry, written) =
+            apply_and_record(ctx, app, planned, &revision, !new_revision, "applied").await?;
+        applied = Some(entry);
+        versions = written;
+        // The counts say what differs now (what was done is in the history).
+        sync = SyncStatus {
+            status: "Synced".into(),
+            create: 0,
+            update: 0,
+            prune: if policy.prune { 0 } else { sync.prune },
+            unchanged: sync.create + sync.update + sync.unchanged,
+            ..sync
+        };
     }
     if sync.status == "Synced" {
         // The cluster now holds this render: a later revision that renders the same needs
         // no plan.
         ctx.drift.set_applied_digest(&applyset_id, digest);
+        if versions.len() == desired.len() {
+            ctx.drift.expect_versions(&applyset_id, versions);
+        }
     }
     let health = assess(ctx, &desired).await;
     ctx.desired
@@ -740,7 +765,7 @@ async fn apply_and_record(
     revision: &Revision,
     drift: bool,
     what: &str,
-) -> Result<HistoryEntry, String> {
+) -> Result<(HistoryEntry, Vec<(crate::render::ObjectKey, String)>), String> {
     let policy = &app.spec.sync_policy;
     let options = ApplyOptions {
         prune: policy.prune && !planned.options.partial,
@@ -778,7 +803,13 @@ async fn apply_and_record(
         // The same revision again, with changes: someone changed the cluster by hand.
         ctx.metrics.drift_corrections.inc();
     }
-    Ok(HistoryEntry {
+    let versions = report
+        .results
+        .iter()
+        .filter(|r| r.action != PlanAction::Prune)
+        .filter_map(|r| Some((r.key.clone(), r.resource_version.clone()?)))
+        .collect();
+    let entry = HistoryEntry {
         revision: revision.commit.clone(),
         time: now_rfc3339(),
         result: "Succeeded".into(),
@@ -792,12 +823,13 @@ async fn apply_and_record(
             count(PlanAction::Update),
             count(PlanAction::Prune)
         )),
-    })
+    };
+    Ok((entry, versions))
 }
 
 /// What a targeted drift correction did.
 enum Targeted {
-    Done(Outcome),
+    Done(Box<Outcome>),
     /// The render is not the one applied, or a drifted member is not in it: sync in full
     /// (with this render).
     Full(Vec<crate::render::Object>, [u8; 32]),
@@ -855,7 +887,11 @@ async fn correct_drift(
         .map(|c| (c.key.clone(), c.kind.clone()))
         .collect();
     let applied = if planned.has_changes() {
-        Some(apply_and_record(ctx, app, planned, &revision, true, "corrected drift at").await?)
+        Some(
+            apply_and_record(ctx, app, planned, &revision, true, "corrected drift at")
+                .await?
+                .0,
+        )
     } else {
         None
     };
@@ -879,13 +915,13 @@ async fn correct_drift(
     };
     let mut sync = sync.clone();
     sync.revision = revision.commit.clone();
-    Ok(Targeted::Done(Outcome {
+    Ok(Targeted::Done(Box::new(Outcome {
         revision,
         sync,
         health,
         applied,
         apply_set: apply_set.clone(),
-    }))
+    })))
 }
 
 /// Resolves the Application's ref and fetches that revision (credentials from its Secret,
@@ -905,6 +941,17 @@ pub async fn fetch(
     };
     let mut source = GitSource::new(spec.source.repo_url.clone(), reference);
     source.cache_dir = options.cache_dir.join("git");
+    // Polls of Applications that follow one repository share a listing of its refs taken
+    // in the last few seconds (webhooks mark it stale); a sync someone asked for lists
+    // afresh.
+    let sync_requested = app.annotations().get(application::SYNC_REQUEST_ANNOTATION)
+        != app
+            .status
+            .as_ref()
+            .and_then(|s| s.last_sync_request.as_ref());
+    if !sync_requested {
+        source.listing_max_age = LISTING_MAX_AGE;
+    }
     let secret_files =
         tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;
     if let Some(secret) = &spec.source.secret_ref {

@@ -282,6 +282,8 @@ async fn webhook(
     let mut triggered = 0;
     for app in state.applications.state() {
         if follows(&app, &push) {
+            // The push is news: the next fetch must list the remote's refs again.
+            crate::source::git::forget_listing(&app.spec.source.repo_url);
             let _ = state.trigger.send(ObjectRef::from_obj(app.as_ref()));
             triggered += 1;
         }

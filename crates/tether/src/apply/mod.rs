@@ -60,6 +60,9 @@ pub struct ObjectResult {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// The object's resourceVersion once tether's write (or plan, when unchanged) saw it.
+    #[serde(skip)]
+    pub resource_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -257,6 +260,11 @@ pub async fn apply(
             action: Action::Unchanged,
             error: None,
             health: None,
+            resource_version: change
+                .live
+                .as_ref()
+                .and_then(|l| l["metadata"]["resourceVersion"].as_str())
+                .map(str::to_string),
         });
     }
 
@@ -382,6 +390,7 @@ async fn apply_batch(
 }
 
 async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOptions) -> ObjectResult {
+    let mut resource_version = None;
     let error = match (&change.kind, &change.desired) {
         (Some(kind), Some(manifest)) => {
             let api = api_for(client, kind, &change.key.namespace);
@@ -391,11 +400,16 @@ async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOption
             }
             match take_over_client_side_fields(&api, change).await {
                 Err(e) => Some(e),
-                Ok(()) => api
+                Ok(()) => match api
                     .patch(&change.key.name, &params, &Patch::Apply(manifest))
                     .await
-                    .err()
-                    .map(|e| describe(&e)),
+                {
+                    Ok(written) => {
+                        resource_version = written.metadata.resource_version;
+                        None
+                    }
+                    Err(e) => Some(describe(&e)),
+                },
             }
         }
         (None, _) => Some("its kind is still not served after its CRD was established".to_string()),
@@ -411,6 +425,7 @@ async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOption
         },
         error,
         health: None,
+        resource_version,
     }
 }
 
@@ -485,6 +500,7 @@ async fn prune_batch(
             action: Action::Prune,
             error,
             health: None,
+            resource_version: None,
         }
     }))
     .buffer_unordered(options.concurrency.max(1))

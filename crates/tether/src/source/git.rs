@@ -69,6 +69,10 @@ pub struct GitSource {
     pub verify: Option<SignaturePolicy>,
     /// The cache folder (one bare repository per URL below it).
     pub cache_dir: PathBuf,
+    /// Resolve the ref from a listing of the remote's refs this process took at most this
+    /// long before the fetch began (zero: only one taken while it waited for the cache).
+    /// Polls of many Applications following one repository then share one listing.
+    pub listing_max_age: Duration,
 }
 
 /// The commit a ref resolved to, and how.
@@ -178,6 +182,7 @@ impl GitSource {
             timeout: Duration::from_secs(60),
             verify: None,
             cache_dir: default_cache_dir(),
+            listing_max_age: Duration::ZERO,
         }
     }
 
@@ -193,10 +198,15 @@ impl GitSource {
             reason,
         };
         std::fs::create_dir_all(&self.cache_dir).map_err(|e| cache_err(e.to_string()))?;
-        // One process at a time per repository: concurrent fetches would race on packs and refs.
         let waiting_since = Instant::now();
         let lock = std::fs::File::create(cache.with_extension("lock"))
             .map_err(|e| cache_err(e.to_string()))?;
+        // A full commit id already cached is only read: many readers at once (drift
+        // corrections of Applications sharing a repository) share the lock.
+        if let Some(found) = self.read_cached_commit(&cache, &display_url, &lock)? {
+            return Ok(found);
+        }
+        // One fetch at a time per repository: concurrent fetches would race on packs and refs.
         lock.lock()
             .map_err(|e| cache_err(format!("cannot lock: {e}")))?;
 
@@ -230,6 +240,61 @@ impl GitSource {
             .map_err(|e| session.git_err(e))?;
         drop(lock);
         Ok((revision, tree, stats))
+    }
+}
+
+impl GitSource {
+    /// The tree of the full commit id this source names, when the cache already holds it,
+    /// read under a shared `lock`; `None` when it must be fetched.
+    fn read_cached_commit(
+        &self,
+        cache: &Path,
+        display_url: &str,
+        lock: &std::fs::File,
+    ) -> Result<Option<(Revision, CommitTree, FetchStats)>, Error> {
+        let RefSpec::Commit(id) = &self.reference else {
+            return Ok(None);
+        };
+        let Ok(oid) = gix::ObjectId::from_hex(id.as_bytes()) else {
+            return Ok(None);
+        };
+        if !cache.join("HEAD").exists() {
+            return Ok(None);
+        }
+        lock.lock_shared().map_err(|e| Error::Cache {
+            path: cache.display().to_string(),
+            reason: format!("cannot lock: {e}"),
+        })?;
+        let options = gix::open::Options::isolated();
+        let found = gix::open_opts(cache, options)
+            .ok()
+            .filter(|repo| repo.find_commit(oid).is_ok());
+        let Some(repo) = found else {
+            lock.unlock().map_err(|e| Error::Cache {
+                path: cache.display().to_string(),
+                reason: format!("cannot unlock: {e}"),
+            })?;
+            return Ok(None);
+        };
+        let git_err = |e: &dyn std::fmt::Display| Error::Git {
+            url: display_url.to_string(),
+            reason: e.to_string(),
+        };
+        if let Some(policy) = &self.verify {
+            let object = repo.find_commit(oid).map_err(|e| git_err(&e))?;
+            signature::verify_commit(&object, policy).map_err(|reason| Error::Signature {
+                url: display_url.to_string(),
+                commit: oid.to_string(),
+                reason,
+            })?;
+        }
+        let tree = CommitTree::new(repo.into_sync(), oid, display_url).map_err(|e| git_err(&e))?;
+        let revision = Revision {
+            commit: oid.to_string(),
+            from_ref: None,
+            url: display_url.to_string(),
+        };
+        Ok(Some((revision, tree, FetchStats::default())))
     }
 }
 
@@ -409,7 +474,11 @@ impl Session<'_> {
         stats.contacted_remote = true;
         // Many Applications following one repository wait for its lock together (after a
         // webhook, say): a listing taken after this one began waiting is as fresh as its own.
-        let listing = match recent_listing(self.display_url, self.waiting_since) {
+        let not_before = self
+            .waiting_since
+            .checked_sub(self.source.listing_max_age)
+            .unwrap_or(self.waiting_since);
+        let listing = match recent_listing(self.display_url, not_before) {
             Some(listing) => listing,
             None => {
                 let listed_at = Instant::now();
@@ -854,10 +923,28 @@ impl Session<'_> {
 static LISTINGS: std::sync::Mutex<BTreeMap<String, (Instant, Listing)>> =
     std::sync::Mutex::new(BTreeMap::new());
 
+/// URL → listings taken before this instant are stale (the remote announced a change).
+static STALE_BEFORE: std::sync::Mutex<BTreeMap<String, Instant>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
 fn recent_listing(url: &str, not_before: Instant) -> Option<Listing> {
+    let stale_before = STALE_BEFORE.lock().expect("not poisoned").get(url).copied();
+    let not_before = stale_before.map_or(not_before, |stale| stale.max(not_before));
     let listings = LISTINGS.lock().expect("not poisoned");
     let (taken, listing) = listings.get(url)?;
     (*taken >= not_before).then(|| listing.clone())
+}
+
+/// The remote at `url` changed (a webhook said so): no ref listing taken before now may be
+/// reused for it, however recent.
+pub fn forget_listing(url: &str) {
+    let Ok(url) = normalize_url(url) else {
+        return;
+    };
+    STALE_BEFORE
+        .lock()
+        .expect("not poisoned")
+        .insert(url.to_bstring().to_string(), Instant::now());
 }
 
 fn remember_listing(url: &str, taken: Instant, listing: &Listing) {
@@ -1066,6 +1153,34 @@ impl Tree for CommitTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recent_listing_is_shared_until_a_webhook_marks_it_stale() {
+        let url = "https://git.example.com/listing-test.git";
+        let key = normalize_url(url).expect("url").to_bstring().to_string();
+        let listing = Listing {
+            refs: Vec::new(),
+            head: Some("main".into()),
+        };
+        let taken = Instant::now();
+        remember_listing(&key, taken, &listing);
+        let later = taken + Duration::from_secs(3);
+        assert!(
+            recent_listing(&key, later).is_none(),
+            "older than the fetch"
+        );
+        assert!(
+            recent_listing(&key, later - Duration::from_secs(5)).is_some(),
+            "within the allowed age"
+        );
+        forget_listing(url);
+        assert!(
+            recent_listing(&key, later - Duration::from_secs(5)).is_none(),
+            "stale after a webhook"
+        );
+        remember_listing(&key, Instant::now(), &listing);
+        assert!(recent_listing(&key, later - Duration::from_secs(5)).is_some());
+    }
 
     #[test]
     fn passwords_in_urls_are_refused_and_redacted() {
