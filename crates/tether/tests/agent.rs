@@ -394,6 +394,29 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
         1 + reads
     );
 
+    // A field tether set, removed by someone who owns nothing afterwards (a merge patch):
+    // only tether's managedFields entry changes, and it is still someone else's change.
+    configmaps
+        .patch(
+            "healed",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"color": null}})),
+        )
+        .await
+        .expect("remove a field by hand");
+    let started = Instant::now();
+    loop {
+        let data = configmaps.get("healed").await.expect("get").data;
+        if data.and_then(|d| d.get("color").cloned()).as_deref() == Some("blue") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the removed field was not put back within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     configmaps
         .delete("healed", &Default::default())
         .await
