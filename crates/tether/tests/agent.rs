@@ -1255,6 +1255,27 @@ async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_o
     let id = tether::apply::applyset::ApplySet::new("big", &ns.name).id;
     let members = kube::api::ListParams::default()
         .labels(&format!("{}={id}", tether::apply::applyset::PART_OF_LABEL));
+    // How many members carry `color`.
+    let count_colored = |color: &'static str| {
+        let configmaps = configmaps.clone();
+        let members = members.clone();
+        async move {
+            configmaps
+                .list(&members)
+                .await
+                .expect("list")
+                .items
+                .iter()
+                .filter(|c| {
+                    c.data
+                        .as_ref()
+                        .and_then(|d| d.get("color"))
+                        .map(String::as_str)
+                        == Some(color)
+                })
+                .count()
+        }
+    };
     // The agent binary, and its stderr line by line.
     let spawn = || {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
@@ -1297,23 +1318,11 @@ async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_o
     };
     // Waits until the apply is under way: some, not all, objects carry `wanted`.
     let under_way = |wanted: &'static str| {
-        let configmaps = configmaps.clone();
-        let members = members.clone();
+        let count_colored = &count_colored;
         async move {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                let list = configmaps.list(&members).await.expect("list");
-                let done = list
-                    .items
-                    .iter()
-                    .filter(|c| {
-                        c.data
-                            .as_ref()
-                            .and_then(|d| d.get("color"))
-                            .map(String::as_str)
-                            == Some(wanted)
-                    })
-                    .count();
+                let done = count_colored(wanted).await;
                 if done > 0 {
                     return done;
                 }
@@ -1363,20 +1372,7 @@ async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_o
         .await
         .expect("the agent exits within 5 s of a second SIGTERM");
     assert_eq!(status.code(), Some(143), "exit status {status}");
-    let blue = configmaps
-        .list(&members)
-        .await
-        .expect("list")
-        .items
-        .iter()
-        .filter(|c| {
-            c.data
-                .as_ref()
-                .and_then(|d| d.get("color"))
-                .map(String::as_str)
-                == Some("blue")
-        })
-        .count();
+    let blue = count_colored("blue").await;
     assert!(
         (seen..400).contains(&blue),
         "{blue} of 400 objects were updated when the apply was abandoned (at least {seen} before the signal)"
@@ -1406,20 +1402,7 @@ async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_o
         |a| applied(a) == Some(second.as_str()),
     )
     .await;
-    let blue = configmaps
-        .list(&members)
-        .await
-        .expect("list")
-        .items
-        .iter()
-        .filter(|c| {
-            c.data
-                .as_ref()
-                .and_then(|d| d.get("color"))
-                .map(String::as_str)
-                == Some("blue")
-        })
-        .count();
+    let blue = count_colored("blue").await;
     assert_eq!(blue, 400);
     agent.stop().await.expect("the agent stops");
 }

@@ -635,15 +635,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         if same_output {
             let previous = status.health.as_deref().unwrap_or("Unknown");
             let health = if status_changed {
-                ctx.drift.health_read(&applyset_id);
-                let desired = ctx
-                    .desired
-                    .lock()
-                    .expect("not poisoned")
-                    .get(&applyset_id)
-                    .cloned()
-                    .unwrap_or_default();
-                assess(ctx, &desired).await
+                assess_set(ctx, &applyset_id).await
             } else {
                 health_from(previous)
             };
@@ -903,15 +895,7 @@ async fn correct_drift(
     {
         assess(ctx, &corrected).await
     } else {
-        ctx.drift.health_read(&applyset_id);
-        let desired = ctx
-            .desired
-            .lock()
-            .expect("not poisoned")
-            .get(&applyset_id)
-            .cloned()
-            .unwrap_or_default();
-        assess(ctx, &desired).await
+        assess_set(ctx, &applyset_id).await
     };
     let mut sync = sync.clone();
     sync.revision = revision.commit.clone();
@@ -922,6 +906,20 @@ async fn correct_drift(
         applied,
         apply_set: apply_set.clone(),
     })))
+}
+
+/// Reads the health of every object of set `id` as its last full sync desired them (and
+/// tells the drift watch that status changes so far are accounted for).
+async fn assess_set(ctx: &Context, id: &str) -> HealthStatus {
+    ctx.drift.health_read(id);
+    let desired = ctx
+        .desired
+        .lock()
+        .expect("not poisoned")
+        .get(id)
+        .cloned()
+        .unwrap_or_default();
+    assess(ctx, &desired).await
 }
 
 /// Resolves the Application's ref and fetches that revision (credentials from its Secret,
