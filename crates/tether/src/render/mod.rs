@@ -353,21 +353,59 @@ fn cached(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let file = dir.join("render").join(format!("{digest}.out"));
+    let folder = dir.join("render");
+    let file = folder.join(format!("{digest}.out"));
     if let Ok(bytes) = std::fs::read(&file) {
         tracing::debug!(file = %file.display(), "render cache hit");
+        // Used now: the last to go when the cache is trimmed.
+        if let Ok(handle) = std::fs::File::options().append(true).open(&file) {
+            let _ = handle.set_modified(std::time::SystemTime::now());
+        }
         return Ok(bytes);
     }
     let bytes = produce()?;
-    if let Some(parent) = file.parent()
-        && std::fs::create_dir_all(parent).is_ok()
-    {
+    if std::fs::create_dir_all(&folder).is_ok() {
         let partial = file.with_extension(format!("partial-{}", std::process::id()));
         if std::fs::write(&partial, &bytes).is_ok() {
             let _ = std::fs::rename(&partial, &file);
         }
+        trim_cache(&folder, RENDER_CACHE_BYTES);
     }
     Ok(bytes)
+}
+
+/// The render cache keeps at most this much (an agent renders every new revision of every
+/// Kustomize or Helm application; a cache that only grows would fill the disk).
+const RENDER_CACHE_BYTES: u64 = 256 << 20;
+
+/// Deletes the least recently used files of `folder` until the rest fit in `limit` bytes.
+fn trim_cache(folder: &std::path::Path, limit: u64) {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, u64, std::path::PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let metadata = entry.metadata().ok()?;
+            if !metadata.is_file() {
+                return None;
+            }
+            Some((metadata.modified().ok()?, metadata.len(), entry.path()))
+        })
+        .collect();
+    let mut total: u64 = files.iter().map(|(_, size, _)| size).sum();
+    if total <= limit {
+        return;
+    }
+    files.sort();
+    for (_, size, path) in files {
+        if total <= limit {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= size;
+        }
+    }
 }
 
 fn render_kustomize(

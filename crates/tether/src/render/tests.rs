@@ -256,3 +256,33 @@ fn a_missing_path_is_a_clear_problem() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn the_render_cache_drops_the_least_recently_used_first() {
+    let dir = tempfile::tempdir().expect("temp");
+    let base = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+    for i in 0..10u64 {
+        let path = dir.path().join(format!("{i}.out"));
+        std::fs::write(&path, vec![b'x'; 100]).expect("write");
+        let handle = std::fs::File::options()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        handle
+            .set_modified(base + std::time::Duration::from_secs(i))
+            .expect("mtime");
+    }
+    trim_cache(dir.path(), 1000);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("dir").count(),
+        10,
+        "within the limit"
+    );
+    trim_cache(dir.path(), 550);
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["5.out", "6.out", "7.out", "8.out", "9.out"]);
+}
