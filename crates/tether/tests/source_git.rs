@@ -162,6 +162,42 @@ fn pack_files(cache: &Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
+fn many_fetches_do_not_pile_up_pack_files() {
+    let f = fixture();
+    let cache = tempfile::tempdir().expect("cache");
+    let url = format!("file://{}", f.repo.path.display());
+    let (mut most, mut early) = (0, String::new());
+    for i in 0..40 {
+        f.repo.write("apps/web/cm.yaml", &cm(&format!("web-{i}")));
+        let commit = f.repo.commit(&format!("change {i}"));
+        let source = source(&url, "main", cache.path());
+        let (revision, tree, stats) = source.fetch().expect("fetch succeeds");
+        assert_eq!(revision.commit, commit);
+        if i == 3 {
+            early = commit;
+        }
+        assert!(stats.objects_received > 0, "fetch {i} received nothing");
+        let objects = render_plain(&tree, "apps/web", &RenderOptions::default()).expect("renders");
+        assert!(objects.iter().any(|o| o.key.name == format!("web-{i}")));
+        let packs = pack_files(cache.path())
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+            .count();
+        most = most.max(packs);
+    }
+    // Every fetch added a pack; past 32 they were merged.
+    assert!(most <= 33, "{most} pack files at once");
+    // An earlier revision is read from the merged pack, without asking the remote.
+    let (_, tree, stats) = source(&url, &early, cache.path())
+        .fetch()
+        .expect("fetch succeeds");
+    assert!(!stats.contacted_remote);
+    let objects = render_plain(&tree, "apps/web", &RenderOptions::default()).expect("renders");
+    assert_eq!(objects[0].key.name, "web-3");
+    assert_sound(cache.path());
+}
+
+#[test]
 fn concurrent_fetches_of_one_repository_share_the_cache_safely() {
     let f = fixture();
     let cache = tempfile::tempdir().expect("cache");
@@ -186,11 +222,15 @@ fn concurrent_fetches_of_one_repository_share_the_cache_safely() {
         assert_eq!(commit.len(), 40);
         assert!(files >= 1, "{reference}");
     }
-    // The cache is still a sound repository.
+    assert_sound(cache.path());
+}
+
+/// `git fsck` finds the cached repository sound.
+fn assert_sound(cache: &Path) {
     let fsck = std::process::Command::new("git")
         .arg("-C")
         .arg(
-            std::fs::read_dir(cache.path())
+            std::fs::read_dir(cache)
                 .expect("cache")
                 .flatten()
                 .find(|e| e.path().is_dir())

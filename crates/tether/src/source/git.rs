@@ -223,6 +223,9 @@ impl GitSource {
             ssh_stderr: &ssh_stderr,
         };
         let (commit, from_ref, stats) = session.resolve_and_fetch(&repo)?;
+        if stats.objects_received > 0 {
+            consolidate_packs(&cache);
+        }
         let revision = Revision {
             commit: commit.to_string(),
             from_ref,
@@ -295,6 +298,50 @@ impl GitSource {
             url: display_url.to_string(),
         };
         Ok(Some((revision, tree, FetchStats::default())))
+    }
+}
+
+/// A cache holding more pack files than this is repacked into one.
+const PACK_LIMIT: usize = 32;
+
+/// Every fetch that receives objects adds a pack file, and lookups slow down with their
+/// number: past [`PACK_LIMIT`], `git repack` merges them (under the cache's exclusive
+/// lock). Without a `git` program the packs stay as they are (a debug log says so).
+fn consolidate_packs(cache: &Path) {
+    let packs = std::fs::read_dir(cache.join("objects/pack"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .count()
+        })
+        .unwrap_or(0);
+    if packs <= PACK_LIMIT {
+        return;
+    }
+    // Isolated like tether's own Git access: no user or system configuration.
+    let result = std::process::Command::new("git")
+        .arg("-C")
+        .arg(cache)
+        // -k: keep objects no ref reaches (tether's fetched commits have no refs), so
+        // every cached revision stays readable.
+        .args(["repack", "-a", "-d", "-k", "-q"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output();
+    match result {
+        Ok(output) if output.status.success() => {
+            tracing::debug!(cache = %cache.display(), packs, "repacked the Git cache");
+        }
+        Ok(output) => tracing::warn!(
+            cache = %cache.display(),
+            stderr = %String::from_utf8_lossy(&output.stderr).trim(),
+            "git repack of the cache failed; its packs stay as they are"
+        ),
+        Err(err) => tracing::debug!(%err, "no git program to repack the cache with"),
     }
 }
 
