@@ -651,7 +651,6 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         }
     }
     ctx.drift.begin_full_sync(&applyset_id);
-
     let (objects, digest) = match rendered {
         Some(rendered) => rendered,
         None => {
@@ -661,6 +660,21 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
             (objects, digest)
         }
     };
+    full_sync(ctx, app, revision, objects, digest).await
+}
+
+/// Plans every object of the render against the cluster and applies when the policy
+/// allows; records for the drift watch what the cluster now holds.
+async fn full_sync(
+    ctx: &Context,
+    app: &Application,
+    revision: Revision,
+    objects: Vec<crate::render::Object>,
+    digest: [u8; 32],
+) -> Result<Outcome, String> {
+    let policy = &app.spec.sync_policy;
+    let applyset_id =
+        crate::apply::applyset::ApplySet::new(&app.name_any(), &app.spec.destination.namespace).id;
     let planned = plan_app(&ctx.client, &ctx.resolver, &ctx.options, app, objects).await?;
     let summary = planned.summary();
     let apply_set = ApplySetReference {
