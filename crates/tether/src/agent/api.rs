@@ -125,7 +125,14 @@ async fn show(
         Err(reply) => return reply,
     };
     let planned = async {
-        let (revision, tree) = super::fetch(&state.client, &state.options, &app, None).await?;
+        let (revision, tree) = super::fetch(
+            &state.client,
+            &state.options,
+            &app,
+            None,
+            std::time::Duration::ZERO,
+        )
+        .await?;
         let plan = super::render_and_plan(
             &state.client,
             &state.resolver,

@@ -577,7 +577,27 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
             ctx.drift.is_drifted(&applyset_id) && s.observed_generation == app.metadata.generation
         })
         .and_then(|s| s.last_applied_revision.clone());
-    let (revision, tree) = fetch(&ctx.client, &ctx.options, app, pin.as_deref()).await?;
+    // Polls of Applications that follow one repository share a listing of its refs taken
+    // in the last few seconds (webhooks mark it stale); a sync someone asked for lists
+    // afresh.
+    let sync_request = app
+        .annotations()
+        .get(application::SYNC_REQUEST_ANNOTATION)
+        .cloned();
+    let sync_requested = app.status.as_ref().map(|s| &s.last_sync_request) != Some(&sync_request);
+    let listing_max_age = if sync_requested {
+        Duration::ZERO
+    } else {
+        LISTING_MAX_AGE
+    };
+    let (revision, tree) = fetch(
+        &ctx.client,
+        &ctx.options,
+        app,
+        pin.as_deref(),
+        listing_max_age,
+    )
+    .await?;
     let mut tree = Some(tree);
     ctx.metrics
         .git_fetch_seconds
@@ -588,13 +608,8 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
     // watches saw nothing but status change since; and either the revision is the one
     // applied, or a new revision renders exactly what was applied (a push that touched
     // other folders of a shared repository).
-    let sync_request = app
-        .annotations()
-        .get(application::SYNC_REQUEST_ANNOTATION)
-        .cloned();
     let settled = app.status.as_ref().and_then(|status| {
-        let unchanged = status.last_sync_request == sync_request
-            && status.observed_generation == app.metadata.generation;
+        let unchanged = !sync_requested && status.observed_generation == app.metadata.generation;
         let (sync, apply_set) = (status.sync.as_ref()?, status.apply_set.as_ref()?);
         (unchanged && sync.status == "Synced").then_some((status, sync, apply_set))
     });
@@ -608,7 +623,17 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         && let Some(drifted) = ctx.drift.take_drifted(&applyset_id)
     {
         let tree = tree.take().expect("the tree is rendered once");
-        match correct_drift(ctx, app, revision.clone(), tree, drifted, settled).await {
+        match correct_drift(
+            ctx,
+            app,
+            &applyset_id,
+            revision.clone(),
+            tree,
+            drifted,
+            settled,
+        )
+        .await
+        {
             Ok(Targeted::Done(outcome)) => return Ok(*outcome),
             Ok(Targeted::Full(objects, digest)) => rendered = Some((objects, digest)),
             Err(message) => {
@@ -627,8 +652,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
             true
         } else {
             let tree = tree.take().expect("the tree is rendered once");
-            let objects = render_app(&ctx.resolver, &ctx.options, app, &revision, tree).await?;
-            let digest = digest_of(&objects);
+            let (objects, digest) = render_digested(ctx, app, &revision, tree).await?;
             rendered = Some((objects, digest));
             ctx.drift.applied_digest(&applyset_id) == Some(digest)
         };
@@ -655,12 +679,10 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         Some(rendered) => rendered,
         None => {
             let tree = tree.take().expect("the tree is rendered once");
-            let objects = render_app(&ctx.resolver, &ctx.options, app, &revision, tree).await?;
-            let digest = digest_of(&objects);
-            (objects, digest)
+            render_digested(ctx, app, &revision, tree).await?
         }
     };
-    full_sync(ctx, app, revision, objects, digest).await
+    full_sync(ctx, app, &applyset_id, revision, objects, digest).await
 }
 
 /// Plans every object of the render against the cluster and applies when the policy
@@ -668,13 +690,12 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
 async fn full_sync(
     ctx: &Context,
     app: &Application,
+    applyset_id: &str,
     revision: Revision,
     objects: Vec<crate::render::Object>,
     digest: [u8; 32],
 ) -> Result<Outcome, String> {
     let policy = &app.spec.sync_policy;
-    let applyset_id =
-        crate::apply::applyset::ApplySet::new(&app.name_any(), &app.spec.destination.namespace).id;
     let planned = plan_app(&ctx.client, &ctx.resolver, &ctx.options, app, objects).await?;
     let summary = planned.summary();
     let apply_set = ApplySetReference {
@@ -743,16 +764,16 @@ async fn full_sync(
     if sync.status == "Synced" {
         // The cluster now holds this render: a later revision that renders the same needs
         // no plan.
-        ctx.drift.set_applied_digest(&applyset_id, digest);
+        ctx.drift.set_applied_digest(applyset_id, digest);
         if versions.len() == desired.len() {
-            ctx.drift.expect_versions(&applyset_id, versions);
+            ctx.drift.expect_versions(applyset_id, versions);
         }
     }
     let health = assess(ctx, &desired).await;
     ctx.desired
         .lock()
         .expect("not poisoned")
-        .insert(applyset_id, desired);
+        .insert(applyset_id.to_string(), desired);
     Ok(Outcome {
         revision,
         sync,
@@ -846,16 +867,14 @@ enum Targeted {
 async fn correct_drift(
     ctx: &Context,
     app: &Application,
+    applyset_id: &str,
     revision: Revision,
     tree: crate::source::git::CommitTree,
     drifted: std::collections::BTreeSet<crate::render::ObjectKey>,
     settled: (&ApplicationStatus, &SyncStatus, &ApplySetReference),
 ) -> Result<Targeted, String> {
-    let applyset_id =
-        crate::apply::applyset::ApplySet::new(&app.name_any(), &app.spec.destination.namespace).id;
-    let objects = render_app(&ctx.resolver, &ctx.options, app, &revision, tree).await?;
-    let digest = digest_of(&objects);
-    if ctx.drift.applied_digest(&applyset_id) != Some(digest) {
+    let (objects, digest) = render_digested(ctx, app, &revision, tree).await?;
+    if ctx.drift.applied_digest(applyset_id) != Some(digest) {
         return Ok(Targeted::Full(objects, digest));
     }
     let destination = &app.spec.destination.namespace;
@@ -905,11 +924,11 @@ async fn correct_drift(
     // When everything was Healthy and no other member's status changed since, the others
     // still are: read the corrected objects only. Otherwise read them all.
     let health = if status.health.as_deref() == Some("Healthy")
-        && ctx.drift.may_skip(&applyset_id) == Some(false)
+        && ctx.drift.may_skip(applyset_id) == Some(false)
     {
         assess(ctx, &corrected).await
     } else {
-        assess_set(ctx, &applyset_id).await
+        assess_set(ctx, applyset_id).await
     };
     let mut sync = sync.clone();
     sync.revision = revision.commit.clone();
@@ -938,12 +957,14 @@ async fn assess_set(ctx: &Context, id: &str) -> HealthStatus {
 
 /// Resolves the Application's ref and fetches that revision (credentials from its Secret,
 /// signature checked when it names keys).
-/// `pin` fetches that commit instead of resolving the ref.
+/// `pin` fetches that commit instead of resolving the ref; the ref may be resolved from a
+/// listing of the remote's refs up to `listing_max_age` old (see `GitSource`).
 pub async fn fetch(
     client: &kube::Client,
     options: &AgentOptions,
     app: &Application,
     pin: Option<&str>,
+    listing_max_age: Duration,
 ) -> Result<(Revision, crate::source::git::CommitTree), String> {
     let namespace = app.namespace().unwrap_or_default();
     let spec = &app.spec;
@@ -953,17 +974,7 @@ pub async fn fetch(
     };
     let mut source = GitSource::new(spec.source.repo_url.clone(), reference);
     source.cache_dir = options.cache_dir.join("git");
-    // Polls of Applications that follow one repository share a listing of its refs taken
-    // in the last few seconds (webhooks mark it stale); a sync someone asked for lists
-    // afresh.
-    let sync_requested = app.annotations().get(application::SYNC_REQUEST_ANNOTATION)
-        != app
-            .status
-            .as_ref()
-            .and_then(|s| s.last_sync_request.as_ref());
-    if !sync_requested {
-        source.listing_max_age = LISTING_MAX_AGE;
-    }
+    source.listing_max_age = listing_max_age;
     let secret_files =
         tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;
     if let Some(secret) = &spec.source.secret_ref {
@@ -1067,6 +1078,18 @@ async fn plan_app(
     plan(client, resolver, objects, &plan_options)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Renders as [`render_app`] does, with the render's [`digest_of`].
+async fn render_digested(
+    ctx: &Context,
+    app: &Application,
+    revision: &Revision,
+    tree: crate::source::git::CommitTree,
+) -> Result<(Vec<crate::render::Object>, [u8; 32]), String> {
+    let objects = render_app(&ctx.resolver, &ctx.options, app, revision, tree).await?;
+    let digest = digest_of(&objects);
+    Ok((objects, digest))
 }
 
 /// What a render produced, as one value: two renders with the same digest make the same

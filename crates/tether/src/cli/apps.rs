@@ -140,9 +140,10 @@ pub async fn diff(global: &GlobalArgs, args: &AppArgs, out: &mut impl Write) -> 
         .await
         .map_err(|e| cluster.describe(e))?;
     let options = AgentOptions::default();
-    let (revision, tree) = crate::agent::fetch(&client, &options, &app, None)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let (revision, tree) =
+        crate::agent::fetch(&client, &options, &app, None, std::time::Duration::ZERO)
+            .await
+            .map_err(anyhow::Error::msg)?;
     let plan = crate::agent::render_and_plan(&client, &resolver, &options, &app, &revision, tree)
         .await
         .map_err(anyhow::Error::msg)?;
