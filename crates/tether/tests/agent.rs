@@ -94,6 +94,27 @@ async fn until(
     }
 }
 
+/// Reads with `check` every 50 ms until it holds, or fails after 10 s saying `what` did
+/// not happen; returns how many reads it took.
+async fn within_10_s<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> u64 {
+    let started = Instant::now();
+    let mut reads = 0;
+    loop {
+        reads += 1;
+        if check().await {
+            return reads;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn applied(app: &Application) -> Option<&str> {
     app.status.as_ref()?.last_applied_revision.as_deref()
 }
@@ -314,23 +335,16 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
 
     edit("healed").await;
     let started = Instant::now();
-    loop {
-        let color = configmaps
+    within_10_s("the edit reverted", || async {
+        configmaps
             .get("healed")
             .await
             .expect("get")
             .data
             .expect("data")["color"]
-            .clone();
-        if color == "blue" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the edit was not reverted within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            == "blue"
+    })
+    .await;
     eprintln!("drift corrected in {:?}", started.elapsed());
 
     // Only what drifted is planned and applied again: one hand edit among 50 LimitRanges
@@ -357,26 +371,16 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
         )
         .await
         .expect("hand edit");
-    let started = Instant::now();
-    let mut reads = 0;
-    loop {
-        reads += 1;
+    let reads = within_10_s("the LimitRange edit reverted", || async {
         let live = limit_ranges.get("l-07").await.expect("get");
-        let cpu = live.spec.expect("spec").limits[0]
+        live.spec.expect("spec").limits[0]
             .max
             .as_ref()
             .expect("max")["cpu"]
             .0
-            .clone();
-        if cpu == "2" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the LimitRange edit was not reverted within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            == "2"
+    })
+    .await;
     // Everything since: the hand edit, the test's reads, and the agent's correction.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let since: std::collections::BTreeMap<String, u64> = requests_by_verb(&client, "limitranges")
@@ -404,31 +408,20 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
         )
         .await
         .expect("remove a field by hand");
-    let started = Instant::now();
-    loop {
+    within_10_s("the removed field put back", || async {
         let data = configmaps.get("healed").await.expect("get").data;
-        if data.and_then(|d| d.get("color").cloned()).as_deref() == Some("blue") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the removed field was not put back within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        data.and_then(|d| d.get("color").cloned()).as_deref() == Some("blue")
+    })
+    .await;
 
     configmaps
         .delete("healed", &Default::default())
         .await
         .expect("delete by hand");
-    let started = Instant::now();
-    while configmaps.get_opt("healed").await.expect("get").is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the deleted object was not recreated within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    within_10_s("the deleted object recreated", || async {
+        configmaps.get_opt("healed").await.expect("get").is_some()
+    })
+    .await;
 
     edit("reported").await;
     until(&apps, "reported", "reported as OutOfSync", |a| {
