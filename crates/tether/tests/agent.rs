@@ -10,113 +10,13 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use support::agent::{applied, create_application, options_for, start_agent, until, within_10_s};
 use support::git::{GitDaemon, GitRepo};
 use support::{TestNamespace, cluster};
-use tether::agent::{AgentOptions, Application, install_crd, run};
+use tether::agent::{AgentOptions, Application, install_crd};
 
 fn cm(name: &str, color: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: {color}\n")
-}
-
-/// An agent running in this test process; `stop` ends it as SIGTERM would.
-struct RunningAgent {
-    stop: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<Result<(), tether::agent::Error>>,
-}
-
-fn start_agent(client: &kube::Client, options: AgentOptions) -> RunningAgent {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(run(client.clone(), options, async move {
-        let _ = stopped.await;
-    }));
-    RunningAgent { stop, handle }
-}
-
-impl RunningAgent {
-    /// Ends the agent at once, as a crash would: nothing is released.
-    fn kill(self) {
-        self.handle.abort();
-    }
-
-    async fn stop(self) -> Result<(), String> {
-        let _ = self.stop.send(());
-        match tokio::time::timeout(Duration::from_secs(30), self.handle).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(err))) => Err(err.to_string()),
-            Ok(Err(panic)) => Err(format!("the agent panicked: {panic}")),
-            Err(_) => Err("the agent did not stop within 30 s".into()),
-        }
-    }
-}
-
-/// An agent watching the test namespace, caching under `dir`.
-fn options_for(ns: &TestNamespace, dir: &std::path::Path) -> AgentOptions {
-    AgentOptions {
-        namespace: Some(ns.name.clone()),
-        cache_dir: dir.join("cache"),
-        ..Default::default()
-    }
-}
-
-/// Creates Application `name` with `spec` in the namespace of `apps`.
-async fn create_application(apps: &Api<Application>, name: &str, spec: serde_json::Value) {
-    let app: Application = serde_json::from_value(json!({
-        "apiVersion": "tether.dev/v1alpha1",
-        "kind": "Application",
-        "metadata": {"name": name},
-        "spec": spec
-    }))
-    .expect("a valid Application");
-    apps.create(&PostParams::default(), &app)
-        .await
-        .expect("the Application is created");
-}
-
-/// Waits until `check` holds for the Application, or fails with its last status.
-async fn until(
-    apps: &Api<Application>,
-    name: &str,
-    what: &str,
-    check: impl Fn(&Application) -> bool,
-) -> Application {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let app = apps.get(name).await.expect("the Application exists");
-        if check(&app) {
-            return app;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within 60 s; status: {:#?}",
-            app.status
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Reads with `check` every 50 ms until it holds, or fails after 10 s saying `what` did
-/// not happen; returns how many reads it took.
-async fn within_10_s<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> u64 {
-    let started = Instant::now();
-    let mut reads = 0;
-    loop {
-        reads += 1;
-        if check().await {
-            return reads;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "not within 10 s: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn applied(app: &Application) -> Option<&str> {
-    app.status.as_ref()?.last_applied_revision.as_deref()
 }
 
 #[tokio::test]
@@ -1398,4 +1298,263 @@ async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_o
     let blue = count_colored("blue").await;
     assert_eq!(blue, 400);
     agent.stop().await.expect("the agent stops");
+}
+
+/// A ValidatingAdmissionPolicy that refuses ConfigMaps whose `color` is `blue` in
+/// namespace `ns`, removed when dropped (also when the test fails).
+struct FrozenBlue {
+    name: String,
+}
+
+impl FrozenBlue {
+    async fn create(client: &kube::Client, ns: &str) -> Self {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let name = support::unique_name("frozen-blue");
+        let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"]}]},
+                "validations": [{"expression": "!has(object.data) || !('color' in object.data) || object.data.color != 'blue'",
+                                 "message": "blue is frozen"}]
+            }
+        }))
+        .expect("policy");
+        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"policyName": name, "validationActions": ["Deny"],
+                     "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}
+        }))
+        .expect("binding");
+        Api::<ValidatingAdmissionPolicy>::all(client.clone())
+            .create(&PostParams::default(), &policy)
+            .await
+            .expect("policy created");
+        let frozen = Self { name };
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("binding created");
+        // The API server takes up new policies within a few seconds: probe with a dry run.
+        let probes: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        let probe: ConfigMap = serde_json::from_value(cm_json("probe", "blue")).expect("configmap");
+        within_10_s("the policy is in force", || async {
+            probes
+                .create(
+                    &PostParams {
+                        dry_run: true,
+                        ..Default::default()
+                    },
+                    &probe,
+                )
+                .await
+                .is_err()
+        })
+        .await;
+        frozen
+    }
+}
+
+fn cm_json(name: &str, color: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"color": color}})
+}
+
+impl Drop for FrozenBlue {
+    fn drop(&mut self) {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let name = self.name.clone();
+        support::cleanup(&format!("policy {name}"), move |client| async move {
+            let _ = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+                .delete(&name, &Default::default())
+                .await;
+            Api::<ValidatingAdmissionPolicy>::all(client)
+                .delete(&name, &Default::default())
+                .await
+                .map(|_| ())
+        });
+    }
+}
+
+fn ready(app: &Application) -> Option<(String, String)> {
+    let condition = app
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((condition.status.clone(), condition.message.clone()))
+}
+
+/// Regression: a full sync that failed used to leave the drift watch vouching for the
+/// set, so the retry took the no-op path and wrote Synced over a hand edit it had failed
+/// to correct.
+#[tokio::test]
+async fn a_drift_correction_that_fails_is_retried_and_never_reported_as_synced() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-refused").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("app/a.yaml", &cm("guarded", "blue"));
+    let commit = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    create_application(
+        &apps,
+        "guarded",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "app"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h", "selfHeal": true,
+                           "retry": {"limit": 100, "backoff": "1s"}}
+        }),
+    )
+    .await;
+    until(&apps, "guarded", "first sync", |a| {
+        applied(a) == Some(commit.as_str())
+    })
+    .await;
+
+    // Git's value can no longer be written back, so the correction fails.
+    let frozen = FrozenBlue::create(&client, &ns.name).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    configmaps
+        .patch(
+            "guarded",
+            &PatchParams::apply("hand-edit").force(),
+            &Patch::Apply(cm_json("guarded", "red")),
+        )
+        .await
+        .expect("hand edit");
+    until(&apps, "guarded", "the failed correction reported", |a| {
+        ready(a).is_some_and(|(status, message)| {
+            status == "False" && message.contains("blue is frozen")
+        })
+    })
+    .await;
+    // Several retries (1 s, 2 s, 4 s apart): none may claim Synced while the edit stays.
+    let watched_until = Instant::now() + Duration::from_secs(8);
+    let mut reads = 0;
+    while Instant::now() < watched_until {
+        let app = apps.get("guarded").await.expect("get");
+        let live = configmaps.get("guarded").await.expect("get");
+        let color = live.data.unwrap_or_default().remove("color");
+        assert_eq!(color.as_deref(), Some("red"), "the policy keeps blue out");
+        let (status, message) = ready(&app).expect("a Ready condition");
+        assert_eq!(
+            status, "False",
+            "Ready while the cluster differs from Git: {message}"
+        );
+        reads += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(reads > 10);
+    let failures = apps
+        .get("guarded")
+        .await
+        .expect("get")
+        .status
+        .expect("status")
+        .failures;
+    assert!(failures >= 3, "retried {failures} times");
+
+    drop(frozen);
+    within_10_s("the edit corrected once the policy is gone", || async {
+        configmaps
+            .get("guarded")
+            .await
+            .expect("get")
+            .data
+            .unwrap_or_default()["color"]
+            == "blue"
+    })
+    .await;
+    until(&apps, "guarded", "Ready again", |a| {
+        ready(a).is_some_and(|(status, _)| status == "True")
+    })
+    .await;
+    let _ = agent.stop().await;
+}
+
+/// The backstop: a write the watches cannot tell from tether's own (someone applying with
+/// tether's field manager) is found by the periodic full plan, corrected, logged and
+/// counted in tether_drift_missed_total.
+#[tokio::test]
+async fn the_backstop_corrects_and_counts_drift_the_watches_missed() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-backstop").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("app/a.yaml", &cm("disguised", "blue"));
+    let commit = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let port = support::agent::free_port();
+    let agent = start_agent(
+        &client,
+        AgentOptions {
+            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            verify_interval: Some(Duration::from_secs(3)),
+            ..options_for(&ns, dir.path())
+        },
+    );
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    create_application(
+        &apps,
+        "disguised",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "app"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h", "selfHeal": true}
+        }),
+    )
+    .await;
+    until(&apps, "disguised", "first sync", |a| {
+        applied(a) == Some(commit.as_str())
+    })
+    .await;
+    let metric = "tether_drift_missed_total";
+    assert_eq!(support::agent::agent_metric(port, metric).await, 0.0);
+    // In a later second than tether's apply, so that its entry gets a new time, exactly as
+    // tether's own next apply would.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let disguised = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "disguised", "labels": {"applyset.kubernetes.io/part-of": apps.get("disguised").await.expect("get").status.expect("status").apply_set.expect("set").id}},
+        "data": {"color": "red"}});
+    let edited = Instant::now();
+    configmaps
+        .patch(
+            "disguised",
+            &PatchParams::apply("tether").force(),
+            &Patch::Apply(disguised),
+        )
+        .await
+        .expect("an apply as tether");
+    let deadline = edited + Duration::from_secs(15);
+    loop {
+        let color = configmaps
+            .get("disguised")
+            .await
+            .expect("get")
+            .data
+            .unwrap_or_default()["color"]
+            .clone();
+        if color == "blue" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not corrected within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("the backstop corrected it after {:?}", edited.elapsed());
+    assert_eq!(support::agent::agent_metric(port, metric).await, 1.0);
+    let _ = agent.stop().await;
 }

@@ -2,18 +2,20 @@
 //! owns triggers that Application's reconcile at once, without polling.
 //!
 //! One metadata-only watch per kind in use, selecting objects with an ApplySet label.
-//! Each object's fingerprint is its managedFields minus the status subresource. A write
-//! that moved the time of tether's own apply entry is tether's (even when it took fields
-//! back from someone); any other change outside status (an edit, a scale, a removed field
-//! tether set) or a delete triggers the owning Application. It remembers which members
-//! drifted, so that a few can be corrected without planning the whole set.
+//! Each object's fingerprint is tether's own entry in its managedFields ([`classify`]): a
+//! write that took or removed fields tether set, or a delete, triggers the owning
+//! Application; tether's own applies and writes that leave its fields alone (status, other
+//! managers' fields) do not. After a gap in a watch, objects that changed or went away
+//! meanwhile trigger too. It remembers which members drifted, so that a few can be
+//! corrected without planning the whole set.
 //!
 //! It also tells a periodic reconcile when it may skip planning altogether (no-op is free):
-//! when every kind of the set has been watched since the last full sync and nothing but
-//! status changed, no request is needed for the Application's objects; when only status
-//! changed, health is read again.
+//! when every kind of the set has been watched since the last full sync and nothing that
+//! tether set changed, no request is needed for the Application's objects; when only
+//! status changed, health is read again. The agent's backstop (a full plan now and then)
+//! checks that promise: [`DriftWatch::saw_unreported`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -70,33 +72,82 @@ impl DriftWatch {
         (watch, tokio_stream_from(receiver))
     }
 
-    /// A full sync of set `id` starts: forget earlier changes. The sync counts as watched
-    /// only if every kind it had last time is watched already.
-    pub fn begin_full_sync(&self, id: &str) {
+    /// A full sync of set `id` starts: forget earlier changes. Until it completes
+    /// ([`Self::finish_full_sync`]) the watches vouch for nothing: a sync that fails leaves
+    /// the cluster as it found it, drift included, and the next reconcile must plan in
+    /// full again. Returns whether, until now, the watches vouched that nothing tether set
+    /// changed since the last full sync (a difference this sync finds in an unchanged
+    /// render is then one they missed).
+    pub fn begin_full_sync(&self, id: &str) -> bool {
         let ready = self.ready.lock().expect("not poisoned").clone();
         let mut sets = self.sets.lock().expect("not poisoned");
         let state = sets.entry(id.to_string()).or_default();
-        state.verified = !state.kinds.is_empty() && state.kinds.iter().all(|k| ready.contains(k));
+        let vouched = state.verified && !state.drifted;
+        state.last_full_plan = Some(std::time::Instant::now());
+        state.verified = false;
+        state.watched_from_start =
+            !state.kinds.is_empty() && state.kinds.iter().all(|k| ready.contains(k));
         state.drifted = false;
         state.status_changed = false;
         state.applied_digest = None;
         state.drifted_objects.clear();
         state.drift_overflow = false;
         state.pending.clear();
+        vouched
     }
 
-    /// A full sync of set `id` that began before its watches were running ended with its
-    /// members at these resourceVersions (as its writes and plan saw them). Once the
-    /// watches have seen each member at exactly that version, nothing was missed, and the
-    /// set counts as watched from the sync on: later reconciles may skip, with no
-    /// second full plan to establish that.
-    pub fn expect_versions(&self, id: &str, expected: Vec<(ObjectKey, String)>) {
+    /// Whether the backstop's full plan of set `id` is due: its last full plan is older
+    /// than `period`, stretched by a jitter of up to +20 % that differs between sets (so
+    /// that Applications synced together are not verified together).
+    pub fn verification_due(&self, id: &str, period: std::time::Duration) -> bool {
+        self.until_verification(id, period).is_zero()
+    }
+
+    /// How long until the backstop's full plan of set `id` is due (zero: now).
+    pub fn until_verification(&self, id: &str, period: std::time::Duration) -> std::time::Duration {
+        let sets = self.sets.lock().expect("not poisoned");
+        let Some(last) = sets.get(id).and_then(|s| s.last_full_plan) else {
+            return std::time::Duration::ZERO;
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        let stretch = 1.0 + (hasher.finish() % 1000) as f64 / 5000.0;
+        period.mul_f64(stretch).saturating_sub(last.elapsed())
+    }
+
+    /// Whether the watches saw `key` of set `id` at exactly `version` and did not take it
+    /// for someone else's change since the current full sync began: a difference in that
+    /// state is one they missed. `false` while the watch has not reached that version yet,
+    /// or when too many members changed to tell.
+    pub fn saw_unreported(&self, id: &str, key: &ObjectKey, version: &str) -> bool {
+        let versions = self.versions.lock().expect("not poisoned");
+        let sets = self.sets.lock().expect("not poisoned");
+        let Some(state) = sets.get(id) else {
+            return false;
+        };
+        versions.get(key).map(String::as_str) == Some(version)
+            && !state.drift_overflow
+            && !state.drifted_objects.contains(key)
+    }
+
+    /// The full sync of set `id` completed (planned everything, and applied what it was
+    /// allowed to). If every kind of the set was watched from its start, the watches vouch
+    /// for the set from now on. Otherwise `expected` holds each member's resourceVersion
+    /// as the sync left it (as its writes and plan saw them): once the watches have seen
+    /// each member at exactly that version, nothing was missed, and they vouch from then
+    /// on, with no second full plan to establish that.
+    pub fn finish_full_sync(&self, id: &str, expected: Vec<(ObjectKey, String)>) {
+        // The same lock order as `saw_version`: versions, then sets.
         let seen = self.versions.lock().expect("not poisoned");
         let mut sets = self.sets.lock().expect("not poisoned");
         let Some(state) = sets.get_mut(id) else {
             return;
         };
-        if state.verified || expected.is_empty() {
+        if state.watched_from_start {
+            state.verified = true;
+            return;
+        }
+        if expected.is_empty() {
             return;
         }
         state.pending = expected
@@ -108,7 +159,7 @@ impl DriftWatch {
 
     /// The watch saw `key` of set `id` at `version`.
     fn saw_version(&self, id: Option<&str>, key: ObjectKey, version: String) {
-        // The same lock order as `expect_versions`: versions, then sets.
+        // The same lock order as `finish_full_sync`: versions, then sets.
         let mut versions = self.versions.lock().expect("not poisoned");
         if let Some(id) = id
             && let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id)
@@ -222,37 +273,70 @@ impl DriftWatch {
             Api::all_with(self.client.clone(), &kind.resource);
         let config = watcher::Config::default().labels(PART_OF_LABEL);
         let mut events = watcher(api, config).boxed();
+        // Objects of this kind by uid (key and set), to tell after a gap in the watch which
+        // ones went away meanwhile; and the uids listed again since the gap.
+        let mut known: HashMap<String, (ObjectKey, Option<String>)> = HashMap::new();
+        let mut relisted: Option<HashSet<String>> = None;
+        let mut listed_once = false;
         while let Some(event) = events.next().await {
             match event {
+                Ok(watcher::Event::Init) => relisted = Some(HashSet::new()),
                 Ok(watcher::Event::InitApply(object)) => {
-                    let _ = self.remember(&object);
+                    let (previous, now) = self.remember(&object);
+                    // A list after a gap shows only the newest state: any change to an
+                    // object seen before may hide someone else's write.
+                    if listed_once && previous.is_some_and(|p| p != now) {
+                        self.notify(&kind, &object, "changed while the watch was away");
+                    }
+                    if let (Some(relisted), Some(uid)) = (relisted.as_mut(), &object.metadata.uid) {
+                        relisted.insert(uid.clone());
+                    }
+                    Self::know(&mut known, &kind, &object);
                     self.record_version(&kind, &object);
                 }
                 Ok(watcher::Event::Apply(object)) => {
-                    match self.remember(&object) {
-                        Change::Foreign => self.notify(&kind, &object, "changed"),
-                        Change::Ours => {}
-                        Change::Status => self.status_changed(&object),
+                    let (previous, now) = self.remember(&object);
+                    // First sight: created by our apply, or before the watch existed.
+                    match previous.map(|p| classify(&p, &now)) {
+                        Some(Change::Foreign) => self.notify(&kind, &object, "changed"),
+                        Some(Change::Status) => self.status_changed(&object),
+                        Some(Change::Ours) | None => {}
                     }
+                    Self::know(&mut known, &kind, &object);
                     self.record_version(&kind, &object);
                 }
                 Ok(watcher::Event::InitDone) => {
+                    if let Some(relisted) = relisted.take()
+                        && listed_once
+                    {
+                        let gone: Vec<String> = known
+                            .keys()
+                            .filter(|uid| !relisted.contains(*uid))
+                            .cloned()
+                            .collect();
+                        for uid in gone {
+                            if let Some((key, id)) = known.remove(&uid) {
+                                self.forget(&uid, &key);
+                                if let Some(id) = id {
+                                    self.report(&id, key, "deleted while the watch was away");
+                                }
+                            }
+                        }
+                    }
+                    listed_once = true;
                     self.ready
                         .lock()
                         .expect("not poisoned")
                         .insert((kind.resource.group.clone(), kind.resource.kind.clone()));
                 }
                 Ok(watcher::Event::Delete(object)) => {
+                    let key = member_key(&kind, &object);
                     if let Some(uid) = &object.metadata.uid {
-                        self.seen.lock().expect("not poisoned").remove(uid);
+                        known.remove(uid);
+                        self.forget(uid, &key);
                     }
-                    self.versions
-                        .lock()
-                        .expect("not poisoned")
-                        .remove(&member_key(&kind, &object));
                     self.notify(&kind, &object, "deleted");
                 }
-                Ok(_) => {}
                 Err(err) => {
                     tracing::debug!(%err, kind = %kind.resource.kind, "drift watch restarts")
                 }
@@ -260,60 +344,66 @@ impl DriftWatch {
         }
     }
 
-    fn record_version(&self, kind: &KindInfo, object: &PartialObjectMeta<DynamicObject>) {
-        if let Some(version) = object.metadata.resource_version.clone() {
-            let id = object
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(PART_OF_LABEL));
-            self.saw_version(id.map(String::as_str), member_key(kind, object), version);
+    fn know(
+        known: &mut HashMap<String, (ObjectKey, Option<String>)>,
+        kind: &KindInfo,
+        object: &PartialObjectMeta<DynamicObject>,
+    ) {
+        if let Some(uid) = &object.metadata.uid {
+            known.insert(uid.clone(), (member_key(kind, object), set_of(object)));
         }
     }
 
-    /// Stores the object's fingerprints and says who changed it since the last event.
-    fn remember(&self, object: &PartialObjectMeta<DynamicObject>) -> Change {
-        let Some(uid) = object.metadata.uid.clone() else {
-            return Change::Ours;
-        };
+    /// An object is gone: forget its fingerprints and version.
+    fn forget(&self, uid: &str, key: &ObjectKey) {
+        self.seen.lock().expect("not poisoned").remove(uid);
+        self.versions.lock().expect("not poisoned").remove(key);
+    }
+
+    fn record_version(&self, kind: &KindInfo, object: &PartialObjectMeta<DynamicObject>) {
+        if let Some(version) = object.metadata.resource_version.clone() {
+            let id = set_of(object);
+            self.saw_version(id.as_deref(), member_key(kind, object), version);
+        }
+    }
+
+    /// Stores the object's fingerprints; returns the ones seen before (none at first sight)
+    /// and the new ones.
+    fn remember(&self, object: &PartialObjectMeta<DynamicObject>) -> (Option<Prints>, Prints) {
         let prints = fingerprints(object);
+        let Some(uid) = object.metadata.uid.clone() else {
+            return (None, prints);
+        };
         let previous = self
             .seen
             .lock()
             .expect("not poisoned")
             .insert(uid, prints.clone());
-        match previous {
-            // First sight (created by our apply, or before the watch existed).
-            None => Change::Ours,
-            Some(previous) => classify(&previous, &prints),
-        }
+        (previous, prints)
     }
 
     fn status_changed(&self, object: &PartialObjectMeta<DynamicObject>) {
-        if let Some(id) = object
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(PART_OF_LABEL))
-            && let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id)
+        if let Some(id) = set_of(object)
+            && let Some(state) = self.sets.lock().expect("not poisoned").get_mut(&id)
         {
             state.status_changed = true;
         }
     }
 
     fn notify(&self, kind: &KindInfo, object: &PartialObjectMeta<DynamicObject>, what: &str) {
-        let Some(id) = object
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(PART_OF_LABEL))
-        else {
-            return;
-        };
+        if let Some(id) = set_of(object) {
+            self.report(&id, member_key(kind, object), what);
+        }
+    }
+
+    /// Someone else changed or deleted `key`, a member of set `id`: remember it and
+    /// trigger the owning Application.
+    fn report(&self, id: &str, key: ObjectKey, what: &str) {
+        let name = key.name.clone();
         if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
             state.drifted = true;
             if state.drifted_objects.len() < TARGETED_LIMIT {
-                state.drifted_objects.insert(member_key(kind, object));
+                state.drifted_objects.insert(key);
             } else {
                 state.drift_overflow = true;
             }
@@ -321,7 +411,7 @@ impl DriftWatch {
         let owner = self.owners.read().expect("not poisoned").get(id).cloned();
         if let Some(owner) = owner {
             tracing::info!(
-                object = object.metadata.name.as_deref().unwrap_or_default(),
+                object = name,
                 application = %owner,
                 "drift: an owned object was {what}"
             );
@@ -330,11 +420,24 @@ impl DriftWatch {
     }
 }
 
+/// The ApplySet an object belongs to, from its label.
+fn set_of(object: &PartialObjectMeta<DynamicObject>) -> Option<String> {
+    object
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(PART_OF_LABEL))
+        .cloned()
+}
+
 #[derive(Debug, Default)]
 struct SetState {
     kinds: BTreeSet<(String, String)>,
-    /// The last full sync ran while every kind was watched.
+    /// The watches vouch for the set: the last full sync completed, and every change to a
+    /// member since then was seen.
     verified: bool,
+    /// Every kind of the set was watched when the current full sync began.
+    watched_from_start: bool,
     /// Someone else changed or deleted a member since.
     drifted: bool,
     /// A member's status changed since (health may differ).
@@ -347,6 +450,8 @@ struct SetState {
     drift_overflow: bool,
     /// Members the watches have yet to see at the version the last full sync left them.
     pending: HashMap<ObjectKey, String>,
+    /// When the last full sync (a full plan) began.
+    last_full_plan: Option<std::time::Instant>,
 }
 
 /// Up to this many drifted members are corrected one by one; more take a full sync.
@@ -355,11 +460,11 @@ const TARGETED_LIMIT: usize = 32;
 /// Who changed an object, judged from its managedFields.
 #[derive(Debug, PartialEq, Eq)]
 enum Change {
-    /// Someone other than tether changed fields outside status, or deleted it.
+    /// Someone other than tether took or removed fields tether set, or deleted the object.
     Foreign,
-    /// tether's own apply (or the first sight of the object).
+    /// tether's own apply.
     Ours,
-    /// Only status changed.
+    /// Nothing tether set changed: status, or fields other managers own.
     Status,
 }
 
@@ -373,58 +478,37 @@ fn member_key(kind: &KindInfo, object: &PartialObjectMeta<DynamicObject>) -> Obj
     }
 }
 
-/// What an object's managedFields (outside status) say about who wrote it.
+/// What an object's managedFields say about tether's own apply entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Prints {
-    /// Every other manager's entry: (manager, operation) → when it last wrote.
-    foreign_times: Vec<(u64, u64)>,
-    /// The fields the other managers own, and whether the object is being deleted.
-    foreign: u64,
-    /// tether's own applied fields.
+    /// The fields tether applied (its entry's fieldsV1).
     ours: u64,
+    /// How long that fieldsV1 is: only tether's own apply can make it longer.
+    ours_size: usize,
     /// When tether last applied the object.
     ours_time: u64,
-    /// How much each side owns (the length of its fieldsV1): who took fields from whom.
-    ours_size: usize,
-    foreign_size: usize,
+    /// The object is being deleted.
+    deleting: bool,
 }
 
-/// Who made the write between two states of an object. A manager's entry gets a new time
-/// when that manager writes; entries of managers whose fields the writer took shrink
-/// without a new time. Times have one-second resolution, so tether's own write in the
-/// same second as its last one may be taken for someone else's: one needless reconcile.
+/// Who made the write between two states of an object, read from tether's own entry in
+/// its managedFields. Whoever changes a value tether set takes that field from tether's
+/// entry (an update, a scale, a forced apply) or removes it (a patch that deletes it), so
+/// the entry shrinks, and its time stays, since only tether's own apply moves it. A write
+/// that leaves tether's fields as they were cannot have changed a value tether set: a
+/// controller writing fields of its own (the Deployment controller's revision annotation,
+/// status) is not drift, and neither is a label someone added. Times have one-second
+/// resolution: tether's apply that drops fields within the second of its last one looks
+/// like someone else's (one needless reconcile, which writes nothing).
 fn classify(previous: &Prints, now: &Prints) -> Change {
-    let someone_wrote = now.foreign_times.iter().any(|(manager, time)| {
-        previous
-            .foreign_times
-            .iter()
-            .find(|(m, _)| m == manager)
-            .is_none_or(|(_, t)| t != time)
-    });
-    if someone_wrote {
+    if now.deleting && !previous.deleting {
         Change::Foreign
-    } else if now.ours_time != previous.ours_time {
-        // tether wrote, perhaps taking fields back from someone.
-        Change::Ours
-    } else if now.foreign != previous.foreign {
-        // No entry has a new time, yet others' fields changed: the object began to be
-        // deleted, someone wrote twice in one second (taking tether's fields, or their own),
-        // or tether took fields back in the same second as its last apply.
-        let took_ours =
-            now.ours_size < previous.ours_size && now.foreign_size > previous.foreign_size;
-        let only_theirs =
-            now.ours == previous.ours && now.foreign_times.len() == previous.foreign_times.len();
-        if took_ours || only_theirs {
-            Change::Foreign
-        } else {
-            Change::Ours
-        }
-    } else if now.ours != previous.ours {
-        // Some of tether's fields went without anyone gaining them: removed by hand.
-        Change::Foreign
-    } else {
-        // Neither someone's change nor tether's apply: a controller wrote status.
+    } else if now.ours == previous.ours {
         Change::Status
+    } else if now.ours_time != previous.ours_time || now.ours_size > previous.ours_size {
+        Change::Ours
+    } else {
+        Change::Foreign
     }
 }
 
@@ -434,44 +518,26 @@ fn fingerprints(object: &PartialObjectMeta<DynamicObject>) -> Prints {
         value(&mut hasher);
         hasher.finish()
     };
-    let mut foreign = std::collections::hash_map::DefaultHasher::new();
-    let mut foreign_times = Vec::new();
-    let (mut ours, mut ours_time, mut ours_size, mut foreign_size) = (0, 0, 0, 0);
-    for entry in object.metadata.managed_fields.iter().flatten() {
-        if entry.subresource.as_deref() == Some("status") {
-            continue;
-        }
-        let fields = entry.fields_v1.as_ref().map(|f| f.0.to_string());
-        let time = hash(&|h| entry.time.as_ref().map(|t| format!("{:?}", t.0)).hash(h));
-        if entry.manager.as_deref() == Some(FIELD_MANAGER)
-            && entry.operation.as_deref() == Some("Apply")
-        {
-            ours = hash(&|h| fields.hash(h));
-            ours_time = time;
-            ours_size = fields.as_ref().map_or(0, String::len);
-        } else {
-            let manager = hash(&|h| {
-                entry.manager.hash(h);
-                entry.operation.hash(h);
-            });
-            foreign_times.push((manager, time));
-            foreign_size += fields.as_ref().map_or(0, String::len);
-            manager.hash(&mut foreign);
-            fields.hash(&mut foreign);
-        }
-    }
-    object
+    let ours = object
         .metadata
-        .deletion_timestamp
-        .is_some()
-        .hash(&mut foreign);
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|entry| {
+            entry.manager.as_deref() == Some(FIELD_MANAGER)
+                && entry.operation.as_deref() == Some("Apply")
+                && entry.subresource.is_none()
+        });
+    let fields = ours.and_then(|e| e.fields_v1.as_ref().map(|f| f.0.to_string()));
     Prints {
-        foreign_times,
-        foreign: foreign.finish(),
-        ours,
-        ours_time,
-        ours_size,
-        foreign_size,
+        ours: hash(&|h| fields.hash(h)),
+        ours_size: fields.as_ref().map_or(0, String::len),
+        ours_time: hash(&|h| {
+            ours.and_then(|e| e.time.as_ref())
+                .map(|t| format!("{:?}", t.0))
+                .hash(h)
+        }),
+        deleting: object.metadata.deletion_timestamp.is_some(),
     }
 }
 
@@ -485,69 +551,63 @@ fn tokio_stream_from<T: Send + 'static>(
 mod tests {
     use super::*;
 
-    /// An object tether applied at second 1 that no one else wrote to.
+    /// An object tether applied at second 1.
     fn applied() -> Prints {
         Prints {
-            foreign_times: Vec::new(),
-            foreign: 0,
             ours: 10,
-            ours_time: 1,
             ours_size: 100,
-            foreign_size: 0,
+            ours_time: 1,
+            deleting: false,
         }
     }
 
     #[test]
-    fn who_wrote_is_read_from_the_managed_fields() {
+    fn who_wrote_is_read_from_tethers_own_managed_fields() {
         let before = applied();
-        // kubectl edit: a new manager takes one of tether's fields.
+        // kubectl edit, scale or set image: someone takes one of tether's fields.
         let edited = Prints {
-            foreign_times: vec![(7, 2)],
-            foreign: 70,
             ours: 11,
             ours_size: 90,
-            foreign_size: 10,
             ..applied()
         };
         assert_eq!(classify(&before, &edited), Change::Foreign);
-        // tether takes it back later: its own time moves, the editor's entry goes.
+        // tether takes it back later: its own time moves.
         let corrected = Prints {
             ours_time: 3,
             ..applied()
         };
         assert_eq!(classify(&edited, &corrected), Change::Ours);
-        // ... or in the same second as its last apply: no new time anywhere.
+        // ... or within the same second as its last apply: its entry grows, which no one
+        // else's write can make it do.
         assert_eq!(classify(&edited, &applied()), Change::Ours);
-        // A field of tether's removed by someone who then owns nothing.
-        let removed = Prints {
-            ours: 12,
-            ours_size: 80,
-            ..applied()
-        };
-        assert_eq!(classify(&before, &removed), Change::Foreign);
-        // The editor writes again within the same second, taking another field of tether's.
+        // Someone takes a second field within the same second.
         let again = Prints {
-            foreign: 71,
             ours: 13,
             ours_size: 80,
-            foreign_size: 20,
             ..edited.clone()
         };
         assert_eq!(classify(&edited, &again), Change::Foreign);
+        // tether's fields changed, no longer and with no new time: someone's write.
+        let reshaped = Prints {
+            ours: 14,
+            ..applied()
+        };
+        assert_eq!(classify(&before, &reshaped), Change::Foreign);
         // tether's own apply of a new revision.
         let reapplied = Prints {
-            ours: 14,
+            ours: 15,
+            ours_size: 90,
             ours_time: 5,
             ..applied()
         };
         assert_eq!(classify(&before, &reapplied), Change::Ours);
         // A deletion begins.
         let deleting = Prints {
-            foreign: 1,
+            deleting: true,
             ..applied()
         };
         assert_eq!(classify(&before, &deleting), Change::Foreign);
-        // Only the status subresource changed (its entries are left out).
+        // A controller writes status or fields of its own: tether's entry is untouched.
         assert_eq!(classify(&before, &applied()), Change::Status);
     }
 }

@@ -41,6 +41,8 @@ const STATUS_MANAGER: &str = "tether-agent";
 const HISTORY_LIMIT: usize = 10;
 /// How old a listing of a repository's refs a poll may reuse (see `GitSource`).
 const LISTING_MAX_AGE: Duration = Duration::from_secs(5);
+/// The shortest wait before the next periodic reconcile.
+const MIN_REQUEUE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -60,7 +62,14 @@ pub struct AgentOptions {
     pub api_token: Option<Vec<u8>>,
     /// Act only while holding this Lease (several agents, one leader).
     pub leader_election: Option<leader::ElectionOptions>,
+    /// The backstop: plan each Application in full at least this often (stretched by up
+    /// to 20 %), even when the watches saw no change, and count what they missed
+    /// (`tether_drift_missed_total`). `None` turns it off.
+    pub verify_interval: Option<Duration>,
 }
+
+/// The backstop's default period (see [`AgentOptions::verify_interval`]).
+pub const DEFAULT_VERIFY_INTERVAL: Duration = Duration::from_secs(600);
 
 impl Default for AgentOptions {
     fn default() -> Self {
@@ -74,6 +83,7 @@ impl Default for AgentOptions {
             webhook_secret: None,
             api_token: None,
             leader_election: None,
+            verify_interval: Some(DEFAULT_VERIFY_INTERVAL),
         }
     }
 }
@@ -418,6 +428,17 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 "unchanged"
             };
             ctx.count_reconcile(result, started);
+            let set_id = outcome.apply_set.id.clone();
+            let mut outcome = outcome;
+            // Applied, but someone changed a member while this sync ran (the watch told):
+            // the cluster may differ from Git now, so this status must not say Synced. The
+            // change has queued the next reconcile already.
+            let changed_meanwhile =
+                outcome.sync.status == "Synced" && ctx.drift.is_drifted(&set_id);
+            let applied_revision = outcome.sync.status == "Synced";
+            if changed_meanwhile {
+                outcome.sync.status = "OutOfSync".into();
+            }
             ctx.record_state(&app, &outcome.sync.status, &outcome.health.to_string());
             let mut status = status;
             status.failures = 0;
@@ -427,7 +448,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 .cloned();
             status.last_attempted_revision = Some(outcome.revision.commit.clone());
             let synced = outcome.sync.status == "Synced";
-            if synced {
+            if applied_revision {
                 status.last_applied_revision = Some(outcome.revision.commit.clone());
             }
             if let Some(entry) = outcome.applied {
@@ -449,6 +470,8 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 &outcome.revision.commit[..12.min(outcome.revision.commit.len())],
                 if synced {
                     "applied"
+                } else if changed_meanwhile {
+                    "applied, but objects were changed meanwhile (correcting)"
                 } else {
                     "differs from the cluster (automated sync is off)"
                 },
@@ -460,7 +483,11 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 &app,
                 "Ready",
                 if synced { "True" } else { "False" },
-                if synced { "Succeeded" } else { "OutOfSync" },
+                match (synced, changed_meanwhile) {
+                    (true, _) => "Succeeded",
+                    (false, true) => "ChangedMeanwhile",
+                    (false, false) => "OutOfSync",
+                },
                 &message,
             );
             set_condition(
@@ -473,7 +500,15 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             );
             set_condition(&mut status, &app, "Stalled", "False", "Succeeded", "");
             write_status(&ctx, &app, status).await?;
-            Ok(Action::requeue(jitter(interval)))
+            let mut next = jitter(interval);
+            if let Some(period) = ctx.options.verify_interval {
+                next = next.min(
+                    ctx.drift
+                        .until_verification(&set_id, period)
+                        .max(MIN_REQUEUE),
+                );
+            }
+            Ok(Action::requeue(next))
         }
         Err(message) => {
             ctx.count_reconcile("failed", started);
@@ -642,7 +677,13 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
             }
         }
     }
+    // The backstop: now and then, plan in full although the watches saw nothing.
+    let verification_due = ctx
+        .options
+        .verify_interval
+        .is_some_and(|period| ctx.drift.verification_due(&applyset_id, period));
     if rendered.is_none()
+        && !verification_due
         && let Some((status, sync, apply_set)) = settled
         && let Some(status_changed) = ctx.drift.may_skip(&applyset_id)
     {
@@ -674,7 +715,8 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
             });
         }
     }
-    ctx.drift.begin_full_sync(&applyset_id);
+    let applied_digest = ctx.drift.applied_digest(&applyset_id);
+    let vouched = ctx.drift.begin_full_sync(&applyset_id);
     let (objects, digest) = match rendered {
         Some(rendered) => rendered,
         None => {
@@ -682,11 +724,24 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
             render_digested(ctx, app, &revision, tree).await?
         }
     };
-    full_sync(ctx, app, &applyset_id, revision, objects, digest).await
+    // The watches vouched that nothing changed, and the cluster holds this very render:
+    // whatever this plan finds different, they missed.
+    let check_watches = vouched && applied_digest == Some(digest);
+    full_sync(
+        ctx,
+        app,
+        &applyset_id,
+        revision,
+        objects,
+        digest,
+        check_watches,
+    )
+    .await
 }
 
 /// Plans every object of the render against the cluster and applies when the policy
-/// allows; records for the drift watch what the cluster now holds.
+/// allows; records for the drift watch what the cluster now holds. With `check_watches`,
+/// differences are drift the watches missed, and are reported as such.
 async fn full_sync(
     ctx: &Context,
     app: &Application,
@@ -694,9 +749,13 @@ async fn full_sync(
     revision: Revision,
     objects: Vec<crate::render::Object>,
     digest: [u8; 32],
+    check_watches: bool,
 ) -> Result<Outcome, String> {
     let policy = &app.spec.sync_policy;
     let planned = plan_app(&ctx.client, &ctx.resolver, &ctx.options, app, objects).await?;
+    if check_watches {
+        report_missed(ctx, app, applyset_id, &planned);
+    }
     let summary = planned.summary();
     let apply_set = ApplySetReference {
         kind: "Secret".into(),
@@ -765,10 +824,11 @@ async fn full_sync(
         // The cluster now holds this render: a later revision that renders the same needs
         // no plan.
         ctx.drift.set_applied_digest(applyset_id, digest);
-        if versions.len() == desired.len() {
-            ctx.drift.expect_versions(applyset_id, versions);
-        }
     }
+    if sync.status != "Synced" || versions.len() != desired.len() {
+        versions.clear();
+    }
+    ctx.drift.finish_full_sync(applyset_id, versions);
     let health = assess(ctx, &desired).await;
     ctx.desired
         .lock()
@@ -781,6 +841,55 @@ async fn full_sync(
         applied,
         apply_set,
     })
+}
+
+/// The backstop's finding: members that differ from a render the cluster held while the
+/// watches vouched that nothing changed. Each one whose differing state the watch saw
+/// without reporting it is logged with the managers that wrote it and counted in
+/// `tether_drift_missed_total`; a non-zero count is a bug to report. (A state the watch
+/// has not reached yet may still be reported by it, and is not counted.)
+fn report_missed(ctx: &Context, app: &Application, applyset_id: &str, planned: &crate::plan::Plan) {
+    for change in &planned.changes {
+        let differs = match change.action {
+            PlanAction::Update => !change.diff.is_empty(),
+            PlanAction::Conflict => true,
+            _ => false,
+        };
+        let Some(live) = change.live.as_ref().filter(|_| differs) else {
+            continue;
+        };
+        let Some(version) = live["metadata"]["resourceVersion"].as_str() else {
+            continue;
+        };
+        if !ctx.drift.saw_unreported(applyset_id, &change.key, version) {
+            continue;
+        }
+        let managers: Vec<String> = live["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|entry| {
+                let text = |field: &str| entry[field].as_str().unwrap_or("-").to_string();
+                let subresource = entry["subresource"]
+                    .as_str()
+                    .map(|s| format!(" /{s}"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {}{subresource} at {}",
+                    text("manager"),
+                    text("operation"),
+                    text("time")
+                )
+            })
+            .collect();
+        tracing::warn!(
+            application = %format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any()),
+            object = %change.key,
+            managers = %managers.join(", "),
+            "the full plan found drift that the watches missed; it is corrected like any other, but please report it as a bug"
+        );
+        ctx.metrics.drift_missed.inc();
+    }
 }
 
 /// Applies a plan as the Application's policy says, counts what it did in the metrics, and
@@ -1049,7 +1158,7 @@ async fn render_app(
         ..Default::default()
     };
     render_options.helm.values_files = spec.render.values_files.clone();
-    render_options.helm.api_versions = resolver.api_versions();
+    resolver.fill_helm_capabilities(&mut render_options.helm);
     let path = crate::source::tree::normalize(&spec.source.path).ok_or_else(|| {
         format!(
             "spec.source.path {:?} leaves the repository",

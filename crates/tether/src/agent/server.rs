@@ -37,6 +37,7 @@ pub struct Metrics {
     pub git_fetch_seconds: Histogram,
     pub applied: Family<ActionLabels, Counter>,
     pub drift_corrections: Counter,
+    pub drift_missed: Counter,
     pub applications: Family<StateLabels, Gauge>,
     pub webhooks: Family<WebhookLabels, Counter>,
 }
@@ -97,6 +98,12 @@ impl Default for Metrics {
             "Syncs started because an owned object was changed by hand",
             drift_corrections.clone(),
         );
+        let drift_missed = Counter::default();
+        registry.register(
+            "drift_missed",
+            "Objects whose drift the watches missed and a full plan found (a bug: please report it)",
+            drift_missed.clone(),
+        );
         let applications = Family::<StateLabels, Gauge>::default();
         registry.register(
             "applications",
@@ -116,6 +123,7 @@ impl Default for Metrics {
             git_fetch_seconds,
             applied,
             drift_corrections,
+            drift_missed,
             applications,
             webhooks,
         }

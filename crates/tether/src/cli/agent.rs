@@ -49,6 +49,12 @@ pub struct AgentArgs {
     /// File holding the bearer token of the JSON API (/api/v1). Without it, the API is off.
     #[arg(long, value_name = "FILE", requires = "listen")]
     pub api_token_file: Option<PathBuf>,
+
+    /// The backstop: plan every Application in full at least this often (plus up to 20 %),
+    /// even when the watches saw no change; what it finds is corrected and counted in
+    /// tether_drift_missed_total. 0 turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::duration::parse_duration)]
+    pub verify_interval: std::time::Duration,
 }
 
 pub async fn install(
@@ -90,6 +96,7 @@ pub async fn agent(
         concurrency: args.concurrency,
         kustomize_bin: args.kustomize_bin.clone(),
         helm_bin: args.helm_bin.clone(),
+        verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
         ..Default::default()
     };
     eprintln!(

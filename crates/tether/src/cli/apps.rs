@@ -32,6 +32,18 @@ pub struct AppArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The Application's name (in -n / the context's namespace).
+    pub app: String,
+    /// The kustomize program (default: $TETHER_KUSTOMIZE, else PATH), as `tether render`.
+    #[arg(long, value_name = "FILE")]
+    pub kustomize_bin: Option<std::path::PathBuf>,
+    /// The helm program (default: $TETHER_HELM, else PATH), as `tether render`.
+    #[arg(long, value_name = "FILE")]
+    pub helm_bin: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct RollbackArgs {
     /// The Application's name.
     pub app: String,
@@ -132,14 +144,23 @@ pub async fn sync(global: &GlobalArgs, args: &AppArgs, out: &mut impl Write) -> 
     Ok(0)
 }
 
-pub async fn diff(global: &GlobalArgs, args: &AppArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+pub async fn diff(
+    global: &GlobalArgs,
+    args: &DiffArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
     let (cluster, api) = api(global).await?;
     let app = get_app(&cluster, &api, &args.app).await?;
     let client = cluster.client();
     let resolver = Resolver::new(client.clone())
         .await
         .map_err(|e| cluster.describe(e))?;
-    let options = AgentOptions::default();
+    // Rendered exactly as the agent renders it (the cluster's Helm capabilities included).
+    let options = AgentOptions {
+        kustomize_bin: args.kustomize_bin.clone(),
+        helm_bin: args.helm_bin.clone(),
+        ..Default::default()
+    };
     let (revision, tree) =
         crate::agent::fetch(&client, &options, &app, None, std::time::Duration::ZERO)
             .await

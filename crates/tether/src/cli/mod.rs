@@ -92,7 +92,7 @@ pub enum Command {
     /// Ask the agent to sync an Application now.
     Sync(apps::AppArgs),
     /// Show what the agent would change for an Application (exit 2 when it differs).
-    Diff(apps::AppArgs),
+    Diff(apps::DiffArgs),
     /// Stop the agent from changing an Application.
     Suspend(apps::AppArgs),
     /// Let the agent change an Application again (after a rollback: follow its ref again).

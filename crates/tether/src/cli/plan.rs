@@ -77,12 +77,7 @@ pub async fn prepare(global: &GlobalArgs, target: &TargetArgs) -> anyhow::Result
             .renderer
             .options(&app, cluster.namespace(), resolved.revision.as_ref())?;
     // Helm's .Capabilities describe the cluster this is planned for.
-    if render_options.helm.kube_version.is_none() {
-        render_options.helm.kube_version = Some(cluster.server_version().await?.git_version);
-    }
-    if render_options.helm.api_versions.is_empty() {
-        render_options.helm.api_versions = resolver.api_versions();
-    }
+    resolver.fill_helm_capabilities(&mut render_options.helm);
     let objects = resolved.render(render_options).await?;
     let mut options = PlanOptions::new(app, cluster.namespace());
     options.adopt = target.adopt;

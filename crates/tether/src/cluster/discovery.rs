@@ -16,22 +16,48 @@ pub struct KindInfo {
 pub struct Resolver {
     client: kube::Client,
     discovery: std::sync::RwLock<Discovery>,
+    /// The server's version (`v1.34.4`), read with each discovery.
+    kube_version: std::sync::RwLock<String>,
 }
 
 impl Resolver {
     pub async fn new(client: kube::Client) -> Result<Self, kube::Error> {
-        let discovery = Discovery::new(client.clone()).run_aggregated().await?;
+        let (discovery, version) = Self::discover(&client).await?;
         Ok(Self {
             client,
             discovery: std::sync::RwLock::new(discovery),
+            kube_version: std::sync::RwLock::new(version),
         })
+    }
+
+    async fn discover(client: &kube::Client) -> Result<(Discovery, String), kube::Error> {
+        let (discovery, version) = futures::future::try_join(
+            Discovery::new(client.clone()).run_aggregated(),
+            client.apiserver_version(),
+        )
+        .await?;
+        Ok((discovery, version.git_version))
     }
 
     /// Discovers again: new CRDs become resolvable.
     pub async fn refresh(&self) -> Result<(), kube::Error> {
-        let fresh = Discovery::new(self.client.clone()).run_aggregated().await?;
+        let (fresh, version) = Self::discover(&self.client).await?;
         *self.discovery.write().expect("not poisoned") = fresh;
+        *self.kube_version.write().expect("not poisoned") = version;
         Ok(())
+    }
+
+    /// Fills Helm's `.Capabilities` (the server's version and every API version it serves)
+    /// where `helm` leaves them unset. `plan`, `apply`, `diff` and the agent all render
+    /// through this, so a chart that checks the Kubernetes version renders the same in
+    /// push and pull mode.
+    pub fn fill_helm_capabilities(&self, helm: &mut crate::render::helm::HelmOptions) {
+        if helm.kube_version.is_none() {
+            helm.kube_version = Some(self.kube_version.read().expect("not poisoned").clone());
+        }
+        if helm.api_versions.is_empty() {
+            helm.api_versions = self.api_versions();
+        }
     }
 
     /// Resolves `apiVersion` + `kind`.

@@ -14,6 +14,18 @@ use super::FIELD_MANAGER;
 pub const CLIENT_SIDE_MANAGERS: [&str; 3] =
     ["kubectl-client-side-apply", "kubectl", "before-first-apply"];
 
+/// Whether a managedFields entry is a client-side manager's write to the object itself.
+/// `kubectl scale` writes as manager `kubectl` too, but to the `scale` subresource: that
+/// entry is not client-side apply, and the API server refuses to see it handed over
+/// (a field taken that way is drift, taken back by a forced apply).
+fn is_client_side(entry: &Value) -> bool {
+    entry["operation"] == "Update"
+        && entry["subresource"].is_null()
+        && entry["manager"]
+            .as_str()
+            .is_some_and(|manager| CLIENT_SIDE_MANAGERS.contains(&manager))
+}
+
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The client-side managers present in `live`'s managedFields (empty: nothing to do).
@@ -22,9 +34,8 @@ pub fn client_side_managers(live: &Value) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|entry| entry["operation"] == "Update")
+        .filter(|entry| is_client_side(entry))
         .filter_map(|entry| entry["manager"].as_str())
-        .filter(|manager| CLIENT_SIDE_MANAGERS.contains(manager))
         .map(str::to_string)
         .collect();
     found.sort();
@@ -38,13 +49,10 @@ pub fn take_over(managed_fields: &[Value]) -> Vec<Value> {
     let mut kept: Vec<Value> = Vec::new();
     let mut taken: Vec<Value> = Vec::new();
     for entry in managed_fields {
-        let manager = entry["manager"].as_str().unwrap_or_default();
-        let is_client_side =
-            entry["operation"] == "Update" && CLIENT_SIDE_MANAGERS.contains(&manager);
         let is_ours = entry["operation"] == "Apply"
-            && manager == FIELD_MANAGER
+            && entry["manager"] == FIELD_MANAGER
             && entry["subresource"].is_null();
-        if is_client_side || is_ours {
+        if is_client_side(entry) || is_ours {
             taken.push(entry.clone());
         } else {
             kept.push(entry.clone());
@@ -106,21 +114,28 @@ mod tests {
                    "fieldsV1": {"f:data": {"f:c": {}}}}),
             json!({"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
                    "fieldsV1": {"f:status": {}}}),
+            // `kubectl scale`: manager kubectl, but the scale subresource (and no time).
+            json!({"manager": "kubectl", "operation": "Update", "apiVersion": "v1",
+                   "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}}),
         ];
         assert_eq!(
             client_side_managers(&json!({"metadata": {"managedFields": fields.clone()}})),
             ["kubectl-client-side-apply"]
         );
         let result = take_over(&fields);
-        assert_eq!(result.len(), 2);
+        assert_eq!(result.len(), 3);
         assert_eq!(
             result[0]["manager"], "kube-controller-manager",
             "other managers are untouched"
         );
-        assert_eq!(result[1]["manager"], "tether");
-        assert_eq!(result[1]["operation"], "Apply");
         assert_eq!(
-            result[1]["fieldsV1"],
+            result[1]["subresource"], "scale",
+            "a scale by kubectl is not client-side apply"
+        );
+        assert_eq!(result[2]["manager"], "tether");
+        assert_eq!(result[2]["operation"], "Apply");
+        assert_eq!(
+            result[2]["fieldsV1"],
             json!({"f:data": {"f:a": {}, "f:b": {}, "f:c": {}}, "f:metadata": {"f:annotations": {}}})
         );
     }

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod agent;
 pub mod git;
 
 use std::path::PathBuf;

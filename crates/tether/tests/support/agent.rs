@@ -1,0 +1,137 @@
+//! Helpers for tests of the agent: run one in the test process, create Applications, and
+//! wait for what they report.
+
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::json;
+use tether::agent::{AgentOptions, Application, run};
+
+use super::TestNamespace;
+
+/// An agent running in this test process; `stop` ends it as SIGTERM would.
+pub struct RunningAgent {
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub handle: tokio::task::JoinHandle<Result<(), tether::agent::Error>>,
+}
+
+pub fn start_agent(client: &kube::Client, options: AgentOptions) -> RunningAgent {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(run(client.clone(), options, async move {
+        let _ = stopped.await;
+    }));
+    RunningAgent { stop, handle }
+}
+
+impl RunningAgent {
+    /// Ends the agent at once, as a crash would: nothing is released.
+    pub fn kill(self) {
+        self.handle.abort();
+    }
+
+    pub async fn stop(self) -> Result<(), String> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(Duration::from_secs(30), self.handle).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(err))) => Err(err.to_string()),
+            Ok(Err(panic)) => Err(format!("the agent panicked: {panic}")),
+            Err(_) => Err("the agent did not stop within 30 s".into()),
+        }
+    }
+}
+
+/// An agent watching the test namespace, caching under `dir`.
+pub fn options_for(ns: &TestNamespace, dir: &std::path::Path) -> AgentOptions {
+    AgentOptions {
+        namespace: Some(ns.name.clone()),
+        cache_dir: dir.join("cache"),
+        // The backstop is off unless a test turns it on: some tests count requests.
+        verify_interval: None,
+        ..Default::default()
+    }
+}
+
+/// Creates Application `name` with `spec` in the namespace of `apps`.
+pub async fn create_application(apps: &Api<Application>, name: &str, spec: serde_json::Value) {
+    let app: Application = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": name},
+        "spec": spec
+    }))
+    .expect("a valid Application");
+    apps.create(&PostParams::default(), &app)
+        .await
+        .expect("the Application is created");
+}
+
+/// Waits until `check` holds for the Application, or fails with its last status.
+pub async fn until(
+    apps: &Api<Application>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Application) -> bool,
+) -> Application {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let app = apps.get(name).await.expect("the Application exists");
+        if check(&app) {
+            return app;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 60 s; status: {:#?}",
+            app.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads with `check` every 50 ms until it holds, or fails after 10 s saying `what` did
+/// not happen; returns how many reads it took.
+pub async fn within_10_s<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> u64 {
+    let started = Instant::now();
+    let mut reads = 0;
+    loop {
+        reads += 1;
+        if check().await {
+            return reads;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn applied(app: &Application) -> Option<&str> {
+    app.status.as_ref()?.last_applied_revision.as_deref()
+}
+
+/// A free port on loopback for an agent's HTTP server.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One counter or gauge from the agent's /metrics on `port` (0 when absent).
+pub async fn agent_metric(port: u16, name: &str) -> f64 {
+    let text = tokio::task::spawn_blocking(move || {
+        reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics")).and_then(|r| r.text())
+    })
+    .await
+    .expect("the request task")
+    .expect("the agent serves /metrics");
+    text.lines()
+        .filter(|line| line.split([' ', '{']).next() == Some(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
