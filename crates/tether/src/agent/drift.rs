@@ -47,6 +47,8 @@ pub struct DriftWatch {
     ready: Arc<Mutex<BTreeSet<(String, String)>>>,
     /// ApplySet id → what changed since the last full sync.
     sets: Arc<Mutex<HashMap<String, SetState>>>,
+    /// Wakes those waiting for a kind's first list ([`Self::watch_before_sync`]).
+    listed: Arc<tokio::sync::Notify>,
     trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
 }
 
@@ -67,6 +69,7 @@ impl DriftWatch {
             versions: Default::default(),
             ready: Default::default(),
             sets: Default::default(),
+            listed: Default::default(),
             trigger,
         };
         (watch, tokio_stream_from(receiver))
@@ -79,14 +82,12 @@ impl DriftWatch {
     /// changed since the last full sync (a difference this sync finds in an unchanged
     /// render is then one they missed).
     pub fn begin_full_sync(&self, id: &str) -> bool {
-        let ready = self.ready.lock().expect("not poisoned").clone();
         let mut sets = self.sets.lock().expect("not poisoned");
         let state = sets.entry(id.to_string()).or_default();
         let vouched = state.verified && !state.drifted;
         state.last_full_plan = Some(std::time::Instant::now());
         state.verified = false;
-        state.watched_from_start =
-            !state.kinds.is_empty() && state.kinds.iter().all(|k| ready.contains(k));
+        state.watched_from_start = false;
         state.drifted = false;
         state.status_changed = false;
         state.applied_digest = None;
@@ -236,8 +237,42 @@ impl DriftWatch {
         }
     }
 
+    /// Starts watches for the `kinds` of set `id` (owned by `app`) before its full sync
+    /// plans, and waits up to `timeout` until each has listed its objects once: from then
+    /// on every write to a member is seen, so the sync counts as watched from its start.
+    pub async fn watch_before_sync(
+        &self,
+        app: ObjectRef<Application>,
+        id: &str,
+        kinds: Vec<KindInfo>,
+        timeout: std::time::Duration,
+    ) {
+        self.register(app, id, kinds);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let listed = self.listed.notified();
+            tokio::pin!(listed);
+            listed.as_mut().enable();
+            let ready = self.ready.lock().expect("not poisoned").clone();
+            if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id)
+                && state.kinds.iter().all(|k| ready.contains(k))
+            {
+                state.watched_from_start = true;
+                return;
+            }
+            if tokio::time::timeout_at(deadline, listed).await.is_err() {
+                tracing::debug!(
+                    set = id,
+                    "watches not listed in time; the sync counts as unwatched"
+                );
+                return;
+            }
+        }
+    }
+
     /// Records that `app` owns ApplySet `id` with objects of `kinds`, and starts a watch for
-    /// every kind not watched yet.
+    /// every kind not watched yet. A kind whose watch has not listed yet means the current
+    /// sync was not watched from its start.
     pub fn register(
         &self,
         app: ObjectRef<Application>,
@@ -249,15 +284,18 @@ impl DriftWatch {
             .expect("not poisoned")
             .insert(id.to_string(), app);
         let kinds: Vec<KindInfo> = kinds.into_iter().collect();
-        self.sets
-            .lock()
-            .expect("not poisoned")
-            .entry(id.to_string())
-            .or_default()
-            .kinds = kinds
-            .iter()
-            .map(|k| (k.resource.group.clone(), k.resource.kind.clone()))
-            .collect();
+        {
+            let ready = self.ready.lock().expect("not poisoned");
+            let mut sets = self.sets.lock().expect("not poisoned");
+            let state = sets.entry(id.to_string()).or_default();
+            state.kinds = kinds
+                .iter()
+                .map(|k| (k.resource.group.clone(), k.resource.kind.clone()))
+                .collect();
+            if !state.kinds.iter().all(|k| ready.contains(k)) {
+                state.watched_from_start = false;
+            }
+        }
         for kind in kinds {
             let key = (kind.resource.group.clone(), kind.resource.kind.clone());
             if !self.watched.lock().expect("not poisoned").insert(key) {
@@ -328,6 +366,7 @@ impl DriftWatch {
                         .lock()
                         .expect("not poisoned")
                         .insert((kind.resource.group.clone(), kind.resource.kind.clone()));
+                    self.listed.notify_waiters();
                 }
                 Ok(watcher::Event::Delete(object)) => {
                     let key = member_key(&kind, &object);
@@ -436,7 +475,7 @@ struct SetState {
     /// The watches vouch for the set: the last full sync completed, and every change to a
     /// member since then was seen.
     verified: bool,
-    /// Every kind of the set was watched when the current full sync began.
+    /// Every kind of the set was watched before the current full sync planned.
     watched_from_start: bool,
     /// Someone else changed or deleted a member since.
     drifted: bool,

@@ -41,6 +41,8 @@ const STATUS_MANAGER: &str = "tether-agent";
 const HISTORY_LIMIT: usize = 10;
 /// How old a listing of a repository's refs a poll may reuse (see `GitSource`).
 const LISTING_MAX_AGE: Duration = Duration::from_secs(5);
+/// How long a full sync waits for new watches to list their kinds before it plans.
+const WATCH_LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shortest wait before the next periodic reconcile.
 const MIN_REQUEUE: Duration = Duration::from_secs(1);
 
@@ -752,6 +754,16 @@ async fn full_sync(
     check_watches: bool,
 ) -> Result<Outcome, String> {
     let policy = &app.spec.sync_policy;
+    let owner = kube::runtime::reflector::ObjectRef::from_obj(app);
+    // Watch every kind of the render before planning it: from then on no write to a
+    // member goes unseen, and this sync counts as watched from its start.
+    let kinds = kinds_of(
+        &ctx.resolver,
+        objects.iter().map(|o| (&o.manifest, &o.key.kind)),
+    );
+    ctx.drift
+        .watch_before_sync(owner.clone(), applyset_id, kinds, WATCH_LIST_TIMEOUT)
+        .await;
     let planned = plan_app(&ctx.client, &ctx.resolver, &ctx.options, app, objects).await?;
     if check_watches {
         report_missed(ctx, app, applyset_id, &planned);
@@ -764,10 +776,17 @@ async fn full_sync(
         id: planned.applyset.id.clone(),
     };
     ctx.drift.register(
-        kube::runtime::reflector::ObjectRef::from_obj(app),
+        owner.clone(),
         &planned.applyset.id,
         planned.changes.iter().filter_map(|c| c.kind.clone()),
     );
+    // Kinds whose CRD comes with this set are served only once it is applied.
+    let unserved: Vec<(crate::render::ObjectKey, serde_json::Value)> = planned
+        .changes
+        .iter()
+        .filter(|c| c.kind.is_none())
+        .filter_map(|c| Some((c.key.clone(), c.desired.clone()?)))
+        .collect();
     let new_revision = app
         .status
         .as_ref()
@@ -789,7 +808,7 @@ async fn full_sync(
         unchanged: summary.unchanged as u32,
     };
     let mut applied = None;
-    let desired: Vec<_> = planned
+    let mut desired: Vec<_> = planned
         .changes
         .iter()
         .filter(|c| c.action != PlanAction::Prune)
@@ -820,6 +839,19 @@ async fn full_sync(
             ..sync
         };
     }
+    if !unserved.is_empty() {
+        for (key, kind) in desired.iter_mut().filter(|(_, kind)| kind.is_none()) {
+            *kind = unserved
+                .iter()
+                .find(|(unserved, _)| unserved == key)
+                .and_then(|(key, manifest)| kinds_of(&ctx.resolver, [(manifest, &key.kind)]).pop());
+        }
+        ctx.drift.register(
+            owner,
+            applyset_id,
+            desired.iter().filter_map(|(_, kind)| kind.clone()),
+        );
+    }
     if sync.status == "Synced" {
         // The cluster now holds this render: a later revision that renders the same needs
         // no plan.
@@ -841,6 +873,25 @@ async fn full_sync(
         applied,
         apply_set,
     })
+}
+
+/// The kinds of these manifests that the cluster serves, each once.
+fn kinds_of<'a>(
+    resolver: &Resolver,
+    manifests: impl IntoIterator<Item = (&'a serde_json::Value, &'a String)>,
+) -> Vec<crate::cluster::discovery::KindInfo> {
+    let mut kinds: Vec<crate::cluster::discovery::KindInfo> = Vec::new();
+    for (manifest, kind) in manifests {
+        let api_version = manifest["apiVersion"].as_str().unwrap_or_default();
+        if let Some(info) = resolver.resolve(api_version, kind)
+            && !kinds.iter().any(|k| {
+                k.resource.group == info.resource.group && k.resource.kind == info.resource.kind
+            })
+        {
+            kinds.push(info);
+        }
+    }
+    kinds
 }
 
 /// The backstop's finding: members that differ from a render the cluster held while the
