@@ -94,6 +94,7 @@ impl DriftWatch {
         state.drifted_objects.clear();
         state.drift_overflow = false;
         state.pending.clear();
+        state.pruning.clear();
         vouched
     }
 
@@ -435,11 +436,24 @@ impl DriftWatch {
         }
     }
 
+    /// The sync of set `id` is about to prune these members: their deletion is tether's.
+    pub fn expect_pruned(&self, id: &str, keys: impl IntoIterator<Item = ObjectKey>) {
+        if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
+            state.pruning.extend(keys);
+        }
+    }
+
     /// Someone else changed or deleted `key`, a member of set `id`: remember it and
-    /// trigger the owning Application.
+    /// trigger the owning Application (unless tether is pruning it).
     fn report(&self, id: &str, key: ObjectKey, what: &str) {
         let name = key.name.clone();
         if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
+            if state.pruning.contains(&key) {
+                if what.starts_with("deleted") {
+                    state.pruning.remove(&key);
+                }
+                return;
+            }
             state.drifted = true;
             if state.drifted_objects.len() < TARGETED_LIMIT {
                 state.drifted_objects.insert(key);
@@ -491,6 +505,8 @@ struct SetState {
     pending: HashMap<ObjectKey, String>,
     /// When the last full sync (a full plan) began.
     last_full_plan: Option<std::time::Instant>,
+    /// Members the current sync prunes: their deletion is not drift.
+    pruning: BTreeSet<ObjectKey>,
 }
 
 /// Up to this many drifted members are corrected one by one; more take a full sync.
@@ -524,8 +540,8 @@ struct Prints {
     ours: u64,
     /// How long that fieldsV1 is: only tether's own apply can make it longer.
     ours_size: usize,
-    /// When tether last applied the object.
-    ours_time: u64,
+    /// When tether last applied the object (none while it owns no field at all).
+    ours_time: Option<u64>,
     /// The object is being deleted.
     deleting: bool,
 }
@@ -544,7 +560,9 @@ fn classify(previous: &Prints, now: &Prints) -> Change {
         Change::Foreign
     } else if now.ours == previous.ours {
         Change::Status
-    } else if now.ours_time != previous.ours_time || now.ours_size > previous.ours_size {
+    } else if (now.ours_time.is_some() && now.ours_time != previous.ours_time)
+        || now.ours_size > previous.ours_size
+    {
         Change::Ours
     } else {
         Change::Foreign
@@ -571,11 +589,8 @@ fn fingerprints(object: &PartialObjectMeta<DynamicObject>) -> Prints {
     Prints {
         ours: hash(&|h| fields.hash(h)),
         ours_size: fields.as_ref().map_or(0, String::len),
-        ours_time: hash(&|h| {
-            ours.and_then(|e| e.time.as_ref())
-                .map(|t| format!("{:?}", t.0))
-                .hash(h)
-        }),
+        ours_time: ours
+            .map(|entry| hash(&|h| entry.time.as_ref().map(|t| format!("{:?}", t.0)).hash(h))),
         deleting: object.metadata.deletion_timestamp.is_some(),
     }
 }
@@ -595,7 +610,7 @@ mod tests {
         Prints {
             ours: 10,
             ours_size: 100,
-            ours_time: 1,
+            ours_time: Some(1),
             deleting: false,
         }
     }
@@ -612,7 +627,7 @@ mod tests {
         assert_eq!(classify(&before, &edited), Change::Foreign);
         // tether takes it back later: its own time moves.
         let corrected = Prints {
-            ours_time: 3,
+            ours_time: Some(3),
             ..applied()
         };
         assert_eq!(classify(&edited, &corrected), Change::Ours);
@@ -636,10 +651,18 @@ mod tests {
         let reapplied = Prints {
             ours: 15,
             ours_size: 90,
-            ours_time: 5,
+            ours_time: Some(5),
             ..applied()
         };
         assert_eq!(classify(&before, &reapplied), Change::Ours);
+        // Someone takes every field tether had: its entry goes, and its time with it.
+        let taken = Prints {
+            ours: 16,
+            ours_size: 0,
+            ours_time: None,
+            ..applied()
+        };
+        assert_eq!(classify(&before, &taken), Change::Foreign);
         // A deletion begins.
         let deleting = Prints {
             deleting: true,

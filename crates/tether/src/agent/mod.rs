@@ -496,8 +496,12 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 &mut status,
                 &app,
                 "Reconciling",
-                "False",
-                "Succeeded",
+                if changed_meanwhile { "True" } else { "False" },
+                if changed_meanwhile {
+                    "ChangedMeanwhile"
+                } else {
+                    "Succeeded"
+                },
                 &message,
             );
             set_condition(&mut status, &app, "Stalled", "False", "Succeeded", "");
@@ -651,6 +655,8 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         (unchanged && sync.status == "Synced").then_some((status, sync, apply_set))
     });
     let mut rendered = None;
+    // The watches reported drift that this sync took on (not for the backstop to count).
+    let mut reported_drift = false;
     // Drift with selfHeal, on the revision applied: correct just the objects that drifted.
     let policy = &spec.sync_policy;
     if let Some(settled) = settled
@@ -672,7 +678,10 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         .await
         {
             Ok(Targeted::Done(outcome)) => return Ok(*outcome),
-            Ok(Targeted::Full(objects, digest)) => rendered = Some((objects, digest)),
+            Ok(Targeted::Full(objects, digest)) => {
+                rendered = Some((objects, digest));
+                reported_drift = true;
+            }
             Err(message) => {
                 ctx.drift.require_full_sync(&applyset_id);
                 return Err(message);
@@ -728,7 +737,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
     };
     // The watches vouched that nothing changed, and the cluster holds this very render:
     // whatever this plan finds different, they missed.
-    let check_watches = vouched && applied_digest == Some(digest);
+    let check_watches = vouched && !reported_drift && applied_digest == Some(digest);
     full_sync(
         ctx,
         app,
@@ -766,6 +775,7 @@ async fn full_sync(
         .await;
     let planned = plan_app(&ctx.client, &ctx.resolver, &ctx.options, app, objects).await?;
     if check_watches {
+        ctx.metrics.drift_verifications.inc();
         report_missed(ctx, app, applyset_id, &planned);
     }
     let summary = planned.summary();
@@ -825,6 +835,16 @@ async fn full_sync(
         })
         .collect();
     if planned.has_changes() && allowed {
+        if policy.prune {
+            ctx.drift.expect_pruned(
+                applyset_id,
+                planned
+                    .changes
+                    .iter()
+                    .filter(|c| c.action == PlanAction::Prune)
+                    .map(|c| c.key.clone()),
+            );
+        }
         let (entry, written) =
             apply_and_record(ctx, app, planned, &revision, !new_revision, "applied").await?;
         applied = Some(entry);

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub applied: Family<ActionLabels, Counter>,
     pub drift_corrections: Counter,
     pub drift_missed: Counter,
+    pub drift_verifications: Counter,
     pub applications: Family<StateLabels, Gauge>,
     pub webhooks: Family<WebhookLabels, Counter>,
 }
@@ -104,6 +105,12 @@ impl Default for Metrics {
             "Objects whose drift the watches missed and a full plan found (a bug: please report it)",
             drift_missed.clone(),
         );
+        let drift_verifications = Counter::default();
+        registry.register(
+            "drift_verifications",
+            "Full plans of an unchanged render that checked what the watches vouched for (the backstop)",
+            drift_verifications.clone(),
+        );
         let applications = Family::<StateLabels, Gauge>::default();
         registry.register(
             "applications",
@@ -124,6 +131,7 @@ impl Default for Metrics {
             applied,
             drift_corrections,
             drift_missed,
+            drift_verifications,
             applications,
             webhooks,
         }
