@@ -372,13 +372,13 @@ impl Torture {
         done
     }
 
-    /// Waits until edit `what`, done at `done`, is put back; records how long it took.
-    async fn corrected(&mut self, what: &str, done: Instant) {
+    /// Waits until edit `what`, done at `done`, is put back; returns how long it took.
+    async fn corrected(&self, what: &str, done: Instant) -> Duration {
         let edit = self.edit(what);
         let want = edit.git[self.revision].clone();
         loop {
             if self.live_value(edit).await.as_ref() == Some(&want) {
-                break;
+                return done.elapsed();
             }
             assert!(
                 done.elapsed() < Duration::from_secs(20),
@@ -388,16 +388,19 @@ impl Torture {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        self.corrected.push((what.to_string(), done.elapsed()));
     }
 
-    /// Makes the edits at once (each as soon as its object exists) and waits until all
-    /// are put back.
+    /// Makes the edits at once (each as soon as its object exists), and times how long
+    /// each takes to be put back.
     async fn round(&mut self, whats: &[&str]) {
-        let done: Vec<Instant> =
-            futures::future::join_all(whats.iter().map(|what| self.make(what))).await;
-        for (what, done) in whats.iter().zip(done) {
-            self.corrected(what, done).await;
+        let this = &*self;
+        let took = futures::future::join_all(whats.iter().map(|what| async move {
+            let done = this.make(what).await;
+            this.corrected(what, done).await
+        }))
+        .await;
+        for (what, took) in whats.iter().zip(took) {
+            self.corrected.push((what.to_string(), took));
         }
     }
 }

@@ -146,7 +146,13 @@ struct Context {
 }
 
 impl Context {
-    fn count_reconcile(&self, result: &str, started: std::time::Instant) {
+    fn count_reconcile(&self, app: &Application, result: &str, started: std::time::Instant) {
+        tracing::debug!(
+            application = %app.name_any(),
+            result,
+            seconds = started.elapsed().as_secs_f64(),
+            "reconciled"
+        );
         self.metrics
             .reconciles
             .get_or_create(&server::ResultLabels {
@@ -429,7 +435,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             } else {
                 "unchanged"
             };
-            ctx.count_reconcile(result, started);
+            ctx.count_reconcile(&app, result, started);
             let set_id = outcome.apply_set.id.clone();
             let mut outcome = outcome;
             // Applied, but someone changed a member while this sync ran (the watch told):
@@ -517,7 +523,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             Ok(Action::requeue(next))
         }
         Err(message) => {
-            ctx.count_reconcile("failed", started);
+            ctx.count_reconcile(&app, "failed", started);
             let mut status = status;
             status.failures += 1;
             let limit = app.spec.sync_policy.retry.limit.max(1);
