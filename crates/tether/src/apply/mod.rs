@@ -99,6 +99,10 @@ pub enum Error {
     CrdNotEstablished { name: String, seconds: u64 },
     #[error("cannot refresh API discovery: {0}")]
     Discovery(String),
+    #[error(
+        "CRD {name} is established, but the API server still does not serve its kind after {seconds:.1} s of discovery; check the API server's log, then apply again"
+    )]
+    KindNotServed { name: String, seconds: f64 },
 }
 
 /// Carries out `plan`. Per-object failures are in the report; an `Err` means nothing (or
@@ -232,19 +236,7 @@ pub async fn apply(
         }
         if stage == Stage::Crds {
             wait_for_crds(client, &batch, options.settle_timeout).await?;
-            resolver
-                .refresh()
-                .await
-                .map_err(|e| Error::Discovery(e.to_string()))?;
-            for change in pending.iter_mut().filter(|c| c.kind.is_none()) {
-                let api_version = change
-                    .desired
-                    .as_ref()
-                    .and_then(|d| d["apiVersion"].as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                change.kind = resolver.resolve(&api_version, &change.key.kind);
-            }
+            discover_new_kinds(resolver, &batch, &mut pending, options.settle_timeout).await?;
         }
     }
     if !pending.is_empty() {
@@ -522,6 +514,57 @@ async fn wait_gone(api: &Api<DynamicObject>, name: &str, timeout: Duration) -> R
             Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
             Err(e) => return Err(describe(&e)),
         }
+    }
+}
+
+/// Discovers again until every kind that the just-established CRDs of `batch` define is
+/// served, and resolves the pending objects of those kinds. Discovery can lag behind a
+/// CRD's `Established` condition by a few refreshes, so one is not enough: it looks
+/// again with a growing pause (50 ms doubling, at most 2 s) until `timeout`.
+async fn discover_new_kinds(
+    resolver: &Resolver,
+    batch: &[Change],
+    pending: &mut [Change],
+    timeout: Duration,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        resolver
+            .refresh()
+            .await
+            .map_err(|e| Error::Discovery(e.to_string()))?;
+        for change in pending.iter_mut().filter(|c| c.kind.is_none()) {
+            let api_version = change
+                .desired
+                .as_ref()
+                .and_then(|d| d["apiVersion"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            change.kind = resolver.resolve(&api_version, &change.key.kind);
+        }
+        // The first CRD of this batch whose objects are still unresolved, if any.
+        let unserved = batch.iter().find(|crd| {
+            let spec = crd.desired.as_ref().map(|d| &d["spec"]);
+            let group = spec.and_then(|s| s["group"].as_str()).unwrap_or_default();
+            let kind = spec
+                .and_then(|s| s["names"]["kind"].as_str())
+                .unwrap_or_default();
+            pending
+                .iter()
+                .any(|c| c.kind.is_none() && c.key.group == group && c.key.kind == kind)
+        });
+        let Some(crd) = unserved else {
+            return Ok(());
+        };
+        if started.elapsed() >= timeout {
+            return Err(Error::KindNotServed {
+                name: crd.key.name.clone(),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 
