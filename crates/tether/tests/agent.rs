@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::agent::{applied, create_application, options_for, start_agent, until, within_10_s};
@@ -1300,84 +1300,8 @@ async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_o
     agent.stop().await.expect("the agent stops");
 }
 
-/// A ValidatingAdmissionPolicy that refuses ConfigMaps whose `color` is `blue` in
-/// namespace `ns`, removed when dropped (also when the test fails).
-struct FrozenBlue {
-    name: String,
-}
-
-impl FrozenBlue {
-    async fn create(client: &kube::Client, ns: &str) -> Self {
-        use k8s_openapi::api::admissionregistration::v1::{
-            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-        };
-        let name = support::unique_name("frozen-blue");
-        let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
-                    "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"]}]},
-                "validations": [{"expression": "!has(object.data) || !('color' in object.data) || object.data.color != 'blue'",
-                                 "message": "blue is frozen"}]
-            }
-        }))
-        .expect("policy");
-        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {"policyName": name, "validationActions": ["Deny"],
-                     "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}
-        }))
-        .expect("binding");
-        Api::<ValidatingAdmissionPolicy>::all(client.clone())
-            .create(&PostParams::default(), &policy)
-            .await
-            .expect("policy created");
-        let frozen = Self { name };
-        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-            .create(&PostParams::default(), &binding)
-            .await
-            .expect("binding created");
-        // The API server takes up new policies within a few seconds: probe with a dry run.
-        let probes: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-        let probe: ConfigMap = serde_json::from_value(cm_json("probe", "blue")).expect("configmap");
-        within_10_s("the policy is in force", || async {
-            probes
-                .create(
-                    &PostParams {
-                        dry_run: true,
-                        ..Default::default()
-                    },
-                    &probe,
-                )
-                .await
-                .is_err()
-        })
-        .await;
-        frozen
-    }
-}
-
 fn cm_json(name: &str, color: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"color": color}})
-}
-
-impl Drop for FrozenBlue {
-    fn drop(&mut self) {
-        use k8s_openapi::api::admissionregistration::v1::{
-            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-        };
-        let name = self.name.clone();
-        support::cleanup(&format!("policy {name}"), move |client| async move {
-            let _ = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-                .delete(&name, &Default::default())
-                .await;
-            Api::<ValidatingAdmissionPolicy>::all(client)
-                .delete(&name, &Default::default())
-                .await
-                .map(|_| ())
-        });
-    }
 }
 
 fn ready(app: &Application) -> Option<(String, String)> {
@@ -1423,7 +1347,14 @@ async fn a_drift_correction_that_fails_is_retried_and_never_reported_as_synced()
     .await;
 
     // Git's value can no longer be written back, so the correction fails.
-    let frozen = FrozenBlue::create(&client, &ns.name).await;
+    let frozen = support::ConfigMapPolicy::create(
+        &client,
+        &ns.name,
+        "!has(object.data) || !('color' in object.data) || object.data.color != 'blue'",
+        "blue is frozen",
+        cm_json("probe", "blue"),
+    )
+    .await;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     configmaps
         .patch(

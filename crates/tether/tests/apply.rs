@@ -651,68 +651,26 @@ async fn fields_from_kubectl_client_side_apply_are_taken_over_and_removed() {
 
 #[tokio::test]
 async fn admission_policies_are_enforced_by_the_dry_run() {
-    use k8s_openapi::api::admissionregistration::v1::{
-        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-    };
     let env = env("apply-policy").await;
-    let name = unique_name("no-forbidden-keys");
-    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
-                "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"]}]},
-            "validations": [{"expression": "!has(object.data) || !('forbidden' in object.data)",
-                             "message": "ConfigMaps may not carry a key named forbidden"}]
-        }
-    }))
-    .expect("policy");
-    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"],
-                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.ns.name}}}}
-    }))
-    .expect("binding");
-    let policies: Api<ValidatingAdmissionPolicy> = Api::all(env.client.clone());
-    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(env.client.clone());
-    policies
-        .create(&PostParams::default(), &policy)
-        .await
-        .expect("policy created");
-    bindings
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("binding created");
-
+    let policy = support::ConfigMapPolicy::create(
+        &env.client,
+        &env.ns.name,
+        "!has(object.data) || !('forbidden' in object.data)",
+        "ConfigMaps may not carry a key named forbidden",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe"}, "data": {"forbidden": "x"}}),
+    )
+    .await;
     let files = vec![("bad.yaml", cm("settings", &[("forbidden", "x")]))];
-    // The API server picks up new policies within a few seconds.
-    let mut last = String::new();
-    for _ in 0..40 {
-        match env.plan(&files).await {
-            Err(err) => {
-                last = err.to_string();
-                break;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
+    let last = env.plan(&files).await.expect_err("refused").to_string();
     assert!(last.contains("bad.yaml:1"), "{last}");
     assert!(
         last.contains("ConfigMaps may not carry a key named forbidden"),
         "{last}"
     );
-    assert!(last.contains(&name), "names the policy: {last}");
+    assert!(last.contains(&policy.name), "names the policy: {last}");
     env.plan(&[("ok.yaml", cm("settings", &[("fine", "x")]))])
         .await
         .expect("allowed");
-    bindings
-        .delete(&name, &Default::default())
-        .await
-        .expect("cleanup");
-    policies
-        .delete(&name, &Default::default())
-        .await
-        .expect("cleanup");
 }
 
 #[tokio::test]

@@ -144,3 +144,87 @@ pub fn kubectl(args: &[&str]) -> std::process::Output {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()))
 }
+
+/// A ValidatingAdmissionPolicy (and its binding) that refuses to create or update
+/// ConfigMaps in one namespace unless `expression` holds. `create` returns once the API
+/// server enforces it (a dry-run create of `probe` is refused); dropping it removes it,
+/// also when the test fails.
+pub struct ConfigMapPolicy {
+    pub name: String,
+}
+
+impl ConfigMapPolicy {
+    pub async fn create(
+        client: &kube::Client,
+        namespace: &str,
+        expression: &str,
+        message: &str,
+        probe: serde_json::Value,
+    ) -> Self {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let name = unique_name("configmap-policy");
+        let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"]}]},
+                "validations": [{"expression": expression, "message": message}]
+            }
+        }))
+        .expect("policy");
+        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"policyName": name, "validationActions": ["Deny"],
+                     "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}}
+        }))
+        .expect("binding");
+        Api::<ValidatingAdmissionPolicy>::all(client.clone())
+            .create(&PostParams::default(), &policy)
+            .await
+            .expect("policy created");
+        let this = Self { name };
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("binding created");
+        // The API server takes up a new policy within a few seconds.
+        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let probe: ConfigMap = serde_json::from_value(probe).expect("a ConfigMap");
+        let dry_run = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while configmaps.create(&dry_run, &probe).await.is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "policy {} not in force within 30 s",
+                this.name
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        this
+    }
+}
+
+impl Drop for ConfigMapPolicy {
+    fn drop(&mut self) {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let name = self.name.clone();
+        cleanup(&format!("policy {name}"), move |client| async move {
+            let _ = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+                .delete(&name, &Default::default())
+                .await;
+            Api::<ValidatingAdmissionPolicy>::all(client)
+                .delete(&name, &Default::default())
+                .await
+                .map(|_| ())
+        });
+    }
+}
