@@ -675,32 +675,10 @@ async fn admission_policies_are_enforced_by_the_dry_run() {
 
 #[tokio::test]
 async fn a_kind_installed_after_discovery_is_found_by_looking_again() {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let env = env("apply-rediscover").await;
     let group = format!("{}.test.tether.dev", unique_name("late"));
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "metadata": {"name": format!("widgets.{group}")},
-        "spec": {"group": group, "scope": "Namespaced",
-                 "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
-                 "versions": [{"name": "v1", "served": true, "storage": true,
-                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
-    }))
-    .expect("crd");
-    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
-    crds.create(&PostParams::default(), &crd)
-        .await
-        .expect("created after discovery ran");
-    let crd_name = format!("widgets.{group}");
-    let established = kube::runtime::wait::await_condition(
-        crds.clone(),
-        &crd_name,
-        kube::runtime::wait::conditions::is_crd_established(),
-    );
-    tokio::time::timeout(Duration::from_secs(60), established)
-        .await
-        .expect("established")
-        .expect("watch");
-
+    // Created (and served) after the resolver's discovery ran.
+    let _crd = support::TestCrd::create(&env.client, &group, "Widget", "widgets").await;
     let widget =
         format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w\nspec: {{size: 1}}\n");
     let planned = env
@@ -708,9 +686,6 @@ async fn a_kind_installed_after_discovery_is_found_by_looking_again() {
         .await
         .expect("found after a second discovery");
     assert_eq!(planned.summary().create, 1);
-    crds.delete(&format!("widgets.{group}"), &Default::default())
-        .await
-        .expect("cleanup");
 }
 
 /// Renders with the real kustomize and helm that testenv built.

@@ -557,53 +557,6 @@ impl Checker {
     }
 }
 
-/// A CRD of this test's own, deleted when dropped.
-struct GadgetCrd {
-    name: String,
-}
-
-impl GadgetCrd {
-    async fn create(client: &kube::Client, group: &str) -> Self {
-        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-        let crd: CustomResourceDefinition = serde_json::from_value(json!({
-            "metadata": {"name": format!("gadgets.{group}")},
-            "spec": {"group": group, "scope": "Namespaced",
-                     "names": {"kind": "Gadget", "plural": "gadgets", "singular": "gadget"},
-                     "versions": [{"name": "v1", "served": true, "storage": true,
-                                   "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
-        }))
-        .expect("crd");
-        Api::<CustomResourceDefinition>::all(client.clone())
-            .create(&PostParams::default(), &crd)
-            .await
-            .expect("CRD created");
-        let this = Self {
-            name: format!("gadgets.{group}"),
-        };
-        let gadgets: Api<DynamicObject> =
-            Api::all_with(client.clone(), &resource(group, "v1", "Gadget", "gadgets"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while gadgets.list(&Default::default()).await.is_err() {
-            assert!(Instant::now() < deadline, "the Gadget kind is not served");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        this
-    }
-}
-
-impl Drop for GadgetCrd {
-    fn drop(&mut self) {
-        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-        let name = self.name.clone();
-        support::cleanup(&format!("CRD {name}"), move |client| async move {
-            Api::<CustomResourceDefinition>::all(client)
-                .delete(&name, &Default::default())
-                .await
-                .map(|_| ())
-        });
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_differs() {
     // The agent's own log (drift seen, the backstop's warnings) goes with a failure.
@@ -615,7 +568,7 @@ async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_
     install_crd(&client).await.expect("CRD installed");
     let ns = TestNamespace::create(&client, "torture").await;
     let group = format!("{}.torture.tether.dev", unique_name("g"));
-    let _crd = GadgetCrd::create(&client, &group).await;
+    let _crd = support::TestCrd::create(&client, &group, "Gadget", "gadgets").await;
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");

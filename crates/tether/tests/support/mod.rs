@@ -228,3 +228,60 @@ impl Drop for ConfigMapPolicy {
         });
     }
 }
+
+/// A namespaced CRD of a test's own (any fields allowed), served when `create` returns,
+/// deleted when dropped (also when the test fails).
+pub struct TestCrd {
+    pub name: String,
+}
+
+impl TestCrd {
+    pub async fn create(client: &kube::Client, group: &str, kind: &str, plural: &str) -> Self {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let name = format!("{plural}.{group}");
+        let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"group": group, "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.to_ascii_lowercase()},
+                     "versions": [{"name": "v1", "served": true, "storage": true,
+                                   "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+        }))
+        .expect("crd");
+        Api::<CustomResourceDefinition>::all(client.clone())
+            .create(&PostParams::default(), &crd)
+            .await
+            .expect("CRD created");
+        let this = Self { name };
+        let resource = kube::api::ApiResource {
+            group: group.into(),
+            version: "v1".into(),
+            api_version: format!("{group}/v1"),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let objects: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while objects.list(&Default::default()).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} is not served within 30 s",
+                this.name
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        this
+    }
+}
+
+impl Drop for TestCrd {
+    fn drop(&mut self) {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let name = self.name.clone();
+        cleanup(&format!("CRD {name}"), move |client| async move {
+            Api::<CustomResourceDefinition>::all(client)
+                .delete(&name, &Default::default())
+                .await
+                .map(|_| ())
+        });
+    }
+}
