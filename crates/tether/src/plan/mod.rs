@@ -277,18 +277,24 @@ async fn prefetch_live(
                 let members =
                     ListParams::default().labels(&format!("{PART_OF_LABEL}={applyset_id}"));
                 let list = api.list(&members).await;
-                (group, list)
+                (group, (kind, list))
             }),
     )
     .buffer_unordered(4)
     .collect::<Vec<_>>()
     .await;
     let mut live = BTreeMap::new();
-    for (group, list) in lists {
+    for (group, (kind, list)) in lists {
         let list = list.map_err(|e| cluster_error(None, None, &e))?;
         let objects = list
             .into_iter()
-            .filter_map(|o| {
+            .filter_map(|mut o| {
+                // Items of a list carry no apiVersion and kind; a GET's object does. Without
+                // them every listed object would look changed and be read again.
+                o.types = Some(kube::core::TypeMeta {
+                    api_version: kind.resource.api_version.clone(),
+                    kind: kind.resource.kind.clone(),
+                });
                 Some((
                     o.metadata.name.clone()?,
                     serde_json::to_value(o).expect("objects serialize"),
