@@ -325,7 +325,7 @@ impl DriftWatch {
                     // A list after a gap shows only the newest state: any change to an
                     // object seen before may hide someone else's write.
                     if listed_once && previous.is_some_and(|p| p != now) {
-                        self.notify(&kind, &object, "changed while the watch was away");
+                        self.notify(&kind, &object, Seen::ChangedMeanwhile);
                     }
                     if let (Some(relisted), Some(uid)) = (relisted.as_mut(), &object.metadata.uid) {
                         relisted.insert(uid.clone());
@@ -337,7 +337,7 @@ impl DriftWatch {
                     let (previous, now) = self.remember(&object);
                     // First sight: created by our apply, or before the watch existed.
                     match previous.map(|p| classify(&p, &now)) {
-                        Some(Change::Foreign) => self.notify(&kind, &object, "changed"),
+                        Some(Change::Foreign) => self.notify(&kind, &object, Seen::Changed),
                         Some(Change::Status) => self.status_changed(&object),
                         Some(Change::Ours) | None => {}
                     }
@@ -357,7 +357,7 @@ impl DriftWatch {
                             if let Some((key, id)) = known.remove(&uid) {
                                 self.forget(&uid, &key);
                                 if let Some(id) = id {
-                                    self.report(&id, key, "deleted while the watch was away");
+                                    self.report(&id, key, Seen::DeletedMeanwhile);
                                 }
                             }
                         }
@@ -375,7 +375,7 @@ impl DriftWatch {
                         known.remove(uid);
                         self.forget(uid, &key);
                     }
-                    self.notify(&kind, &object, "deleted");
+                    self.notify(&kind, &object, Seen::Deleted);
                 }
                 Err(err) => {
                     tracing::debug!(%err, kind = %kind.resource.kind, "drift watch restarts")
@@ -430,7 +430,7 @@ impl DriftWatch {
         }
     }
 
-    fn notify(&self, kind: &KindInfo, object: &PartialObjectMeta<DynamicObject>, what: &str) {
+    fn notify(&self, kind: &KindInfo, object: &PartialObjectMeta<DynamicObject>, what: Seen) {
         if let Some(id) = set_of(object) {
             self.report(&id, member_key(kind, object), what);
         }
@@ -445,11 +445,11 @@ impl DriftWatch {
 
     /// Someone else changed or deleted `key`, a member of set `id`: remember it and
     /// trigger the owning Application (unless tether is pruning it).
-    fn report(&self, id: &str, key: ObjectKey, what: &str) {
+    fn report(&self, id: &str, key: ObjectKey, what: Seen) {
         let name = key.name.clone();
         if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
             if state.pruning.contains(&key) {
-                if what.starts_with("deleted") {
+                if matches!(what, Seen::Deleted | Seen::DeletedMeanwhile) {
                     state.pruning.remove(&key);
                 }
                 return;
@@ -507,6 +507,27 @@ struct SetState {
     last_full_plan: Option<std::time::Instant>,
     /// Members the current sync prunes: their deletion is not drift.
     pruning: BTreeSet<ObjectKey>,
+}
+
+/// What the watch saw happen to a member.
+#[derive(Debug, Clone, Copy)]
+enum Seen {
+    Changed,
+    Deleted,
+    /// Seen on the list after a gap in the watch.
+    ChangedMeanwhile,
+    DeletedMeanwhile,
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Seen::Changed => "changed",
+            Seen::Deleted => "deleted",
+            Seen::ChangedMeanwhile => "changed while the watch was away",
+            Seen::DeletedMeanwhile => "deleted while the watch was away",
+        })
+    }
 }
 
 /// Up to this many drifted members are corrected one by one; more take a full sync.
