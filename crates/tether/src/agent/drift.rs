@@ -23,7 +23,7 @@ use futures::StreamExt;
 use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc;
 
 use super::Application;
@@ -49,6 +49,8 @@ pub struct DriftWatch {
     sets: Arc<Mutex<HashMap<String, SetState>>>,
     /// Wakes those waiting for a kind's first list ([`Self::watch_before_sync`]).
     listed: Arc<tokio::sync::Notify>,
+    /// The watch of each kind, stopped by [`Self::stop`].
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
 }
 
@@ -70,6 +72,7 @@ impl DriftWatch {
             ready: Default::default(),
             sets: Default::default(),
             listed: Default::default(),
+            tasks: Default::default(),
             trigger,
         };
         (watch, tokio_stream_from(receiver))
@@ -271,6 +274,13 @@ impl DriftWatch {
         }
     }
 
+    /// Stops every watch (the agent is stopping).
+    pub fn stop(&self) {
+        for task in self.tasks.lock().expect("not poisoned").drain(..) {
+            task.abort();
+        }
+    }
+
     /// Records that `app` owns ApplySet `id` with objects of `kinds`, and starts a watch for
     /// every kind not watched yet. A kind whose watch has not listed yet means the current
     /// sync was not watched from its start.
@@ -303,7 +313,8 @@ impl DriftWatch {
                 continue;
             }
             let this = self.clone();
-            tokio::spawn(async move { this.watch_kind(kind).await });
+            let task = tokio::spawn(async move { this.watch_kind(kind).await });
+            self.tasks.lock().expect("not poisoned").push(task);
         }
     }
 
@@ -311,7 +322,9 @@ impl DriftWatch {
         let api: Api<PartialObjectMeta<DynamicObject>> =
             Api::all_with(self.client.clone(), &kind.resource);
         let config = watcher::Config::default().labels(PART_OF_LABEL);
-        let mut events = watcher(api, config).boxed();
+        // Errors (the API server restarting, the kind's CRD deleted) are retried with a
+        // growing pause, not in a tight loop.
+        let mut events = watcher(api, config).default_backoff().boxed();
         // Objects of this kind by uid (key and set), to tell after a gap in the watch which
         // ones went away meanwhile; and the uids listed again since the gap.
         let mut known: HashMap<String, (ObjectKey, Option<String>)> = HashMap::new();
@@ -335,8 +348,21 @@ impl DriftWatch {
                 }
                 Ok(watcher::Event::Apply(object)) => {
                     let (previous, now) = self.remember(&object);
+                    let change = previous.as_ref().map(|p| classify(p, &now));
+                    tracing::trace!(
+                        object = object.metadata.name.as_deref().unwrap_or_default(),
+                        version = object
+                            .metadata
+                            .resource_version
+                            .as_deref()
+                            .unwrap_or_default(),
+                        ?change,
+                        ?previous,
+                        ?now,
+                        "watch event"
+                    );
                     // First sight: created by our apply, or before the watch existed.
-                    match previous.map(|p| classify(&p, &now)) {
+                    match change {
                         Some(Change::Foreign) => self.notify(&kind, &object, Seen::Changed),
                         Some(Change::Status) => self.status_changed(&object),
                         Some(Change::Ours) | None => {}

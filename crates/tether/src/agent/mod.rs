@@ -320,7 +320,7 @@ pub async fn run(
     controller
         .reconcile_on(triggers)
         .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, context)
+        .run(reconcile, error_policy, context.clone())
         .for_each(|result| async move {
             match result {
                 Err(kube::runtime::controller::Error::ReconcilerFailed(Error::StaleStatus(name), _)) => {
@@ -331,6 +331,7 @@ pub async fn run(
             }
         })
         .await;
+    context.drift.stop();
     drop(server);
     drop(renewal);
     if lost.load(std::sync::atomic::Ordering::Relaxed) {
