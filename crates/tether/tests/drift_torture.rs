@@ -576,7 +576,9 @@ impl Checker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_differs() {
-    // The agent's own log (drift seen, the backstop's warnings) goes with a failure.
+    // The agent's own log (drift seen, the backstop's warnings) goes with a failure;
+    // TORTURE_LOG sets its filter, e.g. "tether::agent=debug,tether::agent::drift=trace"
+    // for each reconcile and each watch event's classification.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("TORTURE_LOG").unwrap_or("tether=info".into()))
         .with_test_writer()
