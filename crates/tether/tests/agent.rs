@@ -569,11 +569,7 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
     repo.write("app/a.yaml", &cm("hooked", "blue"));
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = support::free_port();
     let agent = start_agent(
         &client,
         AgentOptions {
@@ -1437,7 +1433,7 @@ async fn the_backstop_corrects_and_counts_drift_the_watches_missed() {
     repo.write("app/a.yaml", &cm("disguised", "blue"));
     let commit = repo.commit("first");
     let daemon = GitDaemon::start(&root);
-    let port = support::agent::free_port();
+    let port = support::free_port();
     let agent = start_agent(
         &client,
         AgentOptions {

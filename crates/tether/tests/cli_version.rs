@@ -46,10 +46,7 @@ async fn version_shows_the_test_clusters_server_version() {
 
 #[test]
 fn version_without_a_reachable_cluster_is_a_clear_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("loopback is available")
-        .port();
+    let port = support::free_port();
     let dir = std::env::temp_dir().join(support::unique_name("tether-version"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let kubeconfig = dir.join("config");

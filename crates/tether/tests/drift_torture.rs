@@ -16,9 +16,7 @@ use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
-use support::agent::{
-    agent_metric, create_application, free_port, options_for, start_agent, until,
-};
+use support::agent::{agent_metric, applied, create_application, options_for, start_agent, until};
 use support::git::{GitDaemon, GitRepo};
 use support::{TestNamespace, cluster, kubectl, tool, unique_name};
 use tether::agent::application::SYNC_REQUEST_ANNOTATION;
@@ -594,7 +592,7 @@ async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_
     write_fixture(&repo, &group, 1);
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
-    let port = free_port();
+    let port = support::free_port();
     let options = AgentOptions {
         listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
         // The backstop plans every Application in full every 3 s or so.
@@ -649,10 +647,7 @@ async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_
         .await;
     for name in ["plain", "kust", "chart"] {
         until(&apps, name, "first sync", |a| {
-            a.status
-                .as_ref()
-                .and_then(|s| s.last_applied_revision.as_deref())
-                == Some(first.as_str())
+            applied(a) == Some(first.as_str())
         })
         .await;
     }
@@ -705,10 +700,7 @@ async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_
         .await;
     for name in ["plain", "kust", "chart"] {
         until(&apps, name, "the second commit applied", |a| {
-            a.status
-                .as_ref()
-                .and_then(|s| s.last_applied_revision.as_deref())
-                == Some(second.as_str())
+            applied(a) == Some(second.as_str())
         })
         .await;
     }

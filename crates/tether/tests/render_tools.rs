@@ -446,11 +446,7 @@ struct StaticServer {
 
 impl StaticServer {
     fn start(root: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = support::free_port();
         let mut child = Command::new("python3")
             .args([
                 "-m",

@@ -465,11 +465,7 @@ fn signed_commits_are_required_when_asked() {
 #[test]
 fn unreachable_servers_and_silent_servers_fail_fast() {
     let cache = tempfile::tempdir().expect("cache");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let closed = support::free_port();
     for url in [
         format!("git://127.0.0.1:{closed}/x"),
         format!("https://127.0.0.1:{closed}/x"),

@@ -113,15 +113,6 @@ pub fn applied(app: &Application) -> Option<&str> {
     app.status.as_ref()?.last_applied_revision.as_deref()
 }
 
-/// A free port on loopback for an agent's HTTP server.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// One counter or gauge from the agent's /metrics on `port` (0 when absent).
 pub async fn agent_metric(port: u16, name: &str) -> f64 {
     let text = tokio::task::spawn_blocking(move || {

@@ -257,13 +257,6 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("loopback is available")
-        .port()
-}
-
 fn wait_for_port(port: u16, what: &str, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
@@ -286,7 +279,7 @@ pub struct GitDaemon {
 
 impl GitDaemon {
     pub fn start(root: &Path) -> Self {
-        let port = free_port();
+        let port = super::free_port();
         let mut child = Command::new("git")
             .args([
                 "daemon",
@@ -450,7 +443,7 @@ impl SshGitServer {
         let authorized = dir.join("authorized_keys");
         std::fs::write(&authorized, format!("{}\n", client_key.public_text()))
             .expect("authorized_keys");
-        let port = free_port();
+        let port = super::free_port();
         let config = dir.join("sshd_config");
         std::fs::write(
             &config,

@@ -39,6 +39,14 @@ pub async fn cluster() -> Cluster {
         .expect("the test kubeconfig is valid")
 }
 
+/// A port on loopback that nothing listens on right now (for a server a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("loopback is available")
+        .port()
+}
+
 /// A name no other test (or earlier run) uses: `prefix-<pid>-<time>-<n>`.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
