@@ -1419,6 +1419,107 @@ async fn a_drift_correction_that_fails_is_retried_and_never_reported_as_synced()
     let _ = agent.stop().await;
 }
 
+/// Regression: a sync that began while a hand edit waited to be put back was pinned to the
+/// revision already applied, even when someone had asked for a sync (or a webhook had
+/// announced a push): it applied the old revision, counted the request as done, and the
+/// new commit waited for the next poll. In the drift torture test an edit made during the
+/// sync of a new commit so kept the Helm app on its old commit until the backstop ran.
+/// Here a dependency holds the Application back while both wait, so that one reconcile
+/// meets them together.
+#[tokio::test]
+async fn a_sync_asked_for_while_a_hand_edit_waits_applies_the_new_commit() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-unpinned").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("app/a.yaml", &cm("guarded", "blue"));
+    repo.write("gate/a.yaml", &cm("gate", "blue"));
+    let first = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    let gate = json!({
+        "source": {"repoURL": daemon.url("deploy"), "path": "gate"},
+        "destination": {"namespace": ns.name}
+    });
+    create_application(&apps, "gate", gate.clone()).await;
+    create_application(
+        &apps,
+        "guarded",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "app"},
+            "destination": {"namespace": ns.name},
+            "dependsOn": [{"name": "gate"}],
+            "syncPolicy": {"interval": "1h", "selfHeal": true}
+        }),
+    )
+    .await;
+    until(&apps, "guarded", "first sync", |a| {
+        applied(a) == Some(first.as_str()) && ready(a).is_some_and(|(status, _)| status == "True")
+    })
+    .await;
+
+    // The dependency goes away: the Application is held back.
+    apps.delete("gate", &Default::default())
+        .await
+        .expect("gate deleted");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    configmaps
+        .patch(
+            "guarded",
+            &PatchParams::apply("hand-edit").force(),
+            &Patch::Apply(cm_json("guarded", "red")),
+        )
+        .await
+        .expect("hand edit");
+    until(&apps, "guarded", "held back", |a| {
+        ready(a).is_some_and(|(_, message)| message.contains("waiting for Application gate"))
+    })
+    .await;
+    // Meanwhile a new commit, and someone asks for a sync.
+    repo.write("app/a.yaml", &cm("guarded", "green"));
+    let second = repo.commit("second");
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    apps.patch(
+        "guarded",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {
+            tether::agent::application::SYNC_REQUEST_ANNOTATION: now}}})),
+    )
+    .await
+    .expect("sync requested");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        configmaps
+            .get("guarded")
+            .await
+            .expect("get")
+            .data
+            .unwrap_or_default()["color"],
+        "red",
+        "nothing is applied while the dependency is missing"
+    );
+
+    // The dependency is back: the next reconcile meets the edit and the request together.
+    create_application(&apps, "gate", gate).await;
+    let app = until(&apps, "guarded", "the requested sync", |a| {
+        a.status
+            .as_ref()
+            .is_some_and(|s| s.last_sync_request.as_deref() == Some(now.as_str()))
+    })
+    .await;
+    assert_eq!(
+        applied(&app),
+        Some(second.as_str()),
+        "the sync asked for applied the old revision"
+    );
+    let live = configmaps.get("guarded").await.expect("get");
+    assert_eq!(live.data.unwrap_or_default()["color"], "green");
+    let _ = agent.stop().await;
+}
+
 /// The backstop: a write the watches cannot tell from tether's own (someone applying with
 /// tether's field manager) is found by the periodic full plan, corrected, logged and
 /// counted in tether_drift_missed_total.

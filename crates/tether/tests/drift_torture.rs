@@ -1,8 +1,8 @@
 //! Drift torture: an agent that has just started, three Applications (plain YAML with a
 //! Secret and a custom resource, Kustomize, and a Helm chart that checks the Kubernetes
 //! version), and every kind of hand edit, made during the first sync, right after it, and
-//! during the sync of a new commit. Each edit must be put back within 10 s of the editing
-//! command's return (the goal is 2 s; see [`CORRECTED_WITHIN`]); no status write
+//! during the sync of a new commit. Each edit must be put back within 2 s of the editing
+//! command's return ([`CORRECTED_WITHIN`]); no status write
 //! may say Synced while the cluster differs from Git (a plan right after each write checks
 //! it); and the backstop's full plans must find nothing that the watches missed.
 
@@ -23,14 +23,12 @@ use tether::agent::application::SYNC_REQUEST_ANNOTATION;
 use tether::agent::{AgentOptions, Application, install_crd};
 use tether::cluster::discovery::Resolver;
 
-/// What every edit must be put back within. The goal is 2 s, and nearly every run meets
-/// it; but in 3 runs of 52 the edit of the Helm app's ConfigMap made during the new
-/// commit's sync was not reported by the drift watch at all, and was put back by the
-/// backstop (every 3 s here) after 3.5–3.9 s. Until that is explained, this bound fails
-/// only a correction that came neither from the watch nor from the backstop.
-const CORRECTED_WITHIN: Duration = Duration::from_secs(10);
-/// The goal for each correction: the test prints those slower than this.
-const CORRECTED_GOAL: Duration = Duration::from_secs(2);
+/// What every edit must be put back within, from the editing command's return. The watch
+/// path takes 0.5–1.3 s here; a correction that waited for the backstop (every 3 s in
+/// this test) would not make it. Until the fix of a sync request pinned to the old
+/// revision (see `a_sync_asked_for_while_a_hand_edit_waits_applies_the_new_commit` in
+/// tests/agent.rs), an edit made during the new commit's sync sometimes did not.
+const CORRECTED_WITHIN: Duration = Duration::from_secs(2);
 /// How long after an edit was done the agent may not know of it yet (its watch's delay,
 /// and the checker's own in seeing the status): a difference on an object edited earlier
 /// than this before a status write that says Synced, and not corrected, is a lie.
@@ -728,8 +726,8 @@ async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_
         torture.corrected.len()
     );
     for (what, took) in &torture.corrected {
-        let slow = if *took > CORRECTED_GOAL {
-            "  (slower than the 2 s goal)"
+        let slow = if *took > CORRECTED_WITHIN {
+            "  (too slow)"
         } else {
             ""
         };

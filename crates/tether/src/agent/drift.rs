@@ -332,9 +332,23 @@ impl DriftWatch {
         let mut listed_once = false;
         while let Some(event) = events.next().await {
             match event {
-                Ok(watcher::Event::Init) => relisted = Some(HashSet::new()),
+                Ok(watcher::Event::Init) => {
+                    tracing::trace!(kind = %kind.resource.kind, "watch lists");
+                    relisted = Some(HashSet::new())
+                }
                 Ok(watcher::Event::InitApply(object)) => {
                     let (previous, now) = self.remember(&object);
+                    tracing::trace!(
+                        object = object.metadata.name.as_deref().unwrap_or_default(),
+                        version = object
+                            .metadata
+                            .resource_version
+                            .as_deref()
+                            .unwrap_or_default(),
+                        ?previous,
+                        ?now,
+                        "watch list item"
+                    );
                     // A list after a gap shows only the newest state: any change to an
                     // object seen before may hide someone else's write.
                     if listed_once && previous.is_some_and(|p| p != now) {
@@ -371,6 +385,7 @@ impl DriftWatch {
                     self.record_version(&kind, &object);
                 }
                 Ok(watcher::Event::InitDone) => {
+                    tracing::trace!(kind = %kind.resource.kind, "watch listed");
                     if let Some(relisted) = relisted.take()
                         && listed_once
                     {

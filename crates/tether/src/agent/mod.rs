@@ -616,15 +616,6 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
     let spec = &app.spec;
     let fetch_started = std::time::Instant::now();
     let applyset_id = crate::apply::applyset::ApplySet::new(&name, &spec.destination.namespace).id;
-    // Drift is corrected to the revision already applied, which the cache holds: no need to
-    // ask Git (or wait for other Applications' fetches) to put back a hand edit.
-    let pin = app
-        .status
-        .as_ref()
-        .filter(|s| {
-            ctx.drift.is_drifted(&applyset_id) && s.observed_generation == app.metadata.generation
-        })
-        .and_then(|s| s.last_applied_revision.clone());
     // Polls of Applications that follow one repository share a listing of its refs taken
     // in the last few seconds (webhooks mark it stale); a sync someone asked for lists
     // afresh.
@@ -633,6 +624,21 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
         .get(application::SYNC_REQUEST_ANNOTATION)
         .cloned();
     let sync_requested = app.status.as_ref().map(|s| &s.last_sync_request) != Some(&sync_request);
+    // Drift is corrected to the revision already applied, which the cache holds: no need to
+    // ask Git (or wait for other Applications' fetches) to put back a hand edit. Unless a
+    // new revision may be waiting: someone asked for a sync, or a webhook announced a
+    // push. Pinned, this sync would apply the old revision and count the request as done,
+    // and the new one would wait for the next poll.
+    let pin = app
+        .status
+        .as_ref()
+        .filter(|s| {
+            ctx.drift.is_drifted(&applyset_id)
+                && s.observed_generation == app.metadata.generation
+                && !sync_requested
+                && !crate::source::git::change_announced(&spec.source.repo_url)
+        })
+        .and_then(|s| s.last_applied_revision.clone());
     let listing_max_age = if sync_requested {
         Duration::ZERO
     } else {

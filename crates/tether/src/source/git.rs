@@ -994,6 +994,28 @@ pub fn forget_listing(url: &str) {
         .insert(url.to_bstring().to_string(), Instant::now());
 }
 
+/// Whether a webhook announced a change to the remote at `url` that no ref listing has
+/// seen since: a sync now must list the refs, not reuse a commit it knows.
+pub fn change_announced(url: &str) -> bool {
+    let Ok(url) = normalize_url(url) else {
+        return false;
+    };
+    let key = url.to_bstring().to_string();
+    let Some(stale) = STALE_BEFORE
+        .lock()
+        .expect("not poisoned")
+        .get(&key)
+        .copied()
+    else {
+        return false;
+    };
+    LISTINGS
+        .lock()
+        .expect("not poisoned")
+        .get(&key)
+        .is_none_or(|(taken, _)| *taken < stale)
+}
+
 fn remember_listing(url: &str, taken: Instant, listing: &Listing) {
     LISTINGS
         .lock()
@@ -1220,13 +1242,16 @@ mod tests {
             recent_listing(&key, later - Duration::from_secs(5)).is_some(),
             "within the allowed age"
         );
+        assert!(!change_announced(url), "no webhook yet");
         forget_listing(url);
         assert!(
             recent_listing(&key, later - Duration::from_secs(5)).is_none(),
             "stale after a webhook"
         );
+        assert!(change_announced(url), "announced, not listed since");
         remember_listing(&key, Instant::now(), &listing);
         assert!(recent_listing(&key, later - Duration::from_secs(5)).is_some());
+        assert!(!change_announced(url), "listed since the webhook");
     }
 
     #[test]
