@@ -1520,6 +1520,121 @@ async fn a_sync_asked_for_while_a_hand_edit_waits_applies_the_new_commit() {
     let _ = agent.stop().await;
 }
 
+/// Hooks in the agent: the same engine as `tether apply`. A failing PreSync hook leaves
+/// nothing written, says so in the status, in an Event naming the hook, and in history;
+/// once Git fixes it, the next commit syncs and history records the hooks that ran.
+#[tokio::test]
+async fn the_agent_runs_hooks_and_records_each_result() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-hooks").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    let migrate = |fails: bool| {
+        let failing = if fails {
+            "  activeDeadlineSeconds: 2\n  backoffLimit: 0\n"
+        } else {
+            ""
+        };
+        let placement = if fails {
+            "      nodeSelector: {nowhere: \"true\"}\n"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  generateName: migrate-\n  annotations: {{argocd.argoproj.io/hook: PreSync, argocd.argoproj.io/hook-delete-policy: HookSucceeded}}\nspec:\n{failing}  template:\n    spec:\n      restartPolicy: Never\n{placement}      containers:\n      - name: run\n        image: registry.invalid/migrate:1\n"
+        )
+    };
+    repo.write("app/a.yaml", &cm("settings", "blue"));
+    repo.write("app/migrate.yaml", &migrate(true));
+    repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    create_application(
+        &apps,
+        "hooked",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "app"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h", "retry": {"limit": 1}}
+        }),
+    )
+    .await;
+    let failed = until(&apps, "hooked", "the hook's failure reported", |a| {
+        ready(a).is_some_and(|(status, message)| {
+            status == "False" && message.contains("PreSync hook Job.batch/migrate-")
+        })
+    })
+    .await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        configmaps.get_opt("settings").await.expect("get").is_none(),
+        "nothing written after a failed PreSync hook"
+    );
+    let history = failed.status.expect("status").history;
+    assert_eq!(history[0].result, "Failed");
+    assert_eq!(history[0].hooks.len(), 1);
+    assert_eq!(history[0].hooks[0].phase, "PreSync");
+    assert_eq!(history[0].hooks[0].result, "Failed");
+    assert!(history[0].hooks[0].object.starts_with("Job/migrate-"));
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &ns.name);
+    within_10_s("an Event names the failing hook", || async {
+        events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("HookFailed")
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("Job.batch/migrate-"))
+            })
+    })
+    .await;
+
+    repo.write("app/migrate.yaml", &migrate(false));
+    let fixed = repo.commit("the migration works");
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    apps.patch(
+        "hooked",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {
+            tether::agent::application::SYNC_REQUEST_ANNOTATION: now}}})),
+    )
+    .await
+    .expect("sync requested");
+    let app = until(&apps, "hooked", "the fixed commit applied", |a| {
+        applied(a) == Some(fixed.as_str())
+    })
+    .await;
+    let entry = &app.status.expect("status").history[0];
+    assert_eq!(entry.result, "Succeeded");
+    assert_eq!(entry.hooks.len(), 1, "{:?}", entry.hooks);
+    assert_eq!(entry.hooks[0].result, "Succeeded");
+    assert_eq!(
+        configmaps
+            .get("settings")
+            .await
+            .expect("get")
+            .data
+            .expect("data")["color"],
+        "blue"
+    );
+    let out = tether_cli(&["history", "hooked", "-n", &ns.name]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("PreSync hook Job/migrate-"), "{said}");
+    assert!(
+        said.contains("Succeeded") && said.contains("Failed"),
+        "{said}"
+    );
+    let _ = agent.stop().await;
+}
+
 /// The backstop: a write the watches cannot tell from tether's own (someone applying with
 /// tether's field manager) is found by the periodic full plan, corrected, logged and
 /// counted in tether_drift_missed_total.

@@ -278,6 +278,34 @@ pub struct HistoryEntry {
     pub pruned: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The hooks this sync ran, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRecord>,
+}
+
+/// One hook run, as history keeps it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HookRecord {
+    /// PreSync, Sync, PostSync or SyncFail.
+    pub phase: String,
+    /// `Kind/name` (the generated name for a generateName hook).
+    pub object: String,
+    /// Succeeded or Failed.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+impl From<&crate::apply::hooks::HookResult> for HookRecord {
+    fn from(run: &crate::apply::hooks::HookResult) -> Self {
+        Self {
+            phase: run.phase.to_string(),
+            object: format!("{}/{}", run.key.kind, run.key.name),
+            result: if run.succeeded { "Succeeded" } else { "Failed" }.into(),
+            message: run.message.clone(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]

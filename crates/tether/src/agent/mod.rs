@@ -31,7 +31,7 @@ use crate::source::git::{GitAuth, GitSource, Revision};
 use crate::source::reference::RefSpec;
 use crate::source::signature::SignaturePolicy;
 pub use application::{Application, ApplicationSpec, ApplicationStatus};
-use application::{ApplySetReference, Condition, HistoryEntry, SyncStatus};
+use application::{ApplySetReference, Condition, HistoryEntry, HookRecord, SyncStatus};
 
 /// Reconciles run by this process (for tests and metrics).
 pub static RECONCILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -340,6 +340,22 @@ pub async fn run(
     Ok(())
 }
 
+/// Why a sync failed (for the status), and its history entry when it has one (it ran hooks).
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    entry: Option<HistoryEntry>,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            entry: None,
+        }
+    }
+}
+
 /// A spawned task that ends when this handle is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -523,9 +539,13 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             }
             Ok(Action::requeue(next))
         }
-        Err(message) => {
+        Err(Failure { message, entry }) => {
             ctx.count_reconcile(&app, "failed", started);
             let mut status = status;
+            if let Some(entry) = entry {
+                status.history.insert(0, entry);
+                status.history.truncate(HISTORY_LIMIT);
+            }
             status.failures += 1;
             let limit = app.spec.sync_policy.retry.limit.max(1);
             let failures = status.failures;
@@ -611,7 +631,7 @@ async fn unready_dependency(ctx: &Context, app: &Application) -> Option<String> 
 
 /// Resolve, render, plan and (when the policy allows) apply; an `Err` is a message for
 /// the status, saying what failed.
-async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, String> {
+async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
     let name = app.name_any();
     let spec = &app.spec;
     let fetch_started = std::time::Instant::now();
@@ -774,7 +794,7 @@ async fn full_sync(
     objects: Vec<crate::render::Object>,
     digest: [u8; 32],
     check_watches: bool,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Failure> {
     let policy = &app.spec.sync_policy;
     let owner = kube::runtime::reflector::ObjectRef::from_obj(app);
     // Watch every kind of the render before planning it: from then on no write to a
@@ -985,25 +1005,36 @@ async fn apply_and_record(
     revision: &Revision,
     drift: bool,
     what: &str,
-) -> Result<(HistoryEntry, Vec<(crate::render::ObjectKey, String)>), String> {
+) -> Result<(HistoryEntry, Vec<(crate::render::ObjectKey, String)>), Failure> {
     let policy = &app.spec.sync_policy;
     let options = ApplyOptions {
         prune: policy.prune && !planned.options.partial,
         force_conflicts: policy.self_heal,
         concurrency: ctx.options.concurrency,
+        // Putting back the revision already applied is not a new deployment.
+        run_hooks: !drift,
         ..Default::default()
     };
     let report = apply(&ctx.client, &ctx.resolver, planned, &options)
         .await
         .map_err(|e| e.to_string())?;
-    let failed = report.failed();
-    if let Some(first) = failed.first() {
-        return Err(format!(
-            "{} object(s) failed to apply, e.g. {}: {}",
-            failed.len(),
-            first.key,
-            first.error.as_deref().unwrap_or_default()
-        ));
+    for hook in report.hooks.iter().filter(|h| !h.succeeded) {
+        publish(ctx, app, EventType::Warning, "HookFailed", hook.to_string()).await;
+    }
+    let hooks: Vec<HookRecord> = report.hooks.iter().map(HookRecord::from).collect();
+    if let Some(message) = report.failure_message() {
+        // A failed sync is history too when it ran hooks: which ran, and how they ended.
+        let entry = (!hooks.is_empty()).then(|| HistoryEntry {
+            revision: revision.commit.clone(),
+            time: now_rfc3339(),
+            result: "Failed".into(),
+            created: 0,
+            updated: 0,
+            pruned: 0,
+            message: Some(message.clone()),
+            hooks: hooks.clone(),
+        });
+        return Err(Failure { message, entry });
     }
     let count =
         |action: PlanAction| report.results.iter().filter(|r| r.action == action).count() as u32;
@@ -1043,6 +1074,7 @@ async fn apply_and_record(
             count(PlanAction::Update),
             count(PlanAction::Prune)
         )),
+        hooks,
     };
     Ok((entry, versions))
 }
@@ -1065,7 +1097,7 @@ async fn correct_drift(
     tree: crate::source::git::CommitTree,
     drifted: std::collections::BTreeSet<crate::render::ObjectKey>,
     settled: (&ApplicationStatus, &SyncStatus, &ApplySetReference),
-) -> Result<Targeted, String> {
+) -> Result<Targeted, Failure> {
     let (objects, digest) = render_digested(ctx, app, &revision, tree).await?;
     if ctx.drift.applied_digest(applyset_id) != Some(digest) {
         return Ok(Targeted::Full(objects, digest));

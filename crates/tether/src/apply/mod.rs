@@ -7,6 +7,7 @@
 //! reverse order; an unchanged object gets no request at all. Start at [`apply`].
 
 pub mod applyset;
+pub mod hooks;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -18,7 +19,8 @@ use serde_json::Value;
 
 use crate::cluster::discovery::Resolver;
 use crate::health::{self, Health, HealthStatus};
-use crate::plan::{Action, Change, FIELD_MANAGER, Plan, Stage, api_for};
+use crate::plan::hooks::Phase;
+use crate::plan::{Action, Change, FIELD_MANAGER, Hook, Plan, Stage, api_for};
 use crate::render::ObjectKey;
 use applyset::GroupKind;
 
@@ -35,6 +37,11 @@ pub struct ApplyOptions {
     pub wait: Option<Duration>,
     /// How long to wait for CRDs to be established and pruned objects to be gone.
     pub settle_timeout: Duration,
+    /// Run the plan's hooks (when it changes something). Off for a drift correction,
+    /// which puts back the revision already applied.
+    pub run_hooks: bool,
+    /// How long one hook may run, and one sync wave may take to become Healthy.
+    pub hook_timeout: Duration,
     pub progress: crate::progress::ProgressHandle,
 }
 
@@ -47,6 +54,8 @@ impl Default for ApplyOptions {
             concurrency: 16,
             wait: None,
             settle_timeout: Duration::from_secs(120),
+            run_hooks: true,
+            hook_timeout: Duration::from_secs(300),
             progress: Default::default(),
         }
     }
@@ -74,11 +83,33 @@ pub struct ApplyReport {
     /// Set when `--wait` ran out of time or something became Degraded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unhealthy: Option<String>,
+    /// Each hook run, in the order they ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<hooks::HookResult>,
+    /// Why the sync stopped, when a hook failed or a wave did not become Healthy (failed
+    /// objects are in `results`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 impl ApplyReport {
     pub fn failed(&self) -> Vec<&ObjectResult> {
         self.results.iter().filter(|r| r.error.is_some()).collect()
+    }
+
+    /// Why the sync failed, if it did: a hook or a wave, or the first object that failed.
+    pub fn failure_message(&self) -> Option<String> {
+        if let Some(failure) = &self.failure {
+            return Some(failure.clone());
+        }
+        let failed = self.failed();
+        let first = failed.first()?;
+        Some(format!(
+            "{} object(s) failed to apply, e.g. {}: {}",
+            failed.len(),
+            first.key,
+            first.error.as_deref().unwrap_or_default()
+        ))
     }
 }
 
@@ -201,42 +232,147 @@ pub async fn apply(
             }
         }
     }
+    // Hooks run with a sync that changes something (a no-op runs none).
+    let run_hooks = options.run_hooks && plan.has_changes();
+    let hooks_of = |phase: Phase| -> Vec<&Hook> {
+        if !run_hooks {
+            return Vec::new();
+        }
+        let mut hooks: Vec<&Hook> = plan
+            .hooks
+            .iter()
+            .filter(|h| h.phases.contains(&phase))
+            .collect();
+        hooks.sort_by(|a, b| (a.order, &a.key).cmp(&(b.order, &b.key)));
+        hooks
+    };
+    let set_id = plan.applyset.id.clone();
+
+    // 2. PreSync hooks, before any member is written: a failure stops the sync.
+    let pre_sync = hooks_of(Phase::PreSync);
+    if !pre_sync.is_empty() {
+        options
+            .progress
+            .note(&format!("running {} PreSync hook(s)", pre_sync.len()));
+        let (results, failure) = hooks::run_phase(
+            client,
+            resolver,
+            &set_id,
+            &pre_sync,
+            Phase::PreSync,
+            options.hook_timeout,
+        )
+        .await;
+        report.hooks.extend(results);
+        if failure.is_some() {
+            report.failure = failure;
+            let (results, _) = hooks::run_phase(
+                client,
+                resolver,
+                &set_id,
+                &hooks_of(Phase::SyncFail),
+                Phase::SyncFail,
+                options.hook_timeout,
+            )
+            .await;
+            report.hooks.extend(results);
+            return Ok(report);
+        }
+    }
+
     let mut parent = Parent {
         recorded: plan.applyset.clone(),
         exists: plan.parent_exists,
     };
     parent.record(client, &widened, &mut report).await?;
 
-    // 2. Apply stage by stage; later stages wait for earlier ones.
+    // 3. Apply stage by stage, and within a stage wave by wave; later stages wait for
+    //    earlier ones, and a wave waits until the waves before it are Healthy. Sync hooks
+    //    run with the namespaced objects of their wave.
     let mut all_ok = true;
     if !pending.is_empty() {
         options.progress.begin("applying", pending.len());
     }
-    for stage in [
+    let sync_hooks = hooks_of(Phase::Sync);
+    'stages: for stage in [
         Stage::Crds,
         Stage::Namespaces,
         Stage::ClusterScoped,
         Stage::Namespaced,
     ] {
-        let batch: Vec<Change> = pending
+        let mut waves: BTreeSet<i64> = pending
             .iter()
             .filter(|c| c.stage == stage)
-            .cloned()
+            .map(|c| c.wave)
             .collect();
-        if batch.is_empty() {
-            continue;
+        if stage == Stage::Namespaced {
+            waves.extend(sync_hooks.iter().map(|h| h.order));
         }
-        let results = apply_batch(client, &batch, options).await;
-        let stage_ok = results.iter().all(|r| r.error.is_none());
-        report.writes += results.iter().filter(|r| r.error.is_none()).count();
-        report.results.extend(results);
-        if !stage_ok {
-            all_ok = false;
-            break;
-        }
-        if stage == Stage::Crds {
-            wait_for_crds(client, &batch, options.settle_timeout).await?;
-            discover_new_kinds(resolver, &batch, &mut pending, options.settle_timeout).await?;
+        let last_wave = waves.last().copied();
+        for wave in waves {
+            let batch: Vec<Change> = pending
+                .iter()
+                .filter(|c| c.stage == stage && c.wave == wave)
+                .cloned()
+                .collect();
+            if !batch.is_empty() {
+                let results = apply_batch(client, &batch, options).await;
+                let wave_ok = results.iter().all(|r| r.error.is_none());
+                report.writes += results.iter().filter(|r| r.error.is_none()).count();
+                report.results.extend(results);
+                if !wave_ok {
+                    all_ok = false;
+                    break 'stages;
+                }
+                if stage == Stage::Crds {
+                    wait_for_crds(client, &batch, options.settle_timeout).await?;
+                    discover_new_kinds(resolver, &batch, &mut pending, options.settle_timeout)
+                        .await?;
+                }
+            }
+            let in_wave: Vec<&Hook> = sync_hooks
+                .iter()
+                .copied()
+                .filter(|h| stage == Stage::Namespaced && h.order == wave)
+                .collect();
+            if !in_wave.is_empty() {
+                let (results, failure) = hooks::run_phase(
+                    client,
+                    resolver,
+                    &set_id,
+                    &in_wave,
+                    Phase::Sync,
+                    options.hook_timeout,
+                )
+                .await;
+                report.hooks.extend(results);
+                if failure.is_some() {
+                    report.failure = failure;
+                    all_ok = false;
+                    break 'stages;
+                }
+            }
+            if Some(wave) != last_wave {
+                let members: Vec<&Change> = plan
+                    .changes
+                    .iter()
+                    .filter(|c| c.stage == stage && c.wave == wave && c.action != Action::Prune)
+                    .collect();
+                if let Err(why) = wait_until_healthy(
+                    client,
+                    resolver,
+                    &members,
+                    options.hook_timeout,
+                    &options.progress,
+                )
+                .await
+                {
+                    report.failure =
+                        Some(format!("sync wave {wave} did not become Healthy: {why}"));
+                    all_ok = false;
+                    break 'stages;
+                }
+            }
         }
     }
     if !pending.is_empty() {
@@ -260,7 +396,9 @@ pub async fn apply(
         });
     }
 
-    // 3. Prune only after every apply succeeded, in reverse stage order.
+    // 4. Prune only after every apply succeeded, in reverse stage order, and within a
+    //    stage from the highest wave down.
+    let mut pruned_all = true;
     if all_ok && options.prune {
         let prune_changes: Vec<&Change> = plan
             .changes
@@ -270,41 +408,99 @@ pub async fn apply(
         if !prune_changes.is_empty() {
             options.progress.begin("pruning", prune_changes.len());
         }
-        let mut pruned_all = true;
-        for stage in [
+        'prune: for stage in [
             Stage::Namespaced,
             Stage::ClusterScoped,
             Stage::Namespaces,
             Stage::Crds,
         ] {
-            let batch: Vec<&Change> = prune_changes
+            let waves: BTreeSet<i64> = prune_changes
                 .iter()
-                .copied()
                 .filter(|c| c.stage == stage)
+                .map(|c| c.wave)
                 .collect();
-            let results = prune_batch(client, &batch, options).await;
-            for result in &results {
-                if result.error.is_none() {
-                    report.pruned += 1;
-                    report.writes += 1;
-                } else {
-                    pruned_all = false;
+            for wave in waves.into_iter().rev() {
+                let batch: Vec<&Change> = prune_changes
+                    .iter()
+                    .copied()
+                    .filter(|c| c.stage == stage && c.wave == wave)
+                    .collect();
+                let results = prune_batch(client, &batch, options).await;
+                for result in &results {
+                    if result.error.is_none() {
+                        report.pruned += 1;
+                        report.writes += 1;
+                    } else {
+                        pruned_all = false;
+                    }
                 }
-            }
-            report.results.extend(results);
-            if !pruned_all {
-                break;
+                report.results.extend(results);
+                if !pruned_all {
+                    break 'prune;
+                }
             }
         }
         if !prune_changes.is_empty() {
             options.progress.finish();
         }
-        // 4. Narrow the inventory only after the deletes are done.
+        // 5. Narrow the inventory only after the deletes are done.
         if pruned_all {
             let mut narrowed = plan.applyset.clone();
             narrowed.group_kinds = desired_kinds;
             narrowed.namespaces = desired_namespaces;
             parent.record(client, &narrowed, &mut report).await?;
+        }
+    }
+
+    // 6. PostSync hooks, once every object is Healthy.
+    let post_sync = hooks_of(Phase::PostSync);
+    if all_ok && pruned_all && !post_sync.is_empty() {
+        let members: Vec<&Change> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::Prune)
+            .collect();
+        match wait_until_healthy(
+            client,
+            resolver,
+            &members,
+            options.hook_timeout,
+            &options.progress,
+        )
+        .await
+        {
+            Ok(()) => {
+                let (results, failure) = hooks::run_phase(
+                    client,
+                    resolver,
+                    &set_id,
+                    &post_sync,
+                    Phase::PostSync,
+                    options.hook_timeout,
+                )
+                .await;
+                report.hooks.extend(results);
+                report.failure = failure;
+            }
+            Err(why) => {
+                report.failure = Some(format!("PostSync hooks not run: {why}"));
+            }
+        }
+    }
+    // 7. SyncFail hooks, when anything above failed.
+    if report.failure.is_some() || !all_ok || !pruned_all {
+        let sync_fail = hooks_of(Phase::SyncFail);
+        if !sync_fail.is_empty() {
+            let (results, _) = hooks::run_phase(
+                client,
+                resolver,
+                &set_id,
+                &sync_fail,
+                Phase::SyncFail,
+                options.hook_timeout,
+            )
+            .await;
+            report.hooks.extend(results);
         }
     }
 
@@ -594,6 +790,86 @@ async fn wait_for_crds(
     Ok(())
 }
 
+/// The health of each of `changes`, read from the cluster now.
+async fn check_health(
+    client: &kube::Client,
+    resolver: &Resolver,
+    changes: &[&Change],
+) -> Vec<(ObjectKey, Health)> {
+    futures::stream::iter((0..changes.len()).map(|i| async move {
+        let change = changes[i];
+        let api_version = change
+            .desired
+            .as_ref()
+            .and_then(|d| d["apiVersion"].as_str())
+            .unwrap_or_default();
+        let Some(kind) = change
+            .kind
+            .clone()
+            .or_else(|| resolver.resolve(api_version, &change.key.kind))
+        else {
+            return (change.key.clone(), Health::missing());
+        };
+        let live: Option<Value> = api_for(client, &kind, &change.key.namespace)
+            .get_opt(&change.key.name)
+            .await
+            .ok()
+            .flatten()
+            .map(|o| serde_json::to_value(o).expect("objects serialize"));
+        (change.key.clone(), health::assess(live.as_ref()))
+    }))
+    .buffer_unordered(16)
+    .collect()
+    .await
+}
+
+/// Waits until every one of `changes` is Healthy; `Err` says which is Degraded, or which
+/// are not Healthy when `timeout` runs out.
+async fn wait_until_healthy(
+    client: &kube::Client,
+    resolver: &Resolver,
+    changes: &[&Change],
+    timeout: Duration,
+    progress: &crate::progress::ProgressHandle,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let checks = check_health(client, resolver, changes).await;
+        if let Some((key, h)) = checks
+            .iter()
+            .find(|(_, h)| h.status == HealthStatus::Degraded)
+        {
+            return Err(format!("{key} is Degraded: {}", h.message));
+        }
+        let not_healthy: Vec<&(ObjectKey, Health)> = checks
+            .iter()
+            .filter(|(_, h)| h.status != HealthStatus::Healthy)
+            .collect();
+        let Some((key, h)) = not_healthy.first() else {
+            return Ok(());
+        };
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} object(s) not Healthy after {} s, e.g. {key}: {} ({})",
+                not_healthy.len(),
+                timeout.as_secs(),
+                h.status,
+                h.message
+            ));
+        }
+        progress.note(&format!(
+            "{}/{} healthy; e.g. {key}: {} ({})",
+            checks.len() - not_healthy.len(),
+            checks.len(),
+            h.status,
+            h.message
+        ));
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
 /// Polls every desired object until all are Healthy, one is Degraded, or time runs out.
 async fn wait_healthy(
     client: &kube::Client,
@@ -610,32 +886,7 @@ async fn wait_healthy(
         .filter(|c| c.action != Action::Prune)
         .collect();
     loop {
-        let desired = &desired;
-        let checks = futures::stream::iter((0..desired.len()).map(|i| async move {
-            let change = desired[i];
-            let api_version = change
-                .desired
-                .as_ref()
-                .and_then(|d| d["apiVersion"].as_str())
-                .unwrap_or_default();
-            let Some(kind) = change
-                .kind
-                .clone()
-                .or_else(|| resolver.resolve(api_version, &change.key.kind))
-            else {
-                return (change.key.clone(), Health::missing());
-            };
-            let live: Option<Value> = api_for(client, &kind, &change.key.namespace)
-                .get_opt(&change.key.name)
-                .await
-                .ok()
-                .flatten()
-                .map(|o| serde_json::to_value(o).expect("objects serialize"));
-            (change.key.clone(), health::assess(live.as_ref()))
-        }))
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
+        let checks = check_health(client, resolver, &desired).await;
         let not_healthy: Vec<&(ObjectKey, Health)> = checks
             .iter()
             .filter(|(_, h)| h.status != HealthStatus::Healthy)

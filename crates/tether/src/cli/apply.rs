@@ -33,6 +33,10 @@ pub struct ApplyArgs {
     /// How long --wait waits.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// How long one hook may run, and one sync wave may take to become Healthy.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub hook_timeout: Duration,
 }
 
 #[derive(Serialize)]
@@ -59,6 +63,7 @@ pub async fn run(
         force_conflicts: args.target.force_conflicts,
         concurrency: args.target.concurrency,
         wait: args.wait.then_some(args.timeout),
+        hook_timeout: args.hook_timeout,
         progress: super::progress::for_stderr(),
         ..Default::default()
     };
@@ -89,6 +94,9 @@ pub async fn run(
             crate::output::write_structured(out, global.output, &document)?;
         }
         _ => write_text(out, &report, args.wait, color_wanted())?,
+    }
+    if let Some(failure) = &report.failure {
+        anyhow::bail!("the sync stopped: {failure}");
     }
     let failed = report.failed();
     if !failed.is_empty() {
@@ -129,6 +137,21 @@ fn write_text(
             .filter(|r| r.action == action && r.error.is_none())
             .count()
     };
+    for hook in &report.hooks {
+        writeln!(
+            out,
+            "{} hook {} {}{}: {}",
+            hook.phase,
+            hook.key,
+            if hook.succeeded {
+                "succeeded"
+            } else {
+                "failed"
+            },
+            if hook.deleted { " (deleted)" } else { "" },
+            hook.message
+        )?;
+    }
     for result in report
         .results
         .iter()

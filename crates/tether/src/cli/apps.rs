@@ -251,6 +251,20 @@ pub async fn history(
             entry.result,
             entry.message.unwrap_or_default()
         )?;
+        for hook in entry.hooks {
+            writeln!(
+                out,
+                "    {} hook {} {}{}",
+                hook.phase,
+                hook.object,
+                hook.result,
+                if hook.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", hook.message)
+                }
+            )?;
+        }
     }
     Ok(0)
 }

@@ -11,7 +11,7 @@ use super::render::{RendererArgs, SourceArgs, default_app_name};
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
 use crate::output::OutputFormat;
-use crate::plan::{Action, Change, Plan, PlanOptions, Summary};
+use crate::plan::{Action, Change, Hook, Plan, PlanOptions, Skipped, Summary};
 use crate::render::{ObjectKey, Origin};
 use crate::source::git::Revision;
 
@@ -120,6 +120,10 @@ struct PlanDocument<'a> {
     revision: Option<&'a Revision>,
     summary: Summary,
     changes: Vec<ChangeDocument<'a>>,
+    #[serde(skip_serializing_if = "<[Hook]>::is_empty")]
+    hooks: &'a [Hook],
+    #[serde(skip_serializing_if = "<[Skipped]>::is_empty")]
+    skipped: &'a [Skipped],
 }
 
 #[derive(Serialize)]
@@ -135,6 +139,7 @@ struct ChangeDocument<'a> {
     conflicts: &'a [String],
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     takes_over_from: &'a [String],
+    wave: i64,
 }
 
 pub fn write_plan(
@@ -163,8 +168,11 @@ pub fn write_plan(
                         diff: &c.diff,
                         conflicts: &c.conflicts,
                         takes_over_from: &c.takes_over_from,
+                        wave: c.wave,
                     })
                     .collect(),
+                hooks: &plan.hooks,
+                skipped: &plan.skipped,
             };
             crate::output::write_structured(out, format, &document)?;
         }
@@ -189,17 +197,42 @@ fn symbol(action: Action) -> &'static str {
     }
 }
 
-fn describe_change(change: &Change) -> String {
+fn describe_change(change: &Change, waves: bool) -> String {
     let origin = change
         .origin
         .as_ref()
         .map(|o| format!("  ({o})"))
         .unwrap_or_default();
+    let wave = if waves {
+        format!(" [wave {}]", change.wave)
+    } else {
+        String::new()
+    };
     format!(
-        "{} {} {}{origin}",
+        "{} {} {}{wave}{origin}",
         symbol(change.action),
         change.action,
         change.key
+    )
+}
+
+/// `PreSync Job.batch/migrate-* -n web (order 0, delete: BeforeHookCreation)`.
+fn describe_hook(hook: &Hook) -> String {
+    let phases: Vec<String> = hook.phases.iter().map(ToString::to_string).collect();
+    let mut key = hook.key.clone();
+    if hook.generate_name {
+        key.name.push('*');
+    }
+    let delete = hook.delete_policy.to_string();
+    format!(
+        "{} {key} (order {}{})",
+        phases.join(","),
+        hook.order,
+        if delete.is_empty() {
+            String::new()
+        } else {
+            format!(", delete: {delete}")
+        }
     )
 }
 
@@ -236,7 +269,11 @@ fn write_text(
             Action::Conflict => "35;1",
             _ => "33;1",
         };
-        writeln!(out, "{}", paint(code, &describe_change(change)))?;
+        writeln!(
+            out,
+            "{}",
+            paint(code, &describe_change(change, plan.uses_waves()))
+        )?;
         for conflict in &change.conflicts {
             writeln!(out, "    conflict: {conflict}")?;
         }
@@ -266,6 +303,21 @@ fn write_text(
             }
         }
     }
+    if !plan.hooks.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Hooks (run by a sync that changes something):")?;
+        for hook in &plan.hooks {
+            writeln!(out, "  {}  ({})", describe_hook(hook), hook.origin)?;
+        }
+    }
+    for skipped in &plan.skipped {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "  not applied: {} ({}; {})",
+            skipped.key, skipped.why, skipped.origin
+        )?;
+    }
     writeln!(out)?;
     writeln!(out, "{}", plan.summary())?;
     Ok(())
@@ -286,6 +338,13 @@ fn write_markdown(
     )?;
     writeln!(out)?;
     writeln!(out, "**{}**", plan.summary())?;
+    if !plan.hooks.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Hooks run by this sync:")?;
+        for hook in &plan.hooks {
+            writeln!(out, "- `{}`", describe_hook(hook))?;
+        }
+    }
     let changed: Vec<&Change> = plan
         .changes
         .iter()
@@ -297,17 +356,28 @@ fn write_markdown(
         return Ok(());
     }
     writeln!(out)?;
-    writeln!(out, "| | Action | Object | Source |")?;
-    writeln!(out, "|---|---|---|---|")?;
+    let waves = plan.uses_waves();
+    if waves {
+        writeln!(out, "| | Action | Object | Wave | Source |")?;
+        writeln!(out, "|---|---|---|---|---|")?;
+    } else {
+        writeln!(out, "| | Action | Object | Source |")?;
+        writeln!(out, "|---|---|---|---|")?;
+    }
     for change in &changed {
         let origin = change
             .origin
             .as_ref()
             .map(|o| format!("`{o}`"))
             .unwrap_or_default();
+        let wave = if waves {
+            format!(" {} |", change.wave)
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "| {} | {} | `{}` | {origin} |",
+            "| {} | {} | `{}` |{wave} {origin} |",
             symbol(change.action),
             change.action,
             change.key

@@ -7,6 +7,7 @@
 //! Start at [`plan`].
 
 pub mod diff;
+pub mod hooks;
 pub mod migrate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -112,7 +113,44 @@ pub struct Change {
     /// Client-side-apply managers whose fields apply will hand to tether first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub takes_over_from: Vec<String>,
+    /// Its sync wave (a prune's, from the live object): within a stage, lower waves are
+    /// applied first, and pruned last.
+    pub wave: i64,
 }
+
+/// An object that runs at a phase of the sync instead of being a member of the set
+/// (see [`hooks`]): created anew by each sync that changes something, never pruned,
+/// never drift.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hook {
+    /// Its name, or its `generateName` prefix.
+    pub key: ObjectKey,
+    pub origin: Origin,
+    pub phases: Vec<hooks::Phase>,
+    /// Its order within a phase (its wave, or Helm's hook weight).
+    pub order: i64,
+    pub delete_policy: hooks::DeletePolicy,
+    /// Named by `metadata.generateName`: each run gets a new name.
+    pub generate_name: bool,
+    /// The manifest to create: namespace filled, hook labels added.
+    #[serde(skip)]
+    pub manifest: Value,
+}
+
+/// An object the sync leaves alone (a `Skip` hook, a Helm test hook, …), and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub key: ObjectKey,
+    pub origin: Origin,
+    pub why: String,
+}
+
+/// Label on every hook object: the ApplySet whose sync ran it (hooks are not members).
+pub const HOOK_OF_LABEL: &str = "tether.dev/hook-of";
+/// Label on every hook object: which hook of the set it is (a digest of kind and name or
+/// prefix), so that the next run finds the objects earlier runs left.
+pub const HOOK_LABEL: &str = "tether.dev/hook";
 
 /// A problem that stops the plan: nothing may be written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -171,6 +209,9 @@ pub struct Plan {
     pub applyset: ApplySet,
     pub parent_exists: bool,
     pub changes: Vec<Change>,
+    /// Hooks, by phase and order.
+    pub hooks: Vec<Hook>,
+    pub skipped: Vec<Skipped>,
 }
 
 impl Plan {
@@ -190,6 +231,11 @@ impl Plan {
 
     pub fn has_changes(&self) -> bool {
         self.changes.iter().any(|c| c.action != Action::Unchanged)
+    }
+
+    /// Whether the plan orders objects in more than one wave.
+    pub fn uses_waves(&self) -> bool {
+        self.changes.iter().any(|c| c.wave != self.changes[0].wave)
     }
 
     pub fn desired_count(&self) -> usize {
@@ -232,6 +278,7 @@ struct Prepared {
     manifest: Value,
     kind: Option<KindInfo>,
     namespaced: bool,
+    wave: i64,
 }
 
 /// What every object's plan needs to know about the whole set.
@@ -370,8 +417,33 @@ pub async fn plan(
     }
 
     let mut prepared = Vec::new();
+    let mut hooks = Vec::new();
+    let mut skipped = Vec::new();
     let mut seen: BTreeMap<ObjectKey, Origin> = BTreeMap::new();
     for object in objects {
+        let role = match hooks::role_of(&object.manifest, !parent_exists) {
+            Ok(role) => role,
+            Err(message) => {
+                errors.push(PlanError {
+                    key: Some(object.key.clone()),
+                    origin: Some(object.origin.clone()),
+                    message,
+                });
+                continue;
+            }
+        };
+        let wave = match &role {
+            hooks::Role::Member { wave } => *wave,
+            hooks::Role::Hook { .. } => 0,
+            hooks::Role::Ignored { why } => {
+                skipped.push(Skipped {
+                    key: object.key.clone(),
+                    origin: object.origin.clone(),
+                    why: why.clone(),
+                });
+                continue;
+            }
+        };
         let api_version = object.manifest["apiVersion"]
             .as_str()
             .unwrap_or_default()
@@ -415,10 +487,27 @@ pub async fn plan(
         if !labels.is_object() {
             *labels = Value::Object(Default::default());
         }
-        labels
-            .as_object_mut()
-            .expect("just made an object")
-            .insert(PART_OF_LABEL.into(), Value::String(applyset.id.clone()));
+        let labels = labels.as_object_mut().expect("just made an object");
+        if let hooks::Role::Hook {
+            phases,
+            order,
+            delete,
+        } = role
+        {
+            labels.insert(HOOK_OF_LABEL.into(), Value::String(applyset.id.clone()));
+            labels.insert(HOOK_LABEL.into(), Value::String(hook_label(&key)));
+            hooks.push(Hook {
+                generate_name: metadata.get("name").and_then(Value::as_str).is_none(),
+                key,
+                origin: object.origin,
+                phases,
+                order,
+                delete_policy: delete,
+                manifest,
+            });
+            continue;
+        }
+        labels.insert(PART_OF_LABEL.into(), Value::String(applyset.id.clone()));
         if let Some(first) = seen.insert(key.clone(), object.origin.clone()) {
             errors.push(PlanError {
                 key: Some(key.clone()),
@@ -435,6 +524,7 @@ pub async fn plan(
             manifest,
             kind,
             namespaced,
+            wave,
         });
     }
 
@@ -495,12 +585,22 @@ pub async fn plan(
         errors.sort_by(|a, b| a.origin.cmp(&b.origin).then(a.key.cmp(&b.key)));
         return Err(PlanErrors(errors));
     }
-    changes.sort_by(|a, b| (a.stage, &a.key).cmp(&(b.stage, &b.key)));
+    if !hooks.is_empty() {
+        errors.extend(dry_run_hooks(client, resolver, &hooks).await);
+    }
+    if !errors.is_empty() {
+        errors.sort_by(|a, b| a.origin.cmp(&b.origin).then(a.key.cmp(&b.key)));
+        return Err(PlanErrors(errors));
+    }
+    changes.sort_by(|a, b| (a.stage, a.wave, &a.key).cmp(&(b.stage, b.wave, &b.key)));
+    hooks.sort_by(|a, b| (&a.phases, a.order, &a.key).cmp(&(&b.phases, b.order, &b.key)));
     Ok(Plan {
         options: options.clone(),
         applyset,
         parent_exists,
         changes,
+        hooks,
+        skipped,
     })
 }
 
@@ -529,6 +629,7 @@ async fn plan_one(
         manifest,
         kind,
         namespaced,
+        wave,
     } = item;
     let Context {
         client,
@@ -548,6 +649,7 @@ async fn plan_one(
         live: None,
         kind: kind.clone(),
         takes_over_from: Vec::new(),
+        wave,
     };
     let Some(kind) = kind else {
         // Its CRD comes with this set: nothing to ask the server yet.
@@ -727,6 +829,8 @@ async fn prune_candidates(
                 }
                 prunes.push(Change {
                     stage: stage_of(&key, info.namespaced),
+                    // A wave that no longer parses prunes with wave 0.
+                    wave: hooks::wave_of(&value).unwrap_or(0),
                     diff: render_diff(Some(&value), None, &key),
                     key,
                     action: Action::Prune,
@@ -741,4 +845,58 @@ async fn prune_candidates(
         }
     }
     Ok(prunes)
+}
+
+/// The value of [`HOOK_LABEL`] for a hook: short, valid as a label, the same on every run.
+pub fn hook_label(key: &ObjectKey) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!(
+        "{}/{}/{}/{}",
+        key.group, key.kind, key.namespace, key.name
+    ));
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Dry-runs the creation of every hook whose kind is served, so that an invalid hook stops
+/// the sync before anything is written (a hook left by an earlier run is no error).
+async fn dry_run_hooks(
+    client: &kube::Client,
+    resolver: &Resolver,
+    hooks: &[Hook],
+) -> Vec<PlanError> {
+    // Indexes, not a closure over borrowed items: see `apply::apply_batch`.
+    futures::stream::iter((0..hooks.len()).map(|i| dry_run_hook(client, resolver, &hooks[i])))
+        .buffer_unordered(8)
+        .filter_map(|error| async move { error })
+        .collect()
+        .await
+}
+
+async fn dry_run_hook(
+    client: &kube::Client,
+    resolver: &Resolver,
+    hook: &Hook,
+) -> Option<PlanError> {
+    let api_version = hook.manifest["apiVersion"].as_str().unwrap_or_default();
+    let kind = resolver.resolve(api_version, &hook.key.kind)?;
+    let api = api_for(client, &kind, &hook.key.namespace);
+    let object: DynamicObject = match serde_json::from_value(hook.manifest.clone()) {
+        Ok(object) => object,
+        Err(e) => {
+            return Some(PlanError {
+                key: Some(hook.key.clone()),
+                origin: Some(hook.origin.clone()),
+                message: format!("not a valid object: {e}"),
+            });
+        }
+    };
+    let params = kube::api::PostParams {
+        dry_run: true,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    match api.create(&params, &object).await {
+        Ok(_) => None,
+        Err(kube::Error::Api(status)) if status.code == 409 => None,
+        Err(e) => Some(cluster_error(Some(&hook.key), Some(&hook.origin), &e)),
+    }
 }

@@ -725,9 +725,19 @@ fn to_object(manifest: Value, origin: Origin) -> Result<Object, String> {
     };
     let name = match metadata.get("name") {
         Some(Value::String(name)) if !name.is_empty() => name.clone(),
+        // A hook runs anew with each sync, so it may take a new name each time.
+        Some(Value::String(_)) | None
+            if crate::plan::hooks::is_hook(&manifest)
+                && matches!(metadata.get("generateName"), Some(Value::String(prefix)) if !prefix.is_empty()) =>
+        {
+            metadata["generateName"]
+                .as_str()
+                .expect("matched a string")
+                .to_string()
+        }
         Some(Value::String(_)) | None if metadata.contains_key("generateName") => {
             return Err(format!(
-                "{kind} uses metadata.generateName, which GitOps cannot track; set metadata.name"
+                "{kind} uses metadata.generateName, which GitOps cannot track; set metadata.name (only hooks may use generateName)"
             ));
         }
         Some(Value::String(_)) | None => return Err(format!("{kind} has no metadata.name")),
