@@ -132,3 +132,60 @@ fn render_reads_the_bundled_example() {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
 }
+
+/// After `make demo` a user's shell has neither kustomize nor helm on PATH, but testenv
+/// built them: `tether render` finds them there, and when they are nowhere, says every
+/// place it looked.
+#[test]
+fn renderers_are_found_where_testenv_builds_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "resources: [cm.yaml]\nnamePrefix: found-\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n",
+    )
+    .expect("write");
+    // The cache testenv builds into: the folder that holds bin/kustomize-<version>/.
+    let kustomize = support::tool("kustomize");
+    let cache = kustomize
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .expect("<cache>/bin/kustomize-<version>/kustomize");
+    let render = |cache: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["render", "--path"])
+            .arg(dir.path())
+            .env_remove("RUST_LOG")
+            .env_remove("TETHER_KUSTOMIZE")
+            .env("PATH", "/usr/bin:/bin")
+            .env("TETHER_CACHE_DIR", cache)
+            .output()
+            .expect("the tether binary runs")
+    };
+    let out = render(cache);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("name: found-x"));
+
+    let empty = tempfile::tempdir().expect("temp dir");
+    let out = render(empty.path());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("kustomize is not installed"), "{said}");
+    assert!(said.contains("/usr/bin:/bin"), "names PATH: {said}");
+    assert!(
+        said.contains(&format!(
+            "{}/bin/kustomize-*/kustomize",
+            empty.path().display()
+        )),
+        "names the testenv folder: {said}"
+    );
+}

@@ -171,7 +171,10 @@ fn trim_message(stderr: &[u8]) -> String {
     }
 }
 
-/// Finds a program: the explicit path, else `env_var`, else PATH.
+/// Finds a program: the explicit path, else `env_var`, else PATH, else where the project's
+/// testenv builds it (`$TETHER_CACHE_DIR`, else `$XDG_CACHE_HOME/tether`, else
+/// `~/.cache/tether`, then `bin/<name>-<version>/<name>`, the newest version). The error
+/// names every place it looked.
 pub fn locate(explicit: Option<&Path>, env_var: &str, name: &str) -> Result<PathBuf, String> {
     if let Some(path) = explicit {
         return Ok(path.to_path_buf());
@@ -180,12 +183,60 @@ pub fn locate(explicit: Option<&Path>, env_var: &str, name: &str) -> Result<Path
         return Ok(PathBuf::from(path));
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
+    if let Some(found) = std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .ok_or_else(|| {
-            format!("{name} is not installed: put it on PATH, set {env_var}, or pass --{name}-bin")
-        })
+    {
+        return Ok(found);
+    }
+    let built = testenv_bin().map(|bin| bin.join(format!("{name}-*")).join(name));
+    if let Some(found) = testenv_bin().and_then(|bin| newest_built(&bin, name)) {
+        return Ok(found);
+    }
+    Err(format!(
+        "{name} is not installed: looked in PATH ({}){}; put it on PATH, set {env_var}, pass --{name}-bin, or build it with `python3 testenv/testenv.py build {name}`",
+        if path.is_empty() {
+            "empty".to_string()
+        } else {
+            path.to_string_lossy().into_owned()
+        },
+        built
+            .map(|b| format!(" and {}", b.display()))
+            .unwrap_or_default()
+    ))
+}
+
+/// Where testenv keeps the programs it builds.
+fn testenv_bin() -> Option<PathBuf> {
+    let root = match std::env::var_os("TETHER_CACHE_DIR").filter(|p| !p.is_empty()) {
+        Some(root) => PathBuf::from(root),
+        None => match std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty()) {
+            Some(cache) => PathBuf::from(cache).join("tether"),
+            None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/tether"),
+        },
+    };
+    Some(root.join("bin"))
+}
+
+/// `bin/<name>-v1.2.3/<name>` with the highest version.
+fn newest_built(bin: &Path, name: &str) -> Option<PathBuf> {
+    let prefix = format!("{name}-");
+    let version = |folder: &str| -> Vec<u64> {
+        folder
+            .trim_start_matches(&prefix)
+            .trim_start_matches('v')
+            .split(['.', '-'])
+            .map(|part| part.parse().unwrap_or(0))
+            .collect()
+    };
+    std::fs::read_dir(bin)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|folder| folder.starts_with(&prefix))
+        .filter(|folder| bin.join(folder).join(name).is_file())
+        .max_by_key(|folder| version(folder))
+        .map(|folder| bin.join(folder).join(name))
 }
 
 #[cfg(test)]
@@ -201,6 +252,23 @@ mod tests {
             home.path(),
             limits,
         )
+    }
+
+    #[test]
+    fn the_newest_program_testenv_built_is_found() {
+        let bin = tempfile::tempdir().expect("temp");
+        for version in ["v5.8.2", "v5.10.0", "v5.9.1"] {
+            let folder = bin.path().join(format!("kustomize-{version}"));
+            std::fs::create_dir_all(&folder).expect("mkdir");
+            std::fs::write(folder.join("kustomize"), "").expect("write");
+        }
+        // A folder without the program is not a candidate.
+        std::fs::create_dir_all(bin.path().join("kustomize-v9.0.0")).expect("mkdir");
+        assert_eq!(
+            newest_built(bin.path(), "kustomize"),
+            Some(bin.path().join("kustomize-v5.10.0/kustomize"))
+        );
+        assert_eq!(newest_built(bin.path(), "helm"), None);
     }
 
     #[test]
