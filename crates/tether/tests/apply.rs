@@ -299,33 +299,203 @@ async fn unowned_objects_need_adopt_and_other_apps_objects_are_refused() {
     );
 }
 
+fn run_kubectl(args: &[&str]) {
+    let out = support::kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One rule for push and pull: a field tether applied before and someone changed since
+/// (`kubectl patch`, a read-change-replace as `kubectl edit` does, `kubectl scale`, an
+/// apply by another manager) is drift, and apply puts Git's value back without
+/// `--force-conflicts`.
 #[tokio::test]
-async fn conflicts_with_another_manager_stop_apply_unless_forced() {
-    let env = env("apply-conflict").await;
-    let files = vec![("deploy.yaml", deployment("web", 2))];
+async fn hand_edits_of_fields_tether_applied_are_drift_and_put_back() {
+    let env = env("apply-drift").await;
+    let files = vec![
+        ("deploy.yaml", deployment("web", 2)),
+        (
+            "cm.yaml",
+            cm("settings", &[("color", "blue"), ("size", "s")]),
+        ),
+    ];
     env.apply(&files).await;
-    // Someone scales it by hand with their own field manager.
-    let deploys: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns.name);
-    let scale = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 5}});
+    let ns = env.ns.name.as_str();
+    run_kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "configmap",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"color":"red"}}"#,
+    ]);
+    let configmaps = env.configmaps();
+    let mut live = configmaps.get("settings").await.expect("get");
+    live.data
+        .as_mut()
+        .expect("data")
+        .insert("size".into(), "xl".into());
+    configmaps
+        .replace(
+            "settings",
+            &PostParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &live,
+        )
+        .await
+        .expect("edit");
+    run_kubectl(&["-n", ns, "scale", "deployment", "web", "--replicas=5"]);
+    let deploys: Api<Deployment> = Api::namespaced(env.client.clone(), ns);
     deploys
         .patch(
             "web",
-            &PatchParams::apply("hand-edit").force(),
+            &PatchParams::apply("another-tool").force(),
+            &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.invalid/other:9"}]}}}})),
+        )
+        .await
+        .expect("another manager's apply");
+
+    let planned = env.plan(&files).await.expect("plan");
+    for change in &planned.changes {
+        assert_eq!(
+            change.action,
+            Action::Update,
+            "{}: {:?}",
+            change.key,
+            change.conflicts
+        );
+        assert!(change.conflicts.is_empty());
+    }
+    let reclaims = |name: &str| -> String {
+        planned
+            .changes
+            .iter()
+            .find(|c| c.key.name == name)
+            .expect("planned")
+            .reclaims
+            .join("\n")
+    };
+    let settings = reclaims("settings");
+    assert!(
+        settings.contains(".data.color") && settings.contains("kubectl-patch"),
+        "{settings}"
+    );
+    assert!(
+        settings.contains(".data.size") && settings.contains("kubectl-edit"),
+        "{settings}"
+    );
+    let web = reclaims("web");
+    assert!(web.contains(".spec.replicas"), "{web}");
+    assert!(
+        web.contains("image") && web.contains("another-tool"),
+        "{web}"
+    );
+    let diff = &planned
+        .changes
+        .iter()
+        .find(|c| c.key.name == "settings")
+        .expect("planned")
+        .diff;
+    assert!(
+        diff.contains("-  color: red") && diff.contains("+  color: blue"),
+        "{diff}"
+    );
+    assert!(
+        !diff.contains("applied-fields"),
+        "bookkeeping stays out of diffs: {diff}"
+    );
+
+    // Without --force-conflicts.
+    let report = apply(
+        &env.client,
+        &env.resolver,
+        planned,
+        &ApplyOptions::default(),
+    )
+    .await
+    .expect("drift is put back");
+    assert!(report.failed().is_empty(), "{:?}", report.failed());
+    let data = configmaps
+        .get("settings")
+        .await
+        .expect("get")
+        .data
+        .expect("data");
+    assert_eq!(
+        (data["color"].as_str(), data["size"].as_str()),
+        ("blue", "s")
+    );
+    let spec = deploys.get("web").await.expect("get").spec.expect("spec");
+    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(
+        spec.template.spec.expect("pod").containers[0]
+            .image
+            .as_deref(),
+        Some("registry.invalid/web:1")
+    );
+    let again = env.plan(&files).await.expect("plan");
+    assert!(!again.has_changes(), "in sync after the correction");
+}
+
+/// Only a field tether never applied and another manager owns is a conflict: the plan
+/// shows both values and the owner, and apply writes nothing unless forced.
+#[tokio::test]
+async fn a_field_tether_never_applied_is_a_conflict_that_shows_both_values() {
+    let env = env("apply-conflict").await;
+    let files = vec![("cm.yaml", cm("settings", &[("color", "blue")]))];
+    env.apply(&files).await;
+    let ns = env.ns.name.as_str();
+    run_kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "configmap",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"owner":"theirs"}}"#,
+    ]);
+    let scale = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"team": "a"}});
+    env.configmaps()
+        .patch(
+            "settings",
+            &PatchParams::apply("other-gitops").force(),
             &Patch::Apply(&scale),
         )
         .await
-        .expect("hand edit");
-
+        .expect("another manager");
+    // Git now sets both fields.
+    let files = vec![(
+        "cm.yaml",
+        cm(
+            "settings",
+            &[("color", "blue"), ("owner", "ours"), ("team", "b")],
+        ),
+    )];
     let planned = env.plan(&files).await.expect("plan");
     let change = &planned.changes[0];
     assert_eq!(change.action, Action::Conflict);
+    let conflicts = change.conflicts.join("\n");
     assert!(
-        change
-            .conflicts
-            .iter()
-            .any(|c| c.contains(".spec.replicas") && c.contains("hand-edit")),
-        "{:?}",
-        change.conflicts
+        conflicts.contains(".data.owner") && conflicts.contains("kubectl-patch"),
+        "{conflicts}"
+    );
+    assert!(
+        conflicts.contains(".data.team") && conflicts.contains("other-gitops"),
+        "{conflicts}"
+    );
+    assert!(
+        change.diff.contains("-  owner: theirs") && change.diff.contains("+  owner: ours"),
+        "a conflict shows the values: {}",
+        change.diff
     );
     let err = apply(
         &env.client,
@@ -336,17 +506,14 @@ async fn conflicts_with_another_manager_stop_apply_unless_forced() {
     .await
     .expect_err("conflict");
     assert!(err.to_string().contains("--force-conflicts"), "{err}");
-    assert_eq!(
-        deploys
-            .get("web")
-            .await
-            .expect("get")
-            .spec
-            .expect("spec")
-            .replicas,
-        Some(5),
-        "nothing written"
-    );
+    let data = env
+        .configmaps()
+        .get("settings")
+        .await
+        .expect("get")
+        .data
+        .expect("data");
+    assert_eq!(data["owner"], "theirs", "nothing written");
 
     let mut force = env.options();
     force.force_conflicts = true;
@@ -360,15 +527,16 @@ async fn conflicts_with_another_manager_stop_apply_unless_forced() {
     )
     .await
     .expect("forced");
+    let data = env
+        .configmaps()
+        .get("settings")
+        .await
+        .expect("get")
+        .data
+        .expect("data");
     assert_eq!(
-        deploys
-            .get("web")
-            .await
-            .expect("get")
-            .spec
-            .expect("spec")
-            .replicas,
-        Some(2)
+        (data["owner"].as_str(), data["team"].as_str()),
+        ("ours", "b")
     );
 }
 

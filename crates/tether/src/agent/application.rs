@@ -142,6 +142,10 @@ pub struct SyncPolicy {
     /// Put back changes made by hand.
     #[serde(default = "yes")]
     pub self_heal: bool,
+    /// Also take fields that tether never applied and another manager owns (a conflict);
+    /// fields tether applied before and someone changed are taken back regardless.
+    #[serde(default)]
+    pub force_conflicts: bool,
     /// How often to look at Git (e.g. 1m, 30s).
     #[serde(default = "default_interval")]
     pub interval: String,
@@ -155,6 +159,7 @@ impl Default for SyncPolicy {
             automated: true,
             prune: true,
             self_heal: true,
+            force_conflicts: false,
             interval: default_interval(),
             retry: Retry::default(),
         }

@@ -1009,7 +1009,7 @@ async fn apply_and_record(
     let policy = &app.spec.sync_policy;
     let options = ApplyOptions {
         prune: policy.prune && !planned.options.partial,
-        force_conflicts: policy.self_heal,
+        force_conflicts: policy.force_conflicts,
         concurrency: ctx.options.concurrency,
         // Putting back the revision already applied is not a new deployment.
         run_hooks: !drift,
@@ -1126,7 +1126,7 @@ async fn correct_drift(
     let spec = &app.spec;
     let mut plan_options = PlanOptions::new(app.name_any(), destination.clone());
     plan_options.concurrency = ctx.options.concurrency;
-    plan_options.force_conflicts = spec.sync_policy.self_heal;
+    plan_options.force_conflicts = spec.sync_policy.force_conflicts;
     plan_options.partial = true;
     let planned = plan(&ctx.client, &ctx.resolver, subset, &plan_options)
         .await
@@ -1299,7 +1299,7 @@ async fn plan_app(
     let mut plan_options = PlanOptions::new(app.name_any(), spec.destination.namespace.clone());
     plan_options.concurrency = options.concurrency;
     // With selfHeal, Git is the authority: fields someone else took are taken back.
-    plan_options.force_conflicts = spec.sync_policy.self_heal;
+    plan_options.force_conflicts = spec.sync_policy.force_conflicts;
     plan(client, resolver, objects, &plan_options)
         .await
         .map_err(|e| e.to_string())

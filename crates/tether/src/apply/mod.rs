@@ -121,7 +121,7 @@ pub enum Error {
     )]
     EmptyRender { members: usize },
     #[error(
-        "{count} object(s) have fields owned by another manager; nothing was written:\n{details}\nresolve the conflict in Git, or pass --force-conflicts to take ownership"
+        "{count} object(s) have fields that tether never applied and another manager owns; nothing was written:\n{details}\nresolve the conflict in Git, or take the fields: --force-conflicts (the agent: spec.syncPolicy.forceConflicts: true)"
     )]
     Conflicts { count: usize, details: String },
     #[error("cannot update the ApplySet parent Secret/{name}: {reason}")]
@@ -583,7 +583,9 @@ async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOption
         (Some(kind), Some(manifest)) => {
             let api = api_for(client, kind, &change.key.namespace);
             let mut params = PatchParams::apply(FIELD_MANAGER);
-            if options.force_conflicts {
+            // Forced: the user said so, or every field in conflict is drift (tether applied
+            // it before; see `plan::fields`).
+            if options.force_conflicts || change.force {
                 params = params.force();
             }
             match take_over_client_side_fields(&api, change).await {

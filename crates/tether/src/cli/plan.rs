@@ -139,6 +139,8 @@ struct ChangeDocument<'a> {
     conflicts: &'a [String],
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     takes_over_from: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    reclaims: &'a [String],
     wave: i64,
 }
 
@@ -168,6 +170,7 @@ pub fn write_plan(
                         diff: &c.diff,
                         conflicts: &c.conflicts,
                         takes_over_from: &c.takes_over_from,
+                        reclaims: &c.reclaims,
                         wave: c.wave,
                     })
                     .collect(),
@@ -275,7 +278,10 @@ fn write_text(
             paint(code, &describe_change(change, plan.uses_waves()))
         )?;
         for conflict in &change.conflicts {
-            writeln!(out, "    conflict: {conflict}")?;
+            writeln!(out, "    conflict (tether never applied it): {conflict}")?;
+        }
+        for field in &change.reclaims {
+            writeln!(out, "    drift, Git's value goes back: {field}")?;
         }
         if !change.takes_over_from.is_empty() {
             writeln!(
@@ -392,7 +398,10 @@ fn write_markdown(
         )?;
         writeln!(out)?;
         for conflict in &change.conflicts {
-            writeln!(out, "- conflict: {conflict}")?;
+            writeln!(out, "- conflict (tether never applied it): {conflict}")?;
+        }
+        for field in &change.reclaims {
+            writeln!(out, "- drift, Git's value goes back: {field}")?;
         }
         // A fence longer than any run of backticks in the diff cannot be closed by it.
         let fence = "`".repeat(3.max(longest_backtick_run(&change.diff) + 1));

@@ -25,6 +25,13 @@ pub fn normalize(object: &Value) -> Value {
             for field in SERVER_METADATA {
                 metadata.remove(field);
             }
+            // tether's record of the fields it applied is bookkeeping, not content.
+            if let Some(annotations) = metadata
+                .get_mut("annotations")
+                .and_then(Value::as_object_mut)
+            {
+                annotations.remove(super::fields::APPLIED_FIELDS_ANNOTATION);
+            }
             for field in ["annotations", "labels"] {
                 if metadata
                     .get(field)

@@ -7,6 +7,7 @@
 //! Start at [`plan`].
 
 pub mod diff;
+pub mod fields;
 pub mod hooks;
 pub mod migrate;
 
@@ -116,6 +117,13 @@ pub struct Change {
     /// Its sync wave (a prune's, from the live object): within a stage, lower waves are
     /// applied first, and pruned last.
     pub wave: i64,
+    /// Fields tether applied before that someone else changed since (drift): apply takes
+    /// them back, as `field (from manager)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reclaims: Vec<String>,
+    /// Apply with force: every field in conflict is one tether applied before.
+    #[serde(skip)]
+    pub force: bool,
 }
 
 /// An object that runs at a phase of the sync instead of being a member of the set
@@ -508,6 +516,25 @@ pub async fn plan(
             continue;
         }
         labels.insert(PART_OF_LABEL.into(), Value::String(applyset.id.clone()));
+        // Which fields tether applies, for the next plan to tell drift from a conflict.
+        if let Some(record) = fields::record(&manifest) {
+            let metadata = manifest["metadata"]
+                .as_object_mut()
+                .expect("render checked metadata");
+            let annotations = metadata
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if !annotations.is_object() {
+                *annotations = Value::Object(Default::default());
+            }
+            annotations
+                .as_object_mut()
+                .expect("just made an object")
+                .insert(
+                    fields::APPLIED_FIELDS_ANNOTATION.into(),
+                    Value::String(record),
+                );
+        }
         if let Some(first) = seen.insert(key.clone(), object.origin.clone()) {
             errors.push(PlanError {
                 key: Some(key.clone()),
@@ -650,6 +677,8 @@ async fn plan_one(
         kind: kind.clone(),
         takes_over_from: Vec::new(),
         wave,
+        reclaims: Vec::new(),
+        force: false,
     };
     let Some(kind) = kind else {
         // Its CRD comes with this set: nothing to ask the server yet.
@@ -699,20 +728,56 @@ async fn plan_one(
         Ok(object) => serde_json::to_value(object).expect("objects serialize"),
         Err(err) => match api_error(&err) {
             Some(status) if status.code == 409 && status.reason == "Conflict" => {
-                change.action = Action::Conflict;
-                change.live = live;
-                change.conflicts = status
+                let causes: Vec<(String, String)> = status
                     .details
                     .as_ref()
                     .map(|d| {
                         d.causes
                             .iter()
-                            .map(|c| format!("{}: {}", c.field, c.message))
+                            .map(|c| (c.field.clone(), c.message.clone()))
                             .collect()
                     })
-                    .filter(|c: &Vec<String>| !c.is_empty())
-                    .unwrap_or_else(|| vec![status.message.clone()]);
-                return Ok(change);
+                    .unwrap_or_default();
+                // A field tether applied before is drift, whoever holds it now; only a
+                // field it never applied is a conflict. An object applied by an older
+                // tether keeps no record: as a member of this set, Git wins there too.
+                let member = live
+                    .as_ref()
+                    .is_some_and(|l| l["metadata"]["labels"][PART_OF_LABEL] == *applyset_id);
+                let drift = |field: &str| {
+                    member
+                        && live
+                            .as_ref()
+                            .and_then(|l| fields::applied_before(l, field))
+                            .unwrap_or(true)
+                };
+                let (reclaimed, foreign): (Vec<_>, Vec<_>) =
+                    causes.iter().partition(|(field, _)| drift(field));
+                let describe = |(field, message): &(String, String)| format!("{field}: {message}");
+                change.reclaims = reclaimed.into_iter().map(describe).collect();
+                // The value each side holds: what a forced apply would write.
+                let forced = PatchParams::apply(FIELD_MANAGER).dry_run().force();
+                let predicted = api
+                    .patch(&key.name, &forced, &Patch::Apply(&manifest))
+                    .await
+                    .map_err(|e| cluster_error(Some(&key), Some(&origin), &e))?;
+                let predicted = serde_json::to_value(predicted).expect("objects serialize");
+                if causes.is_empty() || !foreign.is_empty() {
+                    change.action = Action::Conflict;
+                    change.conflicts = foreign.into_iter().map(describe).collect();
+                    if change.conflicts.is_empty() {
+                        change.conflicts = vec![status.message.clone()];
+                    }
+                    change.diff = render_diff(
+                        live.as_ref().map(diff::normalize).as_ref(),
+                        Some(&diff::normalize(&predicted)),
+                        &key,
+                    );
+                    change.live = live;
+                    return Ok(change);
+                }
+                change.force = true;
+                predicted
             }
             Some(status)
                 if status.code == 404
@@ -741,6 +806,9 @@ async fn plan_one(
             .as_ref()
             .map(|l| l["metadata"]["resourceVersion"].clone())
             != first_version;
+        if change.force {
+            params = params.force();
+        }
         if moved
             && before.as_ref() != Some(&after)
             && let Ok(again) = api
@@ -840,6 +908,8 @@ async fn prune_candidates(
                     live: Some(value),
                     kind: Some(info.clone()),
                     takes_over_from: Vec::new(),
+                    reclaims: Vec::new(),
+                    force: false,
                 });
             }
         }
