@@ -613,7 +613,13 @@ pub async fn plan(
         return Err(PlanErrors(errors));
     }
     if !hooks.is_empty() {
-        errors.extend(dry_run_hooks(client, resolver, &hooks).await);
+        // A hook in a namespace this set creates cannot be dry-run before it exists.
+        let checked: Vec<Hook> = hooks
+            .iter()
+            .filter(|h| !creating_namespaces.contains(&h.key.namespace))
+            .cloned()
+            .collect();
+        errors.extend(dry_run_hooks(client, resolver, &checked).await);
     }
     if !errors.is_empty() {
         errors.sort_by(|a, b| a.origin.cmp(&b.origin).then(a.key.cmp(&b.key)));
