@@ -54,7 +54,7 @@ pub struct Health {
 }
 
 impl Health {
-    fn new(status: HealthStatus, message: impl Into<String>) -> Self {
+    pub fn new(status: HealthStatus, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),

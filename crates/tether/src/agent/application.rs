@@ -234,12 +234,69 @@ pub struct ApplicationStatus {
     /// The last `tether.dev/sync-requested` annotation value acted on (`tether sync`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_request: Option<String>,
+    /// The last applied revision as Git describes it (for people: the UI, `tether get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_info: Option<RevisionInfo>,
 }
 
 /// `tether sync` sets this annotation (to a timestamp) to ask for a full sync now.
 pub const SYNC_REQUEST_ANNOTATION: &str = "tether.dev/sync-requested";
 /// `tether rollback` records the ref it replaced here, for `tether resume`.
 pub const ROLLED_BACK_FROM_ANNOTATION: &str = "tether.dev/rolled-back-from";
+
+/// The operators' actions on an Application, as merge patches: the CLI (`tether sync`,
+/// `suspend`, `resume`, `rollback`) and the web UI send the same ones.
+pub mod actions {
+    use kube::ResourceExt;
+    use serde_json::{Value, json};
+
+    use super::{Application, ROLLED_BACK_FROM_ANNOTATION, SYNC_REQUEST_ANNOTATION};
+
+    /// Ask the agent to sync now (with the ref's newest commit), even if nothing changed.
+    pub fn sync() -> Value {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        json!({"metadata": {"annotations": {SYNC_REQUEST_ANNOTATION: now}}})
+    }
+
+    /// Suspend, or resume (after a rollback: follow the ref it replaced again).
+    pub fn suspend(app: &Application, suspend: bool) -> Result<Value, String> {
+        let mut patch = json!({"spec": {"suspend": suspend}});
+        if !suspend && let Some(previous) = app.annotations().get(ROLLED_BACK_FROM_ANNOTATION) {
+            let previous: Value = serde_json::from_str(previous).map_err(|e| {
+                format!("the {ROLLED_BACK_FROM_ANNOTATION} annotation is not JSON: {e}")
+            })?;
+            let mut reference =
+                json!({"branch": null, "tag": null, "commit": null, "semver": null});
+            if let (Some(target), Some(fields)) = (reference.as_object_mut(), previous.as_object())
+            {
+                for (key, value) in fields {
+                    target.insert(key.clone(), value.clone());
+                }
+            }
+            patch["spec"]["source"] = json!({"ref": reference});
+            patch["metadata"] = json!({"annotations": {ROLLED_BACK_FROM_ANNOTATION: null}});
+        }
+        Ok(patch)
+    }
+
+    /// Pin the Application to `commit` (a full or abbreviated commit id); the first
+    /// rollback records the ref to return to on resume.
+    pub fn rollback(app: &Application, commit: &str) -> Result<Value, String> {
+        if !crate::source::reference::is_commit_id(commit) {
+            return Err(format!(
+                "{commit:?} is not a commit id; pick one from the history"
+            ));
+        }
+        let current = serde_json::to_string(&app.spec.source.r#ref).map_err(|e| e.to_string())?;
+        let mut patch = json!({
+            "spec": {"source": {"ref": {"branch": null, "tag": null, "semver": null, "commit": commit}}}
+        });
+        if !app.annotations().contains_key(ROLLED_BACK_FROM_ANNOTATION) {
+            patch["metadata"] = json!({"annotations": {ROLLED_BACK_FROM_ANNOTATION: current}});
+        }
+        Ok(patch)
+    }
+}
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
@@ -286,6 +343,32 @@ pub struct HistoryEntry {
     /// The hooks this sync ran, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookRecord>,
+}
+
+/// A revision as Git describes it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionInfo {
+    pub commit: String,
+    /// The ref it came from (refs/heads/main), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The first line of the commit message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+}
+
+impl From<&crate::source::git::Revision> for RevisionInfo {
+    fn from(revision: &crate::source::git::Revision) -> Self {
+        Self {
+            commit: revision.commit.clone(),
+            reference: revision.from_ref.clone(),
+            message: revision.summary.clone(),
+            author: revision.author.clone(),
+        }
+    }
 }
 
 /// One hook run, as history keeps it.

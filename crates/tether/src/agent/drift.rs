@@ -52,6 +52,9 @@ pub struct DriftWatch {
     /// The watch of each kind, stopped by [`Self::stop`].
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
+    /// Every change to a member (status included), by its Application: what the web UI
+    /// shows live.
+    changes: tokio::sync::broadcast::Sender<ObjectRef<Application>>,
 }
 
 impl DriftWatch {
@@ -74,6 +77,7 @@ impl DriftWatch {
             listed: Default::default(),
             tasks: Default::default(),
             trigger,
+            changes: tokio::sync::broadcast::channel(1024).0,
         };
         (watch, tokio_stream_from(receiver))
     }
@@ -274,6 +278,23 @@ impl DriftWatch {
         }
     }
 
+    /// Where the watches announce each Application one of whose members changed.
+    pub fn changes(&self) -> tokio::sync::broadcast::Sender<ObjectRef<Application>> {
+        self.changes.clone()
+    }
+
+    /// Tells whoever follows (the web UI) that a member of this object's set changed.
+    fn announce(&self, object: &PartialObjectMeta<DynamicObject>) {
+        if self.changes.receiver_count() == 0 {
+            return;
+        }
+        let owner = set_of(object)
+            .and_then(|id| self.owners.read().expect("not poisoned").get(&id).cloned());
+        if let Some(owner) = owner {
+            let _ = self.changes.send(owner);
+        }
+    }
+
     /// Stops every watch (the agent is stopping).
     pub fn stop(&self) {
         for task in self.tasks.lock().expect("not poisoned").drain(..) {
@@ -383,6 +404,7 @@ impl DriftWatch {
                     }
                     Self::know(&mut known, &kind, &object);
                     self.record_version(&kind, &object);
+                    self.announce(&object);
                 }
                 Ok(watcher::Event::InitDone) => {
                     tracing::trace!(kind = %kind.resource.kind, "watch listed");
@@ -417,6 +439,7 @@ impl DriftWatch {
                         self.forget(uid, &key);
                     }
                     self.notify(&kind, &object, Seen::Deleted);
+                    self.announce(&object);
                 }
                 Err(err) => {
                     tracing::debug!(%err, kind = %kind.resource.kind, "drift watch restarts")

@@ -9,6 +9,7 @@ pub mod application;
 pub mod drift;
 pub mod leader;
 pub mod server;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,7 +41,7 @@ pub static RECONCILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 const STATUS_MANAGER: &str = "tether-agent";
 const HISTORY_LIMIT: usize = 10;
 /// How old a listing of a repository's refs a poll may reuse (see `GitSource`).
-const LISTING_MAX_AGE: Duration = Duration::from_secs(5);
+pub(crate) const LISTING_MAX_AGE: Duration = Duration::from_secs(5);
 /// How long a full sync waits for new watches to list their kinds before it plans.
 const WATCH_LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shortest wait before the next periodic reconcile.
@@ -60,8 +61,10 @@ pub struct AgentOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// The shared secret for webhooks (HMAC key, or GitLab's token); none turns them off.
     pub webhook_secret: Option<Vec<u8>>,
-    /// The bearer token of the JSON API; none turns the API off.
+    /// The bearer token of the JSON API and the web UI; none turns both off.
     pub api_token: Option<Vec<u8>>,
+    /// A token for read-only sessions of the web UI (everything shown, no action).
+    pub api_readonly_token: Option<Vec<u8>>,
     /// Act only while holding this Lease (several agents, one leader).
     pub leader_election: Option<leader::ElectionOptions>,
     /// The backstop: plan each Application in full at least this often (stretched by up
@@ -84,6 +87,7 @@ impl Default for AgentOptions {
             listen: None,
             webhook_secret: None,
             api_token: None,
+            api_readonly_token: None,
             leader_election: None,
             verify_interval: Some(DEFAULT_VERIFY_INTERVAL),
         }
@@ -242,6 +246,19 @@ pub async fn run(
                 }),
                 None => None,
             };
+            // The web UI, with the API and its token.
+            let ui = api.clone().map(|api| {
+                ui::start(
+                    api,
+                    options.api_readonly_token.clone(),
+                    drift.changes(),
+                    options.namespace.clone(),
+                )
+            });
+            let (ui, ui_tasks) = match ui {
+                Some((state, tasks)) => (Some(state), tasks),
+                None => (None, Vec::new()),
+            };
             let app = server::router(
                 metrics.clone(),
                 store.clone(),
@@ -250,8 +267,14 @@ pub async fn run(
                 ready.clone(),
                 api,
             );
+            let app = match ui {
+                Some(ui) => app.merge(ui::routes(ui)),
+                None => app,
+            };
             tracing::info!(%address, "serving webhooks, health and metrics");
             Some(AbortOnDrop(tokio::spawn(async move {
+                // The UI's watches live as long as the server.
+                let _tasks: Vec<AbortOnDrop> = ui_tasks.into_iter().map(AbortOnDrop).collect();
                 if let Err(err) = axum::serve(listener, app).await {
                     tracing::warn!(%err, "the HTTP server stopped");
                 }
@@ -338,6 +361,16 @@ pub async fn run(
         return Err(Error::LostLeadership);
     }
     Ok(())
+}
+
+/// Whether someone asked for a sync (the annotation `tether sync` sets) that no reconcile
+/// has carried out yet.
+fn sync_requested(app: &Application) -> bool {
+    let asked = app
+        .annotations()
+        .get(application::SYNC_REQUEST_ANNOTATION)
+        .cloned();
+    app.status.as_ref().map(|s| &s.last_sync_request) != Some(&asked)
 }
 
 /// Why a sync failed (for the status), and its history entry when it has one (it ran hooks).
@@ -475,6 +508,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             let synced = outcome.sync.status == "Synced";
             if applied_revision {
                 status.last_applied_revision = Some(outcome.revision.commit.clone());
+                status.revision_info = Some((&outcome.revision).into());
             }
             if let Some(entry) = outcome.applied {
                 publish(
@@ -639,11 +673,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
     // Polls of Applications that follow one repository share a listing of its refs taken
     // in the last few seconds (webhooks mark it stale); a sync someone asked for lists
     // afresh.
-    let sync_request = app
-        .annotations()
-        .get(application::SYNC_REQUEST_ANNOTATION)
-        .cloned();
-    let sync_requested = app.status.as_ref().map(|s| &s.last_sync_request) != Some(&sync_request);
+    let sync_requested = sync_requested(app);
     // Drift is corrected to the revision already applied, which the cache holds: no need to
     // ask Git (or wait for other Applications' fetches) to put back a hand edit. Unless a
     // new revision may be waiting: someone asked for a sync, or a webhook announced a
@@ -835,8 +865,10 @@ async fn full_sync(
         .as_ref()
         .and_then(|s| s.last_applied_revision.as_deref())
         != Some(revision.commit.as_str());
-    // A new revision is applied when automated; drift on the same revision only with selfHeal.
-    let allowed = policy.automated && (new_revision || policy.self_heal);
+    // A new revision is applied when automated, and drift on the same revision with
+    // selfHeal; anything, when someone asks for a sync (`tether sync`, the UI's Sync
+    // button), as a manual sync does in Argo CD.
+    let allowed = sync_requested(app) || (policy.automated && (new_revision || policy.self_heal));
     let mut sync = SyncStatus {
         status: if planned.has_changes() {
             "OutOfSync"

@@ -46,9 +46,15 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAMESPACE")]
     pub leader_elect: Option<String>,
 
-    /// File holding the bearer token of the JSON API (/api/v1). Without it, the API is off.
+    /// File holding the bearer token of the JSON API (/api/v1) and the web UI (/ui/, log in
+    /// with it). Without it, both are off.
     #[arg(long, value_name = "FILE", requires = "listen")]
     pub api_token_file: Option<PathBuf>,
+
+    /// File holding a second token that logs in to the web UI read-only (everything shown,
+    /// no action).
+    #[arg(long, value_name = "FILE", requires = "api_token_file")]
+    pub api_readonly_token_file: Option<PathBuf>,
 
     /// The backstop: plan every Application in full at least this often (plus up to 20 %),
     /// even when the watches saw no change; what it finds is corrected and counted in
@@ -84,11 +90,14 @@ pub async fn agent(
     }
     let webhook_secret = read_secret(args.webhook_secret_file.as_deref(), "webhook secret")?;
     let api_token = read_secret(args.api_token_file.as_deref(), "API token")?;
+    let api_readonly_token =
+        read_secret(args.api_readonly_token_file.as_deref(), "read-only token")?;
     let options = AgentOptions {
         namespace: (!args.all_namespaces).then(|| cluster.namespace().to_string()),
         listen: args.listen,
         webhook_secret,
         api_token,
+        api_readonly_token,
         leader_election: args
             .leader_elect
             .clone()
@@ -108,6 +117,9 @@ pub async fn agent(
             .unwrap_or_else(|| "all namespaces".into()),
         cluster.server()
     );
+    if let (Some(address), Some(_)) = (args.listen, &options.api_token) {
+        eprintln!("tether agent: web UI at http://{address}/ui/ (log in with the API token)");
+    }
     // The first SIGTERM or Ctrl-C lets the reconciles in flight finish (an apply runs to
     // its end and its status is written); a second one stops at once.
     let shutdown = async {

@@ -3,13 +3,11 @@
 
 use std::io::Write;
 
-use anyhow::Context as _;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use serde_json::json;
 
 use super::GlobalArgs;
-use crate::agent::application::{ROLLED_BACK_FROM_ANNOTATION, SYNC_REQUEST_ANNOTATION};
+use crate::agent::application::actions;
 use crate::agent::{AgentOptions, Application};
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
@@ -131,8 +129,7 @@ pub async fn get(global: &GlobalArgs, args: &GetArgs, out: &mut impl Write) -> a
 pub async fn sync(global: &GlobalArgs, args: &AppArgs, out: &mut impl Write) -> anyhow::Result<u8> {
     let (cluster, api) = api(global).await?;
     get_app(&cluster, &api, &args.app).await?;
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let patch = json!({"metadata": {"annotations": {SYNC_REQUEST_ANNOTATION: now}}});
+    let patch = actions::sync();
     api.patch(&args.app, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| cluster.describe(e))?;
@@ -180,20 +177,7 @@ async fn set_suspend(
 ) -> anyhow::Result<u8> {
     let (cluster, api) = api(global).await?;
     let app = get_app(&cluster, &api, name).await?;
-    let mut patch = json!({"spec": {"suspend": suspend}});
-    if !suspend && let Some(previous) = app.annotations().get(ROLLED_BACK_FROM_ANNOTATION) {
-        // Resuming after a rollback: follow the ref it replaced again.
-        let previous: serde_json::Value = serde_json::from_str(previous)
-            .with_context(|| format!("the {ROLLED_BACK_FROM_ANNOTATION} annotation is not JSON"))?;
-        let mut reference = json!({"branch": null, "tag": null, "commit": null, "semver": null});
-        if let (Some(target), Some(fields)) = (reference.as_object_mut(), previous.as_object()) {
-            for (key, value) in fields {
-                target.insert(key.clone(), value.clone());
-            }
-        }
-        patch["spec"]["source"] = json!({"ref": reference});
-        patch["metadata"] = json!({"annotations": {ROLLED_BACK_FROM_ANNOTATION: null}});
-    }
+    let patch = actions::suspend(&app, suspend).map_err(anyhow::Error::msg)?;
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| cluster.describe(e))?;
@@ -283,14 +267,7 @@ pub async fn rollback(
     }
     let (cluster, api) = api(global).await?;
     let app = get_app(&cluster, &api, &args.app).await?;
-    let current = serde_json::to_string(&app.spec.source.r#ref)?;
-    let mut patch = json!({
-        "spec": {"source": {"ref": {"branch": null, "tag": null, "semver": null, "commit": args.revision}}}
-    });
-    // Only the first rollback records what to return to.
-    if !app.annotations().contains_key(ROLLED_BACK_FROM_ANNOTATION) {
-        patch["metadata"] = json!({"annotations": {ROLLED_BACK_FROM_ANNOTATION: current}});
-    }
+    let patch = actions::rollback(&app, &args.revision).map_err(anyhow::Error::msg)?;
     api.patch(&args.app, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| cluster.describe(e))?;

@@ -85,6 +85,12 @@ pub struct Revision {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_ref: Option<String>,
     pub url: String,
+    /// The first line of the commit message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// The commit's author (name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
 }
 
 impl Revision {
@@ -226,10 +232,13 @@ impl GitSource {
         if stats.objects_received > 0 {
             consolidate_packs(&cache);
         }
+        let (summary, author) = commit_details(&repo, commit);
         let revision = Revision {
             commit: commit.to_string(),
             from_ref,
             url: display_url.clone(),
+            summary,
+            author,
         };
         if let Some(policy) = &self.verify {
             let object = repo.find_commit(commit).map_err(|e| session.git_err(e))?;
@@ -291,14 +300,27 @@ impl GitSource {
                 reason,
             })?;
         }
+        let (summary, author) = commit_details(&repo, oid);
         let tree = CommitTree::new(repo.into_sync(), oid, display_url).map_err(|e| git_err(&e))?;
         let revision = Revision {
             commit: oid.to_string(),
             from_ref: None,
             url: display_url.to_string(),
+            summary,
+            author,
         };
         Ok(Some((revision, tree, FetchStats::default())))
     }
+}
+
+/// A commit's summary line and author name, when the cache can read them.
+fn commit_details(repo: &gix::Repository, oid: gix::ObjectId) -> (Option<String>, Option<String>) {
+    let Ok(commit) = repo.find_commit(oid) else {
+        return (None, None);
+    };
+    let summary = commit.message().ok().map(|m| m.summary().to_string());
+    let author = commit.author().ok().map(|a| a.name.to_string());
+    (summary, author)
 }
 
 /// A cache holding more pack files than this is repacked into one.

@@ -1,0 +1,421 @@
+//! One Application: its state, source and conditions, the resource tree with each object's
+//! sync state and health, an object's live manifest and diff against Git, the history with
+//! a rollback per revision, and the actions (sync, suspend/resume, rollback). The part that
+//! changes (`#live`) is served alone too, for the page to refresh it when the agent's
+//! watches report a change.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::{Extension, Json};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use maud::{Markup, html};
+use serde_json::json;
+
+use super::UiState;
+use super::layout::{self, badge, commit};
+use super::session::{Role, Session};
+use super::view::{self, AppView, Node};
+use crate::agent::Application;
+use crate::agent::application::actions;
+use crate::plan::Action;
+
+fn find(state: &UiState, namespace: &str, name: &str) -> Result<Arc<Application>, Box<Response>> {
+    state
+        .apps
+        .get(&ObjectRef::new(name).within(namespace))
+        .ok_or_else(|| {
+            let message = format!("no Application {namespace}/{name}");
+            Box::new((StatusCode::NOT_FOUND, message).into_response())
+        })
+}
+
+/// A condition's status, coloured by what it means: Ready True is good, Stalled True bad,
+/// Reconciling True is work in progress.
+fn condition_badge(kind: &str, status: &str) -> Markup {
+    let class = match (kind, status) {
+        ("Ready", "True") => "ok",
+        ("Ready", _) | ("Reconciling", "True") => "warn",
+        ("Stalled", "True") => "bad",
+        _ => "neutral",
+    };
+    html! { span class={"badge " (class)} { (status) } }
+}
+
+fn sync_state(node: &Node) -> &'static str {
+    match node.action {
+        Some(Action::Unchanged) => "Synced",
+        Some(Action::Prune) => "Prune",
+        Some(Action::Conflict) => "Conflict",
+        Some(_) => "OutOfSync",
+        None => "",
+    }
+}
+
+fn resources(view: &AppView) -> Markup {
+    html! {
+        section.card #tree-card {
+            h2 { "Resources" }
+            @if let Some(error) = &view.error {
+                p.error { "The current plan cannot be made: " (error) }
+            }
+            ul.tree {
+                @for node in &view.nodes {
+                    li.node data-depth=(node.depth) style={"--depth: " (node.depth)} {
+                        button.object type="button"
+                            data-group=(node.key.group) data-kind=(node.key.kind)
+                            data-namespace=(node.key.namespace) data-name=(node.key.name)
+                            data-sync=(sync_state(node)) {
+                            span.kind { (node.key.kind) }
+                            span.objname { (node.key.name) }
+                            @if node.action.is_some() { (badge(sync_state(node))) }
+                            (badge(&node.health.status.to_string()))
+                            span.hmsg { (node.health.message) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Everything on the page that changes with the Application's state.
+fn live(app: &Application, view: &AppView, role: Role) -> Markup {
+    let namespace = app.namespace().unwrap_or_default();
+    let name = app.name_any();
+    let status = app.status.clone().unwrap_or_default();
+    let sync = status
+        .sync
+        .as_ref()
+        .map_or("Unknown".to_string(), |s| s.status.clone());
+    let health = status.health.clone().unwrap_or_else(|| "Unknown".into());
+    let source = &app.spec.source;
+    let reference = match source.r#ref.as_ref_text() {
+        Ok(text) if text.is_empty() => "the default branch".to_string(),
+        Ok(text) => text,
+        Err(e) => e,
+    };
+    let pinned = app
+        .annotations()
+        .contains_key(crate::agent::application::ROLLED_BACK_FROM_ANNOTATION);
+    let operator = role == Role::Operator;
+    html! {
+        section.heading {
+            div {
+                h1 { (name) }
+                div.sub { "Application in " code { (namespace) } " · " (view.out_of_sync()) " object(s) differ from Git" }
+            }
+            div.states {
+                (badge(&sync)) (badge(&health))
+                @if app.spec.suspend { (badge("Suspended")) }
+            }
+            @if operator {
+                div.actions {
+                    button.primary data-action="sync" data-confirm={"Sync " (name) " with Git now?"} { "Sync" }
+                    @if app.spec.suspend || pinned {
+                        button data-action="resume" data-confirm={"Resume " (name) "? It follows its branch again."} {
+                            (if pinned { "Follow the branch again" } else { "Resume" })
+                        }
+                    }
+                    @if !app.spec.suspend {
+                        button data-action="suspend" data-confirm={"Suspend " (name) "? The agent will change nothing until it is resumed."} { "Suspend" }
+                    }
+                }
+            }
+        }
+        div.grid {
+            section.card {
+                h2 { "Source" }
+                dl {
+                    dt { "Repository" } dd { code { (source.repo_url) } }
+                    dt { "Ref" } dd { (reference) }
+                    dt { "Path" } dd { code { (if source.path.is_empty() { "." } else { &source.path }) } }
+                    dt { "Renderer" } dd { (app.spec.render.renderer.as_deref().unwrap_or("auto")) }
+                    dt { "Applied" } dd {
+                        @match &status.last_applied_revision {
+                            Some(revision) => {
+                                (commit(revision))
+                                @if let Some(info) = &status.revision_info {
+                                    @if let Some(message) = &info.message { " " (message) }
+                                    @if let Some(author) = &info.author { span.muted { " — " (author) } }
+                                }
+                            }
+                            None => span.muted { "nothing yet" },
+                        }
+                    }
+                    @if let Some(revision) = &view.revision {
+                        dt { "Git now" } dd { (commit(&revision.commit)) @if let Some(s) = &revision.summary { " " (s) } }
+                    }
+                }
+            }
+            section.card {
+                h2 { "Conditions" }
+                table.conditions {
+                    @for condition in &status.conditions {
+                        tr {
+                            td { (condition.type_) }
+                            td { (condition_badge(&condition.type_, &condition.status)) }
+                            td.muted { (condition.reason) }
+                            td { (condition.message) }
+                        }
+                    }
+                }
+            }
+        }
+        (resources(view))
+        section.card #history {
+            h2 { "History" }
+            @if status.history.is_empty() {
+                p.muted { "No sync yet." }
+            } @else {
+                table.history {
+                    thead { tr { th { "Revision" } th { "Time" } th { "Result" } th { "Changes" } th { "Hooks" } th {} } }
+                    tbody {
+                        @for entry in &status.history {
+                            tr {
+                                td { (commit(&entry.revision)) }
+                                td { (entry.time.replace('T', " ").trim_end_matches('Z')) }
+                                td { (badge(&entry.result)) }
+                                td.muted { (entry.created) " created, " (entry.updated) " updated, " (entry.pruned) " pruned" }
+                                td {
+                                    @for hook in &entry.hooks {
+                                        div { (hook.phase) " " code { (hook.object) } " " (badge(&hook.result)) }
+                                    }
+                                }
+                                td {
+                                    @if operator && status.last_applied_revision.as_deref() != Some(entry.revision.as_str()) && entry.result == "Succeeded" {
+                                        button data-action="rollback" data-revision=(entry.revision)
+                                            data-confirm={"Roll " (name) " back to " (&entry.revision[..entry.revision.len().min(12)]) "? It stays pinned there until resumed."} { "Roll back" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn page(
+    State(state): State<UiState>,
+    Extension(session): Extension<Session>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let app = match find(&state, &namespace, &name) {
+        Ok(app) => app,
+        Err(response) => return *response,
+    };
+    let view = view::of(&state, &app).await;
+    let body = html! {
+        div #app data-app={(namespace) "/" (name)} {
+            div #live { (live(&app, &view, session.role)) }
+            aside.card #object hidden {}
+        }
+    };
+    layout::page(&name, &session, body)
+}
+
+/// The `#live` part alone, for the page to swap in when something changed.
+pub async fn tree_fragment(
+    State(state): State<UiState>,
+    Extension(session): Extension<Session>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let app = match find(&state, &namespace, &name) {
+        Ok(app) => app,
+        Err(response) => return *response,
+    };
+    let view = view::of(&state, &app).await;
+    Html(live(&app, &view, session.role).into_string()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct ObjectQuery {
+    #[serde(default)]
+    group: String,
+    kind: String,
+    #[serde(default)]
+    namespace: String,
+    name: String,
+}
+
+/// One object of the tree: its live manifest (Secret values never) and its diff against Git.
+pub async fn object(
+    State(state): State<UiState>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(query): Query<ObjectQuery>,
+) -> Response {
+    let app = match find(&state, &namespace, &name) {
+        Ok(app) => app,
+        Err(response) => return *response,
+    };
+    let view = view::of(&state, &app).await;
+    let Some(node) = view.nodes.iter().find(|n| {
+        n.key.group == query.group
+            && n.key.kind == query.kind
+            && n.key.namespace == query.namespace
+            && n.key.name == query.name
+    }) else {
+        return (StatusCode::NOT_FOUND, "no such object in this Application").into_response();
+    };
+    let manifest = crate::plan::diff::to_yaml(node.live.as_ref());
+    let markup = html! {
+        div.object-head {
+            h2 { (node.key.kind) " " (node.key.name) }
+            button.link #close-object type="button" aria-label="Close" { "✕" }
+        }
+        div.muted { (node.key.to_string()) " · " (node.health.status.to_string()) ": " (node.health.message) }
+        @if node.action.is_some() {
+            h3 { "Diff against Git" }
+            @if node.diff.is_empty() {
+                p.insync { "In sync: the cluster holds what Git says." }
+            } @else {
+                pre.diff { @for line in node.diff.lines() { span class=(diff_class(line)) { (line) "\n" } } }
+            }
+        } @else {
+            p.muted { "Not in Git: created by its owner." }
+        }
+        h3 { "Live manifest" }
+        @if node.live.is_some() {
+            pre.manifest { (manifest) }
+        } @else {
+            p.muted { "Not in the cluster." }
+        }
+    };
+    Html(markup.into_string()).into_response()
+}
+
+fn diff_class(line: &str) -> &'static str {
+    if line.starts_with("+++") || line.starts_with("---") {
+        "h"
+    } else if line.starts_with('+') {
+        "add"
+    } else if line.starts_with('-') {
+        "del"
+    } else if line.starts_with("@@") {
+        "hunk"
+    } else {
+        ""
+    }
+}
+
+/// Sends an action's patch, as the CLI does; answers with what happened, for the page.
+async fn act(
+    state: &UiState,
+    session: &Session,
+    namespace: &str,
+    name: &str,
+    patch: impl FnOnce(&Application) -> Result<serde_json::Value, String>,
+    done: &str,
+) -> Response {
+    if session.role != Role::Operator {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": "a read-only session cannot change anything"})),
+        )
+            .into_response();
+    }
+    let app = match find(state, namespace, name) {
+        Ok(app) => app,
+        Err(response) => return *response,
+    };
+    let patch = match patch(&app) {
+        Ok(patch) => patch,
+        Err(message) => {
+            return (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response();
+        }
+    };
+    let api: Api<Application> = Api::namespaced(state.api.client.clone(), namespace);
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => (StatusCode::OK, Json(json!({"message": done}))).into_response(),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            Json(
+                json!({"error": format!("the API server refused: {}", crate::apply::describe(&e))}),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn sync(
+    State(state): State<UiState>,
+    Extension(session): Extension<Session>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    act(
+        &state,
+        &session,
+        &namespace,
+        &name,
+        |_| Ok(actions::sync()),
+        "Sync requested: the agent runs it now.",
+    )
+    .await
+}
+
+pub async fn suspend(
+    State(state): State<UiState>,
+    Extension(session): Extension<Session>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    act(
+        &state,
+        &session,
+        &namespace,
+        &name,
+        |app| actions::suspend(app, true),
+        "Suspended: the agent changes nothing until it is resumed.",
+    )
+    .await
+}
+
+pub async fn resume(
+    State(state): State<UiState>,
+    Extension(session): Extension<Session>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    act(
+        &state,
+        &session,
+        &namespace,
+        &name,
+        |app| actions::suspend(app, false),
+        "Resumed.",
+    )
+    .await
+}
+
+#[derive(serde::Deserialize)]
+pub struct RollbackBody {
+    revision: String,
+}
+
+pub async fn rollback(
+    State(state): State<UiState>,
+    Extension(session): Extension<Session>,
+    Path((namespace, name)): Path<(String, String)>,
+    Json(body): Json<RollbackBody>,
+) -> Response {
+    let done = format!(
+        "Rolled back to {}: pinned there until resumed.",
+        &body.revision[..body.revision.len().min(12)]
+    );
+    act(
+        &state,
+        &session,
+        &namespace,
+        &name,
+        |app| actions::rollback(app, &body.revision),
+        &done,
+    )
+    .await
+}

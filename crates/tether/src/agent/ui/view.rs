@@ -1,0 +1,350 @@
+//! One Application as its page shows it: the plan of its revision against the cluster
+//! (the same functions as `tether diff`) and the resource tree, from the Application
+//! through its ApplySet members to what they own (Deployment → ReplicaSet → Pod, Job →
+//! Pod). Computed once per change of the Application or its objects, for every viewer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::Value;
+
+use super::UiState;
+use crate::agent::Application;
+use crate::health::{self, Health};
+use crate::plan::{Action, diff};
+use crate::render::ObjectKey;
+use crate::source::git::Revision;
+
+/// A node of the resource tree.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub depth: usize,
+    pub key: ObjectKey,
+    /// What a sync would do to it; `None` for objects its members own (not in Git).
+    pub action: Option<Action>,
+    pub health: Health,
+    /// The diff against Git (Secret values redacted); empty when in sync.
+    pub diff: String,
+    /// The live object, Secret values replaced by their sizes.
+    pub live: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AppView {
+    pub revision: Option<Revision>,
+    /// Why the plan could not be made (the render failed, Git is unreachable, …).
+    pub error: Option<String>,
+    pub nodes: Vec<Node>,
+}
+
+impl AppView {
+    pub fn out_of_sync(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.action.is_some_and(|a| a != Action::Unchanged))
+            .count()
+    }
+}
+
+/// The view of one Application, and the change count it was computed at.
+#[derive(Default)]
+pub struct Cached {
+    /// Bumped by every change of the Application or its objects.
+    version: u64,
+    view: Option<(u64, Arc<AppView>)>,
+}
+
+/// Forgets the views of Applications as they change (started with the UI).
+pub fn invalidate_on_change(state: &UiState) -> tokio::task::JoinHandle<()> {
+    let mut changes = state.changes.subscribe();
+    let views = state.views.clone();
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(app) => invalidate(&views, &app),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    for cached in views.lock().expect("not poisoned").values_mut() {
+                        cached.version += 1;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+/// The view of `app` is out of date (it changed).
+pub fn invalidate(
+    views: &Mutex<HashMap<ObjectRef<Application>, Cached>>,
+    app: &ObjectRef<Application>,
+) {
+    views
+        .lock()
+        .expect("not poisoned")
+        .entry(app.clone())
+        .or_default()
+        .version += 1;
+}
+
+/// The view of `app`: the cached one if nothing changed since, else computed now.
+pub async fn of(state: &UiState, app: &Application) -> Arc<AppView> {
+    let reference = ObjectRef::from_obj(app);
+    let version = {
+        let mut views = state.views.lock().expect("not poisoned");
+        let cached = views.entry(reference.clone()).or_default();
+        if let Some((at, view)) = &cached.view
+            && *at == cached.version
+        {
+            return view.clone();
+        }
+        cached.version
+    };
+    let view = Arc::new(compute(state, app).await);
+    if let Some(cached) = state
+        .views
+        .lock()
+        .expect("not poisoned")
+        .get_mut(&reference)
+    {
+        cached.view = Some((version, view.clone()));
+    }
+    view
+}
+
+async fn compute(state: &UiState, app: &Application) -> AppView {
+    let api = &state.api;
+    let planned = async {
+        let (revision, tree) = crate::agent::fetch(
+            &api.client,
+            &api.options,
+            app,
+            None,
+            crate::agent::LISTING_MAX_AGE,
+        )
+        .await?;
+        let plan = crate::agent::render_and_plan(
+            &api.client,
+            &api.resolver,
+            &api.options,
+            app,
+            &revision,
+            tree,
+        )
+        .await?;
+        Ok::<_, String>((revision, plan))
+    }
+    .await;
+    let (revision, plan) = match planned {
+        Ok(planned) => planned,
+        Err(error) => {
+            return AppView {
+                error: Some(error),
+                ..Default::default()
+            };
+        }
+    };
+    let mut nodes = Vec::new();
+    let owned = owned_objects(&api.client, &plan.changes).await;
+    for change in &plan.changes {
+        let live = change.live.as_ref().map(redacted);
+        let health = if change.action == Action::Prune {
+            Health::new(health::HealthStatus::Missing, "no longer in Git")
+        } else {
+            health::assess(change.live.as_ref())
+        };
+        nodes.push(Node {
+            depth: 0,
+            key: change.key.clone(),
+            action: Some(change.action),
+            health,
+            diff: change.diff.clone(),
+            live,
+        });
+        if let Some(uid) = change
+            .live
+            .as_ref()
+            .and_then(|l| l["metadata"]["uid"].as_str())
+        {
+            add_children(&owned, uid, 1, &mut nodes);
+        }
+    }
+    AppView {
+        revision: Some(revision),
+        error: None,
+        nodes,
+    }
+}
+
+/// Objects that members may own, by the uid of their owner.
+type Owned = HashMap<String, Vec<(ObjectKey, Value)>>;
+
+fn add_children(owned: &Owned, uid: &str, depth: usize, nodes: &mut Vec<Node>) {
+    let Some(children) = owned.get(uid) else {
+        return;
+    };
+    for (key, live) in children {
+        nodes.push(Node {
+            depth,
+            key: key.clone(),
+            action: None,
+            health: health::assess(Some(live)),
+            diff: String::new(),
+            live: Some(live.clone()),
+        });
+        if depth < 4
+            && let Some(child) = live["metadata"]["uid"].as_str()
+        {
+            add_children(owned, child, depth + 1, nodes);
+        }
+    }
+}
+
+/// ReplicaSets, Pods and Jobs in the namespaces of the members that own such things
+/// (Deployments, StatefulSets, DaemonSets, Jobs, CronJobs), by their owner's uid: one LIST
+/// per kind and namespace.
+async fn owned_objects(client: &kube::Client, changes: &[crate::plan::Change]) -> Owned {
+    let owners = [
+        "Deployment",
+        "StatefulSet",
+        "DaemonSet",
+        "Job",
+        "CronJob",
+        "ReplicaSet",
+    ];
+    let namespaces: std::collections::BTreeSet<&str> = changes
+        .iter()
+        .filter(|c| c.live.is_some() && owners.contains(&c.key.kind.as_str()))
+        .map(|c| c.key.namespace.as_str())
+        .collect();
+    let kinds = [
+        ("apps", "v1", "ReplicaSet", "replicasets"),
+        ("", "v1", "Pod", "pods"),
+        ("batch", "v1", "Job", "jobs"),
+    ];
+    let mut owned: Owned = HashMap::new();
+    for namespace in namespaces {
+        for (group, version, kind, plural) in kinds {
+            let resource = kube::api::ApiResource {
+                group: group.into(),
+                version: version.into(),
+                api_version: if group.is_empty() {
+                    version.into()
+                } else {
+                    format!("{group}/{version}")
+                },
+                kind: kind.into(),
+                plural: plural.into(),
+            };
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), namespace, &resource);
+            let Ok(list) = api.list(&ListParams::default()).await else {
+                continue;
+            };
+            for mut object in list {
+                object.types = Some(kube::core::TypeMeta {
+                    api_version: resource.api_version.clone(),
+                    kind: kind.into(),
+                });
+                let owners: Vec<String> = object
+                    .owner_references()
+                    .iter()
+                    .map(|o| o.uid.clone())
+                    .collect();
+                let key = ObjectKey {
+                    group: group.into(),
+                    kind: kind.into(),
+                    namespace: namespace.into(),
+                    name: object.name_any(),
+                };
+                let value = serde_json::to_value(&object).expect("objects serialize");
+                for owner in owners {
+                    owned
+                        .entry(owner)
+                        .or_default()
+                        .push((key.clone(), value.clone()));
+                }
+            }
+        }
+    }
+    for children in owned.values_mut() {
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    owned
+}
+
+/// The object as the browser may see it: server bookkeeping gone, Secret values replaced
+/// by their sizes.
+pub fn redacted(live: &Value) -> Value {
+    let mut object = diff::normalize(live);
+    if diff::is_secret(&object)
+        && let Some(map) = object.as_object_mut()
+    {
+        for field in ["data", "stringData"] {
+            if let Some(Value::Object(values)) = map.get_mut(field) {
+                for value in values.values_mut() {
+                    let size = value.as_str().map_or(0, |s| {
+                        if field == "data" {
+                            s.len() / 4 * 3
+                        } else {
+                            s.len()
+                        }
+                    });
+                    *value = Value::String(format!("(redacted, about {size} bytes)"));
+                }
+            }
+        }
+        if let Some(annotations) = map
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("annotations"))
+            .and_then(Value::as_object_mut)
+        {
+            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    }
+    object
+}
+
+/// Counts of Applications by sync state and by health, for the list's header.
+pub fn counts<'a>(apps: impl Iterator<Item = &'a Application>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for app in apps {
+        let status = app.status.as_ref();
+        let sync = status
+            .and_then(|s| s.sync.as_ref())
+            .map_or("Unknown".to_string(), |s| s.status.clone());
+        let health = status
+            .and_then(|s| s.health.clone())
+            .unwrap_or_else(|| "Unknown".into());
+        *counts.entry(format!("sync:{sync}")).or_default() += 1;
+        *counts.entry(format!("health:{health}")).or_default() += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secret_values_never_reach_the_browser() {
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "db", "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"data\":{\"password\":\"aHVudGVyMg==\"}}"}},
+            "data": {"password": "aHVudGVyMg=="},
+            "stringData": {"token": "hunter2"}
+        });
+        let shown = serde_json::to_string(&redacted(&secret)).expect("json");
+        assert!(
+            !shown.contains("aHVudGVyMg") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("password") && shown.contains("redacted"),
+            "{shown}"
+        );
+    }
+}
