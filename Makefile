@@ -6,10 +6,11 @@ SHELL := /bin/bash
 TESTENV := python3 testenv/testenv.py
 PROFILE ?= full
 
-.PHONY: help build demo test lint deps bench-render bench-render-tools bench-apply bench-agent cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
+.PHONY: help build demo demo-stop test lint deps bench-render bench-render-tools bench-apply bench-agent bench-ui cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
 
 help:
-	@echo "make demo            build tether, start the local cluster, plan + apply the example from Git"
+	@echo "make demo            build tether, start the local cluster, plan + apply the example from Git, open the web UI"
+	@echo "make demo-stop       stop the agent and git daemon the demo left for its web UI"
 	@echo "make test            fmt, clippy and every test against a fresh local cluster"
 	@echo "make cluster-up      start the local control plane (PROFILE=minimal: etcd + API server only)"
 	@echo "make cluster-down    stop it and remove its data"
@@ -19,6 +20,7 @@ help:
 	@echo "make bench-apply     apply 1,000 Deployments + 1,000 Services, tether beside kubectl"
 	@echo "make bench-render-tools  render 50 overlays + 20 charts, cold and cached"
 	@echo "make bench-agent     tether agent and Flux, 100 folders × 100 objects: converge, drift, push, memory"
+	@echo "make bench-ui        the web UI with 1,000 Applications: page times and weights, edit → diff"
 
 deps:
 	@scripts/install-deps.sh
@@ -36,6 +38,9 @@ lint: deps
 demo:
 	@scripts/demo.sh
 
+demo-stop:
+	@scripts/demo-stop.sh
+
 bench-render: deps
 	@bench/render.sh
 
@@ -48,6 +53,9 @@ bench-render-tools: deps
 bench-agent: deps
 	@bench/agent.sh
 
+bench-ui: deps
+	@bench/ui.sh
+
 cluster-build:
 	@$(TESTENV) build
 
@@ -55,6 +63,7 @@ cluster-up:
 	@$(TESTENV) up --profile $(PROFILE)
 
 cluster-down:
+	@scripts/demo-stop.sh
 	@$(TESTENV) down
 
 cluster-env:

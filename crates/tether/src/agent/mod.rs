@@ -532,7 +532,11 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 } else if changed_meanwhile {
                     "applied, but objects were changed meanwhile (correcting)"
                 } else {
-                    "differs from the cluster (automated sync is off)"
+                    if app.spec.sync_policy.automated {
+                        "differs from the cluster (selfHeal is off: a sync applies it)"
+                    } else {
+                        "differs from the cluster (automated sync is off: a sync applies it)"
+                    }
                 },
                 outcome.health
             );
