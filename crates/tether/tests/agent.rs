@@ -1601,12 +1601,10 @@ async fn the_agent_runs_hooks_and_records_each_result() {
 
     repo.write("app/migrate.yaml", &migrate(false));
     let fixed = repo.commit("the migration works");
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
     apps.patch(
         "hooked",
         &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {
-            tether::agent::application::SYNC_REQUEST_ANNOTATION: now}}})),
+        &Patch::Merge(tether::agent::application::actions::sync()),
     )
     .await
     .expect("sync requested");

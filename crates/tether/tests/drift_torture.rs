@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 use support::agent::{agent_metric, applied, create_application, options_for, start_agent, until};
 use support::git::{GitDaemon, GitRepo};
 use support::{TestNamespace, cluster, kubectl, tool, unique_name};
-use tether::agent::application::SYNC_REQUEST_ANNOTATION;
 use tether::agent::{AgentOptions, Application, install_crd};
 use tether::cluster::discovery::Resolver;
 
@@ -679,11 +678,10 @@ async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_
     ));
     torture.revision = 1;
     for name in ["plain", "kust", "chart"] {
-        let now = k8s_openapi::jiff::Timestamp::now().to_string();
         apps.patch(
             name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {SYNC_REQUEST_ANNOTATION: now}}})),
+            &Patch::Merge(tether::agent::application::actions::sync()),
         )
         .await
         .expect("sync requested");

@@ -298,20 +298,20 @@ async fn the_web_ui_shows_applications_live_and_acts_on_them() {
     wait_for(&browser, "#tree-card", Duration::from_secs(10)).await;
     wait_for(
         &browser,
-        "li.node[data-depth='2'] button[data-kind='Pod']",
+        "li.node[data-depth='3'] button[data-kind='Pod']",
         Duration::from_secs(10),
     )
     .await;
     let pods = browser
         .find_all(Locator::Css(
-            "li.node[data-depth='2'] button[data-kind='Pod']",
+            "li.node[data-depth='3'] button[data-kind='Pod']",
         ))
         .await
         .expect("pods");
     assert_eq!(pods.len(), 2, "two Pods under the ReplicaSet");
     browser
         .find(Locator::Css(
-            "li.node[data-depth='1'] button[data-kind='ReplicaSet']",
+            "li.node[data-depth='2'] button[data-kind='ReplicaSet']",
         ))
         .await
         .expect("the Deployment's ReplicaSet");

@@ -359,17 +359,7 @@ impl DriftWatch {
                 }
                 Ok(watcher::Event::InitApply(object)) => {
                     let (previous, now) = self.remember(&object);
-                    tracing::trace!(
-                        object = object.metadata.name.as_deref().unwrap_or_default(),
-                        version = object
-                            .metadata
-                            .resource_version
-                            .as_deref()
-                            .unwrap_or_default(),
-                        ?previous,
-                        ?now,
-                        "watch list item"
-                    );
+                    trace_event("watch list item", &object, &previous, &now, None);
                     // A list after a gap shows only the newest state: any change to an
                     // object seen before may hide someone else's write.
                     if listed_once && previous.is_some_and(|p| p != now) {
@@ -384,18 +374,7 @@ impl DriftWatch {
                 Ok(watcher::Event::Apply(object)) => {
                     let (previous, now) = self.remember(&object);
                     let change = previous.as_ref().map(|p| classify(p, &now));
-                    tracing::trace!(
-                        object = object.metadata.name.as_deref().unwrap_or_default(),
-                        version = object
-                            .metadata
-                            .resource_version
-                            .as_deref()
-                            .unwrap_or_default(),
-                        ?change,
-                        ?previous,
-                        ?now,
-                        "watch event"
-                    );
+                    trace_event("watch event", &object, &previous, &now, change.as_ref());
                     // First sight: created by our apply, or before the watch existed.
                     match change {
                         Some(Change::Foreign) => self.notify(&kind, &object, Seen::Changed),
@@ -535,6 +514,28 @@ impl DriftWatch {
             let _ = self.trigger.send(owner);
         }
     }
+}
+
+/// One watch event in the trace log: the object, its version, and how it was classified.
+fn trace_event(
+    what: &str,
+    object: &PartialObjectMeta<DynamicObject>,
+    previous: &Option<Prints>,
+    now: &Prints,
+    change: Option<&Change>,
+) {
+    tracing::trace!(
+        object = object.metadata.name.as_deref().unwrap_or_default(),
+        version = object
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default(),
+        ?change,
+        ?previous,
+        ?now,
+        "{what}"
+    );
 }
 
 /// The ApplySet an object belongs to, from its label.

@@ -79,6 +79,41 @@ pub async fn run_phase(
     (results, None)
 }
 
+/// What running a phase needs: the cluster, and whose hooks they are.
+pub struct Runner<'a> {
+    pub client: &'a kube::Client,
+    pub resolver: &'a Resolver,
+    pub set_id: &'a str,
+    /// How long one hook may run.
+    pub timeout: Duration,
+}
+
+impl Runner<'_> {
+    /// Runs `hooks` (of `phase`, in order) as [`run_phase`] does, adds each run to `runs`,
+    /// and returns the failure that stopped the phase.
+    pub async fn run(
+        &self,
+        hooks: &[&Hook],
+        phase: Phase,
+        runs: &mut Vec<HookResult>,
+    ) -> Option<String> {
+        if hooks.is_empty() {
+            return None;
+        }
+        let (results, failure) = run_phase(
+            self.client,
+            self.resolver,
+            self.set_id,
+            hooks,
+            phase,
+            self.timeout,
+        )
+        .await;
+        runs.extend(results);
+        failure
+    }
+}
+
 async fn run_one(
     client: &kube::Client,
     resolver: &Resolver,

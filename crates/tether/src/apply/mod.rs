@@ -246,7 +246,12 @@ pub async fn apply(
         hooks.sort_by(|a, b| (a.order, &a.key).cmp(&(b.order, &b.key)));
         hooks
     };
-    let set_id = plan.applyset.id.clone();
+    let runner = hooks::Runner {
+        client,
+        resolver,
+        set_id: &plan.applyset.id,
+        timeout: options.hook_timeout,
+    };
 
     // 2. PreSync hooks, before any member is written: a failure stops the sync.
     let pre_sync = hooks_of(Phase::PreSync);
@@ -254,28 +259,18 @@ pub async fn apply(
         options
             .progress
             .note(&format!("running {} PreSync hook(s)", pre_sync.len()));
-        let (results, failure) = hooks::run_phase(
-            client,
-            resolver,
-            &set_id,
-            &pre_sync,
-            Phase::PreSync,
-            options.hook_timeout,
-        )
-        .await;
-        report.hooks.extend(results);
+        let failure = runner
+            .run(&pre_sync, Phase::PreSync, &mut report.hooks)
+            .await;
         if failure.is_some() {
             report.failure = failure;
-            let (results, _) = hooks::run_phase(
-                client,
-                resolver,
-                &set_id,
-                &hooks_of(Phase::SyncFail),
-                Phase::SyncFail,
-                options.hook_timeout,
-            )
-            .await;
-            report.hooks.extend(results);
+            runner
+                .run(
+                    &hooks_of(Phase::SyncFail),
+                    Phase::SyncFail,
+                    &mut report.hooks,
+                )
+                .await;
             return Ok(report);
         }
     }
@@ -336,16 +331,7 @@ pub async fn apply(
                 .filter(|h| stage == Stage::Namespaced && h.order == wave)
                 .collect();
             if !in_wave.is_empty() {
-                let (results, failure) = hooks::run_phase(
-                    client,
-                    resolver,
-                    &set_id,
-                    &in_wave,
-                    Phase::Sync,
-                    options.hook_timeout,
-                )
-                .await;
-                report.hooks.extend(results);
+                let failure = runner.run(&in_wave, Phase::Sync, &mut report.hooks).await;
                 if failure.is_some() {
                     report.failure = failure;
                     all_ok = false;
@@ -470,16 +456,9 @@ pub async fn apply(
         .await
         {
             Ok(()) => {
-                let (results, failure) = hooks::run_phase(
-                    client,
-                    resolver,
-                    &set_id,
-                    &post_sync,
-                    Phase::PostSync,
-                    options.hook_timeout,
-                )
-                .await;
-                report.hooks.extend(results);
+                let failure = runner
+                    .run(&post_sync, Phase::PostSync, &mut report.hooks)
+                    .await;
                 report.failure = failure;
             }
             Err(why) => {
@@ -491,16 +470,9 @@ pub async fn apply(
     if report.failure.is_some() || !all_ok || !pruned_all {
         let sync_fail = hooks_of(Phase::SyncFail);
         if !sync_fail.is_empty() {
-            let (results, _) = hooks::run_phase(
-                client,
-                resolver,
-                &set_id,
-                &sync_fail,
-                Phase::SyncFail,
-                options.hook_timeout,
-            )
-            .await;
-            report.hooks.extend(results);
+            runner
+                .run(&sync_fail, Phase::SyncFail, &mut report.hooks)
+                .await;
         }
     }
 

@@ -56,7 +56,13 @@ fn sync_state(node: &Node) -> &'static str {
     }
 }
 
-fn resources(view: &AppView) -> Markup {
+fn resources(app: &Application, view: &AppView) -> Markup {
+    let status = app.status.clone().unwrap_or_default();
+    let sync = status
+        .sync
+        .as_ref()
+        .map_or("Unknown".to_string(), |s| s.status.clone());
+    let health = status.health.clone().unwrap_or_else(|| "Unknown".into());
     html! {
         section.card #tree-card {
             h2 { "Resources" }
@@ -64,8 +70,16 @@ fn resources(view: &AppView) -> Markup {
                 p.error { "The current plan cannot be made: " (error) }
             }
             ul.tree {
+                li.node.root data-depth="0" style="--depth: 0" {
+                    div.object {
+                        span.kind { "Application" }
+                        span.objname { (app.name_any()) }
+                        (badge(&sync)) (badge(&health))
+                        span.hmsg { (view.nodes.iter().filter(|n| n.depth == 0).count()) " objects in its ApplySet" }
+                    }
+                }
                 @for node in &view.nodes {
-                    li.node data-depth=(node.depth) style={"--depth: " (node.depth)} {
+                    li.node data-depth=(node.depth + 1) style={"--depth: " (node.depth + 1)} {
                         button.object type="button"
                             data-group=(node.key.group) data-kind=(node.key.kind)
                             data-namespace=(node.key.namespace) data-name=(node.key.name)
@@ -166,7 +180,7 @@ fn live(app: &Application, view: &AppView, role: Role) -> Markup {
                 }
             }
         }
-        (resources(view))
+        (resources(app, view))
         section.card #history {
             h2 { "History" }
             @if status.history.is_empty() {

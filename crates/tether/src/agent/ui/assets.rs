@@ -5,7 +5,7 @@ use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-const CSS: &str = include_str!("assets/ui.css");
+pub const CSS: &str = include_str!("assets/ui.css");
 const JS: &str = include_str!("assets/ui.js");
 
 pub async fn serve(Path(file): Path<String>) -> Response {
@@ -20,19 +20,6 @@ pub async fn serve(Path(file): Path<String>) -> Response {
             (header::CACHE_CONTROL, "private, max-age=300"),
         ],
         body,
-    )
-        .into_response()
-}
-
-/// The stylesheet again, for the login page (the one asset served without a session: it
-/// holds no data).
-pub async fn login_css() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=300"),
-        ],
-        CSS,
     )
         .into_response()
 }

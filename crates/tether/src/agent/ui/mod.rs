@@ -99,7 +99,6 @@ pub fn routes(state: UiState) -> Router {
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/login", get(session::login_page).post(session::login))
-        .route("/ui/login.css", get(assets::login_css))
         .merge(protected)
         .with_state(state)
 }

@@ -156,7 +156,8 @@ fn login_form(error: Option<&str>) -> maud::Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { "Log in · tether" }
-                link rel="stylesheet" href="/ui/login.css";
+                // Inline: nothing under /ui/ but this page answers without a session.
+                style { (maud::PreEscaped(super::assets::CSS)) }
             }
             body.login {
                 main.login-card {
