@@ -33,5 +33,29 @@ export TETHER_TEST_KUBECTL TETHER_TEST_HELM TETHER_TEST_KUSTOMIZE
 step "testenv selftest"
 testenv selftest
 
+# Every process a test starts (servers, agents, browsers, and whatever they start) inherits
+# TETHER_TEST_RUN: after the run, none may be left.
+run_id="$$-$(date +%s%N)"
+leftovers() {
+  grep -lsz -x "TETHER_TEST_RUN=$run_id" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 || true
+}
+
 step "cargo nextest run"
-cargo nextest run --workspace --locked --profile ci
+status=0
+TETHER_TEST_RUN="$run_id" cargo nextest run --workspace --locked --profile ci || status=$?
+
+left=$(leftovers)
+if [ -n "$left" ]; then
+  sleep 2  # a process killed at the very end may still be exiting
+  left=$(leftovers)
+fi
+if [ -n "$left" ]; then
+  echo "error: processes started by the tests are still running (killed now):" >&2
+  for pid in $left; do
+    printf '  %s %s\n' "$pid" "$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  exit 1
+fi
+echo "==> no process started by the tests is left running" >&2
+exit "$status"

@@ -1235,6 +1235,7 @@ async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_o
     // One SIGTERM in the middle of the first apply: the agent finishes it, writes the
     // status, and exits 0.
     let (mut agent, stderr) = spawn();
+    let _stopped = support::KillOnDrop(agent.id());
     let seen = under_way("red").await;
     assert!(
         seen < 400,
@@ -1263,6 +1264,7 @@ async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_o
     write_all("blue");
     let second = repo.commit("all blue");
     let (mut agent, stderr) = spawn();
+    let _stopped = support::KillOnDrop(agent.id());
     let seen = under_way("blue").await;
     signal(agent.id(), "TERM");
     // The second signal once the first is handled (two at once may arrive as one).

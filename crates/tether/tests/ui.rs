@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -23,26 +23,35 @@ use tether::agent::{AgentOptions, Application, install_crd};
 const OPERATOR: &str = "operator-token-for-the-ui-test";
 const VIEWER: &str = "viewer-token-for-the-ui-test";
 
-/// chromedriver, stopped with the test (also when it fails).
-struct Driver(Child, u16);
+/// chromedriver (and the chromium it starts), stopped with the test, also when it fails.
+struct Driver {
+    _process: support::ProcessGroup,
+    port: u16,
+}
 
 impl Driver {
     fn start() -> Self {
+        use std::os::unix::process::CommandExt;
         let port = support::free_port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect(
                 "chromedriver runs (scripts/install-deps.sh installs Debian's chromium-driver)",
             );
+        let driver = Self {
+            _process: support::ProcessGroup::new(child),
+            port,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self(child, port)
+        driver
     }
 
     async fn browser(&self) -> Client {
@@ -57,16 +66,9 @@ impl Driver {
         );
         ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{}", self.1))
+            .connect(&format!("http://127.0.0.1:{}", self.port))
             .await
             .expect("chromium starts")
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -313,6 +313,18 @@ impl GitSource {
     }
 }
 
+/// Whether an error's text carries an HTTP 404 from the server: "404" standing alone, not
+/// inside a number, and not in the URL (a port such as 40419 once made a refused
+/// connection read as "not a Git repository").
+fn says_404(lower: &str, url: &str) -> bool {
+    let words = lower.replace(&url.to_lowercase(), "");
+    words.match_indices("404").any(|(i, _)| {
+        let before = words[..i].chars().next_back();
+        let after = words[i + 3..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_digit()) && !after.is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
 /// A commit's summary line and author name, when the cache can read them.
 fn commit_details(repo: &gix::Repository, oid: gix::ObjectId) -> (Option<String>, Option<String>) {
     let Ok(commit) = repo.find_commit(oid) else {
@@ -957,7 +969,7 @@ impl Session<'_> {
             || lower.contains("not a git repository")
             || lower.contains("does not appear to be a git repository")
             || lower.contains("repository not found")
-            || lower.contains("404")
+            || says_404(&lower, &url)
             || (err.is_not_found() && self.url.scheme == gix::url::Scheme::File)
         {
             return Error::NotARepository {
@@ -1274,6 +1286,21 @@ mod tests {
         remember_listing(&key, Instant::now(), &listing);
         assert!(recent_listing(&key, later - Duration::from_secs(5)).is_some());
         assert!(!change_announced(url), "listed since the webhook");
+    }
+
+    #[test]
+    fn a_404_is_the_servers_not_the_urls() {
+        let url = "https://127.0.0.1:40419/x";
+        assert!(!says_404(
+            "https://127.0.0.1:40419/x: connection refused (os error 111)",
+            url
+        ));
+        assert!(!says_404("io error: port 14045 is closed", "git://h/r"));
+        assert!(says_404(
+            "https://127.0.0.1:40419/x: received http status 404",
+            url
+        ));
+        assert!(says_404("http 404 not found", "https://h/r"));
     }
 
     #[test]

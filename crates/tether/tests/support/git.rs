@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -245,17 +246,9 @@ impl GpgKey {
     }
 }
 
-/// A child process killed (and reaped) on drop.
-struct Server {
-    child: Child,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A server process, stopped with everything it started when the test ends, also when it
+/// fails or panics (see [`super::ProcessGroup`]).
+type Server = super::ProcessGroup;
 
 fn wait_for_port(port: u16, what: &str, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -294,12 +287,13 @@ impl GitDaemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("git daemon starts");
         wait_for_port(port, "git daemon", &mut child);
         Self {
             port,
-            _server: Server { child },
+            _server: Server::new(child),
         }
     }
 
@@ -338,6 +332,7 @@ impl HttpGitServer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("python3 runs the test HTTP server");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -354,7 +349,7 @@ impl HttpGitServer {
             port,
             scheme: if tls_dir.is_some() { "https" } else { "http" },
             ca_cert,
-            _server: Server { child },
+            _server: Server::new(child),
         }
     }
 
@@ -469,6 +464,7 @@ impl SshGitServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("sshd.log")).expect("sshd log"))
+            .process_group(0)
             .spawn()
             .expect("sshd starts (install openssh-server)");
         wait_for_port(port, "sshd", &mut child);
@@ -478,7 +474,7 @@ impl SshGitServer {
             client_key,
             known_hosts,
             user,
-            _server: Server { child },
+            _server: Server::new(child),
         }
     }
 

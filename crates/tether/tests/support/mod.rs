@@ -293,3 +293,49 @@ impl Drop for TestCrd {
         });
     }
 }
+
+/// A child started in a process group of its own (`CommandExt::process_group(0)`), killed
+/// with every process it started when dropped: a server a test starts (and whatever that
+/// server forks, such as `git daemon`'s `git-daemon` or chromedriver's chromium) never
+/// outlives the test, also when the test fails or panics.
+pub struct ProcessGroup {
+    child: std::process::Child,
+}
+
+impl ProcessGroup {
+    pub fn new(child: std::process::Child) -> Self {
+        Self { child }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !killed {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Kills process `0` when dropped (if it still runs): for a child a test signals and waits
+/// for itself, so that a failed assertion does not leave it running.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
