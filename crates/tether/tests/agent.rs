@@ -1712,3 +1712,112 @@ async fn the_backstop_corrects_and_counts_drift_the_watches_missed() {
     assert_eq!(support::agent::agent_metric(port, metric).await, 1.0);
     let _ = agent.stop().await;
 }
+
+/// A new commit that does not render (a Kustomization naming a missing file, a chart whose
+/// template fails), and then a Git server that is gone: the Applications say why, keep the
+/// last good revision running, and nothing is pruned.
+#[tokio::test]
+async fn a_broken_commit_or_a_lost_git_server_keeps_what_the_last_good_one_applied() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-broken").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("kust/kustomization.yaml", "resources: [a.yaml, b.yaml]\n");
+    repo.write("kust/a.yaml", &cm("kust-a", "blue"));
+    repo.write("kust/b.yaml", &cm("kust-b", "blue"));
+    repo.write(
+        "chart/Chart.yaml",
+        "apiVersion: v2\nname: c\nversion: 0.1.0\n",
+    );
+    repo.write("chart/templates/cm.yaml", &cm("chart-a", "blue"));
+    let good = repo.commit("good");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(
+        &client,
+        AgentOptions {
+            kustomize_bin: Some(support::tool("kustomize")),
+            helm_bin: Some(support::tool("helm")),
+            ..options_for(&ns, dir.path())
+        },
+    );
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["kust", "chart"] {
+        create_application(
+            &apps,
+            name,
+            json!({
+                "source": {"repoURL": daemon.url("deploy"), "path": name},
+                "destination": {"namespace": ns.name},
+                "syncPolicy": {"interval": "1h", "prune": true, "retry": {"limit": 1}}
+            }),
+        )
+        .await;
+        until(&apps, name, "first sync", |a| {
+            applied(a) == Some(good.as_str())
+        })
+        .await;
+    }
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let all_there = || async {
+        for name in ["kust-a", "kust-b", "chart-a"] {
+            assert!(
+                configmaps.get_opt(name).await.expect("get").is_some(),
+                "{name} was removed"
+            );
+        }
+    };
+    let request_sync = |name: &'static str| {
+        let apps = apps.clone();
+        async move {
+            apps.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(tether::agent::application::actions::sync()),
+            )
+            .await
+            .expect("sync requested");
+        }
+    };
+
+    // A commit that does not render.
+    repo.write(
+        "kust/kustomization.yaml",
+        "resources: [a.yaml, missing.yaml]\n",
+    );
+    repo.write(
+        "chart/templates/cm.yaml",
+        "{{ fail \"this chart refuses to render\" }}\n",
+    );
+    let broken = repo.commit("broken");
+    for (name, says) in [
+        ("kust", "missing.yaml"),
+        ("chart", "this chart refuses to render"),
+    ] {
+        request_sync(name).await;
+        let app = until(&apps, name, "the render failure reported", |a| {
+            ready(a).is_some_and(|(status, message)| status == "False" && message.contains(says))
+        })
+        .await;
+        let status = app.status.expect("status");
+        assert_eq!(status.last_applied_revision.as_deref(), Some(good.as_str()));
+        assert_eq!(
+            status.last_attempted_revision.as_deref(),
+            Some(broken.as_str())
+        );
+    }
+    all_there().await;
+
+    // The Git server goes away.
+    drop(daemon);
+    request_sync("kust").await;
+    until(&apps, "kust", "the lost Git server reported", |a| {
+        ready(a).is_some_and(|(status, message)| {
+            status == "False" && message.contains("cannot reach the Git server")
+        })
+    })
+    .await;
+    all_there().await;
+    let _ = agent.stop().await;
+}

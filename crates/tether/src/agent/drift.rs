@@ -54,7 +54,7 @@ pub struct DriftWatch {
     trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
     /// Every change to a member (status included), by its Application: what the web UI
     /// shows live.
-    changes: tokio::sync::broadcast::Sender<ObjectRef<Application>>,
+    changes: tokio::sync::broadcast::Sender<Changed>,
 }
 
 impl DriftWatch {
@@ -279,7 +279,7 @@ impl DriftWatch {
     }
 
     /// Where the watches announce each Application one of whose members changed.
-    pub fn changes(&self) -> tokio::sync::broadcast::Sender<ObjectRef<Application>> {
+    pub fn changes(&self) -> tokio::sync::broadcast::Sender<Changed> {
         self.changes.clone()
     }
 
@@ -291,7 +291,7 @@ impl DriftWatch {
         let owner = set_of(object)
             .and_then(|id| self.owners.read().expect("not poisoned").get(&id).cloned());
         if let Some(owner) = owner {
-            let _ = self.changes.send(owner);
+            let _ = self.changes.send(Changed::new(owner));
         }
     }
 
@@ -512,6 +512,25 @@ impl DriftWatch {
                 "drift: an owned object was {what}"
             );
             let _ = self.trigger.send(owner);
+        }
+    }
+}
+
+/// An Application whose state changed (its status, or one of its objects), numbered in
+/// the order the agent saw the changes: whoever hears of the same change twice (every open
+/// page) can tell it is the same.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub app: ObjectRef<Application>,
+    pub seq: u64,
+}
+
+impl Changed {
+    pub fn new(app: ObjectRef<Application>) -> Self {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self {
+            app,
+            seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

@@ -378,6 +378,8 @@ fn sync_requested(app: &Application) -> bool {
 struct Failure {
     message: String,
     entry: Option<HistoryEntry>,
+    /// The revision that failed, once it was fetched.
+    revision: Option<String>,
 }
 
 impl From<String> for Failure {
@@ -385,6 +387,7 @@ impl From<String> for Failure {
         Self {
             message,
             entry: None,
+            revision: None,
         }
     }
 }
@@ -577,9 +580,16 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             }
             Ok(Action::requeue(next))
         }
-        Err(Failure { message, entry }) => {
+        Err(Failure {
+            message,
+            entry,
+            revision,
+        }) => {
             ctx.count_reconcile(&app, "failed", started);
             let mut status = status;
+            if revision.is_some() {
+                status.last_attempted_revision = revision;
+            }
             if let Some(entry) = entry {
                 status.history.insert(0, entry);
                 status.history.truncate(HISTORY_LIMIT);
@@ -706,115 +716,125 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
         listing_max_age,
     )
     .await?;
-    let mut tree = Some(tree);
-    ctx.metrics
-        .git_fetch_seconds
-        .observe(fetch_started.elapsed().as_secs_f64());
+    // A failure from here on is the failure of this revision: the status names it.
+    let attempted = revision.commit.clone();
+    let result: Result<Outcome, Failure> = async {
+        let mut tree = Some(tree);
+        ctx.metrics
+            .git_fetch_seconds
+            .observe(fetch_started.elapsed().as_secs_f64());
 
-    // No-op is free. Nothing is asked of the cluster for the Application's objects when the
-    // spec and the sync request are unchanged, the last full sync left it Synced, and the
-    // watches saw nothing but status change since; and either the revision is the one
-    // applied, or a new revision renders exactly what was applied (a push that touched
-    // other folders of a shared repository).
-    let settled = app.status.as_ref().and_then(|status| {
-        let unchanged = !sync_requested && status.observed_generation == app.metadata.generation;
-        let (sync, apply_set) = (status.sync.as_ref()?, status.apply_set.as_ref()?);
-        (unchanged && sync.status == "Synced").then_some((status, sync, apply_set))
-    });
-    let mut rendered = None;
-    // The watches reported drift that this sync took on (not for the backstop to count).
-    let mut reported_drift = false;
-    // Drift with selfHeal, on the revision applied: correct just the objects that drifted.
-    let policy = &spec.sync_policy;
-    if let Some(settled) = settled
-        && pin.is_some()
-        && policy.automated
-        && policy.self_heal
-        && let Some(drifted) = ctx.drift.take_drifted(&applyset_id)
-    {
-        let tree = tree.take().expect("the tree is rendered once");
-        match correct_drift(
+        // No-op is free. Nothing is asked of the cluster for the Application's objects when the
+        // spec and the sync request are unchanged, the last full sync left it Synced, and the
+        // watches saw nothing but status change since; and either the revision is the one
+        // applied, or a new revision renders exactly what was applied (a push that touched
+        // other folders of a shared repository).
+        let settled = app.status.as_ref().and_then(|status| {
+            let unchanged =
+                !sync_requested && status.observed_generation == app.metadata.generation;
+            let (sync, apply_set) = (status.sync.as_ref()?, status.apply_set.as_ref()?);
+            (unchanged && sync.status == "Synced").then_some((status, sync, apply_set))
+        });
+        let mut rendered = None;
+        // The watches reported drift that this sync took on (not for the backstop to count).
+        let mut reported_drift = false;
+        // Drift with selfHeal, on the revision applied: correct just the objects that drifted.
+        let policy = &spec.sync_policy;
+        if let Some(settled) = settled
+            && pin.is_some()
+            && policy.automated
+            && policy.self_heal
+            && let Some(drifted) = ctx.drift.take_drifted(&applyset_id)
+        {
+            let tree = tree.take().expect("the tree is rendered once");
+            match correct_drift(
+                ctx,
+                app,
+                &applyset_id,
+                revision.clone(),
+                tree,
+                drifted,
+                settled,
+            )
+            .await
+            {
+                Ok(Targeted::Done(outcome)) => return Ok(*outcome),
+                Ok(Targeted::Full(objects, digest)) => {
+                    rendered = Some((objects, digest));
+                    reported_drift = true;
+                }
+                Err(message) => {
+                    ctx.drift.require_full_sync(&applyset_id);
+                    return Err(message);
+                }
+            }
+        }
+        // The backstop: now and then, plan in full although the watches saw nothing.
+        let verification_due = ctx
+            .options
+            .verify_interval
+            .is_some_and(|period| ctx.drift.verification_due(&applyset_id, period));
+        if rendered.is_none()
+            && !verification_due
+            && let Some((status, sync, apply_set)) = settled
+            && let Some(status_changed) = ctx.drift.may_skip(&applyset_id)
+        {
+            let same_revision =
+                status.last_applied_revision.as_deref() == Some(revision.commit.as_str());
+            let same_output = if same_revision {
+                true
+            } else {
+                let tree = tree.take().expect("the tree is rendered once");
+                let (objects, digest) = render_digested(ctx, app, &revision, tree).await?;
+                rendered = Some((objects, digest));
+                ctx.drift.applied_digest(&applyset_id) == Some(digest)
+            };
+            if same_output {
+                let previous = status.health.as_deref().unwrap_or("Unknown");
+                let health = if status_changed {
+                    assess_set(ctx, &applyset_id).await
+                } else {
+                    health_from(previous)
+                };
+                let mut sync = sync.clone();
+                sync.revision = revision.commit.clone();
+                return Ok(Outcome {
+                    revision,
+                    sync,
+                    health,
+                    applied: None,
+                    apply_set: apply_set.clone(),
+                });
+            }
+        }
+        let applied_digest = ctx.drift.applied_digest(&applyset_id);
+        let vouched = ctx.drift.begin_full_sync(&applyset_id);
+        let (objects, digest) = match rendered {
+            Some(rendered) => rendered,
+            None => {
+                let tree = tree.take().expect("the tree is rendered once");
+                render_digested(ctx, app, &revision, tree).await?
+            }
+        };
+        // The watches vouched that nothing changed, and the cluster holds this very render:
+        // whatever this plan finds different, they missed.
+        let check_watches = vouched && !reported_drift && applied_digest == Some(digest);
+        full_sync(
             ctx,
             app,
             &applyset_id,
-            revision.clone(),
-            tree,
-            drifted,
-            settled,
+            revision,
+            objects,
+            digest,
+            check_watches,
         )
         .await
-        {
-            Ok(Targeted::Done(outcome)) => return Ok(*outcome),
-            Ok(Targeted::Full(objects, digest)) => {
-                rendered = Some((objects, digest));
-                reported_drift = true;
-            }
-            Err(message) => {
-                ctx.drift.require_full_sync(&applyset_id);
-                return Err(message);
-            }
-        }
     }
-    // The backstop: now and then, plan in full although the watches saw nothing.
-    let verification_due = ctx
-        .options
-        .verify_interval
-        .is_some_and(|period| ctx.drift.verification_due(&applyset_id, period));
-    if rendered.is_none()
-        && !verification_due
-        && let Some((status, sync, apply_set)) = settled
-        && let Some(status_changed) = ctx.drift.may_skip(&applyset_id)
-    {
-        let same_revision =
-            status.last_applied_revision.as_deref() == Some(revision.commit.as_str());
-        let same_output = if same_revision {
-            true
-        } else {
-            let tree = tree.take().expect("the tree is rendered once");
-            let (objects, digest) = render_digested(ctx, app, &revision, tree).await?;
-            rendered = Some((objects, digest));
-            ctx.drift.applied_digest(&applyset_id) == Some(digest)
-        };
-        if same_output {
-            let previous = status.health.as_deref().unwrap_or("Unknown");
-            let health = if status_changed {
-                assess_set(ctx, &applyset_id).await
-            } else {
-                health_from(previous)
-            };
-            let mut sync = sync.clone();
-            sync.revision = revision.commit.clone();
-            return Ok(Outcome {
-                revision,
-                sync,
-                health,
-                applied: None,
-                apply_set: apply_set.clone(),
-            });
-        }
-    }
-    let applied_digest = ctx.drift.applied_digest(&applyset_id);
-    let vouched = ctx.drift.begin_full_sync(&applyset_id);
-    let (objects, digest) = match rendered {
-        Some(rendered) => rendered,
-        None => {
-            let tree = tree.take().expect("the tree is rendered once");
-            render_digested(ctx, app, &revision, tree).await?
-        }
-    };
-    // The watches vouched that nothing changed, and the cluster holds this very render:
-    // whatever this plan finds different, they missed.
-    let check_watches = vouched && !reported_drift && applied_digest == Some(digest);
-    full_sync(
-        ctx,
-        app,
-        &applyset_id,
-        revision,
-        objects,
-        digest,
-        check_watches,
-    )
-    .await
+    .await;
+    result.map_err(|mut failure| {
+        failure.revision.get_or_insert(attempted);
+        failure
+    })
 }
 
 /// Plans every object of the render against the cluster and applies when the policy
@@ -1070,7 +1090,11 @@ async fn apply_and_record(
             message: Some(message.clone()),
             hooks: hooks.clone(),
         });
-        return Err(Failure { message, entry });
+        return Err(Failure {
+            message,
+            entry,
+            revision: None,
+        });
     }
     let count =
         |action: PlanAction| report.results.iter().filter(|r| r.action == action).count() as u32;

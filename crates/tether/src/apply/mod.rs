@@ -275,199 +275,205 @@ pub async fn apply(
         }
     }
 
-    let mut parent = Parent {
-        recorded: plan.applyset.clone(),
-        exists: plan.parent_exists,
-    };
-    parent.record(client, &widened, &mut report).await?;
-
-    // 3. Apply stage by stage, and within a stage wave by wave; later stages wait for
-    //    earlier ones, and a wave waits until the waves before it are Healthy. Sync hooks
-    //    run with the namespaced objects of their wave.
+    // Steps 3 to 6; an error there (the parent cannot be written, a CRD is not served)
+    // still runs the SyncFail hooks below.
     let mut all_ok = true;
-    if !pending.is_empty() {
-        options.progress.begin("applying", pending.len());
-    }
-    let sync_hooks = hooks_of(Phase::Sync);
-    'stages: for stage in [
-        Stage::Crds,
-        Stage::Namespaces,
-        Stage::ClusterScoped,
-        Stage::Namespaced,
-    ] {
-        let mut waves: BTreeSet<i64> = pending
-            .iter()
-            .filter(|c| c.stage == stage)
-            .map(|c| c.wave)
-            .collect();
-        if stage == Stage::Namespaced {
-            waves.extend(sync_hooks.iter().map(|h| h.order));
-        }
-        let last_wave = waves.last().copied();
-        for wave in waves {
-            let batch: Vec<Change> = pending
-                .iter()
-                .filter(|c| c.stage == stage && c.wave == wave)
-                .cloned()
-                .collect();
-            if !batch.is_empty() {
-                let results = apply_batch(client, &batch, options).await;
-                let wave_ok = results.iter().all(|r| r.error.is_none());
-                report.writes += results.iter().filter(|r| r.error.is_none()).count();
-                report.results.extend(results);
-                if !wave_ok {
-                    all_ok = false;
-                    break 'stages;
-                }
-                if stage == Stage::Crds {
-                    wait_for_crds(client, &batch, options.settle_timeout).await?;
-                    discover_new_kinds(resolver, &batch, &mut pending, options.settle_timeout)
-                        .await?;
-                }
-            }
-            let in_wave: Vec<&Hook> = sync_hooks
-                .iter()
-                .copied()
-                .filter(|h| stage == Stage::Namespaced && h.order == wave)
-                .collect();
-            if !in_wave.is_empty() {
-                let failure = runner.run(&in_wave, Phase::Sync, &mut report.hooks).await;
-                if failure.is_some() {
-                    report.failure = failure;
-                    all_ok = false;
-                    break 'stages;
-                }
-            }
-            if Some(wave) != last_wave {
-                let members: Vec<&Change> = plan
-                    .changes
-                    .iter()
-                    .filter(|c| c.stage == stage && c.wave == wave && c.action != Action::Prune)
-                    .collect();
-                if let Err(why) = wait_until_healthy(
-                    client,
-                    resolver,
-                    &members,
-                    options.hook_timeout,
-                    &options.progress,
-                )
-                .await
-                {
-                    report.failure =
-                        Some(format!("sync wave {wave} did not become Healthy: {why}"));
-                    all_ok = false;
-                    break 'stages;
-                }
-            }
-        }
-    }
-    if !pending.is_empty() {
-        options.progress.finish();
-    }
-    for change in plan
-        .changes
-        .iter()
-        .filter(|c| c.action == Action::Unchanged)
-    {
-        report.results.push(ObjectResult {
-            key: change.key.clone(),
-            action: Action::Unchanged,
-            error: None,
-            health: None,
-            resource_version: change
-                .live
-                .as_ref()
-                .and_then(|l| l["metadata"]["resourceVersion"].as_str())
-                .map(str::to_string),
-        });
-    }
-
-    // 4. Prune only after every apply succeeded, in reverse stage order, and within a
-    //    stage from the highest wave down.
     let mut pruned_all = true;
-    if all_ok && options.prune {
-        let prune_changes: Vec<&Change> = plan
-            .changes
-            .iter()
-            .filter(|c| c.action == Action::Prune)
-            .collect();
-        if !prune_changes.is_empty() {
-            options.progress.begin("pruning", prune_changes.len());
+    let members: Result<(), Error> = async {
+        let mut parent = Parent {
+            recorded: plan.applyset.clone(),
+            exists: plan.parent_exists,
+        };
+        parent.record(client, &widened, &mut report).await?;
+
+        // 3. Apply stage by stage, and within a stage wave by wave; later stages wait for
+        //    earlier ones, and a wave waits until the waves before it are Healthy. Sync hooks
+        //    run with the namespaced objects of their wave.
+        if !pending.is_empty() {
+            options.progress.begin("applying", pending.len());
         }
-        'prune: for stage in [
-            Stage::Namespaced,
-            Stage::ClusterScoped,
-            Stage::Namespaces,
+        let sync_hooks = hooks_of(Phase::Sync);
+        'stages: for stage in [
             Stage::Crds,
+            Stage::Namespaces,
+            Stage::ClusterScoped,
+            Stage::Namespaced,
         ] {
-            let waves: BTreeSet<i64> = prune_changes
+            let mut waves: BTreeSet<i64> = pending
                 .iter()
                 .filter(|c| c.stage == stage)
                 .map(|c| c.wave)
                 .collect();
-            for wave in waves.into_iter().rev() {
-                let batch: Vec<&Change> = prune_changes
+            if stage == Stage::Namespaced {
+                waves.extend(sync_hooks.iter().map(|h| h.order));
+            }
+            let last_wave = waves.last().copied();
+            for wave in waves {
+                let batch: Vec<Change> = pending
                     .iter()
-                    .copied()
                     .filter(|c| c.stage == stage && c.wave == wave)
+                    .cloned()
                     .collect();
-                let results = prune_batch(client, &batch, options).await;
-                for result in &results {
-                    if result.error.is_none() {
-                        report.pruned += 1;
-                        report.writes += 1;
-                    } else {
-                        pruned_all = false;
+                if !batch.is_empty() {
+                    let results = apply_batch(client, &batch, options).await;
+                    let wave_ok = results.iter().all(|r| r.error.is_none());
+                    report.writes += results.iter().filter(|r| r.error.is_none()).count();
+                    report.results.extend(results);
+                    if !wave_ok {
+                        all_ok = false;
+                        break 'stages;
+                    }
+                    if stage == Stage::Crds {
+                        wait_for_crds(client, &batch, options.settle_timeout).await?;
+                        discover_new_kinds(resolver, &batch, &mut pending, options.settle_timeout)
+                            .await?;
                     }
                 }
-                report.results.extend(results);
-                if !pruned_all {
-                    break 'prune;
+                let in_wave: Vec<&Hook> = sync_hooks
+                    .iter()
+                    .copied()
+                    .filter(|h| stage == Stage::Namespaced && h.order == wave)
+                    .collect();
+                if !in_wave.is_empty() {
+                    let failure = runner.run(&in_wave, Phase::Sync, &mut report.hooks).await;
+                    if failure.is_some() {
+                        report.failure = failure;
+                        all_ok = false;
+                        break 'stages;
+                    }
+                }
+                if Some(wave) != last_wave {
+                    let members: Vec<&Change> = plan
+                        .changes
+                        .iter()
+                        .filter(|c| c.stage == stage && c.wave == wave && c.action != Action::Prune)
+                        .collect();
+                    if let Err(why) = wait_until_healthy(
+                        client,
+                        resolver,
+                        &members,
+                        options.hook_timeout,
+                        &options.progress,
+                    )
+                    .await
+                    {
+                        report.failure =
+                            Some(format!("sync wave {wave} did not become Healthy: {why}"));
+                        all_ok = false;
+                        break 'stages;
+                    }
                 }
             }
         }
-        if !prune_changes.is_empty() {
+        if !pending.is_empty() {
             options.progress.finish();
         }
-        // 5. Narrow the inventory only after the deletes are done.
-        if pruned_all {
-            let mut narrowed = plan.applyset.clone();
-            narrowed.group_kinds = desired_kinds;
-            narrowed.namespaces = desired_namespaces;
-            parent.record(client, &narrowed, &mut report).await?;
-        }
-    }
-
-    // 6. PostSync hooks, once every object is Healthy.
-    let post_sync = hooks_of(Phase::PostSync);
-    if all_ok && pruned_all && !post_sync.is_empty() {
-        let members: Vec<&Change> = plan
+        for change in plan
             .changes
             .iter()
-            .filter(|c| c.action != Action::Prune)
-            .collect();
-        match wait_until_healthy(
-            client,
-            resolver,
-            &members,
-            options.hook_timeout,
-            &options.progress,
-        )
-        .await
+            .filter(|c| c.action == Action::Unchanged)
         {
-            Ok(()) => {
-                let failure = runner
-                    .run(&post_sync, Phase::PostSync, &mut report.hooks)
-                    .await;
-                report.failure = failure;
+            report.results.push(ObjectResult {
+                key: change.key.clone(),
+                action: Action::Unchanged,
+                error: None,
+                health: None,
+                resource_version: change
+                    .live
+                    .as_ref()
+                    .and_then(|l| l["metadata"]["resourceVersion"].as_str())
+                    .map(str::to_string),
+            });
+        }
+
+        // 4. Prune only after every apply succeeded, in reverse stage order, and within a
+        //    stage from the highest wave down.
+        if all_ok && options.prune {
+            let prune_changes: Vec<&Change> = plan
+                .changes
+                .iter()
+                .filter(|c| c.action == Action::Prune)
+                .collect();
+            if !prune_changes.is_empty() {
+                options.progress.begin("pruning", prune_changes.len());
             }
-            Err(why) => {
-                report.failure = Some(format!("PostSync hooks not run: {why}"));
+            'prune: for stage in [
+                Stage::Namespaced,
+                Stage::ClusterScoped,
+                Stage::Namespaces,
+                Stage::Crds,
+            ] {
+                let waves: BTreeSet<i64> = prune_changes
+                    .iter()
+                    .filter(|c| c.stage == stage)
+                    .map(|c| c.wave)
+                    .collect();
+                for wave in waves.into_iter().rev() {
+                    let batch: Vec<&Change> = prune_changes
+                        .iter()
+                        .copied()
+                        .filter(|c| c.stage == stage && c.wave == wave)
+                        .collect();
+                    let results = prune_batch(client, &batch, options).await;
+                    for result in &results {
+                        if result.error.is_none() {
+                            report.pruned += 1;
+                            report.writes += 1;
+                        } else {
+                            pruned_all = false;
+                        }
+                    }
+                    report.results.extend(results);
+                    if !pruned_all {
+                        break 'prune;
+                    }
+                }
+            }
+            if !prune_changes.is_empty() {
+                options.progress.finish();
+            }
+            // 5. Narrow the inventory only after the deletes are done.
+            if pruned_all {
+                let mut narrowed = plan.applyset.clone();
+                narrowed.group_kinds = desired_kinds;
+                narrowed.namespaces = desired_namespaces;
+                parent.record(client, &narrowed, &mut report).await?;
             }
         }
+
+        // 6. PostSync hooks, once every object is Healthy.
+        let post_sync = hooks_of(Phase::PostSync);
+        if all_ok && pruned_all && !post_sync.is_empty() {
+            let members: Vec<&Change> = plan
+                .changes
+                .iter()
+                .filter(|c| c.action != Action::Prune)
+                .collect();
+            match wait_until_healthy(
+                client,
+                resolver,
+                &members,
+                options.hook_timeout,
+                &options.progress,
+            )
+            .await
+            {
+                Ok(()) => {
+                    let failure = runner
+                        .run(&post_sync, Phase::PostSync, &mut report.hooks)
+                        .await;
+                    report.failure = failure;
+                }
+                Err(why) => {
+                    report.failure = Some(format!("PostSync hooks not run: {why}"));
+                }
+            }
+        }
+        Ok(())
     }
+    .await;
     // 7. SyncFail hooks, when anything above failed.
-    if report.failure.is_some() || !all_ok || !pruned_all {
+    if members.is_err() || report.failure.is_some() || !all_ok || !pruned_all {
         let sync_fail = hooks_of(Phase::SyncFail);
         if !sync_fail.is_empty() {
             runner
@@ -475,6 +481,7 @@ pub async fn apply(
                 .await;
         }
     }
+    members?;
 
     if all_ok && let Some(timeout) = options.wait {
         let desired = plan

@@ -84,6 +84,14 @@ pub fn redact_secret_pair(before: Option<&mut Value>, after: Option<&mut Value>)
             return;
         };
         map.remove("stringData");
+        // kubectl's client-side record holds the whole Secret, values included.
+        if let Some(annotations) = map
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("annotations"))
+            .and_then(Value::as_object_mut)
+        {
+            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
         let mut masked = serde_json::Map::new();
         for (key, value) in mine {
             let marker = match other.get(key) {
@@ -161,7 +169,9 @@ mod tests {
     #[test]
     fn secret_diffs_show_keys_never_values() {
         // "aHVudGVyMg==" is base64 of "hunter2"; stringData and data compare by decoded value.
-        let mut live = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+        // kubectl's client-side record (last-applied-configuration) holds the values too.
+        let mut live = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s",
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"data\":{\"same\":\"aHVudGVyMg==\"}}"}},
             "data": {"same": "aHVudGVyMg==", "changed": "b2xk", "removed": "eA=="}});
         let mut desired = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
             "stringData": {"same": "hunter2", "changed": "new", "added": "y"}});

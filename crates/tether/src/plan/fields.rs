@@ -13,14 +13,15 @@ use serde_json::Value;
 
 /// The annotation with the digests of the field paths tether applied.
 pub const APPLIED_FIELDS_ANNOTATION: &str = "tether.dev/applied-fields";
-/// Objects with more fields than this (big CRDs) keep no record.
+/// Objects with more fields than this (big CRDs) keep no list, only [`TOO_MANY`].
 const LIMIT: usize = 4096;
+/// The record of an object with too many fields to list: every conflict on it is one.
+const TOO_MANY: &str = "too-many-fields";
 /// Hex digits per path digest.
 const WIDTH: usize = 8;
 
-/// The record for `manifest` (the object as tether applies it), or `None` when it has too
-/// many fields to keep one.
-pub fn record(manifest: &Value) -> Option<String> {
+/// The record for `manifest` (the object as tether applies it).
+pub fn record(manifest: &Value) -> String {
     let mut paths = BTreeSet::new();
     if let Some(map) = manifest.as_object() {
         for (key, value) in map {
@@ -34,14 +35,22 @@ pub fn record(manifest: &Value) -> Option<String> {
         ".metadata.annotations.{APPLIED_FIELDS_ANNOTATION}"
     ));
     let digests: BTreeSet<String> = paths.iter().map(|p| digest(p)).collect();
-    (digests.len() <= LIMIT).then(|| digests.into_iter().collect())
+    if digests.len() > LIMIT {
+        return TOO_MANY.to_string();
+    }
+    digests.into_iter().collect()
 }
 
 /// Whether tether applied `field` (a path as the API server names it in a conflict, e.g.
 /// `.spec.template.spec.containers[name="app"].image`) when it last applied `live`.
-/// `None` when the object holds no record (applied by an older tether, or too big).
+/// `None` when the object holds no record (applied by an older tether). An object too big
+/// to list its fields answers `false`: taking a field another manager owns is left to the
+/// user there.
 pub fn applied_before(live: &Value, field: &str) -> Option<bool> {
     let record = live["metadata"]["annotations"][APPLIED_FIELDS_ANNOTATION].as_str()?;
+    if record == TOO_MANY {
+        return Some(false);
+    }
     let wanted = digest(&coarse(field));
     Some(
         record
@@ -175,8 +184,7 @@ mod tests {
             }
         });
         let mut live = manifest.clone();
-        live["metadata"]["annotations"][APPLIED_FIELDS_ANNOTATION] =
-            json!(record(&manifest).expect("small"));
+        live["metadata"]["annotations"][APPLIED_FIELDS_ANNOTATION] = json!(record(&manifest));
         for field in [
             ".spec.replicas",
             r#".spec.template.spec.containers[name="app"].image"#,
@@ -205,14 +213,19 @@ mod tests {
         let mut annotated = plain.clone();
         annotated["metadata"]["annotations"] = json!({APPLIED_FIELDS_ANNOTATION: "00000000"});
         // The annotations map itself is a field; the record's own entry is not.
-        let with = record(&annotated).expect("small");
-        let without = record(&plain).expect("small");
+        let with = record(&annotated);
+        let without = record(&plain);
         assert_eq!(with.len(), without.len() + WIDTH);
         let data: serde_json::Map<String, Value> =
             (0..LIMIT).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let mut big = json!({"metadata": {"name": "a"}, "data": data});
+        let kept = record(&big);
+        assert_eq!(kept, TOO_MANY);
+        big["metadata"]["annotations"] = json!({APPLIED_FIELDS_ANNOTATION: kept});
         assert_eq!(
-            record(&json!({"metadata": {"name": "a"}, "data": data})),
-            None
+            applied_before(&big, ".data.k1"),
+            Some(false),
+            "a conflict, not drift"
         );
     }
 }

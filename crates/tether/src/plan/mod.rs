@@ -517,7 +517,8 @@ pub async fn plan(
         }
         labels.insert(PART_OF_LABEL.into(), Value::String(applyset.id.clone()));
         // Which fields tether applies, for the next plan to tell drift from a conflict.
-        if let Some(record) = fields::record(&manifest) {
+        {
+            let record = fields::record(&manifest);
             let metadata = manifest["metadata"]
                 .as_object_mut()
                 .expect("render checked metadata");

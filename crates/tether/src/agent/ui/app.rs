@@ -419,10 +419,9 @@ pub async fn rollback(
     Path((namespace, name)): Path<(String, String)>,
     Json(body): Json<RollbackBody>,
 ) -> Response {
-    let done = format!(
-        "Rolled back to {}: pinned there until resumed.",
-        &body.revision[..body.revision.len().min(12)]
-    );
+    // Not a slice: the revision is the client's text until `actions::rollback` checks it.
+    let short: String = body.revision.chars().take(12).collect();
+    let done = format!("Rolled back to {short}: pinned there until resumed.");
     act(
         &state,
         &session,

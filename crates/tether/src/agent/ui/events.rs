@@ -36,8 +36,10 @@ pub async fn stream(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            // Before the page hears of it: its next request must not get the old view.
+            // Before the page hears of it: its next request must not get the old view (the
+            // same change marked by every stream counts once).
             super::view::invalidate(&views, &changed);
+            let changed = changed.app;
             let key = format!(
                 "{}/{}",
                 changed.namespace.clone().unwrap_or_default(),

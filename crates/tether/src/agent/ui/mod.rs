@@ -35,6 +35,7 @@ use tokio::sync::broadcast;
 
 use super::Application;
 use super::api::ApiState;
+use super::drift::Changed;
 
 pub use session::Role;
 
@@ -49,7 +50,7 @@ pub struct UiState {
     sessions: session::Sessions,
     /// Applications whose state changed (status, or an object of theirs): fed by the
     /// agent's watches, read by every open page.
-    changes: broadcast::Sender<ObjectRef<Application>>,
+    changes: broadcast::Sender<Changed>,
     /// The view of each Application (plan, tree), computed once per change for every viewer.
     views: Arc<Mutex<HashMap<ObjectRef<Application>, view::Cached>>>,
 }
@@ -61,7 +62,7 @@ pub struct UiState {
 pub fn start(
     api: ApiState,
     readonly_token: Option<Vec<u8>>,
-    changes: broadcast::Sender<ObjectRef<Application>>,
+    changes: broadcast::Sender<Changed>,
     namespace: Option<String>,
 ) -> (UiState, Vec<tokio::task::JoinHandle<()>>) {
     let (apps, writer) = kube::runtime::reflector::store();
@@ -147,7 +148,7 @@ fn follow_applications(
     client: kube::Client,
     namespace: Option<String>,
     mut writer: kube::runtime::reflector::store::Writer<Application>,
-    changes: broadcast::Sender<ObjectRef<Application>>,
+    changes: broadcast::Sender<Changed>,
 ) -> tokio::task::JoinHandle<()> {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
@@ -164,11 +165,11 @@ fn follow_applications(
             writer.apply_watcher_event(&event);
             match event {
                 watcher::Event::Apply(app) | watcher::Event::Delete(app) => {
-                    let _ = changes.send(ObjectRef::from_obj(&app));
+                    let _ = changes.send(Changed::new(ObjectRef::from_obj(&app)));
                 }
                 watcher::Event::InitDone => {
                     for app in writer.as_reader().state() {
-                        let _ = changes.send(ObjectRef::from_obj(app.as_ref()));
+                        let _ = changes.send(Changed::new(ObjectRef::from_obj(app.as_ref())));
                     }
                 }
                 _ => {}

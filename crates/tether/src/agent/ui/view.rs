@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::UiState;
 use crate::agent::Application;
+use crate::agent::drift::Changed;
 use crate::health::{self, Health};
 use crate::plan::{Action, diff};
 use crate::render::ObjectKey;
@@ -49,13 +50,17 @@ impl AppView {
     }
 }
 
-/// The view of one Application, and the change count it was computed at.
+/// The view of one Application, and the change it was computed after.
 #[derive(Default)]
 pub struct Cached {
-    /// Bumped by every change of the Application or its objects.
+    /// The last change of the Application or its objects (its sequence number).
     version: u64,
     view: Option<(u64, Arc<AppView>)>,
+    /// Held while the view is computed: viewers asking meanwhile wait for that one.
+    computing: Arc<tokio::sync::Mutex<()>>,
 }
+
+type Views = Mutex<HashMap<ObjectRef<Application>, Cached>>;
 
 /// Forgets the views of Applications as they change (started with the UI).
 pub fn invalidate_on_change(state: &UiState) -> tokio::task::JoinHandle<()> {
@@ -64,10 +69,10 @@ pub fn invalidate_on_change(state: &UiState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             match changes.recv().await {
-                Ok(app) => invalidate(&views, &app),
+                Ok(changed) => invalidate(&views, &changed),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     for cached in views.lock().expect("not poisoned").values_mut() {
-                        cached.version += 1;
+                        cached.view = None;
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -76,31 +81,34 @@ pub fn invalidate_on_change(state: &UiState) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// The view of `app` is out of date (it changed).
-pub fn invalidate(
-    views: &Mutex<HashMap<ObjectRef<Application>, Cached>>,
-    app: &ObjectRef<Application>,
-) {
-    views
-        .lock()
-        .expect("not poisoned")
-        .entry(app.clone())
-        .or_default()
-        .version += 1;
+/// The view of an Application is out of date: `changed` happened after it.
+pub fn invalidate(views: &Views, changed: &Changed) {
+    let mut views = views.lock().expect("not poisoned");
+    let cached = views.entry(changed.app.clone()).or_default();
+    cached.version = cached.version.max(changed.seq);
 }
 
-/// The view of `app`: the cached one if nothing changed since, else computed now.
+/// The view of `app`: the cached one if nothing changed since, else computed now (once,
+/// however many viewers ask at the same time).
 pub async fn of(state: &UiState, app: &Application) -> Arc<AppView> {
     let reference = ObjectRef::from_obj(app);
-    let version = {
+    let fresh = || -> Result<Arc<AppView>, (u64, Arc<tokio::sync::Mutex<()>>)> {
         let mut views = state.views.lock().expect("not poisoned");
         let cached = views.entry(reference.clone()).or_default();
-        if let Some((at, view)) = &cached.view
-            && *at == cached.version
-        {
-            return view.clone();
+        match &cached.view {
+            Some((at, view)) if *at == cached.version => Ok(view.clone()),
+            _ => Err((cached.version, cached.computing.clone())),
         }
-        cached.version
+    };
+    let computing = match fresh() {
+        Ok(view) => return view,
+        Err((_, computing)) => computing,
+    };
+    let _turn = computing.lock().await;
+    // Another viewer may have computed it while this one waited.
+    let version = match fresh() {
+        Ok(view) => return view,
+        Err((version, _)) => version,
     };
     let view = Arc::new(compute(state, app).await);
     if let Some(cached) = state
