@@ -124,26 +124,13 @@ async fn show(
         Ok(app) => app,
         Err(reply) => return reply,
     };
-    let planned = async {
-        let (revision, tree) = super::fetch(
-            &state.client,
-            &state.options,
-            &app,
-            None,
-            std::time::Duration::ZERO,
-        )
-        .await?;
-        let plan = super::render_and_plan(
-            &state.client,
-            &state.resolver,
-            &state.options,
-            &app,
-            &revision,
-            tree,
-        )
-        .await?;
-        Ok::<_, String>((revision, plan))
-    }
+    let planned = super::plan_current(
+        &state.client,
+        &state.resolver,
+        &state.options,
+        &app,
+        std::time::Duration::ZERO,
+    )
     .await;
     let mut body = summary(&app);
     body["status"] = serde_json::to_value(&app.status).unwrap_or(Value::Null);

@@ -1288,6 +1288,21 @@ pub async fn fetch(
     Ok((revision, tree))
 }
 
+/// What a sync of the Application's ref would do now: its newest revision (from a listing
+/// of the remote's refs at most `listing_max_age` old), rendered and planned. What
+/// `tether diff`, the JSON API and the web UI show.
+pub async fn plan_current(
+    client: &kube::Client,
+    resolver: &Resolver,
+    options: &AgentOptions,
+    app: &Application,
+    listing_max_age: Duration,
+) -> Result<(Revision, crate::plan::Plan), String> {
+    let (revision, tree) = fetch(client, options, app, None, listing_max_age).await?;
+    let plan = render_and_plan(client, resolver, options, app, &revision, tree).await?;
+    Ok((revision, plan))
+}
+
 /// Renders a fetched revision as the Application says and plans it against the cluster.
 pub async fn render_and_plan(
     client: &kube::Client,

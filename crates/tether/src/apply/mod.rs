@@ -353,9 +353,11 @@ pub async fn apply(
                         resolver,
                         &members,
                         options.hook_timeout,
+                        WAVE_PAUSE,
                         &options.progress,
                     )
                     .await
+                    .1
                     {
                         report.failure =
                             Some(format!("sync wave {wave} did not become Healthy: {why}"));
@@ -454,9 +456,11 @@ pub async fn apply(
                 resolver,
                 &members,
                 options.hook_timeout,
+                WAVE_PAUSE,
                 &options.progress,
             )
             .await
+            .1
             {
                 Ok(()) => {
                     let failure = runner
@@ -804,40 +808,48 @@ async fn check_health(
     .await
 }
 
-/// Waits until every one of `changes` is Healthy; `Err` says which is Degraded, or which
-/// are not Healthy when `timeout` runs out.
+/// The first pause between health checks of a wave or before PostSync hooks: short, for a
+/// wave is often Healthy at once.
+const WAVE_PAUSE: Duration = Duration::from_millis(100);
+
+/// Waits until every one of `changes` is Healthy, checking again after `first_pause`
+/// (doubling up to 1 s). Returns the last health of each, and `Err` saying which is
+/// Degraded, or which are not Healthy when `timeout` ran out.
 async fn wait_until_healthy(
     client: &kube::Client,
     resolver: &Resolver,
     changes: &[&Change],
     timeout: Duration,
+    first_pause: Duration,
     progress: &crate::progress::ProgressHandle,
-) -> Result<(), String> {
+) -> (Vec<(ObjectKey, Health)>, Result<(), String>) {
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(100);
+    let mut pause = first_pause;
     loop {
         let checks = check_health(client, resolver, changes).await;
         if let Some((key, h)) = checks
             .iter()
             .find(|(_, h)| h.status == HealthStatus::Degraded)
         {
-            return Err(format!("{key} is Degraded: {}", h.message));
+            let why = format!("{key} is Degraded: {}", h.message);
+            return (checks, Err(why));
         }
         let not_healthy: Vec<&(ObjectKey, Health)> = checks
             .iter()
             .filter(|(_, h)| h.status != HealthStatus::Healthy)
             .collect();
         let Some((key, h)) = not_healthy.first() else {
-            return Ok(());
+            return (checks, Ok(()));
         };
         if Instant::now() > deadline {
-            return Err(format!(
-                "{} object(s) not Healthy after {} s, e.g. {key}: {} ({})",
+            let why = format!(
+                "{} object(s) not healthy after {} s, e.g. {key}: {} ({})",
                 not_healthy.len(),
                 timeout.as_secs(),
                 h.status,
                 h.message
-            ));
+            );
+            return (checks, Err(why));
         }
         progress.note(&format!(
             "{}/{} healthy; e.g. {key}: {} ({})",
@@ -847,11 +859,12 @@ async fn wait_until_healthy(
             h.message
         ));
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
+        pause = (pause * 2).min(Duration::from_secs(1)).max(first_pause);
     }
 }
 
-/// Polls every desired object until all are Healthy, one is Degraded, or time runs out.
+/// `--wait`: every desired object Healthy (checked every second), one Degraded, or time
+/// ran out; each object's last health goes into the report.
 async fn wait_healthy(
     client: &kube::Client,
     resolver: &Resolver,
@@ -860,52 +873,26 @@ async fn wait_healthy(
     timeout: Duration,
     progress: &crate::progress::ProgressHandle,
 ) {
-    let deadline = Instant::now() + timeout;
     let desired: Vec<&Change> = plan
         .changes
         .iter()
         .filter(|c| c.action != Action::Prune)
         .collect();
-    loop {
-        let checks = check_health(client, resolver, &desired).await;
-        let not_healthy: Vec<&(ObjectKey, Health)> = checks
-            .iter()
-            .filter(|(_, h)| h.status != HealthStatus::Healthy)
-            .collect();
-        let degraded = checks
-            .iter()
-            .find(|(_, h)| h.status == HealthStatus::Degraded);
-        let done = not_healthy.is_empty() || degraded.is_some() || Instant::now() > deadline;
-        if done {
-            for (key, health) in &checks {
-                if let Some(result) = report.results.iter_mut().find(|r| &r.key == key) {
-                    result.health = Some(health.clone());
-                }
-            }
-            if let Some((key, h)) = degraded {
-                report.unhealthy = Some(format!("{key} is Degraded: {}", h.message));
-            } else if let Some((key, h)) = not_healthy.first() {
-                report.unhealthy = Some(format!(
-                    "{} object(s) not healthy after {} s, e.g. {key}: {} ({})",
-                    not_healthy.len(),
-                    timeout.as_secs(),
-                    h.status,
-                    h.message
-                ));
-            }
-            return;
+    let (checks, healthy) = wait_until_healthy(
+        client,
+        resolver,
+        &desired,
+        timeout,
+        Duration::from_secs(1),
+        progress,
+    )
+    .await;
+    for (key, health) in &checks {
+        if let Some(result) = report.results.iter_mut().find(|r| &r.key == key) {
+            result.health = Some(health.clone());
         }
-        if let Some((key, h)) = not_healthy.first() {
-            progress.note(&format!(
-                "{}/{} healthy; e.g. {key}: {} ({})",
-                checks.len() - not_healthy.len(),
-                checks.len(),
-                h.status,
-                h.message
-            ));
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    report.unhealthy = healthy.err();
 }
 
 /// A client error as a user reads it: the API server's own message when it sent one.

@@ -158,13 +158,15 @@ pub async fn diff(
         helm_bin: args.helm_bin.clone(),
         ..Default::default()
     };
-    let (revision, tree) =
-        crate::agent::fetch(&client, &options, &app, None, std::time::Duration::ZERO)
-            .await
-            .map_err(anyhow::Error::msg)?;
-    let plan = crate::agent::render_and_plan(&client, &resolver, &options, &app, &revision, tree)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let (revision, plan) = crate::agent::plan_current(
+        &client,
+        &resolver,
+        &options,
+        &app,
+        std::time::Duration::ZERO,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     super::plan::write_plan(out, global.output, &plan, Some(&revision))?;
     Ok(if plan.has_changes() { 2 } else { 0 })
 }

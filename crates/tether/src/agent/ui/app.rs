@@ -318,117 +318,77 @@ fn diff_class(line: &str) -> &'static str {
     }
 }
 
-/// Sends an action's patch, as the CLI does; answers with what happened, for the page.
-async fn act(
-    state: &UiState,
-    session: &Session,
-    namespace: &str,
-    name: &str,
-    patch: impl FnOnce(&Application) -> Result<serde_json::Value, String>,
-    done: &str,
-) -> Response {
-    if session.role != Role::Operator {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({"error": "a read-only session cannot change anything"})),
-        )
-            .into_response();
-    }
-    let app = match find(state, namespace, name) {
-        Ok(app) => app,
-        Err(response) => return *response,
-    };
-    let patch = match patch(&app) {
-        Ok(patch) => patch,
-        Err(message) => {
-            return (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response();
-        }
-    };
-    let api: Api<Application> = Api::namespaced(state.api.client.clone(), namespace);
-    match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => (StatusCode::OK, Json(json!({"message": done}))).into_response(),
-        Err(e) => (
-            StatusCode::BAD_GATEWAY,
-            Json(
-                json!({"error": format!("the API server refused: {}", crate::apply::describe(&e))}),
-            ),
-        )
-            .into_response(),
-    }
-}
-
-pub async fn sync(
-    State(state): State<UiState>,
-    Extension(session): Extension<Session>,
-    Path((namespace, name)): Path<(String, String)>,
-) -> Response {
-    act(
-        &state,
-        &session,
-        &namespace,
-        &name,
-        |_| Ok(actions::sync()),
-        "Sync requested: the agent runs it now.",
-    )
-    .await
-}
-
-pub async fn suspend(
-    State(state): State<UiState>,
-    Extension(session): Extension<Session>,
-    Path((namespace, name)): Path<(String, String)>,
-) -> Response {
-    act(
-        &state,
-        &session,
-        &namespace,
-        &name,
-        |app| actions::suspend(app, true),
-        "Suspended: the agent changes nothing until it is resumed.",
-    )
-    .await
-}
-
-pub async fn resume(
-    State(state): State<UiState>,
-    Extension(session): Extension<Session>,
-    Path((namespace, name)): Path<(String, String)>,
-) -> Response {
-    act(
-        &state,
-        &session,
-        &namespace,
-        &name,
-        |app| actions::suspend(app, false),
-        "Resumed.",
-    )
-    .await
-}
-
-#[derive(serde::Deserialize)]
-pub struct RollbackBody {
+#[derive(Default, serde::Deserialize)]
+pub struct ActionBody {
+    /// The commit to roll back to.
+    #[serde(default)]
     revision: String,
 }
 
-pub async fn rollback(
+/// An action on the Application (sync, suspend, resume, rollback): the same patch the CLI
+/// sends; answers with what happened, for the page.
+pub async fn action(
     State(state): State<UiState>,
     Extension(session): Extension<Session>,
-    Path((namespace, name)): Path<(String, String)>,
-    Json(body): Json<RollbackBody>,
+    Path((namespace, name, action)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
 ) -> Response {
+    let error =
+        |code: StatusCode, message: String| (code, Json(json!({"error": message}))).into_response();
+    if session.role != Role::Operator {
+        return error(
+            StatusCode::FORBIDDEN,
+            "a read-only session cannot change anything".into(),
+        );
+    }
+    let app = match find(&state, &namespace, &name) {
+        Ok(app) => app,
+        Err(response) => return *response,
+    };
+    let body: ActionBody = if body.is_empty() {
+        ActionBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(body) => body,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not JSON: {e}"),
+                );
+            }
+        }
+    };
     // Not a slice: the revision is the client's text until `actions::rollback` checks it.
     let short: String = body.revision.chars().take(12).collect();
-    let done = format!("Rolled back to {short}: pinned there until resumed.");
-    act(
-        &state,
-        &session,
-        &namespace,
-        &name,
-        |app| actions::rollback(app, &body.revision),
-        &done,
-    )
-    .await
+    let (patch, done) = match action.as_str() {
+        "sync" => (
+            Ok(actions::sync()),
+            "Sync requested: the agent runs it now.".to_string(),
+        ),
+        "suspend" => (
+            actions::suspend(&app, true),
+            "Suspended: the agent changes nothing until it is resumed.".to_string(),
+        ),
+        "resume" => (actions::suspend(&app, false), "Resumed.".to_string()),
+        "rollback" => (
+            actions::rollback(&app, &body.revision),
+            format!("Rolled back to {short}: pinned there until resumed."),
+        ),
+        other => return error(StatusCode::NOT_FOUND, format!("no action {other:?}")),
+    };
+    let patch = match patch {
+        Ok(patch) => patch,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let api: Api<Application> = Api::namespaced(state.api.client.clone(), &namespace);
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => (StatusCode::OK, Json(json!({"message": done}))).into_response(),
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("the API server refused: {}", crate::apply::describe(&e)),
+        ),
+    }
 }

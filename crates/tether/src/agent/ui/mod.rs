@@ -86,10 +86,7 @@ pub fn routes(state: UiState) -> Router {
         .route("/ui/apps/{namespace}/{name}", get(app::page))
         .route("/ui/apps/{namespace}/{name}/tree", get(app::tree_fragment))
         .route("/ui/apps/{namespace}/{name}/object", get(app::object))
-        .route("/ui/apps/{namespace}/{name}/sync", post(app::sync))
-        .route("/ui/apps/{namespace}/{name}/suspend", post(app::suspend))
-        .route("/ui/apps/{namespace}/{name}/resume", post(app::resume))
-        .route("/ui/apps/{namespace}/{name}/rollback", post(app::rollback))
+        .route("/ui/apps/{namespace}/{name}/{action}", post(app::action))
         .route("/ui/assets/{file}", get(assets::serve))
         .route("/ui/logout", post(session::logout))
         .layer(axum::middleware::from_fn_with_state(

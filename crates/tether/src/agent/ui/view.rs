@@ -124,26 +124,13 @@ pub async fn of(state: &UiState, app: &Application) -> Arc<AppView> {
 
 async fn compute(state: &UiState, app: &Application) -> AppView {
     let api = &state.api;
-    let planned = async {
-        let (revision, tree) = crate::agent::fetch(
-            &api.client,
-            &api.options,
-            app,
-            None,
-            crate::agent::LISTING_MAX_AGE,
-        )
-        .await?;
-        let plan = crate::agent::render_and_plan(
-            &api.client,
-            &api.resolver,
-            &api.options,
-            app,
-            &revision,
-            tree,
-        )
-        .await?;
-        Ok::<_, String>((revision, plan))
-    }
+    let planned = crate::agent::plan_current(
+        &api.client,
+        &api.resolver,
+        &api.options,
+        app,
+        crate::agent::LISTING_MAX_AGE,
+    )
     .await;
     let (revision, plan) = match planned {
         Ok(planned) => planned,
@@ -227,34 +214,23 @@ async fn owned_objects(client: &kube::Client, changes: &[crate::plan::Change]) -
         .filter(|c| c.live.is_some() && owners.contains(&c.key.kind.as_str()))
         .map(|c| c.key.namespace.as_str())
         .collect();
+    use kube::api::ApiResource;
     let kinds = [
-        ("apps", "v1", "ReplicaSet", "replicasets"),
-        ("", "v1", "Pod", "pods"),
-        ("batch", "v1", "Job", "jobs"),
+        ApiResource::erase::<k8s_openapi::api::apps::v1::ReplicaSet>(&()),
+        ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&()),
+        ApiResource::erase::<k8s_openapi::api::batch::v1::Job>(&()),
     ];
     let mut owned: Owned = HashMap::new();
     for namespace in namespaces {
-        for (group, version, kind, plural) in kinds {
-            let resource = kube::api::ApiResource {
-                group: group.into(),
-                version: version.into(),
-                api_version: if group.is_empty() {
-                    version.into()
-                } else {
-                    format!("{group}/{version}")
-                },
-                kind: kind.into(),
-                plural: plural.into(),
-            };
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(client.clone(), namespace, &resource);
+        for resource in &kinds {
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
             let Ok(list) = api.list(&ListParams::default()).await else {
                 continue;
             };
             for mut object in list {
                 object.types = Some(kube::core::TypeMeta {
                     api_version: resource.api_version.clone(),
-                    kind: kind.into(),
+                    kind: resource.kind.clone(),
                 });
                 let owners: Vec<String> = object
                     .owner_references()
@@ -262,8 +238,8 @@ async fn owned_objects(client: &kube::Client, changes: &[crate::plan::Change]) -
                     .map(|o| o.uid.clone())
                     .collect();
                 let key = ObjectKey {
-                    group: group.into(),
-                    kind: kind.into(),
+                    group: resource.group.clone(),
+                    kind: resource.kind.clone(),
                     namespace: namespace.into(),
                     name: object.name_any(),
                 };
