@@ -6,12 +6,13 @@ SHELL := /bin/bash
 TESTENV := python3 testenv/testenv.py
 PROFILE ?= full
 
-.PHONY: help build demo demo-stop test lint deps bench-render bench-render-tools bench-apply bench-agent bench-ui cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
+.PHONY: help build demo demo-stop test soak lint deps bench-render bench-render-tools bench-apply bench-agent bench-ui cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
 
 help:
 	@echo "make demo            build tether, start the local cluster, plan + apply the example from Git, open the web UI"
 	@echo "make demo-stop       stop the agent and git daemon the demo left for its web UI"
 	@echo "make test            fmt, clippy and every test against a fresh local cluster"
+	@echo "make soak            the long runs: 20,000 cases of every fuzz property, crash sweeps of 30 kills (agent, apply)"
 	@echo "make cluster-up      start the local control plane (PROFILE=minimal: etcd + API server only)"
 	@echo "make cluster-down    stop it and remove its data"
 	@echo "eval \$$(make -s cluster-env)   point kubectl and tether at it"
@@ -30,6 +31,9 @@ build: deps
 
 test:
 	@scripts/test.sh
+
+soak:
+	@scripts/soak.sh
 
 lint: deps
 	cargo fmt --all --check

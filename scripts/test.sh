@@ -28,7 +28,8 @@ export TETHER_TEST_KUBECONFIG
 TETHER_TEST_KUBECTL="$(testenv bin kubectl)"
 TETHER_TEST_HELM="$(testenv bin helm)"
 TETHER_TEST_KUSTOMIZE="$(testenv bin kustomize)"
-export TETHER_TEST_KUBECTL TETHER_TEST_HELM TETHER_TEST_KUSTOMIZE
+TETHER_TEST_TOXIPROXY_SERVER="$(testenv bin toxiproxy-server)"
+export TETHER_TEST_KUBECTL TETHER_TEST_HELM TETHER_TEST_KUSTOMIZE TETHER_TEST_TOXIPROXY_SERVER
 
 step "testenv selftest"
 testenv selftest

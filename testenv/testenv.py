@@ -2,11 +2,11 @@
 """testenv: a real local Kubernetes control plane built from pinned Go modules.
 
 Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and etcd (at the
-version Kubernetes pins) from the Go module proxy, plus kwok, helm and kustomize; caches
+version Kubernetes pins) from the Go module proxy, plus kwok, helm, kustomize and toxiproxy; caches
 them outside the repository; starts them on free loopback ports. Start reading at `main`.
 On request only (`build flux`), Flux's source- and kustomize-controller for the benchmarks.
 
-Commands: build, up, down, env, status, logs, bin. `testenv.py --help` says more.
+Commands: build, up, down, restart, env, status, logs, bin. `testenv.py --help` says more.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ PROFILES = {
     "full": ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"],
 }
 # What `build` builds without arguments: everything `make test` and the demo need.
-DEFAULT_TARGETS = ["kubernetes", "kwok", "helm", "kustomize"]
+DEFAULT_TARGETS = ["kubernetes", "kwok", "helm", "kustomize", "toxiproxy"]
 # Built only when named: the peer the benchmarks measure tether against.
 EXTRA_TARGETS = ["flux"]
 # Flux controllers: name -> (module, versions.env key). Each module's main package is its root.
@@ -114,7 +114,8 @@ def binary(name: str, versions: dict[str, str]) -> Path:
         return k8s_bin_dir(versions) / name
     if name in FLUX_CONTROLLERS:
         return tool_bin_dir(name, pinned(versions, FLUX_CONTROLLERS[name][1])) / name
-    key = {"kwok": "KWOK_VERSION", "helm": "HELM_VERSION", "kustomize": "KUSTOMIZE_VERSION"}[name]
+    key = {"kwok": "KWOK_VERSION", "helm": "HELM_VERSION", "kustomize": "KUSTOMIZE_VERSION",
+           "toxiproxy-server": "TOXIPROXY_VERSION"}[name]
     return tool_bin_dir(name, versions[key]) / name
 
 
@@ -385,6 +386,10 @@ def build(only: list[str] | None = None) -> dict[str, str]:
                           f"-s -w -X helm.sh/helm/{major}/internal/version.version={helm_version}")
         if "kustomize" in wanted:
             build_go_tool("kustomize", "sigs.k8s.io/kustomize/kustomize/v5", versions["KUSTOMIZE_VERSION"])
+        if "toxiproxy" in wanted:
+            version = pinned(versions, "TOXIPROXY_VERSION")
+            build_go_tool("toxiproxy-server", "github.com/Shopify/toxiproxy/v2/cmd/server", version,
+                          f"-s -w -X github.com/Shopify/toxiproxy/v2.Version={version}")
         for name, (module, key) in FLUX_CONTROLLERS.items():
             # `bin` asks for one controller by name; `build flux` for both.
             if "flux" in wanted or name in wanted:
@@ -713,6 +718,26 @@ def up(profile: str, nodes: int) -> None:
         f"API server https://127.0.0.1:{ports['apiserver']}, kubeconfig {rd / 'kubeconfig'}")
 
 
+def restart(component: str, down_for: float) -> None:
+    """Stops one running component (SIGTERM, then SIGKILL) and starts it again with the same
+    arguments after `down_for` seconds, keeping the cluster's data: an API server restart or
+    an etcd outage, for the reliability tests."""
+    with file_lock(run_dir() / "up.lock"):
+        state = load_state()
+        info = state.get("processes", {}).get(component)
+        if info is None:
+            raise TestenvError(f"{component} is not part of the running testenv "
+                               f"({', '.join(state.get('processes', {})) or 'nothing runs'})")
+        stop_pid(info["pid"], component)
+        log(f"{component} stopped; starting it again in {down_for:g} s")
+        time.sleep(down_for)
+        started = time.monotonic()
+        start(component, info["argv"], state)
+        timeout = 120 if component == "kube-apiserver" else 60
+        wait_until(component, lambda: component_ready(component, state), timeout, component)
+        log(f"{component} ready again ({fmt_duration(time.monotonic() - started)})")
+
+
 def down(quiet: bool = False, keep_logs: bool = True) -> None:
     state = load_state()
     processes = state.get("processes", {})
@@ -875,6 +900,10 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="kwok nodes (full profile)")
     p = sub.add_parser("down", help="stop every process and remove the cluster's data")
     p.add_argument("-q", "--quiet", action="store_true")
+    p = sub.add_parser("restart", help="stop one component and start it again, keeping the data")
+    p.add_argument("component", choices=PROFILES["full"])
+    p.add_argument("--down-for", type=float, default=0.0, metavar="SECONDS",
+                   help="how long it stays stopped (default 0)")
     sub.add_parser("env", help="print `export KUBECONFIG=...`")
     sub.add_parser("status", help="show each component; exit 1 unless all are ready")
     sub.add_parser("selftest", help="prove the running cluster with kubectl (version, Deployment, CRD)")
@@ -883,7 +912,8 @@ def main() -> int:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=40)
     p = sub.add_parser("bin", help="print the path of a cached binary, building it if needed")
-    p.add_argument("name", choices=[*K8S_COMMANDS, "etcd", "kwok", "helm", "kustomize", *FLUX_CONTROLLERS])
+    p.add_argument("name", choices=[*K8S_COMMANDS, "etcd", "kwok", "helm", "kustomize", "toxiproxy-server",
+                                    *FLUX_CONTROLLERS])
     args = parser.parse_args()
     try:
         if args.command == "build":
@@ -897,6 +927,8 @@ def main() -> int:
         elif args.command == "down":
             with file_lock(run_dir() / "up.lock"):
                 down(quiet=args.quiet)
+        elif args.command == "restart":
+            restart(args.component, args.down_for)
         elif args.command == "env":
             if not (run_dir() / "kubeconfig").exists():
                 log("warning: testenv is not up; run `make cluster-up` first")
@@ -908,7 +940,7 @@ def main() -> int:
         elif args.command == "logs":
             return logs_cmd(args.component, args.follow, args.lines)
         elif args.command == "bin":
-            group = {"kwok": "kwok", "helm": "helm", "kustomize": "kustomize",
+            group = {"kwok": "kwok", "helm": "helm", "kustomize": "kustomize", "toxiproxy-server": "toxiproxy",
                      **{name: name for name in FLUX_CONTROLLERS}}.get(args.name, "kubernetes")
             print(binary(args.name, build([group])))
     except TestenvError as err:

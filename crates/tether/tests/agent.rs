@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use support::agent::{applied, create_application, options_for, start_agent, until, within_10_s};
+use support::agent::{
+    applied, create_application, options_for, ready, request_sync, start_agent, until, within_10_s,
+};
 use support::git::{GitDaemon, GitRepo};
 use support::{TestNamespace, cluster};
 use tether::agent::{AgentOptions, Application, install_crd};
@@ -1313,16 +1315,6 @@ fn cm_json(name: &str, color: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"color": color}})
 }
 
-fn ready(app: &Application) -> Option<(String, String)> {
-    let condition = app
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    Some((condition.status.clone(), condition.message.clone()))
-}
-
 /// Regression: a full sync that failed used to leave the drift watch vouching for the
 /// set, so the retry took the no-op path and wrote Synced over a hand edit it had failed
 /// to correct.
@@ -1768,18 +1760,6 @@ async fn a_broken_commit_or_a_lost_git_server_keeps_what_the_last_good_one_appli
             );
         }
     };
-    let request_sync = |name: &'static str| {
-        let apps = apps.clone();
-        async move {
-            apps.patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(tether::agent::application::actions::sync()),
-            )
-            .await
-            .expect("sync requested");
-        }
-    };
 
     // A commit that does not render.
     repo.write(
@@ -1795,7 +1775,7 @@ async fn a_broken_commit_or_a_lost_git_server_keeps_what_the_last_good_one_appli
         ("kust", "missing.yaml"),
         ("chart", "this chart refuses to render"),
     ] {
-        request_sync(name).await;
+        request_sync(&apps, name).await;
         let app = until(&apps, name, "the render failure reported", |a| {
             ready(a).is_some_and(|(status, message)| status == "False" && message.contains(says))
         })
@@ -1811,7 +1791,7 @@ async fn a_broken_commit_or_a_lost_git_server_keeps_what_the_last_good_one_appli
 
     // The Git server goes away.
     drop(daemon);
-    request_sync("kust").await;
+    request_sync(&apps, "kust").await;
     until(&apps, "kust", "the lost Git server reported", |a| {
         ready(a).is_some_and(|(status, message)| {
             status == "False" && message.contains("cannot reach the Git server")

@@ -178,13 +178,17 @@ impl Timeline {
         })
     }
 
+    /// When `what` was first seen. The watch may report the last writes of an apply a little
+    /// after the command returned (under load, a few hundred ms): waits up to 10 s for it.
     fn at(&self, what: &str) -> Instant {
-        *self
-            .0
-            .lock()
-            .expect("not poisoned")
-            .get(what)
-            .unwrap_or_else(|| panic!("{what} never seen"))
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(seen) = self.0.lock().expect("not poisoned").get(what) {
+                return *seen;
+            }
+            assert!(Instant::now() < deadline, "{what} never seen");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 

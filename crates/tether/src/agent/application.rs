@@ -48,6 +48,11 @@ pub struct ApplicationSpec {
     /// Applications (in the same namespace) that must be Ready before this one is applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<Dependency>,
+    /// A ServiceAccount in the Application's namespace: its objects are planned, applied,
+    /// pruned and checked as that account (impersonation), so the API server lets it write
+    /// only what the account's RBAC allows. Without it, the agent's own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
@@ -69,6 +74,10 @@ pub struct Source {
     /// armored OpenPGP blocks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verify_keys: Vec<String>,
+    /// How long one Git operation (connect, list refs, fetch) may wait for the server before
+    /// it fails (e.g. 60s, the default; as Flux's GitRepository `timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// Exactly one of branch, tag, commit or semver; none means the default branch.
@@ -298,6 +307,68 @@ pub mod actions {
     }
 }
 
+impl ApplicationSpec {
+    /// What the CRD's schema cannot say: checked before every sync, so that a malformed
+    /// spec is a condition naming the field (`Ready=False`), not a default used in silence.
+    pub fn check(&self) -> Result<(), String> {
+        use crate::duration::parse_duration;
+        if self.source.repo_url.trim().is_empty() {
+            return Err("spec.source.repoURL is empty; name the Git repository".into());
+        }
+        let reference = self.source.r#ref.as_ref_text()?;
+        crate::source::reference::RefSpec::parse(&reference).map_err(
+            |crate::source::reference::RefError::Invalid { reason, .. }| {
+                format!("spec.source.ref {reference:?}: {reason}")
+            },
+        )?;
+        if crate::source::tree::normalize(&self.source.path).is_none() {
+            return Err(format!(
+                "spec.source.path {:?} leaves the repository; give a folder inside it",
+                self.source.path
+            ));
+        }
+        if let Some(renderer) = self.render.renderer.as_deref()
+            && !["", "auto", "directory", "kustomize", "helm"].contains(&renderer)
+        {
+            return Err(format!(
+                "spec.render.renderer {renderer:?} is not auto, directory, kustomize or helm"
+            ));
+        }
+        if let Some(file) = self
+            .render
+            .values_files
+            .iter()
+            .find(|f| crate::render::snapshot::inside("", f).is_none())
+        {
+            return Err(format!(
+                "spec.render.valuesFiles: {file:?} leaves the repository; give a path inside it"
+            ));
+        }
+        let namespace = &self.destination.namespace;
+        let label = namespace.len() <= 63
+            && namespace.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && namespace.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && namespace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !label {
+            return Err(format!(
+                "spec.destination.namespace {namespace:?} is not a namespace name (lower-case letters, digits and '-', at most 63)"
+            ));
+        }
+        match parse_duration(&self.sync_policy.interval) {
+            Ok(interval) if interval.is_zero() => {
+                return Err("spec.syncPolicy.interval is 0; give one like 1m".into());
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("spec.syncPolicy.interval: {e}")),
+        }
+        parse_duration(&self.sync_policy.retry.backoff)
+            .map_err(|e| format!("spec.syncPolicy.retry.backoff: {e}"))?;
+        Ok(())
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -467,6 +538,50 @@ spec:
         assert_eq!(
             crd.spec.names.short_names.as_deref(),
             Some(&["app".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn a_malformed_spec_names_the_field() {
+        let good: Application = serde_saphyr::from_str(
+            "apiVersion: tether.dev/v1alpha1\nkind: Application\nmetadata: {name: a}\n\
+             spec: {source: {repoURL: https://git.example.com/x.git}, destination: {namespace: web}}\n",
+        )
+        .expect("parses");
+        good.spec.check().expect("a good spec");
+        let broken = |change: fn(&mut ApplicationSpec)| {
+            let mut spec = good.spec.clone();
+            change(&mut spec);
+            spec.check().expect_err("a malformed spec")
+        };
+        assert!(
+            broken(|s| s.sync_policy.interval = "soon".into())
+                .starts_with("spec.syncPolicy.interval:")
+        );
+        assert!(
+            broken(|s| s.sync_policy.interval = "0s".into())
+                .starts_with("spec.syncPolicy.interval is 0")
+        );
+        assert!(
+            broken(|s| s.sync_policy.retry.backoff = "5d".into())
+                .starts_with("spec.syncPolicy.retry.backoff:")
+        );
+        assert!(
+            broken(|s| s.destination.namespace = "Web".into())
+                .starts_with("spec.destination.namespace")
+        );
+        assert!(broken(|s| s.source.path = "../x".into()).starts_with("spec.source.path"));
+        assert!(
+            broken(|s| s.source.r#ref.semver = Some(">=1.x.y".into()))
+                .starts_with("spec.source.ref")
+        );
+        assert!(
+            broken(|s| s.render.values_files = vec!["/etc/passwd".into()])
+                .starts_with("spec.render.valuesFiles")
+        );
+        assert!(
+            broken(|s| s.render.renderer = Some("jsonnet".into()))
+                .starts_with("spec.render.renderer")
         );
     }
 

@@ -9,6 +9,7 @@ pub mod application;
 pub mod drift;
 pub mod leader;
 pub mod server;
+pub mod tenancy;
 pub mod ui;
 
 use std::sync::Arc;
@@ -71,6 +72,9 @@ pub struct AgentOptions {
     /// to 20 %), even when the watches saw no change, and count what they missed
     /// (`tether_drift_missed_total`). `None` turns it off.
     pub verify_interval: Option<Duration>,
+    /// Refuse Applications that name no `spec.serviceAccountName` (multi-tenant clusters:
+    /// no Application acts with the agent's own rights).
+    pub require_service_account: bool,
 }
 
 /// The backstop's default period (see [`AgentOptions::verify_interval`]).
@@ -90,6 +94,7 @@ impl Default for AgentOptions {
             api_readonly_token: None,
             leader_election: None,
             verify_interval: Some(DEFAULT_VERIFY_INTERVAL),
+            require_service_account: false,
         }
     }
 }
@@ -147,6 +152,10 @@ struct Context {
     states: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
     /// ApplySet id → the desired objects of its last full sync (for health reads).
     desired: std::sync::Mutex<std::collections::HashMap<String, Vec<Desired>>>,
+    /// namespace/name → (when, why) of a failed sync whose Event could not be published
+    /// (the API server was unreachable then): published once it answers again, so an outage
+    /// that the next attempt rode out still shows in the Events.
+    late_failures: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
 }
 
 impl Context {
@@ -300,6 +309,7 @@ pub async fn run(
         metrics,
         states: Default::default(),
         desired: Default::default(),
+        late_failures: Default::default(),
     });
     // With leader election, wait for the Lease (serving health and metrics meanwhile); stop
     // when it is lost, so that two agents never act at once.
@@ -444,6 +454,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         Ok(None) => return Ok(Action::await_change()),
         Err(e) => return Err(Error::Status(cached.name_any(), describe(&e))),
     };
+    report_late_failure(&ctx, &app).await;
     let interval =
         parse_duration(&app.spec.sync_policy.interval).unwrap_or(Duration::from_secs(60));
     let status = app.status.clone().unwrap_or_default();
@@ -629,7 +640,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                     &message,
                 );
             }
-            publish(
+            let published = publish(
                 &ctx,
                 &app,
                 EventType::Warning,
@@ -638,7 +649,14 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             )
             .await;
             let failures = status.failures;
-            write_status(&ctx, &app, status).await?;
+            let written = write_status(&ctx, &app, status).await;
+            if !published || matches!(written, Err(Error::Status(..))) {
+                ctx.late_failures
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(application_key(&app), (now_rfc3339(), message));
+            }
+            written?;
             let base = parse_duration(&app.spec.sync_policy.retry.backoff)
                 .unwrap_or(Duration::from_secs(5));
             let wait = if stalled {
@@ -682,6 +700,9 @@ async fn unready_dependency(ctx: &Context, app: &Application) -> Option<String> 
 async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
     let name = app.name_any();
     let spec = &app.spec;
+    spec.check()?;
+    // Refused here (no account while one is required) before anything is fetched.
+    tenancy::client_for(&ctx.client, app, ctx.options.require_service_account)?;
     let fetch_started = std::time::Instant::now();
     let applyset_id = crate::apply::applyset::ApplySet::new(&name, &spec.destination.namespace).id;
     // Polls of Applications that follow one repository share a listing of its refs taken
@@ -792,7 +813,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
             if same_output {
                 let previous = status.health.as_deref().unwrap_or("Unknown");
                 let health = if status_changed {
-                    assess_set(ctx, &applyset_id).await
+                    assess_set(ctx, app, &applyset_id).await
                 } else {
                     health_from(previous)
                 };
@@ -970,7 +991,7 @@ async fn full_sync(
         versions.clear();
     }
     ctx.drift.finish_full_sync(applyset_id, versions);
-    let health = assess(ctx, &desired).await;
+    let health = assess(ctx, app, &desired).await;
     ctx.desired
         .lock()
         .expect("not poisoned")
@@ -1071,7 +1092,8 @@ async fn apply_and_record(
         run_hooks: !drift,
         ..Default::default()
     };
-    let report = apply(&ctx.client, &ctx.resolver, planned, &options)
+    let client = tenancy::client_for(&ctx.client, app, ctx.options.require_service_account)?;
+    let report = apply(&client, &ctx.resolver, planned, &options)
         .await
         .map_err(|e| e.to_string())?;
     for hook in report.hooks.iter().filter(|h| !h.succeeded) {
@@ -1188,7 +1210,8 @@ async fn correct_drift(
     plan_options.concurrency = ctx.options.concurrency;
     plan_options.force_conflicts = spec.sync_policy.force_conflicts;
     plan_options.partial = true;
-    let planned = plan(&ctx.client, &ctx.resolver, subset, &plan_options)
+    let client = tenancy::client_for(&ctx.client, app, ctx.options.require_service_account)?;
+    let planned = plan(&client, &ctx.resolver, subset, &plan_options)
         .await
         .map_err(|e| e.to_string())?;
     let corrected: Vec<_> = planned
@@ -1211,9 +1234,9 @@ async fn correct_drift(
     let health = if status.health.as_deref() == Some("Healthy")
         && ctx.drift.may_skip(applyset_id) == Some(false)
     {
-        assess(ctx, &corrected).await
+        assess(ctx, app, &corrected).await
     } else {
-        assess_set(ctx, applyset_id).await
+        assess_set(ctx, app, applyset_id).await
     };
     let mut sync = sync.clone();
     sync.revision = revision.commit.clone();
@@ -1228,7 +1251,7 @@ async fn correct_drift(
 
 /// Reads the health of every object of set `id` as its last full sync desired them (and
 /// tells the drift watch that status changes so far are accounted for).
-async fn assess_set(ctx: &Context, id: &str) -> HealthStatus {
+async fn assess_set(ctx: &Context, app: &Application, id: &str) -> HealthStatus {
     ctx.drift.health_read(id);
     let desired = ctx
         .desired
@@ -1237,7 +1260,7 @@ async fn assess_set(ctx: &Context, id: &str) -> HealthStatus {
         .get(id)
         .cloned()
         .unwrap_or_default();
-    assess(ctx, &desired).await
+    assess(ctx, app, &desired).await
 }
 
 /// Resolves the Application's ref and fetches that revision (credentials from its Secret,
@@ -1260,6 +1283,10 @@ pub async fn fetch(
     let mut source = GitSource::new(spec.source.repo_url.clone(), reference);
     source.cache_dir = options.cache_dir.join("git");
     source.listing_max_age = listing_max_age;
+    if let Some(timeout) = &spec.source.timeout {
+        source.timeout =
+            parse_duration(timeout).map_err(|e| format!("spec.source.timeout {timeout:?}: {e}"))?;
+    }
     let secret_files =
         tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;
     if let Some(secret) = &spec.source.secret_ref {
@@ -1371,11 +1398,12 @@ async fn plan_app(
     objects: Vec<crate::render::Object>,
 ) -> Result<crate::plan::Plan, String> {
     let spec = &app.spec;
+    let client = tenancy::client_for(client, app, options.require_service_account)?;
     let mut plan_options = PlanOptions::new(app.name_any(), spec.destination.namespace.clone());
     plan_options.concurrency = options.concurrency;
     // With selfHeal, Git is the authority: fields someone else took are taken back.
     plan_options.force_conflicts = spec.sync_policy.force_conflicts;
-    plan(client, resolver, objects, &plan_options)
+    plan(&client, resolver, objects, &plan_options)
         .await
         .map_err(|e| e.to_string())
 }
@@ -1415,20 +1443,26 @@ fn health_from(text: &str) -> HealthStatus {
     }
 }
 
-/// The least healthy of the desired objects.
+/// The least healthy of the desired objects, read as the Application's account.
 async fn assess(
     ctx: &Context,
+    app: &Application,
     desired: &[(
         crate::render::ObjectKey,
         Option<crate::cluster::discovery::KindInfo>,
     )],
 ) -> HealthStatus {
+    let client = match tenancy::client_for(&ctx.client, app, ctx.options.require_service_account) {
+        Ok(client) => client,
+        Err(_) => return HealthStatus::Unknown,
+    };
+    let client = &client;
     let checks = futures::stream::iter((0..desired.len()).map(|i| async move {
         let (key, kind) = &desired[i];
         let Some(kind) = kind.clone() else {
             return HealthStatus::Unknown;
         };
-        let live = crate::plan::api_for(&ctx.client, &kind, &key.namespace)
+        let live = crate::plan::api_for(client, &kind, &key.namespace)
             .get_opt(&key.name)
             .await
             .ok()
@@ -1548,7 +1582,35 @@ async fn write_status(
     }
 }
 
-async fn publish(ctx: &Context, app: &Application, type_: EventType, reason: &str, note: String) {
+/// Publishes the Event of a failed sync that could not be published when it happened.
+async fn report_late_failure(ctx: &Context, app: &Application) {
+    let key = application_key(app);
+    let late = ctx.late_failures.lock().expect("not poisoned").remove(&key);
+    if let Some((when, message)) = late {
+        let note =
+            format!("at {when}, the API server could not be reached to report it: {message}");
+        if !publish(ctx, app, EventType::Warning, "SyncFailed", note).await {
+            ctx.late_failures
+                .lock()
+                .expect("not poisoned")
+                .entry(key)
+                .or_insert((when, message));
+        }
+    }
+}
+
+fn application_key(app: &Application) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+/// Publishes an Event about the Application; false when it could not.
+async fn publish(
+    ctx: &Context,
+    app: &Application,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) -> bool {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -1556,8 +1618,12 @@ async fn publish(ctx: &Context, app: &Application, type_: EventType, reason: &st
         action: "Sync".into(),
         secondary: None,
     };
-    if let Err(err) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
-        tracing::debug!(%err, "cannot publish an event");
+    match ctx.recorder.publish(&event, &app.object_ref(&())).await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::debug!(%err, "cannot publish an event");
+            false
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 //! # Security
 //! Every webhook is authenticated before its body is believed: an HMAC-SHA256 signature
 //! (GitHub, Gitea, generic) or a shared token (GitLab), compared in constant time. A forged
-//! or unsigned request gets 401 and triggers nothing.
+//! or unsigned request gets 401 and triggers nothing. A body above [`WEBHOOK_BODY_LIMIT`] is
+//! refused (413) before anything reads it, and a delivery id received before is refused as
+//! a replay (409).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +147,36 @@ struct ServerState {
     trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
     webhook_secret: Option<Arc<Vec<u8>>>,
     ready: Arc<AtomicBool>,
+    deliveries: Arc<std::sync::Mutex<Deliveries>>,
+}
+
+/// The largest webhook body read: a push event is a few kilobytes.
+pub const WEBHOOK_BODY_LIMIT: usize = 2 << 20;
+
+/// The webhook deliveries accepted last, to refuse a replay. Bounded: only authenticated
+/// deliveries are recorded, and the oldest is forgotten past [`Deliveries::KEEP`].
+#[derive(Default)]
+struct Deliveries {
+    order: std::collections::VecDeque<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Deliveries {
+    const KEEP: usize = 1024;
+
+    /// Records `key`; false when it was recorded before (a replay).
+    fn first_time(&mut self, key: String) -> bool {
+        if !self.seen.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > Self::KEEP
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        true
+    }
 }
 
 /// The router; `ready` turns true once the controller's first list of Applications is in.
@@ -162,12 +194,16 @@ pub fn router(
         trigger,
         webhook_secret: webhook_secret.map(Arc::new),
         ready,
+        deliveries: Default::default(),
     };
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/webhooks/{provider}", post(webhook))
+        .route(
+            "/webhooks/{provider}",
+            post(webhook).layer(axum::extract::DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+        )
         .with_state(state);
     match api {
         Some(api) => router.merge(super::api::routes(api)),
@@ -217,7 +253,8 @@ pub fn signature_valid(secret: &[u8], body: &[u8], given_hex: &str) -> bool {
 }
 
 fn hex_decode(text: &str) -> Result<Vec<u8>, ()> {
-    if !text.len().is_multiple_of(2) {
+    // Hex digits only: `u8::from_str_radix` alone also takes `+a` for `0a`.
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(());
     }
     (0..text.len())
@@ -228,16 +265,16 @@ fn hex_decode(text: &str) -> Result<Vec<u8>, ()> {
 
 /// What a push says: which repository (by every URL the provider gives) and which ref.
 #[derive(Debug, PartialEq)]
-struct Push {
-    urls: Vec<String>,
-    branch: Option<String>,
+pub struct Push {
+    pub urls: Vec<String>,
+    pub branch: Option<String>,
 }
 
 async fn webhook(
     State(state): State<ServerState>,
     Path(provider): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> (StatusCode, String) {
     let count = |result: &str| {
         state
@@ -255,6 +292,23 @@ async fn webhook(
             StatusCode::NOT_FOUND,
             "webhooks are off: start the agent with --webhook-secret-file".into(),
         );
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            count("too-large");
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is above {} MiB, more than any push event; nothing was triggered (send push events only)",
+                    WEBHOOK_BODY_LIMIT >> 20
+                ),
+            );
+        }
+        Err(rejection) => {
+            count("bad-payload");
+            return (rejection.status(), rejection.body_text());
+        }
     };
     let header = |name: &str| {
         headers
@@ -294,6 +348,30 @@ async fn webhook(
         count("bad-payload");
         return (StatusCode::BAD_REQUEST, "the body is not JSON".into());
     };
+    // A replay: a delivery id seen before. The id is not signed, so a replay with a new one
+    // gets through; it only makes the agent ask Git for the ref again, which is harmless.
+    let delivery = [
+        "x-github-delivery",
+        "x-gitea-delivery",
+        "x-gitlab-event-uuid",
+        "x-tether-delivery",
+    ]
+    .into_iter()
+    .map(header)
+    .find(|id| !id.is_empty());
+    if let Some(id) = &delivery
+        && !state
+            .deliveries
+            .lock()
+            .expect("not poisoned")
+            .first_time(format!("{provider} {id}"))
+    {
+        count("replayed");
+        return (
+            StatusCode::CONFLICT,
+            format!("delivery {id} was received before; a replay triggers nothing"),
+        );
+    }
     let push = parse_push(&provider, &payload);
     let mut triggered = 0;
     for app in state.applications.state() {
@@ -311,7 +389,10 @@ async fn webhook(
     )
 }
 
-fn parse_push(provider: &str, payload: &serde_json::Value) -> Push {
+/// Reads a push from an authenticated webhook's JSON `payload`, in the layout of `provider`
+/// (`github`, `gitea`, `gitlab`, `generic`). Total: fields that are missing or of the wrong
+/// type are left out, never an error (public so that tests/fuzz.rs can feed it anything).
+pub fn parse_push(provider: &str, payload: &serde_json::Value) -> Push {
     let strings = |pointers: &[&str]| -> Vec<String> {
         pointers
             .iter()
@@ -345,7 +426,7 @@ fn parse_push(provider: &str, payload: &serde_json::Value) -> Push {
 }
 
 /// Compares repository URLs without scheme, credentials, `.git` and trailing slashes.
-fn same_repository(a: &str, b: &str) -> bool {
+pub fn same_repository(a: &str, b: &str) -> bool {
     fn key(url: &str) -> String {
         let without_scheme = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
         let without_user = without_scheme
@@ -416,6 +497,21 @@ mod tests {
             "another secret"
         );
         assert!(!signature_valid(b"s3cret", br#"{"a":1}"#, "zz"), "not hex");
+    }
+
+    #[test]
+    fn a_delivery_is_accepted_once_and_the_record_stays_bounded() {
+        let mut deliveries = Deliveries::default();
+        assert!(deliveries.first_time("github a".into()));
+        assert!(!deliveries.first_time("github a".into()), "a replay");
+        for n in 0..Deliveries::KEEP {
+            assert!(deliveries.first_time(format!("github {n}")));
+        }
+        assert_eq!(deliveries.seen.len(), Deliveries::KEEP);
+        assert!(
+            deliveries.first_time("github a".into()),
+            "forgotten: the oldest"
+        );
     }
 
     #[test]

@@ -204,14 +204,19 @@ pub async fn apply(
     // namespace, it is created first, then the parent, then everything else.
     if !plan.parent_exists {
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        let missing = namespaces
-            .get_opt(&plan.options.namespace)
-            .await
-            .map_err(|e| Error::Parent {
-                name: plan.applyset.parent_name(),
-                reason: describe(&e),
-            })?;
-        if missing.is_none() {
+        let missing = match namespaces.get_opt(&plan.options.namespace).await {
+            Ok(found) => found.is_none(),
+            // An account that may write only its own namespace (a tenant) may not read the
+            // Namespace object: go on, and a missing namespace is the parent write's error.
+            Err(kube::Error::Api(status)) if status.code == 403 => false,
+            Err(e) => {
+                return Err(Error::Parent {
+                    name: plan.applyset.parent_name(),
+                    reason: describe(&e),
+                });
+            }
+        };
+        if missing {
             let position = pending
                 .iter()
                 .position(|c| c.key.group.is_empty() && c.key.kind == "Namespace" && c.key.name == plan.options.namespace)
@@ -895,10 +900,16 @@ async fn wait_healthy(
     report.unhealthy = healthy.err();
 }
 
-/// A client error as a user reads it: the API server's own message when it sent one.
+/// A client error as a user reads it: the API server's own message when it sent one; else
+/// that the server could not be reached, and the innermost cause (a closed connection, a
+/// refused one) rather than "ServiceError: client error (SendRequest)".
 pub(crate) fn describe(err: &kube::Error) -> String {
     match err {
         kube::Error::Api(status) => status.message.clone(),
+        kube::Error::Service(_) | kube::Error::HyperError(_) => format!(
+            "cannot reach the API server: {}",
+            crate::cluster::root_cause(err)
+        ),
         other => other.to_string(),
     }
 }

@@ -61,6 +61,11 @@ pub struct AgentArgs {
     /// tether_drift_missed_total. 0 turns it off.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::duration::parse_duration)]
     pub verify_interval: std::time::Duration,
+
+    /// Refuse Applications that name no spec.serviceAccountName: each acts only with the
+    /// rights of its own ServiceAccount (impersonated), never with the agent's.
+    #[arg(long)]
+    pub require_service_account: bool,
 }
 
 pub async fn install(
@@ -106,6 +111,7 @@ pub async fn agent(
         kustomize_bin: args.kustomize_bin.clone(),
         helm_bin: args.helm_bin.clone(),
         verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
+        require_service_account: args.require_service_account,
         ..Default::default()
     };
     eprintln!(

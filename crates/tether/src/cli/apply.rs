@@ -80,7 +80,21 @@ pub async fn run(
         writeln!(out)?;
     }
     let client = prepared.cluster.client();
-    let report = apply(&client, &prepared.resolver, prepared.plan, &options).await?;
+    let report = apply(&client, &prepared.resolver, prepared.plan, &options)
+        .await
+        .map_err(|err| match err {
+            // Say which render came out empty: a wrong --path or --ref is the usual cause.
+            crate::apply::Error::EmptyRender { .. } => anyhow::anyhow!(
+                "--path {}{}: {err}",
+                args.target.source.path,
+                prepared
+                    .revision
+                    .as_ref()
+                    .map(|r| format!(" at {}", r.short()))
+                    .unwrap_or_default()
+            ),
+            other => other.into(),
+        })?;
     match global.output {
         OutputFormat::Json | OutputFormat::Yaml => {
             let document = ApplyDocument {

@@ -340,19 +340,41 @@ impl SourceArgs {
     }
 }
 
-/// A folder on disk: its repository root (the nearest folder with `.git`, else the folder
-/// itself) bounds what symlinks may reach.
+/// A folder on disk: its repository root (the nearest folder with `.git` above the path as
+/// given, else the folder itself) bounds what symlinks may reach, `--path` itself included.
 fn local_folder(path: &Path) -> anyhow::Result<Resolved> {
     let folder =
         std::fs::canonicalize(path).with_context(|| format!("--path {}", path.display()))?;
     if !folder.is_dir() {
         bail!("--path {}: is not a folder", path.display());
     }
-    let root = folder
-        .ancestors()
-        .find(|dir| dir.join(".git").exists())
-        .unwrap_or(&folder)
-        .to_path_buf();
+    // `..` taken lexically: only a symlink may lead the path elsewhere than it reads.
+    let mut given = PathBuf::new();
+    for part in std::path::absolute(path)
+        .with_context(|| format!("--path {}", path.display()))?
+        .components()
+    {
+        match part {
+            std::path::Component::ParentDir => {
+                given.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => given.push(other),
+        }
+    }
+    let root = match given.ancestors().find(|dir| dir.join(".git").exists()) {
+        Some(root) => std::fs::canonicalize(root)
+            .with_context(|| format!("--path {}: {}", path.display(), root.display()))?,
+        None => folder.clone(),
+    };
+    if !folder.starts_with(&root) {
+        bail!(
+            "--path {}: leads to {} through a symlink, outside the repository {}; tether reads nothing outside it",
+            path.display(),
+            folder.display(),
+            root.display()
+        );
+    }
     let relative = folder
         .strip_prefix(&root)
         .expect("root is an ancestor")

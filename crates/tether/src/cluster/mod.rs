@@ -196,7 +196,7 @@ fn context_suffix(context: Option<&str>) -> String {
 
 /// The innermost cause ("Connection refused (os error 111)", "invalid peer certificate"),
 /// which says more to a user than the wrapper types around it.
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut deepest: &(dyn std::error::Error + 'static) = err;
     while let Some(source) = deepest.source() {
         deepest = source;

@@ -485,7 +485,20 @@ pub async fn plan(
                 metadata.insert("namespace".into(), Value::String(key.namespace.clone()));
             }
         } else {
-            // kubectl ignores a namespace on a cluster-scoped object; so do we.
+            // A cluster-scoped object is in no namespace. The application's own is dropped, as
+            // kubectl drops it (charts and kustomize's `namespace:` set it everywhere); another
+            // one means the writer took the kind for a namespaced one.
+            if !key.namespace.is_empty() && key.namespace != options.namespace {
+                errors.push(PlanError {
+                    key: Some(object.key.clone()),
+                    origin: Some(object.origin.clone()),
+                    message: format!(
+                        "{} is cluster-scoped, but metadata.namespace is {:?}; remove metadata.namespace",
+                        key.kind, key.namespace
+                    ),
+                });
+                continue;
+            }
             key.namespace.clear();
             metadata.remove("namespace");
         }
@@ -636,6 +649,31 @@ pub async fn plan(
         hooks,
         skipped,
     })
+}
+
+/// The first `data` key of a Secret whose value is not base64 (as the API server decodes
+/// it: padded, line breaks ignored).
+fn undecodable_secret_data(key: &ObjectKey, manifest: &Value) -> Option<String> {
+    use base64::Engine;
+    if !(key.group.is_empty() && key.kind == "Secret") {
+        return None;
+    }
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+    );
+    manifest["data"]
+        .as_object()?
+        .iter()
+        .find_map(|(name, value)| {
+            let text: String = value
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !matches!(c, '\r' | '\n'))
+                .collect();
+            engine.decode(text).is_err().then(|| format!("data.{name}"))
+        })
 }
 
 fn cluster_error(key: Option<&ObjectKey>, origin: Option<&Origin>, err: &kube::Error) -> PlanError {
@@ -795,7 +833,18 @@ async fn plan_one(
                 change.diff = render_diff(None, Some(&manifest), &key);
                 return Ok(change);
             }
-            _ => return Err(cluster_error(Some(&key), Some(&origin), &err)),
+            _ => {
+                let mut error = cluster_error(Some(&key), Some(&origin), &err);
+                if error.message.contains("illegal base64 data")
+                    && let Some(field) = undecodable_secret_data(&key, &manifest)
+                {
+                    // The server names a byte offset, not the key; the value stays unsaid.
+                    error.message = format!(
+                        "{field} is not base64; encode it (base64 -w0), or put the plain text under stringData instead"
+                    );
+                }
+                return Err(error);
+            }
         },
     };
     let mut before = live.as_ref().map(diff::normalize);

@@ -148,7 +148,9 @@ pub fn run(
         ));
     }
     if !status.success() {
-        return Err(format!("{name} failed: {}", trim_message(&errors)));
+        // Paths in the private copy mean nothing to the user: make them repository paths.
+        let message = trim_message(&errors).replace(&format!("{}/", cwd.display()), "");
+        return Err(format!("{name} failed: {message}"));
     }
     Ok(output)
 }

@@ -105,7 +105,12 @@ pub fn template(
         args.push("--api-versions".to_string());
         args.push(api.clone());
     }
-    external::run(program, &args, &root, &snapshot.home()?, limits)
+    // Helm's hint names a flag of its own, which tether does not take.
+    external::run(program, &args, &root, &snapshot.home()?, limits).map_err(|message| {
+        message
+            .replace("\n  Use --debug flag to render out invalid YAML", "")
+            .replace("Use --debug flag to render out invalid YAML", "")
+    })
 }
 
 /// Resolves `chart` in the repository's index and downloads it (cached by URL and version,

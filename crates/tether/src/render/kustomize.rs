@@ -80,12 +80,21 @@ fn check_dir(
         .read(&file, max_file_bytes)
         .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&bytes);
-    let doc: Value =
-        serde_saphyr::from_str(&text).map_err(|e| format!("{file}: invalid YAML: {e}"))?;
+    let doc: Value = super::yaml::parse_documents(&text, &Default::default())
+        .map_err(|e| {
+            format!(
+                "{file}:{}:{}: invalid YAML: {}",
+                e.line, e.column, e.message
+            )
+        })?
+        .into_iter()
+        .next()
+        .map(|d| d.value)
+        .unwrap_or_default();
     if doc.get("helmCharts").is_some() && !options.enable_helm {
         return Err(format!("{file}: helmCharts need --kustomize-enable-helm"));
     }
-    for reference in references(&doc) {
+    for (field, reference) in references(&doc) {
         let reference = reference.trim();
         if reference.is_empty() {
             continue;
@@ -95,12 +104,12 @@ fn check_dir(
                 continue;
             }
             return Err(format!(
-                "{file}: remote base {reference:?} is refused; vendor it into the repository or pass --kustomize-allow-remote"
+                "{file}: {field}: remote base {reference:?} is refused; vendor it into the repository or pass --kustomize-allow-remote"
             ));
         }
         let Some(resolved) = inside(dir, reference) else {
             return Err(format!(
-                "{file}: {reference:?} leaves the repository; tether reads nothing outside it"
+                "{file}: {field}: {reference:?} leaves the repository; tether reads nothing outside it"
             ));
         };
         if matches!(tree.entry_kind(&resolved), Some(None)) {
@@ -110,13 +119,13 @@ fn check_dir(
     Ok(())
 }
 
-/// Every path-like string a kustomization names.
-fn references(doc: &Value) -> Vec<String> {
+/// Every path-like string a kustomization names, with the field that names it.
+fn references(doc: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let strings = |value: &Value, out: &mut Vec<String>| {
+    let strings = |field: &str, value: &Value, out: &mut Vec<(String, String)>| {
         for item in value.as_array().into_iter().flatten() {
             if let Some(s) = item.as_str() {
-                out.push(s.to_string());
+                out.push((field.to_string(), s.to_string()));
             }
         }
     };
@@ -130,12 +139,12 @@ fn references(doc: &Value) -> Vec<String> {
         "generators",
         "validators",
     ] {
-        strings(&doc[field], &mut out);
+        strings(field, &doc[field], &mut out);
     }
     for field in ["patches", "patchesJson6902", "replacements"] {
         for item in doc[field].as_array().into_iter().flatten() {
             if let Some(path) = item["path"].as_str() {
-                out.push(path.to_string());
+                out.push((format!("{field}[].path"), path.to_string()));
             }
         }
     }
@@ -145,17 +154,18 @@ fn references(doc: &Value) -> Vec<String> {
                 for item in generator[key].as_array().into_iter().flatten() {
                     if let Some(s) = item.as_str() {
                         // `key=path` names the key explicitly.
-                        out.push(s.rsplit_once('=').map(|(_, p)| p).unwrap_or(s).to_string());
+                        let path = s.rsplit_once('=').map(|(_, p)| p).unwrap_or(s);
+                        out.push((format!("{field}[].{key}"), path.to_string()));
                     }
                 }
             }
             if let Some(env) = generator["env"].as_str() {
-                out.push(env.to_string());
+                out.push((format!("{field}[].env"), env.to_string()));
             }
         }
     }
     if let Some(path) = doc["openapi"]["path"].as_str() {
-        out.push(path.to_string());
+        out.push(("openapi.path".into(), path.to_string()));
     }
     out
 }

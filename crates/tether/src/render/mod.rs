@@ -150,6 +150,8 @@ pub enum Problem {
     PathNotFound { path: String, tree: String },
     #[error("{path}: is a file, not a folder; give --path the folder that holds the manifests")]
     PathNotAFolder { path: String },
+    #[error("{path}: is a symlink to {target:?}; give --path the folder it points to")]
+    PathIsSymlink { path: String, target: String },
     #[error("{file}:{line}:{column}: invalid YAML: {message}")]
     Yaml {
         file: String,
@@ -234,7 +236,7 @@ pub fn render_plain(
             return Err(Problems(vec![Problem::PathNotFound { path, tree }]));
         }
         Err(TreeError::NotADirectory { path, .. }) => {
-            return Err(Problems(vec![Problem::PathNotAFolder { path }]));
+            return Err(Problems(vec![path_not_a_folder(tree, path)]));
         }
         Err(other) => return Err(Problems(vec![Problem::Tree(other.to_string())])),
     };
@@ -537,6 +539,22 @@ fn finish(
     }
 }
 
+/// `--path` names a file, or a symlink (one that leaves the repository is an escape).
+fn path_not_a_folder(tree: &dyn Tree, path: String) -> Problem {
+    if tree.entry_kind(&path) != Some(Some(EntryKind::Symlink)) {
+        return Problem::PathNotAFolder { path };
+    }
+    let target = tree
+        .read(&path, 4096)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    if join_within(parent(&path), &target).is_none() {
+        Problem::SymlinkEscapes { file: path, target }
+    } else {
+        Problem::PathIsSymlink { path, target }
+    }
+}
+
 fn is_manifest(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     MANIFEST_EXTENSIONS.iter().any(|ext| lower.ends_with(ext))
@@ -636,7 +654,8 @@ fn parse_stream(
         Ok(documents) => documents,
         Err(err) => {
             problems.push(Problem::Yaml {
-                file: file.to_string(),
+                // Helm's output: the template the broken document came from.
+                file: file_at(err.line),
                 line: err.line,
                 column: err.column,
                 message: err.message,

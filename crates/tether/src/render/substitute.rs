@@ -23,6 +23,7 @@ pub fn substitute(text: &str, vars: &Vars) -> Result<String, Vec<Unset>> {
     let bytes = text.as_bytes();
     let mut i = 0;
     let mut line = 1u64;
+    let mut close = Close::Unknown;
     while i < bytes.len() {
         let c = bytes[i];
         if c == b'\n' {
@@ -36,7 +37,8 @@ pub fn substitute(text: &str, vars: &Vars) -> Result<String, Vec<Unset>> {
         }
         if c == b'$'
             && bytes.get(i + 1) == Some(&b'{')
-            && let Some((name, default, end)) = parse_reference(&text[i + 2..])
+            && let Some((name, default, end)) =
+                parse_reference(&text[i + 2..], close.next(text, i + 2))
         {
             match (vars.get(name), default) {
                 (Some(value), _) => out.push_str(value),
@@ -72,8 +74,37 @@ fn utf8_len(first: u8) -> usize {
     }
 }
 
-/// Parses `NAME}` or `NAME:=default}` at the start of `rest`: (name, default, bytes consumed).
-fn parse_reference(rest: &str) -> Option<(&str, Option<&str>, usize)> {
+/// Where the next `}` or newline is: found once, then reused by every `${` before it.
+/// Searching again for each `${` made a line of unclosed `${A:=` quadratic (a 50 KB file
+/// took half a minute), so one hostile file could stall a render.
+enum Close {
+    Unknown,
+    At(usize),
+    Nowhere,
+}
+
+impl Close {
+    /// The offset, relative to `from`, of the first `}` or newline at or after `from`.
+    fn next(&mut self, text: &str, from: usize) -> Option<usize> {
+        let at = match *self {
+            Close::Nowhere => return None,
+            Close::At(at) if at >= from => at,
+            _ => match text[from..].find(['}', '\n']) {
+                Some(offset) => from + offset,
+                None => {
+                    *self = Close::Nowhere;
+                    return None;
+                }
+            },
+        };
+        *self = Close::At(at);
+        Some(at - from)
+    }
+}
+
+/// Parses `NAME}` or `NAME:=default}` at the start of `rest`, whose first `}` or newline is
+/// at `close`: (name, default, bytes consumed).
+fn parse_reference(rest: &str, close: Option<usize>) -> Option<(&str, Option<&str>, usize)> {
     let name_end = rest
         .char_indices()
         .find(|(i, c)| !(c.is_ascii_alphabetic() || *c == '_' || (*i > 0 && c.is_ascii_digit())))
@@ -86,16 +117,10 @@ fn parse_reference(rest: &str) -> Option<(&str, Option<&str>, usize)> {
     if after.starts_with('}') {
         return Some((name, None, name_end + 1));
     }
-    let default_and_more = after.strip_prefix(":=")?;
-    let close = default_and_more.find(['}', '\n'])?;
-    if default_and_more.as_bytes()[close] != b'}' {
-        return None;
-    }
-    Some((
-        name,
-        Some(&default_and_more[..close]),
-        name_end + 2 + close + 1,
-    ))
+    after.strip_prefix(":=")?;
+    // A default runs to the first `}`; a newline first means this is no reference.
+    let close = close.filter(|&at| rest.as_bytes()[at] == b'}')?;
+    Some((name, Some(rest.get(name_end + 2..close)?), close + 1))
 }
 
 /// Reads `KEY=VALUE` lines (blank lines and `#` comments skipped), as in a dotenv file.

@@ -71,7 +71,7 @@ pub fn parse_documents(text: &str, limits: &YamlLimits) -> Result<Vec<Document>,
             ParseError {
                 line,
                 column,
-                message: first_line(&err.to_string()),
+                message: describe(&err, limits),
             }
         })?;
     Ok(docs
@@ -89,10 +89,70 @@ pub fn parse_documents(text: &str, limits: &YamlLimits) -> Result<Vec<Document>,
         .collect())
 }
 
-/// serde-saphyr's messages can carry a source snippet; keep the message itself.
-fn first_line(message: &str) -> String {
-    let line = message.lines().next().unwrap_or(message).trim();
-    line.strip_prefix("error: ").unwrap_or(line).to_string()
+/// What went wrong, for a user: the limits a hostile file breaks and the mistakes people
+/// make are named with what to do; anything else is the parser's own first line, without
+/// the position (the caller prints it as `file:line:column`).
+fn describe(err: &serde_saphyr::Error, limits: &YamlLimits) -> String {
+    use serde_saphyr::Error as E;
+    use serde_saphyr::budget::BudgetBreach;
+    let mut inner = err.without_snippet();
+    while let E::AliasError { error, .. } = inner {
+        inner = error.without_snippet();
+    }
+    match inner {
+        E::DuplicateMappingKey { key, .. } => {
+            let key = key
+                .as_deref()
+                .map(|k| format!(" {k:?}"))
+                .unwrap_or_default();
+            return format!(
+                "duplicate key{key}: a key may appear once in a mapping; remove or rename one"
+            );
+        }
+        E::AliasReplayLimitExceeded { .. }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayStackDepthExceeded { .. }
+        | E::Budget {
+            breach: BudgetBreach::Aliases { .. } | BudgetBreach::AliasAnchorRatio { .. },
+            ..
+        } => {
+            return format!(
+                "aliases (*name) expand to more than {} nodes or {} uses (a YAML bomb?); write the values out instead",
+                limits.max_replayed_events, limits.max_aliases
+            );
+        }
+        E::Budget {
+            breach: BudgetBreach::Depth { depth },
+            ..
+        } => {
+            return format!(
+                "nested more than {} levels deep; no Kubernetes object needs that (a nesting bomb?)",
+                depth.saturating_sub(1)
+            );
+        }
+        E::Budget { breach, .. } => {
+            return format!("too large to read safely ({breach:?}); split the file");
+        }
+        _ => {}
+    }
+    let text = err.to_string();
+    let line = text.lines().next().unwrap_or(&text).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    // "… at line 6, column 10" repeats the position the caller prints.
+    let line = match line.rfind(" at line ") {
+        Some(at) if at > 0 && line[at..].contains(", column ") => &line[..at],
+        _ => line,
+    };
+    if line.contains("recursion limit exceeded") {
+        return format!(
+            "brackets nested more than {} levels deep; no Kubernetes object needs that (a nesting bomb?)",
+            limits.max_depth
+        );
+    }
+    if line.contains("\\u{0}") {
+        return "a NUL byte, which YAML does not allow (a binary file?); remove it".into();
+    }
+    line.to_string()
 }
 
 #[cfg(test)]
@@ -156,6 +216,32 @@ mod tests {
         let err = parse_err("metadata:\n  name: a\n  name: b\n");
         assert_eq!(err.line, 3, "{err:?}");
         assert!(err.message.to_lowercase().contains("duplicate"), "{err:?}");
+    }
+
+    #[test]
+    fn hostile_and_mistaken_input_is_described_with_what_to_do() {
+        let err = parse_err("metadata:\n  name: a\n  name: b\n");
+        assert_eq!(
+            err.message,
+            "duplicate key \"name\": a key may appear once in a mapping; remove or rename one"
+        );
+        let deep: String = (1..=100)
+            .map(|d| format!("{}k:\n", " ".repeat(d)))
+            .collect();
+        assert!(
+            parse_err(&format!("a:\n{deep}"))
+                .message
+                .starts_with("nested more than 64 levels deep"),
+        );
+        let brackets = format!("a: {}{}\n", "[".repeat(500), "]".repeat(500));
+        assert!(
+            parse_err(&brackets)
+                .message
+                .starts_with("brackets nested more than 100 levels deep")
+        );
+        assert!(parse_err("a: x\0y\n").message.starts_with("a NUL byte"));
+        let err = parse_err("a: [1, 2\n");
+        assert!(!err.message.contains(" at line "), "said once: {err:?}");
     }
 
     #[test]

@@ -124,6 +124,10 @@ pub enum Error {
     Unreachable { url: String, reason: String },
     #[error("{url}: no answer within {seconds} s; check the network or raise --git-timeout")]
     Timeout { url: String, seconds: u64 },
+    #[error(
+        "{url}: the Git server answered {status}; it is up but failing: check its logs, or retry later"
+    )]
+    ServerError { url: String, status: String },
     #[error("{url}: authentication failed: {reason}")]
     Auth { url: String, reason: String },
     #[error(
@@ -215,6 +219,7 @@ impl GitSource {
         // One fetch at a time per repository: concurrent fetches would race on packs and refs.
         lock.lock()
             .map_err(|e| cache_err(format!("cannot lock: {e}")))?;
+        remove_stale_locks(&cache);
 
         // ssh writes why it failed (host key, auth) to its stderr: keep it to explain errors.
         let ssh_stderr = cache.with_extension("ssh-stderr");
@@ -252,6 +257,36 @@ impl GitSource {
             .map_err(|e| session.git_err(e))?;
         drop(lock);
         Ok((revision, tree, stats))
+    }
+}
+
+/// Removes the lock files (`shallow.lock`, `packed-refs.lock`, `refs/…/x.lock`) that a
+/// process killed in the middle of a fetch left in the cached repository `dir`. Only called
+/// while holding the repository's exclusive lock, so no live fetch owns them; without this,
+/// every later fetch failed with "File exists" until someone removed them by hand.
+fn remove_stale_locks(dir: &Path) {
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && (folder != dir || entry.file_name() == "refs") {
+                folders.push(path);
+            } else if !is_dir && path.extension().is_some_and(|e| e == "lock") {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::warn!(
+                        path = %path.display(),
+                        "removed a lock file that an interrupted fetch left behind"
+                    ),
+                    Err(err) => {
+                        tracing::debug!(path = %path.display(), %err, "cannot remove a stale lock")
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -582,7 +617,19 @@ impl Session<'_> {
         }
         match commit {
             Some(commit) => {
-                let received = self.fetch_one(repo, &fetch_src, Some(1))?;
+                let received = self
+                    .fetch_one(repo, &fetch_src, Some(1))
+                    .map_err(|err| match err {
+                        // upload-pack's words for a commit id it does not have.
+                        Error::Git { reason, .. } if reason.contains("not our ref") => {
+                            Error::RefNotFound {
+                                url: self.display_url.to_string(),
+                                spec: format!("commit {commit}"),
+                                available: " on the server; check --ref (a commit must be on a branch or tag the server has)".into(),
+                            }
+                        }
+                        other => other,
+                    })?;
                 stats.objects_received = received;
                 Ok((commit, from_ref, stats))
             }
@@ -977,6 +1024,9 @@ impl Session<'_> {
                 reason: deepest,
             };
         }
+        if let Some(status) = http_server_error(&text) {
+            return Error::ServerError { url, status };
+        }
         if err.can_retry()
             || matches!(
                 io_kind,
@@ -998,6 +1048,14 @@ impl Session<'_> {
         }
         Error::Git { url, reason: text }
     }
+}
+
+/// "500 Internal Server Error" when an HTTP Git server answered with a 5xx status (reqwest
+/// says "HTTP status server error (500 Internal Server Error) for url (…)").
+fn http_server_error(text: &str) -> Option<String> {
+    let (_, rest) = text.split_once("HTTP status server error (")?;
+    let status = rest.split_once(')').map_or(rest, |(status, _)| status);
+    Some(status.to_string())
 }
 
 /// The last ref listing per URL, with when it was taken.
@@ -1301,6 +1359,19 @@ mod tests {
             url
         ));
         assert!(says_404("http 404 not found", "https://h/r"));
+    }
+
+    #[test]
+    fn a_5xx_answer_is_a_failing_server_not_an_unreachable_one() {
+        assert_eq!(
+            http_server_error(
+                "An IO error occurred when talking to the server: HTTP status server error \
+                 (503 Service Unavailable) for url (http://h/r/info/refs?service=git-upload-pack)"
+            )
+            .as_deref(),
+            Some("503 Service Unavailable")
+        );
+        assert_eq!(http_server_error("connection refused (os error 111)"), None);
     }
 
     #[test]

@@ -141,8 +141,11 @@ impl SemverRange {
             if comparators.is_empty() {
                 return Err("an empty range; write one like \">=1.2.0 <2\"".into());
             }
-            let req = semver::VersionReq::parse(&comparators.join(", "))
-                .map_err(|err| format!("not a semver range: {err}"))?;
+            let req = semver::VersionReq::parse(&comparators.join(", ")).map_err(|err| {
+                format!(
+                    "not a semver range: {err}; write one like \">=1.2.0 <2\", \"^1.4\" or \"~2.0\""
+                )
+            })?;
             any_of.push(req);
         }
         Ok(Self {

@@ -30,7 +30,7 @@ pub enum TreeError {
     #[error("{path}: is not a directory in {tree}")]
     NotADirectory { path: String, tree: String },
     #[error(
-        "{path}: {size} bytes is above the limit of {limit} bytes; split the file or raise the limit"
+        "{path}: {size} bytes is above the limit of {limit} bytes per file; split it into smaller files"
     )]
     TooLarge { path: String, size: u64, limit: u64 },
     #[error("{path}: cannot read: {reason}")]
@@ -122,9 +122,14 @@ impl DirTree {
         for entry in std::fs::read_dir(dir).map_err(read_err)? {
             let entry = entry.map_err(read_err)?;
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                let name = entry.file_name().to_string_lossy().into_owned();
                 return Err(TreeError::Read {
-                    path: format!("{rel}/{}", entry.file_name().to_string_lossy()),
-                    reason: "the file name is not valid UTF-8".into(),
+                    path: if rel.is_empty() {
+                        name
+                    } else {
+                        format!("{rel}/{name}")
+                    },
+                    reason: "the file name is not valid UTF-8; rename it".into(),
                 });
             };
             if name == ".git" {

@@ -109,6 +109,28 @@ pub async fn within_10_s<F: std::future::Future<Output = bool>>(
     }
 }
 
+/// The Ready condition's status and message.
+pub fn ready(app: &Application) -> Option<(String, String)> {
+    let condition = app
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((condition.status.clone(), condition.message.clone()))
+}
+
+/// Asks the agent to sync Application `name` now (as `tether sync` does).
+pub async fn request_sync(apps: &Api<Application>, name: &str) {
+    apps.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(tether::agent::application::actions::sync()),
+    )
+    .await
+    .expect("sync requested");
+}
+
 pub fn applied(app: &Application) -> Option<&str> {
     app.status.as_ref()?.last_applied_revision.as_deref()
 }

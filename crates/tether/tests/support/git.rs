@@ -6,11 +6,9 @@
 //! and Debian's `sshd` (key auth), each on a free port, stopped when dropped.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 /// Runs a program and returns its stdout; panics with its stderr when it fails.
 pub fn run(program: &str, args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> String {
@@ -250,20 +248,6 @@ impl GpgKey {
 /// fails or panics (see [`super::ProcessGroup`]).
 type Server = super::ProcessGroup;
 
-fn wait_for_port(port: u16, what: &str, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited with {status} before listening on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("{what} did not listen on port {port} within 15 s");
-}
-
 /// `git daemon` exporting every repository under `root`.
 pub struct GitDaemon {
     pub port: u16,
@@ -290,7 +274,7 @@ impl GitDaemon {
             .process_group(0)
             .spawn()
             .expect("git daemon starts");
-        wait_for_port(port, "git daemon", &mut child);
+        super::wait_for_port(port, "git daemon", &mut child);
         Self {
             port,
             _server: Server::new(child),
@@ -467,7 +451,7 @@ impl SshGitServer {
             .process_group(0)
             .spawn()
             .expect("sshd starts (install openssh-server)");
-        wait_for_port(port, "sshd", &mut child);
+        super::wait_for_port(port, "sshd", &mut child);
         let user = run("id", &["-un"], dir, &[]);
         Self {
             port,

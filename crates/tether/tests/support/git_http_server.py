@@ -3,6 +3,8 @@
 
 Usage: git_http_server.py ROOT [--user U --password-file F] [--cert C --key K]
 Prints `ready PORT` on stdout once it listens, then serves until killed. Standard library only.
+While a file ROOT/.fail-with exists, every request is answered with the HTTP status it holds
+(e.g. 500): a Git server that is up but failing.
 """
 
 import argparse
@@ -42,6 +44,16 @@ def main() -> None:
             self.serve()
 
         def serve(self):
+            failing = os.path.join(args.root, ".fail-with")
+            if os.path.exists(failing):
+                with open(failing) as handle:
+                    code = int(handle.read().strip() or "500")
+                body = b"the server is failing on purpose\n"
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             if expected is not None:
                 given = self.headers.get("Authorization", "")
                 if not hmac.compare_digest(given.encode(), expected.encode()):

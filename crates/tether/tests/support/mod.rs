@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod git;
+pub mod toxiproxy;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -45,6 +46,22 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("loopback is available")
         .port()
+}
+
+/// Waits until something listens on `port`; fails the test if `child` exits first or
+/// nothing listens within 15 s.
+pub fn wait_for_port(port: u16, what: &str, child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status} before listening on port {port}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("{what} did not listen on port {port} within 15 s");
 }
 
 /// A name no other test (or earlier run) uses: `prefix-<pid>-<time>-<n>`.
@@ -123,7 +140,10 @@ where
 /// A program testenv built (kubectl, helm, kustomize): `$TETHER_TEST_<NAME>` when set
 /// (make test sets them), else asked from testenv (which builds it when missing).
 pub fn tool(name: &str) -> PathBuf {
-    let var = format!("TETHER_TEST_{}", name.to_ascii_uppercase());
+    let var = format!(
+        "TETHER_TEST_{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    );
     if let Some(path) = std::env::var_os(&var).filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
