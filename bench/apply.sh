@@ -2,20 +2,33 @@
 # Benchmark: apply N Deployments + N Services (default 1,000 each) to the local testenv
 # cluster with tether and, side by side in the same run, with
 # `kubectl apply --server-side --applyset=... --prune` (the built kubectl, same version as
-# the server); then a second, no-op tether apply, counting its writes.
-# Wall time and peak RSS from /usr/bin/time. Writes bench/reports/apply-<date>.md.
-# Not part of `make test`: run `make bench-apply`.
+# the server): a cold apply, then a second, no-op one. At each round-trip latency in
+# LATENCIES (default "0 2 20" ms) between the clients and the API server: 0 is direct, the
+# others go through Toxiproxy (built by testenv) with half the latency on each direction,
+# and the round trip it adds is measured. For each run: wall time and peak RSS
+# (/usr/bin/time), the writes and requests the API server counted (apiserver_request_total,
+# dry-runs apart), and the CPU seconds the API server and etcd used, so a reader sees when
+# the server, not the client, is the bound. Writes bench/reports/apply-<date>.md.
+# Not part of `make test`: run `make bench-apply` (N=…, LATENCIES=… to change the size).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-1000}
+LATENCIES=${LATENCIES:-0 2 20}
 testenv() { python3 testenv/testenv.py "$@"; }
 cargo build --release --locked --quiet --bin tether
 tether=$PWD/target/release/tether
 testenv up
 export KUBECONFIG; KUBECONFIG="$(testenv env | sed 's/^export KUBECONFIG=//')"
 kubectl=$(testenv bin kubectl)
+toxiproxy=$(testenv bin toxiproxy-server)
+state=$(dirname "$KUBECONFIG")/state.json
 work=$(mktemp -d /tmp/tether-bench-apply.XXXXXX)
-trap 'rm -rf "$work"; "$kubectl" delete ns bench-tether bench-kubectl --ignore-not-found --wait=false >/dev/null 2>&1 || true' EXIT
+proxy_pid=
+cleanup() {
+  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 echo "generating $N Deployments and $N Services ..." >&2
 python3 - "$work/manifests" "$N" <<'PY'
@@ -54,23 +67,130 @@ spec:
     targetPort: 8080
 """)
 PY
-for ns in bench-tether bench-kubectl; do
-  "$kubectl" delete ns "$ns" --ignore-not-found --wait=true >/dev/null
-  "$kubectl" create ns "$ns" >/dev/null
-done
 
-measure() { # prints "seconds max_rss_kib"
-  /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/out" 2>"$work/err" || { tail -20 "$work/err" >&2; exit 1; }
-  cat "$work/time"
+# Toxiproxy in front of the API server (its certificate names 127.0.0.1, so TLS verifies).
+api_port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ports"]["apiserver"])' "$state")
+toxi_api=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$toxiproxy" -host 127.0.0.1 -port "$toxi_api" >"$work/toxiproxy.log" 2>&1 &
+proxy_pid=$!
+toxi() { # METHOD PATH [JSON]
+  python3 - "$toxi_api" "$@" <<'PY'
+import json, sys, time, urllib.request
+port, method, path = sys.argv[1], sys.argv[2], sys.argv[3]
+body = sys.argv[4].encode() if len(sys.argv) > 4 else None
+for attempt in range(50):
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+        break
+    except (ConnectionRefusedError, urllib.error.URLError) as err:
+        if getattr(err, "code", None):
+            raise
+        time.sleep(0.1)
+PY
 }
-read -r tether_s tether_kb < <(measure "$tether" apply --path "$work/manifests" --app bench -n bench-tether -o json)
-tether_writes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["writes"])' "$work/out")
-read -r kubectl_s kubectl_kb < <(measure env KUBECTL_APPLYSET=true "$kubectl" apply --server-side --prune \
-  --applyset=secret/bench -n bench-kubectl -f "$work/manifests")
-read -r noop_s noop_kb < <(measure "$tether" apply --path "$work/manifests" --app bench -n bench-tether -o json)
-noop_writes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["writes"])' "$work/out")
-read -r kubectl_noop_s kubectl_noop_kb < <(measure env KUBECTL_APPLYSET=true "$kubectl" apply --server-side --prune \
-  --applyset=secret/bench -n bench-kubectl -f "$work/manifests")
+proxy_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+toxi POST /proxies "{\"name\":\"api\",\"listen\":\"127.0.0.1:$proxy_port\",\"upstream\":\"127.0.0.1:$api_port\"}"
+sed "s#https://127.0.0.1:$api_port#https://127.0.0.1:$proxy_port#" "$KUBECONFIG" > "$work/kubeconfig-proxied"
+
+# The round trip a client sees: the median of 30 GET /version on one TLS connection.
+round_trip() { # KUBECONFIG
+  python3 - "$1" "$work" <<'PY'
+import base64, http.client, json, ssl, statistics, sys, time, urllib.parse
+config = json.load(open(sys.argv[1]))
+work = sys.argv[2]
+cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+for name, key in [("ca", cluster["certificate-authority-data"]), ("crt", user["client-certificate-data"]),
+                  ("key", user["client-key-data"])]:
+    open(f"{work}/rtt.{name}", "wb").write(base64.b64decode(key))
+context = ssl.create_default_context(cafile=f"{work}/rtt.ca")
+context.load_cert_chain(f"{work}/rtt.crt", f"{work}/rtt.key")
+url = urllib.parse.urlparse(cluster["server"])
+conn = http.client.HTTPSConnection(url.hostname, url.port, context=context)
+times = []
+for _ in range(31):
+    start = time.perf_counter()
+    conn.request("GET", "/version")
+    conn.getresponse().read()
+    times.append(time.perf_counter() - start)
+print(f"{statistics.median(times[1:]) * 1000:.1f}")
+PY
+}
+
+cpu_seconds() { # the API server's and etcd's user+system CPU seconds so far
+  python3 - "$state" <<'PY'
+import json, os, sys
+state = json.load(open(sys.argv[1]))
+tick = os.sysconf("SC_CLK_TCK")
+total = []
+for name in ["kube-apiserver", "etcd"]:
+    fields = open(f"/proc/{state['processes'][name]['pid']}/stat").read().rsplit(")", 1)[1].split()
+    total.append((int(fields[11]) + int(fields[12])) / tick)
+print(" ".join(f"{t:.2f}" for t in total))
+PY
+}
+
+requests() { # writes (not dry-run) and all requests the API server has counted so far
+  "$kubectl" get --raw /metrics | python3 -c '
+import re, sys
+writes = total = 0
+for line in sys.stdin:
+    if not line.startswith("apiserver_request_total{"):
+        continue
+    labels, value = line.rsplit(" ", 1)
+    count = float(value)
+    total += count
+    verb = re.search(r"verb=\"([A-Z]+)\"", labels).group(1)
+    dry = re.search(r"dry_run=\"([^\"]*)\"", labels)
+    if verb in ("POST", "PUT", "PATCH", "APPLY", "DELETE") and not (dry and dry.group(1)):
+        writes += count
+print(int(writes), int(total))'
+}
+
+measure() { # NAME COMMAND...: appends one row of figures to $work/rows
+  local name=$1; shift
+  read -r api_before etcd_before < <(cpu_seconds)
+  read -r writes_before total_before < <(requests)
+  /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/out" 2>"$work/err" || { tail -20 "$work/err" >&2; exit 1; }
+  read -r api_after etcd_after < <(cpu_seconds)
+  read -r writes_after total_after < <(requests)
+  read -r seconds rss_kb < "$work/time"
+  # The metrics read itself is one GET: not the tool's.
+  echo "$name|$seconds|$((rss_kb / 1024))|$((writes_after - writes_before))|$((total_after - total_before - 1))|$(python3 -c "print(f'{$api_after - $api_before:.1f}')")|$(python3 -c "print(f'{$etcd_after - $etcd_before:.1f}')")" >> "$work/rows"
+  echo "  $name: ${seconds} s" >&2
+}
+
+: > "$work/rows"
+declare -A rtt
+for latency in $LATENCIES; do
+  toxi DELETE /proxies/api/toxics/up >/dev/null 2>&1 || true
+  toxi DELETE /proxies/api/toxics/down >/dev/null 2>&1 || true
+  if [ "$latency" = 0 ]; then
+    config=$KUBECONFIG
+  else
+    config=$work/kubeconfig-proxied
+    half=$(python3 -c "print($latency / 2)")
+    for stream in up down; do
+      toxi POST /proxies/api/toxics "{\"name\":\"$stream\",\"type\":\"latency\",\"stream\":\"${stream}stream\",\"attributes\":{\"latency\":$half}}"
+    done
+  fi
+  rtt[$latency]=$(round_trip "$config")
+  echo "latency $latency ms: round trip to the API server ${rtt[$latency]} ms" >&2
+  for ns in "bench-tether-$latency" "bench-kubectl-$latency"; do
+    "$kubectl" delete ns "$ns" --ignore-not-found --wait=true >/dev/null
+    "$kubectl" create ns "$ns" >/dev/null
+  done
+  measure "$latency|tether apply (cold)" "$tether" --kubeconfig "$config" apply --path "$work/manifests" --app bench -n "bench-tether-$latency" -o json
+  measure "$latency|kubectl apply (cold)" env KUBECTL_APPLYSET=true "$kubectl" --kubeconfig "$config" apply --server-side --prune \
+    --applyset=secret/bench -n "bench-kubectl-$latency" -f "$work/manifests"
+  measure "$latency|tether apply (no-op)" "$tether" --kubeconfig "$config" apply --path "$work/manifests" --app bench -n "bench-tether-$latency" -o json
+  measure "$latency|kubectl apply (no-op)" env KUBECTL_APPLYSET=true "$kubectl" --kubeconfig "$config" apply --server-side --prune \
+    --applyset=secret/bench -n "bench-kubectl-$latency" -f "$work/manifests"
+  for ns in "bench-tether-$latency" "bench-kubectl-$latency"; do
+    "$kubectl" delete ns "$ns" --wait=true >/dev/null
+  done
+done
 
 mkdir -p bench/reports
 report=bench/reports/apply-$(date -u +%Y-%m-%d).md
@@ -79,15 +199,28 @@ report=bench/reports/apply-$(date -u +%Y-%m-%d).md
   echo
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB;"
   echo "cluster: testenv (kube-apiserver $("$kubectl" version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), etcd, controllers, kwok), on the same machine;"
-  echo "tether $(git rev-parse --short HEAD) (release build, --concurrency 16); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])'). One run each, same manifests, separate namespaces."
+  echo "tether $(git rev-parse --short HEAD) (release build, --concurrency 16); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side --applyset --prune\`)."
+  echo "Latency: Toxiproxy $("$toxiproxy" -version | awk '{print $NF}') between the client and the API server, half of it on each direction; 0 ms is a direct connection."
+  echo "One run each, same manifests, separate namespaces (deleted after each latency). Writes and requests: the API server's"
+  echo "apiserver_request_total (writes: POST, PUT, PATCH, APPLY, DELETE without dry-run). CPU: user + system seconds"
+  echo "of kube-apiserver and etcd during the run."
   echo
-  echo "| what | wall s | peak RSS MiB | writes |"
-  echo "|---|---|---|---|"
-  echo "| tether apply (cold: creates $((2 * N)) objects) | $tether_s | $((tether_kb / 1024)) | $tether_writes |"
-  echo "| kubectl apply --server-side --applyset --prune (cold) | $kubectl_s | $((kubectl_kb / 1024)) | n/a |"
-  echo "| tether apply, second time (no-op) | $noop_s | $((noop_kb / 1024)) | $noop_writes |"
-  echo "| kubectl apply, second time | $kubectl_noop_s | $((kubectl_noop_kb / 1024)) | n/a |"
+  echo "| latency (measured round trip) | what | wall s | peak RSS MiB | writes | requests | API server CPU s | etcd CPU s |"
+  echo "|---|---|---|---|---|---|---|---|"
+  while IFS='|' read -r latency what seconds rss writes total api etcd; do
+    echo "| $latency ms (${rtt[$latency]} ms) | $what | $seconds | $rss | $writes | $total | $api | $etcd |"
+  done < "$work/rows"
   echo
-  python3 -c "import sys; print(f'Cold apply: kubectl / tether = {float(sys.argv[2]) / float(sys.argv[1]):.1f}x')" "$tether_s" "$kubectl_s"
+  python3 - "$work/rows" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    latency, what, seconds, *_ = line.strip().split("|")
+    rows[(latency, what)] = float(seconds)
+for latency in dict.fromkeys(k[0] for k in rows):
+    for kind in ["cold", "no-op"]:
+        t, k = rows[(latency, f"tether apply ({kind})")], rows[(latency, f"kubectl apply ({kind})")]
+        print(f"- {latency} ms, {kind}: kubectl / tether = {k / t:.1f}x")
+PY
 } > "$report"
 cat "$report"

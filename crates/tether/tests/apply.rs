@@ -924,3 +924,127 @@ async fn kustomize_and_helm_output_applies_without_false_drift() {
         actions(&again)
     );
 }
+
+/// The server-side dry-runs (APPLY with dryRun) the API server counted for one resource.
+fn dry_runs_of(group: &str, resource: &str) -> u64 {
+    let out = support::kubectl(&["get", "--raw", "/metrics"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| {
+            l.contains(&format!("group=\"{group}\""))
+                && l.contains(&format!("resource=\"{resource}\""))
+                && l.contains("verb=\"APPLY\"")
+                && l.contains("dry_run=\"All\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A no-op plan makes no dry-run for members that already hold what tether would write, and
+/// that shortcut never hides a change: another manager's edit, a field removed from Git, a
+/// quantity the server stores in another form (no false drift either: the dry-run decides).
+#[tokio::test]
+async fn a_no_op_plan_makes_no_dry_runs_and_never_hides_a_change() {
+    let client = cluster().await.client();
+    let group = format!("{}.test.tether.dev", unique_name("noop"));
+    let _crd = support::TestCrd::create(&client, &group, "Widget", "widgets").await;
+    let env = env("apply-noop").await;
+    let widget = |i: u32, label: bool| {
+        let labels = if label { "\n  labels: {tier: web}" } else { "" };
+        format!(
+            "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w-{i:02}{labels}\nspec:\n  size: 1\n  parts: [a, b]\n"
+        )
+    };
+    let files = |removed_label: Option<u32>| {
+        let mut files: Vec<(String, String)> = (0..20)
+            .map(|i| {
+                (
+                    format!("w-{i:02}.yaml"),
+                    widget(i, removed_label != Some(i)),
+                )
+            })
+            .collect();
+        files.push(("deploy.yaml".into(), deployment("web", 1)));
+        files.push((
+            "quantity.yaml".into(),
+            deployment("sized", 1).replace(
+                "image: registry.invalid/sized:1\n",
+                "image: registry.invalid/sized:1\n        resources: {limits: {cpu: \"0.5\"}}\n",
+            ),
+        ));
+        files
+    };
+    fn borrowed(files: &[(String, String)]) -> Vec<(&str, String)> {
+        files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect()
+    }
+    let all = files(None);
+    env.apply(&borrowed(&all)).await;
+
+    // Nothing changed: no widget is dry-run, and nothing is reported changed, not even the
+    // quantity the server stores as 500m (that one is dry-run: its form differs).
+    let before = dry_runs_of(&group, "widgets");
+    let again = env.plan(&borrowed(&all)).await.expect("plan");
+    assert!(!again.has_changes(), "{:?}", actions(&again));
+    assert_eq!(
+        dry_runs_of(&group, "widgets") - before,
+        0,
+        "dry-runs of unchanged widgets"
+    );
+
+    // Another manager changes one widget: only that one is dry-run, and it is shown.
+    let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.ns.name,
+        &kube::api::ApiResource {
+            group: group.clone(),
+            version: "v1".into(),
+            api_version: format!("{group}/v1"),
+            kind: "Widget".into(),
+            plural: "widgets".into(),
+        },
+    );
+    widgets
+        .patch(
+            "w-03",
+            &PatchParams {
+                field_manager: Some("someone-else".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"spec": {"size": 2}})),
+        )
+        .await
+        .expect("another manager's edit");
+    let before = dry_runs_of(&group, "widgets");
+    let planned = env.plan(&borrowed(&all)).await.expect("plan");
+    let changed: Vec<_> = planned
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Unchanged)
+        .map(|c| c.key.name.clone())
+        .collect();
+    assert_eq!(changed, ["w-03"], "{:?}", actions(&planned));
+    // Its field is now someone else's: a dry-run meets the conflict, a forced one shows the
+    // value (two requests, for that object alone).
+    let made = dry_runs_of(&group, "widgets") - before;
+    assert!(
+        (1..=2).contains(&made),
+        "{made} dry-runs for one edited widget"
+    );
+
+    // A label removed from Git (the record differs): shown as an update.
+    let fewer = files(Some(5));
+    let planned = env.plan(&borrowed(&fewer)).await.expect("plan");
+    let change = planned
+        .changes
+        .iter()
+        .find(|c| c.key.name == "w-05")
+        .expect("planned");
+    assert_eq!(change.action, Action::Update, "{}", change.diff);
+    assert!(change.diff.contains("-    tier: web"), "{}", change.diff);
+}

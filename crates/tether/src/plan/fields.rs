@@ -60,6 +60,40 @@ pub fn applied_before(live: &Value, field: &str) -> Option<bool> {
     )
 }
 
+/// Whether applying `desired` to `live` cannot change anything, so that no dry-run is
+/// needed to know it: tether applied exactly these fields last time (the records match; an
+/// object too big to record is never decided here) and the live object holds every value
+/// of `desired` as written. Any doubt answers `false` and the server decides (a dry-run): a
+/// value in another form (`0.5` vs `500m`, `1` vs `1.0`), a field removed from Git (the
+/// records differ), a field someone removed or changed, a list of another length, a
+/// Secret's `stringData` (the server stores `data`).
+pub fn already_applied(desired: &Value, live: &Value) -> bool {
+    let record = |object: &Value| {
+        object["metadata"]["annotations"][APPLIED_FIELDS_ANNOTATION]
+            .as_str()
+            .map(str::to_string)
+    };
+    match (record(desired), record(live)) {
+        (Some(wanted), Some(held)) if wanted == held && wanted != TOO_MANY => {}
+        _ => return false,
+    }
+    holds(live, desired)
+}
+
+/// Whether `live` holds every value of `desired`: maps key by key, lists item by item at
+/// the same length, everything else equal.
+fn holds(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (Value::Object(live), Value::Object(desired)) => desired
+            .iter()
+            .all(|(key, value)| live.get(key).is_some_and(|held| holds(held, value))),
+        (Value::Array(live), Value::Array(desired)) => {
+            live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| holds(l, d))
+        }
+        (live, desired) => live == desired,
+    }
+}
+
 fn digest(path: &str) -> String {
     use sha2::Digest;
     let hash = sha2::Sha256::digest(path.as_bytes());
@@ -145,6 +179,94 @@ fn selector_name(selector: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `manifest` with its record, as the plan sends it.
+    fn recorded(mut manifest: Value) -> Value {
+        let record = record(&manifest);
+        manifest["metadata"]["annotations"][APPLIED_FIELDS_ANNOTATION] = json!(record);
+        manifest
+    }
+
+    #[test]
+    fn an_object_holding_every_applied_value_needs_no_dry_run() {
+        let desired = recorded(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [
+                {"name": "app", "image": "web:1", "resources": {"limits": {"cpu": "500m"}}}
+            ]}}}
+        }));
+        // What the server holds after applying it: defaults and server fields added.
+        let mut live = desired.clone();
+        live["metadata"]["uid"] = json!("u-1");
+        live["metadata"]["resourceVersion"] = json!("42");
+        live["spec"]["strategy"] = json!({"type": "RollingUpdate"});
+        live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] =
+            json!("IfNotPresent");
+        live["status"] = json!({"replicas": 2});
+        assert!(already_applied(&desired, &live));
+
+        // Every doubt goes to the server.
+        let changed = |edit: fn(&mut Value)| {
+            let mut other = live.clone();
+            edit(&mut other);
+            already_applied(&desired, &other)
+        };
+        assert!(
+            !changed(|l| l["spec"]["replicas"] = json!(3)),
+            "a changed value"
+        );
+        assert!(
+            !changed(|l| l["spec"]["replicas"] = json!(2.0)),
+            "another form of it"
+        );
+        assert!(
+            !changed(
+                |l| l["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] =
+                    json!("0.5")
+            ),
+            "a normalised quantity"
+        );
+        assert!(
+            !changed(|l| {
+                l["metadata"]["labels"]
+                    .as_object_mut()
+                    .expect("labels")
+                    .remove("app");
+            }),
+            "a removed field"
+        );
+        assert!(
+            !changed(|l| {
+                let containers = l["spec"]["template"]["spec"]["containers"]
+                    .as_array_mut()
+                    .expect("list");
+                containers.push(json!({"name": "sidecar", "image": "s:1"}));
+            }),
+            "a list of another length"
+        );
+        assert!(
+            !changed(|l| {
+                l["metadata"]["annotations"]
+                    .as_object_mut()
+                    .expect("annotations")
+                    .remove(APPLIED_FIELDS_ANNOTATION);
+            }),
+            "no record (an older tether, or someone removed it)"
+        );
+        // Git dropped a field tether applied before: the records differ.
+        let mut fewer = desired.clone();
+        fewer["metadata"]["labels"] = json!({});
+        let fewer = recorded(fewer);
+        assert!(!already_applied(&fewer, &live));
+        // A Secret written with stringData: the server holds data.
+        let secret = recorded(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s"}, "stringData": {"k": "v"}}));
+        let mut stored = secret.clone();
+        stored.as_object_mut().expect("object").remove("stringData");
+        stored["data"] = json!({"k": "dg=="});
+        assert!(!already_applied(&secret, &stored));
+    }
     use serde_json::json;
 
     #[test]
