@@ -61,12 +61,19 @@ pub fn applied_before(live: &Value, field: &str) -> Option<bool> {
 }
 
 /// Whether applying `desired` to `live` cannot change anything, so that no dry-run is
-/// needed to know it: tether applied exactly these fields last time (the records match; an
-/// object too big to record is never decided here) and the live object holds every value
-/// of `desired` as written. Any doubt answers `false` and the server decides (a dry-run): a
-/// value in another form (`0.5` vs `500m`, `1` vs `1.0`), a field removed from Git (the
-/// records differ), a field someone removed or changed, a list of another length, a
-/// Secret's `stringData` (the server stores `data`).
+/// needed to know it. All of these must hold, else the server decides (a dry-run):
+/// - the record says exactly which fields tether would apply: every list of objects in
+///   `desired` has at most one item or items with distinct names (the record keys list
+///   items by name, so two unnamed items would share their paths and hide a removed key);
+///   an object too big to record never qualifies;
+/// - tether applied exactly these fields last time (the records match);
+/// - nobody else wrote the object's content since: its managedFields hold tether's apply,
+///   status writes, and otherwise only annotations or labels that `desired` does not set
+///   (the Deployment controller's revision annotation). A hand edit leaves its manager
+///   there, so it is always dry-run;
+/// - the live object holds every value of `desired` as written (maps key by key, lists
+///   item by item at the same length): a value in another form (`0.5` vs `500m`, `1` vs
+///   `1.0`), a Secret's `stringData` (the server stores `data`) go to the server.
 pub fn already_applied(desired: &Value, live: &Value) -> bool {
     let record = |object: &Value| {
         object["metadata"]["annotations"][APPLIED_FIELDS_ANNOTATION]
@@ -77,7 +84,78 @@ pub fn already_applied(desired: &Value, live: &Value) -> bool {
         (Some(wanted), Some(held)) if wanted == held && wanted != TOO_MANY => {}
         _ => return false,
     }
-    holds(live, desired)
+    exactly_recorded(desired) && only_tether_wrote(desired, live) && holds(live, desired)
+}
+
+/// Whether the record of `value` names each of its fields apart: no list holds two items
+/// of objects that share a name or have none.
+fn exactly_recorded(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.values().all(exactly_recorded),
+        Value::Array(items) => {
+            let objects = items.iter().filter(|i| i.is_object()).count();
+            let mut names = BTreeSet::new();
+            let named = items
+                .iter()
+                .filter_map(|i| i.get("name").and_then(Value::as_str))
+                .all(|name| names.insert(name));
+            (objects <= 1 || (named && names.len() == items.len()))
+                && items.iter().all(exactly_recorded)
+        }
+        _ => true,
+    }
+}
+
+/// Whether tether's apply is the only write to `live`'s content: every other managedFields
+/// entry is a status write, or owns only annotations or labels that `desired` leaves alone.
+fn only_tether_wrote(desired: &Value, live: &Value) -> bool {
+    let Some(entries) = live["metadata"]["managedFields"].as_array() else {
+        return false;
+    };
+    let mut tether_applied = false;
+    for entry in entries {
+        let subresource = entry["subresource"].as_str().unwrap_or("");
+        if entry["manager"] == super::FIELD_MANAGER
+            && entry["operation"] == "Apply"
+            && subresource.is_empty()
+        {
+            tether_applied = true;
+            continue;
+        }
+        if subresource == "status" || owns_only_others_metadata(&entry["fieldsV1"], desired) {
+            continue;
+        }
+        return false;
+    }
+    tether_applied
+}
+
+/// Whether `fields` (a managedFields entry's fieldsV1) holds only `metadata.annotations` or
+/// `metadata.labels` keys that `desired` does not set.
+fn owns_only_others_metadata(fields: &Value, desired: &Value) -> bool {
+    let Some(top) = fields.as_object() else {
+        return false;
+    };
+    top.iter().all(|(key, metadata)| {
+        key == "f:metadata"
+            && metadata.as_object().is_some_and(|metadata| {
+                metadata.iter().all(|(key, owned)| {
+                    let map = match key.as_str() {
+                        "f:annotations" => "annotations",
+                        "f:labels" => "labels",
+                        _ => return false,
+                    };
+                    owned.as_object().is_some_and(|owned| {
+                        owned.keys().all(|key| {
+                            key == "."
+                                || key.strip_prefix("f:").is_some_and(|name| {
+                                    desired["metadata"][map].get(name).is_none()
+                                })
+                        })
+                    })
+                })
+            })
+    })
 }
 
 /// Whether `live` holds every value of `desired`: maps key by key, lists item by item at
@@ -204,6 +282,13 @@ mod tests {
         live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] =
             json!("IfNotPresent");
         live["status"] = json!({"replicas": 2});
+        live["metadata"]["managedFields"] = json!([
+            {"manager": "tether", "operation": "Apply", "fieldsV1": {"f:spec": {}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",
+             "fieldsV1": {"f:status": {}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "fieldsV1":
+             {"f:metadata": {"f:annotations": {".": {}, "f:deployment.kubernetes.io/revision": {}}}}}
+        ]);
         assert!(already_applied(&desired, &live));
 
         // Every doubt goes to the server.
@@ -254,11 +339,64 @@ mod tests {
             }),
             "no record (an older tether, or someone removed it)"
         );
+        // Someone else wrote the content (a hand edit leaves its manager): even a key added
+        // inside an atomic struct, which "holds" alone would accept.
+        assert!(
+            !changed(|l| l["metadata"]["managedFields"]
+                .as_array_mut()
+                .expect("entries")
+                .push(json!({"manager": "kubectl-edit", "operation": "Update",
+                             "fieldsV1": {"f:spec": {"f:selector": {}}}}))),
+            "another manager's write"
+        );
+        assert!(
+            !changed(|l| l["metadata"]["managedFields"]
+                .as_array_mut()
+                .expect("entries")
+                .push(json!({"manager": "kubectl-label", "operation": "Update",
+                             "fieldsV1": {"f:metadata": {"f:labels": {"f:app": {}}}}}))),
+            "another manager owning a label tether sets"
+        );
+        assert!(
+            !changed(|l| {
+                l["metadata"]["managedFields"] = json!([]);
+            }),
+            "no apply of tether's on record"
+        );
         // Git dropped a field tether applied before: the records differ.
         let mut fewer = desired.clone();
         fewer["metadata"]["labels"] = json!({});
         let fewer = recorded(fewer);
         assert!(!already_applied(&fewer, &live));
+        // Two unnamed items share their record: a key Git drops from one of them would not
+        // change it, so such lists always go to the server (one unnamed item is exact).
+        let tolerations = |second: Value| {
+            recorded(
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                "spec": {"tolerations": [{"key": "a", "effect": "NoSchedule"}, second]}}),
+            )
+        };
+        let mut held = tolerations(json!({"key": "b", "effect": "NoExecute"}));
+        held["metadata"]["managedFields"] =
+            json!([{"manager": "tether", "operation": "Apply", "fieldsV1": {}}]);
+        let dropped = tolerations(json!({"key": "b"}));
+        let annotation =
+            |o: &Value| o["metadata"]["annotations"][APPLIED_FIELDS_ANNOTATION].clone();
+        assert_eq!(
+            annotation(&dropped),
+            annotation(&held),
+            "the record cannot tell"
+        );
+        assert!(!already_applied(&dropped, &held));
+        let one = recorded(
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+            "spec": {"ports": [{"port": 80}]}}),
+        );
+        let mut one_held = one.clone();
+        one_held["spec"]["ports"][0]["protocol"] = json!("TCP");
+        one_held["metadata"]["managedFields"] =
+            json!([{"manager": "tether", "operation": "Apply", "fieldsV1": {}}]);
+        assert!(already_applied(&one, &one_held));
         // A Secret written with stringData: the server holds data.
         let secret = recorded(json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "s"}, "stringData": {"k": "v"}}));
