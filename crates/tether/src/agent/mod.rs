@@ -451,7 +451,14 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
     let app = match api.get_opt(&cached.name_any()).await {
         Ok(Some(app)) => Arc::new(app),
-        Ok(None) => return Ok(Action::await_change()),
+        Ok(None) => {
+            // Deleted: a failure it could not report has no one left to tell.
+            ctx.late_failures
+                .lock()
+                .expect("not poisoned")
+                .remove(&application_key(&cached));
+            return Ok(Action::await_change());
+        }
         Err(e) => return Err(Error::Status(cached.name_any(), describe(&e))),
     };
     report_late_failure(&ctx, &app).await;
