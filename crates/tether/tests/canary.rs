@@ -8,7 +8,7 @@
 mod support;
 
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -18,7 +18,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use support::agent::{applied, create_application};
 use support::git::{GitDaemon, GitRepo};
-use support::{ProcessGroup, TestNamespace, cluster, free_port, unique_name};
+use support::{ProcessGroup, TestNamespace, cluster, free_port, tether, unique_name};
 use tether::agent::{Application, install_crd};
 
 fn secret(name: &str, value: &str) -> String {
@@ -75,17 +75,6 @@ impl Outputs {
         assert!(leaks.is_empty(), "the canary leaked:\n{}", leaks.join("\n"));
         self.0.len()
     }
-}
-
-fn tether(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(support::kubeconfig())
-        .env_remove("RUST_LOG")
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("the tether binary runs")
 }
 
 fn http_get(url: &str, token: &str) -> String {
@@ -162,13 +151,10 @@ async fn a_canary_secret_value_appears_in_no_output() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token).expect("token file");
     let log = dir.path().join("agent.log");
-    let agent = Command::new(env!("CARGO_BIN_EXE_tether"))
+    let agent = support::tether_command()
         .args(["agent", "-n", &ns.name, "-vvv", "--verify-interval", "2s"])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--api-token-file"])
         .arg(&token_file)
-        .arg("--kubeconfig")
-        .arg(support::kubeconfig())
-        .env_remove("RUST_LOG")
         .env("TETHER_CACHE_DIR", dir.path().join("agent-cache"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"))

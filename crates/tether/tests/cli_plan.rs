@@ -3,21 +3,8 @@
 
 mod support;
 
-use std::process::{Command, Output};
-
 use support::git::{GitDaemon, GitRepo};
-use support::{TestNamespace, cluster, unique_name};
-
-fn tether(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(support::kubeconfig())
-        .env_remove("RUST_LOG")
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("the tether binary runs")
-}
+use support::{TestNamespace, cluster, tether, unique_name};
 
 #[tokio::test]
 async fn plan_then_apply_from_git_with_exit_codes_and_formats() {

@@ -459,14 +459,8 @@ async fn setup(prefix: &str) -> Setup {
 }
 
 fn tether() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
-    command
-        .arg("--kubeconfig")
-        .arg(support::kubeconfig())
-        .env_remove("KUBECONFIG")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+    let mut command = support::tether_command();
+    command.stdin(Stdio::null()).stdout(Stdio::null());
     command
 }
 

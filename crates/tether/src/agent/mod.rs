@@ -708,8 +708,11 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
     let name = app.name_any();
     let spec = &app.spec;
     spec.check()?;
-    // Refused here (no account while one is required) before anything is fetched.
-    tenancy::client_for(&ctx.client, app, ctx.options.require_service_account)?;
+    // The client that plans, applies and reads health for this Application throughout the
+    // sync (its ServiceAccount's, when it names one); refused here, before anything is
+    // fetched, when it names none and the agent requires one.
+    let client = tenancy::client_for(&ctx.client, app, ctx.options.require_service_account)?;
+    let client = &client;
     let fetch_started = std::time::Instant::now();
     let applyset_id = crate::apply::applyset::ApplySet::new(&name, &spec.destination.namespace).id;
     // Polls of Applications that follow one repository share a listing of its refs taken
@@ -778,9 +781,9 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
             match correct_drift(
                 ctx,
                 app,
+                client,
                 &applyset_id,
-                revision.clone(),
-                tree,
+                (revision.clone(), tree),
                 drifted,
                 settled,
             )
@@ -820,7 +823,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
             if same_output {
                 let previous = status.health.as_deref().unwrap_or("Unknown");
                 let health = if status_changed {
-                    assess_set(ctx, app, &applyset_id).await
+                    assess_set(ctx, client, &applyset_id).await
                 } else {
                     health_from(previous)
                 };
@@ -837,7 +840,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
         }
         let applied_digest = ctx.drift.applied_digest(&applyset_id);
         let vouched = ctx.drift.begin_full_sync(&applyset_id);
-        let (objects, digest) = match rendered {
+        let rendered = match rendered {
             Some(rendered) => rendered,
             None => {
                 let tree = tree.take().expect("the tree is rendered once");
@@ -846,14 +849,14 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
         };
         // The watches vouched that nothing changed, and the cluster holds this very render:
         // whatever this plan finds different, they missed.
-        let check_watches = vouched && !reported_drift && applied_digest == Some(digest);
+        let check_watches = vouched && !reported_drift && applied_digest == Some(rendered.1);
         full_sync(
             ctx,
             app,
+            client,
             &applyset_id,
             revision,
-            objects,
-            digest,
+            rendered,
             check_watches,
         )
         .await
@@ -871,10 +874,10 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
 async fn full_sync(
     ctx: &Context,
     app: &Application,
+    client: &kube::Client,
     applyset_id: &str,
     revision: Revision,
-    objects: Vec<crate::render::Object>,
-    digest: [u8; 32],
+    (objects, digest): (Vec<crate::render::Object>, [u8; 32]),
     check_watches: bool,
 ) -> Result<Outcome, Failure> {
     let policy = &app.spec.sync_policy;
@@ -888,7 +891,7 @@ async fn full_sync(
     ctx.drift
         .watch_before_sync(owner.clone(), applyset_id, kinds, WATCH_LIST_TIMEOUT)
         .await;
-    let planned = plan_app(&ctx.client, &ctx.resolver, &ctx.options, app, objects).await?;
+    let planned = plan_app(client, &ctx.resolver, &ctx.options, app, objects).await?;
     if check_watches {
         ctx.metrics.drift_verifications.inc();
         report_missed(ctx, app, applyset_id, &planned);
@@ -962,8 +965,16 @@ async fn full_sync(
                     .map(|c| c.key.clone()),
             );
         }
-        let (entry, written) =
-            apply_and_record(ctx, app, planned, &revision, !new_revision, "applied").await?;
+        let (entry, written) = apply_and_record(
+            ctx,
+            app,
+            client,
+            planned,
+            &revision,
+            !new_revision,
+            "applied",
+        )
+        .await?;
         applied = Some(entry);
         versions = written;
         // The counts say what differs now (what was done is in the history).
@@ -998,7 +1009,7 @@ async fn full_sync(
         versions.clear();
     }
     ctx.drift.finish_full_sync(applyset_id, versions);
-    let health = assess(ctx, app, &desired).await;
+    let health = assess(ctx, client, &desired).await;
     ctx.desired
         .lock()
         .expect("not poisoned")
@@ -1085,6 +1096,7 @@ fn report_missed(ctx: &Context, app: &Application, applyset_id: &str, planned: &
 async fn apply_and_record(
     ctx: &Context,
     app: &Application,
+    client: &kube::Client,
     planned: crate::plan::Plan,
     revision: &Revision,
     drift: bool,
@@ -1099,8 +1111,7 @@ async fn apply_and_record(
         run_hooks: !drift,
         ..Default::default()
     };
-    let client = tenancy::client_for(&ctx.client, app, ctx.options.require_service_account)?;
-    let report = apply(&client, &ctx.resolver, planned, &options)
+    let report = apply(client, &ctx.resolver, planned, &options)
         .await
         .map_err(|e| e.to_string())?;
     for hook in report.hooks.iter().filter(|h| !h.succeeded) {
@@ -1181,9 +1192,9 @@ enum Targeted {
 async fn correct_drift(
     ctx: &Context,
     app: &Application,
+    client: &kube::Client,
     applyset_id: &str,
-    revision: Revision,
-    tree: crate::source::git::CommitTree,
+    (revision, tree): (Revision, crate::source::git::CommitTree),
     drifted: std::collections::BTreeSet<crate::render::ObjectKey>,
     settled: (&ApplicationStatus, &SyncStatus, &ApplySetReference),
 ) -> Result<Targeted, Failure> {
@@ -1217,8 +1228,7 @@ async fn correct_drift(
     plan_options.concurrency = ctx.options.concurrency;
     plan_options.force_conflicts = spec.sync_policy.force_conflicts;
     plan_options.partial = true;
-    let client = tenancy::client_for(&ctx.client, app, ctx.options.require_service_account)?;
-    let planned = plan(&client, &ctx.resolver, subset, &plan_options)
+    let planned = plan(client, &ctx.resolver, subset, &plan_options)
         .await
         .map_err(|e| e.to_string())?;
     let corrected: Vec<_> = planned
@@ -1228,9 +1238,17 @@ async fn correct_drift(
         .collect();
     let applied = if planned.has_changes() {
         Some(
-            apply_and_record(ctx, app, planned, &revision, true, "corrected drift at")
-                .await?
-                .0,
+            apply_and_record(
+                ctx,
+                app,
+                client,
+                planned,
+                &revision,
+                true,
+                "corrected drift at",
+            )
+            .await?
+            .0,
         )
     } else {
         None
@@ -1241,9 +1259,9 @@ async fn correct_drift(
     let health = if status.health.as_deref() == Some("Healthy")
         && ctx.drift.may_skip(applyset_id) == Some(false)
     {
-        assess(ctx, app, &corrected).await
+        assess(ctx, client, &corrected).await
     } else {
-        assess_set(ctx, app, applyset_id).await
+        assess_set(ctx, client, applyset_id).await
     };
     let mut sync = sync.clone();
     sync.revision = revision.commit.clone();
@@ -1258,7 +1276,7 @@ async fn correct_drift(
 
 /// Reads the health of every object of set `id` as its last full sync desired them (and
 /// tells the drift watch that status changes so far are accounted for).
-async fn assess_set(ctx: &Context, app: &Application, id: &str) -> HealthStatus {
+async fn assess_set(ctx: &Context, client: &kube::Client, id: &str) -> HealthStatus {
     ctx.drift.health_read(id);
     let desired = ctx
         .desired
@@ -1267,7 +1285,7 @@ async fn assess_set(ctx: &Context, app: &Application, id: &str) -> HealthStatus 
         .get(id)
         .cloned()
         .unwrap_or_default();
-    assess(ctx, app, &desired).await
+    assess(ctx, client, &desired).await
 }
 
 /// Resolves the Application's ref and fetches that revision (credentials from its Secret,
@@ -1337,7 +1355,8 @@ pub async fn plan_current(
     Ok((revision, plan))
 }
 
-/// Renders a fetched revision as the Application says and plans it against the cluster.
+/// Renders a fetched revision as the Application says and plans it against the cluster,
+/// as the Application's ServiceAccount when it names one (`client` is the agent's own).
 pub async fn render_and_plan(
     client: &kube::Client,
     resolver: &Resolver,
@@ -1347,7 +1366,8 @@ pub async fn render_and_plan(
     tree: crate::source::git::CommitTree,
 ) -> Result<crate::plan::Plan, String> {
     let objects = render_app(resolver, options, app, revision, tree).await?;
-    plan_app(client, resolver, options, app, objects).await
+    let acting = tenancy::client_for(client, app, options.require_service_account)?;
+    plan_app(&acting, resolver, options, app, objects).await
 }
 
 /// Renders a fetched revision as the Application says.
@@ -1396,7 +1416,8 @@ async fn render_app(
         .map_err(|e| e.to_string())
 }
 
-/// Plans rendered objects against the cluster as the Application's policy says.
+/// Plans rendered objects against the cluster as the Application's policy says, with
+/// `client` acting for it (see [`tenancy::client_for`]).
 async fn plan_app(
     client: &kube::Client,
     resolver: &Resolver,
@@ -1405,12 +1426,11 @@ async fn plan_app(
     objects: Vec<crate::render::Object>,
 ) -> Result<crate::plan::Plan, String> {
     let spec = &app.spec;
-    let client = tenancy::client_for(client, app, options.require_service_account)?;
     let mut plan_options = PlanOptions::new(app.name_any(), spec.destination.namespace.clone());
     plan_options.concurrency = options.concurrency;
     // With selfHeal, Git is the authority: fields someone else took are taken back.
     plan_options.force_conflicts = spec.sync_policy.force_conflicts;
-    plan(&client, resolver, objects, &plan_options)
+    plan(client, resolver, objects, &plan_options)
         .await
         .map_err(|e| e.to_string())
 }
@@ -1450,20 +1470,15 @@ fn health_from(text: &str) -> HealthStatus {
     }
 }
 
-/// The least healthy of the desired objects, read as the Application's account.
+/// The least healthy of the desired objects, read with `client` (the Application's).
 async fn assess(
     ctx: &Context,
-    app: &Application,
+    client: &kube::Client,
     desired: &[(
         crate::render::ObjectKey,
         Option<crate::cluster::discovery::KindInfo>,
     )],
 ) -> HealthStatus {
-    let client = match tenancy::client_for(&ctx.client, app, ctx.options.require_service_account) {
-        Ok(client) => client,
-        Err(_) => return HealthStatus::Unknown,
-    };
-    let client = &client;
     let checks = futures::stream::iter((0..desired.len()).map(|i| async move {
         let (key, kind) = &desired[i];
         let Some(kind) = kind.clone() else {

@@ -160,6 +160,26 @@ pub fn tool(name: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// The `tether` binary of this build, pointed at the test cluster (`--kubeconfig`), with
+/// `KUBECONFIG` and `RUST_LOG` removed from its environment.
+pub fn tether_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+    command
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .env_remove("KUBECONFIG")
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// Runs `tether args…` against the test cluster and returns what it printed.
+pub fn tether(args: &[&str]) -> std::process::Output {
+    tether_command()
+        .args(args)
+        .output()
+        .expect("the tether binary runs")
+}
+
 /// Runs the kubectl that testenv built (same version as the server) against the test
 /// cluster, with kubectl's ApplySet support switched on.
 pub fn kubectl(args: &[&str]) -> std::process::Output {
