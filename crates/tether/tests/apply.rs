@@ -927,6 +927,11 @@ async fn kustomize_and_helm_output_applies_without_false_drift() {
 
 /// The server-side dry-runs (APPLY with dryRun) the API server counted for one resource.
 fn dry_runs_of(group: &str, resource: &str) -> u64 {
+    requests_of(group, resource, "APPLY", "All")
+}
+
+/// The API server's count of `verb` requests for one resource (`dry_run`: "All" or "").
+fn requests_of(group: &str, resource: &str, verb: &str, dry_run: &str) -> u64 {
     let out = support::kubectl(&["get", "--raw", "/metrics"]);
     assert!(
         out.status.success(),
@@ -939,11 +944,107 @@ fn dry_runs_of(group: &str, resource: &str) -> u64 {
         .filter(|l| {
             l.contains(&format!("group=\"{group}\""))
                 && l.contains(&format!("resource=\"{resource}\""))
-                && l.contains("verb=\"APPLY\"")
-                && l.contains("dry_run=\"All\"")
+                && l.contains(&format!("verb=\"{verb}\""))
+                && l.contains(&format!("dry_run=\"{dry_run}\""))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// A first apply of many objects of one kind learns which exist from one metadata-only
+/// LIST, not one GET each; an object that exists and is not a member is still read, refused
+/// without --adopt, and adopted with it.
+#[tokio::test]
+async fn a_first_apply_of_many_objects_reads_only_the_ones_that_exist() {
+    let client = cluster().await.client();
+    let group = format!("{}.test.tether.dev", unique_name("first"));
+    let _crd = support::TestCrd::create(&client, &group, "Widget", "widgets").await;
+    let env = env("apply-first").await;
+    let widget = |i: u32| {
+        format!(
+            "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w-{i:02}\nspec:\n  size: {i}\n"
+        )
+    };
+    let files: Vec<(String, String)> = (0..12)
+        .map(|i| (format!("w-{i:02}.yaml"), widget(i)))
+        .collect();
+    let files: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.ns.name,
+        &kube::api::ApiResource {
+            group: group.clone(),
+            version: "v1".into(),
+            api_version: format!("{group}/v1"),
+            kind: "Widget".into(),
+            plural: "widgets".into(),
+        },
+    );
+    // One of them was made by hand, with Git's value (another value would be a conflict).
+    let handmade: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": format!("{group}/v1"), "kind": "Widget",
+        "metadata": {"name": "w-07"}, "spec": {"size": 7}
+    }))
+    .expect("widget");
+    widgets
+        .create(&PostParams::default(), &handmade)
+        .await
+        .expect("made by hand");
+
+    let gets = requests_of(&group, "widgets", "GET", "");
+    let err = env.plan(&files).await.expect_err("w-07 is not tether's");
+    let message = err.to_string();
+    assert!(
+        message.contains("w-07") && message.contains("pass --adopt"),
+        "{message}"
+    );
+    assert_eq!(message.matches("pass --adopt").count(), 1, "{message}");
+    assert_eq!(
+        requests_of(&group, "widgets", "GET", "") - gets,
+        1,
+        "only the object that exists is read alone"
+    );
+
+    let mut adopt = env.options();
+    adopt.adopt = true;
+    let gets = requests_of(&group, "widgets", "GET", "");
+    let planned = plan(&env.client, &env.resolver, objects(&files), &adopt)
+        .await
+        .expect("plan with --adopt");
+    // w-07 alone, twice: its dry-run differs from what was read (the labels), so the plan
+    // reads it again before calling that a change (a controller may have written it).
+    assert_eq!(requests_of(&group, "widgets", "GET", "") - gets, 2);
+    let updated: Vec<_> = planned
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Update)
+        .map(|c| c.key.name.as_str())
+        .collect();
+    assert_eq!(updated, ["w-07"], "{:?}", actions(&planned));
+    assert_eq!(
+        planned
+            .changes
+            .iter()
+            .filter(|c| c.action == Action::Create)
+            .count(),
+        11
+    );
+    let report = apply(
+        &env.client,
+        &env.resolver,
+        planned,
+        &ApplyOptions::default(),
+    )
+    .await
+    .expect("apply");
+    assert!(report.failed().is_empty(), "{:?}", report.failed());
+    let live = widgets.list(&Default::default()).await.expect("list");
+    assert_eq!(live.items.len(), 12);
+    assert!(live.items.iter().all(|w| {
+        use kube::ResourceExt;
+        w.labels()
+            .contains_key(tether::apply::applyset::PART_OF_LABEL)
+    }));
 }
 
 /// A no-op plan makes no dry-run for members that already hold what tether would write, and

@@ -228,7 +228,7 @@ pub async fn apply(
                     ),
                 })?;
             let namespace = pending.remove(position);
-            let results = apply_batch(client, std::slice::from_ref(&namespace), options).await;
+            let results = apply_batch(client, &[&namespace], options).await;
             let failed = results.iter().any(|r| r.error.is_some());
             report.writes += results.iter().filter(|r| r.error.is_none()).count();
             report.results.extend(results);
@@ -314,10 +314,9 @@ pub async fn apply(
             }
             let last_wave = waves.last().copied();
             for wave in waves {
-                let batch: Vec<Change> = pending
+                let batch: Vec<&Change> = pending
                     .iter()
                     .filter(|c| c.stage == stage && c.wave == wave)
-                    .cloned()
                     .collect();
                 if !batch.is_empty() {
                     let results = apply_batch(client, &batch, options).await;
@@ -329,8 +328,10 @@ pub async fn apply(
                         break 'stages;
                     }
                     if stage == Stage::Crds {
-                        wait_for_crds(client, &batch, options.settle_timeout).await?;
-                        discover_new_kinds(resolver, &batch, &mut pending, options.settle_timeout)
+                        // A copy (a few CRDs): discovery resolves the pending objects' kinds.
+                        let crds: Vec<Change> = batch.iter().map(|c| (*c).clone()).collect();
+                        wait_for_crds(client, &crds, options.settle_timeout).await?;
+                        discover_new_kinds(resolver, &crds, &mut pending, options.settle_timeout)
                             .await?;
                     }
                 }
@@ -554,12 +555,12 @@ impl Parent {
 
 async fn apply_batch(
     client: &kube::Client,
-    batch: &[Change],
+    batch: &[&Change],
     options: &ApplyOptions,
 ) -> Vec<ObjectResult> {
     // Indexes, not `iter().map(|change| …)`: a closure over a borrowed item makes the
     // future's Send-ness unprovable for the agent's controller (rust-lang/rust#102211).
-    futures::stream::iter((0..batch.len()).map(|i| apply_one(client, &batch[i], options)))
+    futures::stream::iter((0..batch.len()).map(|i| apply_one(client, batch[i], options)))
         .buffer_unordered(options.concurrency.max(1))
         .collect()
         .await

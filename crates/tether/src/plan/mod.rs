@@ -301,64 +301,174 @@ struct Context<'a> {
 /// when the set has more than this many of them.
 const LIST_THRESHOLD: usize = 4;
 
+/// What one LIST per (kind, namespace) told about the set's objects there.
+#[derive(Default)]
+struct Listed {
+    /// The live members (by the ApplySet label), by name.
+    members: BTreeMap<String, Value>,
+    /// Members that already hold what tether would write (see [`already_held`]), decided
+    /// page by page as they were listed; their managedFields are not kept.
+    unchanged: BTreeSet<String>,
+    /// When many desired objects were not members: the names of every object of that kind
+    /// there, from a metadata-only LIST. A desired name absent from it does not exist.
+    existing: Option<BTreeSet<String>>,
+}
+
+impl Listed {
+    /// The object's live state when the LISTs settle it (`Some(None)`: it does not exist),
+    /// or `None` when it must be read alone (it exists but is not a member yet). A member
+    /// is handed over, not copied: each is asked for once.
+    fn take(&mut self, name: &str) -> Prefetched {
+        if let Some(member) = self.members.remove(name) {
+            return if self.unchanged.contains(name) {
+                Prefetched::Unchanged(member)
+            } else {
+                Prefetched::Live(Some(member))
+            };
+        }
+        match &self.existing {
+            Some(existing) if !existing.contains(name) => Prefetched::Live(None),
+            _ => Prefetched::Unknown,
+        }
+    }
+}
+
+/// What the LISTs told about one desired object.
+enum Prefetched {
+    /// Not listed: read it alone.
+    Unknown,
+    /// Its live state (`None`: it does not exist).
+    Live(Option<Value>),
+    /// A member that already holds what tether would write (managedFields dropped).
+    Unchanged(Value),
+}
+
+/// A member that already holds, in the fields tether applied last time, exactly the values
+/// it would write again: an apply cannot change it, and no dry-run is needed to know that
+/// (a no-op plan of thousands of objects makes no request per object).
+fn already_held(manifest: &Value, held: &Value, applyset_id: &str) -> bool {
+    held["metadata"]["labels"][PART_OF_LABEL] == *applyset_id
+        && migrate::client_side_managers(held).is_empty()
+        && fields::already_applied(manifest, held)
+}
+
+/// Objects per LIST page: bounds what one answer holds in memory.
+const LIST_PAGE: u32 = 250;
+
 /// Reads the live members of this set for every (kind, namespace) with many desired
 /// objects, one request each. Only members are listed (by the ApplySet label), so memory
-/// stays proportional to the set even when many applications share a namespace; an object
-/// absent from the list (new, or not yet owned) is read alone.
+/// stays proportional to the set even when many applications share a namespace. When many
+/// desired objects are not among them (a first apply), one metadata-only LIST, paged,
+/// tells which of them exist instead of one GET each; an object that exists but is not a
+/// member yet (to adopt, or another set's) is read alone.
 async fn prefetch_live(
     client: &kube::Client,
     prepared: &[Prepared],
     applyset_id: &str,
-) -> Result<BTreeMap<(String, String, String), BTreeMap<String, Value>>, PlanError> {
-    let mut groups: BTreeMap<(String, String, String), (KindInfo, usize)> = BTreeMap::new();
-    for item in prepared {
+) -> Result<BTreeMap<(String, String, String), Listed>, PlanError> {
+    // Each (kind, namespace) with its desired objects: name → index in `prepared`.
+    type Desired = BTreeMap<String, usize>;
+    let mut groups: BTreeMap<(String, String, String), (KindInfo, Desired)> = BTreeMap::new();
+    for (index, item) in prepared.iter().enumerate() {
         if let Some(kind) = &item.kind {
-            let entry = groups
+            groups
                 .entry((
                     item.key.group.clone(),
                     item.key.kind.clone(),
                     item.key.namespace.clone(),
                 ))
-                .or_insert_with(|| (kind.clone(), 0));
-            entry.1 += 1;
+                .or_insert_with(|| (kind.clone(), BTreeMap::new()))
+                .1
+                .insert(item.key.name.clone(), index);
         }
     }
     let lists = futures::stream::iter(
         groups
             .into_iter()
-            .filter(|(_, (_, n))| *n > LIST_THRESHOLD)
-            .map(|(group, (kind, _))| async move {
-                let api = api_for(client, &kind, &group.2);
-                let members =
-                    ListParams::default().labels(&format!("{PART_OF_LABEL}={applyset_id}"));
-                let list = api.list(&members).await;
-                (group, (kind, list))
+            .filter(|(_, (_, desired))| desired.len() > LIST_THRESHOLD)
+            .map(|(group, (kind, desired))| async move {
+                let listed =
+                    list_group(client, &kind, &group.2, prepared, &desired, applyset_id).await;
+                (group, listed)
             }),
     )
     .buffer_unordered(4)
     .collect::<Vec<_>>()
     .await;
     let mut live = BTreeMap::new();
-    for (group, (kind, list)) in lists {
-        let list = list.map_err(|e| cluster_error(None, None, &e))?;
-        let objects = list
-            .into_iter()
-            .filter_map(|mut o| {
-                // Items of a list carry no apiVersion and kind; a GET's object does. Without
-                // them every listed object would look changed and be read again.
-                o.types = Some(kube::core::TypeMeta {
-                    api_version: kind.resource.api_version.clone(),
-                    kind: kind.resource.kind.clone(),
-                });
-                Some((
-                    o.metadata.name.clone()?,
-                    serde_json::to_value(o).expect("objects serialize"),
-                ))
-            })
-            .collect();
-        live.insert(group, objects);
+    for (group, listed) in lists {
+        live.insert(group, listed.map_err(|e| cluster_error(None, None, &e))?);
     }
     Ok(live)
+}
+
+async fn list_group(
+    client: &kube::Client,
+    kind: &KindInfo,
+    namespace: &str,
+    prepared: &[Prepared],
+    desired: &BTreeMap<String, usize>,
+    applyset_id: &str,
+) -> Result<Listed, kube::Error> {
+    let api = api_for(client, kind, namespace);
+    // Paged: one page's answer at a time is held beside the objects kept.
+    let mut page = ListParams::default()
+        .labels(&format!("{PART_OF_LABEL}={applyset_id}"))
+        .limit(LIST_PAGE);
+    let mut members: BTreeMap<String, Value> = BTreeMap::new();
+    let mut unchanged = BTreeSet::new();
+    loop {
+        let list = api.list(&page).await?;
+        let next = list.metadata.continue_.clone().filter(|t| !t.is_empty());
+        for mut object in list {
+            let Some(name) = object.metadata.name.clone() else {
+                continue;
+            };
+            // Items of a list carry no apiVersion and kind; a GET's object does. Without
+            // them every listed object would look changed and be read again.
+            object.types = Some(kube::core::TypeMeta {
+                api_version: kind.resource.api_version.clone(),
+                kind: kind.resource.kind.clone(),
+            });
+            let mut live = serde_json::to_value(object).expect("objects serialize");
+            // Decided now, while this page is held: an unchanged member keeps no
+            // managedFields, so a no-op plan never holds every member's whole.
+            if let Some(&index) = desired.get(&name)
+                && already_held(&prepared[index].manifest, &live, applyset_id)
+            {
+                live = without_managed_fields(live);
+                unchanged.insert(name.clone());
+            }
+            members.insert(name, live);
+        }
+        match next {
+            Some(token) => page = page.continue_token(&token),
+            None => break,
+        }
+    }
+    let absent = desired
+        .keys()
+        .filter(|name| !members.contains_key(name.as_str()))
+        .count();
+    let mut existing = None;
+    if absent > LIST_THRESHOLD {
+        let mut names = BTreeSet::new();
+        let mut page = ListParams::default().limit(LIST_PAGE);
+        loop {
+            let answer = api.list_metadata(&page).await?;
+            names.extend(answer.items.into_iter().filter_map(|o| o.metadata.name));
+            match answer.metadata.continue_.filter(|token| !token.is_empty()) {
+                Some(token) => page = page.continue_token(&token),
+                None => break,
+            }
+        }
+        existing = Some(names);
+    }
+    Ok(Listed {
+        members,
+        unchanged,
+        existing,
+    })
 }
 
 /// Plans `objects` against the cluster. Errors stop the plan and name every object at fault.
@@ -585,6 +695,7 @@ pub async fn plan(
         options,
     };
     options.progress.begin("planning", prepared.len());
+    let mut prefetched = prefetched;
     let results: Vec<Result<Change, PlanError>> =
         futures::stream::iter(prepared.into_iter().map(|item| {
             let group = (
@@ -592,11 +703,10 @@ pub async fn plan(
                 item.key.kind.clone(),
                 item.key.namespace.clone(),
             );
-            // Listed: its live state. Not listed: unknown (new, or not ours yet), so read it.
+            // Settled by the LISTs, or unknown (not ours yet, or not listed), so read it.
             let live = prefetched
-                .get(&group)
-                .and_then(|objects| objects.get(&item.key.name).cloned())
-                .map(Some);
+                .get_mut(&group)
+                .map_or(Prefetched::Unknown, |listed| listed.take(&item.key.name));
             let context = &context;
             async move {
                 let result = plan_one(context, item, live).await;
@@ -688,12 +798,11 @@ fn cluster_error(key: Option<&ObjectKey>, origin: Option<&Origin>, err: &kube::E
     }
 }
 
-/// Plans one object. `prefetched` is its live state when a LIST already read it
-/// (`Some(None)`: it does not exist); `None` means read it now.
+/// Plans one object, from what the LISTs told about it (or from a read of its own).
 async fn plan_one(
     context: &Context<'_>,
     item: Prepared,
-    prefetched: Option<Option<Value>>,
+    prefetched: Prefetched,
 ) -> Result<Change, PlanError> {
     let Prepared {
         key,
@@ -703,12 +812,6 @@ async fn plan_one(
         namespaced,
         wave,
     } = item;
-    let Context {
-        client,
-        applyset_id,
-        creating_namespaces,
-        options,
-    } = *context;
     let stage = stage_of(&key, namespaced);
     let mut change = Change {
         key: key.clone(),
@@ -717,7 +820,7 @@ async fn plan_one(
         diff: String::new(),
         conflicts: Vec::new(),
         stage,
-        desired: Some(manifest.clone()),
+        desired: None,
         live: None,
         kind: kind.clone(),
         takes_over_from: Vec::new(),
@@ -725,10 +828,32 @@ async fn plan_one(
         reclaims: Vec::new(),
         force: false,
     };
+    // The manifest moves into the change once planned: one copy per object, not two.
+    let planned = plan_change(&mut change, &manifest, kind, prefetched, context, &origin).await;
+    change.desired = Some(manifest);
+    planned.map(|()| change)
+}
+
+/// The body of [`plan_one`]: fills in `change` for `manifest`.
+async fn plan_change(
+    change: &mut Change,
+    manifest: &Value,
+    kind: Option<KindInfo>,
+    prefetched: Prefetched,
+    context: &Context<'_>,
+    origin: &Origin,
+) -> Result<(), PlanError> {
+    let Context {
+        client,
+        applyset_id,
+        creating_namespaces,
+        options,
+    } = *context;
+    let key = change.key.clone();
     let Some(kind) = kind else {
         // Its CRD comes with this set: nothing to ask the server yet.
-        change.diff = render_diff(None, Some(&manifest), &key);
-        return Ok(change);
+        change.diff = render_diff(None, Some(manifest), &key);
+        return Ok(());
     };
     let api = api_for(client, &kind, &key.namespace);
     let error = |message: String| PlanError {
@@ -739,12 +864,17 @@ async fn plan_one(
     let read_live = || async {
         api.get_opt(&key.name)
             .await
-            .map_err(|e| cluster_error(Some(&key), Some(&origin), &e))
+            .map_err(|e| cluster_error(Some(&key), Some(origin), &e))
             .map(|o| o.map(|o| serde_json::to_value(o).expect("objects serialize")))
     };
     let mut live = match prefetched {
-        Some(live) => live,
-        None => read_live().await?,
+        Prefetched::Unchanged(held) => {
+            change.action = Action::Unchanged;
+            change.live = Some(held);
+            return Ok(());
+        }
+        Prefetched::Live(live) => live,
+        Prefetched::Unknown => read_live().await?,
     };
     if let Some(live) = &live {
         match live["metadata"]["labels"][PART_OF_LABEL].as_str() {
@@ -762,26 +892,19 @@ async fn plan_one(
             None => {}
         }
     }
-    // A member that already holds, in the fields tether applied last time, exactly the
-    // values it would write again: an apply cannot change it, and no dry-run is needed to
-    // know that (a no-op plan of thousands of objects makes no request per object).
+    // Read alone (a small set): the same shortcut as for a listed member.
     if let Some(held) = &live
-        && held["metadata"]["labels"][PART_OF_LABEL] == *applyset_id
-        && migrate::client_side_managers(held).is_empty()
-        && fields::already_applied(&manifest, held)
+        && already_held(manifest, held, applyset_id)
     {
         change.action = Action::Unchanged;
-        change.live = live;
-        return Ok(change);
+        change.live = live.map(without_managed_fields);
+        return Ok(());
     }
     let mut params = PatchParams::apply(FIELD_MANAGER).dry_run();
     if options.force_conflicts {
         params = params.force();
     }
-    let predicted = match api
-        .patch(&key.name, &params, &Patch::Apply(&manifest))
-        .await
-    {
+    let predicted = match api.patch(&key.name, &params, &Patch::Apply(manifest)).await {
         Ok(object) => serde_json::to_value(object).expect("objects serialize"),
         Err(err) => match api_error(&err) {
             Some(status) if status.code == 409 && status.reason == "Conflict" => {
@@ -815,9 +938,9 @@ async fn plan_one(
                 // The value each side holds: what a forced apply would write.
                 let forced = PatchParams::apply(FIELD_MANAGER).dry_run().force();
                 let predicted = api
-                    .patch(&key.name, &forced, &Patch::Apply(&manifest))
+                    .patch(&key.name, &forced, &Patch::Apply(manifest))
                     .await
-                    .map_err(|e| cluster_error(Some(&key), Some(&origin), &e))?;
+                    .map_err(|e| cluster_error(Some(&key), Some(origin), &e))?;
                 let predicted = serde_json::to_value(predicted).expect("objects serialize");
                 if causes.is_empty() || !foreign.is_empty() {
                     change.action = Action::Conflict;
@@ -831,7 +954,7 @@ async fn plan_one(
                         &key,
                     );
                     change.live = live;
-                    return Ok(change);
+                    return Ok(());
                 }
                 change.force = true;
                 predicted
@@ -842,13 +965,13 @@ async fn plan_one(
                     && creating_namespaces.contains(&key.namespace) =>
             {
                 // Its namespace is created by this same apply: the server cannot dry-run it yet.
-                change.diff = render_diff(None, Some(&manifest), &key);
-                return Ok(change);
+                change.diff = render_diff(None, Some(manifest), &key);
+                return Ok(());
             }
             _ => {
-                let mut error = cluster_error(Some(&key), Some(&origin), &err);
+                let mut error = cluster_error(Some(&key), Some(origin), &err);
                 if error.message.contains("illegal base64 data")
-                    && let Some(field) = undecodable_secret_data(&key, &manifest)
+                    && let Some(field) = undecodable_secret_data(&key, manifest)
                 {
                     // The server names a byte offset, not the key; the value stays unsaid.
                     error.message = format!(
@@ -879,9 +1002,7 @@ async fn plan_one(
         }
         if moved
             && before.as_ref() != Some(&after)
-            && let Ok(again) = api
-                .patch(&key.name, &params, &Patch::Apply(&manifest))
-                .await
+            && let Ok(again) = api.patch(&key.name, &params, &Patch::Apply(manifest)).await
         {
             after = diff::normalize(&serde_json::to_value(again).expect("objects serialize"));
         }
@@ -899,9 +1020,21 @@ async fn plan_one(
     };
     if change.action != Action::Unchanged {
         change.diff = render_diff(before.as_ref(), Some(&after), &key);
+        change.live = live;
+    } else {
+        change.live = live.map(without_managed_fields);
     }
-    change.live = live;
-    Ok(change)
+    Ok(())
+}
+
+/// An unchanged member's live state without its managedFields: nothing after the plan reads
+/// them for an object it does not write (the UI and diffs strip them), and for a Deployment
+/// they are about a third of what is kept per object through a sync.
+fn without_managed_fields(mut live: Value) -> Value {
+    if let Some(metadata) = live["metadata"].as_object_mut() {
+        metadata.remove("managedFields");
+    }
+    live
 }
 
 /// A redacted unified diff between two normalized objects.
