@@ -20,7 +20,7 @@ help:
 	@echo "make bench-render    render 5,000 manifests from git://, cold and warm (writes bench/reports/)"
 	@echo "make bench-apply     apply 1,000 Deployments + 1,000 Services, tether beside kubectl"
 	@echo "make bench-render-tools  render 50 overlays + 20 charts, cold and cached"
-	@echo "make bench-agent     tether agent and Flux, 100 folders × 100 objects: converge, drift, push, memory"
+	@echo "make bench-agent     tether agent and Flux, 1,000 × 10 and 100 × 100 objects; growth to 10,000"
 	@echo "make bench-ui        the web UI with 1,000 Applications: page times and weights, edit → diff"
 
 deps:

@@ -29,6 +29,7 @@ import hmac
 import json
 import os
 import platform
+import shutil
 import socket
 import ssl
 import statistics
@@ -82,10 +83,24 @@ class Cluster:
                    if line.startswith("apiserver_request_total{")
                    and 'resource="configmaps"' in line and 'scope="resource"' in line)
 
+    def all_requests(self):
+        """Every request the API server counted so far, whoever sent it."""
+        text = self.call("GET", "/metrics").decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("apiserver_request_total{"))
+
     def recreate_namespaces(self, *names):
         self.run_kubectl("delete", "ns", *names, "--ignore-not-found", "--wait=true")
         for name in names:
             self.run_kubectl("create", "ns", name)
+
+
+def app_name(a):
+    return f"app-{a:04d}"
+
+
+def cm_name(a, o):
+    return f"{app_name(a)}-cm-{o:03d}"
 
 
 class Fleet:
@@ -96,13 +111,13 @@ class Fleet:
         self.repo = os.path.join(self.root, "fleet")
         self.apps = apps
         for a in range(apps):
-            folder = os.path.join(self.repo, f"app-{a:03d}")
+            folder = os.path.join(self.repo, app_name(a))
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, "configmaps.yaml"), "w") as f:
                 for o in range(objects):
-                    f.write(f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-{a:03d}-cm-{o:03d}\n"
+                    f.write(f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {cm_name(a, o)}\n"
                             f"data:\n  value: \"{o}\"\n")
-        self.first_app = open(os.path.join(self.repo, "app-000", "configmaps.yaml")).read()
+        self.first_app = open(os.path.join(self.repo, app_name(0), "configmaps.yaml")).read()
         self.git("init", "-q", "-b", "main")
         self.head = self.commit("fleet")
         self.server = subprocess.Popen(["python3", server_script, self.root], stdout=subprocess.PIPE,
@@ -124,21 +139,27 @@ class Fleet:
 
     def reset(self):
         """Back to the generated content (earlier pushes undone) as a new commit: the head."""
-        with open(os.path.join(self.repo, "app-000", "configmaps.yaml"), "w") as f:
+        with open(os.path.join(self.repo, app_name(0), "configmaps.yaml"), "w") as f:
             f.write(self.first_app)
         if self.git("status", "--porcelain"):
             self.head = self.commit("reset")
         return self.head
 
     def push_to_first_app(self):
-        """A new ConfigMap in app-000; returns the commit."""
+        """A new ConfigMap in the first folder; returns the commit."""
         self.pushes += 1
-        with open(os.path.join(self.repo, "app-000", "configmaps.yaml"), "a") as f:
-            f.write(f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-000-extra-{self.pushes}\n")
+        with open(os.path.join(self.repo, app_name(0), "configmaps.yaml"), "a") as f:
+            f.write(f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {app_name(0)}-extra-{self.pushes}\n")
         return self.commit(f"extra {self.pushes}")
 
     def stop(self):
         self.server.kill()
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_mib(pid):
@@ -178,9 +199,9 @@ class Tether:
             docs.append(f"""---
 apiVersion: tether.dev/v1alpha1
 kind: Application
-metadata: {{name: app-{a:03d}, namespace: {self.namespace}}}
+metadata: {{name: {app_name(a)}, namespace: {self.namespace}}}
 spec:
-  source: {{repoURL: "{fleet.url}", ref: {{branch: main}}, path: app-{a:03d}}}
+  source: {{repoURL: "{fleet.url}", ref: {{branch: main}}, path: {app_name(a)}}}
   destination: {{namespace: {self.target}}}
   syncPolicy: {{interval: 1m}}
 """)
@@ -260,10 +281,10 @@ spec:
             docs.append(f"""---
 apiVersion: kustomize.toolkit.fluxcd.io/v1
 kind: Kustomization
-metadata: {{name: app-{a:03d}, namespace: {self.namespace}}}
+metadata: {{name: {app_name(a)}, namespace: {self.namespace}}}
 spec:
   sourceRef: {{kind: GitRepository, name: fleet}}
-  path: ./app-{a:03d}
+  path: ./{app_name(a)}
   targetNamespace: {self.target}
   prune: true
   interval: 1m
@@ -328,7 +349,7 @@ def drift(cluster, tool, fleet, objects, edits, batch_size, limit):
     for batch in range(0, edits, batch_size):
         pending = {}
         for i in range(batch, min(batch + batch_size, edits)):
-            name = f"app-{i % fleet.apps:03d}-cm-{(i * 7) % objects:03d}"
+            name = cm_name(i % fleet.apps, (i * 7) % objects)
             cluster.call("PATCH", cm_path + name, {"data": {"value": "drift"}})
             pending[name] = time.time()
         deadline = time.time() + limit
@@ -342,16 +363,19 @@ def drift(cluster, tool, fleet, objects, edits, batch_size, limit):
     return sorted(latencies)
 
 
-def measure(tool, cluster, fleet, drift_runs, objects, drift_limit, steady_seconds):
-    """`drift_runs`: (edits at once, edits in all) pairs."""
+def measure(tool, cluster, fleet, drift_runs, objects, drift_limit, steady_seconds, pushes):
+    """`drift_runs`: (edits at once, edits in all) pairs. With `drift_runs` empty and no
+    pushes, only the converge time and the memory (the growth runs)."""
     results = {}
     head = fleet.reset()
     tool.start()
     started = time.time()
     tool.create(fleet)
-    wait_all_applied(tool, head, fleet.apps, 900)
+    wait_all_applied(tool, head, fleet.apps, 1800)
     results["converge"] = time.time() - started
-    log(f"{tool.name}: converged in {results['converge']:.1f} s")
+    results["converge_peak_mib"] = sum(memory_mib(p.pid)[0] for p in tool.processes)
+    log(f"{tool.name}: {fleet.apps} × {objects} converged in {results['converge']:.1f} s, "
+        f"peak {results['converge_peak_mib']:.0f} MiB")
 
     for batch, count in drift_runs:
         latencies = drift(cluster, tool, fleet, objects, count, batch, drift_limit)
@@ -361,34 +385,79 @@ def measure(tool, cluster, fleet, drift_runs, objects, drift_limit, steady_secon
                         latencies[-1], len(latencies))
         log(f"{tool.name}: drift, {batch} at once: p50 {results[key][0]:.3f} s over {len(latencies)} edits")
 
-    # Push to applied, 5 times.
-    pushes = []
-    for _ in range(5):
-        revision = fleet.push_to_first_app()
-        started = time.time()
-        tool.notify(fleet)
-        while tool.revision_of("app-000") != revision:
-            if time.time() - started > 300:
-                raise SystemExit(f"{tool.name}: push {revision[:12]} not applied within 300 s")
-            time.sleep(0.01)
-        pushes.append(time.time() - started)
-    results["push_p50"] = statistics.median(pushes)
-    results["push_max"] = max(pushes)
-    log(f"{tool.name}: push to applied median {results['push_p50']:.3f} s")
+    revision = head
+    if pushes:
+        times = []
+        for _ in range(pushes):
+            revision = fleet.push_to_first_app()
+            started = time.time()
+            tool.notify(fleet)
+            while tool.revision_of(app_name(0)) != revision:
+                if time.time() - started > 600:
+                    raise SystemExit(f"{tool.name}: push {revision[:12]} not applied within 600 s")
+                time.sleep(0.01)
+            times.append(time.time() - started)
+        results["push_p50"] = statistics.median(times)
+        results["push_max"] = max(times)
+        results["pushes"] = len(times)
+        log(f"{tool.name}: push to applied median {results['push_p50']:.3f} s")
 
-    # Steady state: once everything applied the last push, over two polling intervals.
-    wait_all_applied(tool, revision, fleet.apps, 600)
-    time.sleep(10)
-    before = cluster.per_object_configmap_requests()
-    time.sleep(steady_seconds)
-    results["steady"] = (cluster.per_object_configmap_requests() - before) * 60 / steady_seconds
-    log(f"{tool.name}: {results['steady']:.1f} per-object requests per minute in steady state")
+    if steady_seconds:
+        # Steady state: once everything applied the last push, over two polling intervals.
+        wait_all_applied(tool, revision, fleet.apps, 900)
+        time.sleep(10)
+        objects_before, all_before = cluster.per_object_configmap_requests(), cluster.all_requests()
+        cpu_before = sum(cpu_seconds(p.pid) for p in tool.processes)
+        time.sleep(steady_seconds)
+        minutes = steady_seconds / 60
+        results["steady"] = (cluster.per_object_configmap_requests() - objects_before) / minutes
+        results["steady_all"] = (cluster.all_requests() - all_before) / minutes
+        results["idle_cpu"] = (sum(cpu_seconds(p.pid) for p in tool.processes) - cpu_before) / minutes
+        log(f"{tool.name}: {results['steady']:.1f} per-object requests, {results['steady_all']:.0f} requests in all "
+            f"and {results['idle_cpu']:.2f} CPU s per minute in steady state")
     memory = [memory_mib(p.pid) for p in tool.processes]
     results["peak_mib"] = sum(m[0] for m in memory)
     results["rss_mib"] = sum(m[1] for m in memory)
     results["peak_each"] = " + ".join(f"{m[0]:.0f}" for m in memory)
     tool.stop()
     return results
+
+
+def svg_plot(points, path):
+    """Two small line charts side by side (converge seconds, peak MiB) against managed
+    objects, written as plain SVG."""
+    width, height, pad = 320, 220, 45
+    xs = [p[0] for p in points]
+    panels = [("converge (s)", [p[1] for p in points]), ("peak RSS (MiB)", [p[2] for p in points])]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * width}" height="{height}" '
+             'font-family="sans-serif" font-size="11">']
+    for i, (title, ys) in enumerate(panels):
+        x0 = i * width
+        top = max(ys) * 1.15 or 1
+        right = max(xs) * 1.05
+
+        def at(x, y):
+            return (x0 + pad + (width - 1.5 * pad) * x / right, height - pad - (height - 1.7 * pad) * y / top)
+
+        parts.append(f'<text x="{x0 + width / 2}" y="15" text-anchor="middle" font-weight="bold">{title}</text>')
+        parts.append(f'<line x1="{at(0, 0)[0]}" y1="{at(0, 0)[1]}" x2="{at(right, 0)[0]}" y2="{at(right, 0)[1]}" stroke="black"/>')
+        parts.append(f'<line x1="{at(0, 0)[0]}" y1="{at(0, 0)[1]}" x2="{at(0, top)[0]}" y2="{at(0, top)[1]}" stroke="black"/>')
+        for x in xs:
+            px, py = at(x, 0)
+            parts.append(f'<text x="{px}" y="{py + 14}" text-anchor="middle">{x}</text>')
+        parts.append(f'<text x="{x0 + width / 2}" y="{height - 8}" text-anchor="middle">managed objects</text>')
+        for fraction in (0, 0.5, 1):
+            px, py = at(0, top / 1.15 * fraction)
+            parts.append(f'<text x="{px - 4}" y="{py + 4}" text-anchor="end">{top / 1.15 * fraction:.0f}</text>')
+        line = " ".join(f"{at(x, y)[0]:.1f},{at(x, y)[1]:.1f}" for x, y in zip(xs, ys))
+        parts.append(f'<polyline points="{line}" fill="none" stroke="#1f6feb" stroke-width="2"/>')
+        for x, y in zip(xs, ys):
+            px, py = at(x, y)
+            parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="#1f6feb"/>')
+            parts.append(f'<text x="{px:.1f}" y="{py - 7:.1f}" text-anchor="middle">{y:.1f}</text>')
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts) + "\n")
 
 
 def main():
@@ -400,44 +469,62 @@ def main():
     parser.add_argument("--flux-versions", required=True, help="source,kustomize")
     parser.add_argument("--kubectl", required=True)
     parser.add_argument("--git-server", required=True, help="the smart HTTP Git server script")
-    parser.add_argument("--apps", type=int, default=100)
-    parser.add_argument("--objects", type=int, default=100)
+    parser.add_argument("--fleets", default="1000x10,100x100",
+                        help="fleets measured with every tool: APPSxOBJECTS, comma-separated")
     parser.add_argument("--edits", type=int, default=100, help="drift edits for tether")
     parser.add_argument("--flux-edits", type=int, default=20,
                         help="drift edits for Flux (each takes up to its 1m interval)")
+    parser.add_argument("--pushes", type=int, default=5)
+    parser.add_argument("--flux-pushes", type=int, default=3, help="each takes Flux tens of seconds")
     parser.add_argument("--steady-seconds", type=int, default=120,
                         help="the steady-state window (two polling intervals)")
+    parser.add_argument("--growth", default="1000,5000,10000",
+                        help="tether alone: converge and memory at these numbers of managed objects")
+    parser.add_argument("--growth-apps", type=int, default=100, help="Applications of the growth runs")
     parser.add_argument("--tools", default="tether,flux", help="which tools to measure, in order")
     parser.add_argument("--report", required=True)
     args = parser.parse_args()
 
     cluster = Cluster(os.environ["KUBECONFIG"], args.kubectl)
+    fleets = [tuple(int(n) for n in f.split("x")) for f in args.fleets.split(",") if f]
+    growth = [int(n) for n in args.growth.split(",") if n]
+    tools = args.tools.split(",")
+    # What the server serves with neither tool running (its own controllers), per minute.
+    log("baseline: 60 s with neither tool running")
+    before = cluster.all_requests()
+    time.sleep(60)
+    baseline = cluster.all_requests() - before
+    runs = {}
+    growth_runs = []
     with tempfile.TemporaryDirectory(prefix="tether-bench-agent.") as work:
-        fleet = Fleet(work, args.apps, args.objects, args.git_server)
-        try:
-            tether = Tether(cluster, args.tether, work)
-            flux = Flux(cluster, args.flux_source_controller, args.flux_kustomize_controller, work, 16)
-            plan = {"tether": (tether, [(1, args.edits), (10, args.edits)], 30),
-                    "flux": (flux, [(10, args.flux_edits)], 180)}
-            runs = {}
-            for name in args.tools.split(","):
-                tool, drift_runs, limit = plan[name]
-                try:
-                    runs[name] = measure(tool, cluster, fleet, drift_runs, args.objects, limit, args.steady_seconds)
-                finally:
-                    for p in tool.processes:
-                        p.kill()
-                    if isinstance(tool, Flux):
-                        tool.drop_finalizers()
-        finally:
-            fleet.stop()
+        tether = Tether(cluster, args.tether, work)
+        flux = Flux(cluster, args.flux_source_controller, args.flux_kustomize_controller, work, 16)
+        plan = {"tether": (tether, [(1, args.edits), (10, args.edits)], 30, args.pushes),
+                "flux": (flux, [(10, args.flux_edits)], 180, args.flux_pushes)}
+        jobs = [(apps, objects, name, True) for apps, objects in fleets for name in tools]
+        if "tether" in tools:
+            jobs += [(args.growth_apps, total // args.growth_apps, "tether", False) for total in growth]
+        for apps, objects, name, full in jobs:
+            log(f"{name}: {apps} × {objects}{'' if full else ' (growth)'}")
+            fleet = Fleet(work, apps, objects, args.git_server)
+            tool, drift_runs, limit, pushes = plan[name]
+            try:
+                if full:
+                    runs[(apps, objects, name)] = measure(tool, cluster, fleet, drift_runs, objects, limit,
+                                                          args.steady_seconds, pushes)
+                else:
+                    r = measure(tool, cluster, fleet, [], objects, limit, 0, 0)
+                    growth_runs.append((apps * objects, r["converge"], r["peak_mib"]))
+            finally:
+                for p in tool.processes:
+                    p.kill()
+                if isinstance(tool, Flux):
+                    tool.drop_finalizers()
+                fleet.stop()
+                shutil.rmtree(fleet.root, ignore_errors=True)
 
-    tr, fr = runs.get("tether"), runs.get("flux")
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem_gib = int(open("/proc/meminfo").readline().split()[1]) / 1024 / 1024
-
-    def cell(results, render):
-        return render(results) if results else "not run"
 
     def drift_cell(key):
         def render(r):
@@ -445,38 +532,61 @@ def main():
                 return "—"
             p50, p99, worst, count = r[key]
             return f"{p50:.3f} / {p99:.3f} / {worst:.3f} s ({count})"
-        return lambda r: render(r)
+        return render
 
     rows = [
-        (f"{args.apps * args.objects} objects: create until all applied", lambda r: f"{r['converge']:.1f} s"),
+        ("create until all applied", lambda r: f"{r['converge']:.1f} s"),
         ("drift to corrected, one edit at a time: p50 / p99 / max (edits)", drift_cell("drift1")),
         ("drift to corrected, 10 edits at once: p50 / p99 / max (edits)", drift_cell("drift10")),
-        ("push notification to applied, 5 pushes: median / max",
-         lambda r: f"{r['push_p50']:.3f} / {r['push_max']:.3f} s"),
+        ("push notification to applied: median / max (pushes)",
+         lambda r: f"{r['push_p50']:.3f} / {r['push_max']:.3f} s ({r['pushes']})"),
         ("peak RSS (VmHWM; per process)", lambda r: f"{r['peak_mib']:.0f} MiB ({r['peak_each']})"),
         ("RSS at the end", lambda r: f"{r['rss_mib']:.0f} MiB"),
         (f"steady state: per-object ConfigMap requests per minute ({args.steady_seconds} s window)",
          lambda r: f"{r['steady']:.1f}"),
+        (f"steady state: all API requests per minute, whole server (baseline without a tool: {baseline:.0f})",
+         lambda r: f"{r['steady_all']:.0f}"),
+        ("steady state: the tool's CPU seconds per idle minute", lambda r: f"{r['idle_cpu']:.2f}"),
     ]
+    date = datetime.datetime.now(datetime.timezone.utc)
     lines = [
-        f"# agent benchmark: {args.apps} folders × {args.objects} ConfigMaps, tether and Flux, "
-        f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%MZ')}",
+        f"# agent benchmark: fleets of Applications, tether and Flux, {date.strftime('%Y-%m-%dT%H:%MZ')}",
         "",
         f"Machine: {os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, {platform.system()} {platform.release()}; "
         "cluster: testenv (kube-apiserver, etcd, controller-manager, scheduler, kwok) on the same machine; "
-        "one Git repository over smart HTTP (git http-backend) on loopback; every interval 1m.",
+        "one Git repository over smart HTTP (git http-backend) on loopback, one folder per application; "
+        "every interval 1m.",
         "",
         f"- tether: {tether.describe(args.tether_version)}; one Application per folder.",
         f"- Flux: {flux.describe(args.flux_versions.split(','))}; one GitRepository and one Kustomization per folder. "
         "Push notification: the `reconcile.fluxcd.io/requestedAt` annotation Flux's Receiver sets "
         "(notification-controller itself not run). Flux corrects drift only at its interval, so it is "
         "measured with fewer edits, 10 at once.",
-        "- The tools ran one after the other, each alone, in separate namespaces.",
+        "- The tools ran one after the other, each alone, in separate namespaces, in this run.",
         "",
-        "| what | tether | Flux |",
-        "|---|---|---|",
-        *[f"| {what} | {cell(tr, render)} | {cell(fr, render)} |" for what, render in rows],
     ]
+    for apps, objects in fleets:
+        tr, fr = runs.get((apps, objects, "tether")), runs.get((apps, objects, "flux"))
+        lines += [f"## {apps} Applications × {objects} ConfigMaps ({apps * objects} objects)", "",
+                  "| what | tether | Flux |", "|---|---|---|"]
+        for what, render in rows:
+            cell = lambda r: render(r) if r else "not run"
+            lines.append(f"| {what} | {cell(tr)} | {cell(fr)} |")
+        if tr and fr:
+            lines += ["", f"Converge: Flux / tether = {fr['converge'] / tr['converge']:.1f}×; "
+                          f"peak memory: Flux / tether = {fr['peak_mib'] / tr['peak_mib']:.1f}×."]
+        lines.append("")
+    if growth_runs:
+        plot = os.path.splitext(args.report)[0] + "-growth.svg"
+        svg_plot(growth_runs, plot)
+        first = growth_runs[0]
+        lines += [f"## Growth: tether alone, {args.growth_apps} Applications", "",
+                  "| managed objects | converge s | peak RSS MiB | s per 1,000 objects | MiB per 1,000 objects above the first |",
+                  "|---|---|---|---|---|"]
+        for total, seconds, peak in growth_runs:
+            extra = "—" if total == first[0] else f"{(peak - first[2]) * 1000 / (total - first[0]):.1f}"
+            lines.append(f"| {total} | {seconds:.1f} | {peak:.0f} | {seconds * 1000 / total:.2f} | {extra} |")
+        lines += ["", f"Plot: [{os.path.basename(plot)}]({os.path.basename(plot)})", ""]
     os.makedirs(os.path.dirname(args.report), exist_ok=True)
     with open(args.report, "w") as f:
         f.write("\n".join(lines) + "\n")

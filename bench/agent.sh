@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Benchmark: `tether agent` and its peer Flux (source-controller + kustomize-controller)
-# managing APPS folders of OBJECTS ConfigMaps each (default 100 × 100 = 10,000 objects) from
-# one Git repository, one after the other on the local testenv cluster. Measures converge
-# time, drift-to-corrected latency, push-notification-to-applied latency, per-object API
-# requests per minute in steady state and peak memory; see bench/agent.py.
+# managing fleets of folders of ConfigMaps from one Git repository, one after the other on
+# the local testenv cluster: FLEETS (default "1000x10,100x100": 1,000 Applications of 10
+# objects, then 100 of 100). Measures converge time, drift-to-corrected latency,
+# push-notification-to-applied latency, API requests and the tool's CPU seconds per minute
+# in steady state, and peak memory; then tether alone at GROWTH managed objects (default
+# 1,000, 5,000 and 10,000 in 100 Applications) for converge time and memory, with a plot
+# (bench/reports/agent-<date>-growth.svg); see bench/agent.py.
 # Writes bench/reports/agent-<date>.md. Not part of `make test`: run `make bench-agent`.
 # The first run builds the Flux controllers from their Go modules (a few minutes).
 set -euo pipefail
@@ -20,6 +23,8 @@ exec python3 bench/agent.py \
   --flux-source-controller "$source_controller" --flux-kustomize-controller "$kustomize_controller" \
   --flux-versions "$(versions FLUX_SOURCE_CONTROLLER_VERSION),$(versions FLUX_KUSTOMIZE_CONTROLLER_VERSION)" \
   --kubectl "$(testenv bin kubectl)" --git-server crates/tether/tests/support/git_http_server.py \
-  --apps "${APPS:-100}" --objects "${OBJECTS:-100}" --edits "${EDITS:-100}" --flux-edits "${FLUX_EDITS:-20}" --steady-seconds "${STEADY_SECONDS:-120}" \
+  --fleets "${FLEETS:-1000x10,100x100}" --growth "${GROWTH:-1000,5000,10000}" \
+  --edits "${EDITS:-100}" --flux-edits "${FLUX_EDITS:-20}" --steady-seconds "${STEADY_SECONDS:-120}" \
+  --pushes "${PUSHES:-5}" --flux-pushes "${FLUX_PUSHES:-3}" \
   --tools "${TOOLS:-tether,flux}" \
   --report "bench/reports/agent-$(date -u +%Y-%m-%d).md"

@@ -8,15 +8,20 @@
 # and the round trip it adds is measured. For each run: wall time and peak RSS
 # (/usr/bin/time), the writes and requests the API server counted (apiserver_request_total,
 # dry-runs apart), and the CPU seconds the API server and etcd used, so a reader sees when
-# the server, not the client, is the bound. Writes bench/reports/apply-<date>.md.
+# the server, not the client, is the bound. The ceiling beside them: the example
+# `ssa_ceiling` (kube-rs) does nothing but the PATCHes, at each concurrency in
+# CEILING_CONCURRENCY, the best of which is what the server allows a client. Writes
+# bench/reports/apply-<date>.md.
 # Not part of `make test`: run `make bench-apply` (N=…, LATENCIES=… to change the size).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-1000}
 LATENCIES=${LATENCIES:-0 2 20}
 testenv() { python3 testenv/testenv.py "$@"; }
-cargo build --release --locked --quiet --bin tether
+CEILING_CONCURRENCY=${CEILING_CONCURRENCY:-8 32 128}
+cargo build --release --locked --quiet --bin tether --example ssa_ceiling
 tether=$PWD/target/release/tether
+ceiling=$PWD/target/release/examples/ssa_ceiling
 testenv up
 export KUBECONFIG; KUBECONFIG="$(testenv env | sed 's/^export KUBECONFIG=//')"
 kubectl=$(testenv bin kubectl)
@@ -193,6 +198,14 @@ for latency in $LATENCIES; do
   for ns in "bench-tether-$latency" "bench-kubectl-$latency"; do
     "$kubectl" delete ns "$ns" --wait=true >/dev/null
   done
+  # The ceiling: nothing but the server-side apply PATCHes, at each concurrency.
+  for c in $CEILING_CONCURRENCY; do
+    ns=bench-ceiling-$latency-$c
+    "$kubectl" delete ns "$ns" --ignore-not-found --wait=true >/dev/null
+    "$kubectl" create ns "$ns" >/dev/null
+    measure "$latency|ceiling, $c at once (cold)" env KUBECONFIG="$config" "$ceiling" "$work/manifests" "$ns" "$c"
+    "$kubectl" delete ns "$ns" --wait=true >/dev/null
+  done
 done
 
 mkdir -p bench/reports
@@ -202,7 +215,7 @@ report=bench/reports/apply-$(date -u +%Y-%m-%d).md
   echo
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB;"
   echo "cluster: testenv (kube-apiserver $("$kubectl" version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), etcd, controllers, kwok), on the same machine;"
-  echo "tether $(git rev-parse --short HEAD) (release build, --concurrency 16); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side --applyset --prune\`)."
+  echo "tether $(git rev-parse --short HEAD) (release build, --concurrency 16); ceiling: examples/ssa_ceiling.rs (kube-rs, server-side apply PATCHes only, concurrency $CEILING_CONCURRENCY); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side --applyset --prune\`)."
   echo "Latency: Toxiproxy $("$toxiproxy" -version | awk '{print $NF}') between the client and the API server, half of it on each direction; 0 ms is a direct connection."
   echo "One run each, same manifests, separate namespaces (deleted after each latency). Writes and requests: the API server's"
   echo "apiserver_request_total for Deployments, Services and Secrets, subresources apart (writes: POST, PUT, PATCH, APPLY,"
@@ -225,6 +238,12 @@ for latency in dict.fromkeys(k[0] for k in rows):
     for kind in ["cold", "no-op"]:
         t, k = rows[(latency, f"tether apply ({kind})")], rows[(latency, f"kubectl apply ({kind})")]
         print(f"- {latency} ms, {kind}: kubectl / tether = {k / t:.1f}x")
+    ceilings = {what: s for (l, what), s in rows.items() if l == latency and what.startswith("ceiling")}
+    if ceilings:
+        best = min(ceilings, key=ceilings.get)
+        t = rows[(latency, "tether apply (cold)")]
+        print(f"- {latency} ms, cold: tether's throughput is {100 * ceilings[best] / t:.0f} % of the ceiling's"
+              f" (best: {best.split(' (')[0]}, {ceilings[best]} s)")
 PY
 } > "$report"
 cat "$report"

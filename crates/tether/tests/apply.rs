@@ -1045,6 +1045,40 @@ async fn a_first_apply_of_many_objects_reads_only_the_ones_that_exist() {
         w.labels()
             .contains_key(tether::apply::applyset::PART_OF_LABEL)
     }));
+
+    // In a namespace shared with many more objects of the kind (other applications'), the
+    // listing would cost more than it saves: each new object is read alone instead.
+    for i in 0..60 {
+        let other: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": format!("{group}/v1"), "kind": "Widget",
+            "metadata": {"name": format!("other-{i:02}")}, "spec": {"size": i}
+        }))
+        .expect("widget");
+        widgets
+            .create(&PostParams::default(), &other)
+            .await
+            .expect("another's widget");
+    }
+    let more: Vec<(String, String)> = (20..26)
+        .map(|i| (format!("w-{i:02}.yaml"), widget(i)))
+        .collect();
+    let more: Vec<(&str, String)> = more.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let mut shared = env.options();
+    shared.app = format!("{}-more", env.app);
+    let gets = requests_of(&group, "widgets", "GET", "");
+    let planned = plan(&env.client, &env.resolver, objects(&more), &shared)
+        .await
+        .expect("plan in a shared namespace");
+    assert_eq!(
+        requests_of(&group, "widgets", "GET", "") - gets,
+        6,
+        "one GET each"
+    );
+    assert!(
+        planned.changes.iter().all(|c| c.action == Action::Create),
+        "{:?}",
+        actions(&planned)
+    );
 }
 
 /// A no-op plan makes no dry-run for members that already hold what tether would write, and

@@ -156,6 +156,10 @@ struct Context {
     /// (the API server was unreachable then): published once it answers again, so an outage
     /// that the next attempt rode out still shows in the Events.
     late_failures: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+    /// namespace/name → the newest resourceVersion of the Application this agent knows
+    /// (its own read or status write): a reconcile whose cached copy is that version reads
+    /// nothing (a poll of 1,000 Applications is not 1,000 GETs a minute).
+    seen_versions: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Context {
@@ -310,6 +314,7 @@ pub async fn run(
         states: Default::default(),
         desired: Default::default(),
         late_failures: Default::default(),
+        seen_versions: Default::default(),
     });
     // With leader election, wait for the Lease (serving health and metrics meanwhile); stop
     // when it is lost, so that two agents never act at once.
@@ -444,16 +449,39 @@ struct Outcome {
 async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
     RECONCILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = std::time::Instant::now();
-    // The cache may not hold this agent's last status write yet: read the Application
-    // itself (one request per reconcile, none per object), so the status built here starts
-    // from the newest one and its write does not conflict.
+    // The cache may not hold this agent's last status write yet: unless it holds the newest
+    // version this agent has seen, read the Application itself (one request, none per
+    // object), so the status built here starts from the newest one and its write does not
+    // conflict. (A write by someone else that the cache has not shown yet makes the status
+    // write fail on its resourceVersion, and the reconcile runs again.)
     let api: Api<Application> =
         Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
-    let app = match api.get_opt(&cached.name_any()).await {
-        Ok(Some(app)) => Arc::new(app),
+    let key = application_key(&cached);
+    let fresh = cached.resource_version().is_some()
+        && ctx.seen_versions.lock().expect("not poisoned").get(&key)
+            == cached.resource_version().as_ref();
+    let read = if fresh {
+        Ok(Some(Application::clone(&cached)))
+    } else {
+        api.get_opt(&cached.name_any()).await
+    };
+    let app = match read {
+        Ok(Some(app)) => {
+            if let Some(version) = app.resource_version() {
+                ctx.seen_versions
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(key, version);
+            }
+            Arc::new(app)
+        }
         Ok(None) => {
             // Deleted: a failure it could not report has no one left to tell.
             ctx.late_failures
+                .lock()
+                .expect("not poisoned")
+                .remove(&application_key(&cached));
+            ctx.seen_versions
                 .lock()
                 .expect("not poisoned")
                 .remove(&application_key(&cached));
@@ -1596,7 +1624,15 @@ async fn write_status(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(written) => {
+            if let Some(version) = written.resource_version() {
+                ctx.seen_versions
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(application_key(app), version);
+            }
+            Ok(())
+        }
         Err(kube::Error::Api(status)) if status.code == 409 => {
             Err(Error::StaleStatus(app.name_any()))
         }

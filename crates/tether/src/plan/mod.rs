@@ -355,12 +355,18 @@ fn already_held(manifest: &Value, held: &Value, applyset_id: &str) -> bool {
 /// Objects per LIST page: bounds what one answer holds in memory.
 const LIST_PAGE: u32 = 250;
 
+/// The metadata-only LIST that tells which desired objects exist is used while the kind
+/// has at most this many objects there per absent desired object; beyond, one GET each is
+/// cheaper for the server.
+const NAMES_PER_GET: usize = 4;
+
 /// Reads the live members of this set for every (kind, namespace) with many desired
 /// objects, one request each. Only members are listed (by the ApplySet label), so memory
 /// stays proportional to the set even when many applications share a namespace. When many
 /// desired objects are not among them (a first apply), one metadata-only LIST, paged,
-/// tells which of them exist instead of one GET each; an object that exists but is not a
-/// member yet (to adopt, or another set's) is read alone.
+/// tells which of them exist instead of one GET each, unless the namespace holds many more
+/// objects of that kind (see [`NAMES_PER_GET`]); an object that exists but is not a member
+/// yet (to adopt, or another set's) is read alone.
 async fn prefetch_live(
     client: &kube::Client,
     prepared: &[Prepared],
@@ -454,15 +460,31 @@ async fn list_group(
     if absent > LIST_THRESHOLD {
         let mut names = BTreeSet::new();
         let mut page = ListParams::default().limit(LIST_PAGE);
-        loop {
+        existing = loop {
             let answer = api.list_metadata(&page).await?;
+            // A namespace shared with far more objects of this kind than the set creates
+            // (many applications in one namespace): its pages would cost more than a GET of
+            // each absent object, so those are read alone after all.
+            let total = answer.items.len() as u64
+                + answer
+                    .metadata
+                    .remaining_item_count
+                    .map_or(0, |n| n.max(0) as u64);
+            let unknown_size = answer.metadata.remaining_item_count.is_none()
+                && answer
+                    .metadata
+                    .continue_
+                    .as_ref()
+                    .is_some_and(|t| !t.is_empty());
+            if unknown_size || total > (absent * NAMES_PER_GET) as u64 {
+                break None;
+            }
             names.extend(answer.items.into_iter().filter_map(|o| o.metadata.name));
             match answer.metadata.continue_.filter(|token| !token.is_empty()) {
                 Some(token) => page = page.continue_token(&token),
-                None => break,
+                None => break Some(names),
             }
-        }
-        existing = Some(names);
+        };
     }
     Ok(Listed {
         members,
