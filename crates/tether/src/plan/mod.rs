@@ -315,9 +315,10 @@ struct Listed {
 }
 
 impl Listed {
-    /// The object's live state when the LISTs settle it (`Some(None)`: it does not exist),
-    /// or `None` when it must be read alone (it exists but is not a member yet). A member
-    /// is handed over, not copied: each is asked for once.
+    /// What the LISTs settle about the object named `name`: unchanged, its live state (or
+    /// that it does not exist), or nothing (it exists but is not a member yet, or its kind
+    /// was not listed there): then it is read alone. A member is handed over, not copied:
+    /// each is asked for once.
     fn take(&mut self, name: &str) -> Prefetched {
         if let Some(member) = self.members.remove(name) {
             return if self.unchanged.contains(name) {
