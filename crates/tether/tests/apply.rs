@@ -59,6 +59,23 @@ struct Env {
     app: String,
 }
 
+impl Env {
+    /// The test CRD's Widgets (see `support::TestCrd`) in this namespace.
+    fn widgets(&self, group: &str) -> Api<kube::api::DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.ns.name,
+            &kube::api::ApiResource {
+                group: group.into(),
+                version: "v1".into(),
+                api_version: format!("{group}/v1"),
+                kind: "Widget".into(),
+                plural: "widgets".into(),
+            },
+        )
+    }
+}
+
 async fn env(prefix: &str) -> Env {
     let cluster = cluster().await;
     let client = cluster.client();
@@ -969,17 +986,7 @@ async fn a_first_apply_of_many_objects_reads_only_the_ones_that_exist() {
         .map(|i| (format!("w-{i:02}.yaml"), widget(i)))
         .collect();
     let files: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        env.client.clone(),
-        &env.ns.name,
-        &kube::api::ApiResource {
-            group: group.clone(),
-            version: "v1".into(),
-            api_version: format!("{group}/v1"),
-            kind: "Widget".into(),
-            plural: "widgets".into(),
-        },
-    );
+    let widgets = env.widgets(&group);
     // One of them was made by hand, with Git's value (another value would be a conflict).
     let handmade: kube::api::DynamicObject = serde_json::from_value(json!({
         "apiVersion": format!("{group}/v1"), "kind": "Widget",
@@ -1133,17 +1140,7 @@ async fn a_no_op_plan_makes_no_dry_runs_and_never_hides_a_change() {
     );
 
     // Another manager changes one widget: only that one is dry-run, and it is shown.
-    let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        env.client.clone(),
-        &env.ns.name,
-        &kube::api::ApiResource {
-            group: group.clone(),
-            version: "v1".into(),
-            api_version: format!("{group}/v1"),
-            kind: "Widget".into(),
-            plural: "widgets".into(),
-        },
-    );
+    let widgets = env.widgets(&group);
     widgets
         .patch(
             "w-03",
