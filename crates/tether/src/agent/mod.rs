@@ -477,14 +477,8 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         }
         Ok(None) => {
             // Deleted: a failure it could not report has no one left to tell.
-            ctx.late_failures
-                .lock()
-                .expect("not poisoned")
-                .remove(&application_key(&cached));
-            ctx.seen_versions
-                .lock()
-                .expect("not poisoned")
-                .remove(&application_key(&cached));
+            ctx.late_failures.lock().expect("not poisoned").remove(&key);
+            ctx.seen_versions.lock().expect("not poisoned").remove(&key);
             return Ok(Action::await_change());
         }
         Err(e) => return Err(Error::Status(cached.name_any(), describe(&e))),
