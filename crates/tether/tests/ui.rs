@@ -174,10 +174,14 @@ async fn the_web_ui_shows_applications_live_and_acts_on_them() {
         )
         .await;
     }
-    until(&apps, "blog", "first sync", |a| {
-        applied(a) == Some(first.as_str())
-    })
-    .await;
+    // Both at the first commit before the second exists: otherwise shop's first sync may
+    // already find the second commit, and history would hold one sync, not two.
+    for name in ["shop", "blog"] {
+        until(&apps, name, "first sync", |a| {
+            applied(a) == Some(first.as_str())
+        })
+        .await;
+    }
     // A second commit, so that history has a revision to roll back to.
     repo.write("shop/settings.yaml", &cm("settings", "teal"));
     let second = repo.commit("shop: teal");
