@@ -420,7 +420,14 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
     repo.write("apps/many/templates.yaml", &manifests);
     let commit = repo.commit("a thousand objects");
     let daemon = GitDaemon::start(&root);
-    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let port = support::free_port();
+    let agent = start_agent(
+        &client,
+        AgentOptions {
+            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            ..options_for(&ns, dir.path())
+        },
+    );
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
     create_application(
         &apps,
@@ -438,16 +445,22 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
     .await;
     // Once the watches have seen every object at the version the sync left it, reconciles
     // must be free. Look for a 5-second window with at least 3 reconciles: it must show
-    // zero requests.
+    // zero requests, and at most half as many Git fetches as reconciles: a poll whose shared
+    // listing of the remote's refs (at most 5 s old) shows the commit applied opens no
+    // repository. (Were every reconcile to fetch, the counts could differ by one at most, at
+    // the window's edges.)
+    let fetches = || support::agent::agent_metric(port, "tether_git_fetch_duration_seconds_count");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut reconciles, mut sent) = (0, u64::MAX);
+    let (mut reconciles, mut sent, mut fetched) = (0, u64::MAX, 0.0);
     while Instant::now() < deadline {
         let reconciles_before = tether::agent::RECONCILES.load(Ordering::Relaxed);
         let requests_before = requests_for(&client, "podtemplates").await;
+        let fetches_before = fetches().await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         sent = requests_for(&client, "podtemplates").await - requests_before;
+        fetched = fetches().await - fetches_before;
         reconciles = tether::agent::RECONCILES.load(Ordering::Relaxed) - reconciles_before;
-        if sent == 0 && reconciles >= 3 {
+        if sent == 0 && reconciles >= 3 && fetched * 2.0 <= reconciles as f64 {
             break;
         }
     }
@@ -459,6 +472,11 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
         sent, 0,
         "{reconciles} no-op reconciles of 1,000 objects sent {sent} requests for them"
     );
+    assert!(
+        fetched * 2.0 <= reconciles as f64,
+        "{reconciles} idle reconciles fetched from Git {fetched} times"
+    );
+    eprintln!("{reconciles} idle reconciles fetched from Git {fetched} times");
 
     // A push to another folder of the same repository: the new revision renders what is
     // applied, so the Application moves to it without a request for its objects.
@@ -664,12 +682,7 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
         "webhook to applied took {latency:?}"
     );
 
-    let metrics = tokio::task::spawn_blocking(move || {
-        reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics")).and_then(|r| r.text())
-    })
-    .await
-    .expect("join")
-    .expect("metrics");
+    let metrics = support::agent::agent_metrics(port).await;
     assert!(
         metrics.contains("tether_reconciles_total{result=\"applied\"}"),
         "{metrics}"
@@ -737,6 +750,27 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
     .await
     .expect("join");
     assert_eq!(status, 202);
+
+    // The gauge of Applications by state counts each once, and forgets a deleted one.
+    let state = "tether_applications{sync=\"Synced\",health=\"Healthy\"}";
+    let metrics = support::agent::agent_metrics(port).await;
+    assert!(metrics.contains(&format!("{state} 1\n")), "{metrics}");
+    assert_eq!(
+        support::agent::agent_metric(port, "tether_applications").await,
+        1.0
+    );
+    apps.delete("hooked", &Default::default())
+        .await
+        .expect("deleted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while support::agent::agent_metric(port, "tether_applications").await != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "a deleted Application still counts: {}",
+            support::agent::agent_metrics(port).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = agent.stop().await;
 }
 

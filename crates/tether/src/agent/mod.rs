@@ -183,18 +183,41 @@ impl Context {
 
     /// Keeps the Applications-by-state gauge in step with this Application's latest state.
     fn record_state(&self, app: &Application, sync: &str, health: &str) {
-        let key = format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any());
+        let key = application_key(app);
+        let state = (sync.to_string(), health.to_string());
         let mut states = self.states.lock().expect("not poisoned");
-        states.insert(key, (sync.to_string(), health.to_string()));
-        self.metrics.applications.clear();
-        for (sync, health) in states.values() {
-            self.metrics
-                .applications
-                .get_or_create(&server::StateLabels {
-                    sync: sync.clone(),
-                    health: health.clone(),
-                })
-                .inc();
+        let previous = states.insert(key, state.clone());
+        if previous.as_ref() == Some(&state) {
+            return;
+        }
+        if let Some(previous) = previous {
+            self.uncount_state(previous);
+        }
+        let (sync, health) = state;
+        self.metrics
+            .applications
+            .get_or_create(&server::StateLabels { sync, health })
+            .inc();
+    }
+
+    /// The Application `key` is gone: it no longer counts in the gauge of states, and a
+    /// failure it could not report has no one left to tell.
+    fn forget(&self, key: &str) {
+        self.late_failures.lock().expect("not poisoned").remove(key);
+        self.seen_versions.lock().expect("not poisoned").remove(key);
+        let mut states = self.states.lock().expect("not poisoned");
+        if let Some(previous) = states.remove(key) {
+            self.uncount_state(previous);
+        }
+    }
+
+    /// One Application fewer in `state` (the caller holds `states`' lock); a state no
+    /// Application is in leaves the gauge.
+    fn uncount_state(&self, (sync, health): (String, String)) {
+        let labels = server::StateLabels { sync, health };
+        let before = self.metrics.applications.get_or_create(&labels).dec();
+        if before <= 1 {
+            self.metrics.applications.remove(&labels);
         }
     }
 }
@@ -231,9 +254,17 @@ pub async fn run(
     // Reconcile on spec changes (generation), not on the status this agent writes: a sync
     // happens when Git, the spec, a watched object or a webhook says so, or at the interval.
     let (store, writer) = kube::runtime::reflector::store();
+    // A deleted Application is not reconciled (the store no longer holds it): what the
+    // agent keeps about it is forgotten here.
+    let (gone_sender, mut gone) = tokio::sync::mpsc::unbounded_channel();
     let applications = watcher(applications, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(app)) = event {
+                let _ = gone_sender.send(application_key(app));
+            }
+        })
         .applied_objects()
         .predicate_filter(spec_or_sync_request, Default::default());
     let controller = Controller::for_stream(applications, store.clone())
@@ -316,6 +347,14 @@ pub async fn run(
         late_failures: Default::default(),
         seen_versions: Default::default(),
     });
+    let _forgetting = AbortOnDrop(tokio::spawn({
+        let context = context.clone();
+        async move {
+            while let Some(key) = gone.recv().await {
+                context.forget(&key);
+            }
+        }
+    }));
     // With leader election, wait for the Lease (serving health and metrics meanwhile); stop
     // when it is lost, so that two agents never act at once.
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
@@ -477,8 +516,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         }
         Ok(None) => {
             // Deleted: a failure it could not report has no one left to tell.
-            ctx.late_failures.lock().expect("not poisoned").remove(&key);
-            ctx.seen_versions.lock().expect("not poisoned").remove(&key);
+            ctx.forget(&key);
             return Ok(Action::await_change());
         }
         Err(e) => return Err(Error::Status(cached.name_any(), describe(&e))),
@@ -761,6 +799,44 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
     } else {
         LISTING_MAX_AGE
     };
+    // No-op is free. Nothing is asked of the cluster for the Application's objects when the
+    // spec and the sync request are unchanged, the last full sync left it Synced, and the
+    // watches saw nothing but status change since; and either the revision is the one
+    // applied, or a new revision renders exactly what was applied (a push that touched
+    // other folders of a shared repository).
+    let settled = app.status.as_ref().and_then(|status| {
+        let unchanged = !sync_requested && status.observed_generation == app.metadata.generation;
+        let (sync, apply_set) = (status.sync.as_ref()?, status.apply_set.as_ref()?);
+        (unchanged && sync.status == "Synced").then_some((status, sync, apply_set))
+    });
+    // The backstop: now and then, plan in full although the watches saw nothing.
+    let verification_due = ctx
+        .options
+        .verify_interval
+        .is_some_and(|period| ctx.drift.verification_due(&applyset_id, period));
+    // An idle poll: the shared listing of the remote's refs (a few seconds old at most)
+    // shows the commit already applied. Nor is the Git cache opened then.
+    if pin.is_none()
+        && !verification_due
+        && let Some((status, sync, apply_set)) = settled
+        && let Some(status_changed) = ctx.drift.may_skip(&applyset_id)
+        && let Some(applied) = status.revision_info.as_ref()
+        && status.last_applied_revision.as_ref() == Some(&applied.commit)
+        && let Some(listed) = git_source(&ctx.options, app, listing_max_age)
+            .ok()
+            .and_then(|source| source.recently_listed())
+        && listed.commit == applied.commit
+    {
+        let revision = Revision {
+            summary: applied.message.clone(),
+            author: applied.author.clone(),
+            ..listed
+        };
+        let settled = (status, sync, apply_set);
+        return Ok(
+            unchanged_outcome(ctx, client, &applyset_id, settled, status_changed, revision).await,
+        );
+    }
     let (revision, tree) = fetch(
         &ctx.client,
         &ctx.options,
@@ -777,17 +853,6 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
             .git_fetch_seconds
             .observe(fetch_started.elapsed().as_secs_f64());
 
-        // No-op is free. Nothing is asked of the cluster for the Application's objects when the
-        // spec and the sync request are unchanged, the last full sync left it Synced, and the
-        // watches saw nothing but status change since; and either the revision is the one
-        // applied, or a new revision renders exactly what was applied (a push that touched
-        // other folders of a shared repository).
-        let settled = app.status.as_ref().and_then(|status| {
-            let unchanged =
-                !sync_requested && status.observed_generation == app.metadata.generation;
-            let (sync, apply_set) = (status.sync.as_ref()?, status.apply_set.as_ref()?);
-            (unchanged && sync.status == "Synced").then_some((status, sync, apply_set))
-        });
         let mut rendered = None;
         // The watches reported drift that this sync took on (not for the backstop to count).
         let mut reported_drift = false;
@@ -822,11 +887,6 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
                 }
             }
         }
-        // The backstop: now and then, plan in full although the watches saw nothing.
-        let verification_due = ctx
-            .options
-            .verify_interval
-            .is_some_and(|period| ctx.drift.verification_due(&applyset_id, period));
         if rendered.is_none()
             && !verification_due
             && let Some((status, sync, apply_set)) = settled
@@ -843,21 +903,16 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
                 ctx.drift.applied_digest(&applyset_id) == Some(digest)
             };
             if same_output {
-                let previous = status.health.as_deref().unwrap_or("Unknown");
-                let health = if status_changed {
-                    assess_set(ctx, client, &applyset_id).await
-                } else {
-                    health_from(previous)
-                };
-                let mut sync = sync.clone();
-                sync.revision = revision.commit.clone();
-                return Ok(Outcome {
+                let settled = (status, sync, apply_set);
+                return Ok(unchanged_outcome(
+                    ctx,
+                    client,
+                    &applyset_id,
+                    settled,
+                    status_changed,
                     revision,
-                    sync,
-                    health,
-                    applied: None,
-                    apply_set: apply_set.clone(),
-                });
+                )
+                .await);
             }
         }
         let applied_digest = ctx.drift.applied_digest(&applyset_id);
@@ -888,6 +943,33 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
         failure.revision.get_or_insert(attempted);
         failure
     })
+}
+
+/// The outcome of a sync that changes nothing: the settled status carried over to
+/// `revision`, with health read again only when the watches saw a member's status change.
+async fn unchanged_outcome(
+    ctx: &Context,
+    client: &kube::Client,
+    applyset_id: &str,
+    settled: (&ApplicationStatus, &SyncStatus, &ApplySetReference),
+    status_changed: bool,
+    revision: Revision,
+) -> Outcome {
+    let (status, sync, apply_set) = settled;
+    let health = if status_changed {
+        assess_set(ctx, client, applyset_id).await
+    } else {
+        health_from(status.health.as_deref().unwrap_or("Unknown"))
+    };
+    let mut sync = sync.clone();
+    sync.revision = revision.commit.clone();
+    Outcome {
+        revision,
+        sync,
+        health,
+        applied: None,
+        apply_set: apply_set.clone(),
+    }
 }
 
 /// Plans every object of the render against the cluster and applies when the policy
@@ -1323,21 +1405,21 @@ pub async fn fetch(
 ) -> Result<(Revision, crate::source::git::CommitTree), String> {
     let namespace = app.namespace().unwrap_or_default();
     let spec = &app.spec;
-    let reference = match pin {
-        Some(commit) => RefSpec::Commit(commit.to_string()),
-        None => RefSpec::parse(&spec.source.r#ref.as_ref_text()?).map_err(|e| e.to_string())?,
+    let mut source = match pin {
+        Some(commit) => {
+            let mut source = git_source(options, app, listing_max_age)?;
+            source.reference = RefSpec::Commit(commit.to_string());
+            source
+        }
+        None => git_source(options, app, listing_max_age)?,
     };
-    let mut source = GitSource::new(spec.source.repo_url.clone(), reference);
-    source.cache_dir = options.cache_dir.join("git");
-    source.listing_max_age = listing_max_age;
-    if let Some(timeout) = &spec.source.timeout {
-        source.timeout =
-            parse_duration(timeout).map_err(|e| format!("spec.source.timeout {timeout:?}: {e}"))?;
-    }
-    let secret_files =
-        tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+    // Credentials are written to files for Git; the folder lives until the fetch is done.
+    let mut secret_files = None;
     if let Some(secret) = &spec.source.secret_ref {
-        source.auth = credentials(client, &namespace, &secret.name, secret_files.path()).await?;
+        let folder =
+            tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+        source.auth = credentials(client, &namespace, &secret.name, folder.path()).await?;
+        secret_files = Some(folder);
     }
     if !spec.source.verify_keys.is_empty() {
         let mut policy = SignaturePolicy::default();
@@ -1359,7 +1441,26 @@ pub async fn fetch(
         .await
         .map_err(|e| format!("the Git task failed: {e}"))?
         .map_err(|e| e.to_string())?;
+    drop(secret_files);
     Ok((revision, tree))
+}
+
+/// The Git source of the Application's ref, without credentials or signature keys.
+fn git_source(
+    options: &AgentOptions,
+    app: &Application,
+    listing_max_age: Duration,
+) -> Result<GitSource, String> {
+    let spec = &app.spec;
+    let reference = RefSpec::parse(&spec.source.r#ref.as_ref_text()?).map_err(|e| e.to_string())?;
+    let mut source = GitSource::new(spec.source.repo_url.clone(), reference);
+    source.cache_dir = options.cache_dir.join("git");
+    source.listing_max_age = listing_max_age;
+    if let Some(timeout) = &spec.source.timeout {
+        source.timeout =
+            parse_duration(timeout).map_err(|e| format!("spec.source.timeout {timeout:?}: {e}"))?;
+    }
+    Ok(source)
 }
 
 /// What a sync of the Application's ref would do now: its newest revision (from a listing

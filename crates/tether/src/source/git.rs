@@ -260,6 +260,38 @@ impl GitSource {
     }
 }
 
+impl GitSource {
+    /// What a fetch now would resolve the ref to, known without opening the cache or
+    /// contacting the remote: the commit (and the ref it came from) that a listing of the
+    /// remote's refs, taken by this process at most `listing_max_age` ago and not made stale
+    /// by a webhook since, gives for it; a full commit id is itself. `None` when there is no
+    /// such listing or the ref is not in it. Summary and author are not known here.
+    pub fn recently_listed(&self) -> Option<Revision> {
+        let url = normalize_url(&self.url).ok()?.to_bstring().to_string();
+        let (commit, from_ref) = match &self.reference {
+            RefSpec::Commit(id)
+                if id.len() == 40 && gix::ObjectId::from_hex(id.as_bytes()).is_ok() =>
+            {
+                (id.clone(), None)
+            }
+            reference => {
+                let not_before = Instant::now()
+                    .checked_sub(self.listing_max_age)
+                    .unwrap_or_else(Instant::now);
+                let found = listed_ref(reference, &recent_listing(&url, not_before)?)?;
+                (found.commit.to_string(), Some(found.name))
+            }
+        };
+        Some(Revision {
+            commit,
+            from_ref,
+            url,
+            summary: None,
+            author: None,
+        })
+    }
+}
+
 /// Removes the lock files (`shallow.lock`, `packed-refs.lock`, `refs/…/x.lock`) that a
 /// process killed in the middle of a fetch left in the cached repository `dir`. Only called
 /// while holding the repository's exclusive lock, so no live fetch owns them; without this,
@@ -722,55 +754,30 @@ impl Session<'_> {
     }
 
     fn pick(&self, listing: &Listing, repo: &gix::Repository) -> Result<Target, Error> {
-        let find = |name: &str| listing.refs.iter().find(|r| r.name == name).cloned();
+        let reference = &self.source.reference;
+        if let Some(found) = listed_ref(reference, listing) {
+            return Ok(Target::Ref(found));
+        }
         let not_found = |spec: String, kind: Option<&str>| Error::RefNotFound {
             url: self.display_url.to_string(),
             spec,
             available: available(listing, kind),
         };
-        match &self.source.reference {
-            RefSpec::Default => {
-                let branch = listing.head.clone().or_else(|| {
-                    ["refs/heads/main", "refs/heads/master"]
-                        .into_iter()
-                        .find(|n| find(n).is_some())
-                        .map(str::to_string)
-                });
-                branch
-                    .and_then(|b| find(&b))
-                    .map(Target::Ref)
-                    .ok_or_else(|| not_found("a default branch (HEAD)".into(), Some("refs/heads/")))
-            }
-            RefSpec::Branch(b) => find(&format!("refs/heads/{b}"))
-                .map(Target::Ref)
-                .ok_or_else(|| not_found(format!("branch {b:?}"), Some("refs/heads/"))),
-            RefSpec::Tag(t) => find(&format!("refs/tags/{t}"))
-                .map(Target::Ref)
-                .ok_or_else(|| not_found(format!("tag {t:?}"), Some("refs/tags/"))),
-            RefSpec::Name(n) => find(&format!("refs/heads/{n}"))
-                .or_else(|| find(&format!("refs/tags/{n}")))
-                .or_else(|| find(n))
-                .map(Target::Ref)
-                .or_else(|| is_commit_id(n).then(|| self.commit_target(n, listing, repo)))
-                .ok_or_else(|| not_found(format!("branch, tag or commit {n:?}"), None)),
+        match reference {
+            RefSpec::Default => Err(not_found(
+                "a default branch (HEAD)".into(),
+                Some("refs/heads/"),
+            )),
+            RefSpec::Branch(b) => Err(not_found(format!("branch {b:?}"), Some("refs/heads/"))),
+            RefSpec::Tag(t) => Err(not_found(format!("tag {t:?}"), Some("refs/tags/"))),
+            RefSpec::Name(n) if is_commit_id(n) => Ok(self.commit_target(n, listing, repo)),
+            RefSpec::Name(n) => Err(not_found(format!("branch, tag or commit {n:?}"), None)),
             RefSpec::Commit(id) => Ok(self.commit_target(id, listing, repo)),
-            RefSpec::Semver(range) => {
-                let tags: Vec<&str> = listing
-                    .refs
-                    .iter()
-                    .filter_map(|r| r.name.strip_prefix("refs/tags/"))
-                    .collect();
-                match range.best(tags.iter().copied()) {
-                    Some((tag, _)) => Ok(Target::Ref(
-                        find(&format!("refs/tags/{tag}")).expect("tag came from the listing"),
-                    )),
-                    None => Err(Error::NoSemverMatch {
-                        url: self.display_url.to_string(),
-                        range: range.text.clone(),
-                        available: available(listing, Some("refs/tags/")),
-                    }),
-                }
-            }
+            RefSpec::Semver(range) => Err(Error::NoSemverMatch {
+                url: self.display_url.to_string(),
+                range: range.text.clone(),
+                available: available(listing, Some("refs/tags/")),
+            }),
         }
     }
 
@@ -1113,6 +1120,38 @@ fn remember_listing(url: &str, taken: Instant, listing: &Listing) {
         .lock()
         .expect("not poisoned")
         .insert(url.to_string(), (taken, listing.clone()));
+}
+
+/// The advertised ref that `reference` names in `listing`: the default branch, a branch, a
+/// tag, a name that is one of those, or the highest tag in a semver range. `None` when it
+/// names none of them (a commit id names no ref).
+fn listed_ref(reference: &RefSpec, listing: &Listing) -> Option<RemoteRef> {
+    let find = |name: &str| listing.refs.iter().find(|r| r.name == name).cloned();
+    match reference {
+        RefSpec::Default => {
+            let branch = listing.head.clone().or_else(|| {
+                ["refs/heads/main", "refs/heads/master"]
+                    .into_iter()
+                    .find(|n| find(n).is_some())
+                    .map(str::to_string)
+            })?;
+            find(&branch)
+        }
+        RefSpec::Branch(b) => find(&format!("refs/heads/{b}")),
+        RefSpec::Tag(t) => find(&format!("refs/tags/{t}")),
+        RefSpec::Name(n) => find(&format!("refs/heads/{n}"))
+            .or_else(|| find(&format!("refs/tags/{n}")))
+            .or_else(|| find(n)),
+        RefSpec::Commit(_) => None,
+        RefSpec::Semver(range) => {
+            let tags = listing
+                .refs
+                .iter()
+                .filter_map(|r| r.name.strip_prefix("refs/tags/"));
+            let (tag, _) = range.best(tags)?;
+            find(&format!("refs/tags/{tag}"))
+        }
+    }
 }
 
 enum Target {

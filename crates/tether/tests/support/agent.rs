@@ -135,14 +135,20 @@ pub fn applied(app: &Application) -> Option<&str> {
     app.status.as_ref()?.last_applied_revision.as_deref()
 }
 
-/// One counter or gauge from the agent's /metrics on `port` (0 when absent).
-pub async fn agent_metric(port: u16, name: &str) -> f64 {
-    let text = tokio::task::spawn_blocking(move || {
+/// The agent's /metrics on `port`, as text.
+pub async fn agent_metrics(port: u16) -> String {
+    tokio::task::spawn_blocking(move || {
         reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics")).and_then(|r| r.text())
     })
     .await
     .expect("the request task")
-    .expect("the agent serves /metrics");
+    .expect("the agent serves /metrics")
+}
+
+/// One counter or gauge from the agent's /metrics on `port`, summed over its labels (0
+/// when absent).
+pub async fn agent_metric(port: u16, name: &str) -> f64 {
+    let text = agent_metrics(port).await;
     text.lines()
         .filter(|line| line.split([' ', '{']).next() == Some(name))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
