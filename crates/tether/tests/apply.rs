@@ -1138,6 +1138,37 @@ async fn a_no_op_plan_makes_no_dry_runs_and_never_hides_a_change() {
         0,
         "dry-runs of unchanged widgets"
     );
+    // What is kept of an unchanged widget: its state without managedFields, for health and
+    // the UI; or, when the caller shows no state (plan, apply), its identity alone.
+    let kept = |plan: &tether::plan::Plan| {
+        plan.changes
+            .iter()
+            .find(|c| c.key.name == "w-01")
+            .and_then(|c| c.live.clone())
+            .expect("w-01's live state")
+    };
+    let whole = kept(&again);
+    assert_eq!(whole["spec"]["size"], 1, "{whole}");
+    assert!(whole["metadata"]["resourceVersion"].is_string(), "{whole}");
+    assert!(whole["metadata"].get("managedFields").is_none(), "{whole}");
+    let mut identity_only = env.options();
+    identity_only.keep_unchanged_live = false;
+    let slim = plan(
+        &env.client,
+        &env.resolver,
+        objects(&borrowed(&all)),
+        &identity_only,
+    )
+    .await
+    .expect("plan");
+    assert!(!slim.has_changes(), "{:?}", actions(&slim));
+    let slim = kept(&slim);
+    assert_eq!(
+        slim["metadata"]["resourceVersion"],
+        whole["metadata"]["resourceVersion"]
+    );
+    assert_eq!(slim["metadata"]["name"], "w-01");
+    assert!(slim.get("spec").is_none(), "{slim}");
 
     // Another manager changes one widget: only that one is dry-run, and it is shown.
     let widgets = env.widgets(&group);

@@ -995,7 +995,7 @@ async fn full_sync(
     ctx.drift
         .watch_before_sync(owner.clone(), applyset_id, kinds, WATCH_LIST_TIMEOUT)
         .await;
-    let planned = plan_app(client, &ctx.resolver, &ctx.options, app, objects).await?;
+    let planned = plan_app(client, &ctx.resolver, &ctx.options, app, objects, false).await?;
     if check_watches {
         ctx.metrics.drift_verifications.inc();
         report_missed(ctx, app, applyset_id, &planned);
@@ -1332,6 +1332,8 @@ async fn correct_drift(
     plan_options.concurrency = ctx.options.concurrency;
     plan_options.force_conflicts = spec.sync_policy.force_conflicts;
     plan_options.partial = true;
+    // Health is read afresh after the correction: an unchanged object's state is not kept.
+    plan_options.keep_unchanged_live = false;
     let planned = plan(client, &ctx.resolver, subset, &plan_options)
         .await
         .map_err(|e| e.to_string())?;
@@ -1490,7 +1492,7 @@ pub async fn render_and_plan(
 ) -> Result<crate::plan::Plan, String> {
     let objects = render_app(resolver, options, app, revision, tree).await?;
     let acting = tenancy::client_for(client, app, options.require_service_account)?;
-    plan_app(&acting, resolver, options, app, objects).await
+    plan_app(&acting, resolver, options, app, objects, true).await
 }
 
 /// Renders a fetched revision as the Application says.
@@ -1540,17 +1542,20 @@ async fn render_app(
 }
 
 /// Plans rendered objects against the cluster as the Application's policy says, with
-/// `client` acting for it (see [`tenancy::client_for`]).
+/// `client` acting for it (see [`tenancy::client_for`]); `keep_unchanged_live` for a plan
+/// that is shown (see [`PlanOptions::keep_unchanged_live`]).
 async fn plan_app(
     client: &kube::Client,
     resolver: &Resolver,
     options: &AgentOptions,
     app: &Application,
     objects: Vec<crate::render::Object>,
+    keep_unchanged_live: bool,
 ) -> Result<crate::plan::Plan, String> {
     let spec = &app.spec;
     let mut plan_options = PlanOptions::new(app.name_any(), spec.destination.namespace.clone());
     plan_options.concurrency = options.concurrency;
+    plan_options.keep_unchanged_live = keep_unchanged_live;
     // With selfHeal, Git is the authority: fields someone else took are taken back.
     plan_options.force_conflicts = spec.sync_policy.force_conflicts;
     plan(client, resolver, objects, &plan_options)

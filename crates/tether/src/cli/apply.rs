@@ -56,7 +56,7 @@ pub async fn run(
     args: &ApplyArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
-    let prepared = prepare(global, &args.target).await?;
+    let prepared = prepare(global, &args.target, false).await?;
     let options = ApplyOptions {
         prune: !args.no_prune,
         allow_empty: args.allow_empty,

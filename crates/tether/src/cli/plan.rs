@@ -60,8 +60,13 @@ pub struct Prepared {
     pub revision: Option<Revision>,
 }
 
-/// Resolves the source, renders, connects, discovers and plans.
-pub async fn prepare(global: &GlobalArgs, target: &TargetArgs) -> anyhow::Result<Prepared> {
+/// Resolves the source, renders, connects, discovers and plans; `keep_unchanged_live` when
+/// the caller shows unchanged objects' state (see [`PlanOptions::keep_unchanged_live`]).
+pub async fn prepare(
+    global: &GlobalArgs,
+    target: &TargetArgs,
+    keep_unchanged_live: bool,
+) -> anyhow::Result<Prepared> {
     let resolved = target.source.resolve().await?;
     let cluster = Cluster::connect(&global.cluster_options()).await?;
     let resolver = Resolver::new(cluster.client())
@@ -83,6 +88,7 @@ pub async fn prepare(global: &GlobalArgs, target: &TargetArgs) -> anyhow::Result
     options.adopt = target.adopt;
     options.force_conflicts = target.force_conflicts;
     options.concurrency = target.concurrency;
+    options.keep_unchanged_live = keep_unchanged_live;
     options.progress = super::progress::for_stderr();
     let plan = crate::plan::plan(&cluster.client(), &resolver, objects, &options).await?;
     Ok(Prepared {
@@ -94,7 +100,7 @@ pub async fn prepare(global: &GlobalArgs, target: &TargetArgs) -> anyhow::Result
 }
 
 pub async fn run(global: &GlobalArgs, args: &PlanArgs, out: &mut impl Write) -> anyhow::Result<u8> {
-    let prepared = prepare(global, &args.target).await?;
+    let prepared = prepare(global, &args.target, false).await?;
     write_plan(
         out,
         global.output,

@@ -55,7 +55,7 @@ pub async fn run(
     args: &StatusArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
-    let prepared = prepare(global, &args.target).await?;
+    let prepared = prepare(global, &args.target, true).await?;
     let plan = &prepared.plan;
     let objects: Vec<ObjectStatus> = plan
         .changes

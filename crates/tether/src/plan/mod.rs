@@ -40,6 +40,11 @@ pub struct PlanOptions {
     /// Plan only the objects given, a part of the set (a targeted correction): members
     /// not given are left alone, never pruned.
     pub partial: bool,
+    /// Keep an unchanged object's live state (but its managedFields) in its change, for
+    /// health and for showing it (`tether status`, the agent's UI). Without it, only the
+    /// object's identity and resourceVersion are kept: `plan` and `apply` read nothing
+    /// more of an object they do not write, and a no-op plan of thousands then holds little.
+    pub keep_unchanged_live: bool,
     pub progress: crate::progress::ProgressHandle,
 }
 
@@ -52,6 +57,7 @@ impl PlanOptions {
             adopt: false,
             concurrency: 16,
             partial: false,
+            keep_unchanged_live: true,
             progress: Default::default(),
         }
     }
@@ -372,6 +378,7 @@ async fn prefetch_live(
     client: &kube::Client,
     prepared: &[Prepared],
     applyset_id: &str,
+    keep_unchanged_live: bool,
 ) -> Result<BTreeMap<(String, String, String), Listed>, PlanError> {
     // Each (kind, namespace) with its desired objects: name → index in `prepared`.
     type Desired = BTreeMap<String, usize>;
@@ -394,8 +401,16 @@ async fn prefetch_live(
             .into_iter()
             .filter(|(_, (_, desired))| desired.len() > LIST_THRESHOLD)
             .map(|(group, (kind, desired))| async move {
-                let listed =
-                    list_group(client, &kind, &group.2, prepared, &desired, applyset_id).await;
+                let listed = list_group(
+                    client,
+                    &kind,
+                    &group.2,
+                    prepared,
+                    &desired,
+                    applyset_id,
+                    keep_unchanged_live,
+                )
+                .await;
                 (group, listed)
             }),
     )
@@ -416,6 +431,7 @@ async fn list_group(
     prepared: &[Prepared],
     desired: &BTreeMap<String, usize>,
     applyset_id: &str,
+    keep_unchanged_live: bool,
 ) -> Result<Listed, kube::Error> {
     let api = api_for(client, kind, namespace);
     // Paged: one page's answer at a time is held beside the objects kept.
@@ -443,7 +459,7 @@ async fn list_group(
             if let Some(&index) = desired.get(&name)
                 && already_held(&prepared[index].manifest, &live, applyset_id)
             {
-                live = without_managed_fields(live);
+                live = unchanged_live(live, keep_unchanged_live);
                 unchanged.insert(name.clone());
             }
             members.insert(name, live);
@@ -707,10 +723,11 @@ pub async fn plan(
         .filter(|p| p.key.group.is_empty() && p.key.kind == "Namespace")
         .map(|p| p.key.name.clone())
         .collect();
-    let prefetched = match prefetch_live(client, &prepared, &applyset.id).await {
-        Ok(prefetched) => prefetched,
-        Err(error) => return Err(PlanErrors(vec![error])),
-    };
+    let prefetched =
+        match prefetch_live(client, &prepared, &applyset.id, options.keep_unchanged_live).await {
+            Ok(prefetched) => prefetched,
+            Err(error) => return Err(PlanErrors(vec![error])),
+        };
     let context = Context {
         client,
         applyset_id: &applyset.id,
@@ -920,7 +937,7 @@ async fn plan_change(
         && already_held(manifest, held, applyset_id)
     {
         change.action = Action::Unchanged;
-        change.live = live.map(without_managed_fields);
+        change.live = live.map(|live| unchanged_live(live, options.keep_unchanged_live));
         return Ok(());
     }
     let mut params = PatchParams::apply(FIELD_MANAGER).dry_run();
@@ -1045,19 +1062,40 @@ async fn plan_change(
         change.diff = render_diff(before.as_ref(), Some(&after), &key);
         change.live = live;
     } else {
-        change.live = live.map(without_managed_fields);
+        change.live = live.map(|live| unchanged_live(live, options.keep_unchanged_live));
     }
     Ok(())
 }
 
-/// An unchanged member's live state without its managedFields: nothing after the plan reads
-/// them for an object it does not write (the UI and diffs strip them), and for a Deployment
-/// they are about a third of what is kept per object through a sync.
-fn without_managed_fields(mut live: Value) -> Value {
-    if let Some(metadata) = live["metadata"].as_object_mut() {
-        metadata.remove("managedFields");
+/// What is kept of an unchanged object's live state: without its managedFields (nothing
+/// after the plan reads them for an object it does not write; the UI and diffs strip them,
+/// and for a Deployment they are about a third of the object); with `keep` false, only its
+/// identity and versions (see [`PlanOptions::keep_unchanged_live`]).
+fn unchanged_live(mut live: Value, keep: bool) -> Value {
+    if keep {
+        if let Some(metadata) = live["metadata"].as_object_mut() {
+            metadata.remove("managedFields");
+        }
+        return live;
     }
-    live
+    let mut metadata = serde_json::Map::new();
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "labels",
+    ] {
+        if let Some(value) = live["metadata"].get_mut(field) {
+            metadata.insert(field.to_string(), value.take());
+        }
+    }
+    serde_json::json!({
+        "apiVersion": live["apiVersion"].take(),
+        "kind": live["kind"].take(),
+        "metadata": metadata,
+    })
 }
 
 /// A redacted unified diff between two normalized objects.
