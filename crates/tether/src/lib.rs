@@ -25,6 +25,7 @@ pub mod cli;
 pub mod cluster;
 pub mod duration;
 pub mod health;
+pub mod install;
 pub mod output;
 pub mod plan;
 pub mod progress;

@@ -223,48 +223,57 @@ async fn a_tenant_writes_only_where_its_service_account_may() {
     let _ = agent.stop().await;
 }
 
-/// Cluster-scoped objects a test made from `deploy/agent-rbac.yaml`, deleted when dropped.
-struct AppliedRbac(String);
+/// The cluster-scoped rights `tether install` made for the agent of namespace `.0`, deleted
+/// when dropped.
+struct InstalledRbac(String);
 
-impl Drop for AppliedRbac {
+impl Drop for InstalledRbac {
     fn drop(&mut self) {
         let _ = support::kubectl(&[
             "delete",
             "clusterrole,clusterrolebinding",
-            &self.0,
+            &format!("tether-agent:{}", self.0),
             "--ignore-not-found",
         ]);
     }
 }
 
 #[tokio::test]
-async fn the_agents_documented_rights_are_enough_for_tenants_and_no_more() {
+async fn the_rights_tether_install_gives_are_enough_for_tenants_and_no_more() {
     let client = cluster().await.client();
     install_crd(&client).await.expect("CRD installed");
     let system = TestNamespace::create(&client, "tether-system").await;
     let tenant = TestNamespace::create(&client, "tenant-c").await;
     tenant_account(&client, &tenant.name).await;
-    // The documented RBAC, with this test's namespace and a name of its own.
-    let agent_name = unique_name("tether-agent");
-    let manifest = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/agent-rbac.yaml"
-    ))
-    .expect("deploy/agent-rbac.yaml")
-    .replace("tether-system", &system.name)
-    .replace("tether-agent", &agent_name);
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(file.path(), manifest).expect("write");
-    let _rbac = AppliedRbac(agent_name.clone());
-    let out = support::kubectl(&["apply", "-f", &file.path().display().to_string()]);
+    // The rights `tether install --tenants` gives the agent (the Deployment is left out of
+    // it: the agent runs here, with a token of the installed ServiceAccount).
+    let agent_name = "tether-agent";
+    let _rbac = InstalledRbac(system.name.clone());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "install",
+            "--tenants",
+            "--replicas",
+            "0",
+            "--timeout",
+            "0",
+            "-n",
+        ])
+        .arg(&system.name)
+        .arg("--kubeconfig")
+        .arg(support::kubeconfig())
+        .output()
+        .expect("tether install runs");
     assert!(
         out.status.success(),
-        "{}",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let file = tempfile::NamedTempFile::new().expect("temp file");
 
     // The agent authenticates as that ServiceAccount, with a token of its own (as in a Pod).
-    let token = support::kubectl(&["create", "token", &agent_name, "-n", &system.name]);
+    let token = support::kubectl(&["create", "token", agent_name, "-n", &system.name]);
     assert!(
         token.status.success(),
         "{}",
@@ -314,7 +323,7 @@ async fn the_agents_documented_rights_are_enough_for_tenants_and_no_more() {
     until(
         &apps,
         "tenant",
-        "a full sync with the documented rights",
+        "a full sync with the installed rights",
         |a| applied(a) == Some(first.as_str()),
     )
     .await;
@@ -331,7 +340,7 @@ async fn the_agents_documented_rights_are_enough_for_tenants_and_no_more() {
     while cms.get("mine").await.expect("get").data.expect("data")["color"] != "blue" {
         assert!(
             std::time::Instant::now() < deadline,
-            "the hand edit was not put back with the documented rights"
+            "the hand edit was not put back with the installed rights"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

@@ -1,4 +1,4 @@
-//! `tether install` and `tether agent`: the pull-mode controller.
+//! `tether agent`: the pull-mode controller.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,9 +6,6 @@ use std::path::PathBuf;
 use super::GlobalArgs;
 use crate::agent::{AgentOptions, install_crd, run as run_agent};
 use crate::cluster::Cluster;
-
-#[derive(Debug, clap::Args)]
-pub struct InstallArgs {}
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
@@ -66,21 +63,6 @@ pub struct AgentArgs {
     /// rights of its own ServiceAccount (impersonated), never with the agent's.
     #[arg(long)]
     pub require_service_account: bool,
-}
-
-pub async fn install(
-    global: &GlobalArgs,
-    _args: &InstallArgs,
-    out: &mut impl Write,
-) -> anyhow::Result<u8> {
-    let cluster = Cluster::connect(&global.cluster_options()).await?;
-    cluster.server_version().await?;
-    install_crd(&cluster.client()).await?;
-    writeln!(
-        out,
-        "customresourcedefinition applications.tether.dev installed and established"
-    )?;
-    Ok(0)
 }
 
 pub async fn agent(

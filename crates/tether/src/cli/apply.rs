@@ -138,7 +138,7 @@ pub async fn run(
     Ok(0)
 }
 
-fn write_text(
+pub(super) fn write_text(
     out: &mut impl Write,
     report: &ApplyReport,
     wait: bool,

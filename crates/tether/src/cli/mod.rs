@@ -7,6 +7,7 @@
 mod agent;
 mod apply;
 mod apps;
+mod install;
 mod plan;
 mod progress;
 mod render;
@@ -83,8 +84,12 @@ pub enum Command {
     Apply(Box<apply::ApplyArgs>),
     /// Is the cluster in sync with the revision, and is every object healthy?
     Status(Box<status::StatusArgs>),
-    /// Install or upgrade the Application CRD (applications.tether.dev).
-    Install(agent::InstallArgs),
+    /// Install or upgrade the agent in the cluster (CRD, RBAC, tokens, Deployment, Service);
+    /// --dry-run prints it.
+    Install(install::InstallArgs),
+    /// Remove the agent from the cluster; Applications, the CRD and every object they
+    /// applied stay unless asked.
+    Uninstall(install::UninstallArgs),
     /// Run the pull-mode agent: reconcile Application resources continuously.
     Agent(agent::AgentArgs),
     /// List Applications with their revision, sync state and health (`tether get apps`).
@@ -113,7 +118,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
         Command::Plan(args) => plan::run(&cli.global, &args, out).await,
         Command::Apply(args) => apply::run(&cli.global, &args, out).await,
         Command::Status(args) => status::run(&cli.global, &args, out).await,
-        Command::Install(args) => agent::install(&cli.global, &args, out).await,
+        Command::Install(args) => install::install(&cli.global, &args, out).await,
+        Command::Uninstall(args) => install::uninstall(&cli.global, &args, out).await,
         Command::Agent(args) => agent::agent(&cli.global, &args, out).await,
         Command::Get(args) => apps::get(&cli.global, &args, out).await,
         Command::Sync(args) => apps::sync(&cli.global, &args, out).await,

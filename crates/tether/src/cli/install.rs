@@ -1,0 +1,275 @@
+//! `tether install` and `tether uninstall`: the agent in the cluster, as a set tether applies
+//! and prunes itself (ApplySet `tether-install` in the agent's namespace).
+
+use std::io::Write;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use serde_json::Value;
+
+use super::GlobalArgs;
+use kube::CustomResourceExt;
+
+use crate::agent::{Application, install_crd};
+use crate::apply::{ApplyOptions, apply};
+use crate::cluster::Cluster;
+use crate::cluster::discovery::Resolver;
+use crate::install::{InstallOptions, NAME, TOKENS_SECRET, Tokens};
+use crate::output::OutputFormat;
+use crate::plan::{PlanOptions, plan};
+
+/// The agent's namespace when `-n` names none.
+const DEFAULT_NAMESPACE: &str = "tether-system";
+
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// Install or upgrade only the Application CRD (applications.tether.dev), no agent.
+    #[arg(long)]
+    pub crd_only: bool,
+
+    /// The agent's container image.
+    #[arg(long, value_name = "IMAGE", default_value = concat!("tether:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+
+    /// Agent replicas: one acts at a time (leader Lease), another takes over when it dies.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub replicas: u32,
+
+    /// Multi-tenant: the agent may write nothing itself; every Application must name a
+    /// ServiceAccount, which the agent impersonates.
+    #[arg(long)]
+    pub tenants: bool,
+
+    /// Print the install (-o yaml, the default here, or -o json) and change nothing; no
+    /// cluster is needed. The Secret of generated tokens is left out unless --show-secrets.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the tokens: with --dry-run, the Secret is printed with new ones; otherwise the
+    /// installed ones are printed after the install.
+    #[arg(long)]
+    pub show_secrets: bool,
+
+    /// Wait until every installed object is healthy (the agent's Deployment Available), up
+    /// to this long; 0 does not wait.
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = crate::duration::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UninstallArgs {
+    /// Also delete the agent's namespace (and any Application in it; the objects Applications
+    /// applied stay).
+    #[arg(long)]
+    pub delete_namespace: bool,
+
+    /// Also delete the Application CRD, and with it every Application in the cluster (the
+    /// objects they applied stay).
+    #[arg(long)]
+    pub delete_crd: bool,
+}
+
+fn options(global: &GlobalArgs, args: &InstallArgs) -> InstallOptions {
+    InstallOptions {
+        namespace: global
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        image: args.image.clone(),
+        replicas: args.replicas,
+        tenants: args.tenants,
+    }
+}
+
+pub async fn install(
+    global: &GlobalArgs,
+    args: &InstallArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    let options = options(global, args);
+    if args.dry_run {
+        let tokens = args.show_secrets.then(Tokens::generate);
+        let mut documents = Vec::new();
+        documents.push(serde_json::to_value(Application::crd())?);
+        if !args.crd_only {
+            documents.extend(crate::install::manifests(&options, tokens.as_ref()));
+        }
+        return print_documents(out, global.output, &documents, &options, tokens.is_some());
+    }
+    let cluster = Cluster::connect(&global.cluster_options()).await?;
+    cluster.server_version().await?;
+    install_crd(&cluster.client()).await?;
+    writeln!(
+        out,
+        "customresourcedefinition applications.tether.dev installed and established"
+    )?;
+    if args.crd_only {
+        return Ok(0);
+    }
+    let client = cluster.client();
+    let namespace = options.namespace.as_str();
+    // Tokens are generated once: an upgrade keeps the installed ones.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let installed = secrets
+        .get_opt(TOKENS_SECRET)
+        .await?
+        .as_ref()
+        .and_then(Tokens::from_secret);
+    let kept = installed.is_some();
+    let tokens = installed.unwrap_or_else(Tokens::generate);
+    let objects = crate::install::objects(crate::install::manifests(&options, Some(&tokens)));
+    let resolver = Resolver::new(client.clone()).await?;
+    let mut plan_options = PlanOptions::new(crate::install::APP, namespace);
+    // The install owns these names: an earlier hand-applied RBAC file is taken over.
+    plan_options.adopt = true;
+    plan_options.force_conflicts = true;
+    plan_options.keep_unchanged_live = false;
+    plan_options.progress = super::progress::for_stderr();
+    let planned = plan(&client, &resolver, objects, &plan_options).await?;
+    let apply_options = ApplyOptions {
+        force_conflicts: true,
+        wait: (!args.timeout.is_zero()).then_some(args.timeout),
+        progress: super::progress::for_stderr(),
+        ..Default::default()
+    };
+    let report = apply(&client, &resolver, planned, &apply_options).await?;
+    super::apply::write_text(out, &report, apply_options.wait.is_some(), false)?;
+    if let Some(failure) = &report.failure {
+        anyhow::bail!("the install stopped: {failure}");
+    }
+    let failed = report.failed();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} object(s) of the install failed (see above)",
+            failed.len()
+        );
+    }
+    if let Some(why) = &report.unhealthy {
+        anyhow::bail!("installed, but not healthy: {why}");
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "The agent runs as Deployment {NAME} in namespace {namespace}; webhooks, the JSON API and the web UI are served by Service {NAME} on port {}.",
+        crate::install::PORT
+    )?;
+    writeln!(
+        out,
+        "  kubectl -n {namespace} port-forward svc/{NAME} {port}:{port}   # then open http://127.0.0.1:{port}/ui/",
+        port = crate::install::PORT
+    )?;
+    if args.show_secrets {
+        writeln!(out, "  webhook secret: {}", tokens.webhook_secret)?;
+        writeln!(out, "  API token (log in to the UI): {}", tokens.api_token)?;
+        writeln!(out, "  read-only token: {}", tokens.readonly_token)?;
+    } else {
+        writeln!(
+            out,
+            "  tokens: Secret {TOKENS_SECRET} ({}; --show-secrets prints them)",
+            if kept {
+                "kept from the earlier install"
+            } else {
+                "generated"
+            }
+        )?;
+    }
+    Ok(0)
+}
+
+fn print_documents(
+    out: &mut impl Write,
+    format: OutputFormat,
+    documents: &[Value],
+    options: &InstallOptions,
+    with_secret: bool,
+) -> anyhow::Result<u8> {
+    if format == OutputFormat::Json {
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": documents});
+        crate::output::write_structured(out, OutputFormat::Json, &list)?;
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "# tether install --dry-run: the agent's install, for a repository of its own."
+    )?;
+    if !with_secret {
+        writeln!(
+            out,
+            "# Secret {}/{TOKENS_SECRET} (keys webhook-secret, api-token, readonly-token) is not printed: create it\n# yourself, or let `tether install` generate it (--show-secrets prints one with new tokens).",
+            options.namespace
+        )?;
+    }
+    for document in documents {
+        writeln!(out, "---")?;
+        write!(out, "{}", serde_saphyr::to_string(document)?)?;
+    }
+    Ok(0)
+}
+
+pub async fn uninstall(
+    global: &GlobalArgs,
+    args: &UninstallArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    let cluster = Cluster::connect(&global.cluster_options()).await?;
+    cluster.server_version().await?;
+    let client = cluster.client();
+    let namespace = global
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let resolver = Resolver::new(client.clone()).await?;
+    // The set again, with only what stays: everything else of it is pruned.
+    let options = InstallOptions {
+        namespace: namespace.clone(),
+        image: String::new(),
+        replicas: 0,
+        tenants: false,
+    };
+    // The namespace holds the set's parent: it is deleted last, on its own.
+    let keep: Vec<Value> = crate::install::manifests(&options, None)
+        .into_iter()
+        .filter(|o| o["kind"] == "Namespace")
+        .collect();
+    let mut plan_options = PlanOptions::new(crate::install::APP, namespace.as_str());
+    plan_options.keep_unchanged_live = false;
+    let planned = plan(
+        &client,
+        &resolver,
+        crate::install::objects(keep),
+        &plan_options,
+    )
+    .await?;
+    let apply_options = ApplyOptions {
+        allow_empty: true,
+        progress: super::progress::for_stderr(),
+        ..Default::default()
+    };
+    let report = apply(&client, &resolver, planned, &apply_options).await?;
+    super::apply::write_text(out, &report, false, false)?;
+    if let Some(failure) = &report.failure {
+        anyhow::bail!("the uninstall stopped: {failure}");
+    }
+    if args.delete_namespace {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        namespaces.delete(&namespace, &Default::default()).await?;
+        writeln!(out, "deleted Namespace/{namespace}")?;
+    }
+    if args.delete_crd {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.delete("applications.tether.dev", &Default::default())
+            .await?;
+        writeln!(
+            out,
+            "deleted customresourcedefinition applications.tether.dev"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "The CRD and the Applications stay (--delete-crd removes them); the objects Applications applied stay either way."
+        )?;
+    }
+    Ok(0)
+}

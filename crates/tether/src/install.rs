@@ -1,0 +1,323 @@
+//! What `tether install` puts in a cluster to run the agent there: its namespace, a
+//! ServiceAccount with the rights the agent needs (and, for a single-tenant install, the
+//! rights to write what Git holds), the leader Lease's Role, a Secret of generated tokens,
+//! the agent's Deployment (probes on /healthz and /readyz) and a Service for webhooks, the
+//! JSON API and the web UI. The Application CRD is installed beside them
+//! ([`crate::agent::install_crd`]).
+
+use serde_json::{Value, json};
+
+use crate::render::{Object, ObjectKey, Origin};
+
+/// The ServiceAccount, Deployment and Service name, and the roles' names.
+pub const NAME: &str = "tether-agent";
+/// The Secret holding the webhook secret and the API tokens.
+pub const TOKENS_SECRET: &str = "tether-agent-tokens";
+/// The application name of the install's set: its ApplySet parent is Secret `tether-install`
+/// in the agent's namespace.
+pub const APP: &str = "install";
+/// The port the agent listens on in its Pod and the Service's port.
+pub const PORT: u16 = 8080;
+/// Where the Secret is mounted in the agent's container.
+const TOKENS_DIR: &str = "/etc/tether/tokens";
+/// The agent's cache (Git repositories, rendered charts): an emptyDir.
+const CACHE_DIR: &str = "/var/cache/tether";
+
+/// How the agent is installed.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// The agent's namespace (also its leader Lease's).
+    pub namespace: String,
+    /// The agent's container image.
+    pub image: String,
+    pub replicas: u32,
+    /// Multi-tenant: every Application names a ServiceAccount that the agent impersonates;
+    /// the agent itself may write nothing but its Applications' status, Events and Lease.
+    pub tenants: bool,
+}
+
+/// The generated secrets, kept across upgrades.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    pub webhook_secret: String,
+    pub api_token: String,
+    pub readonly_token: String,
+}
+
+impl Tokens {
+    /// New random tokens (32 bytes each, hex).
+    pub fn generate() -> Self {
+        let token = || {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).expect("the system's random source works");
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        Self {
+            webhook_secret: token(),
+            api_token: token(),
+            readonly_token: token(),
+        }
+    }
+
+    /// The tokens of an installed Secret (its `data`, base64 decoded by serde), when it holds
+    /// all three.
+    pub fn from_secret(secret: &k8s_openapi::api::core::v1::Secret) -> Option<Self> {
+        let data = secret.data.as_ref()?;
+        let get = |key: &str| {
+            data.get(key)
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                .filter(|v| !v.is_empty())
+        };
+        Some(Self {
+            webhook_secret: get("webhook-secret")?,
+            api_token: get("api-token")?,
+            readonly_token: get("readonly-token")?,
+        })
+    }
+}
+
+fn labels() -> Value {
+    json!({
+        "app.kubernetes.io/name": NAME,
+        "app.kubernetes.io/part-of": "tether",
+        "app.kubernetes.io/managed-by": "tether-install",
+    })
+}
+
+/// The install's objects, in apply order (the Namespace first). `tokens` `None` leaves the
+/// Secret out (a printed install that must not carry secrets).
+pub fn manifests(options: &InstallOptions, tokens: Option<&Tokens>) -> Vec<Value> {
+    let ns = options.namespace.as_str();
+    let subject = json!([{"kind": "ServiceAccount", "name": NAME, "namespace": ns}]);
+    // Cluster-wide names carry the namespace: installs in two namespaces do not collide.
+    let reader = format!("{NAME}:{ns}");
+    let mut objects = vec![
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": ns, "labels": labels()}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": NAME, "namespace": ns, "labels": labels()}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": reader, "labels": labels()},
+               "rules": agent_rules()}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": reader, "labels": labels()},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": reader},
+               "subjects": subject}),
+    ];
+    if !options.tenants {
+        // Single-tenant: the agent applies and prunes whatever its Applications' Git holds,
+        // in any namespace, with its own identity.
+        let writer = format!("{NAME}-writer:{ns}");
+        objects.push(
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": writer, "labels": labels()},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"],
+                       "verbs": ["create", "update", "patch", "delete"]}]}),
+        );
+        objects.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": writer, "labels": labels()},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": writer},
+            "subjects": subject}));
+    }
+    let leader = format!("{NAME}-leader");
+    objects.push(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": leader, "namespace": ns, "labels": labels()},
+        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                   "verbs": ["get", "create", "update"]}]}),
+    );
+    objects.push(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": leader, "namespace": ns, "labels": labels()},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": leader},
+        "subjects": subject}),
+    );
+    if let Some(tokens) = tokens {
+        objects.push(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": TOKENS_SECRET, "namespace": ns, "labels": labels()},
+        "type": "Opaque",
+        "stringData": {
+            "webhook-secret": tokens.webhook_secret,
+            "api-token": tokens.api_token,
+            "readonly-token": tokens.readonly_token,
+        }}));
+    }
+    objects.push(deployment(options));
+    objects.push(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": NAME, "namespace": ns, "labels": labels()},
+        "spec": {"selector": {"app.kubernetes.io/name": NAME},
+                 "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]}}));
+    objects
+}
+
+/// What the agent may do with its own identity: read everything (the drift watches, the
+/// Git credentials Secrets), write its Applications' status and Events, and act as the
+/// ServiceAccount an Application names (`tests/tenants.rs` runs an agent with exactly these).
+fn agent_rules() -> Value {
+    json!([
+        {"apiGroups": ["tether.dev"], "resources": ["applications"],
+         "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": ["tether.dev"], "resources": ["applications/status"],
+         "verbs": ["get", "patch", "update"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["impersonate"]},
+        {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
+    ])
+}
+
+fn deployment(options: &InstallOptions) -> Value {
+    let ns = options.namespace.as_str();
+    let mut args = vec![
+        "agent".to_string(),
+        "--all-namespaces".into(),
+        format!("--listen=0.0.0.0:{PORT}"),
+        format!("--leader-elect={ns}"),
+        format!("--webhook-secret-file={TOKENS_DIR}/webhook-secret"),
+        format!("--api-token-file={TOKENS_DIR}/api-token"),
+        format!("--api-readonly-token-file={TOKENS_DIR}/readonly-token"),
+    ];
+    if options.tenants {
+        args.push("--require-service-account".into());
+    }
+    let probe = |path: &str, period: u32| {
+        json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
+               "timeoutSeconds": 5})
+    };
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": NAME, "namespace": ns, "labels": labels()},
+        "spec": {
+            "replicas": options.replicas,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
+            "template": {
+                "metadata": {"labels": labels()},
+                "spec": {
+                    "serviceAccountName": NAME,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                                        "runAsGroup": 65532, "fsGroup": 65532,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "agent",
+                        "image": options.image,
+                        "args": args,
+                        "env": [
+                            {"name": "TETHER_CACHE_DIR", "value": CACHE_DIR},
+                            {"name": "HOME", "value": CACHE_DIR},
+                        ],
+                        "ports": [{"name": "http", "containerPort": PORT}],
+                        "livenessProbe": probe("/healthz", 20),
+                        "readinessProbe": probe("/readyz", 10),
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                      "limits": {"memory": "512Mi"}},
+                        "securityContext": {"allowPrivilegeEscalation": false,
+                                            "readOnlyRootFilesystem": true,
+                                            "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [
+                            {"name": "tokens", "mountPath": TOKENS_DIR, "readOnly": true},
+                            {"name": "cache", "mountPath": CACHE_DIR},
+                            {"name": "tmp", "mountPath": "/tmp"},
+                        ],
+                    }],
+                    "volumes": [
+                        {"name": "tokens", "secret": {"secretName": TOKENS_SECRET}},
+                        {"name": "cache", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    })
+}
+
+/// The manifests as the objects a plan takes.
+pub fn objects(manifests: Vec<Value>) -> Vec<Object> {
+    manifests
+        .into_iter()
+        .enumerate()
+        .map(|(document, manifest)| {
+            let api_version = manifest["apiVersion"].as_str().unwrap_or_default();
+            let group = api_version
+                .rsplit_once('/')
+                .map(|(group, _)| group.to_string())
+                .unwrap_or_default();
+            let text = |field: &str| {
+                manifest["metadata"][field]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            Object {
+                key: ObjectKey {
+                    group,
+                    kind: manifest["kind"].as_str().unwrap_or_default().to_string(),
+                    namespace: text("namespace"),
+                    name: text("name"),
+                },
+                origin: Origin {
+                    file: "tether install".into(),
+                    line: 0,
+                    document,
+                    item: None,
+                },
+                manifest,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(tenants: bool) -> InstallOptions {
+        InstallOptions {
+            namespace: "tether-system".into(),
+            image: "tether:test".into(),
+            replicas: 1,
+            tenants,
+        }
+    }
+
+    #[test]
+    fn a_tenants_install_grants_the_agent_no_write_and_requires_accounts() {
+        let single = manifests(&options(false), None);
+        let tenants = manifests(&options(true), None);
+        let names = |objects: &[Value]| -> Vec<String> {
+            objects
+                .iter()
+                .map(|o| format!("{}/{}", o["kind"], o["metadata"]["name"]))
+                .collect()
+        };
+        assert!(
+            names(&single)
+                .iter()
+                .any(|n| n.contains("tether-agent-writer"))
+        );
+        assert!(!names(&tenants).iter().any(|n| n.contains("writer")));
+        let args = |objects: &[Value]| {
+            objects
+                .iter()
+                .find(|o| o["kind"] == "Deployment")
+                .expect("deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+                .to_string()
+        };
+        assert!(args(&tenants).contains("--require-service-account"));
+        assert!(!args(&single).contains("--require-service-account"));
+    }
+
+    #[test]
+    fn the_secret_is_left_out_without_tokens_and_tokens_differ() {
+        assert!(
+            !manifests(&options(false), None)
+                .iter()
+                .any(|o| o["kind"] == "Secret")
+        );
+        let tokens = Tokens::generate();
+        assert_ne!(tokens, Tokens::generate());
+        assert_eq!(tokens.api_token.len(), 64);
+        let with = manifests(&options(false), Some(&tokens));
+        let secret = with.iter().find(|o| o["kind"] == "Secret").expect("secret");
+        assert_eq!(secret["stringData"]["api-token"], tokens.api_token.as_str());
+        assert_eq!(with[0]["kind"], "Namespace", "the namespace comes first");
+    }
+}

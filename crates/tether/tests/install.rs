@@ -1,0 +1,229 @@
+//! `tether install` on the local cluster: the agent's Deployment becomes Available (on the
+//! kwok nodes), a second run changes nothing and keeps the tokens, an upgrade changes only
+//! what differs and prunes what the new install no longer has, and `tether uninstall`
+//! removes the agent but leaves the namespace and the CRD.
+
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::Api;
+use support::{TestNamespace, cluster};
+
+fn tether(args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(support::kubeconfig())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the tether binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn data(secret: &Secret) -> std::collections::BTreeMap<String, Vec<u8>> {
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+#[tokio::test]
+async fn install_upgrade_and_uninstall_the_agent_in_the_cluster() {
+    let client = cluster().await.client();
+    let ns = TestNamespace::create(&client, "install").await;
+    let n = ns.name.as_str();
+
+    let (ok, text) = tether(&[
+        "install",
+        "-n",
+        n,
+        "--image",
+        "tether:test",
+        "--timeout",
+        "90s",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("created Deployment.apps/tether-agent"),
+        "{text}"
+    );
+    assert!(text.contains("Healthy"), "{text}");
+    assert!(
+        !text.contains("api-token:") && !text.contains("webhook secret:"),
+        "tokens printed without --show-secrets: {text}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), n);
+    let deployment = deployments.get("tether-agent").await.expect("deployment");
+    let available = deployment
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True");
+    assert!(available, "the agent's Deployment is not Available");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
+    let tokens = data(&secrets.get("tether-agent-tokens").await.expect("tokens"));
+    assert_eq!(
+        tokens.keys().collect::<Vec<_>>(),
+        ["api-token", "readonly-token", "webhook-secret"]
+    );
+    assert!(tokens.values().all(|v| v.len() == 64));
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let writer = format!("tether-agent-writer:{n}");
+    assert!(roles.get_opt(&writer).await.expect("get").is_some());
+
+    // Again, the same binary: nothing to write, the tokens kept.
+    let (ok, text) = tether(&[
+        "install",
+        "-n",
+        n,
+        "--image",
+        "tether:test",
+        "--timeout",
+        "90s",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("0 created, 0 updated, 0 pruned") && text.contains("(0 writes)"),
+        "{text}"
+    );
+    assert!(text.contains("kept from the earlier install"), "{text}");
+    let again = data(&secrets.get("tether-agent-tokens").await.expect("tokens"));
+    assert_eq!(again, tokens, "a second install replaced the tokens");
+
+    // An upgrade to a multi-tenant install with a new image: the Deployment is updated, the
+    // writer role is pruned (the agent may no longer write), the tokens stay.
+    let (ok, text) = tether(&[
+        "install",
+        "-n",
+        n,
+        "--image",
+        "tether:next",
+        "--tenants",
+        "--timeout",
+        "90s",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("updated Deployment.apps/tether-agent"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "pruned ClusterRole.rbac.authorization.k8s.io/{writer}"
+        )),
+        "{text}"
+    );
+    assert!(roles.get_opt(&writer).await.expect("get").is_none());
+    let deployment = deployments.get("tether-agent").await.expect("deployment");
+    let container = &deployment
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0];
+    assert_eq!(container.image.as_deref(), Some("tether:next"));
+    assert!(
+        container
+            .args
+            .as_ref()
+            .is_some_and(|a| a.iter().any(|a| a == "--require-service-account"))
+    );
+    assert_eq!(
+        data(&secrets.get("tether-agent-tokens").await.expect("tokens")),
+        tokens
+    );
+
+    // Uninstall: the agent and its rights go; the namespace and the CRD stay.
+    let (ok, text) = tether(&["uninstall", "-n", n]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("pruned Deployment.apps/tether-agent"),
+        "{text}"
+    );
+    assert!(
+        deployments
+            .get_opt("tether-agent")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        secrets
+            .get_opt("tether-agent-tokens")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        roles
+            .get_opt(&format!("tether-agent:{n}"))
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    assert!(namespaces.get_opt(n).await.expect("get").is_some());
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    assert!(
+        crds.get_opt("applications.tether.dev")
+            .await
+            .expect("get")
+            .is_some()
+    );
+}
+
+#[test]
+fn a_dry_run_prints_the_install_without_a_cluster_or_secrets() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "install",
+            "--dry-run",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ])
+        .output()
+        .expect("the tether binary runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("kind: CustomResourceDefinition"), "{text}");
+    assert!(text.contains("kind: Deployment"), "{text}");
+    assert!(text.contains("namespace: tether-system"), "{text}");
+    assert!(!text.contains("kind: Secret"), "{text}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "install",
+            "--dry-run",
+            "--show-secrets",
+            "-n",
+            "gitops",
+            "-o",
+            "json",
+        ])
+        .output()
+        .expect("the tether binary runs");
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let secret = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|o| o["kind"] == "Secret")
+        .expect("the Secret, asked for");
+    assert_eq!(secret["metadata"]["namespace"], "gitops");
+    assert_eq!(
+        secret["stringData"]["api-token"].as_str().map(str::len),
+        Some(64)
+    );
+}
