@@ -42,16 +42,19 @@ async fn install_upgrade_and_uninstall_the_agent_in_the_cluster() {
     let client = cluster().await.client();
     let ns = TestNamespace::create(&client, "install").await;
     let n = ns.name.as_str();
+    let install = || {
+        tether(&[
+            "install",
+            "-n",
+            n,
+            "--image",
+            "tether:test",
+            "--timeout",
+            "90s",
+        ])
+    };
 
-    let (ok, text) = tether(&[
-        "install",
-        "-n",
-        n,
-        "--image",
-        "tether:test",
-        "--timeout",
-        "90s",
-    ]);
+    let (ok, text) = install();
     assert!(ok, "{text}");
     assert!(
         text.contains("created Deployment.apps/tether-agent"),
@@ -83,15 +86,7 @@ async fn install_upgrade_and_uninstall_the_agent_in_the_cluster() {
     assert!(roles.get_opt(&writer).await.expect("get").is_some());
 
     // Again, the same binary: nothing to write, the tokens kept.
-    let (ok, text) = tether(&[
-        "install",
-        "-n",
-        n,
-        "--image",
-        "tether:test",
-        "--timeout",
-        "90s",
-    ]);
+    let (ok, text) = install();
     assert!(ok, "{text}");
     assert!(
         text.contains("0 created, 0 updated, 0 pruned") && text.contains("(0 writes)"),

@@ -70,12 +70,17 @@ pub struct UninstallArgs {
     pub delete_crd: bool,
 }
 
+/// The agent's namespace: `-n`, else tether-system.
+fn agent_namespace(global: &GlobalArgs) -> String {
+    global
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into())
+}
+
 fn options(global: &GlobalArgs, args: &InstallArgs) -> InstallOptions {
     InstallOptions {
-        namespace: global
-            .namespace
-            .clone()
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        namespace: agent_namespace(global),
         image: args.image.clone(),
         replicas: args.replicas,
         tenants: args.tenants,
@@ -215,10 +220,7 @@ pub async fn uninstall(
     let cluster = Cluster::connect(&global.cluster_options()).await?;
     cluster.server_version().await?;
     let client = cluster.client();
-    let namespace = global
-        .namespace
-        .clone()
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let namespace = agent_namespace(global);
     let resolver = Resolver::new(client.clone()).await?;
     // The set again, with only what stays: everything else of it is pruned.
     let options = InstallOptions {
