@@ -6,7 +6,7 @@ SHELL := /bin/bash
 TESTENV := python3 testenv/testenv.py
 PROFILE ?= full
 
-.PHONY: help build demo demo-stop test soak lint deps bench-render bench-render-tools bench-apply bench-agent bench-ui cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
+.PHONY: help build image demo demo-stop test soak lint deps bench-render bench-render-tools bench-apply bench-agent bench-ui cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
 
 help:
 	@echo "make demo            build tether, start the local cluster, plan + apply the example from Git, open the web UI"
@@ -18,6 +18,7 @@ help:
 	@echo "eval \$$(make -s cluster-env)   point kubectl and tether at it"
 	@echo "make cluster-status | cluster-logs | cluster-selftest | cluster-build"
 	@echo "make bench-render    render 5,000 manifests from git://, cold and warm (writes bench/reports/)"
+	@echo "make image           the agent's OCI image in target/image (no container engine); prints tether@sha256:…"
 	@echo "make bench-apply     apply 1,000 Deployments + 1,000 Services, tether beside kubectl"
 	@echo "make bench-render-tools  render 50 overlays + 20 charts, cold and cached"
 	@echo "make bench-agent     tether agent and Flux, 1,000 × 10 and 100 × 100 objects; growth to 10,000"
@@ -28,6 +29,15 @@ deps:
 
 build: deps
 	cargo build --locked --bin tether
+
+# The agent's OCI image (target/image, an OCI layout), built without a container engine;
+# prints the reference to give `tether install --image`.
+image: deps
+	cargo build --release --locked --quiet --bin tether
+	@python3 scripts/image.py --tether target/release/tether \
+	  --helm "$$(python3 testenv/testenv.py bin helm)" \
+	  --kustomize "$$(python3 testenv/testenv.py bin kustomize)" \
+	  --out target/image --tag "$$(git describe --always --dirty)"
 
 test:
 	@scripts/test.sh

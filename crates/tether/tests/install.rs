@@ -12,13 +12,7 @@ use kube::Api;
 use support::{TestNamespace, cluster};
 
 fn tether(args: &[&str]) -> (bool, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(support::kubeconfig())
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the tether binary runs");
+    let output = support::tether(args);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
