@@ -1836,3 +1836,156 @@ async fn a_broken_commit_or_a_lost_git_server_keeps_what_the_last_good_one_appli
     all_there().await;
     let _ = agent.stop().await;
 }
+
+#[tokio::test]
+async fn notifications_tell_syncs_drift_and_failures_signed_with_retries() {
+    use hmac::Mac;
+    use support::agent::Receiver;
+    use tether::agent::notify::{Format, NotifyOptions, Target};
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "agent-notify").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("app/a.yaml", &cm("a", "blue"));
+    let first = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let receiver = Receiver::start(200);
+    let broken = Receiver::start(500);
+    let port = support::free_port();
+    let agent = start_agent(
+        &client,
+        AgentOptions {
+            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            notify: NotifyOptions {
+                targets: vec![
+                    Target {
+                        url: format!("{}/generic", receiver.url),
+                        format: Format::Generic,
+                    },
+                    Target {
+                        url: format!("{}/slack", receiver.url),
+                        format: Format::Slack,
+                    },
+                    Target {
+                        url: broken.url.clone(),
+                        format: Format::Generic,
+                    },
+                ],
+                secret: Some(b"n0tify".to_vec()),
+                attempts: 3,
+                first_retry: Duration::from_millis(100),
+                ..Default::default()
+            },
+            ..options_for(&ns, dir.path())
+        },
+    );
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    create_application(
+        &apps,
+        "told",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "app"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h", "selfHeal": true}
+        }),
+    )
+    .await;
+    until(&apps, "told", "first sync", |a| {
+        applied(a) == Some(first.as_str())
+    })
+    .await;
+
+    // Waits for a generic notice of `event` and checks its signature and body.
+    let notice = |event: &'static str| {
+        let receiver = &receiver;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let found = receiver.taken().into_iter().find(|r| {
+                    r.path == "/generic"
+                        && r.headers.get("x-tether-event").map(String::as_str) == Some(event)
+                });
+                if let Some(found) = found {
+                    let mut mac =
+                        hmac::Hmac::<sha2::Sha256>::new_from_slice(b"n0tify").expect("key");
+                    mac.update(&found.body);
+                    let expected: String = mac
+                        .finalize()
+                        .into_bytes()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    assert_eq!(
+                        found.headers.get("x-tether-signature"),
+                        Some(&format!("sha256={expected}")),
+                        "{event}: the signature is the HMAC of the body"
+                    );
+                    return serde_json::from_slice::<serde_json::Value>(&found.body).expect("JSON");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no {event} notice: {:?}",
+                    receiver.taken()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let synced = notice("SyncSucceeded").await;
+    assert_eq!(synced["application"]["name"], "told");
+    assert_eq!(synced["application"]["namespace"], ns.name.as_str());
+    assert_eq!(synced["revision"], first.as_str());
+    let slack: Vec<_> = receiver
+        .taken()
+        .into_iter()
+        .filter(|r| r.path == "/slack")
+        .collect();
+    let text: serde_json::Value = serde_json::from_slice(&slack[0].body).expect("JSON");
+    assert!(
+        text["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("/told* SyncSucceeded")),
+        "{text}"
+    );
+    assert!(!slack[0].headers.contains_key("x-tether-signature"));
+
+    // A hand edit, put back: DriftCorrected.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    cms.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"color": "red"}})),
+    )
+    .await
+    .expect("hand edit");
+    let corrected = notice("DriftCorrected").await;
+    assert_eq!(corrected["revision"], first.as_str());
+
+    // A commit that does not render: SyncFailed, once for the streak.
+    repo.write("app/a.yaml", "kind: [unclosed\n");
+    let bad = repo.commit("broken");
+    support::agent::request_sync(&apps, "told").await;
+    let failed = notice("SyncFailed").await;
+    assert_eq!(failed["revision"], bad.as_str());
+    assert!(
+        failed["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("a.yaml")),
+        "{failed}"
+    );
+
+    // The receiver that fails got each notice 3 times, then it was counted as dead.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while support::agent::agent_metric(port, "tether_notifications_dead_letter_total").await < 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            support::agent::agent_metrics(port).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(broken.taken().len(), 9, "3 notices × 3 attempts");
+    let _ = agent.stop().await;
+}

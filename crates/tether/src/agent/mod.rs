@@ -8,6 +8,7 @@ pub mod api;
 pub mod application;
 pub mod drift;
 pub mod leader;
+pub mod notify;
 pub mod server;
 pub mod tenancy;
 pub mod ui;
@@ -75,6 +76,8 @@ pub struct AgentOptions {
     /// Refuse Applications that name no `spec.serviceAccountName` (multi-tenant clusters:
     /// no Application acts with the agent's own rights).
     pub require_service_account: bool,
+    /// Where to POST notifications of syncs, failures, degraded health and drift corrected.
+    pub notify: notify::NotifyOptions,
 }
 
 /// The backstop's default period (see [`AgentOptions::verify_interval`]).
@@ -95,6 +98,7 @@ impl Default for AgentOptions {
             leader_election: None,
             verify_interval: Some(DEFAULT_VERIFY_INTERVAL),
             require_service_account: false,
+            notify: Default::default(),
         }
     }
 }
@@ -113,6 +117,8 @@ pub enum Error {
     Listen(String, String),
     #[error("API discovery failed: {0}")]
     Discovery(String),
+    #[error("{0}")]
+    Notify(String),
 }
 
 /// Installs or upgrades the `applications.tether.dev` CRD (server-side apply) and waits
@@ -142,6 +148,7 @@ pub async fn install_crd(client: &kube::Client) -> Result<(), Error> {
 }
 
 struct Context {
+    notifier: notify::Notifier,
     client: kube::Client,
     resolver: Resolver,
     options: AgentOptions,
@@ -335,7 +342,10 @@ pub async fn run(
             }
         });
     }
+    let notifier =
+        notify::Notifier::new(options.notify.clone(), metrics.clone()).map_err(Error::Notify)?;
     let context = Arc::new(Context {
+        notifier,
         client,
         resolver,
         options,
@@ -591,6 +601,35 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 status.last_applied_revision = Some(outcome.revision.commit.clone());
                 status.revision_info = Some((&outcome.revision).into());
             }
+            let previous = app.status.as_ref();
+            if let Some(entry) = &outcome.applied {
+                // The same revision applied again, with changes: a hand edit put back.
+                let event = if previous.and_then(|s| s.last_applied_revision.as_deref())
+                    == Some(outcome.revision.commit.as_str())
+                {
+                    notify::Event::DriftCorrected
+                } else {
+                    notify::Event::SyncSucceeded
+                };
+                notify(
+                    &ctx,
+                    &app,
+                    event,
+                    Some(&outcome.revision.commit),
+                    entry.message.clone().unwrap_or_default(),
+                );
+            }
+            if outcome.health == HealthStatus::Degraded
+                && previous.and_then(|s| s.health.as_deref()) != Some("Degraded")
+            {
+                notify(
+                    &ctx,
+                    &app,
+                    notify::Event::HealthDegraded,
+                    Some(&outcome.revision.commit),
+                    format!("health is {}", outcome.health),
+                );
+            }
             if let Some(entry) = outcome.applied {
                 publish(
                     &ctx,
@@ -705,6 +744,16 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                     "True",
                     "Retrying",
                     &message,
+                );
+            }
+            // The first failure of a streak is told; its retries are not.
+            if status.failures == 1 {
+                notify(
+                    &ctx,
+                    &app,
+                    notify::Event::SyncFailed,
+                    status.last_attempted_revision.as_deref(),
+                    message.clone(),
                 );
             }
             let published = publish(
@@ -1759,6 +1808,24 @@ async fn report_late_failure(ctx: &Context, app: &Application) {
 
 fn application_key(app: &Application) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+/// Tells the configured notification URLs (in the background).
+fn notify(
+    ctx: &Context,
+    app: &Application,
+    event: notify::Event,
+    revision: Option<&str>,
+    message: String,
+) {
+    ctx.notifier.send(notify::Notice {
+        event,
+        namespace: app.namespace().unwrap_or_default(),
+        name: app.name_any(),
+        revision: revision.map(str::to_string),
+        message,
+        time: now_rfc3339(),
+    });
 }
 
 /// Publishes an Event about the Application; false when it could not.

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub drift_verifications: Counter,
     pub applications: Family<StateLabels, Gauge>,
     pub webhooks: Family<WebhookLabels, Counter>,
+    pub notifications: Family<ResultLabels, Counter>,
+    pub notifications_dead: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,6 +127,18 @@ impl Default for Metrics {
             "Webhook requests, by provider and result",
             webhooks.clone(),
         );
+        let notifications = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notification deliveries (POSTs to --notify URLs), by result: delivered, or retried after a failure",
+            notifications.clone(),
+        );
+        let notifications_dead = Counter::default();
+        registry.register(
+            "notifications_dead_letter",
+            "Notifications given up after every retry failed",
+            notifications_dead.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -136,6 +150,8 @@ impl Default for Metrics {
             drift_verifications,
             applications,
             webhooks,
+            notifications,
+            notifications_dead,
         }
     }
 }

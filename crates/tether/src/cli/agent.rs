@@ -63,6 +63,21 @@ pub struct AgentArgs {
     /// rights of its own ServiceAccount (impersonated), never with the agent's.
     #[arg(long)]
     pub require_service_account: bool,
+
+    /// POST a JSON notification here on a sync that applied a change, a failed sync, health
+    /// turning Degraded and a drift correction (repeatable; retried, then counted in
+    /// tether_notifications_dead_letter_total).
+    #[arg(long, value_name = "URL")]
+    pub notify: Vec<String>,
+
+    /// The same, as a Slack-compatible message ({"text": …}; an incoming webhook's URL).
+    #[arg(long, value_name = "URL")]
+    pub notify_slack: Vec<String>,
+
+    /// File holding the HMAC key that signs the JSON notifications (header
+    /// X-Tether-Signature: sha256=<hex>).
+    #[arg(long, value_name = "FILE")]
+    pub notify_secret_file: Option<PathBuf>,
 }
 
 pub async fn agent(
@@ -94,6 +109,11 @@ pub async fn agent(
         helm_bin: args.helm_bin.clone(),
         verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
         require_service_account: args.require_service_account,
+        notify: crate::agent::notify::NotifyOptions {
+            targets: notify_targets(args)?,
+            secret: read_secret(args.notify_secret_file.as_deref(), "notification secret")?,
+            ..Default::default()
+        },
         ..Default::default()
     };
     eprintln!(
@@ -153,4 +173,25 @@ fn read_secret(file: Option<&std::path::Path>, what: &str) -> anyhow::Result<Opt
         anyhow::bail!("the {what} file {} is empty", file.display());
     }
     Ok(Some(secret))
+}
+
+/// The --notify and --notify-slack URLs; refused when one is not an http(s) URL.
+fn notify_targets(args: &AgentArgs) -> anyhow::Result<Vec<crate::agent::notify::Target>> {
+    use crate::agent::notify::{Format, Target};
+    let generic = args.notify.iter().map(|url| (url, Format::Generic));
+    let slack = args.notify_slack.iter().map(|url| (url, Format::Slack));
+    generic
+        .chain(slack)
+        .map(|(url, format)| {
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| anyhow::anyhow!("--notify {url:?} is not a URL: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                anyhow::bail!("--notify {url:?}: only http:// and https:// URLs are supported");
+            }
+            Ok(Target {
+                url: url.clone(),
+                format,
+            })
+        })
+        .collect()
 }

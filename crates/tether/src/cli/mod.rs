@@ -91,7 +91,7 @@ pub enum Command {
     /// applied stay unless asked.
     Uninstall(install::UninstallArgs),
     /// Run the pull-mode agent: reconcile Application resources continuously.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// List Applications with their revision, sync state and health (`tether get apps`).
     Get(apps::GetArgs),
     /// Ask the agent to sync an Application now.

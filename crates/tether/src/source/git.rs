@@ -448,7 +448,7 @@ fn consolidate_packs(cache: &Path) {
 
 /// HTTPS goes through rustls with the ring provider, as the Kubernetes client does; the
 /// provider is chosen once per process.
-pub(crate) fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // Err only when another provider was installed first, which is fine too.
