@@ -53,7 +53,7 @@ try: s.bind(("127.0.0.1", 8484)); print(8484)
 except OSError: s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 (umask 077; printf %s "$token" > "$demo_dir/ui-token")
-"$tether" install
+"$tether" install --crd-only
 kubectl=$(testenv bin kubectl)
 "$kubectl" apply -f - >/dev/null <<YAML
 apiVersion: v1
