@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -28,19 +29,18 @@ import tarfile
 
 USER = 65532
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# The machine's name for its architecture → OCI's (the image is for the build machine's).
+ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
 def linked_libraries(binary):
     """The absolute paths of the shared libraries `binary` loads, the loader included."""
-    out = subprocess.run(["ldd", binary], check=True, capture_output=True, text=True).stdout
-    paths = []
-    for line in out.splitlines():
-        match = re.search(r"(/\S+) \(0x", line)
-        if match:
-            paths.append(match.group(1))
-        elif "not a dynamic executable" in line:
-            return []
-    return paths
+    done = subprocess.run(["ldd", binary], capture_output=True, text=True)
+    if "not a dynamic executable" in done.stdout + done.stderr:
+        return []
+    if done.returncode != 0:
+        sys.exit(f"image.py: ldd {binary} failed: {done.stderr.strip()}")
+    return [m.group(1) for m in re.finditer(r"(/\S+) \(0x", done.stdout)]
 
 
 def add_file(tar, path_in_image, source, mode):
@@ -59,19 +59,19 @@ def add_bytes(tar, path_in_image, data, mode):
     tar.addfile(info, io.BytesIO(data))
 
 
-def add_dir(tar, path_in_image, mode=0o755):
+def add_dir(tar, path_in_image, mode=0o755, owner=0):
     info = tarfile.TarInfo(path_in_image.lstrip("/"))
     info.type = tarfile.DIRTYPE
     info.mode = mode
     info.mtime = 0
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
+    info.uid = info.gid = owner
+    info.uname = info.gname = "root" if owner == 0 else "nonroot"
     tar.addfile(info)
 
 
 def layer(files, dirs):
-    """files: {path in image: (source path or bytes, mode)}; dirs: {path: mode}. Returns
-    the uncompressed tar."""
+    """files: {path in image: (source path or bytes, mode)}; dirs: {path: (mode, owner uid)}.
+    Returns the uncompressed tar."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         parents = set()
@@ -80,7 +80,7 @@ def layer(files, dirs):
             for i in range(1, len(parts) + 1):
                 parents.add("/" + "/".join(parts[:i]))
         for path in sorted(parents | set(dirs)):
-            add_dir(tar, path, dirs.get(path, 0o755))
+            add_dir(tar, path, *dirs.get(path, (0o755, 0)))
         for path in sorted(files):
             source, mode = files[path]
             if isinstance(source, bytes):
@@ -120,7 +120,8 @@ def main():
     }
     for library in linked_libraries(args.tether):
         files[library] = (os.path.realpath(library), 0o755)
-    dirs = {"/tmp": 0o1777, "/home/nonroot": 0o755, "/var/cache/tether": 0o755}
+    # The user's home and tether's cache are its own: it runs without a volume there too.
+    dirs = {"/tmp": (0o1777, 0), "/home/nonroot": (0o755, USER), "/var/cache/tether": (0o755, USER)}
     tar = layer(files, dirs)
     compressed = gzip.compress(tar, compresslevel=6, mtime=0)
 
@@ -129,7 +130,7 @@ def main():
     os.makedirs(os.path.join(args.out, "blobs", "sha256"))
     layer_digest = write_blob(args.out, compressed)
     config = {
-        "architecture": "amd64",
+        "architecture": ARCHITECTURES.get(platform.machine(), platform.machine()),
         "os": "linux",
         "config": {
             "User": f"{USER}:{USER}",

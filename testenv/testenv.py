@@ -47,8 +47,9 @@ PROFILES = {
 }
 # What `build` builds without arguments: everything `make test` and the demo need.
 DEFAULT_TARGETS = ["kubernetes", "kwok", "helm", "kustomize", "toxiproxy"]
-# Built only when named: the peer the benchmarks measure tether against.
-EXTRA_TARGETS = ["flux"]
+# Built only when named: the peer the benchmarks measure tether against, and Gitea (a Git
+# host whose webhooks and commit-status API the notification tests will use).
+EXTRA_TARGETS = ["flux", "gitea"]
 # Flux controllers: name -> (module, versions.env key). Each module's main package is its root.
 FLUX_CONTROLLERS = {
     "flux-source-controller": ("github.com/fluxcd/source-controller", "FLUX_SOURCE_CONTROLLER_VERSION"),
@@ -115,7 +116,7 @@ def binary(name: str, versions: dict[str, str]) -> Path:
     if name in FLUX_CONTROLLERS:
         return tool_bin_dir(name, pinned(versions, FLUX_CONTROLLERS[name][1])) / name
     key = {"kwok": "KWOK_VERSION", "helm": "HELM_VERSION", "kustomize": "KUSTOMIZE_VERSION",
-           "toxiproxy-server": "TOXIPROXY_VERSION"}[name]
+           "toxiproxy-server": "TOXIPROXY_VERSION", "gitea": "GITEA_VERSION"}[name]
     return tool_bin_dir(name, versions[key]) / name
 
 
@@ -325,8 +326,9 @@ def build_go_tool(name: str, package: str, version: str, ldflags: str = "") -> N
         shutil.rmtree(env_dir, ignore_errors=True)
 
 
-def build_go_module(name: str, module: str, version: str, crds: str) -> None:
-    """Builds a module's root package from its own source tree, plus its CRDs in `crds/`.
+def build_go_module(name: str, module: str, version: str, crds: str | None, tags: str = "") -> None:
+    """Builds a module's root package from its own source tree (kept in the cache's `src/`),
+    plus its CRDs in `crds/` when `crds` names them; `tags` are Go build tags.
 
     For modules whose go.mod has replace directives, which `go install pkg@version` refuses.
     A local replace (`x/api => ./api`) points at a nested module the zip leaves out; dropping
@@ -359,8 +361,10 @@ def build_go_module(name: str, module: str, version: str, crds: str) -> None:
     if local:
         run_go(["mod", "edit", *[f"-dropreplace={path}" for path in local]], src, f"go-mod-edit-{name}-{version}")
     with staged_install(out_dir) as staging:
-        run_go(["build", "-v", "-trimpath", "-o", str(staging / name), "."], src,
-               f"build-{name}-{version}")
+        run_go(["build", "-v", "-trimpath", *(["-tags", tags] if tags else []), "-o", str(staging / name), "."],
+               src, f"build-{name}-{version}")
+        if crds is None:
+            return
         crd_files = sorted(src.glob(crds))
         if not crd_files:
             raise TestenvError(f"{module}@{version} has no CRDs at {crds}; has its layout changed?")
@@ -390,6 +394,12 @@ def build(only: list[str] | None = None) -> dict[str, str]:
             version = pinned(versions, "TOXIPROXY_VERSION")
             build_go_tool("toxiproxy-server", "github.com/Shopify/toxiproxy/v2/cmd/server", version,
                           f"-s -w -X github.com/Shopify/toxiproxy/v2.Version={version}")
+        if "gitea" in wanted:
+            # Its module declares the path gitea.dev, so `go install` refuses it; built with
+            # SQLite and without the npm-built assets (it reads templates and locales from
+            # its source, kept in the cache as src/gitea-<version>: its STATIC_ROOT_PATH).
+            build_go_module("gitea", "code.gitea.io/gitea", pinned(versions, "GITEA_VERSION"), None,
+                            "sqlite sqlite_unlock_notify")
         for name, (module, key) in FLUX_CONTROLLERS.items():
             # `bin` asks for one controller by name; `build flux` for both.
             if "flux" in wanted or name in wanted:
@@ -913,7 +923,7 @@ def main() -> int:
     p.add_argument("-n", "--lines", type=int, default=40)
     p = sub.add_parser("bin", help="print the path of a cached binary, building it if needed")
     p.add_argument("name", choices=[*K8S_COMMANDS, "etcd", "kwok", "helm", "kustomize", "toxiproxy-server",
-                                    *FLUX_CONTROLLERS])
+                                    "gitea", *FLUX_CONTROLLERS])
     args = parser.parse_args()
     try:
         if args.command == "build":
@@ -941,6 +951,7 @@ def main() -> int:
             return logs_cmd(args.component, args.follow, args.lines)
         elif args.command == "bin":
             group = {"kwok": "kwok", "helm": "helm", "kustomize": "kustomize", "toxiproxy-server": "toxiproxy",
+                     "gitea": "gitea",
                      **{name: name for name in FLUX_CONTROLLERS}}.get(args.name, "kubernetes")
             print(binary(args.name, build([group])))
     except TestenvError as err:

@@ -188,6 +188,9 @@ fn deployment(options: &InstallOptions) -> Value {
         "metadata": {"name": NAME, "namespace": ns, "labels": labels()},
         "spec": {
             "replicas": options.replicas,
+            // The new Pod cannot become Ready while the old one holds the leader Lease: a
+            // rolling update would wait for ever. Stop the old one first.
+            "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
             "template": {
                 "metadata": {"labels": labels()},

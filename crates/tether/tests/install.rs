@@ -164,6 +164,17 @@ async fn install_upgrade_and_uninstall_the_agent_in_the_cluster() {
     );
     let namespaces: Api<Namespace> = Api::all(client.clone());
     assert!(namespaces.get_opt(n).await.expect("get").is_some());
+    // Again: nothing left to do. In a namespace never installed into: refused, and nothing
+    // is created.
+    let (ok, text) = tether(&["uninstall", "-n", n]);
+    assert!(ok && text.contains("(0 writes)"), "{text}");
+    let nowhere = support::unique_name("never-installed");
+    let (ok, text) = tether(&["uninstall", "-n", &nowhere]);
+    assert!(
+        !ok && text.contains("nothing of tether's install"),
+        "{text}"
+    );
+    assert!(namespaces.get_opt(&nowhere).await.expect("get").is_none());
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
     assert!(

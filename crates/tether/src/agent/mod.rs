@@ -262,15 +262,20 @@ pub async fn run(
     // happens when Git, the spec, a watched object or a webhook says so, or at the interval.
     let (store, writer) = kube::runtime::reflector::store();
     // A deleted Application is not reconciled (the store no longer holds it): what the
-    // agent keeps about it is forgotten here.
-    let (gone_sender, mut gone) = tokio::sync::mpsc::unbounded_channel();
+    // agent keeps about it is forgotten here: on its Delete event, and after a relist
+    // (deletions while the watch was down come as no event), for every key the store lacks.
+    let (gone_sender, mut gone) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
     let applications = watcher(applications, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
-        .inspect(move |event| {
-            if let Ok(watcher::Event::Delete(app)) = event {
-                let _ = gone_sender.send(application_key(app));
+        .inspect(move |event| match event {
+            Ok(watcher::Event::Delete(app)) => {
+                let _ = gone_sender.send(Some(application_key(app)));
             }
+            Ok(watcher::Event::InitDone) => {
+                let _ = gone_sender.send(None);
+            }
+            _ => {}
         })
         .applied_objects()
         .predicate_filter(spec_or_sync_request, Default::default());
@@ -359,9 +364,30 @@ pub async fn run(
     });
     let _forgetting = AbortOnDrop(tokio::spawn({
         let context = context.clone();
+        let store = store.clone();
         async move {
-            while let Some(key) = gone.recv().await {
-                context.forget(&key);
+            while let Some(gone) = gone.recv().await {
+                match gone {
+                    Some(key) => context.forget(&key),
+                    None => {
+                        let present: std::collections::HashSet<String> = store
+                            .state()
+                            .iter()
+                            .map(|app| application_key(app))
+                            .collect();
+                        let known: Vec<String> = context
+                            .states
+                            .lock()
+                            .expect("not poisoned")
+                            .keys()
+                            .filter(|key| !present.contains(*key))
+                            .cloned()
+                            .collect();
+                        for key in known {
+                            context.forget(&key);
+                        }
+                    }
+                }
             }
         }
     }));
@@ -601,35 +627,33 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 status.last_applied_revision = Some(outcome.revision.commit.clone());
                 status.revision_info = Some((&outcome.revision).into());
             }
+            // Told once the status that records them is written (a failed write retries the
+            // reconcile, which would tell them again).
+            let mut notices = Vec::new();
             let previous = app.status.as_ref();
             if let Some(entry) = &outcome.applied {
-                // The same revision applied again, with changes: a hand edit put back.
-                let event = if previous.and_then(|s| s.last_applied_revision.as_deref())
-                    == Some(outcome.revision.commit.as_str())
-                {
+                // The same revision, spec and sync request applied again, with changes: a
+                // hand edit put back.
+                let drift = previous.is_some_and(|s| {
+                    s.last_applied_revision.as_deref() == Some(outcome.revision.commit.as_str())
+                        && s.observed_generation == app.metadata.generation
+                }) && !sync_requested(&app);
+                let event = if drift {
                     notify::Event::DriftCorrected
                 } else {
                     notify::Event::SyncSucceeded
                 };
-                notify(
-                    &ctx,
-                    &app,
-                    event,
-                    Some(&outcome.revision.commit),
-                    entry.message.clone().unwrap_or_default(),
-                );
+                notices.push((event, entry.message.clone().unwrap_or_default()));
             }
             if outcome.health == HealthStatus::Degraded
                 && previous.and_then(|s| s.health.as_deref()) != Some("Degraded")
             {
-                notify(
-                    &ctx,
-                    &app,
+                notices.push((
                     notify::Event::HealthDegraded,
-                    Some(&outcome.revision.commit),
                     format!("health is {}", outcome.health),
-                );
+                ));
             }
+            let told_revision = outcome.revision.commit.clone();
             if let Some(entry) = outcome.applied {
                 publish(
                     &ctx,
@@ -687,6 +711,9 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             );
             set_condition(&mut status, &app, "Stalled", "False", "Succeeded", "");
             write_status(&ctx, &app, status).await?;
+            for (event, message) in notices {
+                notify(&ctx, &app, event, Some(&told_revision), message);
+            }
             let mut next = jitter(interval);
             if let Some(period) = ctx.options.verify_interval {
                 next = next.min(
@@ -746,16 +773,10 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                     &message,
                 );
             }
-            // The first failure of a streak is told; its retries are not.
-            if status.failures == 1 {
-                notify(
-                    &ctx,
-                    &app,
-                    notify::Event::SyncFailed,
-                    status.last_attempted_revision.as_deref(),
-                    message.clone(),
-                );
-            }
+            // The first failure of a streak is told, once its status is written; its retries
+            // are not.
+            let tell = (status.failures == 1)
+                .then(|| (status.last_attempted_revision.clone(), message.clone()));
             let published = publish(
                 &ctx,
                 &app,
@@ -766,6 +787,15 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             .await;
             let failures = status.failures;
             let written = write_status(&ctx, &app, status).await;
+            if let (Some((revision, message)), Ok(())) = (tell, &written) {
+                notify(
+                    &ctx,
+                    &app,
+                    notify::Event::SyncFailed,
+                    revision.as_deref(),
+                    message,
+                );
+            }
             if !published || matches!(written, Err(Error::Status(..))) {
                 ctx.late_failures
                     .lock()

@@ -188,10 +188,12 @@ impl Inner {
             if let (Format::Generic, Some(secret)) = (target.format, &self.options.secret) {
                 request = request.header(SIGNATURE_HEADER, sign(secret, body.as_bytes()));
             }
+            // A webhook URL often carries its credential (Slack's does): logs name the
+            // host only, and errors without the URL.
             let failure = match request.body(body.clone()).send().await {
                 Ok(response) if response.status().is_success() => None,
                 Ok(response) => Some(format!("HTTP {}", response.status())),
-                Err(err) => Some(err.to_string()),
+                Err(err) => Some(err.without_url().to_string()),
             };
             let Some(failure) = failure else {
                 self.count("delivered");
@@ -199,12 +201,12 @@ impl Inner {
             };
             self.count("failed");
             if attempt == self.options.attempts.max(1) {
-                tracing::warn!(url = %target.url, event = notice.event.name(), application = %notice.name,
+                tracing::warn!(host = %host(&target.url), event = notice.event.name(), application = %notice.name,
                     %failure, attempts = attempt, "notification given up");
                 self.metrics.notifications_dead.inc();
                 return;
             }
-            tracing::debug!(url = %target.url, %failure, attempt, "notification failed; retrying");
+            tracing::debug!(host = %host(&target.url), %failure, attempt, "notification failed; retrying");
             tokio::time::sleep(wait).await;
             wait *= 2;
         }
@@ -218,6 +220,14 @@ impl Inner {
             })
             .inc();
     }
+}
+
+/// The host of a URL, for logs (its path and query may be a credential).
+fn host(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "(not a URL)".into())
 }
 
 /// `sha256=<hex HMAC-SHA256 of body with secret>`.

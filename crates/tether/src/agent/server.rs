@@ -130,7 +130,7 @@ impl Default for Metrics {
         let notifications = Family::<ResultLabels, Counter>::default();
         registry.register(
             "notifications",
-            "Notification deliveries (POSTs to --notify URLs), by result: delivered, or retried after a failure",
+            "Notification attempts (POSTs to --notify URLs), by result: delivered, or failed (retried unless it was the last attempt)",
             notifications.clone(),
         );
         let notifications_dead = Counter::default();

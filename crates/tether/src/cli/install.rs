@@ -32,8 +32,10 @@ pub struct InstallArgs {
     #[arg(long, value_name = "IMAGE", default_value = concat!("tether:", env!("CARGO_PKG_VERSION")))]
     pub image: String,
 
-    /// Agent replicas: one acts at a time (leader Lease), another takes over when it dies.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// Agent replicas: 1, or 0 to stop it. (Standby replicas are not supported yet: one
+    /// waiting for the leader Lease is not Ready, so the Deployment would never be
+    /// Available.)
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1))]
     pub replicas: u32,
 
     /// Multi-tenant: the agent may write nothing itself; every Application must name a
@@ -221,6 +223,14 @@ pub async fn uninstall(
     cluster.server_version().await?;
     let client = cluster.client();
     let namespace = agent_namespace(global);
+    // Nothing installed there (a wrong -n): say so, and create nothing.
+    let parent = format!("tether-{}", crate::install::APP);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    if secrets.get_opt(&parent).await?.is_none() {
+        anyhow::bail!(
+            "nothing of tether's install is in namespace {namespace} (no Secret {parent}); pass -n with the namespace `tether install` used"
+        );
+    }
     let resolver = Resolver::new(client.clone()).await?;
     // The set again, with only what stays: everything else of it is pruned.
     let options = InstallOptions {
