@@ -59,20 +59,30 @@ impl Tokens {
         }
     }
 
-    /// The tokens of an installed Secret (its `data`, base64 decoded by serde), when it holds
-    /// all three.
-    pub fn from_secret(secret: &k8s_openapi::api::core::v1::Secret) -> Option<Self> {
-        let data = secret.data.as_ref()?;
-        let get = |key: &str| {
-            data.get(key)
-                .and_then(|v| String::from_utf8(v.0.clone()).ok())
-                .filter(|v| !v.is_empty())
+    /// The tokens an installed Secret holds (its `data`, base64 decoded by serde), with a
+    /// new one for each it lacks (so a webhook secret configured at a Git host survives a
+    /// lost API token); and how many were kept.
+    pub fn kept_from(secret: Option<&k8s_openapi::api::core::v1::Secret>) -> (Self, usize) {
+        let data = secret.and_then(|s| s.data.as_ref());
+        let fresh = Self::generate();
+        let mut kept = 0;
+        let mut keep = |key: &str, new: String| match data
+            .and_then(|d| d.get(key))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+        {
+            Some(old) => {
+                kept += 1;
+                old
+            }
+            None => new,
         };
-        Some(Self {
-            webhook_secret: get("webhook-secret")?,
-            api_token: get("api-token")?,
-            readonly_token: get("readonly-token")?,
-        })
+        let tokens = Self {
+            webhook_secret: keep("webhook-secret", fresh.webhook_secret),
+            api_token: keep("api-token", fresh.api_token),
+            readonly_token: keep("readonly-token", fresh.readonly_token),
+        };
+        (tokens, kept)
     }
 }
 
@@ -306,6 +316,33 @@ mod tests {
         };
         assert!(args(&tenants).contains("--require-service-account"));
         assert!(!args(&single).contains("--require-service-account"));
+    }
+
+    #[test]
+    fn an_installed_secret_keeps_its_tokens_and_only_a_missing_one_is_new() {
+        use k8s_openapi::ByteString;
+        let secret = |keys: &[&str]| k8s_openapi::api::core::v1::Secret {
+            data: Some(
+                keys.iter()
+                    .map(|k| (k.to_string(), ByteString(format!("old-{k}").into_bytes())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let (all, kept) = Tokens::kept_from(Some(&secret(&[
+            "webhook-secret",
+            "api-token",
+            "readonly-token",
+        ])));
+        assert_eq!(kept, 3);
+        assert_eq!(all.webhook_secret, "old-webhook-secret");
+        let (partial, kept) = Tokens::kept_from(Some(&secret(&["webhook-secret"])));
+        assert_eq!(kept, 1);
+        assert_eq!(partial.webhook_secret, "old-webhook-secret");
+        assert_eq!(partial.api_token.len(), 64);
+        let (none, kept) = Tokens::kept_from(None);
+        assert_eq!(kept, 0);
+        assert_eq!(none.readonly_token.len(), 64);
     }
 
     #[test]

@@ -118,13 +118,8 @@ pub async fn install(
     let namespace = options.namespace.as_str();
     // Tokens are generated once: an upgrade keeps the installed ones.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let installed = secrets
-        .get_opt(TOKENS_SECRET)
-        .await?
-        .as_ref()
-        .and_then(Tokens::from_secret);
-    let kept = installed.is_some();
-    let tokens = installed.unwrap_or_else(Tokens::generate);
+    let installed = secrets.get_opt(TOKENS_SECRET).await?;
+    let (tokens, kept) = Tokens::kept_from(installed.as_ref());
     let objects = crate::install::objects(crate::install::manifests(&options, Some(&tokens)));
     let resolver = Resolver::new(client.clone()).await?;
     let mut plan_options = PlanOptions::new(crate::install::APP, namespace);
@@ -174,10 +169,10 @@ pub async fn install(
         writeln!(
             out,
             "  tokens: Secret {TOKENS_SECRET} ({}; --show-secrets prints them)",
-            if kept {
-                "kept from the earlier install"
-            } else {
-                "generated"
+            match kept {
+                3 => "kept from the earlier install",
+                0 => "generated",
+                _ => "kept from the earlier install; the missing ones generated",
             }
         )?;
     }
