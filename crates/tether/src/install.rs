@@ -102,8 +102,7 @@ pub fn manifests(options: &InstallOptions, tokens: Option<&Tokens>) -> Vec<Value
     // Cluster-wide names carry the namespace: installs in two namespaces do not collide.
     let reader = format!("{NAME}:{ns}");
     let mut objects = vec![
-        json!({"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": ns, "labels": labels()}}),
+        namespace_manifest(ns),
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
                "metadata": {"name": NAME, "namespace": ns, "labels": labels()}}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
@@ -158,6 +157,12 @@ pub fn manifests(options: &InstallOptions, tokens: Option<&Tokens>) -> Vec<Value
         "spec": {"selector": {"app.kubernetes.io/name": NAME},
                  "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]}}));
     objects
+}
+
+/// The agent's namespace, as the install has it.
+pub fn namespace_manifest(namespace: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": namespace, "labels": labels()}})
 }
 
 /// What the agent may do with its own identity: read everything (the drift watches, the

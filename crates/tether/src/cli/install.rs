@@ -120,36 +120,23 @@ pub async fn install(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let installed = secrets.get_opt(TOKENS_SECRET).await?;
     let (tokens, kept) = Tokens::kept_from(installed.as_ref());
-    let objects = crate::install::objects(crate::install::manifests(&options, Some(&tokens)));
-    let resolver = Resolver::new(client.clone()).await?;
-    let mut plan_options = PlanOptions::new(crate::install::APP, namespace);
-    // The install owns these names: an earlier hand-applied RBAC file is taken over.
-    plan_options.adopt = true;
-    plan_options.force_conflicts = true;
-    plan_options.keep_unchanged_live = false;
-    plan_options.progress = super::progress::for_stderr();
-    let planned = plan(&client, &resolver, objects, &plan_options).await?;
+    let objects = crate::install::manifests(&options, Some(&tokens));
     let apply_options = ApplyOptions {
         force_conflicts: true,
         wait: (!args.timeout.is_zero()).then_some(args.timeout),
-        progress: super::progress::for_stderr(),
         ..Default::default()
     };
-    let report = apply(&client, &resolver, planned, &apply_options).await?;
-    super::apply::write_text(out, &report, apply_options.wait.is_some(), false)?;
-    if let Some(failure) = &report.failure {
-        anyhow::bail!("the install stopped: {failure}");
-    }
-    let failed = report.failed();
-    if !failed.is_empty() {
-        anyhow::bail!(
-            "{} object(s) of the install failed (see above)",
-            failed.len()
-        );
-    }
-    if let Some(why) = &report.unhealthy {
-        anyhow::bail!("installed, but not healthy: {why}");
-    }
+    // The install owns these names: an earlier hand-applied RBAC file is taken over.
+    apply_install_set(
+        &client,
+        namespace,
+        objects,
+        true,
+        apply_options,
+        "install",
+        out,
+    )
+    .await?;
     writeln!(out)?;
     writeln!(
         out,
@@ -177,6 +164,45 @@ pub async fn install(
         )?;
     }
     Ok(0)
+}
+
+/// Plans `manifests` as the install's set in `namespace` and applies them, pruning what the
+/// set no longer holds; prints each change (and health, when waiting). An error when any
+/// object failed or (waiting) is not healthy; `what` names the command in it.
+async fn apply_install_set(
+    client: &kube::Client,
+    namespace: &str,
+    manifests: Vec<Value>,
+    adopt: bool,
+    mut apply_options: ApplyOptions,
+    what: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let resolver = Resolver::new(client.clone()).await?;
+    let mut plan_options = PlanOptions::new(crate::install::APP, namespace);
+    plan_options.adopt = adopt;
+    plan_options.force_conflicts = apply_options.force_conflicts;
+    plan_options.keep_unchanged_live = false;
+    plan_options.progress = super::progress::for_stderr();
+    let objects = crate::install::objects(manifests);
+    let planned = plan(client, &resolver, objects, &plan_options).await?;
+    apply_options.progress = super::progress::for_stderr();
+    let report = apply(client, &resolver, planned, &apply_options).await?;
+    super::apply::write_text(out, &report, apply_options.wait.is_some(), false)?;
+    if let Some(failure) = &report.failure {
+        anyhow::bail!("the {what} stopped: {failure}");
+    }
+    let failed = report.failed();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} object(s) of the {what} failed (see above)",
+            failed.len()
+        );
+    }
+    if let Some(why) = &report.unhealthy {
+        anyhow::bail!("the {what} is applied, but not healthy: {why}");
+    }
+    Ok(())
 }
 
 fn print_documents(
@@ -219,45 +245,30 @@ pub async fn uninstall(
     let client = cluster.client();
     let namespace = agent_namespace(global);
     // Nothing installed there (a wrong -n): say so, and create nothing.
-    let parent = format!("tether-{}", crate::install::APP);
+    let parent = crate::apply::applyset::parent_name(crate::install::APP);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     if secrets.get_opt(&parent).await?.is_none() {
         anyhow::bail!(
             "nothing of tether's install is in namespace {namespace} (no Secret {parent}); pass -n with the namespace `tether install` used"
         );
     }
-    let resolver = Resolver::new(client.clone()).await?;
-    // The set again, with only what stays: everything else of it is pruned.
-    let options = InstallOptions {
-        namespace: namespace.clone(),
-        image: String::new(),
-        replicas: 0,
-        tenants: false,
-    };
-    // The namespace holds the set's parent: it is deleted last, on its own.
-    let keep: Vec<Value> = crate::install::manifests(&options, None)
-        .into_iter()
-        .filter(|o| o["kind"] == "Namespace")
-        .collect();
-    let mut plan_options = PlanOptions::new(crate::install::APP, namespace.as_str());
-    plan_options.keep_unchanged_live = false;
-    let planned = plan(
-        &client,
-        &resolver,
-        crate::install::objects(keep),
-        &plan_options,
-    )
-    .await?;
+    // The set again, with only its namespace, which holds the set's parent and is deleted
+    // last, on its own: everything else of it is pruned.
+    let keep = vec![crate::install::namespace_manifest(&namespace)];
     let apply_options = ApplyOptions {
         allow_empty: true,
-        progress: super::progress::for_stderr(),
         ..Default::default()
     };
-    let report = apply(&client, &resolver, planned, &apply_options).await?;
-    super::apply::write_text(out, &report, false, false)?;
-    if let Some(failure) = &report.failure {
-        anyhow::bail!("the uninstall stopped: {failure}");
-    }
+    apply_install_set(
+        &client,
+        &namespace,
+        keep,
+        false,
+        apply_options,
+        "uninstall",
+        out,
+    )
+    .await?;
     if args.delete_namespace {
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
         namespaces.delete(&namespace, &Default::default()).await?;
