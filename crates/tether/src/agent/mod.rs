@@ -1486,14 +1486,10 @@ pub async fn fetch(
 ) -> Result<(Revision, crate::source::git::CommitTree), String> {
     let namespace = app.namespace().unwrap_or_default();
     let spec = &app.spec;
-    let mut source = match pin {
-        Some(commit) => {
-            let mut source = git_source(options, app, listing_max_age)?;
-            source.reference = RefSpec::Commit(commit.to_string());
-            source
-        }
-        None => git_source(options, app, listing_max_age)?,
-    };
+    let mut source = git_source(options, app, listing_max_age)?;
+    if let Some(commit) = pin {
+        source.reference = RefSpec::Commit(commit.to_string());
+    }
     // Credentials are written to files for Git; the folder lives until the fetch is done.
     let mut secret_files = None;
     if let Some(secret) = &spec.source.secret_ref {
