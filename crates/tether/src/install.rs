@@ -34,6 +34,12 @@ pub struct InstallOptions {
     /// Multi-tenant: every Application names a ServiceAccount that the agent impersonates;
     /// the agent itself may write nothing but its Applications' status, Events and Lease.
     pub tenants: bool,
+    /// Sharded: the replicas split the Applications into this many shards (Leases in the
+    /// agent's namespace) instead of electing one leader.
+    pub shards: Option<u32>,
+    /// Namespaced: the agent reconciles and applies only in its own namespace, with a Role
+    /// there and no cluster-wide rights.
+    pub namespaced: bool,
 }
 
 /// The generated secrets, kept across upgrades.
@@ -99,41 +105,50 @@ fn labels() -> Value {
 pub fn manifests(options: &InstallOptions, tokens: Option<&Tokens>) -> Vec<Value> {
     let ns = options.namespace.as_str();
     let subject = json!([{"kind": "ServiceAccount", "name": NAME, "namespace": ns}]);
-    // Cluster-wide names carry the namespace: installs in two namespaces do not collide.
-    let reader = format!("{NAME}:{ns}");
     let mut objects = vec![
         namespace_manifest(ns),
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
                "metadata": {"name": NAME, "namespace": ns, "labels": labels()}}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-               "metadata": {"name": reader, "labels": labels()},
-               "rules": agent_rules()}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-               "metadata": {"name": reader, "labels": labels()},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": reader},
-               "subjects": subject}),
     ];
+    // Namespaced: a Role and a RoleBinding in the agent's namespace; else cluster-wide ones,
+    // whose names carry the namespace, so that installs in two namespaces do not collide.
+    let grant = |objects: &mut Vec<Value>, name: &str, rules: Value| {
+        let (role, binding, name, metadata) = if options.namespaced {
+            let metadata = json!({"name": name, "namespace": ns, "labels": labels()});
+            ("Role", "RoleBinding", name.to_string(), metadata)
+        } else {
+            let name = format!("{name}:{ns}");
+            let metadata = json!({"name": name, "labels": labels()});
+            ("ClusterRole", "ClusterRoleBinding", name, metadata)
+        };
+        objects.push(
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": role,
+            "metadata": metadata, "rules": rules}),
+        );
+        objects.push(
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": binding,
+            "metadata": metadata,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role, "name": name},
+            "subjects": subject}),
+        );
+    };
+    grant(&mut objects, NAME, agent_rules());
     if !options.tenants {
         // Single-tenant: the agent applies and prunes whatever its Applications' Git holds,
-        // in any namespace, with its own identity.
-        let writer = format!("{NAME}-writer:{ns}");
-        objects.push(
-            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": writer, "labels": labels()},
-            "rules": [{"apiGroups": ["*"], "resources": ["*"],
-                       "verbs": ["create", "update", "patch", "delete"]}]}),
+        // in any namespace (namespaced: in its own), with its own identity.
+        grant(
+            &mut objects,
+            &format!("{NAME}-writer"),
+            json!([{"apiGroups": ["*"], "resources": ["*"],
+                    "verbs": ["create", "update", "patch", "delete"]}]),
         );
-        objects.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": writer, "labels": labels()},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": writer},
-            "subjects": subject}));
     }
     let leader = format!("{NAME}-leader");
     objects.push(
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": {"name": leader, "namespace": ns, "labels": labels()},
         "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                   "verbs": ["get", "create", "update"]}]}),
+                   "verbs": lease_verbs(options)}]}),
     );
     objects.push(
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
@@ -180,20 +195,47 @@ fn agent_rules() -> Value {
     ])
 }
 
+/// A leader only reads and writes its Lease; sharded agents also list the membership
+/// Leases and delete those of agents long gone.
+fn lease_verbs(options: &InstallOptions) -> Value {
+    match options.shards {
+        Some(_) => json!(["get", "list", "create", "update", "delete"]),
+        None => json!(["get", "create", "update"]),
+    }
+}
+
 fn deployment(options: &InstallOptions) -> Value {
     let ns = options.namespace.as_str();
-    let mut args = vec![
-        "agent".to_string(),
-        "--all-namespaces".into(),
+    let mut args: Vec<String> = vec!["agent".to_string()];
+    if options.namespaced {
+        args.push(format!("--namespace={ns}"));
+        args.push("--namespaced".into());
+    } else {
+        args.push("--all-namespaces".into());
+    }
+    args.extend([
         format!("--listen=0.0.0.0:{PORT}"),
-        format!("--leader-elect={ns}"),
         format!("--webhook-secret-file={TOKENS_DIR}/webhook-secret"),
         format!("--api-token-file={TOKENS_DIR}/api-token"),
         format!("--api-readonly-token-file={TOKENS_DIR}/readonly-token"),
-    ];
+    ]);
+    match options.shards {
+        Some(shards) => {
+            args.push(format!("--shards={shards}"));
+            args.push(format!("--shard-namespace={ns}"));
+        }
+        None => args.push(format!("--leader-elect={ns}")),
+    }
     if options.tenants {
         args.push("--require-service-account".into());
     }
+    // With one leader, the new Pod cannot become Ready while the old one holds the Lease: a
+    // rolling update would wait for ever, so the old one stops first. Sharded replicas are
+    // each Ready on their own, and hand their shards over as they stop.
+    let strategy = match options.shards {
+        Some(_) => json!({"type": "RollingUpdate"}),
+        None => json!({"type": "Recreate"}),
+    };
     let probe = |path: &str, period: u32| {
         json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
                "timeoutSeconds": 5})
@@ -203,9 +245,7 @@ fn deployment(options: &InstallOptions) -> Value {
         "metadata": {"name": NAME, "namespace": ns, "labels": labels()},
         "spec": {
             "replicas": options.replicas,
-            // The new Pod cannot become Ready while the old one holds the leader Lease: a
-            // rolling update would wait for ever. Stop the old one first.
-            "strategy": {"type": "Recreate"},
+            "strategy": strategy,
             "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
             "template": {
                 "metadata": {"labels": labels()},
@@ -293,6 +333,8 @@ mod tests {
             image: "tether:test".into(),
             replicas: 1,
             tenants,
+            shards: None,
+            namespaced: false,
         }
     }
 
@@ -321,6 +363,90 @@ mod tests {
         };
         assert!(args(&tenants).contains("--require-service-account"));
         assert!(!args(&single).contains("--require-service-account"));
+    }
+
+    #[test]
+    fn a_sharded_install_runs_every_replica_on_shards_and_rolls_them() {
+        let sharded = InstallOptions {
+            replicas: 3,
+            shards: Some(12),
+            ..options(false)
+        };
+        let objects = manifests(&sharded, None);
+        let deployment = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .expect("deployment");
+        let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert!(args.contains("--shards=12") && args.contains("--shard-namespace=tether-system"));
+        assert!(!args.contains("--leader-elect"), "{args}");
+        assert_eq!(deployment["spec"]["replicas"], 3);
+        assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+        let role = objects
+            .iter()
+            .find(|o| o["kind"] == "Role")
+            .expect("the Lease role");
+        assert_eq!(
+            role["rules"][0]["verbs"],
+            json!(["get", "list", "create", "update", "delete"])
+        );
+        let single = manifests(&options(false), None);
+        let deployment = single
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .expect("deployment");
+        assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+        assert!(
+            deployment
+                .to_string()
+                .contains("--leader-elect=tether-system")
+        );
+    }
+
+    #[test]
+    fn a_namespaced_install_has_no_cluster_wide_rights_and_confines_the_agent() {
+        let namespaced = InstallOptions {
+            namespaced: true,
+            ..options(false)
+        };
+        let objects = manifests(&namespaced, None);
+        let kinds: Vec<String> = objects
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    o["kind"].as_str().unwrap_or_default(),
+                    o["metadata"]["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        assert!(!kinds.iter().any(|k| k.starts_with("Cluster")), "{kinds:?}");
+        for role in [
+            "Role/tether-agent",
+            "RoleBinding/tether-agent",
+            "Role/tether-agent-writer",
+        ] {
+            assert!(kinds.iter().any(|k| k == role), "{role} in {kinds:?}");
+        }
+        assert!(
+            objects
+                .iter()
+                .filter(|o| o["kind"] != "Namespace")
+                .all(|o| o["metadata"]["namespace"] == "tether-system"),
+            "every object but the Namespace lives in the agent's namespace"
+        );
+        let args = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .expect("deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .to_string();
+        assert!(args.contains("--namespaced") && args.contains("--namespace=tether-system"));
+        assert!(!args.contains("--all-namespaces"), "{args}");
+        let cluster = manifests(&options(false), None);
+        assert!(
+            cluster.iter().any(|o| o["kind"] == "ClusterRole"
+                && o["metadata"]["name"] == "tether-agent:tether-system")
+        );
     }
 
     #[test]

@@ -15,12 +15,13 @@ use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::json;
-use support::agent::{applied, create_application, options_for, start_agent, until};
+use support::agent::{
+    applied, create_application, hmac_hex, options_for, post, start_agent, until,
+};
 use support::git::{GitDaemon, GitRepo};
 use support::{TestNamespace, cluster, unique_name};
 use tether::agent::{AgentOptions, Application, install_crd};
@@ -561,45 +562,6 @@ async fn cli_refuses_every_class_and_touches_nothing() {
         cases.len(),
         failures.join("\n")
     );
-}
-
-/// Posts `body` to the agent's webhook for `provider` with `headers`; (status, text).
-async fn post(
-    port: u16,
-    provider: &str,
-    headers: &[(&str, String)],
-    body: Vec<u8>,
-) -> (u16, String) {
-    let url = format!("http://127.0.0.1:{port}/webhooks/{provider}");
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let mut request = reqwest::blocking::Client::new()
-            .post(url)
-            .timeout(Duration::from_secs(30))
-            .body(body);
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        let response = request.send().expect("the agent answers");
-        let status = response.status().as_u16();
-        (status, response.text().unwrap_or_default())
-    })
-    .await
-    .expect("the request task")
-}
-
-fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Applies `manifest` with kubectl (strict field validation, as kubectl does by default);

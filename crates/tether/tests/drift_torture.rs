@@ -497,8 +497,9 @@ impl Checker {
                         )
                         .await
                         .expect("fetch the revision the status names");
+                        let home = tether::agent::clusters::Target::home(client.clone(), resolver);
                         let plan = tether::agent::render_and_plan(
-                            &client, &resolver, &options, &app, &commit, tree,
+                            &home, &options, &app, &commit, tree,
                         )
                         .await
                         .expect("plan");

@@ -21,7 +21,7 @@ use support::agent::{
 };
 use support::git::{GitDaemon, GitRepo, HttpGitServer};
 use support::toxiproxy::Toxiproxy;
-use support::{TestNamespace, cluster};
+use support::{OwnControlPlane, TestNamespace, cluster};
 use tether::agent::{AgentOptions, Application, install_crd};
 use tether::cluster::{Cluster, ClusterOptions};
 
@@ -369,63 +369,6 @@ async fn the_agent_rides_out_latency_thin_links_and_cut_connections_to_the_api_s
          cut off put back {after_cut:?} after the link returned"
     );
     let _ = agent.stop().await;
-}
-
-/// A control plane of this test's own (etcd + API server, started by testenv in a temporary
-/// folder), so that restarting its parts disturbs no other test; stopped when dropped.
-struct OwnControlPlane {
-    dir: tempfile::TempDir,
-}
-
-impl OwnControlPlane {
-    fn testenv(dir: &Path, args: &[&str]) -> std::process::Output {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testenv/testenv.py");
-        std::process::Command::new("python3")
-            .arg(script)
-            .args(args)
-            .env("TETHER_TESTENV_DIR", dir)
-            .output()
-            .expect("python3 runs testenv.py")
-    }
-
-    fn up() -> Self {
-        let dir = tempfile::tempdir().expect("temp");
-        let out = Self::testenv(dir.path(), &["up", "--profile", "minimal"]);
-        assert!(
-            out.status.success(),
-            "testenv up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self { dir }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
-    }
-
-    /// Stops `component`, waits `down_for`, starts it again (keeping the data); blocking.
-    fn restart(dir: &Path, component: &str, down_for: Duration) {
-        let out = Self::testenv(
-            dir,
-            &[
-                "restart",
-                component,
-                "--down-for",
-                &down_for.as_secs_f64().to_string(),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "testenv restart {component}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for OwnControlPlane {
-    fn drop(&mut self) {
-        let _ = Self::testenv(self.dir.path(), &["down", "--quiet"]);
-    }
 }
 
 #[tokio::test]

@@ -238,6 +238,150 @@ impl Drop for InstalledRbac {
     }
 }
 
+/// A client of the test cluster that authenticates as ServiceAccount `namespace/account`,
+/// with a token of its own (as in a Pod).
+async fn account_client(account: &str, namespace: &str, dir: &std::path::Path) -> kube::Client {
+    let token = support::kubectl(&["create", "token", account, "-n", namespace]);
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(support::kubeconfig()).expect("kubeconfig"))
+            .expect("testenv writes JSON");
+    config["users"][0]["user"] = json!({"token": String::from_utf8_lossy(&token.stdout).trim()});
+    let kubeconfig = dir.join(format!("{account}.kubeconfig"));
+    std::fs::write(&kubeconfig, config.to_string()).expect("write");
+    tether::cluster::Cluster::connect(
+        &tether::cluster::ClusterOptions::default().kubeconfig(&kubeconfig),
+    )
+    .await
+    .expect("the account's kubeconfig")
+    .client()
+}
+
+/// Runs `tether install ARGS --replicas 0 --timeout 0 -n NAMESPACE` (the rights without the
+/// Deployment: the agent runs here, with a token of the installed ServiceAccount).
+fn install_rights(namespace: &str, args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("install")
+        .args(args)
+        .args(["--replicas", "0", "--timeout", "0", "-n", namespace])
+        .arg("--kubeconfig")
+        .arg(support::kubeconfig())
+        .output()
+        .expect("tether install runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_namespaced_install_is_enough_for_its_namespace_and_nothing_else() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let team = TestNamespace::create(&client, "team").await;
+    let other = TestNamespace::create(&client, "team-other").await;
+    install_rights(&team.name, &["--namespaced"]);
+    // No cluster-wide rights were made.
+    let cluster_roles = support::kubectl(&[
+        "get",
+        "clusterrole,clusterrolebinding",
+        "-l",
+        "app.kubernetes.io/managed-by=tether-install",
+        "-o",
+        "name",
+    ]);
+    let names = String::from_utf8_lossy(&cluster_roles.stdout).into_owned();
+    assert!(
+        !names.contains(&team.name),
+        "a namespaced install made cluster-wide rights: {names}"
+    );
+    let dir = tempfile::tempdir().expect("temp");
+    let agent_client = account_client("tether-agent", &team.name, dir.path()).await;
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("app/mine.yaml", &cm("mine", None, "blue"));
+    let first = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let mut election = tether::agent::leader::ElectionOptions::new(team.name.clone());
+    election.lease_duration = std::time::Duration::from_secs(5);
+    let agent = start_agent(
+        &agent_client,
+        AgentOptions {
+            namespaced: true,
+            leader_election: Some(election),
+            ..options_for(&team, dir.path())
+        },
+    );
+    let apps: Api<Application> = Api::namespaced(client.clone(), &team.name);
+    let spec = |namespace: &str| {
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "app"},
+            "destination": {"namespace": namespace},
+            "syncPolicy": {"interval": "1h"}
+        })
+    };
+    create_application(&apps, "here", spec(&team.name)).await;
+    create_application(&apps, "elsewhere", spec(&other.name)).await;
+    until(
+        &apps,
+        "here",
+        "a full sync with the namespaced rights",
+        |a| applied(a) == Some(first.as_str()),
+    )
+    .await;
+    let refused = until(&apps, "elsewhere", "a refusal naming the namespace", |a| {
+        ready(a).is_some_and(|(status, message)| {
+            status == "False" && message.contains("confined to namespace")
+        })
+    })
+    .await;
+    eprintln!("{:?}", ready(&refused));
+    // Drift is seen and put back by the namespaced watches.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &team.name);
+    cms.patch(
+        "mine",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"color": "red"}})),
+    )
+    .await
+    .expect("hand edit");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cms.get("mine").await.expect("get").data.expect("data")["color"] != "blue" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hand edit was not put back with the namespaced rights"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // And the rights end at the namespace: the agent's identity can neither write nor read
+    // another namespace.
+    let theirs: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "agent-itself"}})).expect("cm");
+    let refused = Api::<ConfigMap>::namespaced(agent_client.clone(), &other.name)
+        .create(&PostParams::default(), &theirs)
+        .await
+        .expect_err("the agent may not write another namespace");
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 403),
+        "{refused}"
+    );
+    let listed = Api::<ConfigMap>::namespaced(agent_client.clone(), &other.name)
+        .list(&Default::default())
+        .await
+        .expect_err("the agent may not read another namespace");
+    assert!(
+        matches!(&listed, kube::Error::Api(s) if s.code == 403),
+        "{listed}"
+    );
+    let _ = agent.stop().await;
+}
+
 #[tokio::test]
 async fn the_rights_tether_install_gives_are_enough_for_tenants_and_no_more() {
     let client = cluster().await.client();
@@ -249,49 +393,10 @@ async fn the_rights_tether_install_gives_are_enough_for_tenants_and_no_more() {
     // it: the agent runs here, with a token of the installed ServiceAccount).
     let agent_name = "tether-agent";
     let _rbac = InstalledRbac(system.name.clone());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args([
-            "install",
-            "--tenants",
-            "--replicas",
-            "0",
-            "--timeout",
-            "0",
-            "-n",
-        ])
-        .arg(&system.name)
-        .arg("--kubeconfig")
-        .arg(support::kubeconfig())
-        .output()
-        .expect("tether install runs");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-
-    // The agent authenticates as that ServiceAccount, with a token of its own (as in a Pod).
-    let token = support::kubectl(&["create", "token", agent_name, "-n", &system.name]);
-    assert!(
-        token.status.success(),
-        "{}",
-        String::from_utf8_lossy(&token.stderr)
-    );
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(support::kubeconfig()).expect("kubeconfig"))
-            .expect("testenv writes JSON");
-    config["users"][0]["user"] = json!({"token": String::from_utf8_lossy(&token.stdout).trim()});
-    let kubeconfig = file.path().with_extension("kubeconfig");
-    std::fs::write(&kubeconfig, config.to_string()).expect("write");
-    let agent_client = tether::cluster::Cluster::connect(
-        &tether::cluster::ClusterOptions::default().kubeconfig(&kubeconfig),
-    )
-    .await
-    .expect("the agent's kubeconfig")
-    .client();
+    install_rights(&system.name, &["--tenants"]);
     let dir = tempfile::tempdir().expect("temp");
+    // The agent authenticates as that ServiceAccount, with a token of its own (as in a Pod).
+    let agent_client = account_client(agent_name, &system.name, dir.path()).await;
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
     repo.write("app/mine.yaml", &cm("mine", None, "blue"));

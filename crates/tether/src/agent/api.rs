@@ -18,7 +18,6 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 
 use super::{AgentOptions, Application};
-use crate::cluster::discovery::Resolver;
 use crate::plan::Action;
 
 #[derive(Clone)]
@@ -27,8 +26,11 @@ pub struct ApiState {
     pub trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
     pub token: Arc<Vec<u8>>,
     pub client: kube::Client,
-    pub resolver: Arc<Resolver>,
+    /// Where Applications apply (their diffs are planned there).
+    pub clusters: Arc<super::clusters::Clusters>,
     pub options: AgentOptions,
+    /// Sharded: passes a sync on to the agent holding the Application's shard.
+    pub relay: Option<super::server::Relay>,
 }
 
 pub fn routes(state: ApiState) -> Router {
@@ -124,14 +126,19 @@ async fn show(
         Ok(app) => app,
         Err(reply) => return reply,
     };
-    let planned = super::plan_current(
-        &state.client,
-        &state.resolver,
-        &state.options,
-        &app,
-        std::time::Duration::ZERO,
-    )
-    .await;
+    let planned = match state.clusters.for_app(&app).await {
+        Ok(destination) => {
+            super::plan_current(
+                &state.client,
+                &destination.target,
+                &state.options,
+                &app,
+                std::time::Duration::ZERO,
+            )
+            .await
+        }
+        Err(error) => Err(error),
+    };
     let mut body = summary(&app);
     body["status"] = serde_json::to_value(&app.status).unwrap_or(Value::Null);
     match planned {
@@ -173,6 +180,9 @@ async fn sync(
         Err(reply) => return reply,
     };
     let _ = state.trigger.send(ObjectRef::from_obj(app.as_ref()));
+    if let Some(relay) = &state.relay {
+        relay.pass_on_unless_held(&app);
+    }
     (
         StatusCode::ACCEPTED,
         Json(json!({"sync": "requested", "application": format!("{namespace}/{name}")})),

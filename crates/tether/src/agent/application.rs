@@ -137,6 +137,11 @@ pub struct RenderSpec {
 pub struct Destination {
     /// Default namespace for objects without one; also where the ApplySet parent lives.
     pub namespace: String,
+    /// Another cluster to apply to: the name of a Secret in the Application's namespace
+    /// with a `kubeconfig` key, or `server`, `token` and optionally `ca.crt`. Unset: the
+    /// agent's own cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
@@ -250,6 +255,9 @@ pub struct ApplicationStatus {
 
 /// `tether sync` sets this annotation (to a timestamp) to ask for a full sync now.
 pub const SYNC_REQUEST_ANNOTATION: &str = "tether.dev/sync-requested";
+/// Set by a sharded agent that received a webhook for an Application of another agent's
+/// shard: the owner sees the change, lists the remote's refs afresh and reconciles.
+pub const REFRESH_ANNOTATION: &str = "tether.dev/refresh-requested";
 /// `tether rollback` records the ref it replaced here, for `tether resume`.
 pub const ROLLED_BACK_FROM_ANNOTATION: &str = "tether.dev/rolled-back-from";
 

@@ -35,6 +35,9 @@ use crate::render::ObjectKey;
 #[derive(Clone)]
 pub struct DriftWatch {
     client: kube::Client,
+    /// Watch only this namespace (a namespaced agent, whose rights end there); cluster-scoped
+    /// kinds are then not watched, and sets with them are planned in full at each reconcile.
+    scope: Option<String>,
     /// ApplySet id → the Application that owns the set.
     owners: Arc<RwLock<HashMap<String, ObjectRef<Application>>>>,
     /// Kinds (group, kind) with a running watch.
@@ -68,6 +71,7 @@ impl DriftWatch {
         let (trigger, receiver) = mpsc::unbounded_channel();
         let watch = Self {
             client,
+            scope: None,
             owners: Default::default(),
             watched: Default::default(),
             seen: Default::default(),
@@ -80,6 +84,31 @@ impl DriftWatch {
             changes: tokio::sync::broadcast::channel(1024).0,
         };
         (watch, tokio_stream_from(receiver))
+    }
+
+    /// A drift watch of another cluster (a destination of some Applications) whose
+    /// triggers and announced changes go where this one's go.
+    pub fn for_cluster(&self, client: kube::Client) -> Self {
+        Self {
+            client,
+            scope: None,
+            owners: Default::default(),
+            watched: Default::default(),
+            seen: Default::default(),
+            versions: Default::default(),
+            ready: Default::default(),
+            sets: Default::default(),
+            listed: Default::default(),
+            tasks: Default::default(),
+            trigger: self.trigger.clone(),
+            changes: self.changes.clone(),
+        }
+    }
+
+    /// Watches only `namespace` from now on (call before the first watch starts).
+    pub fn scoped_to(mut self, namespace: Option<String>) -> Self {
+        self.scope = namespace;
+        self
     }
 
     /// A full sync of set `id` starts: forget earlier changes. Until it completes
@@ -146,6 +175,7 @@ impl DriftWatch {
     /// each member at exactly that version, nothing was missed, and they vouch from then
     /// on, with no second full plan to establish that.
     pub fn finish_full_sync(&self, id: &str, expected: Vec<(ObjectKey, String)>) {
+        let ready = self.ready.lock().expect("not poisoned").clone();
         // The same lock order as `saw_version`: versions, then sets.
         let seen = self.versions.lock().expect("not poisoned");
         let mut sets = self.sets.lock().expect("not poisoned");
@@ -163,7 +193,10 @@ impl DriftWatch {
             .into_iter()
             .filter(|(key, version)| seen.get(key) != Some(version))
             .collect();
-        state.verified = state.pending.is_empty();
+        // A version seen before a watch broke proves nothing about now: a broken watch
+        // vouches once a live event shows each pending member (`saw_version`).
+        let watching = state.kinds.iter().all(|k| ready.contains(k));
+        state.verified = watching && state.pending.is_empty();
     }
 
     /// The watch saw `key` of set `id` at `version`.
@@ -340,12 +373,20 @@ impl DriftWatch {
     }
 
     async fn watch_kind(self, kind: KindInfo) {
-        let api: Api<PartialObjectMeta<DynamicObject>> =
-            Api::all_with(self.client.clone(), &kind.resource);
+        let api: Api<PartialObjectMeta<DynamicObject>> = match &self.scope {
+            None => Api::all_with(self.client.clone(), &kind.resource),
+            Some(namespace) if kind.namespaced => {
+                Api::namespaced_with(self.client.clone(), namespace, &kind.resource)
+            }
+            // Not this agent's to watch (nor, with its rights, to write).
+            Some(_) => return,
+        };
         let config = watcher::Config::default().labels(PART_OF_LABEL);
         // Errors (the API server restarting, the kind's CRD deleted) are retried with a
         // growing pause, not in a tight loop.
-        let mut events = watcher(api, config).default_backoff().boxed();
+        let mut events = watcher(api, config)
+            .backoff(WatchBackoff::default())
+            .boxed();
         // Objects of this kind by uid (key and set), to tell after a gap in the watch which
         // ones went away meanwhile; and the uids listed again since the gap.
         let mut known: HashMap<String, (ObjectKey, Option<String>)> = HashMap::new();
@@ -421,8 +462,25 @@ impl DriftWatch {
                     self.announce(&object);
                 }
                 Err(err) => {
-                    tracing::debug!(%err, kind = %kind.resource.kind, "drift watch restarts")
+                    tracing::debug!(%err, kind = %kind.resource.kind, "drift watch restarts");
+                    self.broken(&kind);
                 }
+            }
+        }
+    }
+
+    /// The watch of `kind` failed: until it has listed again, it vouches for nothing, so
+    /// the sets with members of this kind are planned in full at their next reconciles
+    /// (which also find drift made while it was down, should the relist come late).
+    fn broken(&self, kind: &KindInfo) {
+        let key = (kind.resource.group.clone(), kind.resource.kind.clone());
+        if !self.ready.lock().expect("not poisoned").remove(&key) {
+            return;
+        }
+        for state in self.sets.lock().expect("not poisoned").values_mut() {
+            if state.kinds.contains(&key) {
+                state.verified = false;
+                state.watched_from_start = false;
             }
         }
     }
@@ -704,6 +762,40 @@ fn tokio_stream_from<T: Send + 'static>(
     mut receiver: mpsc::UnboundedReceiver<T>,
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+/// Retries of a failed drift watch: 0.5 s, doubling up to 5 s, and from 0.5 s again once
+/// it works. (kube's default grows to 30 s: after an outage of the API server, the watches
+/// would come back that much later.)
+struct WatchBackoff {
+    next: std::time::Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let wait = self.next;
+        self.next = (wait * 2).min(Self::MAX);
+        Some(wait)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
 }
 
 #[cfg(test)]

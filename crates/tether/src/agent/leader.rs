@@ -50,6 +50,16 @@ impl Election {
         }
     }
 
+    /// The Leases' API (in the Lease's namespace).
+    pub fn api(&self) -> &Api<Lease> {
+        &self.api
+    }
+
+    /// The Lease's name.
+    pub fn name(&self) -> &str {
+        &self.options.name
+    }
+
     /// Waits until this agent holds the Lease, then keeps renewing it; the returned future
     /// completes when the lease is lost (a renewal failed for longer than the duration).
     pub async fn lead(self) -> impl std::future::Future<Output = ()> + Send {

@@ -6,10 +6,12 @@
 
 pub mod api;
 pub mod application;
+pub mod clusters;
 pub mod drift;
 pub mod leader;
 pub mod notify;
 pub mod server;
+pub mod shard;
 pub mod tenancy;
 pub mod ui;
 
@@ -35,6 +37,7 @@ use crate::source::reference::RefSpec;
 use crate::source::signature::SignaturePolicy;
 pub use application::{Application, ApplicationSpec, ApplicationStatus};
 use application::{ApplySetReference, Condition, HistoryEntry, HookRecord, SyncStatus};
+use clusters::Destination;
 
 /// Reconciles run by this process (for tests and metrics).
 pub static RECONCILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -69,6 +72,9 @@ pub struct AgentOptions {
     pub api_readonly_token: Option<Vec<u8>>,
     /// Act only while holding this Lease (several agents, one leader).
     pub leader_election: Option<leader::ElectionOptions>,
+    /// Split the Applications among several agents through shard Leases (each
+    /// Application is reconciled by the one agent holding its shard).
+    pub shards: Option<shard::ShardOptions>,
     /// The backstop: plan each Application in full at least this often (stretched by up
     /// to 20 %), even when the watches saw no change, and count what they missed
     /// (`tether_drift_missed_total`). `None` turns it off.
@@ -76,6 +82,10 @@ pub struct AgentOptions {
     /// Refuse Applications that name no `spec.serviceAccountName` (multi-tenant clusters:
     /// no Application acts with the agent's own rights).
     pub require_service_account: bool,
+    /// Everything stays in `namespace`: Applications must apply there (no other namespace,
+    /// no other cluster), and the drift watches watch only there, so the agent needs rights
+    /// in that namespace alone (`tether install --namespaced`).
+    pub namespaced: bool,
     /// Where to POST notifications of syncs, failures, degraded health and drift corrected.
     pub notify: notify::NotifyOptions,
 }
@@ -96,8 +106,10 @@ impl Default for AgentOptions {
             api_token: None,
             api_readonly_token: None,
             leader_election: None,
+            shards: None,
             verify_interval: Some(DEFAULT_VERIFY_INTERVAL),
             require_service_account: false,
+            namespaced: false,
             notify: Default::default(),
         }
     }
@@ -115,6 +127,12 @@ pub enum Error {
     LostLeadership,
     #[error("cannot serve on {0}: {1}")]
     Listen(String, String),
+    #[error(
+        "--shards and --leader-elect cannot be used together: sharded agents all act, each on its own share"
+    )]
+    ShardsWithLeader,
+    #[error("a namespaced agent needs the namespace it is confined to (-n)")]
+    NamespacedWithoutNamespace,
     #[error("API discovery failed: {0}")]
     Discovery(String),
     #[error("{0}")]
@@ -149,16 +167,15 @@ pub async fn install_crd(client: &kube::Client) -> Result<(), Error> {
 
 struct Context {
     notifier: notify::Notifier,
+    /// The agent's own cluster: Applications, their status, Events and Secrets.
     client: kube::Client,
-    resolver: Resolver,
+    /// Where Applications apply: the agent's cluster and the others they name.
+    clusters: Arc<clusters::Clusters>,
     options: AgentOptions,
     recorder: Recorder,
-    drift: drift::DriftWatch,
     metrics: Arc<server::Metrics>,
     /// namespace/name → (sync, health), for the Applications gauge.
     states: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
-    /// ApplySet id → the desired objects of its last full sync (for health reads).
-    desired: std::sync::Mutex<std::collections::HashMap<String, Vec<Desired>>>,
     /// namespace/name → (when, why) of a failed sync whose Event could not be published
     /// (the API server was unreachable then): published once it answers again, so an outage
     /// that the next attempt rode out still shows in the Events.
@@ -167,6 +184,11 @@ struct Context {
     /// (its own read or status write): a reconcile whose cached copy is that version reads
     /// nothing (a poll of 1,000 Applications is not 1,000 GETs a minute).
     seen_versions: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// With sharding: the shards this agent holds (it reconciles only their Applications).
+    shards: Option<Arc<shard::Shards>>,
+    /// namespace/name → the refresh annotation last acted on (another agent passed a
+    /// webhook on): a new one means the remote's refs must be listed afresh.
+    refreshes: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Context {
@@ -211,6 +233,7 @@ impl Context {
     /// failure it could not report has no one left to tell.
     fn forget(&self, key: &str) {
         self.late_failures.lock().expect("not poisoned").remove(key);
+        self.refreshes.lock().expect("not poisoned").remove(key);
         self.seen_versions.lock().expect("not poisoned").remove(key);
         let mut states = self.states.lock().expect("not poisoned");
         if let Some(previous) = states.remove(key) {
@@ -240,9 +263,21 @@ pub async fn run(
     options: AgentOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
-    let resolver = Resolver::new(client.clone())
-        .await
-        .map_err(|e| Error::Discovery(e.to_string()))?;
+    if options.shards.is_some() && options.leader_election.is_some() {
+        return Err(Error::ShardsWithLeader);
+    }
+    if options.namespaced && options.namespace.is_none() {
+        return Err(Error::NamespacedWithoutNamespace);
+    }
+    let shards = options
+        .shards
+        .clone()
+        .map(|o| shard::Shards::new(client.clone(), o));
+    let resolver = Arc::new(
+        Resolver::new(client.clone())
+            .await
+            .map_err(|e| Error::Discovery(e.to_string()))?,
+    );
     let applications: Api<Application> = match &options.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -251,13 +286,22 @@ pub async fn run(
         client.clone(),
         Reporter {
             controller: "tether-agent".into(),
-            instance: std::env::var("HOSTNAME").ok(),
+            // Sharded agents say which of them acted.
+            instance: match &shards {
+                Some(shards) => Some(shards.options().identity.clone()),
+                None => std::env::var("HOSTNAME").ok(),
+            },
         },
     );
     let concurrency = options.concurrency;
     let (drift, drifted) = drift::DriftWatch::new(client.clone());
+    let drift = drift.scoped_to(options.namespace.clone().filter(|_| options.namespaced));
+    let changes = drift.changes();
+    let home = clusters::Target::home(client.clone(), resolver);
+    let clusters = Arc::new(clusters::Clusters::new(Destination::new(home, drift)));
     let metrics = Arc::new(server::Metrics::default());
     let (webhook_trigger, webhooks) = tokio::sync::mpsc::unbounded_channel();
+    let shard_trigger = webhook_trigger.clone();
     // Reconcile on spec changes (generation), not on the status this agent writes: a sync
     // happens when Git, the spec, a watched object or a webhook says so, or at the interval.
     let (store, writer) = kube::runtime::reflector::store();
@@ -287,27 +331,25 @@ pub async fn run(
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|e| Error::Listen(address.to_string(), e.to_string()))?;
-            let api = match &options.api_token {
-                Some(token) => Some(api::ApiState {
-                    applications: store.clone(),
-                    trigger: webhook_trigger.clone(),
-                    token: Arc::new(token.clone()),
-                    client: client.clone(),
-                    resolver: Arc::new(
-                        Resolver::new(client.clone())
-                            .await
-                            .map_err(|e| Error::Discovery(e.to_string()))?,
-                    ),
-                    options: options.clone(),
-                }),
-                None => None,
-            };
+            let relay = shards.clone().map(|shards| server::Relay {
+                client: client.clone(),
+                shards,
+            });
+            let api = options.api_token.as_ref().map(|token| api::ApiState {
+                applications: store.clone(),
+                trigger: webhook_trigger.clone(),
+                token: Arc::new(token.clone()),
+                client: client.clone(),
+                clusters: clusters.clone(),
+                options: options.clone(),
+                relay: relay.clone(),
+            });
             // The web UI, with the API and its token.
             let ui = api.clone().map(|api| {
                 ui::start(
                     api,
                     options.api_readonly_token.clone(),
-                    drift.changes(),
+                    changes,
                     options.namespace.clone(),
                 )
             });
@@ -322,6 +364,7 @@ pub async fn run(
                 options.webhook_secret.clone(),
                 ready.clone(),
                 api,
+                relay,
             );
             let app = match ui {
                 Some(ui) => app.merge(ui::routes(ui)),
@@ -352,15 +395,49 @@ pub async fn run(
     let context = Arc::new(Context {
         notifier,
         client,
-        resolver,
+        clusters: clusters.clone(),
         options,
         recorder,
-        drift,
         metrics,
         states: Default::default(),
-        desired: Default::default(),
         late_failures: Default::default(),
         seen_versions: Default::default(),
+        shards: shards.clone(),
+        refreshes: Default::default(),
+    });
+    // Sharded: keep this agent's shards; reconcile each Application of a shard it takes
+    // (they were skipped while another agent held it), forget those of a shard it gives up.
+    let _sharding = shards.clone().map(|shards| {
+        let store = store.clone();
+        let trigger = shard_trigger.clone();
+        let context = context.clone();
+        let count = shards.clone();
+        let held = context.metrics.shards_held.clone();
+        let in_shard = move |shard: u32| {
+            let of = count.options().shards;
+            store
+                .state()
+                .into_iter()
+                .filter(move |app| shard::shard_of(&application_key(app), of) == shard)
+        };
+        let (gained_in, released_in) = (in_shard.clone(), in_shard);
+        let (held_gained, held_released) = (held.clone(), held);
+        let (mine, mine_too) = (shards.clone(), shards.clone());
+        AbortOnDrop(tokio::spawn(shards.run(
+            move |shard| {
+                held_gained.set(mine.held().len() as i64);
+                for app in gained_in(shard) {
+                    let _ =
+                        trigger.send(kube::runtime::reflector::ObjectRef::from_obj(app.as_ref()));
+                }
+            },
+            move |shard| {
+                held_released.set(mine_too.held().len() as i64);
+                for app in released_in(shard) {
+                    context.forget(&application_key(&app));
+                }
+            },
+        )))
     });
     let _forgetting = AbortOnDrop(tokio::spawn({
         let context = context.clone();
@@ -444,7 +521,11 @@ pub async fn run(
             }
         })
         .await;
-    context.drift.stop();
+    context.clusters.stop();
+    drop(_sharding);
+    if let Some(shards) = &context.shards {
+        shards.leave().await;
+    }
     drop(server);
     drop(renewal);
     if lost.load(std::sync::atomic::Ordering::Relaxed) {
@@ -499,6 +580,9 @@ fn spec_or_sync_request(app: &Application) -> Option<u64> {
     app.annotations()
         .get(application::SYNC_REQUEST_ANNOTATION)
         .hash(&mut hasher);
+    app.annotations()
+        .get(application::REFRESH_ANNOTATION)
+        .hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -511,6 +595,13 @@ fn error_policy(_app: Arc<Application>, err: &Error, _ctx: Arc<Context>) -> Acti
     Action::requeue(Duration::from_secs(5))
 }
 
+/// Where a sync acts: the destination, and the client acting there for the Application
+/// (its ServiceAccount's, when it names one).
+struct Acting<'a> {
+    dest: &'a Arc<Destination>,
+    client: &'a kube::Client,
+}
+
 /// What one sync did, for the status.
 struct Outcome {
     revision: Revision,
@@ -518,10 +609,21 @@ struct Outcome {
     health: HealthStatus,
     applied: Option<HistoryEntry>,
     apply_set: ApplySetReference,
+    /// Where it was applied.
+    destination: Arc<Destination>,
 }
 
 /// One reconcile of one Application: resolve, render, plan, apply when allowed, record.
 async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Sharded: only the agent holding the Application's shard acts on it; the shard is not
+    // given up while this reconcile runs.
+    let _in_shard = match &ctx.shards {
+        Some(shards) => match shards.begin(&application_key(&cached)) {
+            Some(guard) => Some(guard),
+            None => return Ok(Action::await_change()),
+        },
+        None => None,
+    };
     RECONCILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = std::time::Instant::now();
     // The cache may not hold this agent's last status write yet: unless it holds the newest
@@ -546,7 +648,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 ctx.seen_versions
                     .lock()
                     .expect("not poisoned")
-                    .insert(key, version);
+                    .insert(key.clone(), version);
             }
             Arc::new(app)
         }
@@ -558,6 +660,14 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         Err(e) => return Err(Error::Status(cached.name_any(), describe(&e))),
     };
     report_late_failure(&ctx, &app).await;
+    if let Some(refresh) = app.annotations().get(application::REFRESH_ANNOTATION) {
+        let mut refreshes = ctx.refreshes.lock().expect("not poisoned");
+        if refreshes.get(&key) != Some(refresh) {
+            // Another agent received a push for this Application.
+            crate::source::git::forget_listing(&app.spec.source.repo_url);
+            refreshes.insert(key.clone(), refresh.clone());
+        }
+    }
     let interval =
         parse_duration(&app.spec.sync_policy.interval).unwrap_or(Duration::from_secs(60));
     let status = app.status.clone().unwrap_or_default();
@@ -609,7 +719,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             // the cluster may differ from Git now, so this status must not say Synced. The
             // change has queued the next reconcile already.
             let changed_meanwhile =
-                outcome.sync.status == "Synced" && ctx.drift.is_drifted(&set_id);
+                outcome.sync.status == "Synced" && outcome.destination.drift.is_drifted(&set_id);
             let applied_revision = outcome.sync.status == "Synced";
             if changed_meanwhile {
                 outcome.sync.status = "OutOfSync".into();
@@ -717,7 +827,9 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             let mut next = jitter(interval);
             if let Some(period) = ctx.options.verify_interval {
                 next = next.min(
-                    ctx.drift
+                    outcome
+                        .destination
+                        .drift
                         .until_verification(&set_id, period)
                         .max(MIN_REQUEUE),
                 );
@@ -818,6 +930,33 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     }
 }
 
+/// A namespaced agent applies only to its own namespace of its own cluster: `Err` says
+/// why this Application asks for more.
+fn confined(options: &AgentOptions, app: &Application) -> Result<(), String> {
+    let (true, Some(namespace)) = (options.namespaced, options.namespace.as_deref()) else {
+        return Ok(());
+    };
+    let destination = &app.spec.destination;
+    if destination.namespace != namespace {
+        return Err(format!(
+            "this agent is confined to namespace {namespace} (--namespaced): \
+             spec.destination.namespace {:?} must be {namespace:?}",
+            destination.namespace
+        ));
+    }
+    if destination
+        .cluster
+        .as_deref()
+        .is_some_and(|c| !c.is_empty())
+    {
+        return Err(format!(
+            "this agent is confined to namespace {namespace} of its own cluster (--namespaced): \
+             spec.destination.cluster must be unset"
+        ));
+    }
+    Ok(())
+}
+
 /// The first dependency that is not Ready, if any.
 async fn unready_dependency(ctx: &Context, app: &Application) -> Option<String> {
     let namespace = app.namespace().unwrap_or_default();
@@ -844,14 +983,22 @@ async fn unready_dependency(ctx: &Context, app: &Application) -> Option<String> 
 /// Resolve, render, plan and (when the policy allows) apply; an `Err` is a message for
 /// the status, saying what failed.
 async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
+    let destination = ctx.clusters.for_app(app).await?;
+    let dest = &destination;
     let name = app.name_any();
     let spec = &app.spec;
     spec.check()?;
+    confined(&ctx.options, app)?;
     // The client that plans, applies and reads health for this Application throughout the
     // sync (its ServiceAccount's, when it names one); refused here, before anything is
     // fetched, when it names none and the agent requires one.
-    let client = tenancy::client_for(&ctx.client, app, ctx.options.require_service_account)?;
+    let client = tenancy::client_for(
+        &dest.target.client,
+        app,
+        ctx.options.require_service_account,
+    )?;
     let client = &client;
+    let at = &Acting { dest, client };
     let fetch_started = std::time::Instant::now();
     let applyset_id = crate::apply::applyset::ApplySet::new(&name, &spec.destination.namespace).id;
     // Polls of Applications that follow one repository share a listing of its refs taken
@@ -867,7 +1014,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
         .status
         .as_ref()
         .filter(|s| {
-            ctx.drift.is_drifted(&applyset_id)
+            dest.drift.is_drifted(&applyset_id)
                 && s.observed_generation == app.metadata.generation
                 && !sync_requested
                 && !crate::source::git::change_announced(&spec.source.repo_url)
@@ -892,13 +1039,13 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
     let verification_due = ctx
         .options
         .verify_interval
-        .is_some_and(|period| ctx.drift.verification_due(&applyset_id, period));
+        .is_some_and(|period| dest.drift.verification_due(&applyset_id, period));
     // An idle poll: the shared listing of the remote's refs (a few seconds old at most)
     // shows the commit already applied. Nor is the Git cache opened then.
     if pin.is_none()
         && !verification_due
         && let Some((status, sync, apply_set)) = settled
-        && let Some(status_changed) = ctx.drift.may_skip(&applyset_id)
+        && let Some(status_changed) = dest.drift.may_skip(&applyset_id)
         && let Some(applied) = status.revision_info.as_ref()
         && status.last_applied_revision.as_ref() == Some(&applied.commit)
         && let Some(listed) = git_source(&ctx.options, app, listing_max_age)
@@ -913,7 +1060,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
         };
         let settled = (status, sync, apply_set);
         return Ok(
-            unchanged_outcome(ctx, client, &applyset_id, settled, status_changed, revision).await,
+            unchanged_outcome(ctx, at, &applyset_id, settled, status_changed, revision).await,
         );
     }
     let (revision, tree) = fetch(
@@ -941,13 +1088,13 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
             && pin.is_some()
             && policy.automated
             && policy.self_heal
-            && let Some(drifted) = ctx.drift.take_drifted(&applyset_id)
+            && let Some(drifted) = dest.drift.take_drifted(&applyset_id)
         {
             let tree = tree.take().expect("the tree is rendered once");
             match correct_drift(
                 ctx,
+                at,
                 app,
-                client,
                 &applyset_id,
                 (revision.clone(), tree),
                 drifted,
@@ -961,7 +1108,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
                     reported_drift = true;
                 }
                 Err(message) => {
-                    ctx.drift.require_full_sync(&applyset_id);
+                    dest.drift.require_full_sync(&applyset_id);
                     return Err(message);
                 }
             }
@@ -969,7 +1116,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
         if rendered.is_none()
             && !verification_due
             && let Some((status, sync, apply_set)) = settled
-            && let Some(status_changed) = ctx.drift.may_skip(&applyset_id)
+            && let Some(status_changed) = dest.drift.may_skip(&applyset_id)
         {
             let same_revision =
                 status.last_applied_revision.as_deref() == Some(revision.commit.as_str());
@@ -977,15 +1124,15 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
                 true
             } else {
                 let tree = tree.take().expect("the tree is rendered once");
-                let (objects, digest) = render_digested(ctx, app, &revision, tree).await?;
+                let (objects, digest) = render_digested(ctx, dest, app, &revision, tree).await?;
                 rendered = Some((objects, digest));
-                ctx.drift.applied_digest(&applyset_id) == Some(digest)
+                dest.drift.applied_digest(&applyset_id) == Some(digest)
             };
             if same_output {
                 let settled = (status, sync, apply_set);
                 return Ok(unchanged_outcome(
                     ctx,
-                    client,
+                    at,
                     &applyset_id,
                     settled,
                     status_changed,
@@ -994,13 +1141,13 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
                 .await);
             }
         }
-        let applied_digest = ctx.drift.applied_digest(&applyset_id);
-        let vouched = ctx.drift.begin_full_sync(&applyset_id);
+        let applied_digest = dest.drift.applied_digest(&applyset_id);
+        let vouched = dest.drift.begin_full_sync(&applyset_id);
         let rendered = match rendered {
             Some(rendered) => rendered,
             None => {
                 let tree = tree.take().expect("the tree is rendered once");
-                render_digested(ctx, app, &revision, tree).await?
+                render_digested(ctx, dest, app, &revision, tree).await?
             }
         };
         // The watches vouched that nothing changed, and the cluster holds this very render:
@@ -1008,8 +1155,8 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
         let check_watches = vouched && !reported_drift && applied_digest == Some(rendered.1);
         full_sync(
             ctx,
+            at,
             app,
-            client,
             &applyset_id,
             revision,
             rendered,
@@ -1028,15 +1175,16 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
 /// `revision`, with health read again only when the watches saw a member's status change.
 async fn unchanged_outcome(
     ctx: &Context,
-    client: &kube::Client,
+    at: &Acting<'_>,
     applyset_id: &str,
     settled: (&ApplicationStatus, &SyncStatus, &ApplySetReference),
     status_changed: bool,
     revision: Revision,
 ) -> Outcome {
+    let dest = at.dest;
     let (status, sync, apply_set) = settled;
     let health = if status_changed {
-        assess_set(ctx, client, applyset_id).await
+        assess_set(ctx, at.dest, at.client, applyset_id).await
     } else {
         health_from(status.health.as_deref().unwrap_or("Unknown"))
     };
@@ -1048,6 +1196,8 @@ async fn unchanged_outcome(
         health,
         applied: None,
         apply_set: apply_set.clone(),
+
+        destination: dest.clone(),
     }
 }
 
@@ -1056,28 +1206,38 @@ async fn unchanged_outcome(
 /// differences are drift the watches missed, and are reported as such.
 async fn full_sync(
     ctx: &Context,
+    at: &Acting<'_>,
     app: &Application,
-    client: &kube::Client,
     applyset_id: &str,
     revision: Revision,
     (objects, digest): (Vec<crate::render::Object>, [u8; 32]),
     check_watches: bool,
 ) -> Result<Outcome, Failure> {
+    let (dest, client) = (at.dest, at.client);
     let policy = &app.spec.sync_policy;
     let owner = kube::runtime::reflector::ObjectRef::from_obj(app);
     // Watch every kind of the render before planning it: from then on no write to a
     // member goes unseen, and this sync counts as watched from its start.
     let kinds = kinds_of(
-        &ctx.resolver,
+        &dest.target.resolver,
         objects.iter().map(|o| (&o.manifest, &o.key.kind)),
     );
-    ctx.drift
+    dest.drift
         .watch_before_sync(owner.clone(), applyset_id, kinds, WATCH_LIST_TIMEOUT)
         .await;
-    let planned = plan_app(client, &ctx.resolver, &ctx.options, app, objects, false).await?;
+    let planned = plan_app(
+        client,
+        &dest.target.resolver,
+        &ctx.options,
+        app,
+        objects,
+        false,
+    )
+    .await
+    .map_err(|m| dest.target.context(m))?;
     if check_watches {
         ctx.metrics.drift_verifications.inc();
-        report_missed(ctx, app, applyset_id, &planned);
+        report_missed(ctx, dest, app, applyset_id, &planned);
     }
     let summary = planned.summary();
     let apply_set = ApplySetReference {
@@ -1086,7 +1246,7 @@ async fn full_sync(
         namespace: planned.applyset.namespace.clone(),
         id: planned.applyset.id.clone(),
     };
-    ctx.drift.register(
+    dest.drift.register(
         owner.clone(),
         &planned.applyset.id,
         planned.changes.iter().filter_map(|c| c.kind.clone()),
@@ -1139,7 +1299,7 @@ async fn full_sync(
         .collect();
     if planned.has_changes() && allowed {
         if policy.prune {
-            ctx.drift.expect_pruned(
+            dest.drift.expect_pruned(
                 applyset_id,
                 planned
                     .changes
@@ -1148,16 +1308,8 @@ async fn full_sync(
                     .map(|c| c.key.clone()),
             );
         }
-        let (entry, written) = apply_and_record(
-            ctx,
-            app,
-            client,
-            planned,
-            &revision,
-            !new_revision,
-            "applied",
-        )
-        .await?;
+        let (entry, written) =
+            apply_and_record(ctx, at, app, planned, &revision, !new_revision, "applied").await?;
         applied = Some(entry);
         versions = written;
         // The counts say what differs now (what was done is in the history).
@@ -1175,9 +1327,11 @@ async fn full_sync(
             *kind = unserved
                 .iter()
                 .find(|(unserved, _)| unserved == key)
-                .and_then(|(key, manifest)| kinds_of(&ctx.resolver, [(manifest, &key.kind)]).pop());
+                .and_then(|(key, manifest)| {
+                    kinds_of(&dest.target.resolver, [(manifest, &key.kind)]).pop()
+                });
         }
-        ctx.drift.register(
+        dest.drift.register(
             owner,
             applyset_id,
             desired.iter().filter_map(|(_, kind)| kind.clone()),
@@ -1186,14 +1340,14 @@ async fn full_sync(
     if sync.status == "Synced" {
         // The cluster now holds this render: a later revision that renders the same needs
         // no plan.
-        ctx.drift.set_applied_digest(applyset_id, digest);
+        dest.drift.set_applied_digest(applyset_id, digest);
     }
     if sync.status != "Synced" || versions.len() != desired.len() {
         versions.clear();
     }
-    ctx.drift.finish_full_sync(applyset_id, versions);
+    dest.drift.finish_full_sync(applyset_id, versions);
     let health = assess(ctx, client, &desired).await;
-    ctx.desired
+    dest.desired
         .lock()
         .expect("not poisoned")
         .insert(applyset_id.to_string(), desired);
@@ -1203,6 +1357,8 @@ async fn full_sync(
         health,
         applied,
         apply_set,
+
+        destination: dest.clone(),
     })
 }
 
@@ -1230,7 +1386,13 @@ fn kinds_of<'a>(
 /// without reporting it is logged with the managers that wrote it and counted in
 /// `tether_drift_missed_total`; a non-zero count is a bug to report. (A state the watch
 /// has not reached yet may still be reported by it, and is not counted.)
-fn report_missed(ctx: &Context, app: &Application, applyset_id: &str, planned: &crate::plan::Plan) {
+fn report_missed(
+    ctx: &Context,
+    dest: &Destination,
+    app: &Application,
+    applyset_id: &str,
+    planned: &crate::plan::Plan,
+) {
     for change in &planned.changes {
         let differs = match change.action {
             PlanAction::Update => !change.diff.is_empty(),
@@ -1243,7 +1405,7 @@ fn report_missed(ctx: &Context, app: &Application, applyset_id: &str, planned: &
         let Some(version) = live["metadata"]["resourceVersion"].as_str() else {
             continue;
         };
-        if !ctx.drift.saw_unreported(applyset_id, &change.key, version) {
+        if !dest.drift.saw_unreported(applyset_id, &change.key, version) {
             continue;
         }
         let managers: Vec<String> = live["metadata"]["managedFields"]
@@ -1278,13 +1440,14 @@ fn report_missed(ctx: &Context, app: &Application, applyset_id: &str, planned: &
 /// returns the history entry (`what` starts its message: "applied", "corrected drift at").
 async fn apply_and_record(
     ctx: &Context,
+    at: &Acting<'_>,
     app: &Application,
-    client: &kube::Client,
     planned: crate::plan::Plan,
     revision: &Revision,
     drift: bool,
     what: &str,
 ) -> Result<(HistoryEntry, Vec<(crate::render::ObjectKey, String)>), Failure> {
+    let (dest, client) = (at.dest, at.client);
     let policy = &app.spec.sync_policy;
     let options = ApplyOptions {
         prune: policy.prune && !planned.options.partial,
@@ -1294,14 +1457,14 @@ async fn apply_and_record(
         run_hooks: !drift,
         ..Default::default()
     };
-    let report = apply(client, &ctx.resolver, planned, &options)
+    let report = apply(client, &dest.target.resolver, planned, &options)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| dest.target.context(e.to_string()))?;
     for hook in report.hooks.iter().filter(|h| !h.succeeded) {
         publish(ctx, app, EventType::Warning, "HookFailed", hook.to_string()).await;
     }
     let hooks: Vec<HookRecord> = report.hooks.iter().map(HookRecord::from).collect();
-    if let Some(message) = report.failure_message() {
+    if let Some(message) = report.failure_message().map(|m| dest.target.context(m)) {
         // A failed sync is history too when it ran hooks: which ran, and how they ended.
         let entry = (!hooks.is_empty()).then(|| HistoryEntry {
             revision: revision.commit.clone(),
@@ -1374,15 +1537,16 @@ enum Targeted {
 /// plans and applies just those objects (never prunes), and keeps the rest of the status.
 async fn correct_drift(
     ctx: &Context,
+    at: &Acting<'_>,
     app: &Application,
-    client: &kube::Client,
     applyset_id: &str,
     (revision, tree): (Revision, crate::source::git::CommitTree),
     drifted: std::collections::BTreeSet<crate::render::ObjectKey>,
     settled: (&ApplicationStatus, &SyncStatus, &ApplySetReference),
 ) -> Result<Targeted, Failure> {
-    let (objects, digest) = render_digested(ctx, app, &revision, tree).await?;
-    if ctx.drift.applied_digest(applyset_id) != Some(digest) {
+    let (dest, client) = (at.dest, at.client);
+    let (objects, digest) = render_digested(ctx, dest, app, &revision, tree).await?;
+    if dest.drift.applied_digest(applyset_id) != Some(digest) {
         return Ok(Targeted::Full(objects, digest));
     }
     let destination = &app.spec.destination.namespace;
@@ -1413,9 +1577,9 @@ async fn correct_drift(
     plan_options.partial = true;
     // Health is read afresh after the correction: an unchanged object's state is not kept.
     plan_options.keep_unchanged_live = false;
-    let planned = plan(client, &ctx.resolver, subset, &plan_options)
+    let planned = plan(client, &dest.target.resolver, subset, &plan_options)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| dest.target.context(e.to_string()))?;
     let corrected: Vec<_> = planned
         .changes
         .iter()
@@ -1423,17 +1587,9 @@ async fn correct_drift(
         .collect();
     let applied = if planned.has_changes() {
         Some(
-            apply_and_record(
-                ctx,
-                app,
-                client,
-                planned,
-                &revision,
-                true,
-                "corrected drift at",
-            )
-            .await?
-            .0,
+            apply_and_record(ctx, at, app, planned, &revision, true, "corrected drift at")
+                .await?
+                .0,
         )
     } else {
         None
@@ -1442,11 +1598,11 @@ async fn correct_drift(
     // When everything was Healthy and no other member's status changed since, the others
     // still are: read the corrected objects only. Otherwise read them all.
     let health = if status.health.as_deref() == Some("Healthy")
-        && ctx.drift.may_skip(applyset_id) == Some(false)
+        && dest.drift.may_skip(applyset_id) == Some(false)
     {
         assess(ctx, client, &corrected).await
     } else {
-        assess_set(ctx, client, applyset_id).await
+        assess_set(ctx, at.dest, at.client, applyset_id).await
     };
     let mut sync = sync.clone();
     sync.revision = revision.commit.clone();
@@ -1456,14 +1612,21 @@ async fn correct_drift(
         health,
         applied,
         apply_set: apply_set.clone(),
+
+        destination: dest.clone(),
     })))
 }
 
 /// Reads the health of every object of set `id` as its last full sync desired them (and
 /// tells the drift watch that status changes so far are accounted for).
-async fn assess_set(ctx: &Context, client: &kube::Client, id: &str) -> HealthStatus {
-    ctx.drift.health_read(id);
-    let desired = ctx
+async fn assess_set(
+    ctx: &Context,
+    dest: &Destination,
+    client: &kube::Client,
+    id: &str,
+) -> HealthStatus {
+    dest.drift.health_read(id);
+    let desired = dest
         .desired
         .lock()
         .expect("not poisoned")
@@ -1544,29 +1707,29 @@ fn git_source(
 /// of the remote's refs at most `listing_max_age` old), rendered and planned. What
 /// `tether diff`, the JSON API and the web UI show.
 pub async fn plan_current(
-    client: &kube::Client,
-    resolver: &Resolver,
+    home: &kube::Client,
+    target: &clusters::Target,
     options: &AgentOptions,
     app: &Application,
     listing_max_age: Duration,
 ) -> Result<(Revision, crate::plan::Plan), String> {
-    let (revision, tree) = fetch(client, options, app, None, listing_max_age).await?;
-    let plan = render_and_plan(client, resolver, options, app, &revision, tree).await?;
+    let (revision, tree) = fetch(home, options, app, None, listing_max_age).await?;
+    let plan = render_and_plan(target, options, app, &revision, tree).await?;
     Ok((revision, plan))
 }
 
-/// Renders a fetched revision as the Application says and plans it against the cluster,
-/// as the Application's ServiceAccount when it names one (`client` is the agent's own).
+/// Renders a fetched revision as the Application says and plans it against its
+/// destination `target`, as the Application's ServiceAccount when it names one.
 pub async fn render_and_plan(
-    client: &kube::Client,
-    resolver: &Resolver,
+    target: &clusters::Target,
     options: &AgentOptions,
     app: &Application,
     revision: &Revision,
     tree: crate::source::git::CommitTree,
 ) -> Result<crate::plan::Plan, String> {
+    let resolver = &target.resolver;
     let objects = render_app(resolver, options, app, revision, tree).await?;
-    let acting = tenancy::client_for(client, app, options.require_service_account)?;
+    let acting = tenancy::client_for(&target.client, app, options.require_service_account)?;
     plan_app(&acting, resolver, options, app, objects, true).await
 }
 
@@ -1641,11 +1804,12 @@ async fn plan_app(
 /// Renders as [`render_app`] does, with the render's [`digest_of`].
 async fn render_digested(
     ctx: &Context,
+    dest: &Destination,
     app: &Application,
     revision: &Revision,
     tree: crate::source::git::CommitTree,
 ) -> Result<(Vec<crate::render::Object>, [u8; 32]), String> {
-    let objects = render_app(&ctx.resolver, &ctx.options, app, revision, tree).await?;
+    let objects = render_app(&dest.target.resolver, &ctx.options, app, revision, tree).await?;
     let digest = digest_of(&objects);
     Ok((objects, digest))
 }

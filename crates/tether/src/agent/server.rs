@@ -45,6 +45,7 @@ pub struct Metrics {
     pub webhooks: Family<WebhookLabels, Counter>,
     pub notifications: Family<ResultLabels, Counter>,
     pub notifications_dead: Counter,
+    pub shards_held: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,6 +140,12 @@ impl Default for Metrics {
             "Notifications given up after every retry failed",
             notifications_dead.clone(),
         );
+        let shards_held = Gauge::default();
+        registry.register(
+            "shards_held",
+            "Shards whose Lease this agent holds (with --shards; it reconciles only their Applications)",
+            shards_held.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -152,6 +159,7 @@ impl Default for Metrics {
             webhooks,
             notifications,
             notifications_dead,
+            shards_held,
         }
     }
 }
@@ -164,6 +172,51 @@ struct ServerState {
     webhook_secret: Option<Arc<Vec<u8>>>,
     ready: Arc<AtomicBool>,
     deliveries: Arc<std::sync::Mutex<Deliveries>>,
+    relay: Option<Relay>,
+}
+
+/// For sharded agents: a push for an Application of another agent's shard is passed on by
+/// annotating the Application (the Git host reaches one agent; the owner watches them all).
+#[derive(Clone)]
+pub struct Relay {
+    pub client: kube::Client,
+    pub shards: Arc<super::shard::Shards>,
+}
+
+impl Relay {
+    /// Unless this agent holds the shard of `app`, sets its refresh annotation (in the
+    /// background; a failure is logged, and the owner still finds the push at its next
+    /// poll).
+    pub fn pass_on_unless_held(&self, app: &Application) {
+        let key = format!(
+            "{}/{}",
+            app.metadata.namespace.as_deref().unwrap_or_default(),
+            app.metadata.name.as_deref().unwrap_or_default()
+        );
+        if self.shards.holds(&key) {
+            return;
+        }
+        let namespace = app.metadata.namespace.clone().unwrap_or_default();
+        let name = app.metadata.name.clone().unwrap_or_default();
+        let api: kube::Api<Application> = kube::Api::namespaced(self.client.clone(), &namespace);
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        tokio::spawn(async move {
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                super::application::REFRESH_ANNOTATION: now
+            }}});
+            if let Err(err) = api
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+            {
+                tracing::warn!(application = %format!("{namespace}/{name}"), %err,
+                    "cannot pass a webhook on to the agent of this Application's shard");
+            }
+        });
+    }
 }
 
 /// The largest webhook body read: a push event is a few kilobytes.
@@ -203,6 +256,7 @@ pub fn router(
     webhook_secret: Option<Vec<u8>>,
     ready: Arc<AtomicBool>,
     api: Option<super::api::ApiState>,
+    relay: Option<Relay>,
 ) -> Router {
     let state = ServerState {
         metrics,
@@ -211,6 +265,7 @@ pub fn router(
         webhook_secret: webhook_secret.map(Arc::new),
         ready,
         deliveries: Default::default(),
+        relay,
     };
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -395,6 +450,9 @@ async fn webhook(
             // The push is news: the next fetch must list the remote's refs again.
             crate::source::git::forget_listing(&app.spec.source.repo_url);
             let _ = state.trigger.send(ObjectRef::from_obj(app.as_ref()));
+            if let Some(relay) = &state.relay {
+                relay.pass_on_unless_held(&app);
+            }
             triggered += 1;
         }
     }

@@ -43,6 +43,23 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAMESPACE")]
     pub leader_elect: Option<String>,
 
+    /// Split the Applications among several agents: N shards, each a Lease in
+    /// --shard-namespace; every agent takes a share (rendezvous hashing over the live
+    /// agents) and reconciles only the Applications of its shards. When one dies, its
+    /// shards move within the lease duration. Give every agent the same N.
+    #[arg(long, value_name = "N", requires = "shard_namespace", conflicts_with = "leader_elect",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: Option<u32>,
+
+    /// The namespace of the shard and membership Leases (with --shards).
+    #[arg(long, value_name = "NAMESPACE", requires = "shards")]
+    pub shard_namespace: Option<String>,
+
+    /// How long a leader or shard Lease holds without renewal before another agent may
+    /// take it over; renewed every third of it.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = crate::duration::parse_duration)]
+    pub lease_duration: std::time::Duration,
+
     /// File holding the bearer token of the JSON API (/api/v1) and the web UI (/ui/, log in
     /// with it). Without it, both are off.
     #[arg(long, value_name = "FILE", requires = "listen")]
@@ -63,6 +80,12 @@ pub struct AgentArgs {
     /// rights of its own ServiceAccount (impersonated), never with the agent's.
     #[arg(long)]
     pub require_service_account: bool,
+
+    /// Stay in the namespace (-n): reconcile only its Applications, apply only into it, and
+    /// watch only it, so the agent needs a Role there and no cluster-wide rights (tether
+    /// install --namespaced).
+    #[arg(long, conflicts_with = "all_namespaces")]
+    pub namespaced: bool,
 
     /// POST a JSON notification here on a sync that applied a change, a failed sync, health
     /// turning Degraded and a drift correction (repeatable; retried, then counted in
@@ -94,21 +117,36 @@ pub async fn agent(
     let api_token = read_secret(args.api_token_file.as_deref(), "API token")?;
     let api_readonly_token =
         read_secret(args.api_readonly_token_file.as_deref(), "read-only token")?;
+    if args.lease_duration < std::time::Duration::from_secs(3) {
+        anyhow::bail!("--lease-duration must be at least 3s (it is renewed every third of it)");
+    }
+    let lease_duration = std::time::Duration::from_secs(args.lease_duration.as_secs());
+    let renew_every = lease_duration / 3;
     let options = AgentOptions {
         namespace: (!args.all_namespaces).then(|| cluster.namespace().to_string()),
         listen: args.listen,
         webhook_secret,
         api_token,
         api_readonly_token,
-        leader_election: args
-            .leader_elect
-            .clone()
-            .map(crate::agent::leader::ElectionOptions::new),
+        leader_election: args.leader_elect.clone().map(|namespace| {
+            let mut election = crate::agent::leader::ElectionOptions::new(namespace);
+            election.lease_duration = lease_duration;
+            election.renew_every = renew_every;
+            election
+        }),
+        shards: args.shards.map(|shards| {
+            let namespace = args.shard_namespace.clone().unwrap_or_default();
+            let mut options = crate::agent::shard::ShardOptions::new(namespace, shards);
+            options.lease_duration = lease_duration;
+            options.renew_every = renew_every;
+            options
+        }),
         concurrency: args.concurrency,
         kustomize_bin: args.kustomize_bin.clone(),
         helm_bin: args.helm_bin.clone(),
         verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
         require_service_account: args.require_service_account,
+        namespaced: args.namespaced,
         notify: crate::agent::notify::NotifyOptions {
             targets: notify_targets(args)?,
             secret: read_secret(args.notify_secret_file.as_deref(), "notification secret")?,
@@ -125,6 +163,12 @@ pub async fn agent(
             .unwrap_or_else(|| "all namespaces".into()),
         cluster.server()
     );
+    if let Some(shards) = &options.shards {
+        eprintln!(
+            "tether agent: one of the agents sharing {} shards (Leases in namespace {}) as {}",
+            shards.shards, shards.namespace, shards.identity
+        );
+    }
     if let (Some(address), Some(_)) = (args.listen, &options.api_token) {
         eprintln!("tether agent: web UI at http://{address}/ui/ (log in with the API token)");
     }

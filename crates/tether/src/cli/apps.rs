@@ -149,24 +149,39 @@ pub async fn diff(
     let (cluster, api) = api(global).await?;
     let app = get_app(&cluster, &api, &args.app).await?;
     let client = cluster.client();
-    let resolver = Resolver::new(client.clone())
-        .await
-        .map_err(|e| cluster.describe(e))?;
+    // Planned where the agent applies it: the cluster its Secret names, else this one.
+    let target = match app
+        .spec
+        .destination
+        .cluster
+        .as_deref()
+        .filter(|c| !c.is_empty())
+    {
+        Some(name) => {
+            let namespace = app.namespace().unwrap_or_default();
+            crate::agent::clusters::connect(&client, &namespace, name)
+                .await
+                .map_err(anyhow::Error::msg)?
+        }
+        None => crate::agent::clusters::Target::home(
+            client.clone(),
+            std::sync::Arc::new(
+                Resolver::new(client.clone())
+                    .await
+                    .map_err(|e| cluster.describe(e))?,
+            ),
+        ),
+    };
     // Rendered exactly as the agent renders it (the cluster's Helm capabilities included).
     let options = AgentOptions {
         kustomize_bin: args.kustomize_bin.clone(),
         helm_bin: args.helm_bin.clone(),
         ..Default::default()
     };
-    let (revision, plan) = crate::agent::plan_current(
-        &client,
-        &resolver,
-        &options,
-        &app,
-        std::time::Duration::ZERO,
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    let (revision, plan) =
+        crate::agent::plan_current(&client, &target, &options, &app, std::time::Duration::ZERO)
+            .await
+            .map_err(anyhow::Error::msg)?;
     super::plan::write_plan(out, global.output, &plan, Some(&revision))?;
     Ok(if plan.has_changes() { 2 } else { 0 })
 }

@@ -32,11 +32,23 @@ pub struct InstallArgs {
     #[arg(long, value_name = "IMAGE", default_value = concat!("tether:", env!("CARGO_PKG_VERSION")))]
     pub image: String,
 
-    /// Agent replicas: 1, or 0 to stop it. (Standby replicas are not supported yet: one
-    /// waiting for the leader Lease is not Ready, so the Deployment would never be
-    /// Available.)
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1))]
+    /// Agent replicas: 1, or 0 to stop it; with --shards, as many as you like. (Without
+    /// sharding, a standby waiting for the leader Lease is not Ready, so the Deployment
+    /// would never be Available.)
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub replicas: u32,
+
+    /// Run the replicas sharded: the Applications are split into N shards (Leases in the
+    /// agent's namespace) and each replica reconciles the Applications of its own shards;
+    /// when one dies, its shards move to the others within the lease time (15 s).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: Option<u32>,
+
+    /// A single-namespace install: the agent reconciles only the Applications of its own
+    /// namespace (-n), applies only into it, and gets a Role there instead of cluster-wide
+    /// rights.
+    #[arg(long)]
+    pub namespaced: bool,
 
     /// Multi-tenant: the agent may write nothing itself; every Application must name a
     /// ServiceAccount, which the agent impersonates.
@@ -80,13 +92,24 @@ fn agent_namespace(global: &GlobalArgs) -> String {
         .unwrap_or_else(|| DEFAULT_NAMESPACE.into())
 }
 
-fn options(global: &GlobalArgs, args: &InstallArgs) -> InstallOptions {
-    InstallOptions {
+fn options(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<InstallOptions> {
+    if args.shards.is_none() && args.replicas > 1 {
+        anyhow::bail!(
+            "--replicas {} needs --shards: without sharding one agent acts and a standby is never \
+             Ready (try --shards {} --replicas {})",
+            args.replicas,
+            args.replicas * 4,
+            args.replicas
+        );
+    }
+    Ok(InstallOptions {
         namespace: agent_namespace(global),
         image: args.image.clone(),
         replicas: args.replicas,
         tenants: args.tenants,
-    }
+        shards: args.shards,
+        namespaced: args.namespaced,
+    })
 }
 
 pub async fn install(
@@ -94,7 +117,7 @@ pub async fn install(
     args: &InstallArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
-    let options = options(global, args);
+    let options = options(global, args)?;
     if args.dry_run {
         let tokens = args.show_secrets.then(Tokens::generate);
         let mut documents = Vec::new();

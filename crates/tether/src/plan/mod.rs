@@ -829,7 +829,7 @@ fn undecodable_secret_data(key: &ObjectKey, manifest: &Value) -> Option<String> 
 fn cluster_error(key: Option<&ObjectKey>, origin: Option<&Origin>, err: &kube::Error) -> PlanError {
     let message = match api_error(err) {
         Some(status) => status.message.clone(),
-        None => format!("the API server did not answer: {err}"),
+        None => crate::apply::describe(err),
     };
     PlanError {
         key: key.cloned(),

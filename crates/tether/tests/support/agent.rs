@@ -222,3 +222,42 @@ impl Receiver {
         self.received.lock().expect("not poisoned").clone()
     }
 }
+
+/// Posts `body` to the agent's webhook for `provider` with `headers`; (status, text).
+pub async fn post(
+    port: u16,
+    provider: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (u16, String) {
+    let url = format!("http://127.0.0.1:{port}/webhooks/{provider}");
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let mut request = reqwest::blocking::Client::new()
+            .post(url)
+            .timeout(Duration::from_secs(30))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().expect("the agent answers");
+        let status = response.status().as_u16();
+        (status, response.text().unwrap_or_default())
+    })
+    .await
+    .expect("the request task")
+}
+
+pub fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -10,9 +10,9 @@ pub mod agent;
 pub mod git;
 pub mod toxiproxy;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
@@ -377,5 +377,62 @@ impl Drop for KillOnDrop {
             .args(["-KILL", &self.0.to_string()])
             .stderr(std::process::Stdio::null())
             .status();
+    }
+}
+
+/// A control plane of this test's own (etcd + API server, started by testenv in a temporary
+/// folder), so that restarting its parts disturbs no other test; stopped when dropped.
+pub struct OwnControlPlane {
+    pub dir: tempfile::TempDir,
+}
+
+impl OwnControlPlane {
+    pub fn testenv(dir: &Path, args: &[&str]) -> std::process::Output {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testenv/testenv.py");
+        std::process::Command::new("python3")
+            .arg(script)
+            .args(args)
+            .env("TETHER_TESTENV_DIR", dir)
+            .output()
+            .expect("python3 runs testenv.py")
+    }
+
+    pub fn up() -> Self {
+        let dir = tempfile::tempdir().expect("temp");
+        let out = Self::testenv(dir.path(), &["up", "--profile", "minimal"]);
+        assert!(
+            out.status.success(),
+            "testenv up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// Stops `component`, waits `down_for`, starts it again (keeping the data); blocking.
+    pub fn restart(dir: &Path, component: &str, down_for: Duration) {
+        let out = Self::testenv(
+            dir,
+            &[
+                "restart",
+                component,
+                "--down-for",
+                &down_for.as_secs_f64().to_string(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "testenv restart {component}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnControlPlane {
+    fn drop(&mut self) {
+        let _ = Self::testenv(self.dir.path(), &["down", "--quiet"]);
     }
 }

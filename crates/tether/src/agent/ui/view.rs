@@ -124,17 +124,23 @@ pub async fn of(state: &UiState, app: &Application) -> Arc<AppView> {
 
 async fn compute(state: &UiState, app: &Application) -> AppView {
     let api = &state.api;
-    let planned = crate::agent::plan_current(
-        &api.client,
-        &api.resolver,
-        &api.options,
-        app,
-        crate::agent::LISTING_MAX_AGE,
-    )
-    .await;
-    let (revision, plan) = match planned {
-        Ok(planned) => planned,
-        Err(error) => {
+    let destination = api.clusters.for_app(app).await;
+    let planned = match &destination {
+        Ok(destination) => {
+            crate::agent::plan_current(
+                &api.client,
+                &destination.target,
+                &api.options,
+                app,
+                crate::agent::LISTING_MAX_AGE,
+            )
+            .await
+        }
+        Err(error) => Err(error.clone()),
+    };
+    let ((revision, plan), destination) = match (planned, destination) {
+        (Ok(planned), Ok(destination)) => (planned, destination),
+        (Err(error), _) | (_, Err(error)) => {
             return AppView {
                 error: Some(error),
                 ..Default::default()
@@ -142,7 +148,7 @@ async fn compute(state: &UiState, app: &Application) -> AppView {
         }
     };
     let mut nodes = Vec::new();
-    let owned = owned_objects(&api.client, &plan.changes).await;
+    let owned = owned_objects(&destination.target.client, &plan.changes).await;
     for change in &plan.changes {
         let live = change.live.as_ref().map(redacted);
         let health = if change.action == Action::Prune {
