@@ -29,7 +29,9 @@ TETHER_TEST_KUBECTL="$(testenv bin kubectl)"
 TETHER_TEST_HELM="$(testenv bin helm)"
 TETHER_TEST_KUSTOMIZE="$(testenv bin kustomize)"
 TETHER_TEST_TOXIPROXY_SERVER="$(testenv bin toxiproxy-server)"
-export TETHER_TEST_KUBECTL TETHER_TEST_HELM TETHER_TEST_KUSTOMIZE TETHER_TEST_TOXIPROXY_SERVER
+# The commit status test runs against a real Gitea (about 5 minutes to build, once).
+TETHER_TEST_GITEA="$(testenv bin gitea)"
+export TETHER_TEST_KUBECTL TETHER_TEST_HELM TETHER_TEST_KUSTOMIZE TETHER_TEST_TOXIPROXY_SERVER TETHER_TEST_GITEA
 
 step "testenv selftest"
 testenv selftest

@@ -53,6 +53,33 @@ pub struct ApplicationSpec {
     /// only what the account's RBAC allows. Without it, the agent's own identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// Set the outcome of each sync as a status of the synced commit on the Git host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_status: Option<CommitStatusSpec>,
+}
+
+/// Where and how the agent reports a sync's outcome on the synced commit.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitStatusSpec {
+    /// github, gitlab or gitea.
+    pub provider: String,
+    /// A Secret in the Application's namespace whose key `token` is an API token allowed to
+    /// set commit statuses (GitHub: "Commit statuses" write; GitLab: api scope; Gitea:
+    /// write:repository).
+    pub secret_ref: LocalObjectReference,
+    /// The API's base URL. Default, from the repository's host: https://api.github.com
+    /// (https://<host>/api/v3 for GitHub Enterprise), https://<host>/api/v4 for GitLab,
+    /// https://<host>/api/v1 for Gitea (http:// when the repository URL is http://).
+    #[serde(default, rename = "apiURL", skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// The repository on the host (owner/name; GitLab: group/…/name). Default: the path of
+    /// the repository URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// The status's name on the host. Default: tether/<namespace>/<name>.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
@@ -373,6 +400,16 @@ impl ApplicationSpec {
         }
         parse_duration(&self.sync_policy.retry.backoff)
             .map_err(|e| format!("spec.syncPolicy.retry.backoff: {e}"))?;
+        if let Some(status) = &self.commit_status {
+            // The request itself says what else is wrong (no host, no repository).
+            let probe = crate::agent::commit_status::Status {
+                commit: String::new(),
+                state: crate::agent::commit_status::State::Success,
+                description: String::new(),
+                context: String::new(),
+            };
+            crate::agent::commit_status::request_for(status, &self.source.repo_url, &probe)?;
+        }
         Ok(())
     }
 }

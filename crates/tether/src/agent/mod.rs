@@ -7,6 +7,7 @@
 pub mod api;
 pub mod application;
 pub mod clusters;
+pub mod commit_status;
 pub mod drift;
 pub mod leader;
 pub mod notify;
@@ -167,6 +168,7 @@ pub async fn install_crd(client: &kube::Client) -> Result<(), Error> {
 
 struct Context {
     notifier: notify::Notifier,
+    commit_statuses: commit_status::CommitStatuses,
     /// The agent's own cluster: Applications, their status, Events and Secrets.
     client: kube::Client,
     /// Where Applications apply: the agent's cluster and the others they name.
@@ -392,8 +394,11 @@ pub async fn run(
     }
     let notifier =
         notify::Notifier::new(options.notify.clone(), metrics.clone()).map_err(Error::Notify)?;
+    let commit_statuses =
+        commit_status::CommitStatuses::new(metrics.clone()).map_err(Error::Notify)?;
     let context = Arc::new(Context {
         notifier,
+        commit_statuses,
         client,
         clusters: clusters.clone(),
         options,
@@ -764,6 +769,11 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 ));
             }
             let told_revision = outcome.revision.commit.clone();
+            let synced_message = outcome
+                .applied
+                .as_ref()
+                .and_then(|entry| entry.message.clone())
+                .unwrap_or_else(|| "the cluster already holds it".into());
             if let Some(entry) = outcome.applied {
                 publish(
                     &ctx,
@@ -823,6 +833,16 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             write_status(&ctx, &app, status).await?;
             for (event, message) in notices {
                 notify(&ctx, &app, event, Some(&told_revision), message);
+            }
+            if synced {
+                let description = format!("Synced, {}: {}", outcome.health, synced_message);
+                set_commit_status(
+                    &ctx,
+                    &app,
+                    &told_revision,
+                    commit_status::State::Success,
+                    description,
+                );
             }
             let mut next = jitter(interval);
             if let Some(period) = ctx.options.verify_interval {
@@ -898,7 +918,17 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             )
             .await;
             let failures = status.failures;
+            let revision_failed = status.last_attempted_revision.clone();
             let written = write_status(&ctx, &app, status).await;
+            if let (Ok(()), Some(revision)) = (&written, revision_failed.as_deref()) {
+                set_commit_status(
+                    &ctx,
+                    &app,
+                    revision,
+                    commit_status::State::Failure,
+                    format!("Sync failed: {message}"),
+                );
+            }
             if let (Some((revision, message)), Ok(())) = (tell, &written) {
                 notify(
                     &ctx,
@@ -1733,8 +1763,9 @@ pub async fn render_and_plan(
     plan_app(&acting, resolver, options, app, objects, true).await
 }
 
-/// Renders a fetched revision as the Application says.
-async fn render_app(
+/// Renders a fetched revision as the Application says (the agent's render, for
+/// `tether bootstrap` too).
+pub async fn render_app(
     resolver: &Resolver,
     options: &AgentOptions,
     app: &Application,
@@ -1998,6 +2029,56 @@ async fn report_late_failure(ctx: &Context, app: &Application) {
 
 fn application_key(app: &Application) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+/// Sets the outcome of a sync as a status of `revision` on the Git host, when the
+/// Application asks for it (in the background, once per revision and state).
+fn set_commit_status(
+    ctx: &Context,
+    app: &Application,
+    revision: &str,
+    state: commit_status::State,
+    description: String,
+) {
+    let Some(spec) = &app.spec.commit_status else {
+        return;
+    };
+    let namespace = app.namespace().unwrap_or_default();
+    let key = application_key(app);
+    let status = commit_status::Status {
+        commit: revision.to_string(),
+        state,
+        description,
+        context: spec
+            .context
+            .clone()
+            .unwrap_or_else(|| format!("tether/{namespace}/{}", app.name_any())),
+    };
+    let request = match commit_status::request_for(spec, &app.spec.source.repo_url, &status) {
+        Ok(request) => request,
+        Err(err) => {
+            tracing::warn!(application = %key, %err, "cannot set the commit status");
+            return;
+        }
+    };
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(ctx.client.clone(), &namespace);
+    let secret = spec.secret_ref.name.clone();
+    let token = async move {
+        let found = secrets.get(&secret).await.map_err(|e| {
+            format!(
+                "cannot read the commit status token Secret {namespace}/{secret}: {}",
+                describe(&e)
+            )
+        })?;
+        found
+            .data
+            .and_then(|d| d.get("token").cloned())
+            .map(|t| String::from_utf8_lossy(&t.0).trim().to_string())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| format!("the Secret {namespace}/{secret} has no key token"))
+    };
+    ctx.commit_statuses.send(&key, request, &status, token);
 }
 
 /// Tells the configured notification URLs (in the background).

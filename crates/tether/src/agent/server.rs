@@ -46,6 +46,7 @@ pub struct Metrics {
     pub notifications: Family<ResultLabels, Counter>,
     pub notifications_dead: Counter,
     pub shards_held: Gauge,
+    pub commit_statuses: Family<ResultLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -146,6 +147,12 @@ impl Default for Metrics {
             "Shards whose Lease this agent holds (with --shards; it reconciles only their Applications)",
             shards_held.clone(),
         );
+        let commit_statuses = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "commit_statuses",
+            "Attempts to set a commit status on a Git host (spec.commitStatus), by result: set, or failed (retried twice)",
+            commit_statuses.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -160,6 +167,7 @@ impl Default for Metrics {
             notifications,
             notifications_dead,
             shards_held,
+            commit_statuses,
         }
     }
 }

@@ -93,22 +93,39 @@ fn agent_namespace(global: &GlobalArgs) -> String {
 }
 
 fn options(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<InstallOptions> {
-    if args.shards.is_none() && args.replicas > 1 {
+    install_options(
+        global,
+        &args.image,
+        args.replicas,
+        args.shards,
+        args.tenants,
+        args.namespaced,
+    )
+}
+
+/// The install `tether install` and `tether bootstrap` make from their flags.
+pub(super) fn install_options(
+    global: &GlobalArgs,
+    image: &str,
+    replicas: u32,
+    shards: Option<u32>,
+    tenants: bool,
+    namespaced: bool,
+) -> anyhow::Result<InstallOptions> {
+    if shards.is_none() && replicas > 1 {
         anyhow::bail!(
-            "--replicas {} needs --shards: without sharding one agent acts and a standby is never \
-             Ready (try --shards {} --replicas {})",
-            args.replicas,
-            args.replicas * 4,
-            args.replicas
+            "--replicas {replicas} needs --shards: without sharding one agent acts and a standby \
+             is never Ready (try --shards {} --replicas {replicas})",
+            replicas * 4
         );
     }
     Ok(InstallOptions {
         namespace: agent_namespace(global),
-        image: args.image.clone(),
-        replicas: args.replicas,
-        tenants: args.tenants,
-        shards: args.shards,
-        namespaced: args.namespaced,
+        image: image.to_string(),
+        replicas,
+        tenants,
+        shards,
+        namespaced,
     })
 }
 

@@ -7,6 +7,7 @@
 mod agent;
 mod apply;
 mod apps;
+mod bootstrap;
 mod install;
 mod plan;
 mod progress;
@@ -90,6 +91,9 @@ pub enum Command {
     /// Remove the agent from the cluster; Applications, the CRD and every object they
     /// applied stay unless asked.
     Uninstall(install::UninstallArgs),
+    /// Commit the agent's install to a Git folder and install it from there: the agent then
+    /// upgrades itself from what is committed (as `flux bootstrap`).
+    Bootstrap(Box<bootstrap::BootstrapArgs>),
     /// Run the pull-mode agent: reconcile Application resources continuously.
     Agent(Box<agent::AgentArgs>),
     /// List Applications with their revision, sync state and health (`tether get apps`).
@@ -120,6 +124,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
         Command::Status(args) => status::run(&cli.global, &args, out).await,
         Command::Install(args) => install::install(&cli.global, &args, out).await,
         Command::Uninstall(args) => install::uninstall(&cli.global, &args, out).await,
+        Command::Bootstrap(args) => bootstrap::bootstrap(&cli.global, &args, out).await,
         Command::Agent(args) => agent::agent(&cli.global, &args, out).await,
         Command::Get(args) => apps::get(&cli.global, &args, out).await,
         Command::Sync(args) => apps::sync(&cli.global, &args, out).await,

@@ -27,7 +27,7 @@ pub fn run(program: &str, args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> St
 }
 
 /// A fixed identity and dates make commits reproducible across runs.
-const GIT_ENV: [(&str, &str); 7] = [
+pub const GIT_ENV: [(&str, &str); 7] = [
     ("GIT_AUTHOR_NAME", "Tether Test"),
     ("GIT_AUTHOR_EMAIL", "test@tether.invalid"),
     ("GIT_COMMITTER_NAME", "Tether Test"),

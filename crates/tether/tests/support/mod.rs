@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod git;
+pub mod gitea;
 pub mod toxiproxy;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,392 @@
+//! Commit statuses: an Application with `spec.commitStatus` has the outcome of each sync set
+//! as a status of the synced commit on its Git host (GitHub, GitLab or Gitea), so a pull
+//! request or a commit page shows whether tether applied it. Each host's request is built by
+//! a pure function ([`request_for`]); [`CommitStatuses`] sends them in the background, once
+//! per revision and state, with retries.
+//!
+//! # Security
+//! The token comes from a Secret in the Application's namespace (key `token`), read when a
+//! status is sent; it goes only in the request's header and never into a log or an error.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::application::CommitStatusSpec;
+use super::server::{Metrics, ResultLabels};
+
+/// The longest description GitHub takes.
+const DESCRIPTION_LIMIT: usize = 140;
+const ATTEMPTS: u32 = 3;
+
+/// A sync's outcome as a commit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// The revision is applied (or was already as Git says).
+    Success,
+    /// The sync of the revision failed.
+    Failure,
+}
+
+/// One status to set: what a host's API is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub commit: String,
+    pub state: State,
+    pub description: String,
+    /// The status's name: the same one is replaced by the next.
+    pub context: String,
+}
+
+/// An HTTP request to a Git host (the token is added when it is sent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub url: String,
+    pub body: Value,
+    /// The header that carries the token, and the text before it.
+    pub auth_header: &'static str,
+    pub auth_prefix: &'static str,
+}
+
+/// The request that sets `status` on `spec.provider`'s host, for a repository cloned from
+/// `repo_url`; `Err` says what in the spec is wrong.
+pub fn request_for(
+    spec: &CommitStatusSpec,
+    repo_url: &str,
+    status: &Status,
+) -> Result<Request, String> {
+    // What the spec does not say is read from the repository's URL.
+    let parsed = split_repo_url(repo_url);
+    let repository = match &spec.repository {
+        Some(repository) => repository.trim_matches('/').to_string(),
+        None => parsed.clone()?.2,
+    };
+    if repository.split('/').filter(|p| !p.is_empty()).count() < 2 {
+        return Err(format!(
+            "spec.commitStatus: cannot tell the repository (owner/name) from {repo_url:?}; set \
+             spec.commitStatus.repository"
+        ));
+    }
+    let api = |default: fn(&str, &str) -> String| -> Result<String, String> {
+        match spec.api_url.as_deref() {
+            Some(url) => Ok(url.trim_end_matches('/').to_string()),
+            None => {
+                let (scheme, host, _) = parsed.clone()?;
+                Ok(default(&scheme, &host))
+            }
+        }
+    };
+    // One line (a host shows it beside the commit), cut to the length GitHub takes.
+    let description: String = status
+        .description
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(DESCRIPTION_LIMIT)
+        .collect();
+    match spec.provider.as_str() {
+        "github" => {
+            let base = api(|scheme, host| {
+                if host == "github.com" {
+                    "https://api.github.com".into()
+                } else {
+                    // GitHub Enterprise Server.
+                    format!("{scheme}://{host}/api/v3")
+                }
+            })?;
+            Ok(Request {
+                url: format!("{base}/repos/{repository}/statuses/{}", status.commit),
+                body: json!({
+                    "state": match status.state { State::Success => "success", State::Failure => "failure" },
+                    "description": description,
+                    "context": status.context,
+                }),
+                auth_header: "Authorization",
+                auth_prefix: "Bearer ",
+            })
+        }
+        "gitea" => {
+            let base = api(|scheme, host| format!("{scheme}://{host}/api/v1"))?;
+            Ok(Request {
+                url: format!("{base}/repos/{repository}/statuses/{}", status.commit),
+                body: json!({
+                    "state": match status.state { State::Success => "success", State::Failure => "failure" },
+                    "description": description,
+                    "context": status.context,
+                }),
+                auth_header: "Authorization",
+                auth_prefix: "token ",
+            })
+        }
+        "gitlab" => {
+            let base = api(|scheme, host| format!("{scheme}://{host}/api/v4"))?;
+            let project: String = repository.replace('/', "%2F");
+            Ok(Request {
+                url: format!("{base}/projects/{project}/statuses/{}", status.commit),
+                body: json!({
+                    "state": match status.state { State::Success => "success", State::Failure => "failed" },
+                    "description": description,
+                    "name": status.context,
+                }),
+                auth_header: "PRIVATE-TOKEN",
+                auth_prefix: "",
+            })
+        }
+        other => Err(format!(
+            "spec.commitStatus.provider {other:?} is not github, gitlab or gitea"
+        )),
+    }
+}
+
+/// (scheme for the API, host with port, repository path without `.git`) of a Git URL:
+/// `https://host/owner/name.git`, `ssh://git@host:22/owner/name`, `git@host:owner/name`.
+fn split_repo_url(url: &str) -> Result<(String, String, String), String> {
+    let bad = || {
+        format!(
+            "spec.commitStatus: the repository URL {url:?} names no host; set \
+             spec.commitStatus.apiURL and repository"
+        )
+    };
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (scheme, rest),
+        None => {
+            // scp-like: git@host:owner/name
+            let (host, path) = url.split_once(':').ok_or_else(bad)?;
+            let host = host.rsplit('@').next().unwrap_or(host);
+            return Ok(("https".into(), host.to_string(), trim_repo(path)));
+        }
+    };
+    let (authority, path) = rest.split_once('/').ok_or_else(bad)?;
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let api_scheme = if scheme == "http" { "http" } else { "https" };
+    // An SSH port is not the web's.
+    let host = if scheme == "https" || scheme == "http" {
+        host.to_string()
+    } else {
+        host.split(':').next().unwrap_or(host).to_string()
+    };
+    Ok((api_scheme.into(), host, trim_repo(path)))
+}
+
+fn trim_repo(path: &str) -> String {
+    let path = path.trim_matches('/');
+    path.strip_suffix(".git").unwrap_or(path).to_string()
+}
+
+/// Sends commit statuses in the background, each (Application, revision, state) once.
+#[derive(Clone)]
+pub struct CommitStatuses {
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    /// namespace/name → the last (revision, state) sent.
+    sent: Arc<Mutex<HashMap<String, (String, State)>>>,
+    retry_after: Duration,
+}
+
+impl CommitStatuses {
+    pub fn new(metrics: Arc<Metrics>) -> Result<Self, String> {
+        crate::source::git::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot build the commit statuses' HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            metrics,
+            sent: Default::default(),
+            retry_after: Duration::from_secs(2),
+        })
+    }
+
+    /// Sets `status` for Application `key` unless it was the last one sent; `token` is read
+    /// when it is sent (from the Application's Secret).
+    pub fn send(
+        &self,
+        key: &str,
+        request: Request,
+        status: &Status,
+        token: impl std::future::Future<Output = Result<String, String>> + Send + 'static,
+    ) {
+        {
+            let mut sent = self.sent.lock().expect("not poisoned");
+            let this = (status.commit.clone(), status.state);
+            if sent.get(key) == Some(&this) {
+                return;
+            }
+            sent.insert(key.to_string(), this);
+        }
+        let this = self.clone();
+        let key = key.to_string();
+        tokio::spawn(async move {
+            let token = match token.await {
+                Ok(token) => token,
+                Err(err) => {
+                    tracing::warn!(application = %key, %err, "cannot set the commit status");
+                    this.count("failed");
+                    this.forget(&key);
+                    return;
+                }
+            };
+            let mut wait = this.retry_after;
+            for attempt in 1..=ATTEMPTS {
+                let sent = this
+                    .client
+                    .post(&request.url)
+                    .header("Content-Type", "application/json")
+                    .header("Accept", "application/json")
+                    .header(
+                        request.auth_header,
+                        format!("{}{token}", request.auth_prefix),
+                    )
+                    .body(request.body.to_string())
+                    .send()
+                    .await;
+                let failure = match sent {
+                    Ok(response) if response.status().is_success() => None,
+                    Ok(response) => Some(format!("HTTP {}", response.status())),
+                    Err(err) => Some(err.without_url().to_string()),
+                };
+                let Some(failure) = failure else {
+                    this.count("set");
+                    return;
+                };
+                this.count("failed");
+                if attempt == ATTEMPTS {
+                    tracing::warn!(application = %key, url = %request.url, %failure,
+                        "the commit status could not be set");
+                    // The next sync of this revision tries again.
+                    this.forget(&key);
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        });
+    }
+
+    fn forget(&self, key: &str) {
+        self.sent.lock().expect("not poisoned").remove(key);
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics
+            .commit_statuses
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(provider: &str) -> CommitStatusSpec {
+        CommitStatusSpec {
+            provider: provider.into(),
+            secret_ref: super::super::application::LocalObjectReference {
+                name: "token".into(),
+            },
+            api_url: None,
+            repository: None,
+            context: None,
+        }
+    }
+
+    fn status(state: State) -> Status {
+        Status {
+            commit: "0123abc".into(),
+            state,
+            description: "x".repeat(200),
+            context: "tether/shop/web".into(),
+        }
+    }
+
+    #[test]
+    fn each_host_gets_its_own_url_auth_and_states() {
+        let github = request_for(
+            &spec("github"),
+            "https://github.com/team/deploy.git",
+            &status(State::Success),
+        )
+        .expect("github");
+        assert_eq!(
+            github.url,
+            "https://api.github.com/repos/team/deploy/statuses/0123abc"
+        );
+        assert_eq!(github.body["state"], "success");
+        assert_eq!(github.body["context"], "tether/shop/web");
+        assert_eq!(github.body["description"].as_str().map(str::len), Some(140));
+        assert_eq!(
+            (github.auth_header, github.auth_prefix),
+            ("Authorization", "Bearer ")
+        );
+
+        let gitlab = request_for(
+            &spec("gitlab"),
+            "git@gitlab.example.com:group/sub/deploy.git",
+            &status(State::Failure),
+        )
+        .expect("gitlab");
+        assert_eq!(
+            gitlab.url,
+            "https://gitlab.example.com/api/v4/projects/group%2Fsub%2Fdeploy/statuses/0123abc"
+        );
+        assert_eq!(gitlab.body["state"], "failed");
+        assert_eq!(gitlab.body["name"], "tether/shop/web");
+        assert_eq!(gitlab.auth_header, "PRIVATE-TOKEN");
+
+        let gitea = request_for(
+            &spec("gitea"),
+            "http://127.0.0.1:3000/team/deploy.git",
+            &status(State::Failure),
+        )
+        .expect("gitea");
+        assert_eq!(
+            gitea.url,
+            "http://127.0.0.1:3000/api/v1/repos/team/deploy/statuses/0123abc"
+        );
+        assert_eq!(gitea.body["state"], "failure");
+        assert_eq!(gitea.auth_prefix, "token ");
+
+        let enterprise = request_for(
+            &spec("github"),
+            "ssh://git@github.corp.example:2222/team/deploy",
+            &status(State::Success),
+        )
+        .expect("enterprise");
+        assert_eq!(
+            enterprise.url,
+            "https://github.corp.example/api/v3/repos/team/deploy/statuses/0123abc"
+        );
+    }
+
+    #[test]
+    fn an_explicit_api_url_and_repository_win_and_bad_specs_say_why() {
+        let mut explicit = spec("gitea");
+        explicit.api_url = Some("http://127.0.0.1:9/api/v1/".into());
+        explicit.repository = Some("/org/app/".into());
+        let request =
+            request_for(&explicit, "file:///srv/git/x", &status(State::Success)).expect("explicit");
+        assert_eq!(
+            request.url,
+            "http://127.0.0.1:9/api/v1/repos/org/app/statuses/0123abc"
+        );
+        let unknown = request_for(&spec("bitbucket"), "https://h/o/r", &status(State::Success))
+            .expect_err("unknown provider");
+        assert!(unknown.contains("not github, gitlab or gitea"), "{unknown}");
+        let no_repository = request_for(&spec("github"), "https://h/r", &status(State::Success))
+            .expect_err("one path segment");
+        assert!(
+            no_repository.contains("spec.commitStatus.repository"),
+            "{no_repository}"
+        );
+    }
+}

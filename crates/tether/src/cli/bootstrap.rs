@@ -1,0 +1,378 @@
+//! `tether bootstrap`: the agent manages its own install from Git, as `flux bootstrap`
+//! does. The install (namespace, RBAC, Deployment, Service) and an Application `tether` that
+//! points at the same folder are committed to the repository and pushed; then the cluster
+//! gets the tokens Secret (never in Git) and that folder is applied as Application `tether`
+//! would apply it, so the agent's first sync finds everything in place and writes nothing.
+//! From then on a commit to the folder upgrades the agent.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::{Value, json};
+
+use super::GlobalArgs;
+use crate::agent::{AgentOptions, Application, install_crd};
+use crate::apply::{ApplyOptions, apply};
+use crate::cluster::Cluster;
+use crate::cluster::discovery::Resolver;
+use crate::install::{InstallOptions, TOKENS_SECRET, Tokens};
+use crate::plan::{PlanOptions, plan};
+
+/// The Application through which the agent manages its install.
+pub const APPLICATION: &str = "tether";
+
+#[derive(Debug, clap::Args)]
+pub struct BootstrapArgs {
+    /// The repository to commit the install to (pushed with the `git` program and your own
+    /// Git credentials: credential helper, SSH agent).
+    #[arg(long, value_name = "URL")]
+    pub repo: String,
+
+    /// The branch to commit to and follow.
+    #[arg(long, value_name = "BRANCH", default_value = "main")]
+    pub branch: String,
+
+    /// The folder of the repository that holds the install (e.g. clusters/prod/tether).
+    #[arg(long, value_name = "DIR")]
+    pub path: String,
+
+    /// The repository URL the agent fetches from, when it differs from --repo (an https
+    /// URL for the agent, an ssh one for your push).
+    #[arg(long, value_name = "URL")]
+    pub agent_repo: Option<String>,
+
+    /// A Secret in the agent's namespace with the agent's Git credentials (as an
+    /// Application's spec.source.secretRef: username/password or sshPrivateKey/knownHosts).
+    #[arg(long, value_name = "NAME")]
+    pub git_secret: Option<String>,
+
+    /// The agent's container image.
+    #[arg(long, value_name = "IMAGE", default_value = concat!("tether:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+
+    /// Agent replicas (more than 1 needs --shards).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub replicas: u32,
+
+    /// Run the replicas sharded over N shards.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: Option<u32>,
+
+    /// Multi-tenant: every Application must name a ServiceAccount.
+    #[arg(long)]
+    pub tenants: bool,
+
+    /// A single-namespace install (see `tether install --namespaced`).
+    #[arg(long)]
+    pub namespaced: bool,
+
+    /// Wait until the install is healthy, up to this long; 0 does not wait.
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = crate::duration::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// The folder's files: the install, and the Application that applies the folder.
+fn files(args: &BootstrapArgs, options: &InstallOptions) -> anyhow::Result<Vec<(String, String)>> {
+    let header = format!(
+        "# Written by `tether bootstrap`: Application {}/{APPLICATION} applies this folder, so\n\
+         # the agent upgrades itself from what is committed here. The Secret {TOKENS_SECRET}\n\
+         # (webhook secret, API tokens) is in the cluster only, never in Git.\n",
+        options.namespace
+    );
+    let mut install = header.clone();
+    // The CRD is not in the folder: pruning it (a file removed by mistake) would delete
+    // every Application. `tether bootstrap` installs and upgrades it.
+    let documents = crate::install::manifests(options, None);
+    for document in &documents {
+        install.push_str("---\n");
+        install.push_str(&serde_saphyr::to_string(document)?);
+    }
+    let application = application(args, options);
+    let application = format!("{header}---\n{}", serde_saphyr::to_string(&application)?);
+    Ok(vec![
+        ("install.yaml".into(), install),
+        ("application.yaml".into(), application),
+    ])
+}
+
+fn application(args: &BootstrapArgs, options: &InstallOptions) -> Value {
+    let mut source = json!({
+        "repoURL": args.agent_repo.clone().unwrap_or_else(|| args.repo.clone()),
+        "ref": {"branch": args.branch},
+        "path": args.path,
+    });
+    if let Some(secret) = &args.git_secret {
+        source["secretRef"] = json!({"name": secret});
+    }
+    let mut spec = json!({
+        "source": source,
+        "destination": {"namespace": options.namespace},
+        "syncPolicy": {"automated": true, "prune": true, "selfHeal": true, "interval": "1m"},
+    });
+    if options.tenants {
+        // A tenants install grants the agent no write of its own.
+        spec["serviceAccountName"] = json!(crate::install::NAME);
+    }
+    json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": APPLICATION, "namespace": options.namespace},
+        "spec": spec,
+    })
+}
+
+fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run git (bootstrap pushes with it): {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Commits `files` under `path` on `branch` of `repo` and pushes them; returns the branch's
+/// commit and whether this run made it.
+fn commit_and_push(
+    repo: &str,
+    branch: &str,
+    path: &str,
+    files: &[(String, String)],
+) -> anyhow::Result<(String, bool)> {
+    let folder = crate::source::tree::normalize(path)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--path {path:?} must be a folder inside the repository"))?;
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    git(dir, &["clone", "-q", "--no-checkout", repo, "."])?;
+    let remote = format!("origin/{branch}");
+    if git(dir, &["rev-parse", "-q", "--verify", &remote]).is_ok() {
+        git(dir, &["checkout", "-q", "-B", branch, &remote])?;
+    } else {
+        // A new branch (or an empty repository).
+        git(dir, &["checkout", "-q", "--orphan", branch])?;
+    }
+    let target = dir.join(&folder);
+    std::fs::create_dir_all(&target)?;
+    for (name, text) in files {
+        std::fs::write(target.join(name), text)?;
+    }
+    git(dir, &["add", "--", &folder])?;
+    let unchanged = Command::new("git")
+        .args(["diff", "--cached", "--quiet"])
+        .current_dir(dir)
+        .status()?
+        .success()
+        && git(dir, &["rev-parse", "-q", "--verify", "HEAD"]).is_ok();
+    if unchanged {
+        return Ok((git(dir, &["rev-parse", "HEAD"])?, false));
+    }
+    let mut commit = vec![];
+    // Your identity when git has one; else the tool's.
+    if git(dir, &["config", "user.email"]).is_err() {
+        commit.extend([
+            "-c",
+            "user.name=tether bootstrap",
+            "-c",
+            "user.email=tether@localhost",
+        ]);
+    }
+    let message = format!("tether bootstrap: the agent's install in {folder}");
+    commit.extend(["commit", "-q", "-m", &message]);
+    git(dir, &commit)?;
+    git(
+        dir,
+        &["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")],
+    )?;
+    Ok((git(dir, &["rev-parse", "HEAD"])?, true))
+}
+
+pub async fn bootstrap(
+    global: &GlobalArgs,
+    args: &BootstrapArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    let options = super::install::install_options(
+        global,
+        &args.image,
+        args.replicas,
+        args.shards,
+        args.tenants,
+        args.namespaced,
+    )?;
+    let namespace = options.namespace.clone();
+    // The cluster first: nothing is pushed for a cluster that cannot be reached.
+    let cluster = Cluster::connect(&global.cluster_options()).await?;
+    cluster.server_version().await?;
+    let files = files(args, &options)?;
+    let repo = args.repo.clone();
+    let (branch, path) = (args.branch.clone(), args.path.clone());
+    let (commit, pushed) =
+        tokio::task::spawn_blocking(move || commit_and_push(&repo, &branch, &path, &files))
+            .await??;
+    writeln!(
+        out,
+        "{} {} on {} of {} ({}/install.yaml, {}/application.yaml)",
+        if pushed { "pushed" } else { "unchanged:" },
+        &commit[..12.min(commit.len())],
+        args.branch,
+        args.repo,
+        args.path.trim_end_matches('/'),
+        args.path.trim_end_matches('/'),
+    )?;
+    let client = cluster.client();
+    install_crd(&client).await?;
+    // Apply the pushed commit as Application `tether` will: the same render, plan and
+    // ApplySet, so its first sync changes nothing. Then the tokens (in the cluster only;
+    // an earlier install's are kept), and a second pass that waits for health.
+    let resolver = std::sync::Arc::new(Resolver::new(client.clone()).await?);
+    let agent_options = AgentOptions {
+        namespace: Some(namespace.clone()),
+        ..Default::default()
+    };
+    // The commit as bootstrap pushed it (the agent's URL may not be reachable from here).
+    let mut pinned: Application = serde_json::from_value(application(args, &options))?;
+    pinned.spec.source.repo_url = args.repo.clone();
+    pinned.spec.source.r#ref.branch = None;
+    pinned.spec.source.r#ref.commit = Some(commit.clone());
+    let mut passes = vec![None];
+    if !args.timeout.is_zero() {
+        passes.push(Some(args.timeout));
+    }
+    for wait in passes {
+        // The same fetch and render as the agent's; the objects already there (its
+        // namespace, an earlier bootstrap's) are taken over: running bootstrap says so.
+        let (revision, tree) =
+            crate::agent::fetch(&client, &agent_options, &pinned, None, Duration::ZERO)
+                .await
+                .map_err(anyhow::Error::msg)?;
+        let objects = crate::agent::render_app(&resolver, &agent_options, &pinned, &revision, tree)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let mut plan_options = PlanOptions::new(APPLICATION, namespace.clone());
+        plan_options.adopt = true;
+        plan_options.keep_unchanged_live = false;
+        plan_options.progress = super::progress::for_stderr();
+        let planned = plan(&client, &resolver, objects, &plan_options)
+            .await
+            .map_err(|e| {
+                let e = e.to_string();
+                let hint = if e.contains("belongs to another ApplySet") {
+                    "; an earlier `tether install` owns these objects: run `tether uninstall` first"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!("{e}{hint}")
+            })?;
+        let apply_options = ApplyOptions {
+            prune: true,
+            wait,
+            progress: super::progress::for_stderr(),
+            ..Default::default()
+        };
+        let report = apply(&client, &resolver, planned, &apply_options).await?;
+        super::apply::write_text(out, &report, wait.is_some(), false)?;
+        if let Some(failure) = &report.failure {
+            anyhow::bail!("the bootstrap stopped: {failure}");
+        }
+        if !report.failed().is_empty() {
+            anyhow::bail!("{} object(s) failed (see above)", report.failed().len());
+        }
+        if let Some(why) = &report.unhealthy {
+            anyhow::bail!("the install is applied, but not healthy: {why}");
+        }
+        if wait.is_none() {
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+            let installed = secrets.get_opt(TOKENS_SECRET).await?;
+            let (tokens, kept) = Tokens::kept_from(installed.as_ref());
+            let secret = crate::install::manifests(&options, Some(&tokens))
+                .into_iter()
+                .find(|o| o["kind"] == "Secret")
+                .expect("the install has a tokens Secret");
+            secrets
+                .patch(
+                    TOKENS_SECRET,
+                    &PatchParams::apply("tether-bootstrap").force(),
+                    &Patch::Apply(&secret),
+                )
+                .await?;
+            writeln!(
+                out,
+                "Secret {namespace}/{TOKENS_SECRET}: {} (not in Git)",
+                match kept {
+                    3 => "kept",
+                    0 => "generated",
+                    _ => "kept; the missing tokens generated",
+                }
+            )?;
+        }
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Application {namespace}/{APPLICATION} now applies {} of {}: commit changes there to upgrade the agent.",
+        args.path, args.repo
+    )?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_folder_holds_the_install_and_an_application_of_itself_and_no_secret() {
+        let args = BootstrapArgs {
+            repo: "ssh://git@git.example.com/fleet.git".into(),
+            branch: "main".into(),
+            path: "clusters/prod/tether".into(),
+            agent_repo: Some("https://git.example.com/fleet.git".into()),
+            git_secret: Some("fleet-read".into()),
+            image: "tether:test".into(),
+            replicas: 1,
+            shards: None,
+            tenants: false,
+            namespaced: false,
+            timeout: Duration::ZERO,
+        };
+        let options = InstallOptions {
+            namespace: "tether-system".into(),
+            image: args.image.clone(),
+            replicas: 1,
+            tenants: false,
+            shards: None,
+            namespaced: false,
+        };
+        let files = files(&args, &options).expect("files");
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["install.yaml", "application.yaml"]);
+        assert!(!files[0].1.contains("kind: CustomResourceDefinition"));
+        assert!(files[0].1.contains("kind: Deployment"));
+        assert!(
+            !files[0].1.contains("kind: Secret"),
+            "tokens never go to Git"
+        );
+        let app = application(&args, &options);
+        assert_eq!(
+            app["spec"]["source"]["repoURL"],
+            "https://git.example.com/fleet.git"
+        );
+        assert_eq!(app["spec"]["source"]["path"], "clusters/prod/tether");
+        assert_eq!(app["spec"]["source"]["secretRef"]["name"], "fleet-read");
+        assert_eq!(app["spec"]["destination"]["namespace"], "tether-system");
+        let parsed: Application = serde_json::from_value(app).expect("a valid Application");
+        assert_eq!(parsed.spec.check(), Ok(()));
+    }
+}
