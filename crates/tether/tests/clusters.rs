@@ -144,10 +144,12 @@ async fn applications_apply_to_the_cluster_their_secret_names_and_one_cluster_do
     };
     let token = admin_token(&second).await;
     let secrets: Api<Secret> = Api::namespaced(home.clone(), &ns.name);
+    // Where the kubeconfig's program would leave a mark, were it ever run.
+    let marker = std::env::temp_dir().join(support::unique_name("tether-test-ran-exec"));
     let exec_kubeconfig = json!({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "c", "cluster": {"server": server}}],
-        "users": [{"name": "u", "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "touch", "args": ["/tmp/tether-test-ran-exec"]}}}],
+        "users": [{"name": "u", "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "touch", "args": [marker.display().to_string()]}}}],
         "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
         "current-context": "x"
     })
@@ -261,10 +263,7 @@ async fn applications_apply_to_the_cluster_their_secret_names_and_one_cluster_do
         })
     })
     .await;
-    assert!(
-        !std::path::Path::new("/tmp/tether-test-ran-exec").exists(),
-        "the kubeconfig's program must never run"
-    );
+    assert!(!marker.exists(), "the kubeconfig's program must never run");
 
     // Drift is put back on both clusters.
     edit(&second, "far", "greeting", "red").await;

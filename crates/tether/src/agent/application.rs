@@ -171,6 +171,13 @@ pub struct Destination {
     pub cluster: Option<String>,
 }
 
+impl Destination {
+    /// The cluster Secret's name, unless the destination is the agent's own cluster.
+    pub fn cluster_name(&self) -> Option<&str> {
+        self.cluster.as_deref().filter(|name| !name.is_empty())
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncPolicy {

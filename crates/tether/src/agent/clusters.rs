@@ -10,7 +10,9 @@
 //!
 //! # Security
 //! The Secret is read with the agent's identity, and only from the Application's own
-//! namespace, so a tenant can name only clusters whose credentials it may already read.
+//! namespace: whoever may create Applications in a namespace can apply to any cluster whose
+//! Secret is there (as with `spec.source.secretRef` for Git), so keep cluster Secrets in the
+//! namespaces of the teams allowed to deploy there.
 //! A kubeconfig from a Secret may not run programs (`exec`, `auth-provider`) or name files
 //! on the agent's disk: whoever can write a Secret could otherwise run commands in the
 //! agent or read its files. Credentials never appear in messages.
@@ -32,6 +34,8 @@ use crate::cluster::discovery::Resolver;
 const RECHECK_AFTER: Duration = Duration::from_secs(30);
 /// How long connecting to a destination's API server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a destination's first discovery may take.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One connected cluster: its client and what it serves.
 #[derive(Clone)]
@@ -100,7 +104,18 @@ async fn connect_reading(
             crate::cluster::root_cause(&e)
         )
     })?;
-    let resolver = Resolver::new(client.clone()).await.map_err(|e| {
+    // Bounded: a server that accepts connections and never answers must not hold up the
+    // Applications of this cluster for ever.
+    let discovered = tokio::time::timeout(DISCOVERY_TIMEOUT, Resolver::new(client.clone()))
+        .await
+        .map_err(|_| {
+            format!(
+                "cluster {name} at {server} (Secret {namespace}/{name}) did not answer within \
+                 {} s; check that it is running and reachable from the agent",
+                DISCOVERY_TIMEOUT.as_secs()
+            )
+        })?;
+    let resolver = discovered.map_err(|e| {
         format!(
             "cannot reach cluster {name} at {server} (Secret {namespace}/{name}): {}; check that \
              it is running and that the Secret's credentials are valid",
@@ -119,18 +134,30 @@ async fn connect_reading(
 }
 
 async fn read_secret(home: &kube::Client, namespace: &str, name: &str) -> Result<Secret, String> {
+    read_secret_opt(home, namespace, name)
+        .await?
+        .ok_or_else(|| missing(namespace, name))
+}
+
+fn missing(namespace: &str, name: &str) -> String {
+    format!(
+        "spec.destination.cluster names Secret {namespace}/{name}, which does not exist; \
+         create it with a `kubeconfig` key, or `server`, `token` and `ca.crt`"
+    )
+}
+
+async fn read_secret_opt(
+    home: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Secret>, String> {
     let secrets: Api<Secret> = Api::namespaced(home.clone(), namespace);
-    match secrets.get_opt(name).await {
-        Ok(Some(secret)) => Ok(secret),
-        Ok(None) => Err(format!(
-            "spec.destination.cluster names Secret {namespace}/{name}, which does not exist; \
-             create it with a `kubeconfig` key, or `server`, `token` and `ca.crt`"
-        )),
-        Err(e) => Err(format!(
+    secrets.get_opt(name).await.map_err(|e| {
+        format!(
             "cannot read the cluster Secret {namespace}/{name}: {}",
             crate::apply::describe(&e)
-        )),
-    }
+        )
+    })
 }
 
 /// The client configuration a cluster Secret describes: a `kubeconfig` key (its current
@@ -302,13 +329,7 @@ impl Clusters {
     /// The destination of `app`, connected on first use and rebuilt when its Secret
     /// changed (read again at most every 30 s); `Err` says why it cannot be reached.
     pub async fn for_app(&self, app: &Application) -> Result<Arc<Destination>, String> {
-        let Some(name) = app
-            .spec
-            .destination
-            .cluster
-            .as_deref()
-            .filter(|n| !n.is_empty())
-        else {
+        let Some(name) = app.spec.destination.cluster_name() else {
             return Ok(self.home.clone());
         };
         let namespace = app.namespace().unwrap_or_default();
@@ -325,7 +346,13 @@ impl Clusters {
                 return Ok(entry.destination.clone());
             }
             let home = &self.home.target.client;
-            let secret = read_secret(home, &namespace, name).await?;
+            let Some(secret) = read_secret_opt(home, &namespace, name).await? else {
+                // Deleted: its credentials are no longer to be used, nor its watches kept.
+                if let Some(old) = slot.take() {
+                    old.destination.drift.stop();
+                }
+                return Err(missing(&namespace, name));
+            };
             if secret.resource_version() == entry.version {
                 entry.checked = Instant::now();
                 return Ok(entry.destination.clone());
@@ -344,6 +371,17 @@ impl Clusters {
             old.destination.drift.stop();
         }
         Ok(destination)
+    }
+
+    /// The destination of `app` if it is connected already (no request is made).
+    pub fn cached(&self, app: &Application) -> Option<Arc<Destination>> {
+        let Some(name) = app.spec.destination.cluster_name() else {
+            return Some(self.home.clone());
+        };
+        let key = format!("{}/{name}", app.namespace().unwrap_or_default());
+        let slot = self.remote.lock().expect("not poisoned").get(&key)?.clone();
+        let slot = slot.try_lock().ok()?;
+        slot.as_ref().map(|entry| entry.destination.clone())
     }
 
     /// Stops every drift watch (the agent is stopping).

@@ -6,7 +6,10 @@
 //!
 //! # Security
 //! The token comes from a Secret in the Application's namespace (key `token`), read when a
-//! status is sent; it goes only in the request's header and never into a log or an error.
+//! status is sent; it goes only in the request's header (never after a redirect) and never
+//! into a log or an error. Whoever may create Applications in a namespace can have any
+//! Secret of that namespace with a `token` key sent to a host of their choosing, as with
+//! `spec.source.secretRef` for Git: keep Secrets that must not leave in other namespaces.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -179,27 +182,36 @@ fn trim_repo(path: &str) -> String {
     path.strip_suffix(".git").unwrap_or(path).to_string()
 }
 
+/// The (revision, state) last sent for an Application, and the delivery's number.
+type Sent = ((String, State), u64);
+
 /// Sends commit statuses in the background, each (Application, revision, state) once.
 #[derive(Clone)]
 pub struct CommitStatuses {
     client: reqwest::Client,
     metrics: Arc<Metrics>,
-    /// namespace/name → the last (revision, state) sent.
-    sent: Arc<Mutex<HashMap<String, (String, State)>>>,
+    /// namespace/name → the last (revision, state) sent, and its number: a delivery still
+    /// retrying gives up once a newer one for the same Application exists, so an older
+    /// outcome never lands after a newer one.
+    sent: Arc<Mutex<HashMap<String, Sent>>>,
+    next: Arc<std::sync::atomic::AtomicU64>,
     retry_after: Duration,
 }
 
 impl CommitStatuses {
     pub fn new(metrics: Arc<Metrics>) -> Result<Self, String> {
         crate::source::git::install_crypto_provider();
+        // No redirects: the token header must not follow one to another host.
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the commit statuses' HTTP client: {e}"))?;
         Ok(Self {
             client,
             metrics,
             sent: Default::default(),
+            next: Default::default(),
             retry_after: Duration::from_secs(2),
         })
     }
@@ -213,13 +225,14 @@ impl CommitStatuses {
         status: &Status,
         token: impl std::future::Future<Output = Result<String, String>> + Send + 'static,
     ) {
+        let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut sent = self.sent.lock().expect("not poisoned");
             let this = (status.commit.clone(), status.state);
-            if sent.get(key) == Some(&this) {
+            if sent.get(key).map(|(last, _)| last) == Some(&this) {
                 return;
             }
-            sent.insert(key.to_string(), this);
+            sent.insert(key.to_string(), (this, number));
         }
         let this = self.clone();
         let key = key.to_string();
@@ -229,12 +242,15 @@ impl CommitStatuses {
                 Err(err) => {
                     tracing::warn!(application = %key, %err, "cannot set the commit status");
                     this.count("failed");
-                    this.forget(&key);
+                    this.forget(&key, number);
                     return;
                 }
             };
             let mut wait = this.retry_after;
             for attempt in 1..=ATTEMPTS {
+                if !this.current(&key, number) {
+                    return;
+                }
                 let sent = this
                     .client
                     .post(&request.url)
@@ -261,7 +277,7 @@ impl CommitStatuses {
                     tracing::warn!(application = %key, url = %request.url, %failure,
                         "the commit status could not be set");
                     // The next sync of this revision tries again.
-                    this.forget(&key);
+                    this.forget(&key, number);
                     return;
                 }
                 tokio::time::sleep(wait).await;
@@ -270,8 +286,21 @@ impl CommitStatuses {
         });
     }
 
-    fn forget(&self, key: &str) {
-        self.sent.lock().expect("not poisoned").remove(key);
+    /// Whether delivery `number` is still the newest for `key`.
+    fn current(&self, key: &str, number: u64) -> bool {
+        self.sent
+            .lock()
+            .expect("not poisoned")
+            .get(key)
+            .is_some_and(|(_, newest)| *newest == number)
+    }
+
+    /// Delivery `number` failed: unless a newer one exists, the next sync sends it again.
+    fn forget(&self, key: &str, number: u64) {
+        let mut sent = self.sent.lock().expect("not poisoned");
+        if sent.get(key).is_some_and(|(_, newest)| *newest == number) {
+            sent.remove(key);
+        }
     }
 
     fn count(&self, result: &str) {

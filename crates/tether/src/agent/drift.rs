@@ -238,6 +238,12 @@ impl DriftWatch {
         }
     }
 
+    /// Forgets what the watches know of set `id` (its Application moved to another agent):
+    /// if it comes back, its first reconcile plans in full, as after a restart.
+    pub fn forget_set(&self, id: &str) {
+        self.sets.lock().expect("not poisoned").remove(id);
+    }
+
     /// The full sync of set `id` left the cluster holding the render with this digest.
     pub fn set_applied_digest(&self, id: &str, digest: [u8; 32]) {
         if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
@@ -461,26 +467,12 @@ impl DriftWatch {
                     self.notify(&kind, &object, Seen::Deleted);
                     self.announce(&object);
                 }
+                // kube's watcher resumes from the last resourceVersion it saw, so no event is
+                // lost; after a 410 (too old) it lists again, and the list reports what
+                // changed meanwhile. What matters is how soon it retries (`WatchBackoff`).
                 Err(err) => {
-                    tracing::debug!(%err, kind = %kind.resource.kind, "drift watch restarts");
-                    self.broken(&kind);
+                    tracing::debug!(%err, kind = %kind.resource.kind, "drift watch restarts")
                 }
-            }
-        }
-    }
-
-    /// The watch of `kind` failed: until it has listed again, it vouches for nothing, so
-    /// the sets with members of this kind are planned in full at their next reconciles
-    /// (which also find drift made while it was down, should the relist come late).
-    fn broken(&self, kind: &KindInfo) {
-        let key = (kind.resource.group.clone(), kind.resource.kind.clone());
-        if !self.ready.lock().expect("not poisoned").remove(&key) {
-            return;
-        }
-        for state in self.sets.lock().expect("not poisoned").values_mut() {
-            if state.kinds.contains(&key) {
-                state.verified = false;
-                state.watched_from_start = false;
             }
         }
     }

@@ -22,6 +22,9 @@ pub struct ElectionOptions {
     pub identity: String,
     pub lease_duration: Duration,
     pub renew_every: Duration,
+    /// Annotations written on the Lease with each renewal (what sharded agents tell each
+    /// other through their membership Leases).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 impl ElectionOptions {
@@ -33,6 +36,7 @@ impl ElectionOptions {
             identity: format!("{host}-{}", std::process::id()),
             lease_duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(5),
+            annotations: Default::default(),
         }
     }
 }
@@ -98,10 +102,13 @@ impl Election {
         let now = Timestamp::now();
         let me = &self.options.identity;
         let seconds = self.options.lease_duration.as_secs().max(1) as i32;
+        let annotations =
+            (!self.options.annotations.is_empty()).then(|| self.options.annotations.clone());
         let Some(mut lease) = self.api.get_opt(&self.options.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.options.name.clone()),
+                    annotations,
                     ..Default::default()
                 },
                 spec: Some(LeaseSpec {
@@ -119,17 +126,16 @@ impl Election {
                 Err(err) => Err(err),
             };
         };
+        let expired = expired_for(&lease, now).is_some();
+        if let Some(annotations) = annotations {
+            lease
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .extend(annotations);
+        }
         let spec = lease.spec.get_or_insert_with(Default::default);
         let holder = spec.holder_identity.clone().unwrap_or_default();
-        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(MicroTime(renewed)), Some(duration)) => {
-                let deadline = renewed.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
-                    duration as i64,
-                ));
-                deadline.map(|d| d < now).unwrap_or(true)
-            }
-            _ => true,
-        };
         if holder != *me && !holder.is_empty() && !expired {
             return Ok(false);
         }
@@ -151,4 +157,25 @@ impl Election {
             Err(err) => Err(err),
         }
     }
+}
+
+/// How long ago `lease` expired (`renewTime + leaseDurationSeconds` before `now`); `None`
+/// while it is live. A Lease without those fields counts as long expired.
+pub(crate) fn expired_for(lease: &Lease, now: Timestamp) -> Option<Duration> {
+    let Some(spec) = lease.spec.as_ref() else {
+        return Some(Duration::MAX);
+    };
+    let (Some(MicroTime(renewed)), Some(seconds)) = (&spec.renew_time, spec.lease_duration_seconds)
+    else {
+        return Some(Duration::MAX);
+    };
+    let Ok(deadline) = renewed.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+        i64::from(seconds),
+    )) else {
+        return Some(Duration::MAX);
+    };
+    if deadline >= now {
+        return None;
+    }
+    Some(Duration::try_from(now.duration_since(deadline)).unwrap_or(Duration::ZERO))
 }

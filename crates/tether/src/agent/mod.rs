@@ -243,6 +243,22 @@ impl Context {
         }
     }
 
+    /// Another agent takes `app` over: what this one knows of its objects may be stale when
+    /// it comes back, so that is forgotten (its first reconcile then plans in full).
+    fn forget_set(&self, app: &Application) {
+        let id =
+            crate::apply::applyset::ApplySet::new(&app.name_any(), &app.spec.destination.namespace)
+                .id;
+        if let Some(destination) = self.clusters.cached(app) {
+            destination.drift.forget_set(&id);
+            destination
+                .desired
+                .lock()
+                .expect("not poisoned")
+                .remove(&id);
+        }
+    }
+
     /// One Application fewer in `state` (the caller holds `states`' lock); a state no
     /// Application is in leaves the gauge.
     fn uncount_state(&self, (sync, health): (String, String)) {
@@ -440,6 +456,7 @@ pub async fn run(
                 held_released.set(mine_too.held().len() as i64);
                 for app in released_in(shard) {
                     context.forget(&application_key(&app));
+                    context.forget_set(&app);
                 }
             },
         )))
@@ -624,8 +641,10 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     // given up while this reconcile runs.
     let _in_shard = match &ctx.shards {
         Some(shards) => match shards.begin(&application_key(&cached)) {
-            Some(guard) => Some(guard),
-            None => return Ok(Action::await_change()),
+            shard::Begin::Act(guard) => Some(guard),
+            // Reconciled again when this agent takes the shard.
+            shard::Begin::NotHeld => return Ok(Action::await_change()),
+            shard::Begin::Stale => return Ok(Action::requeue(shards.options().renew_every)),
         },
         None => None,
     };
@@ -863,6 +882,9 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         }) => {
             ctx.count_reconcile(&app, "failed", started);
             let mut status = status;
+            // The commit whose sync failed, when it got that far (a failure to reach Git
+            // or the cluster Secret is no commit's).
+            let revision_failed = revision.clone();
             if revision.is_some() {
                 status.last_attempted_revision = revision;
             }
@@ -918,7 +940,6 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             )
             .await;
             let failures = status.failures;
-            let revision_failed = status.last_attempted_revision.clone();
             let written = write_status(&ctx, &app, status).await;
             if let (Ok(()), Some(revision)) = (&written, revision_failed.as_deref()) {
                 set_commit_status(
@@ -974,11 +995,7 @@ fn confined(options: &AgentOptions, app: &Application) -> Result<(), String> {
             destination.namespace
         ));
     }
-    if destination
-        .cluster
-        .as_deref()
-        .is_some_and(|c| !c.is_empty())
-    {
+    if destination.cluster_name().is_some() {
         return Err(format!(
             "this agent is confined to namespace {namespace} of its own cluster (--namespaced): \
              spec.destination.cluster must be unset"
@@ -1013,12 +1030,12 @@ async fn unready_dependency(ctx: &Context, app: &Application) -> Option<String> 
 /// Resolve, render, plan and (when the policy allows) apply; an `Err` is a message for
 /// the status, saying what failed.
 async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
-    let destination = ctx.clusters.for_app(app).await?;
-    let dest = &destination;
     let name = app.name_any();
     let spec = &app.spec;
     spec.check()?;
     confined(&ctx.options, app)?;
+    let destination = ctx.clusters.for_app(app).await?;
+    let dest = &destination;
     // The client that plans, applies and reads health for this Application throughout the
     // sync (its ServiceAccount's, when it names one); refused here, before anything is
     // fetched, when it names none and the agent requires one.

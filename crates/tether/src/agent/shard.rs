@@ -16,16 +16,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use sha2::Digest;
 
-use super::leader::{Election, ElectionOptions};
+use futures::StreamExt;
+
+use super::leader::{Election, ElectionOptions, expired_for};
 
 const SHARD_PREFIX: &str = "tether-shard-";
 const MEMBER_PREFIX: &str = "tether-member-";
+/// On a membership Lease: the number of shards that agent splits the Applications into.
+const SHARDS_ANNOTATION: &str = "tether.dev/shards";
 /// A member Lease expired this long is deleted by whoever sees it (agents that died leave
 /// one each).
 const MEMBER_GARBAGE_AFTER: Duration = Duration::from_secs(300);
@@ -62,6 +65,7 @@ impl ShardOptions {
             identity: self.identity.clone(),
             lease_duration: self.lease_duration,
             renew_every: self.renew_every,
+            annotations: Default::default(),
         }
     }
 }
@@ -145,6 +149,16 @@ impl Drop for ShardGuard {
     }
 }
 
+/// What [`Shards::begin`] found.
+pub enum Begin {
+    /// This agent holds the shard: act, keeping the guard while the reconcile runs.
+    Act(ShardGuard),
+    /// Another agent's shard (or none's yet): this agent is told when it takes it.
+    NotHeld,
+    /// This agent holds the shard but could not renew its Lease lately: try again soon.
+    Stale,
+}
+
 impl Shards {
     pub fn new(client: kube::Client, options: ShardOptions) -> Arc<Self> {
         Arc::new(Self {
@@ -159,38 +173,42 @@ impl Shards {
         &self.options
     }
 
-    /// The shard of Application `key`, if this agent may act on it now: a guard to keep
-    /// while the reconcile runs. The Lease must have been renewed within the lease duration
-    /// less one renewal period, so that an agent cut off from the API server stops acting
-    /// before anyone else may take its shard.
-    pub fn begin(self: &Arc<Self>, key: &str) -> Option<ShardGuard> {
+    /// Whether this agent may act on Application `key` now. The shard's Lease must have
+    /// been renewed within the lease duration less one renewal period, so that an agent cut
+    /// off from the API server stops acting before anyone else may take its shard.
+    pub fn begin(self: &Arc<Self>, key: &str) -> Begin {
+        let shard = shard_of(key, self.options.shards);
         let mut state = self.state.lock().expect("not poisoned");
-        let shard = self.fresh_shard(&state, key)?;
-        *state.in_flight.entry(shard).or_default() += 1;
-        Some(ShardGuard {
-            shards: self.clone(),
-            shard,
-            key: key.to_string(),
-            began: SystemTime::now(),
-        })
+        match self.fresh(&state, shard) {
+            None => Begin::NotHeld,
+            Some(false) => Begin::Stale,
+            Some(true) => {
+                *state.in_flight.entry(shard).or_default() += 1;
+                Begin::Act(ShardGuard {
+                    shards: self.clone(),
+                    shard,
+                    key: key.to_string(),
+                    began: SystemTime::now(),
+                })
+            }
+        }
     }
 
-    /// Whether this agent holds the shard of Application `key` (as [`Self::begin`] would
-    /// let it act).
+    /// Whether this agent holds the shard of Application `key` and may act on it now.
     pub fn holds(&self, key: &str) -> bool {
         let state = self.state.lock().expect("not poisoned");
-        self.fresh_shard(&state, key).is_some()
+        self.fresh(&state, shard_of(key, self.options.shards)) == Some(true)
     }
 
-    /// The shard of `key` if this agent holds it and renewed it recently enough to act.
-    fn fresh_shard(&self, state: &State, key: &str) -> Option<u32> {
-        let shard = shard_of(key, self.options.shards);
+    /// `None` when this agent does not hold `shard`; else whether its Lease was renewed
+    /// recently enough to act.
+    fn fresh(&self, state: &State, shard: u32) -> Option<bool> {
         let fresh_for = self
             .options
             .lease_duration
             .saturating_sub(self.options.renew_every);
         let renewed = state.held.get(&shard)?;
-        (renewed.elapsed() < fresh_for).then_some(shard)
+        Some(renewed.elapsed() < fresh_for)
     }
 
     /// The shards this agent holds, in order.
@@ -207,31 +225,57 @@ impl Shards {
         held
     }
 
+    fn lease(&self, shard: u32) -> Election {
+        Election::new(
+            self.api.clone().into_client(),
+            self.options.lease(format!("{SHARD_PREFIX}{shard}")),
+        )
+    }
+
     /// Keeps this agent's membership and its shards' Leases, every `renew_every`: takes the
     /// shards rendezvous hashing gives it (once free or expired), renews them, and gives up
     /// those that should move to another agent once their reconciles have finished.
     /// `gained(shard)` and `released(shard)` are told of each change. Runs until dropped.
     pub async fn run(self: Arc<Self>, gained: impl Fn(u32), released: impl Fn(u32)) {
-        let member = Election::new(
-            self.api.clone().into_client(),
-            self.options.lease(member_lease(&self.options.identity)),
-        );
+        let mut membership = self.options.lease(member_lease(&self.options.identity));
+        membership
+            .annotations
+            .insert(SHARDS_ANNOTATION.into(), self.options.shards.to_string());
+        let member = Election::new(self.api.clone().into_client(), membership);
+        let mut disagreed = false;
         loop {
             if let Err(err) = member.try_acquire().await {
                 tracing::warn!(%err, "cannot renew this agent's membership Lease");
             }
             match self.members().await {
-                Ok(members) => self.balance(&members, &gained, &released).await,
+                Ok((members, others)) => {
+                    // Agents that split the Applications into a different number of shards
+                    // would each take a Lease of their own for one Application (a rolling
+                    // update that changes --shards): until they agree, none acts.
+                    let agreed = others.is_empty();
+                    if !agreed && !disagreed {
+                        tracing::error!(shards = self.options.shards, others = %others.join(", "),
+                            "live agents use another --shards; no agent acts until all use the same");
+                    }
+                    if agreed && disagreed {
+                        tracing::info!("every live agent uses the same --shards again");
+                    }
+                    disagreed = !agreed;
+                    let members = if agreed { members } else { Vec::new() };
+                    self.balance(&members, &gained, &released).await;
+                }
                 Err(err) => tracing::warn!(%err, "cannot list the agents' membership Leases"),
             }
             tokio::time::sleep(self.options.renew_every).await;
         }
     }
 
-    /// The identities of the agents whose membership Lease is live (this one included).
-    async fn members(&self) -> Result<Vec<String>, kube::Error> {
+    /// The identities of the agents whose membership Lease is live (this one included),
+    /// and the live agents that announce another number of shards ("identity: N").
+    async fn members(&self) -> Result<(Vec<String>, Vec<String>), kube::Error> {
         let now = Timestamp::now();
         let mut members = vec![self.options.identity.clone()];
+        let mut others = Vec::new();
         for lease in self.api.list(&ListParams::default()).await?.items {
             let Some(name) = lease.metadata.name.clone() else {
                 continue;
@@ -239,61 +283,95 @@ impl Shards {
             if !name.starts_with(MEMBER_PREFIX) {
                 continue;
             }
-            let Some(spec) = &lease.spec else { continue };
-            let Some(holder) = spec.holder_identity.clone().filter(|h| !h.is_empty()) else {
+            let Some(holder) = lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.clone())
+                .filter(|h| !h.is_empty())
+            else {
                 continue;
             };
-            let expired_for = expired_for(&lease, now);
-            if expired_for.is_none() {
-                if !members.contains(&holder) {
-                    members.push(holder);
+            match expired_for(&lease, now) {
+                None => {
+                    let shards = lease
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(SHARDS_ANNOTATION))
+                        .cloned()
+                        .unwrap_or_default();
+                    if shards != self.options.shards.to_string() {
+                        others.push(format!("{holder}: {shards}"));
+                    } else if !members.contains(&holder) {
+                        members.push(holder);
+                    }
                 }
-            } else if expired_for.is_some_and(|d| d > MEMBER_GARBAGE_AFTER) {
-                let precondition = kube::api::DeleteParams {
-                    preconditions: Some(kube::api::Preconditions {
-                        resource_version: lease.metadata.resource_version.clone(),
-                        uid: None,
-                    }),
-                    ..Default::default()
-                };
-                let _ = self.api.delete(&name, &precondition).await;
+                Some(expired) if expired > MEMBER_GARBAGE_AFTER => {
+                    let precondition = kube::api::DeleteParams {
+                        preconditions: Some(kube::api::Preconditions {
+                            resource_version: lease.metadata.resource_version.clone(),
+                            uid: None,
+                        }),
+                        ..Default::default()
+                    };
+                    let _ = self.api.delete(&name, &precondition).await;
+                }
+                Some(_) => {}
             }
         }
         members.sort();
-        Ok(members)
+        Ok((members, others))
     }
 
+    /// One round over every shard, a few at once (each costs a GET and a PUT).
     async fn balance(
         self: &Arc<Self>,
         members: &[String],
         gained: &impl Fn(u32),
         released: &impl Fn(u32),
     ) {
-        for shard in 0..self.options.shards {
-            let mine = owner_of(shard, members) == Some(&self.options.identity);
-            let (held, releasing) = {
-                let state = self.state.lock().expect("not poisoned");
-                (
-                    state.held.contains_key(&shard),
-                    state.releasing.contains(&shard),
-                )
-            };
-            if releasing {
-                continue;
+        futures::stream::iter(0..self.options.shards)
+            .for_each_concurrent(8, |shard| {
+                self.balance_one(shard, members, gained, released)
+            })
+            .await;
+    }
+
+    async fn balance_one(
+        self: &Arc<Self>,
+        shard: u32,
+        members: &[String],
+        gained: &impl Fn(u32),
+        released: &impl Fn(u32),
+    ) {
+        let mine = owner_of(shard, members) == Some(&self.options.identity);
+        let (held, releasing) = {
+            let state = self.state.lock().expect("not poisoned");
+            (
+                state.held.contains_key(&shard),
+                state.releasing.contains(&shard),
+            )
+        };
+        let lease = self.lease(shard);
+        if releasing {
+            // Still ours until its reconciles finish: keep the Lease alive meanwhile.
+            if let Err(err) = lease.try_acquire().await {
+                tracing::warn!(shard, %err, "cannot renew the Lease of a shard being handed over");
             }
-            let lease = Election::new(
-                self.api.clone().into_client(),
-                self.options.lease(format!("{SHARD_PREFIX}{shard}")),
-            );
-            match (mine, held) {
-                (true, _) => match lease.try_acquire().await {
+            return;
+        }
+        match (mine, held) {
+            (true, _) => {
+                // The time before asking: the Lease runs from no later than this.
+                let asked = Instant::now();
+                match lease.try_acquire().await {
                     Ok(true) => {
                         let before = self
                             .state
                             .lock()
                             .expect("not poisoned")
                             .held
-                            .insert(shard, Instant::now());
+                            .insert(shard, asked);
                         if before.is_none() {
                             tracing::info!(shard, agent = %self.options.identity, "took shard");
                             gained(shard);
@@ -305,33 +383,35 @@ impl Shards {
                             self.drop_shard(shard, released, "another agent holds its Lease now");
                         }
                     }
-                    Err(err) => tracing::warn!(shard, %err, "cannot take or renew a shard's Lease"),
-                },
-                (false, true) => {
-                    // Stop starting reconciles in it, let those running finish (the other
-                    // shards are renewed meanwhile), then let go.
-                    self.drop_shard(shard, released, "it moves to another agent");
-                    self.state
+                    Err(err) => {
+                        tracing::warn!(shard, %err, "cannot take or renew a shard's Lease")
+                    }
+                }
+            }
+            (false, true) => {
+                // Stop starting reconciles in it, let those running finish (renewing it
+                // meanwhile), then let go.
+                self.drop_shard(shard, released, "it moves to another agent");
+                self.state
+                    .lock()
+                    .expect("not poisoned")
+                    .releasing
+                    .insert(shard);
+                let shards = self.clone();
+                tokio::spawn(async move {
+                    shards.until_idle(shard).await;
+                    if let Err(err) = release(&lease, &shards.options.identity).await {
+                        tracing::warn!(shard, %err, "cannot release a shard's Lease; it moves once it expires");
+                    }
+                    shards
+                        .state
                         .lock()
                         .expect("not poisoned")
                         .releasing
-                        .insert(shard);
-                    let shards = self.clone();
-                    tokio::spawn(async move {
-                        shards.until_idle(shard).await;
-                        if let Err(err) = release(&lease, &shards.options.identity).await {
-                            tracing::warn!(shard, %err, "cannot release a shard's Lease; it moves once it expires");
-                        }
-                        shards
-                            .state
-                            .lock()
-                            .expect("not poisoned")
-                            .releasing
-                            .remove(&shard);
-                    });
-                }
-                (false, false) => {}
+                        .remove(&shard);
+                });
             }
+            (false, false) => {}
         }
     }
 
@@ -345,7 +425,10 @@ impl Shards {
 
     async fn until_idle(&self, shard: u32) {
         loop {
+            // Registered before the count is read: a reconcile that ends in between wakes it.
             let finished = self.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
             let running = self
                 .state
                 .lock()
@@ -367,33 +450,13 @@ impl Shards {
         let held = self.held();
         self.state.lock().expect("not poisoned").held.clear();
         for shard in held {
-            let lease = Election::new(
-                self.api.clone().into_client(),
-                self.options.lease(format!("{SHARD_PREFIX}{shard}")),
-            );
-            let _ = release(&lease, &self.options.identity).await;
+            let _ = release(&self.lease(shard), &self.options.identity).await;
         }
         let _ = self
             .api
             .delete(&member_lease(&self.options.identity), &Default::default())
             .await;
     }
-}
-
-/// How long ago `lease` expired; `None` while it is live.
-fn expired_for(lease: &Lease, now: Timestamp) -> Option<Duration> {
-    let spec = lease.spec.as_ref()?;
-    let (Some(MicroTime(renewed)), Some(seconds)) = (&spec.renew_time, spec.lease_duration_seconds)
-    else {
-        return Some(Duration::MAX);
-    };
-    let deadline = renewed
-        .checked_add(SignedDuration::from_secs(i64::from(seconds)))
-        .ok()?;
-    if deadline >= now {
-        return None;
-    }
-    Some(Duration::try_from(now.duration_since(deadline)).unwrap_or(Duration::ZERO))
 }
 
 /// Empties the holder of a Lease this agent holds, so that another may take it at once.

@@ -150,13 +150,7 @@ pub async fn diff(
     let app = get_app(&cluster, &api, &args.app).await?;
     let client = cluster.client();
     // Planned where the agent applies it: the cluster its Secret names, else this one.
-    let target = match app
-        .spec
-        .destination
-        .cluster
-        .as_deref()
-        .filter(|c| !c.is_empty())
-    {
+    let target = match app.spec.destination.cluster_name() {
         Some(name) => {
             let namespace = app.namespace().unwrap_or_default();
             crate::agent::clusters::connect(&client, &namespace, name)

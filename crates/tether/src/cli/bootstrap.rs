@@ -63,12 +63,13 @@ pub struct BootstrapArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub shards: Option<u32>,
 
-    /// Multi-tenant: every Application must name a ServiceAccount.
-    #[arg(long)]
+    /// Multi-tenant (see `tether install --tenants`); not supported by bootstrap yet.
+    #[arg(long, hide = true)]
     pub tenants: bool,
 
-    /// A single-namespace install (see `tether install --namespaced`).
-    #[arg(long)]
+    /// A single-namespace install (see `tether install --namespaced`); not supported by
+    /// bootstrap yet.
+    #[arg(long, hide = true)]
     pub namespaced: bool,
 
     /// Wait until the install is healthy, up to this long; 0 does not wait.
@@ -109,21 +110,41 @@ fn application(args: &BootstrapArgs, options: &InstallOptions) -> Value {
     if let Some(secret) = &args.git_secret {
         source["secretRef"] = json!({"name": secret});
     }
-    let mut spec = json!({
+    let spec = json!({
         "source": source,
         "destination": {"namespace": options.namespace},
         "syncPolicy": {"automated": true, "prune": true, "selfHeal": true, "interval": "1m"},
     });
-    if options.tenants {
-        // A tenants install grants the agent no write of its own.
-        spec["serviceAccountName"] = json!(crate::install::NAME);
-    }
     json!({
         "apiVersion": "tether.dev/v1alpha1",
         "kind": "Application",
         "metadata": {"name": APPLICATION, "namespace": options.namespace},
         "spec": spec,
     })
+}
+
+/// `url` without a password or token in it (`https://user:secret@host/…` → `https://user:***@host/…`).
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}/{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Whether `url` carries a password or token (https://user:secret@…).
+fn carries_secret(url: &str) -> bool {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
@@ -134,23 +155,24 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run git (bootstrap pushes with it): {e}"))?;
     if !out.status.success() {
-        anyhow::bail!(
-            "git {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        let words: Vec<String> = args.iter().map(|a| redacted(a)).collect();
+        let stderr: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .split_whitespace()
+            .map(redacted)
+            .collect();
+        anyhow::bail!("git {} failed: {}", words.join(" "), stderr.join(" "));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Commits `files` under `path` on `branch` of `repo` and pushes them; returns the branch's
-/// commit and whether this run made it.
+/// commit, whether this run made it, and the clone (which holds that commit).
 fn commit_and_push(
     repo: &str,
     branch: &str,
     path: &str,
     files: &[(String, String)],
-) -> anyhow::Result<(String, bool)> {
+) -> anyhow::Result<(String, bool, tempfile::TempDir)> {
     let folder = crate::source::tree::normalize(path)
         .filter(|p| !p.is_empty())
         .ok_or_else(|| anyhow::anyhow!("--path {path:?} must be a folder inside the repository"))?;
@@ -177,7 +199,8 @@ fn commit_and_push(
         .success()
         && git(dir, &["rev-parse", "-q", "--verify", "HEAD"]).is_ok();
     if unchanged {
-        return Ok((git(dir, &["rev-parse", "HEAD"])?, false));
+        let head = git(dir, &["rev-parse", "HEAD"])?;
+        return Ok((head, false, work));
     }
     let mut commit = vec![];
     // Your identity when git has one; else the tool's.
@@ -196,7 +219,8 @@ fn commit_and_push(
         dir,
         &["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")],
     )?;
-    Ok((git(dir, &["rev-parse", "HEAD"])?, true))
+    let head = git(dir, &["rev-parse", "HEAD"])?;
+    Ok((head, true, work))
 }
 
 pub async fn bootstrap(
@@ -204,6 +228,21 @@ pub async fn bootstrap(
     args: &BootstrapArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
+    if args.tenants || args.namespaced {
+        anyhow::bail!(
+            "tether bootstrap does not support --tenants or --namespaced yet: with those rights \
+             the agent could not apply its own install (cluster-wide RBAC, its namespace); use \
+             `tether install` with them"
+        );
+    }
+    let committed_url = args.agent_repo.as_deref().unwrap_or(&args.repo);
+    if carries_secret(committed_url) {
+        anyhow::bail!(
+            "{} carries a password or token, which would be committed to application.yaml; give \
+             the agent's URL without it (--agent-repo) and its credentials with --git-secret",
+            redacted(committed_url)
+        );
+    }
     let options = super::install::install_options(
         global,
         &args.image,
@@ -219,7 +258,7 @@ pub async fn bootstrap(
     let files = files(args, &options)?;
     let repo = args.repo.clone();
     let (branch, path) = (args.branch.clone(), args.path.clone());
-    let (commit, pushed) =
+    let (commit, pushed, clone) =
         tokio::task::spawn_blocking(move || commit_and_push(&repo, &branch, &path, &files))
             .await??;
     writeln!(
@@ -228,7 +267,7 @@ pub async fn bootstrap(
         if pushed { "pushed" } else { "unchanged:" },
         &commit[..12.min(commit.len())],
         args.branch,
-        args.repo,
+        redacted(&args.repo),
         args.path.trim_end_matches('/'),
         args.path.trim_end_matches('/'),
     )?;
@@ -242,9 +281,11 @@ pub async fn bootstrap(
         namespace: Some(namespace.clone()),
         ..Default::default()
     };
-    // The commit as bootstrap pushed it (the agent's URL may not be reachable from here).
+    // The commit as bootstrap pushed it, from its own clone (the agent's URL and
+    // credentials may not work from here).
     let mut pinned: Application = serde_json::from_value(application(args, &options))?;
-    pinned.spec.source.repo_url = args.repo.clone();
+    pinned.spec.source.repo_url = format!("file://{}", clone.path().display());
+    pinned.spec.source.secret_ref = None;
     pinned.spec.source.r#ref.branch = None;
     pinned.spec.source.r#ref.commit = Some(commit.clone());
     let mut passes = vec![None];
@@ -323,7 +364,8 @@ pub async fn bootstrap(
     writeln!(
         out,
         "Application {namespace}/{APPLICATION} now applies {} of {}: commit changes there to upgrade the agent.",
-        args.path, args.repo
+        args.path,
+        redacted(&args.repo)
     )?;
     Ok(0)
 }
@@ -331,6 +373,18 @@ pub async fn bootstrap(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_secrets_in_messages() {
+        assert_eq!(
+            redacted("https://bot:ghp_secret@git.example.com/team/fleet.git"),
+            "https://bot:***@git.example.com/team/fleet.git"
+        );
+        assert_eq!(redacted("ssh://git@host/fleet"), "ssh://git@host/fleet");
+        assert_eq!(redacted("file:///srv/fleet.git"), "file:///srv/fleet.git");
+        assert!(carries_secret("https://bot:t@h/x"));
+        assert!(!carries_secret("ssh://git@h/x") && !carries_secret("git@h:x"));
+    }
 
     #[test]
     fn the_folder_holds_the_install_and_an_application_of_itself_and_no_secret() {
