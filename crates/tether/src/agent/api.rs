@@ -126,19 +126,15 @@ async fn show(
         Ok(app) => app,
         Err(reply) => return reply,
     };
-    let planned = match state.clusters.for_app(&app).await {
-        Ok(destination) => {
-            super::plan_current(
-                &state.client,
-                &destination.target,
-                &state.options,
-                &app,
-                std::time::Duration::ZERO,
-            )
-            .await
-        }
-        Err(error) => Err(error),
-    };
+    let planned = super::plan_in_destination(
+        &state.client,
+        &state.clusters,
+        &state.options,
+        &app,
+        std::time::Duration::ZERO,
+    )
+    .await
+    .map(|(_, revision, plan)| (revision, plan));
     let mut body = summary(&app);
     body["status"] = serde_json::to_value(&app.status).unwrap_or(Value::Null);
     match planned {

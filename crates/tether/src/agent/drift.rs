@@ -69,26 +69,16 @@ impl DriftWatch {
         impl futures::Stream<Item = ObjectRef<Application>> + Send + 'static,
     ) {
         let (trigger, receiver) = mpsc::unbounded_channel();
-        let watch = Self {
-            client,
-            scope: None,
-            owners: Default::default(),
-            watched: Default::default(),
-            seen: Default::default(),
-            versions: Default::default(),
-            ready: Default::default(),
-            sets: Default::default(),
-            listed: Default::default(),
-            tasks: Default::default(),
-            trigger,
-            changes: tokio::sync::broadcast::channel(1024).0,
-        };
+        let changes = tokio::sync::broadcast::channel(1024).0;
+        let watch = Self::with_channels(client, trigger, changes);
         (watch, tokio_stream_from(receiver))
     }
 
-    /// A drift watch of another cluster (a destination of some Applications) whose
-    /// triggers and announced changes go where this one's go.
-    pub fn for_cluster(&self, client: kube::Client) -> Self {
+    fn with_channels(
+        client: kube::Client,
+        trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
+        changes: tokio::sync::broadcast::Sender<Changed>,
+    ) -> Self {
         Self {
             client,
             scope: None,
@@ -100,9 +90,15 @@ impl DriftWatch {
             sets: Default::default(),
             listed: Default::default(),
             tasks: Default::default(),
-            trigger: self.trigger.clone(),
-            changes: self.changes.clone(),
+            trigger,
+            changes,
         }
+    }
+
+    /// A drift watch of another cluster (a destination of some Applications) whose
+    /// triggers and announced changes go where this one's go.
+    pub fn for_cluster(&self, client: kube::Client) -> Self {
+        Self::with_channels(client, self.trigger.clone(), self.changes.clone())
     }
 
     /// Watches only `namespace` from now on (call before the first watch starts).

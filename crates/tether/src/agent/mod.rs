@@ -1750,6 +1750,20 @@ fn git_source(
     Ok(source)
 }
 
+/// [`plan_current`] in the Application's destination (the JSON API's and the web UI's view).
+pub(crate) async fn plan_in_destination(
+    home: &kube::Client,
+    clusters: &clusters::Clusters,
+    options: &AgentOptions,
+    app: &Application,
+    listing_max_age: Duration,
+) -> Result<(Arc<Destination>, Revision, crate::plan::Plan), String> {
+    let destination = clusters.for_app(app).await?;
+    let (revision, plan) =
+        plan_current(home, &destination.target, options, app, listing_max_age).await?;
+    Ok((destination, revision, plan))
+}
+
 /// What a sync of the Application's ref would do now: its newest revision (from a listing
 /// of the remote's refs at most `listing_max_age` old), rendered and planned. What
 /// `tether diff`, the JSON API and the web UI show.
@@ -2044,7 +2058,7 @@ async fn report_late_failure(ctx: &Context, app: &Application) {
     }
 }
 
-fn application_key(app: &Application) -> String {
+pub(crate) fn application_key(app: &Application) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
 }
 

@@ -196,12 +196,7 @@ impl Relay {
     /// background; a failure is logged, and the owner still finds the push at its next
     /// poll).
     pub fn pass_on_unless_held(&self, app: &Application) {
-        let key = format!(
-            "{}/{}",
-            app.metadata.namespace.as_deref().unwrap_or_default(),
-            app.metadata.name.as_deref().unwrap_or_default()
-        );
-        if self.shards.holds(&key) {
+        if self.shards.holds(&super::application_key(app)) {
             return;
         }
         let namespace = app.metadata.namespace.clone().unwrap_or_default();

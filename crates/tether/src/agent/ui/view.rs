@@ -124,23 +124,17 @@ pub async fn of(state: &UiState, app: &Application) -> Arc<AppView> {
 
 async fn compute(state: &UiState, app: &Application) -> AppView {
     let api = &state.api;
-    let destination = api.clusters.for_app(app).await;
-    let planned = match &destination {
-        Ok(destination) => {
-            crate::agent::plan_current(
-                &api.client,
-                &destination.target,
-                &api.options,
-                app,
-                crate::agent::LISTING_MAX_AGE,
-            )
-            .await
-        }
-        Err(error) => Err(error.clone()),
-    };
-    let ((revision, plan), destination) = match (planned, destination) {
-        (Ok(planned), Ok(destination)) => (planned, destination),
-        (Err(error), _) | (_, Err(error)) => {
+    let planned = crate::agent::plan_in_destination(
+        &api.client,
+        &api.clusters,
+        &api.options,
+        app,
+        crate::agent::LISTING_MAX_AGE,
+    )
+    .await;
+    let (destination, revision, plan) = match planned {
+        Ok(planned) => planned,
+        Err(error) => {
             return AppView {
                 error: Some(error),
                 ..Default::default()
