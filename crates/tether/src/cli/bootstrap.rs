@@ -51,26 +51,8 @@ pub struct BootstrapArgs {
     #[arg(long, value_name = "NAME")]
     pub git_secret: Option<String>,
 
-    /// The agent's container image.
-    #[arg(long, value_name = "IMAGE", default_value = concat!("tether:", env!("CARGO_PKG_VERSION")))]
-    pub image: String,
-
-    /// Agent replicas (more than 1 needs --shards).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub replicas: u32,
-
-    /// Run the replicas sharded over N shards.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub shards: Option<u32>,
-
-    /// Multi-tenant (see `tether install --tenants`); not supported by bootstrap yet.
-    #[arg(long, hide = true)]
-    pub tenants: bool,
-
-    /// A single-namespace install (see `tether install --namespaced`); not supported by
-    /// bootstrap yet.
-    #[arg(long, hide = true)]
-    pub namespaced: bool,
+    #[command(flatten)]
+    pub agent: super::install::InstallFlags,
 
     /// Wait until the install is healthy, up to this long; 0 does not wait.
     #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = crate::duration::parse_duration)]
@@ -228,7 +210,7 @@ pub async fn bootstrap(
     args: &BootstrapArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
-    if args.tenants || args.namespaced {
+    if args.agent.tenants || args.agent.namespaced {
         anyhow::bail!(
             "tether bootstrap does not support --tenants or --namespaced yet: with those rights \
              the agent could not apply its own install (cluster-wide RBAC, its namespace); use \
@@ -243,14 +225,7 @@ pub async fn bootstrap(
             redacted(committed_url)
         );
     }
-    let options = super::install::install_options(
-        global,
-        &args.image,
-        args.replicas,
-        args.shards,
-        args.tenants,
-        args.namespaced,
-    )?;
+    let options = super::install::install_options(global, &args.agent)?;
     let namespace = options.namespace.clone();
     // The cluster first: nothing is pushed for a cluster that cannot be reached.
     let cluster = Cluster::connect(&global.cluster_options()).await?;
@@ -394,16 +369,18 @@ mod tests {
             path: "clusters/prod/tether".into(),
             agent_repo: Some("https://git.example.com/fleet.git".into()),
             git_secret: Some("fleet-read".into()),
-            image: "tether:test".into(),
-            replicas: 1,
-            shards: None,
-            tenants: false,
-            namespaced: false,
+            agent: super::super::install::InstallFlags {
+                image: "tether:test".into(),
+                replicas: 1,
+                shards: None,
+                tenants: false,
+                namespaced: false,
+            },
             timeout: Duration::ZERO,
         };
         let options = InstallOptions {
             namespace: "tether-system".into(),
-            image: args.image.clone(),
+            image: args.agent.image.clone(),
             replicas: 1,
             tenants: false,
             shards: None,

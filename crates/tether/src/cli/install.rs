@@ -24,10 +24,32 @@ const DEFAULT_NAMESPACE: &str = "tether-system";
 
 #[derive(Debug, clap::Args)]
 pub struct InstallArgs {
+    #[command(flatten)]
+    pub agent: InstallFlags,
+
     /// Install or upgrade only the Application CRD (applications.tether.dev), no agent.
     #[arg(long)]
     pub crd_only: bool,
 
+    /// Print the install (-o yaml, the default here, or -o json) and change nothing; no
+    /// cluster is needed. The Secret of generated tokens is left out unless --show-secrets.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the tokens: with --dry-run, the Secret is printed with new ones; otherwise the
+    /// installed ones are printed after the install.
+    #[arg(long)]
+    pub show_secrets: bool,
+
+    /// Wait until every installed object is healthy (the agent's Deployment Available), up
+    /// to this long; 0 does not wait.
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = crate::duration::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// How the agent is installed: the flags `tether install` and `tether bootstrap` share.
+#[derive(Debug, clap::Args)]
+pub struct InstallFlags {
     /// The agent's container image.
     #[arg(long, value_name = "IMAGE", default_value = concat!("tether:", env!("CARGO_PKG_VERSION")))]
     pub image: String,
@@ -44,31 +66,16 @@ pub struct InstallArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub shards: Option<u32>,
 
-    /// A single-namespace install: the agent reconciles only the Applications of its own
-    /// namespace (-n), applies only into it, and gets a Role there instead of cluster-wide
-    /// rights.
-    #[arg(long)]
-    pub namespaced: bool,
-
     /// Multi-tenant: the agent may write nothing itself; every Application must name a
     /// ServiceAccount, which the agent impersonates.
     #[arg(long)]
     pub tenants: bool,
 
-    /// Print the install (-o yaml, the default here, or -o json) and change nothing; no
-    /// cluster is needed. The Secret of generated tokens is left out unless --show-secrets.
+    /// A single-namespace install: the agent reconciles only the Applications of its own
+    /// namespace (-n), applies only into it, and gets a Role there instead of cluster-wide
+    /// rights.
     #[arg(long)]
-    pub dry_run: bool,
-
-    /// Print the tokens: with --dry-run, the Secret is printed with new ones; otherwise the
-    /// installed ones are printed after the install.
-    #[arg(long)]
-    pub show_secrets: bool,
-
-    /// Wait until every installed object is healthy (the agent's Deployment Available), up
-    /// to this long; 0 does not wait.
-    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = crate::duration::parse_duration)]
-    pub timeout: Duration,
+    pub namespaced: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,25 +100,22 @@ fn agent_namespace(global: &GlobalArgs) -> String {
 }
 
 fn options(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<InstallOptions> {
-    install_options(
-        global,
-        &args.image,
-        args.replicas,
-        args.shards,
-        args.tenants,
-        args.namespaced,
-    )
+    install_options(global, &args.agent)
 }
 
 /// The install `tether install` and `tether bootstrap` make from their flags.
 pub(super) fn install_options(
     global: &GlobalArgs,
-    image: &str,
-    replicas: u32,
-    shards: Option<u32>,
-    tenants: bool,
-    namespaced: bool,
+    flags: &InstallFlags,
 ) -> anyhow::Result<InstallOptions> {
+    let InstallFlags {
+        image,
+        replicas,
+        shards,
+        tenants,
+        namespaced,
+    } = flags;
+    let (replicas, shards, tenants, namespaced) = (*replicas, *shards, *tenants, *namespaced);
     if shards.is_none() && replicas > 1 {
         anyhow::bail!(
             "--replicas {replicas} needs --shards: without sharding one agent acts and a standby \
@@ -121,7 +125,7 @@ pub(super) fn install_options(
     }
     Ok(InstallOptions {
         namespace: agent_namespace(global),
-        image: image.to_string(),
+        image: image.clone(),
         replicas,
         tenants,
         shards,
