@@ -104,7 +104,7 @@ async fn admin_token(client: &kube::Client) -> String {
         .token
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applications_apply_to_the_cluster_their_secret_names_and_one_cluster_down_holds_up_no_other()
  {
     let plane = OwnControlPlane::up();
@@ -221,6 +221,25 @@ async fn applications_apply_to_the_cluster_their_secret_names_and_one_cluster_do
         Some("blue")
     );
     assert_eq!(color(&home, &ns.name, "by-token").await, None);
+    // `tether diff` plans where the agent applies: against the second cluster, where far's
+    // objects are as Git says (against the first, whose namespace far does not exist, it
+    // would fail or show a create).
+    let diff = tokio::task::block_in_place(|| {
+        let cache = dir.path().join("diff-cache");
+        support::tether_command()
+            .args(["diff", "far", "-n", &ns.name])
+            .env("TETHER_CACHE_DIR", &cache)
+            .output()
+            .expect("tether diff runs")
+    });
+    let said = String::from_utf8_lossy(&diff.stdout).into_owned();
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    assert!(said.contains("0 to create, 0 to update"), "{said}");
     let mut parents: Vec<String> = Api::<Secret>::namespaced(second.clone(), "far")
         .list(&Default::default())
         .await
