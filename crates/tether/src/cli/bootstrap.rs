@@ -252,8 +252,12 @@ pub async fn bootstrap(
     // ApplySet, so its first sync changes nothing. Then the tokens (in the cluster only;
     // an earlier install's are kept), and a second pass that waits for health.
     let resolver = std::sync::Arc::new(Resolver::new(client.clone()).await?);
+    // A cache of its own: the clone's path is new each run, and would stay behind in the
+    // shared Git cache.
+    let cache = tempfile::tempdir()?;
     let agent_options = AgentOptions {
         namespace: Some(namespace.clone()),
+        cache_dir: cache.path().to_path_buf(),
         ..Default::default()
     };
     // The commit as bootstrap pushed it, from its own clone (the agent's URL and
