@@ -1758,6 +1758,8 @@ pub(crate) async fn plan_in_destination(
     app: &Application,
     listing_max_age: Duration,
 ) -> Result<(Arc<Destination>, Revision, crate::plan::Plan), String> {
+    // What a sync would refuse is not planned either.
+    confined(options, app)?;
     let destination = clusters.for_app(app).await?;
     let (revision, plan) =
         plan_current(home, &destination.target, options, app, listing_max_age).await?;
