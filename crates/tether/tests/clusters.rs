@@ -14,7 +14,7 @@ use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use support::agent::{applied, create_application, options_for, ready, start_agent, until};
+use support::agent::{applied, create_application, fails_with, options_for, start_agent, until};
 use support::git::{GitDaemon, GitRepo};
 use support::{OwnControlPlane, TestNamespace, cluster};
 use tether::agent::{Application, install_crd};
@@ -257,31 +257,12 @@ async fn applications_apply_to_the_cluster_their_secret_names_and_one_cluster_do
     );
 
     // Clear failures for a Secret that is missing and one that would run a program.
-    let missing = until(
-        &apps,
-        "nowhere",
-        "a failure naming the missing Secret",
-        |a| {
-            ready(a).is_some_and(|(status, message)| {
-                status == "False" && message.contains("does not exist")
-            })
-        },
-    )
-    .await;
+    let missing = fails_with(&apps, "nowhere", "does not exist").await;
     assert!(
-        ready(&missing)
-            .expect("Ready")
-            .1
-            .contains(&format!("{}/missing", ns.name)),
-        "{:?}",
-        ready(&missing)
+        missing.contains(&format!("{}/missing", ns.name)),
+        "{missing}"
     );
-    until(&apps, "exec", "a failure refusing exec", |a| {
-        ready(a).is_some_and(|(status, message)| {
-            status == "False" && message.contains("runs a program")
-        })
-    })
-    .await;
+    fails_with(&apps, "exec", "runs a program").await;
     assert!(!marker.exists(), "the kubeconfig's program must never run");
 
     // Drift is put back on both clusters.
@@ -330,20 +311,9 @@ async fn applications_apply_to_the_cluster_their_secret_names_and_one_cluster_do
         "the second cluster came back before the first applied the commit ({near_took:?}): \
          the test proves nothing"
     );
-    let failing = until(
-        &apps,
-        "far",
-        "a failure naming the cluster that is down",
-        |a| {
-            ready(a).is_some_and(|(status, message)| {
-                status == "False" && message.contains("cluster second (https://")
-            })
-        },
-    )
-    .await;
+    let failing = fails_with(&apps, "far", "cluster second (https://").await;
     eprintln!(
-        "while the second cluster was down, the first applied a commit in {near_took:?}; far: {:?}",
-        ready(&failing).map(|r| r.1)
+        "while the second cluster was down, the first applied a commit in {near_took:?}; far: {failing:?}"
     );
     outage.await.expect("the restart ran");
 

@@ -17,7 +17,7 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::agent::{
-    applied, create_application, options_for, ready, request_sync, start_agent, until,
+    applied, create_application, fails_with, options_for, request_sync, start_agent, until,
 };
 use support::git::{GitDaemon, GitRepo, HttpGitServer};
 use support::toxiproxy::Toxiproxy;
@@ -27,16 +27,6 @@ use tether::cluster::{Cluster, ClusterOptions};
 
 fn cm(name: &str, color: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: {color}\n")
-}
-
-/// Waits until the Application reports a failed sync whose message contains `says`, and
-/// returns that message.
-async fn fails_with(apps: &Api<Application>, name: &str, says: &str) -> String {
-    let app = until(apps, name, &format!("a failure saying {says:?}"), |a| {
-        ready(a).is_some_and(|(status, message)| status == "False" && message.contains(says))
-    })
-    .await;
-    ready(&app).expect("Ready").1
 }
 
 /// name → (uid, data.color) of every ConfigMap in the namespace but kube-root-ca.crt.

@@ -13,7 +13,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::agent::{
-    applied, create_application, options_for, ready, request_sync, start_agent, until,
+    applied, create_application, fails_with, options_for, ready, request_sync, start_agent, until,
 };
 use support::git::{GitDaemon, GitRepo};
 use support::{TestNamespace, cluster, unique_name};
@@ -335,13 +335,8 @@ async fn a_namespaced_install_is_enough_for_its_namespace_and_nothing_else() {
         |a| applied(a) == Some(first.as_str()),
     )
     .await;
-    let refused = until(&apps, "elsewhere", "a refusal naming the namespace", |a| {
-        ready(a).is_some_and(|(status, message)| {
-            status == "False" && message.contains("confined to namespace")
-        })
-    })
-    .await;
-    eprintln!("{:?}", ready(&refused));
+    let refused = fails_with(&apps, "elsewhere", "confined to namespace").await;
+    eprintln!("{refused}");
     // Drift is seen and put back by the namespaced watches.
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &team.name);
     cms.patch(

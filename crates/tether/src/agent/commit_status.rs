@@ -216,6 +216,15 @@ impl CommitStatuses {
         })
     }
 
+    /// Whether (`commit`, `state`) is what was last sent for Application `key`.
+    pub fn was_last(&self, key: &str, commit: &str, state: State) -> bool {
+        self.sent
+            .lock()
+            .expect("not poisoned")
+            .get(key)
+            .is_some_and(|((last, last_state), _)| last == commit && *last_state == state)
+    }
+
     /// Sets `status` for Application `key` unless it was the last one sent; `token` is read
     /// when it is sent (from the Application's Secret).
     pub fn send(

@@ -429,37 +429,25 @@ pub async fn run(
     // Sharded: keep this agent's shards; reconcile each Application of a shard it takes
     // (they were skipped while another agent held it), forget those of a shard it gives up.
     let _sharding = shards.clone().map(|shards| {
-        let store = store.clone();
-        let trigger = shard_trigger.clone();
-        let context = context.clone();
-        let count = shards.clone();
-        let held = context.metrics.shards_held.clone();
-        let in_shard = move |shard: u32| {
-            let of = count.options().shards;
-            store
-                .state()
-                .into_iter()
-                .filter(move |app| shard::shard_of(&application_key(app), of) == shard)
-        };
-        let (gained_in, released_in) = (in_shard.clone(), in_shard);
-        let (held_gained, held_released) = (held.clone(), held);
-        let (mine, mine_too) = (shards.clone(), shards.clone());
-        AbortOnDrop(tokio::spawn(shards.run(
-            move |shard| {
-                held_gained.set(mine.held().len() as i64);
-                for app in gained_in(shard) {
-                    let _ =
-                        trigger.send(kube::runtime::reflector::ObjectRef::from_obj(app.as_ref()));
+        let (store, trigger, context) = (store.clone(), shard_trigger.clone(), context.clone());
+        let mine = shards.clone();
+        AbortOnDrop(tokio::spawn(shards.run(move |shard, change| {
+            context.metrics.shards_held.set(mine.held().len() as i64);
+            let of = mine.options().shards;
+            let apps = store.state().into_iter();
+            for app in apps.filter(|app| shard::shard_of(&application_key(app), of) == shard) {
+                match change {
+                    shard::Change::Taken => {
+                        let _ = trigger
+                            .send(kube::runtime::reflector::ObjectRef::from_obj(app.as_ref()));
+                    }
+                    shard::Change::GivenUp => {
+                        context.forget(&application_key(&app));
+                        context.forget_set(&app);
+                    }
                 }
-            },
-            move |shard| {
-                held_released.set(mine_too.held().len() as i64);
-                for app in released_in(shard) {
-                    context.forget(&application_key(&app));
-                    context.forget_set(&app);
-                }
-            },
-        )))
+            }
+        })))
     });
     let _forgetting = AbortOnDrop(tokio::spawn({
         let context = context.clone();
@@ -854,13 +842,12 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 notify(&ctx, &app, event, Some(&told_revision), message);
             }
             if synced {
-                let description = format!("Synced, {}: {}", outcome.health, synced_message);
                 set_commit_status(
                     &ctx,
                     &app,
                     &told_revision,
                     commit_status::State::Success,
-                    description,
+                    || format!("Synced, {}: {}", outcome.health, synced_message),
                 );
             }
             let mut next = jitter(interval);
@@ -942,13 +929,9 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             let failures = status.failures;
             let written = write_status(&ctx, &app, status).await;
             if let (Ok(()), Some(revision)) = (&written, revision_failed.as_deref()) {
-                set_commit_status(
-                    &ctx,
-                    &app,
-                    revision,
-                    commit_status::State::Failure,
-                    format!("Sync failed: {message}"),
-                );
+                set_commit_status(&ctx, &app, revision, commit_status::State::Failure, || {
+                    format!("Sync failed: {message}")
+                });
             }
             if let (Some((revision, message)), Ok(())) = (tell, &written) {
                 notify(
@@ -2065,19 +2048,24 @@ pub(crate) fn application_key(app: &Application) -> String {
 }
 
 /// Sets the outcome of a sync as a status of `revision` on the Git host, when the
-/// Application asks for it (in the background, once per revision and state).
+/// Application asks for it (in the background, once per revision and state: the idle
+/// reconciles of a synced revision build nothing).
 fn set_commit_status(
     ctx: &Context,
     app: &Application,
     revision: &str,
     state: commit_status::State,
-    description: String,
+    description: impl FnOnce() -> String,
 ) {
     let Some(spec) = &app.spec.commit_status else {
         return;
     };
-    let namespace = app.namespace().unwrap_or_default();
     let key = application_key(app);
+    if ctx.commit_statuses.was_last(&key, revision, state) {
+        return;
+    }
+    let description = description();
+    let namespace = app.namespace().unwrap_or_default();
     let status = commit_status::Status {
         commit: revision.to_string(),
         state,

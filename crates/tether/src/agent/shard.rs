@@ -149,6 +149,15 @@ impl Drop for ShardGuard {
     }
 }
 
+/// What happened to a shard, for [`Shards::run`]'s caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// This agent took the shard: its Applications, skipped until now, are its to reconcile.
+    Taken,
+    /// This agent gave the shard up: another reconciles its Applications now.
+    GivenUp,
+}
+
 /// What [`Shards::begin`] found.
 pub enum Begin {
     /// This agent holds the shard: act, keeping the guard while the reconcile runs.
@@ -235,8 +244,8 @@ impl Shards {
     /// Keeps this agent's membership and its shards' Leases, every `renew_every`: takes the
     /// shards rendezvous hashing gives it (once free or expired), renews them, and gives up
     /// those that should move to another agent once their reconciles have finished.
-    /// `gained(shard)` and `released(shard)` are told of each change. Runs until dropped.
-    pub async fn run(self: Arc<Self>, gained: impl Fn(u32), released: impl Fn(u32)) {
+    /// `changed(shard, how)` is told of each shard taken or given up. Runs until dropped.
+    pub async fn run(self: Arc<Self>, changed: impl Fn(u32, Change)) {
         let mut membership = self.options.lease(member_lease(&self.options.identity));
         membership
             .annotations
@@ -262,7 +271,7 @@ impl Shards {
                     }
                     disagreed = !agreed;
                     let members = if agreed { members } else { Vec::new() };
-                    self.balance(&members, &gained, &released).await;
+                    self.balance(&members, &changed).await;
                 }
                 Err(err) => tracing::warn!(%err, "cannot list the agents' membership Leases"),
             }
@@ -324,16 +333,9 @@ impl Shards {
     }
 
     /// One round over every shard, a few at once (each costs a GET and a PUT).
-    async fn balance(
-        self: &Arc<Self>,
-        members: &[String],
-        gained: &impl Fn(u32),
-        released: &impl Fn(u32),
-    ) {
+    async fn balance(self: &Arc<Self>, members: &[String], changed: &impl Fn(u32, Change)) {
         futures::stream::iter(0..self.options.shards)
-            .for_each_concurrent(8, |shard| {
-                self.balance_one(shard, members, gained, released)
-            })
+            .for_each_concurrent(8, |shard| self.balance_one(shard, members, changed))
             .await;
     }
 
@@ -341,8 +343,7 @@ impl Shards {
         self: &Arc<Self>,
         shard: u32,
         members: &[String],
-        gained: &impl Fn(u32),
-        released: &impl Fn(u32),
+        changed: &impl Fn(u32, Change),
     ) {
         let mine = owner_of(shard, members) == Some(&self.options.identity);
         let (held, releasing) = {
@@ -374,13 +375,13 @@ impl Shards {
                             .insert(shard, asked);
                         if before.is_none() {
                             tracing::info!(shard, agent = %self.options.identity, "took shard");
-                            gained(shard);
+                            changed(shard, Change::Taken);
                         }
                     }
                     // Its holder has not let it go yet (or its Lease has not expired).
                     Ok(false) => {
                         if held {
-                            self.drop_shard(shard, released, "another agent holds its Lease now");
+                            self.drop_shard(shard, changed, "another agent holds its Lease now");
                         }
                     }
                     Err(err) => {
@@ -391,7 +392,7 @@ impl Shards {
             (false, true) => {
                 // Stop starting reconciles in it, let those running finish (renewing it
                 // meanwhile), then let go.
-                self.drop_shard(shard, released, "it moves to another agent");
+                self.drop_shard(shard, changed, "it moves to another agent");
                 self.state
                     .lock()
                     .expect("not poisoned")
@@ -415,11 +416,11 @@ impl Shards {
         }
     }
 
-    fn drop_shard(&self, shard: u32, released: &impl Fn(u32), why: &str) {
+    fn drop_shard(&self, shard: u32, changed: &impl Fn(u32, Change), why: &str) {
         let removed = self.state.lock().expect("not poisoned").held.remove(&shard);
         if removed.is_some() {
             tracing::info!(shard, agent = %self.options.identity, why, "gave up shard");
-            released(shard);
+            changed(shard, Change::GivenUp);
         }
     }
 

@@ -120,6 +120,16 @@ pub fn ready(app: &Application) -> Option<(String, String)> {
     Some((condition.status.clone(), condition.message.clone()))
 }
 
+/// Waits until the Application reports a failed sync whose message contains `says`, and
+/// returns that message.
+pub async fn fails_with(apps: &Api<Application>, name: &str, says: &str) -> String {
+    let app = until(apps, name, &format!("a failure saying {says:?}"), |a| {
+        ready(a).is_some_and(|(status, message)| status == "False" && message.contains(says))
+    })
+    .await;
+    ready(&app).expect("Ready").1
+}
+
 /// Asks the agent to sync Application `name` now (as `tether sync` does).
 pub async fn request_sync(apps: &Api<Application>, name: &str) {
     apps.patch(
