@@ -284,7 +284,7 @@ async fn unowned_objects_need_adopt_and_other_apps_objects_are_refused() {
     let err = env.plan(&files).await.expect_err("unowned");
     assert!(
         err.to_string()
-            .contains("is not managed by tether; pass --adopt"),
+            .contains("is not managed by tether; delete it, rename it in Git, or take it over with tether apply --adopt"),
         "{err}"
     );
 
@@ -310,8 +310,12 @@ async fn unowned_objects_need_adopt_and_other_apps_objects_are_refused() {
     let err = plan(&env.client, &env.resolver, objects(&files), &other)
         .await
         .expect_err("owned by another");
+    // The error names the owner as a user knows it: its app name and namespace.
     assert!(
-        err.to_string().contains("belongs to another ApplySet"),
+        err.to_string().contains(&format!(
+            "belongs to the set of `tether apply --app {} -n {}`",
+            env.app, env.ns.name
+        )),
         "{err}"
     );
 }
@@ -1002,10 +1006,14 @@ async fn a_first_apply_of_many_objects_reads_only_the_ones_that_exist() {
     let err = env.plan(&files).await.expect_err("w-07 is not tether's");
     let message = err.to_string();
     assert!(
-        message.contains("w-07") && message.contains("pass --adopt"),
+        message.contains("w-07") && message.contains("take it over with tether apply --adopt"),
         "{message}"
     );
-    assert_eq!(message.matches("pass --adopt").count(), 1, "{message}");
+    assert_eq!(
+        message.matches("tether apply --adopt").count(),
+        1,
+        "{message}"
+    );
     assert_eq!(
         requests_of(&group, "widgets", "GET", "") - gets,
         1,

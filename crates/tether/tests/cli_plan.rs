@@ -149,3 +149,59 @@ async fn plan_then_apply_from_git_with_exit_codes_and_formats() {
     let stderr = String::from_utf8_lossy(&broken.stderr);
     assert!(stderr.contains("apps/shop/config.yaml:6"), "{stderr}");
 }
+
+/// kubectl refuses an object whose namespace is not the one `-n` names; so does tether,
+/// naming each object and the flag for a set that spans namespaces.
+#[tokio::test]
+async fn an_explicit_namespace_refuses_objects_that_name_another() {
+    let client = cluster().await.client();
+    let ns = TestNamespace::create(&client, "cli-ns").await;
+    let other = TestNamespace::create(&client, "cli-ns-other").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("here.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: here\ndata:\n  a: b\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("there.yaml"),
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: there\n  namespace: {}\ndata:\n  a: b\n",
+            other.name
+        ),
+    )
+    .expect("write");
+    let path = dir.path().to_str().expect("utf-8");
+    let app = unique_name("spans");
+    let out = tether(&["apply", "--path", path, "--app", &app, "-n", &ns.name]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "-n {}, but 1 object(s) name another namespace",
+            ns.name
+        )) && stderr.contains("there.yaml:1")
+            && stderr.contains(&format!("ConfigMap/there -n {}", other.name))
+            && stderr.contains("--multi-namespace")
+            && stderr.contains("nothing was written"),
+        "{stderr}"
+    );
+    let configmaps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), &ns.name);
+    assert!(configmaps.get_opt("here").await.expect("read").is_none());
+    let out = tether(&[
+        "apply",
+        "--path",
+        path,
+        "--app",
+        &app,
+        "-n",
+        &ns.name,
+        "--multi-namespace",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -189,3 +189,40 @@ fn renderers_are_found_where_testenv_builds_them() {
         "names the testenv folder: {said}"
     );
 }
+
+/// Without a cluster, Helm is told the Kubernetes version tether is built against, not its
+/// own default v1.20.0: a chart that needs a newer one renders.
+#[test]
+fn a_chart_that_needs_a_recent_kubernetes_renders_without_a_cluster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chart = dir.path().join("chart");
+    std::fs::create_dir_all(chart.join("templates")).expect("folders");
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: recent\nversion: 1.0.0\nkubeVersion: \">=1.23.0-0\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        chart.join("templates/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kube\ndata:\n  version: {{ .Capabilities.KubeVersion.Version | quote }}\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "render",
+            "--path",
+            chart.to_str().expect("utf-8"),
+            "--helm-bin",
+        ])
+        .arg(support::tool("helm"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the tether binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("version: v1.34.0"), "{stdout}");
+}

@@ -1,6 +1,6 @@
 //! Drift torture: an agent that has just started, three Applications (plain YAML with a
 //! Secret and a custom resource, Kustomize, and a Helm chart that checks the Kubernetes
-//! version), and every kind of hand edit, made during the first sync, right after it, and
+//! version), and every kind of hand edit (another tether process's apply among them), made during the first sync, right after it, and
 //! during the sync of a new commit. Each edit must be put back within 2 s of the editing
 //! command's return ([`CORRECTED_WITHIN`]); no status write
 //! may say Synced while the cluster differs from Git (a plan right after each write checks
@@ -110,6 +110,12 @@ enum How {
     Kubectl(Vec<String>),
     /// Read, change the field at `pointer`, write the whole object back (`kubectl edit`).
     Replace(&'static str, Value),
+    /// Another tether process (a laptop's `tether apply --override-application`) applies
+    /// this manifest into the Application's set: the same field manager, other values.
+    Tether {
+        app: &'static str,
+        manifest: &'static str,
+    },
 }
 
 struct Edit {
@@ -216,6 +222,18 @@ fn edits(group: &str) -> HashMap<&'static str, Edit> {
             how: args("annotate|--overwrite|deployment|kust-api|note=hacked"),
             pointer: "/metadata/annotations/note",
             git: same(json!("git")),
+        },
+        Edit {
+            what: "another tether process's apply",
+            resource: cm.clone(),
+            kind: "ConfigMap",
+            name: "plain-settings",
+            how: How::Tether {
+                app: "plain",
+                manifest: "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: plain-settings\n  labels: {tier: web}\ndata:\n  color: red\n",
+            },
+            pointer: "/data/color",
+            git: [json!("blue"), json!("green")],
         },
         Edit {
             what: "a kubectl edit (read, change, replace)",
@@ -343,6 +361,34 @@ impl Torture {
                     String::from_utf8_lossy(&out.stderr)
                 );
                 (!deleting).then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            }
+            How::Tether { app, manifest } => {
+                let app: &'static str = app;
+                let folder = tempfile::tempdir().expect("temp");
+                std::fs::write(folder.path().join("laptop.yaml"), manifest).expect("write");
+                let ns = self.ns.clone();
+                let out = tokio::task::spawn_blocking(move || {
+                    support::tether(&[
+                        "apply",
+                        "--path",
+                        folder.path().to_str().expect("utf-8"),
+                        "--app",
+                        app,
+                        "-n",
+                        &ns,
+                        "--no-prune",
+                        "--override-application",
+                    ])
+                })
+                .await
+                .expect("tether task");
+                assert!(
+                    out.status.success(),
+                    "{what}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                // Its version is not printed; the time it returned excuses it.
+                None
             }
             How::Replace(pointer, value) => loop {
                 let mut live = api.get(edit.name).await.expect("read");
@@ -695,6 +741,7 @@ async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_
             "a kubectl edit (read, change, replace)",
         ])
         .await;
+    torture.round(&["another tether process's apply"]).await;
     for name in ["plain", "kust", "chart"] {
         until(&apps, name, "the second commit applied", |a| {
             applied(a) == Some(second.as_str())

@@ -77,8 +77,8 @@ fn summary(app: &Application) -> Value {
         "path": app.spec.source.path,
         "suspended": app.spec.suspend,
         "lastAppliedRevision": status.last_applied_revision,
-        "sync": status.sync.as_ref().map(|s| s.status.clone()),
-        "health": status.health,
+        "sync": super::application::sync_state(app.status.as_ref(), super::application::Objects::NotPlanned),
+        "health": super::application::health_state(app.status.as_ref()),
         "ready": ready,
     })
 }
@@ -139,6 +139,15 @@ async fn show(
     body["status"] = serde_json::to_value(&app.status).unwrap_or(Value::Null);
     match planned {
         Ok((revision, plan)) => {
+            let refused = plan.refused.iter().map(|refused| {
+                json!({
+                    "key": refused.key,
+                    "origin": refused.origin,
+                    "sync": "OutOfSync",
+                    "action": "refused",
+                    "error": refused.message,
+                })
+            });
             let objects: Vec<Value> = plan
                 .changes
                 .iter()
@@ -157,11 +166,29 @@ async fn show(
                         "diff": change.diff,
                     })
                 })
+                .chain(refused)
                 .collect();
+            // The top state is derived from the objects' (rule 11).
+            let differing = plan
+                .changes
+                .iter()
+                .filter(|c| c.action != Action::Unchanged)
+                .count()
+                + plan.refused.len();
+            body["sync"] = json!(super::application::sync_state(
+                app.status.as_ref(),
+                super::application::Objects::Planned { differing }
+            ));
             body["revision"] = serde_json::to_value(&revision).unwrap_or(Value::Null);
             body["objects"] = Value::Array(objects);
         }
-        Err(message) => body["planError"] = Value::String(message),
+        Err(message) => {
+            body["sync"] = json!(super::application::sync_state(
+                app.status.as_ref(),
+                super::application::Objects::Unplanned
+            ));
+            body["planError"] = Value::String(message)
+        }
     }
     (StatusCode::OK, Json(body))
 }

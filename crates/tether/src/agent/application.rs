@@ -287,6 +287,60 @@ pub struct ApplicationStatus {
     pub revision_info: Option<RevisionInfo>,
 }
 
+/// Every sync state an Application is shown in: each Application is in exactly one.
+pub const SYNC_STATES: [&str; 4] = ["Synced", "OutOfSync", "Unknown", "Failed"];
+/// Every health state an Application is shown in: each Application is in exactly one.
+pub const HEALTH_STATES: [&str; 5] = ["Healthy", "Progressing", "Degraded", "Missing", "Unknown"];
+
+/// What is known of an Application's objects now, beside its status.
+pub enum Objects {
+    /// Only the status (the list of Applications).
+    NotPlanned,
+    /// A plan of its current revision could not be made.
+    Unplanned,
+    /// A plan was made: how many objects differ from Git (or failed).
+    Planned { differing: usize },
+}
+
+/// The sync state shown for an Application, one of [`SYNC_STATES`], for every face (the
+/// list, its counts, an Application's page, the JSON API): with a current plan, derived
+/// from its objects' states (any object differing makes it OutOfSync, no plan Unknown);
+/// else Failed when its last sync failed, and otherwise its status.
+pub fn sync_state(status: Option<&ApplicationStatus>, objects: Objects) -> &'static str {
+    let failed = status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "Failed")
+    });
+    let recorded = match status
+        .and_then(|s| s.sync.as_ref())
+        .map(|s| s.status.as_str())
+    {
+        Some("Synced") => "Synced",
+        Some("OutOfSync") => "OutOfSync",
+        _ => "Unknown",
+    };
+    match objects {
+        Objects::Unplanned => "Unknown",
+        Objects::Planned { differing } if differing > 0 => "OutOfSync",
+        Objects::Planned { .. } if failed => "Failed",
+        Objects::Planned { .. } => "Synced",
+        Objects::NotPlanned if failed => "Failed",
+        Objects::NotPlanned => recorded,
+    }
+}
+
+/// The health shown for an Application, one of [`HEALTH_STATES`].
+pub fn health_state(status: Option<&ApplicationStatus>) -> &'static str {
+    let health = status
+        .and_then(|s| s.health.as_deref())
+        .unwrap_or("Unknown");
+    HEALTH_STATES
+        .into_iter()
+        .find(|h| *h == health)
+        .unwrap_or("Unknown")
+}
+
 /// `tether sync` sets this annotation (to a timestamp) to ask for a full sync now.
 pub const SYNC_REQUEST_ANNOTATION: &str = "tether.dev/sync-requested";
 /// Set by a sharded agent that received a webhook for an Application of another agent's
@@ -530,6 +584,68 @@ pub struct ApplySetReference {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_application_is_in_exactly_one_sync_and_one_health_state() {
+        let condition = |status: &str, reason: &str| Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: String::new(),
+            last_transition_time: String::new(),
+            observed_generation: None,
+        };
+        let with = |sync: Option<&str>, ready: Option<Condition>, health: Option<&str>| {
+            ApplicationStatus {
+                sync: sync.map(|s| SyncStatus {
+                    status: s.into(),
+                    ..Default::default()
+                }),
+                conditions: ready.into_iter().collect(),
+                health: health.map(str::to_string),
+                ..Default::default()
+            }
+        };
+        let synced = with(
+            Some("Synced"),
+            Some(condition("True", "Succeeded")),
+            Some("Healthy"),
+        );
+        // A sync that failed after an earlier success: its status still holds "Synced".
+        let failed = with(
+            Some("Synced"),
+            Some(condition("False", "Failed")),
+            Some("Healthy"),
+        );
+        let never = with(None, None, None);
+        let odd = with(Some("Weird"), None, Some("Exploded"));
+        assert_eq!(sync_state(Some(&synced), Objects::NotPlanned), "Synced");
+        assert_eq!(sync_state(Some(&failed), Objects::NotPlanned), "Failed");
+        assert_eq!(sync_state(Some(&never), Objects::NotPlanned), "Unknown");
+        assert_eq!(sync_state(None, Objects::NotPlanned), "Unknown");
+        assert_eq!(sync_state(Some(&odd), Objects::NotPlanned), "Unknown");
+        assert_eq!(health_state(Some(&odd)), "Unknown");
+        assert_eq!(health_state(None), "Unknown");
+        // With a plan, the objects decide: one differing is OutOfSync whatever the status
+        // says; no plan is Unknown (never "0 objects differ").
+        assert_eq!(
+            sync_state(Some(&synced), Objects::Planned { differing: 1 }),
+            "OutOfSync"
+        );
+        assert_eq!(sync_state(Some(&synced), Objects::Unplanned), "Unknown");
+        assert_eq!(
+            sync_state(Some(&synced), Objects::Planned { differing: 0 }),
+            "Synced"
+        );
+        assert_eq!(
+            sync_state(Some(&failed), Objects::Planned { differing: 0 }),
+            "Failed"
+        );
+        for status in [&synced, &failed, &never, &odd] {
+            assert!(SYNC_STATES.contains(&sync_state(Some(status), Objects::NotPlanned)));
+            assert!(HEALTH_STATES.contains(&health_state(Some(status))));
+        }
+    }
+
     use super::*;
     use kube::CustomResourceExt;
 

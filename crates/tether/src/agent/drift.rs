@@ -30,6 +30,7 @@ use super::Application;
 use crate::apply::applyset::PART_OF_LABEL;
 use crate::cluster::discovery::KindInfo;
 use crate::plan::FIELD_MANAGER;
+use crate::plan::fields::APPLIED_DIGEST_ANNOTATION;
 use crate::render::ObjectKey;
 
 #[derive(Clone)]
@@ -416,9 +417,25 @@ impl DriftWatch {
                 }
                 Ok(watcher::Event::Apply(object)) => {
                     let (previous, now) = self.remember(&object);
-                    let change = previous.as_ref().map(|p| classify(p, &now));
+                    let key = member_key(&kind, &object);
+                    // tether's field manager is not proof of this agent's write: what the
+                    // write carries is. First sight: created by our apply, by someone else
+                    // into the set, or before the watch existed.
+                    // An apply of other values to the same fields leaves tether's entry
+                    // as it was: the digest it carries moves.
+                    let digest_moved = previous.as_ref().is_none_or(|p| p.digest != now.digest);
+                    let change = match previous.as_ref().map(|p| classify(p, &now)) {
+                        Some(Change::Ours) | None if !self.applied_by_us(&object, &key, &now) => {
+                            Some(Change::Foreign)
+                        }
+                        Some(Change::Status)
+                            if digest_moved && !self.applied_by_us(&object, &key, &now) =>
+                        {
+                            Some(Change::Foreign)
+                        }
+                        change => change,
+                    };
                     trace_event("watch event", &object, &previous, &now, change.as_ref());
-                    // First sight: created by our apply, or before the watch existed.
                     match change {
                         Some(Change::Foreign) => self.notify(&kind, &object, Seen::Changed),
                         Some(Change::Status) => self.status_changed(&object),
@@ -456,11 +473,24 @@ impl DriftWatch {
                 }
                 Ok(watcher::Event::Delete(object)) => {
                     let key = member_key(&kind, &object);
+                    // An object whose ApplySet label was removed leaves the watch's
+                    // selection as if deleted, its new state naming no set: the set it
+                    // was in is the one it was known in.
+                    let mut id = set_of(&object);
                     if let Some(uid) = &object.metadata.uid {
-                        known.remove(uid);
+                        if let Some((_, known_in)) = known.remove(uid) {
+                            id = id.or(known_in);
+                        }
                         self.forget(uid, &key);
                     }
-                    self.notify(&kind, &object, Seen::Deleted);
+                    let what = if set_of(&object).is_none() && id.is_some() {
+                        Seen::Unlabelled
+                    } else {
+                        Seen::Deleted
+                    };
+                    if let Some(id) = id {
+                        self.report(&id, key, what);
+                    }
                     self.announce(&object);
                 }
                 // kube's watcher resumes from the last resourceVersion it saw, so no event is
@@ -523,6 +553,47 @@ impl DriftWatch {
         if let Some(id) = set_of(object) {
             self.report(&id, member_key(kind, object), what);
         }
+    }
+
+    /// What this agent applies to the members of set `id` (their applied digests), known
+    /// before it writes: a write under tether's field manager that carries another digest
+    /// is another process's, and drift. A full sync gives every desired member
+    /// (`complete`); a targeted correction, the ones it corrects.
+    pub fn expect_applied(
+        &self,
+        id: &str,
+        digests: impl IntoIterator<Item = (ObjectKey, String)>,
+        complete: bool,
+    ) {
+        if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
+            if complete {
+                state.applied.clear();
+            }
+            state.applied.extend(digests);
+        }
+    }
+
+    /// Whether a write to `key` that looks like tether's own apply by its managedFields was
+    /// this agent's: it carries the digest of what the agent applies. A member the agent
+    /// knows nothing of yet (before its first full sync) is taken as its own; an object
+    /// that joined a set whose members are known, without being one of them, is not.
+    fn applied_by_us(
+        &self,
+        object: &PartialObjectMeta<DynamicObject>,
+        key: &ObjectKey,
+        now: &Prints,
+    ) -> bool {
+        let Some(id) = set_of(object) else {
+            return true;
+        };
+        let sets = self.sets.lock().expect("not poisoned");
+        let Some(state) = sets.get(&id).filter(|s| !s.applied.is_empty()) else {
+            return true;
+        };
+        state
+            .applied
+            .get(key)
+            .is_some_and(|wanted| now.digest.as_ref() == Some(wanted))
     }
 
     /// The sync of set `id` is about to prune these members: their deletion is tether's.
@@ -637,6 +708,9 @@ struct SetState {
     last_full_plan: Option<std::time::Instant>,
     /// Members the current sync prunes: their deletion is not drift.
     pruning: BTreeSet<ObjectKey>,
+    /// Each desired member's digest as this agent applies it: an apply under tether's
+    /// field manager that carries another is someone else's (rule 12).
+    applied: HashMap<ObjectKey, String>,
 }
 
 /// What the watch saw happen to a member.
@@ -644,6 +718,8 @@ struct SetState {
 enum Seen {
     Changed,
     Deleted,
+    /// Its ApplySet label was removed: it left the watch's selection.
+    Unlabelled,
     /// Seen on the list after a gap in the watch.
     ChangedMeanwhile,
     DeletedMeanwhile,
@@ -654,6 +730,7 @@ impl std::fmt::Display for Seen {
         f.write_str(match self {
             Seen::Changed => "changed",
             Seen::Deleted => "deleted",
+            Seen::Unlabelled => "relabelled out of its set",
             Seen::ChangedMeanwhile => "changed while the watch was away",
             Seen::DeletedMeanwhile => "deleted while the watch was away",
         })
@@ -695,6 +772,9 @@ struct Prints {
     ours_time: Option<u64>,
     /// The object is being deleted.
     deleting: bool,
+    /// What the last apply under tether's field manager carried of what it applied
+    /// ([`crate::plan::fields::APPLIED_DIGEST_ANNOTATION`]).
+    digest: Option<String>,
 }
 
 /// Who made the write between two states of an object, read from tether's own entry in
@@ -743,6 +823,12 @@ fn fingerprints(object: &PartialObjectMeta<DynamicObject>) -> Prints {
         ours_time: ours
             .map(|entry| hash(&|h| entry.time.as_ref().map(|t| format!("{:?}", t.0)).hash(h))),
         deleting: object.metadata.deletion_timestamp.is_some(),
+        digest: object
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(APPLIED_DIGEST_ANNOTATION))
+            .cloned(),
     }
 }
 
@@ -797,6 +883,7 @@ mod tests {
             ours_size: 100,
             ours_time: Some(1),
             deleting: false,
+            digest: Some("d1".into()),
         }
     }
 

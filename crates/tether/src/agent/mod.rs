@@ -561,6 +561,10 @@ struct Failure {
     entry: Option<HistoryEntry>,
     /// The revision that failed, once it was fetched.
     revision: Option<String>,
+    /// The cluster is known to differ from the revision (an object failed to apply, or was
+    /// refused): the status says OutOfSync. Otherwise a failure after the fetch says
+    /// Unknown: nothing was compared.
+    out_of_sync: bool,
 }
 
 impl From<String> for Failure {
@@ -569,6 +573,7 @@ impl From<String> for Failure {
             message,
             entry: None,
             revision: None,
+            out_of_sync: false,
         }
     }
 }
@@ -866,6 +871,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             message,
             entry,
             revision,
+            out_of_sync,
         }) => {
             ctx.count_reconcile(&app, "failed", started);
             let mut status = status;
@@ -874,7 +880,20 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             let revision_failed = revision.clone();
             if revision.is_some() {
                 status.last_attempted_revision = revision;
+                // Synced is never said while an object failed, nor when nothing could be
+                // compared (rule 13).
+                if let Some(sync) = status.sync.as_mut() {
+                    sync.status = if out_of_sync { "OutOfSync" } else { "Unknown" }.into();
+                }
             }
+            ctx.record_state(
+                &app,
+                status
+                    .sync
+                    .as_ref()
+                    .map_or("Unknown", |s| s.status.as_str()),
+                status.health.as_deref().unwrap_or("Unknown"),
+            );
             if let Some(entry) = entry {
                 status.history.insert(0, entry);
                 status.history.truncate(HISTORY_LIMIT);
@@ -1047,7 +1066,8 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
             dest.drift.is_drifted(&applyset_id)
                 && s.observed_generation == app.metadata.generation
                 && !sync_requested
-                && !crate::source::git::change_announced(&spec.source.repo_url)
+                && !git_source(&ctx.options, app, Duration::ZERO)
+                    .is_ok_and(|source| source.change_announced())
         })
         .and_then(|s| s.last_applied_revision.clone());
     let listing_max_age = if sync_requested {
@@ -1265,6 +1285,12 @@ async fn full_sync(
     )
     .await
     .map_err(|m| dest.target.context(m))?;
+    let mut planned = planned;
+    // What this agent is about to apply, known before it writes (rule 12).
+    dest.drift
+        .expect_applied(applyset_id, applied_digests(&planned), true);
+    // Objects another owner holds fail alone; the rest is synced (rule 13).
+    let refused = std::mem::take(&mut planned.refused);
     if check_watches {
         ctx.metrics.drift_verifications.inc();
         report_missed(ctx, dest, app, applyset_id, &planned);
@@ -1367,6 +1393,9 @@ async fn full_sync(
             desired.iter().filter_map(|(_, kind)| kind.clone()),
         );
     }
+    if !refused.is_empty() {
+        sync.status = "OutOfSync".into();
+    }
     if sync.status == "Synced" {
         // The cluster now holds this render: a later revision that renders the same needs
         // no plan.
@@ -1381,6 +1410,14 @@ async fn full_sync(
         .lock()
         .expect("not poisoned")
         .insert(applyset_id.to_string(), desired);
+    if !refused.is_empty() {
+        return Err(Failure {
+            message: dest.target.context(refused_message(&refused, &sync)),
+            entry: applied,
+            revision: None,
+            out_of_sync: true,
+        });
+    }
     Ok(Outcome {
         revision,
         sync,
@@ -1390,6 +1427,34 @@ async fn full_sync(
 
         destination: dest.clone(),
     })
+}
+
+/// Each desired member's applied digest, as the plan will write it.
+fn applied_digests(
+    planned: &crate::plan::Plan,
+) -> impl Iterator<Item = (crate::render::ObjectKey, String)> + '_ {
+    planned
+        .changes
+        .iter()
+        .filter(|c| c.action != PlanAction::Prune)
+        .filter_map(|c| {
+            let digest = crate::plan::fields::carried_digest(c.desired.as_ref()?)?;
+            Some((c.key.clone(), digest.to_string()))
+        })
+}
+
+/// The status message of a sync whose objects held by another owner were left out: each
+/// one, where it came from, why, and what to do.
+fn refused_message(refused: &[crate::plan::PlanError], sync: &SyncStatus) -> String {
+    let synced = sync.create + sync.update + sync.unchanged;
+    let mut message = format!(
+        "{} object(s) cannot be synced (the other {synced} are synced and healed):",
+        refused.len()
+    );
+    for error in refused {
+        message.push_str(&format!("\n  {error}"));
+    }
+    message
 }
 
 /// The kinds of these manifests that the cluster serves, each once.
@@ -1510,6 +1575,7 @@ async fn apply_and_record(
             message,
             entry,
             revision: None,
+            out_of_sync: true,
         });
     }
     let count =
@@ -1600,16 +1666,19 @@ async fn correct_drift(
     if subset.len() < drifted.len() {
         return Ok(Targeted::Full(objects, digest));
     }
-    let spec = &app.spec;
-    let mut plan_options = PlanOptions::new(app.name_any(), destination.clone());
-    plan_options.concurrency = ctx.options.concurrency;
-    plan_options.force_conflicts = spec.sync_policy.force_conflicts;
+    let mut plan_options = plan_options_for(&ctx.options, app);
     plan_options.partial = true;
     // Health is read afresh after the correction: an unchanged object's state is not kept.
     plan_options.keep_unchanged_live = false;
     let planned = plan(client, &dest.target.resolver, subset, &plan_options)
         .await
         .map_err(|e| dest.target.context(e.to_string()))?;
+    if !planned.refused.is_empty() {
+        // A member another owner took: the full sync reports it, and syncs the rest.
+        return Ok(Targeted::Full(objects, digest));
+    }
+    dest.drift
+        .expect_applied(applyset_id, applied_digests(&planned), false);
     let corrected: Vec<_> = planned
         .changes
         .iter()
@@ -1726,6 +1795,14 @@ fn git_source(
     let mut source = GitSource::new(spec.source.repo_url.clone(), reference);
     source.cache_dir = options.cache_dir.join("git");
     source.listing_max_age = listing_max_age;
+    // Known by the Secret's name before it is read, so that idle polls share listings.
+    source.credential_id = spec.source.secret_ref.as_ref().map(|secret| {
+        format!(
+            "secret {}/{}",
+            app.namespace().unwrap_or_default(),
+            secret.name
+        )
+    });
     if let Some(timeout) = &spec.source.timeout {
         source.timeout =
             parse_duration(timeout).map_err(|e| format!("spec.source.timeout {timeout:?}: {e}"))?;
@@ -1837,15 +1914,24 @@ async fn plan_app(
     objects: Vec<crate::render::Object>,
     keep_unchanged_live: bool,
 ) -> Result<crate::plan::Plan, String> {
-    let spec = &app.spec;
-    let mut plan_options = PlanOptions::new(app.name_any(), spec.destination.namespace.clone());
-    plan_options.concurrency = options.concurrency;
+    let mut plan_options = plan_options_for(options, app);
     plan_options.keep_unchanged_live = keep_unchanged_live;
-    // With selfHeal, Git is the authority: fields someone else took are taken back.
-    plan_options.force_conflicts = spec.sync_policy.force_conflicts;
     plan(client, resolver, objects, &plan_options)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// How the agent plans an Application's set: named by the Application (recorded on the
+/// set's parent), and an object another owner holds fails alone (rule 13).
+fn plan_options_for(options: &AgentOptions, app: &Application) -> PlanOptions {
+    let spec = &app.spec;
+    let mut plan_options = PlanOptions::new(app.name_any(), spec.destination.namespace.clone());
+    plan_options.concurrency = options.concurrency;
+    // With selfHeal, Git is the authority: fields someone else took are taken back.
+    plan_options.force_conflicts = spec.sync_policy.force_conflicts;
+    plan_options.application = Some(application_key(app));
+    plan_options.refuse_alone = true;
+    plan_options
 }
 
 /// Renders as [`render_app`] does, with the render's [`digest_of`].

@@ -17,6 +17,8 @@ pub const ID_LABEL: &str = "applyset.kubernetes.io/id";
 pub const TOOLING_ANNOTATION: &str = "applyset.kubernetes.io/tooling";
 pub const GROUP_KINDS_ANNOTATION: &str = "applyset.kubernetes.io/contains-group-kinds";
 pub const NAMESPACES_ANNOTATION: &str = "applyset.kubernetes.io/additional-namespaces";
+/// On the parent: the Application (`namespace/name`) whose agent syncs the set.
+pub const APPLICATION_ANNOTATION: &str = "tether.dev/application";
 
 /// A group and kind as the ApplySet annotation spells them: `Deployment.apps`, `ConfigMap`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -60,6 +62,8 @@ pub struct ApplySet {
     pub group_kinds: BTreeSet<GroupKind>,
     /// Namespaces of members other than the parent's.
     pub namespaces: BTreeSet<String>,
+    /// The Application (`namespace/name`) that syncs the set, if an agent does.
+    pub application: Option<String>,
 }
 
 impl ApplySet {
@@ -71,6 +75,7 @@ impl ApplySet {
             id: applyset_id(&parent_name, namespace, "Secret", ""),
             group_kinds: BTreeSet::new(),
             namespaces: BTreeSet::new(),
+            application: None,
         }
     }
 
@@ -105,6 +110,10 @@ impl ApplySet {
             .map(|s| GroupKind::parse(&s))
             .collect();
         self.namespaces = split(annotations[NAMESPACES_ANNOTATION].as_str()).collect();
+        self.application = annotations[APPLICATION_ANNOTATION]
+            .as_str()
+            .filter(|a| !a.is_empty())
+            .map(str::to_string);
         Ok(())
     }
 
@@ -117,7 +126,7 @@ impl ApplySet {
             .map(String::as_str)
             .filter(|ns| *ns != self.namespace && !ns.is_empty())
             .collect();
-        json!({
+        let mut parent = json!({
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "tether.dev/applyset",
@@ -131,7 +140,11 @@ impl ApplySet {
                     NAMESPACES_ANNOTATION: namespaces.join(","),
                 }
             }
-        })
+        });
+        if let Some(application) = &self.application {
+            parent["metadata"]["annotations"][APPLICATION_ANNOTATION] = json!(application);
+        }
+        parent
     }
 }
 
@@ -205,6 +218,13 @@ mod tests {
             "monitoring"
         );
         let mut read = ApplySet::new("web", "shop");
+        read.read_parent(&parent).expect("our own parent");
+        assert_eq!(read.application, None);
+        let mut synced = set.clone();
+        synced.application = Some("apps/web".into());
+        read.read_parent(&synced.parent_manifest())
+            .expect("an agent's parent");
+        assert_eq!(read.application.as_deref(), Some("apps/web"));
         read.read_parent(&parent).expect("our own parent");
         assert_eq!(read.group_kinds, set.group_kinds);
         assert_eq!(

@@ -190,6 +190,9 @@ pub async fn apply(
         .map(|c| c.key.namespace.clone())
         .collect();
     let mut widened = plan.applyset.clone();
+    if plan.options.application.is_some() {
+        widened.application = plan.options.application.clone();
+    }
     widened.group_kinds.extend(desired_kinds.iter().cloned());
     widened
         .namespaces
@@ -442,7 +445,7 @@ pub async fn apply(
             }
             // 5. Narrow the inventory only after the deletes are done.
             if pruned_all {
-                let mut narrowed = plan.applyset.clone();
+                let mut narrowed = widened.clone();
                 narrowed.group_kinds = desired_kinds;
                 narrowed.namespaces = desired_namespaces;
                 parent.record(client, &narrowed, &mut report).await?;
@@ -530,6 +533,7 @@ impl Parent {
         if self.exists
             && set.group_kinds == self.recorded.group_kinds
             && set.namespaces == self.recorded.namespaces
+            && set.application == self.recorded.application
         {
             return Ok(());
         }

@@ -37,6 +37,11 @@ pub struct ApplyArgs {
     /// How long one hook may run, and one sync wave may take to become Healthy.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub hook_timeout: Duration,
+
+    /// Apply into a set that an Application's agent syncs (refused without it): the agent
+    /// sees the write as drift and puts Git's state back.
+    #[arg(long)]
+    pub override_application: bool,
 }
 
 #[derive(Serialize)]
@@ -57,6 +62,21 @@ pub async fn run(
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
     let prepared = prepare(global, &args.target, false).await?;
+    if let Some(application) = prepared.plan.synced_by_other() {
+        let set = format!(
+            "Secret/{} -n {}",
+            prepared.plan.applyset.parent_name(),
+            prepared.plan.options.namespace
+        );
+        if !args.override_application {
+            anyhow::bail!(
+                "{set} is the set of Application {application}: its agent puts Git's state back over anything applied here. Change Git instead (or suspend the Application), or pass --override-application to apply anyway; nothing was written"
+            );
+        }
+        eprintln!(
+            "warning: applying into {set}, the set of Application {application}: its agent will see this as drift and put Git's state back (with selfHeal), or show the Application OutOfSync"
+        );
+    }
     let options = ApplyOptions {
         prune: !args.no_prune,
         allow_empty: args.allow_empty,

@@ -284,12 +284,14 @@ pub async fn bootstrap(
         let mut plan_options = PlanOptions::new(APPLICATION, namespace.clone());
         plan_options.adopt = true;
         plan_options.keep_unchanged_live = false;
+        // The set is Application `tether`'s from now on.
+        plan_options.application = Some(format!("{namespace}/{APPLICATION}"));
         plan_options.progress = super::progress::for_stderr();
         let planned = plan(&client, &resolver, objects, &plan_options)
             .await
             .map_err(|e| {
                 let e = e.to_string();
-                let hint = if e.contains("belongs to another ApplySet") {
+                let hint = if e.contains("belongs to the set of `tether apply --app") {
                     "; an earlier `tether install` owns these objects: run `tether uninstall` first"
                 } else {
                     ""

@@ -40,6 +40,11 @@ pub struct TargetArgs {
     /// API requests in flight at once.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub concurrency: usize,
+
+    /// Let objects name namespaces other than -n (a set spanning namespaces); without it,
+    /// an explicit -n refuses them, as kubectl does.
+    #[arg(long)]
+    pub multi_namespace: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +89,18 @@ pub async fn prepare(
     // Helm's .Capabilities describe the cluster this is planned for.
     resolver.fill_helm_capabilities(&mut render_options.helm);
     let objects = resolved.render(render_options).await?;
+    if let Some(namespace) = &global.namespace
+        && !target.multi_namespace
+    {
+        let elsewhere = in_other_namespaces(&objects, namespace);
+        if !elsewhere.is_empty() {
+            anyhow::bail!(
+                "-n {namespace}, but {} object(s) name another namespace:\n  {}\npass --multi-namespace to apply a set that spans namespaces, or remove metadata.namespace from them; nothing was written",
+                elsewhere.len(),
+                elsewhere.join("\n  ")
+            );
+        }
+    }
     let mut options = PlanOptions::new(app, cluster.namespace());
     options.adopt = target.adopt;
     options.force_conflicts = target.force_conflicts;
@@ -101,6 +118,11 @@ pub async fn prepare(
 
 pub async fn run(global: &GlobalArgs, args: &PlanArgs, out: &mut impl Write) -> anyhow::Result<u8> {
     let prepared = prepare(global, &args.target, false).await?;
+    if let Some(application) = prepared.plan.synced_by_other() {
+        eprintln!(
+            "note: this is the set of Application {application}; its agent syncs it from Git, and `tether apply` here is refused without --override-application"
+        );
+    }
     write_plan(
         out,
         global.output,
@@ -112,6 +134,22 @@ pub async fn run(global: &GlobalArgs, args: &PlanArgs, out: &mut impl Write) -> 
     } else {
         0
     })
+}
+
+/// The objects that name a namespace other than `namespace`, each as `origin: key` (at
+/// most 20, then how many more).
+fn in_other_namespaces(objects: &[crate::render::Object], namespace: &str) -> Vec<String> {
+    let mut found: Vec<String> = objects
+        .iter()
+        .filter(|o| !o.key.namespace.is_empty() && o.key.namespace != namespace)
+        .map(|o| format!("{}: {}", o.origin, o.key))
+        .collect();
+    if found.len() > 20 {
+        let more = found.len() - 20;
+        found.truncate(20);
+        found.push(format!("… and {more} more"));
+    }
+    found
 }
 
 /// The `-o json` document. Its shape is a contract: fields are only ever added.

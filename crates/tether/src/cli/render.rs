@@ -123,7 +123,8 @@ pub struct RendererArgs {
     #[arg(long, value_name = "VERSION", default_value = "*")]
     pub chart_version: String,
 
-    /// .Capabilities.KubeVersion for Helm (plan/apply ask the cluster).
+    /// .Capabilities.KubeVersion for Helm (default for render: v1.34.0, the version tether
+    /// is built against; plan/apply ask the cluster).
     #[arg(long, value_name = "VERSION")]
     pub kube_version: Option<String>,
 
@@ -396,9 +397,14 @@ pub async fn run(
     let app = default_app_name(&resolved.path, args.source.repo.as_deref())
         .unwrap_or_else(|_| "app".into());
     let namespace = global.namespace.clone().unwrap_or_else(|| "default".into());
-    let options = args
+    let mut options = args
         .renderer
         .options(&app, &namespace, resolved.revision.as_ref())?;
+    // No cluster to ask: the version tether is built against, not Helm's v1.20.0.
+    options
+        .helm
+        .kube_version
+        .get_or_insert_with(|| crate::render::helm::BUILT_FOR_KUBERNETES.to_string());
     let mut objects = resolved.render(options).await?;
     if !args.show_secrets {
         for object in &mut objects {

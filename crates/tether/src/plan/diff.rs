@@ -31,6 +31,7 @@ pub fn normalize(object: &Value) -> Value {
                 .and_then(Value::as_object_mut)
             {
                 annotations.remove(super::fields::APPLIED_FIELDS_ANNOTATION);
+                annotations.remove(super::fields::APPLIED_DIGEST_ANNOTATION);
             }
             for field in ["annotations", "labels"] {
                 if metadata

@@ -19,6 +19,13 @@ const LIMIT: usize = 4096;
 const TOO_MANY: &str = "too-many-fields";
 /// Hex digits per path digest.
 const WIDTH: usize = 8;
+/// The annotation with a digest of the whole object as tether applied it: what a write
+/// carries of what it applied. The agent compares it with the digest of what it applied
+/// itself, so that another process's apply under tether's field manager (a laptop's
+/// `tether apply`, a second agent) is drift like anyone else's write (DESIGN rule 12).
+pub const APPLIED_DIGEST_ANNOTATION: &str = "tether.dev/applied-digest";
+/// Hex digits of the applied digest.
+const CONTENT_WIDTH: usize = 16;
 
 /// The record for `manifest` (the object as tether applies it).
 pub fn record(manifest: &Value) -> String {
@@ -31,14 +38,72 @@ pub fn record(manifest: &Value) -> String {
             walk(value, &format!(".{key}"), &mut paths);
         }
     }
-    paths.remove(&format!(
-        ".metadata.annotations.{APPLIED_FIELDS_ANNOTATION}"
-    ));
+    for annotation in [APPLIED_FIELDS_ANNOTATION, APPLIED_DIGEST_ANNOTATION] {
+        paths.remove(&format!(".metadata.annotations.{annotation}"));
+    }
     let digests: BTreeSet<String> = paths.iter().map(|p| digest(p)).collect();
     if digests.len() > LIMIT {
         return TOO_MANY.to_string();
     }
     digests.into_iter().collect()
+}
+
+/// The digest of `manifest` as tether applies it, bookkeeping annotations left out: the
+/// same content gives the same digest whatever the order of its keys.
+pub fn content_digest(manifest: &Value) -> String {
+    use sha2::Digest;
+    fn feed(value: &Value, hasher: &mut sha2::Sha256, top: bool) {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                hasher.update(b"{");
+                for key in keys {
+                    if top && key == "status" {
+                        continue;
+                    }
+                    let child = &map[key];
+                    hasher.update(serde_json::to_string(key).expect("strings serialize"));
+                    hasher.update(b":");
+                    if top && key == "metadata" {
+                        let mut metadata = child.clone();
+                        if let Some(annotations) = metadata
+                            .get_mut("annotations")
+                            .and_then(Value::as_object_mut)
+                        {
+                            annotations.remove(APPLIED_FIELDS_ANNOTATION);
+                            annotations.remove(APPLIED_DIGEST_ANNOTATION);
+                        }
+                        feed(&metadata, hasher, false);
+                    } else {
+                        feed(child, hasher, false);
+                    }
+                    hasher.update(b",");
+                }
+                hasher.update(b"}");
+            }
+            Value::Array(items) => {
+                hasher.update(b"[");
+                for item in items {
+                    feed(item, hasher, false);
+                    hasher.update(b",");
+                }
+                hasher.update(b"]");
+            }
+            other => hasher.update(other.to_string()),
+        }
+    }
+    let mut hasher = sha2::Sha256::new();
+    feed(manifest, &mut hasher, true);
+    hasher.finalize()[..CONTENT_WIDTH / 2]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The applied digest an object carries, if any.
+pub fn carried_digest(object: &Value) -> Option<&str> {
+    object["metadata"]["annotations"][APPLIED_DIGEST_ANNOTATION].as_str()
 }
 
 /// Whether tether applied `field` (a path as the API server names it in a conflict, e.g.

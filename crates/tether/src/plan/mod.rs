@@ -45,6 +45,14 @@ pub struct PlanOptions {
     /// object's identity and resourceVersion are kept: `plan` and `apply` read nothing
     /// more of an object they do not write, and a no-op plan of thousands then holds little.
     pub keep_unchanged_live: bool,
+    /// The Application (`namespace/name`) whose set this is, when an agent plans it:
+    /// recorded on the set's parent, so that a `tether apply` from elsewhere into the set
+    /// is refused (see [`Plan::synced_by_other`]).
+    pub application: Option<String>,
+    /// An object that exists and belongs to another owner (another set, or none) is left
+    /// out of the plan, in [`Plan::refused`], instead of stopping it: the agent syncs and
+    /// heals the rest (DESIGN rule 13). Push mode's pre-flight keeps all-or-nothing.
+    pub refuse_alone: bool,
     pub progress: crate::progress::ProgressHandle,
 }
 
@@ -58,6 +66,8 @@ impl PlanOptions {
             concurrency: 16,
             partial: false,
             keep_unchanged_live: true,
+            application: None,
+            refuse_alone: false,
             progress: Default::default(),
         }
     }
@@ -173,6 +183,9 @@ pub struct PlanError {
     pub key: Option<ObjectKey>,
     pub origin: Option<Origin>,
     pub message: String,
+    /// The object exists and belongs to another owner (see [`PlanOptions::refuse_alone`]).
+    #[serde(skip)]
+    pub owned_elsewhere: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -226,9 +239,19 @@ pub struct Plan {
     /// Hooks, by phase and order.
     pub hooks: Vec<Hook>,
     pub skipped: Vec<Skipped>,
+    /// Objects left out because another owner holds them (with
+    /// [`PlanOptions::refuse_alone`]; empty otherwise): each fails alone.
+    pub refused: Vec<PlanError>,
 }
 
 impl Plan {
+    /// The Application whose agent syncs this set, when this plan is not that agent's: a
+    /// write here is drift that the agent puts back.
+    pub fn synced_by_other(&self) -> Option<&str> {
+        let recorded = self.applyset.application.as_deref()?;
+        (self.options.application.as_deref() != Some(recorded)).then_some(recorded)
+    }
+
     pub fn summary(&self) -> Summary {
         let mut summary = Summary::default();
         for change in &self.changes {
@@ -298,6 +321,7 @@ struct Prepared {
 /// What every object's plan needs to know about the whole set.
 struct Context<'a> {
     client: &'a kube::Client,
+    applyset: &'a ApplySet,
     applyset_id: &'a str,
     creating_namespaces: &'a BTreeSet<String>,
     options: &'a PlanOptions,
@@ -536,6 +560,23 @@ pub async fn plan(
                         applyset.parent_name(),
                         options.namespace
                     ),
+                    owned_elsewhere: false,
+                });
+            }
+            // Two Applications of one name in different namespaces, with one destination
+            // namespace, would share a set: the second is refused.
+            if let (Some(recorded), Some(ours)) = (&applyset.application, &options.application)
+                && recorded != ours
+            {
+                errors.push(PlanError {
+                    key: None,
+                    origin: None,
+                    message: format!(
+                        "Secret/{} -n {} is the set of Application {recorded}; Application {ours} would take over its objects: give one of them another name or destination namespace",
+                        applyset.parent_name(),
+                        options.namespace
+                    ),
+                    owned_elsewhere: false,
                 });
             }
             true
@@ -585,6 +626,7 @@ pub async fn plan(
                     key: Some(object.key.clone()),
                     origin: Some(object.origin.clone()),
                     message,
+                    owned_elsewhere: false,
                 });
                 continue;
             }
@@ -618,6 +660,7 @@ pub async fn plan(
                             "the cluster does not serve kind {} in {api_version}; install its CRD or fix apiVersion/kind",
                             object.key.kind
                         ),
+                        owned_elsewhere: false,
                     });
                     continue;
                 }
@@ -645,6 +688,7 @@ pub async fn plan(
                         "{} is cluster-scoped, but metadata.namespace is {:?}; remove metadata.namespace",
                         key.kind, key.namespace
                     ),
+                    owned_elsewhere: false,
                 });
                 continue;
             }
@@ -681,6 +725,7 @@ pub async fn plan(
         // Which fields tether applies, for the next plan to tell drift from a conflict.
         {
             let record = fields::record(&manifest);
+            let digest = fields::content_digest(&manifest);
             let metadata = manifest["metadata"]
                 .as_object_mut()
                 .expect("render checked metadata");
@@ -693,10 +738,16 @@ pub async fn plan(
             annotations
                 .as_object_mut()
                 .expect("just made an object")
-                .insert(
-                    fields::APPLIED_FIELDS_ANNOTATION.into(),
-                    Value::String(record),
-                );
+                .extend([
+                    (
+                        fields::APPLIED_FIELDS_ANNOTATION.to_string(),
+                        Value::String(record),
+                    ),
+                    (
+                        fields::APPLIED_DIGEST_ANNOTATION.to_string(),
+                        Value::String(digest),
+                    ),
+                ]);
         }
         if let Some(first) = seen.insert(key.clone(), object.origin.clone()) {
             errors.push(PlanError {
@@ -705,6 +756,7 @@ pub async fn plan(
                 message: format!(
                     "is also defined at {first} (with the default namespace filled in)"
                 ),
+                owned_elsewhere: false,
             });
             continue;
         }
@@ -730,6 +782,7 @@ pub async fn plan(
         };
     let context = Context {
         client,
+        applyset: &applyset,
         applyset_id: &applyset.id,
         creating_namespaces: &creating_namespaces,
         options,
@@ -759,12 +812,15 @@ pub async fn plan(
         .await;
     options.progress.finish();
     let mut changes = Vec::new();
+    let mut refused = Vec::new();
     for result in results {
         match result {
             Ok(change) => changes.push(change),
+            Err(error) if error.owned_elsewhere && options.refuse_alone => refused.push(error),
             Err(error) => errors.push(error),
         }
     }
+    refused.sort_by(|a, b| a.key.cmp(&b.key));
 
     if !options.partial {
         match prune_candidates(client, resolver, &applyset, &seen).await {
@@ -798,6 +854,7 @@ pub async fn plan(
         changes,
         hooks,
         skipped,
+        refused,
     })
 }
 
@@ -835,6 +892,7 @@ fn cluster_error(key: Option<&ObjectKey>, origin: Option<&Origin>, err: &kube::E
         key: key.cloned(),
         origin: origin.cloned(),
         message,
+        owned_elsewhere: false,
     }
 }
 
@@ -885,6 +943,7 @@ async fn plan_change(
 ) -> Result<(), PlanError> {
     let Context {
         client,
+        applyset,
         applyset_id,
         creating_namespaces,
         options,
@@ -900,6 +959,7 @@ async fn plan_change(
         key: Some(key.clone()),
         origin: Some(origin.clone()),
         message,
+        owned_elsewhere: false,
     };
     let read_live = || async {
         api.get_opt(&key.name)
@@ -916,21 +976,37 @@ async fn plan_change(
         Prefetched::Live(live) => live,
         Prefetched::Unknown => read_live().await?,
     };
+    // A member whose ApplySet label someone removed is still one (the apply puts it back).
+    let mut relabel = false;
     if let Some(live) = &live {
         match live["metadata"]["labels"][PART_OF_LABEL].as_str() {
             Some(id) if id == applyset_id => {}
             Some(other) => {
-                return Err(error(format!(
-                    "belongs to another ApplySet ({other}); two applications cannot own one object"
-                )));
+                let owner = owner_of_set(client, other, &key.namespace).await;
+                return Err(PlanError {
+                    owned_elsewhere: true,
+                    ..error(format!(
+                        "belongs to {owner}; two applications cannot own one object: remove it from one of them"
+                    ))
+                });
             }
+            None if recorded_member(live, &key, applyset) => relabel = true,
             None if !options.adopt => {
-                return Err(error(
-                    "exists and is not managed by tether; pass --adopt to take it over".into(),
-                ));
+                return Err(PlanError {
+                    owned_elsewhere: true,
+                    ..error(
+                        "exists and is not managed by tether; delete it, rename it in Git, or take it over with tether apply --adopt"
+                            .into(),
+                    )
+                });
             }
             None => {}
         }
+    }
+    if relabel {
+        change.reclaims.push(format!(
+            "metadata.labels.{PART_OF_LABEL} (someone removed it; tether's apply entry and the set's kinds show the object is a member)"
+        ));
     }
     // Read alone (a small set): the same shortcut as for a listed member.
     if let Some(held) = &live
@@ -961,9 +1037,10 @@ async fn plan_change(
                 // A field tether applied before is drift, whoever holds it now; only a
                 // field it never applied is a conflict. An object applied by an older
                 // tether keeps no record: as a member of this set, Git wins there too.
-                let member = live
-                    .as_ref()
-                    .is_some_and(|l| l["metadata"]["labels"][PART_OF_LABEL] == *applyset_id);
+                let member = relabel
+                    || live
+                        .as_ref()
+                        .is_some_and(|l| l["metadata"]["labels"][PART_OF_LABEL] == *applyset_id);
                 let drift = |field: &str| {
                     member
                         && live
@@ -1065,6 +1142,63 @@ async fn plan_change(
         change.live = live.map(|live| unchanged_live(live, options.keep_unchanged_live));
     }
     Ok(())
+}
+
+/// Whether `live`, which carries no ApplySet label, is a member of `set` all the same: the
+/// set's parent records its kind (and namespace), and its managedFields hold an apply by
+/// tether. Someone removed the label (`kubectl label … applyset.kubernetes.io/part-of-`);
+/// the object is still tether's, and the apply puts the label back.
+fn recorded_member(live: &Value, key: &ObjectKey, set: &ApplySet) -> bool {
+    let kind_recorded = set.group_kinds.contains(&GroupKind {
+        group: key.group.clone(),
+        kind: key.kind.clone(),
+    });
+    let namespace_recorded = key.namespace.is_empty()
+        || key.namespace == set.namespace
+        || set.namespaces.contains(&key.namespace);
+    let applied_by_tether = live["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|entry| {
+            entry["manager"] == FIELD_MANAGER
+                && entry["operation"] == "Apply"
+                && entry["subresource"].as_str().unwrap_or("").is_empty()
+        });
+    kind_recorded && namespace_recorded && applied_by_tether
+}
+
+/// Who owns ApplySet `id`, in words: the Application its parent records, else the app
+/// name and namespace of a `tether apply`, else the id alone (its parent cannot be read).
+async fn owner_of_set(client: &kube::Client, id: &str, namespace: &str) -> String {
+    use crate::apply::applyset::{APPLICATION_ANNOTATION, ID_LABEL};
+    let params = ListParams::default().labels(&format!("{ID_LABEL}={id}"));
+    let secrets = |api: Api<k8s_openapi::api::core::v1::Secret>| {
+        let params = params.clone();
+        async move { api.list(&params).await.ok().map(|l| l.items) }
+    };
+    // Across namespaces when allowed; else where the object is (a tenant's rights).
+    let found = match secrets(Api::all(client.clone())).await {
+        Some(found) => Some(found),
+        None => secrets(Api::namespaced(client.clone(), namespace)).await,
+    };
+    let Some(parent) = found.into_iter().flatten().next() else {
+        return format!("another ApplySet ({id})");
+    };
+    let meta = &parent.metadata;
+    if let Some(application) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(APPLICATION_ANNOTATION))
+    {
+        return format!("Application {application} (ApplySet {id})");
+    }
+    let name = meta.name.as_deref().unwrap_or_default();
+    format!(
+        "the set of `tether apply --app {} -n {}` (Secret/{name}, ApplySet {id})",
+        name.strip_prefix("tether-").unwrap_or(name),
+        meta.namespace.as_deref().unwrap_or_default()
+    )
 }
 
 /// What is kept of an unchanged object's live state: without its managedFields (nothing
@@ -1219,6 +1353,7 @@ async fn dry_run_hook(
                 key: Some(hook.key.clone()),
                 origin: Some(hook.origin.clone()),
                 message: format!("not a valid object: {e}"),
+                owned_elsewhere: false,
             });
         }
     };

@@ -27,6 +27,11 @@ pub struct RepoChart {
     pub version: String,
 }
 
+/// The Kubernetes version tether is built against (its `k8s-openapi` API level): Helm's
+/// `.Capabilities.KubeVersion` when no cluster is asked (`tether render`), instead of Helm's
+/// own default v1.20.0, which charts requiring a newer Kubernetes refuse.
+pub const BUILT_FOR_KUBERNETES: &str = "v1.34.0";
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HelmOptions {
     /// Release name (default: the application's name).

@@ -73,6 +73,11 @@ pub struct GitSource {
     /// long before the fetch began (zero: only one taken while it waited for the cache).
     /// Polls of many Applications following one repository then share one listing.
     pub listing_max_age: Duration,
+    /// Whose credentials these are, when they are known by name (the agent's: the Secret
+    /// an Application names); else they are known by a digest of `auth`. The Git cache and
+    /// the ref listings are kept apart per identity: a source without credentials never
+    /// reads what one with credentials fetched.
+    pub credential_id: Option<String>,
 }
 
 /// The commit a ref resolved to, and how.
@@ -193,7 +198,59 @@ impl GitSource {
             verify: None,
             cache_dir: default_cache_dir(),
             listing_max_age: Duration::ZERO,
+            credential_id: None,
         }
+    }
+
+    /// Who fetches: [`Self::credential_id`], else a digest of the credentials in `auth`;
+    /// `None` without credentials.
+    pub fn identity(&self) -> Option<String> {
+        if let Some(id) = &self.credential_id {
+            return Some(id.clone());
+        }
+        let auth = &self.auth;
+        if auth.username.is_none() && auth.password.is_none() && auth.ssh_key.is_none() {
+            return None;
+        }
+        let mut hasher = sha2::Sha256::new();
+        for part in [&auth.username, &auth.password] {
+            hasher.update(part.as_deref().unwrap_or_default().as_bytes());
+            hasher.update([0]);
+        }
+        if let Some(key) = &auth.ssh_key {
+            hasher.update(
+                std::fs::read(key).unwrap_or_else(|_| key.as_os_str().as_encoded_bytes().to_vec()),
+            );
+        }
+        let digest = hasher.finalize();
+        Some(format!(
+            "auth {}",
+            digest
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ))
+    }
+
+    /// The cache folder of this URL and identity.
+    fn cache_folder(&self, display_url: &str) -> PathBuf {
+        let key = cache_key(display_url);
+        self.cache_dir.join(match self.identity() {
+            None => key,
+            Some(identity) => {
+                let digest = sha2::Sha256::digest(identity.as_bytes());
+                let tag: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+                format!("{key}-as-{tag}")
+            }
+        })
+    }
+
+    /// Whether a webhook announced a change to this remote that no ref listing taken with
+    /// these credentials has seen since: a sync now must list the refs, not reuse a
+    /// commit it knows.
+    pub fn change_announced(&self) -> bool {
+        change_announced(&self.url, self.identity().as_deref())
     }
 
     /// Resolves the ref, fetches its commit if the cache lacks it, checks its signature
@@ -202,7 +259,7 @@ impl GitSource {
         install_crypto_provider();
         let url = normalize_url(&self.url)?;
         let display_url = url.to_bstring().to_string();
-        let cache = self.cache_dir.join(cache_key(&display_url));
+        let cache = self.cache_folder(&display_url);
         let cache_err = |reason: String| Error::Cache {
             path: cache.display().to_string(),
             reason,
@@ -278,7 +335,8 @@ impl GitSource {
                 let not_before = Instant::now()
                     .checked_sub(self.listing_max_age)
                     .unwrap_or_else(Instant::now);
-                let found = listed_ref(reference, &recent_listing(&url, not_before)?)?;
+                let listing = recent_listing(&url, self.identity().as_deref(), not_before)?;
+                let found = listed_ref(reference, &listing)?;
                 (found.commit.to_string(), Some(found.name))
             }
         };
@@ -626,12 +684,13 @@ impl Session<'_> {
             .waiting_since
             .checked_sub(self.source.listing_max_age)
             .unwrap_or(self.waiting_since);
-        let listing = match recent_listing(self.display_url, not_before) {
+        let identity = self.source.identity();
+        let listing = match recent_listing(self.display_url, identity.as_deref(), not_before) {
             Some(listing) => listing,
             None => {
                 let listed_at = Instant::now();
                 let listing = self.list_refs(repo)?;
-                remember_listing(self.display_url, listed_at, &listing);
+                remember_listing(self.display_url, identity.as_deref(), listed_at, &listing);
                 listing
             }
         };
@@ -1065,19 +1124,23 @@ fn http_server_error(text: &str) -> Option<String> {
     Some(status.to_string())
 }
 
-/// The last ref listing per URL, with when it was taken.
-static LISTINGS: std::sync::Mutex<BTreeMap<String, (Instant, Listing)>> =
+/// The last ref listing per URL and identity (see [`GitSource::identity`]), with when it
+/// was taken.
+static LISTINGS: std::sync::Mutex<BTreeMap<ListingKey, (Instant, Listing)>> =
     std::sync::Mutex::new(BTreeMap::new());
+
+/// A URL and the identity that listed it.
+type ListingKey = (String, Option<String>);
 
 /// URL → listings taken before this instant are stale (the remote announced a change).
 static STALE_BEFORE: std::sync::Mutex<BTreeMap<String, Instant>> =
     std::sync::Mutex::new(BTreeMap::new());
 
-fn recent_listing(url: &str, not_before: Instant) -> Option<Listing> {
+fn recent_listing(url: &str, identity: Option<&str>, not_before: Instant) -> Option<Listing> {
     let stale_before = STALE_BEFORE.lock().expect("not poisoned").get(url).copied();
     let not_before = stale_before.map_or(not_before, |stale| stale.max(not_before));
     let listings = LISTINGS.lock().expect("not poisoned");
-    let (taken, listing) = listings.get(url)?;
+    let (taken, listing) = listings.get(&(url.to_string(), identity.map(str::to_string)))?;
     (*taken >= not_before).then(|| listing.clone())
 }
 
@@ -1093,9 +1156,9 @@ pub fn forget_listing(url: &str) {
         .insert(url.to_bstring().to_string(), Instant::now());
 }
 
-/// Whether a webhook announced a change to the remote at `url` that no ref listing has
-/// seen since: a sync now must list the refs, not reuse a commit it knows.
-pub fn change_announced(url: &str) -> bool {
+/// Whether a webhook announced a change to the remote at `url` that no ref listing taken
+/// as `identity` has seen since.
+fn change_announced(url: &str, identity: Option<&str>) -> bool {
     let Ok(url) = normalize_url(url) else {
         return false;
     };
@@ -1111,15 +1174,15 @@ pub fn change_announced(url: &str) -> bool {
     LISTINGS
         .lock()
         .expect("not poisoned")
-        .get(&key)
+        .get(&(key, identity.map(str::to_string)))
         .is_none_or(|(taken, _)| *taken < stale)
 }
 
-fn remember_listing(url: &str, taken: Instant, listing: &Listing) {
-    LISTINGS
-        .lock()
-        .expect("not poisoned")
-        .insert(url.to_string(), (taken, listing.clone()));
+fn remember_listing(url: &str, identity: Option<&str>, taken: Instant, listing: &Listing) {
+    LISTINGS.lock().expect("not poisoned").insert(
+        (url.to_string(), identity.map(str::to_string)),
+        (taken, listing.clone()),
+    );
 }
 
 /// The advertised ref that `reference` names in `listing`: the default branch, a branch, a
@@ -1363,26 +1426,35 @@ mod tests {
             head: Some("main".into()),
         };
         let taken = Instant::now();
-        remember_listing(&key, taken, &listing);
+        remember_listing(&key, None, taken, &listing);
         let later = taken + Duration::from_secs(3);
         assert!(
-            recent_listing(&key, later).is_none(),
+            recent_listing(&key, None, later).is_none(),
             "older than the fetch"
         );
         assert!(
-            recent_listing(&key, later - Duration::from_secs(5)).is_some(),
+            recent_listing(&key, None, later - Duration::from_secs(5)).is_some(),
             "within the allowed age"
         );
-        assert!(!change_announced(url), "no webhook yet");
+        // A listing taken with credentials is theirs alone, and the other way round.
+        assert!(
+            recent_listing(&key, Some("secret a/git"), later - Duration::from_secs(5)).is_none(),
+            "another identity's listing"
+        );
+        assert!(!change_announced(url, None), "no webhook yet");
         forget_listing(url);
         assert!(
-            recent_listing(&key, later - Duration::from_secs(5)).is_none(),
+            recent_listing(&key, None, later - Duration::from_secs(5)).is_none(),
             "stale after a webhook"
         );
-        assert!(change_announced(url), "announced, not listed since");
-        remember_listing(&key, Instant::now(), &listing);
-        assert!(recent_listing(&key, later - Duration::from_secs(5)).is_some());
-        assert!(!change_announced(url), "listed since the webhook");
+        assert!(change_announced(url, None), "announced, not listed since");
+        remember_listing(&key, None, Instant::now(), &listing);
+        assert!(recent_listing(&key, None, later - Duration::from_secs(5)).is_some());
+        assert!(!change_announced(url, None), "listed since the webhook");
+        assert!(
+            change_announced(url, Some("secret a/git")),
+            "not listed since with those credentials"
+        );
     }
 
     #[test]
@@ -1435,6 +1507,39 @@ mod tests {
         assert_eq!(url.scheme, gix::url::Scheme::Ssh);
         let here = normalize_url(".").expect("local path");
         assert_eq!(here.scheme, gix::url::Scheme::File);
+    }
+
+    #[test]
+    fn sources_with_other_credentials_keep_apart_caches() {
+        let url = "https://git.example.com/team/deploy.git";
+        let anonymous = GitSource::new(url, RefSpec::Default);
+        let mut token = anonymous.clone();
+        token.auth.password = Some("t0ken".into());
+        let mut other_token = anonymous.clone();
+        other_token.auth.password = Some("other".into());
+        let mut named = anonymous.clone();
+        named.credential_id = Some("secret apps/git".into());
+        assert_eq!(anonymous.identity(), None);
+        let folders: std::collections::BTreeSet<PathBuf> =
+            [&anonymous, &token, &other_token, &named]
+                .iter()
+                .map(|s| s.cache_folder(url))
+                .collect();
+        assert_eq!(folders.len(), 4, "{folders:?}");
+        // The same credentials share one cache.
+        let mut same = anonymous.clone();
+        same.auth.password = Some("t0ken".into());
+        assert_eq!(same.cache_folder(url), token.cache_folder(url));
+        // No secret in a folder's name.
+        assert!(
+            !token
+                .cache_folder(url)
+                .display()
+                .to_string()
+                .contains("t0ken"),
+            "{}",
+            token.cache_folder(url).display()
+        );
     }
 
     #[test]

@@ -57,12 +57,8 @@ fn sync_state(node: &Node) -> &'static str {
 }
 
 fn resources(app: &Application, view: &AppView) -> Markup {
-    let status = app.status.clone().unwrap_or_default();
-    let sync = status
-        .sync
-        .as_ref()
-        .map_or("Unknown".to_string(), |s| s.status.clone());
-    let health = status.health.clone().unwrap_or_else(|| "Unknown".into());
+    let sync = view.sync_state(app);
+    let health = crate::agent::application::health_state(app.status.as_ref());
     html! {
         section.card #tree-card {
             h2 { "Resources" }
@@ -74,7 +70,7 @@ fn resources(app: &Application, view: &AppView) -> Markup {
                     div.object {
                         span.kind { "Application" }
                         span.objname { (app.name_any()) }
-                        (badge(&sync)) (badge(&health))
+                        (badge(sync)) (badge(health))
                         span.hmsg { (view.nodes.iter().filter(|n| n.depth == 0).count()) " objects in its ApplySet" }
                     }
                 }
@@ -102,11 +98,8 @@ fn live(app: &Application, view: &AppView, role: Role) -> Markup {
     let namespace = app.namespace().unwrap_or_default();
     let name = app.name_any();
     let status = app.status.clone().unwrap_or_default();
-    let sync = status
-        .sync
-        .as_ref()
-        .map_or("Unknown".to_string(), |s| s.status.clone());
-    let health = status.health.clone().unwrap_or_else(|| "Unknown".into());
+    let sync = view.sync_state(app);
+    let health = crate::agent::application::health_state(app.status.as_ref());
     let source = &app.spec.source;
     let reference = match source.r#ref.as_ref_text() {
         Ok(text) if text.is_empty() => "the default branch".to_string(),
@@ -121,10 +114,14 @@ fn live(app: &Application, view: &AppView, role: Role) -> Markup {
         section.heading {
             div {
                 h1 { (name) }
-                div.sub { "Application in " code { (namespace) } " · " (view.out_of_sync()) " object(s) differ from Git" }
+                div.sub {
+                    "Application in " code { (namespace) } " · "
+                    @if view.error.is_some() { "its current revision cannot be planned" }
+                    @else { (view.out_of_sync()) " object(s) differ from Git" }
+                }
             }
             div.states {
-                (badge(&sync)) (badge(&health))
+                (badge(sync)) (badge(health))
                 @if app.spec.suspend { (badge("Suspended")) }
             }
             @if operator {

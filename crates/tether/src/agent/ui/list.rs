@@ -33,18 +33,15 @@ pub struct Filter {
     page: usize,
 }
 
-fn sync_of(app: &Application) -> String {
-    app.status
-        .as_ref()
-        .and_then(|s| s.sync.as_ref())
-        .map_or("Unknown".into(), |s| s.status.clone())
+fn sync_of(app: &Application) -> &'static str {
+    crate::agent::application::sync_state(
+        app.status.as_ref(),
+        crate::agent::application::Objects::NotPlanned,
+    )
 }
 
-fn health_of(app: &Application) -> String {
-    app.status
-        .as_ref()
-        .and_then(|s| s.health.clone())
-        .unwrap_or_else(|| "Unknown".into())
+fn health_of(app: &Application) -> &'static str {
+    crate::agent::application::health_state(app.status.as_ref())
 }
 
 impl Filter {
@@ -99,8 +96,8 @@ pub fn row(app: &Application) -> Markup {
                 @if app.spec.suspend { " " (badge("Suspended")) }
             }
             td { (namespace) }
-            td { (badge(&sync_of(app))) }
-            td { (badge(&health_of(app))) }
+            td { (badge(sync_of(app))) }
+            td { (badge(health_of(app))) }
             td.revision {
                 @match &status.last_applied_revision {
                     Some(revision) => {
@@ -134,10 +131,10 @@ pub fn counts(apps: &[Arc<Application>]) -> Markup {
     html! {
         section.counts #counts {
             div.count { span.n { (apps.len()) } span.label { "Applications" } }
-            @for (state, label) in [("sync:Synced", "Synced"), ("sync:OutOfSync", "OutOfSync")] {
-                a.count href={"/ui/?sync=" (label)} { span.n { (count(state)) } (badge(label)) }
+            @for label in crate::agent::application::SYNC_STATES {
+                a.count href={"/ui/?sync=" (label)} { span.n { (count(&format!("sync:{label}"))) } (badge(label)) }
             }
-            @for label in ["Healthy", "Progressing", "Degraded", "Missing"] {
+            @for label in crate::agent::application::HEALTH_STATES {
                 a.count href={"/ui/?health=" (label)} { span.n { (count(&format!("health:{label}"))) } (badge(label)) }
             }
         }
@@ -166,11 +163,11 @@ pub async fn page(
             }
             select name="sync" {
                 option value="" { "Any sync state" }
-                @for s in ["Synced", "OutOfSync", "Unknown"] { option value=(s) selected[s == filter.sync] { (s) } }
+                @for s in crate::agent::application::SYNC_STATES { option value=(s) selected[s == filter.sync] { (s) } }
             }
             select name="health" {
                 option value="" { "Any health" }
-                @for h in ["Healthy", "Progressing", "Degraded", "Missing", "Unknown"] { option value=(h) selected[h == filter.health] { (h) } }
+                @for h in crate::agent::application::HEALTH_STATES { option value=(h) selected[h == filter.health] { (h) } }
             }
             button type="submit" { "Filter" }
         }

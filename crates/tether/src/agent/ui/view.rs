@@ -48,6 +48,19 @@ impl AppView {
             .filter(|n| n.action.is_some_and(|a| a != Action::Unchanged))
             .count()
     }
+
+    /// The Application's sync state on its page: from its objects' states (rule 11).
+    pub fn sync_state(&self, app: &crate::agent::Application) -> &'static str {
+        use crate::agent::application::{Objects, sync_state};
+        let objects = if self.error.is_some() {
+            Objects::Unplanned
+        } else {
+            Objects::Planned {
+                differing: self.out_of_sync(),
+            }
+        };
+        sync_state(app.status.as_ref(), objects)
+    }
 }
 
 /// The view of one Application, and the change it was computed after.
@@ -164,6 +177,19 @@ async fn compute(state: &UiState, app: &Application) -> AppView {
             .and_then(|l| l["metadata"]["uid"].as_str())
         {
             add_children(&owned, uid, 1, &mut nodes);
+        }
+    }
+    // Objects another owner holds: each fails alone, and says why.
+    for refused in &plan.refused {
+        if let Some(key) = &refused.key {
+            nodes.push(Node {
+                depth: 0,
+                key: key.clone(),
+                action: Some(Action::Conflict),
+                health: Health::new(health::HealthStatus::Unknown, refused.message.clone()),
+                diff: String::new(),
+                live: None,
+            });
         }
     }
     AppView {
@@ -296,12 +322,11 @@ pub fn counts<'a>(apps: impl Iterator<Item = &'a Application>) -> BTreeMap<Strin
     let mut counts = BTreeMap::new();
     for app in apps {
         let status = app.status.as_ref();
-        let sync = status
-            .and_then(|s| s.sync.as_ref())
-            .map_or("Unknown".to_string(), |s| s.status.clone());
-        let health = status
-            .and_then(|s| s.health.clone())
-            .unwrap_or_else(|| "Unknown".into());
+        let sync = crate::agent::application::sync_state(
+            status,
+            crate::agent::application::Objects::NotPlanned,
+        );
+        let health = crate::agent::application::health_state(status);
         *counts.entry(format!("sync:{sync}")).or_default() += 1;
         *counts.entry(format!("health:{health}")).or_default() += 1;
     }

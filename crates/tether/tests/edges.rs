@@ -1,0 +1,378 @@
+//! Synced stays true at the edges (issue 22): another tether process writing into an
+//! Application's set is drift like anyone's write (DESIGN rule 12); a member whose ApplySet
+//! label was removed is still tether's, and an object another owner holds fails alone while
+//! the rest keeps being synced and healed (rule 13).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use support::agent::{
+    applied, create_application, fails_with, options_for, ready, start_agent, until, within_10_s,
+};
+use support::git::{GitDaemon, GitRepo};
+use support::{TestNamespace, cluster, kubectl, tether};
+use tether::agent::{Application, install_crd};
+
+const PART_OF: &str = "applyset.kubernetes.io/part-of";
+
+fn cm(name: &str, color: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: {color}\n")
+}
+
+async fn color(configmaps: &Api<ConfigMap>, name: &str) -> Option<String> {
+    configmaps
+        .get_opt(name)
+        .await
+        .expect("read")?
+        .data?
+        .get("color")
+        .cloned()
+}
+
+fn synced(app: &Application) -> bool {
+    app.status
+        .as_ref()
+        .and_then(|s| s.sync.as_ref())
+        .is_some_and(|s| s.status == "Synced")
+}
+
+#[tokio::test]
+async fn a_tether_apply_into_an_applications_set_is_refused_and_once_forced_put_back_as_drift() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "second-writer").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("web/settings.yaml", &cm("settings", "blue"));
+    repo.write("web/other.yaml", &cm("other", "blue"));
+    let first = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    // An hour between polls and no backstop: only the watches can explain a correction.
+    create_application(
+        &apps,
+        "web",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "web"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h", "selfHeal": true, "prune": true}
+        }),
+    )
+    .await;
+    until(&apps, "web", "first sync", |a| {
+        applied(a) == Some(first.as_str()) && synced(a)
+    })
+    .await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+
+    // A laptop's folder with a changed manifest, into the Application's set.
+    let laptop = dir.path().join("laptop");
+    std::fs::create_dir_all(&laptop).expect("folder");
+    std::fs::write(laptop.join("settings.yaml"), cm("settings", "red")).expect("write");
+    let laptop_apply = |extra: &[&str]| {
+        let mut args = vec![
+            "apply",
+            "--path",
+            laptop.to_str().expect("utf-8"),
+            "--app",
+            "web",
+            "-n",
+            &ns.name,
+            "--no-prune",
+        ];
+        args.extend_from_slice(extra);
+        tether(&args)
+    };
+    let refused = laptop_apply(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let parent = kubectl(&["get", "secret", "-n", &ns.name, "tether-web", "-o", "yaml"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "{stderr}\n{}",
+        String::from_utf8_lossy(&parent.stdout)
+    );
+    assert!(
+        stderr.contains(&format!("is the set of Application {}/web", ns.name))
+            && stderr.contains("--override-application")
+            && stderr.contains("nothing was written"),
+        "{stderr}"
+    );
+    assert_eq!(
+        color(&configmaps, "settings").await.as_deref(),
+        Some("blue")
+    );
+
+    // Forced: written, with a warning; the agent sees another process's write as drift.
+    let forced = laptop_apply(&["--override-application"]);
+    let done = Instant::now();
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    assert!(forced.status.success(), "{stderr}");
+    assert!(stderr.contains("will see this as drift"), "{stderr}");
+    // Sampled every 100 ms for 4 s: put back within 2 s of the apply's return, and from
+    // then on never different while the Application says Synced.
+    let mut samples = Vec::new();
+    while done.elapsed() < Duration::from_secs(4) {
+        let app = apps.get("web").await.expect("the Application");
+        let value = color(&configmaps, "settings").await;
+        samples.push((done.elapsed(), synced(&app), value));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let put_back = samples
+        .iter()
+        .find(|(_, _, value)| value.as_deref() == Some("blue"))
+        .map(|(at, _, _)| *at);
+    eprintln!("the other writer's change was put back after {put_back:?}");
+    assert!(
+        put_back.is_some_and(|at| at <= Duration::from_secs(2)),
+        "not put back within 2 s: {samples:?}"
+    );
+    let lies: Vec<_> = samples
+        .iter()
+        .filter(|(at, synced, value)| {
+            *at > Duration::from_secs(2) && *synced && value.as_deref() != Some("blue")
+        })
+        .collect();
+    assert!(
+        lies.is_empty(),
+        "Synced while the cluster differed: {lies:?}"
+    );
+    let app = until(&apps, "web", "the correction recorded", |a| {
+        a.status.as_ref().is_some_and(|s| {
+            s.history.iter().any(|h| {
+                h.message
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("corrected drift")
+            })
+        })
+    })
+    .await;
+    assert!(synced(&app));
+    // The operator's view agrees.
+    let diff = tether(&["diff", "web", "-n", &ns.name]);
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    let _ = agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_label_is_put_back_and_an_object_another_owner_holds_fails_alone() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "lost-label").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("web/a.yaml", &cm("a", "blue"));
+    repo.write("web/b.yaml", &cm("b", "blue"));
+    repo.write("twin/a.yaml", &cm("a", "blue"));
+    let first = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    let spec = |path: &str| {
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": path},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h", "selfHeal": true, "prune": true}
+        })
+    };
+    create_application(&apps, "web", spec("web")).await;
+    until(&apps, "web", "first sync", |a| {
+        applied(a) == Some(first.as_str()) && synced(a)
+    })
+    .await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let labelled = |name: &'static str| {
+        let configmaps = configmaps.clone();
+        async move {
+            configmaps
+                .get(name)
+                .await
+                .expect("read")
+                .labels()
+                .contains_key(PART_OF)
+        }
+    };
+    let hand_edit = |name: &'static str| {
+        let configmaps = configmaps.clone();
+        async move {
+            configmaps
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"data": {"color": "red"}})),
+                )
+                .await
+                .expect("hand edit");
+        }
+    };
+
+    // Someone removes the ApplySet label of a member: it is still tether's, and comes back.
+    let out = kubectl(&[
+        "label",
+        "-n",
+        &ns.name,
+        "configmap",
+        "a",
+        &format!("{PART_OF}-"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    within_10_s("the label put back", || labelled("a")).await;
+    // ... and the others keep being healed.
+    hand_edit("b").await;
+    within_10_s("b healed", || async {
+        color(&configmaps, "b").await.as_deref() == Some("blue")
+    })
+    .await;
+    until(&apps, "web", "synced again", synced).await;
+
+    // A second Application rendering the same object: its error names the first.
+    create_application(&apps, "twin", spec("twin")).await;
+    let message = fails_with(&apps, "twin", "ConfigMap/a").await;
+    assert!(
+        message.contains(&format!("belongs to Application {}/web", ns.name)),
+        "{message}"
+    );
+    let twin = apps.get("twin").await.expect("twin");
+    assert!(!synced(&twin), "{:?}", twin.status);
+
+    // An object that truly belongs to someone else: it fails alone, named with what to do;
+    // the rest of the commit is applied, and the others keep being healed.
+    configmaps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "c"}, "data": {"color": "theirs"}
+            }))
+            .expect("a ConfigMap"),
+        )
+        .await
+        .expect("someone's ConfigMap");
+    repo.write("web/c.yaml", &cm("c", "blue"));
+    repo.write("web/b.yaml", &cm("b", "green"));
+    let second = repo.commit("second");
+    support::agent::request_sync(&apps, "web").await;
+    let message = fails_with(&apps, "web", "ConfigMap/c").await;
+    assert!(
+        message.contains("exists and is not managed by tether")
+            && message.contains("delete it, rename it in Git"),
+        "{message}"
+    );
+    within_10_s("the rest of the second commit applied", || async {
+        color(&configmaps, "b").await.as_deref() == Some("green")
+    })
+    .await;
+    let app = apps.get("web").await.expect("web");
+    assert!(
+        !synced(&app),
+        "Synced while an object failed: {:?}",
+        app.status
+    );
+    assert_eq!(
+        app.status
+            .as_ref()
+            .and_then(|s| s.sync.as_ref())
+            .map(|s| s.status.as_str()),
+        Some("OutOfSync")
+    );
+    assert_eq!(ready(&app).map(|r| r.0).as_deref(), Some("False"));
+    assert_eq!(color(&configmaps, "c").await.as_deref(), Some("theirs"));
+    hand_edit("a").await;
+    within_10_s("a healed while c fails", || async {
+        color(&configmaps, "a").await.as_deref() == Some("blue")
+    })
+    .await;
+    let _ = second;
+    let _ = agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_application_without_credentials_never_reads_what_one_with_them_fetched() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "git-tenants").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "private");
+    repo.write("app/cm.yaml", &cm("private-data", "blue"));
+    let commit = repo.commit("first");
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "s3cret\n").expect("write");
+    let server = support::git::HttpGitServer::start(
+        &root,
+        Some(("alice", &password_file)),
+        Some(&dir.path().join("tls")),
+    );
+    let ca = std::fs::read_to_string(server.ca_cert.as_ref().expect("https")).expect("CA");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
+    // The tenant's credentials; the other tenant's Secret holds the CA only (trust, no
+    // identity).
+    for (name, data) in [
+        (
+            "git",
+            json!({"username": "alice", "password": "s3cret", "caFile": ca}),
+        ),
+        ("ca-only", json!({"caFile": ca})),
+    ] {
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data}))
+                    .expect("a Secret"),
+            )
+            .await
+            .expect("a Secret");
+    }
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    let spec = |reference: serde_json::Value, credentials: bool| {
+        let secret = if credentials { "git" } else { "ca-only" };
+        let source = json!({
+            "repoURL": server.url("private"), "path": "app", "ref": reference,
+            "secretRef": {"name": secret}
+        });
+        json!({
+            "source": source,
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h"}
+        })
+    };
+    create_application(&apps, "private", spec(json!({"branch": "main"}), true)).await;
+    until(&apps, "private", "the private repository synced", |a| {
+        applied(a) == Some(commit.as_str())
+    })
+    .await;
+    // Two Applications of another tenant name the same URL without credentials, one by the
+    // commit the first fetched (cached on disk), one by branch (listed seconds ago): each
+    // gets the server's refusal, and nothing of the repository is applied for them.
+    for (name, reference) in [
+        ("by-commit", json!({"commit": commit})),
+        ("by-branch", json!({"branch": "main"})),
+    ] {
+        create_application(&apps, name, spec(reference, false)).await;
+        let message = fails_with(&apps, name, "authentication").await;
+        assert!(!message.contains("s3cret"), "{message}");
+        let app = apps.get(name).await.expect("the Application");
+        assert_eq!(applied(&app), None, "{name} applied a private commit");
+    }
+    let _ = agent.stop().await;
+}
