@@ -280,6 +280,7 @@ fn cli_cases(cluster_role: &str, missing_namespace: &str) -> Vec<Case> {
         folder("invalid name", &[("name.yaml", b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n")])
             .says(&["name.yaml:1 (document 1): ConfigMap/Bad_Name", "metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"]),
         folder("a namespace that does not exist", &[("elsewhere.yaml", elsewhere.as_bytes())])
+            .args(&["--multi-namespace"])
             .says(&["elsewhere.yaml:1 (document 1): ConfigMap/lost -n", "not found"]),
         folder("Secret data that is not base64", &[("secret.yaml", b"apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\ndata:\n  password: hunter2-plain!\n")])
             .says(&["secret.yaml:1 (document 1): Secret/creds", "data.password is not base64; encode it (base64 -w0), or put the plain text under stringData instead"])

@@ -530,7 +530,14 @@ impl Subject for ApplyCommand {
 
     fn start(&self, _commit: &str) -> Child {
         tether()
-            .args(["apply", "--repo", &self.url, "--path", "apps/sweep"])
+            .args([
+                "apply",
+                "--repo",
+                &self.url,
+                "--path",
+                "apps/sweep",
+                "--multi-namespace",
+            ])
             .args(["--app", "sweep", "-n", &self.ns])
             .arg("--git-cache")
             .arg(&self.cache)

@@ -92,7 +92,7 @@ pub async fn prepare(
     if let Some(namespace) = &global.namespace
         && !target.multi_namespace
     {
-        let elsewhere = in_other_namespaces(&objects, namespace);
+        let elsewhere = in_other_namespaces(&objects, namespace, &resolver);
         if !elsewhere.is_empty() {
             anyhow::bail!(
                 "-n {namespace}, but {} object(s) name another namespace:\n  {}\npass --multi-namespace to apply a set that spans namespaces, or remove metadata.namespace from them; nothing was written",
@@ -137,11 +137,23 @@ pub async fn run(global: &GlobalArgs, args: &PlanArgs, out: &mut impl Write) -> 
 }
 
 /// The objects that name a namespace other than `namespace`, each as `origin: key` (at
-/// most 20, then how many more).
-fn in_other_namespaces(objects: &[crate::render::Object], namespace: &str) -> Vec<String> {
+/// most 20, then how many more). Only kinds the cluster serves as namespaced count: a cluster-scoped one that names a
+/// namespace, or an unknown kind, is the plan's to explain.
+fn in_other_namespaces(
+    objects: &[crate::render::Object],
+    namespace: &str,
+    resolver: &Resolver,
+) -> Vec<String> {
+    let namespaced = |o: &crate::render::Object| {
+        let api_version = o.manifest["apiVersion"].as_str().unwrap_or_default();
+        resolver
+            .resolve(api_version, &o.key.kind)
+            .is_some_and(|k| k.namespaced)
+    };
     let mut found: Vec<String> = objects
         .iter()
         .filter(|o| !o.key.namespace.is_empty() && o.key.namespace != namespace)
+        .filter(|o| namespaced(o))
         .map(|o| format!("{}: {}", o.origin, o.key))
         .collect();
     if found.len() > 20 {
