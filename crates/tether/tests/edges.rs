@@ -253,6 +253,15 @@ async fn a_lost_label_is_put_back_and_an_object_another_owner_holds_fails_alone(
     );
     let twin = apps.get("twin").await.expect("twin");
     assert!(!synced(&twin), "{:?}", twin.status);
+    // The operator's view agrees: it differs.
+    let diff = tether(&["diff", "twin", "-n", &ns.name]);
+    assert_eq!(
+        diff.status.code(),
+        Some(2),
+        "{}{}",
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
 
     // An object that truly belongs to someone else: it fails alone, named with what to do;
     // the rest of the commit is applied, and the others keep being healed.

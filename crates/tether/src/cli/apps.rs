@@ -177,6 +177,9 @@ pub async fn diff(
             .await
             .map_err(anyhow::Error::msg)?;
     super::plan::write_plan(out, global.output, &plan, Some(&revision))?;
+    for refused in &plan.refused {
+        eprintln!("cannot be synced: {refused}");
+    }
     Ok(if plan.has_changes() { 2 } else { 0 })
 }
 

@@ -266,8 +266,10 @@ impl Plan {
         summary
     }
 
+    /// Whether the cluster differs from the plan's objects: a change to make, or an object
+    /// left out because another owner holds it.
     pub fn has_changes(&self) -> bool {
-        self.changes.iter().any(|c| c.action != Action::Unchanged)
+        !self.refused.is_empty() || self.changes.iter().any(|c| c.action != Action::Unchanged)
     }
 
     /// Whether the plan orders objects in more than one wave.
