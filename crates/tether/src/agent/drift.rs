@@ -424,16 +424,16 @@ impl DriftWatch {
                     // An apply of other values to the same fields leaves tether's entry
                     // as it was: the digest it carries moves.
                     let digest_moved = previous.as_ref().is_none_or(|p| p.digest != now.digest);
-                    let change = match previous.as_ref().map(|p| classify(p, &now)) {
-                        Some(Change::Ours) | None if !self.applied_by_us(&object, &key, &now) => {
-                            Some(Change::Foreign)
-                        }
-                        Some(Change::Status)
-                            if digest_moved && !self.applied_by_us(&object, &key, &now) =>
-                        {
-                            Some(Change::Foreign)
-                        }
-                        change => change,
+                    let classified = previous.as_ref().map(|p| classify(p, &now));
+                    let as_tether = match classified {
+                        Some(Change::Ours) | None => true,
+                        Some(Change::Status) => digest_moved,
+                        Some(Change::Foreign) => false,
+                    };
+                    let change = if as_tether && !self.applied_by_us(&object, &key, &now) {
+                        Some(Change::Foreign)
+                    } else {
+                        classified
                     };
                     trace_event("watch event", &object, &previous, &now, change.as_ref());
                     match change {

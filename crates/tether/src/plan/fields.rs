@@ -180,10 +180,7 @@ fn only_tether_wrote(desired: &Value, live: &Value) -> bool {
     let mut tether_applied = false;
     for entry in entries {
         let subresource = entry["subresource"].as_str().unwrap_or("");
-        if entry["manager"] == super::FIELD_MANAGER
-            && entry["operation"] == "Apply"
-            && subresource.is_empty()
-        {
+        if is_tethers_apply(entry) {
             tether_applied = true;
             continue;
         }
@@ -193,6 +190,13 @@ fn only_tether_wrote(desired: &Value, live: &Value) -> bool {
         return false;
     }
     tether_applied
+}
+
+/// Whether a managedFields entry is tether's own apply of the object (not of a subresource).
+pub fn is_tethers_apply(entry: &Value) -> bool {
+    entry["manager"] == super::FIELD_MANAGER
+        && entry["operation"] == "Apply"
+        && entry["subresource"].as_str().unwrap_or("").is_empty()
 }
 
 /// Whether `fields` (a managedFields entry's fieldsV1) holds only `metadata.annotations` or

@@ -1162,11 +1162,7 @@ fn recorded_member(live: &Value, key: &ObjectKey, set: &ApplySet) -> bool {
         .as_array()
         .into_iter()
         .flatten()
-        .any(|entry| {
-            entry["manager"] == FIELD_MANAGER
-                && entry["operation"] == "Apply"
-                && entry["subresource"].as_str().unwrap_or("").is_empty()
-        });
+        .any(fields::is_tethers_apply);
     kind_recorded && namespace_recorded && applied_by_tether
 }
 
