@@ -582,3 +582,191 @@ async fn helm_install_and_upgrade_hooks_run_when_helm_would_run_them() {
         "2"
     );
 }
+
+/// The shape of widely installed charts' hooks: a ServiceAccount, Role and RoleBinding at
+/// weight -5 and a Job using them at weight 1, all `hook-succeeded`, the Job gone the moment
+/// it completes (`ttlSecondsAfterFinished: 0`). Helm deletes `hook-succeeded` hooks only when
+/// every hook of the phase succeeded, and watches its Jobs: tether must do both, or the Job
+/// can never run (its ServiceAccount deleted) or its completion is never seen.
+#[tokio::test]
+async fn a_hook_job_runs_with_the_hook_account_made_before_it_and_is_seen_though_deleted_at_once() {
+    let client = cluster().await.client();
+    let ns = TestNamespace::create(&client, "helmjob").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let chart = dir.path().join("chart");
+    let hooked = |weight: &str| {
+        format!(
+            "  annotations:\n    helm.sh/hook: post-install,post-upgrade\n    helm.sh/hook-weight: \"{weight}\"\n    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded\n"
+        )
+    };
+    let files = vec![
+        (
+            "Chart.yaml",
+            "apiVersion: v2\nname: webhooked\nversion: 0.1.0\n".to_string(),
+        ),
+        (
+            "templates/app.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata: {k: v}\n".to_string(),
+        ),
+        // File names put the Job first: only the weights and Helm's kind order order them.
+        (
+            "templates/a-job.yaml",
+            format!(
+                "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: patch\n{}spec:\n  ttlSecondsAfterFinished: 0\n  backoffLimit: 0\n  template:\n    spec:\n      serviceAccountName: patcher\n      restartPolicy: Never\n      containers:\n      - name: run\n        image: registry.invalid/patch:1\n",
+                hooked("1")
+            ),
+        ),
+        (
+            "templates/b-rbac.yaml",
+            format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: patcher\n{0}roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: patcher}}\nsubjects:\n- {{kind: ServiceAccount, name: patcher, namespace: {{{{ .Release.Namespace }}}}}}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: patcher\n{0}rules:\n- {{apiGroups: [\"\"], resources: [configmaps], verbs: [get]}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: patcher\n{0}",
+                hooked("-5")
+            ),
+        ),
+    ];
+    write(&chart, &files);
+    let helm = tool("helm");
+    let app = unique_name("hooked");
+    let started = Instant::now();
+    let out = tether(&[
+        "apply",
+        "--path",
+        chart.to_str().expect("utf-8"),
+        "-n",
+        &ns.name,
+        "--app",
+        &app,
+        "--helm-bin",
+        helm.to_str().expect("utf-8"),
+        "--hook-timeout",
+        "60s",
+    ]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        started.elapsed().as_secs() < 50,
+        "the hooks ran at once, not until a timeout: {:?}\n{said}",
+        started.elapsed()
+    );
+    // Kind order within weight -5, then the Job; each deleted once the phase succeeded.
+    let ran: Vec<&str> = said
+        .lines()
+        .filter(|l| l.starts_with("PostSync hook "))
+        .collect();
+    let position = |what: &str| {
+        ran.iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("{what} ran: {said}"))
+    };
+    assert!(
+        position("ServiceAccount/patcher") < position("Role.rbac.authorization.k8s.io/patcher"),
+        "{said}"
+    );
+    assert!(
+        position("Role.rbac") < position("RoleBinding.rbac"),
+        "{said}"
+    );
+    assert!(
+        position("RoleBinding.rbac") < position("Job.batch/patch"),
+        "{said}"
+    );
+    assert!(
+        ran.iter().all(|l| l.contains("succeeded (deleted)")),
+        "{said}"
+    );
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &ns.name);
+    assert!(accounts.get_opt("patcher").await.expect("get").is_none());
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    assert!(jobs.get_opt("patch").await.expect("get").is_none());
+}
+
+/// A PostSync hook that fails keeps failing every sync (each runs it again, and says why,
+/// with the warning Events of its Job and Pods) until a sync with its hooks succeeds; until
+/// then `tether plan` has changes. The failed Job stays for inspection and is replaced by the
+/// next run.
+#[tokio::test]
+async fn a_failed_hook_fails_every_sync_until_a_sync_runs_its_hooks_to_the_end() {
+    let client = cluster().await.client();
+    let ns = TestNamespace::create(&client, "hookfail").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let path = dir.path().join("app");
+    let files = |fails: bool| {
+        vec![
+            ("app.yaml", cm("settings", &[])),
+            (
+                "check.yaml",
+                job("check", fails, &[("argocd.argoproj.io/hook", "PostSync")]),
+            ),
+        ]
+    };
+    write(&path, &files(true));
+    let app = unique_name("hookfail");
+    let path_arg = path.to_str().expect("utf-8");
+    let apply = || {
+        tether(&[
+            "apply",
+            "--path",
+            path_arg,
+            "-n",
+            &ns.name,
+            "--app",
+            &app,
+            "--hook-timeout",
+            "60s",
+        ])
+    };
+    let plan = || {
+        tether(&[
+            "plan",
+            "--path",
+            path_arg,
+            "-n",
+            &ns.name,
+            "--app",
+            &app,
+            "--detailed-exitcode",
+        ])
+    };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let mut uids = Vec::new();
+    for round in 0..2 {
+        let out = apply();
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "round {round}: {said}");
+        assert!(
+            said.contains("PostSync hook Job.batch/check") && said.contains("failed"),
+            "{said}"
+        );
+        assert!(
+            said.contains("warnings: ") && said.contains("FailedScheduling"),
+            "the Job's warning Events say why: {said}"
+        );
+        let out = plan();
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(2), "round {round}: {shown}");
+        assert!(shown.contains("did not all succeed"), "{shown}");
+        let left = jobs.get("check").await.expect("the failed Job stays");
+        uids.push(left.metadata.uid.expect("uid"));
+    }
+    assert_ne!(uids[0], uids[1], "the second sync ran the hook again");
+
+    // Fixed in Git: the next sync runs it, and then the set is in sync.
+    write(&path, &files(false));
+    let out = apply();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("PostSync hook Job.batch/check"),
+        "{}",
+        text(&out)
+    );
+    let out = plan();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = apply();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).contains("PostSync hook"),
+        "a sync with nothing to do runs no hooks: {}",
+        text(&out)
+    );
+}

@@ -19,6 +19,54 @@ pub const GROUP_KINDS_ANNOTATION: &str = "applyset.kubernetes.io/contains-group-
 pub const NAMESPACES_ANNOTATION: &str = "applyset.kubernetes.io/additional-namespaces";
 /// On the parent: the Application (`namespace/name`) whose agent syncs the set.
 pub const APPLICATION_ANNOTATION: &str = "tether.dev/application";
+/// On the parent: the hooks of the last sync that ran hooks did not all succeed, so the
+/// next sync runs them again (`install: why` or `upgrade: why`).
+pub const HOOKS_UNFINISHED_ANNOTATION: &str = "tether.dev/hooks-unfinished";
+
+/// The hooks of the set's last sync failed or never ran: until a sync runs them and they
+/// succeed, the set is not in sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnfinishedHooks {
+    /// It was the set's first sync (Helm's install): the next sync is an install again.
+    pub install: bool,
+    pub why: String,
+}
+
+impl UnfinishedHooks {
+    /// `why` is cut at 2 KiB: all annotations together may hold 256 KiB.
+    pub fn new(install: bool, why: &str) -> Self {
+        let mut why = why.to_string();
+        if why.len() > 2048 {
+            let mut end = 2048;
+            while !why.is_char_boundary(end) {
+                end -= 1;
+            }
+            why.truncate(end);
+            why.push('…');
+        }
+        Self { install, why }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let (event, why) = text.split_once(": ").unwrap_or((text, ""));
+        let install = match event {
+            "install" => true,
+            "upgrade" => false,
+            _ => return None,
+        };
+        Some(Self {
+            install,
+            why: why.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for UnfinishedHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let event = if self.install { "install" } else { "upgrade" };
+        write!(f, "{event}: {}", self.why)
+    }
+}
 
 /// A group and kind as the ApplySet annotation spells them: `Deployment.apps`, `ConfigMap`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,6 +112,7 @@ pub struct ApplySet {
     pub namespaces: BTreeSet<String>,
     /// The Application (`namespace/name`) that syncs the set, if an agent does.
     pub application: Option<String>,
+    pub hooks_unfinished: Option<UnfinishedHooks>,
 }
 
 impl ApplySet {
@@ -76,6 +125,7 @@ impl ApplySet {
             group_kinds: BTreeSet::new(),
             namespaces: BTreeSet::new(),
             application: None,
+            hooks_unfinished: None,
         }
     }
 
@@ -114,6 +164,9 @@ impl ApplySet {
             .as_str()
             .filter(|a| !a.is_empty())
             .map(str::to_string);
+        self.hooks_unfinished = annotations[HOOKS_UNFINISHED_ANNOTATION]
+            .as_str()
+            .and_then(UnfinishedHooks::parse);
         Ok(())
     }
 
@@ -143,6 +196,10 @@ impl ApplySet {
         });
         if let Some(application) = &self.application {
             parent["metadata"]["annotations"][APPLICATION_ANNOTATION] = json!(application);
+        }
+        if let Some(unfinished) = &self.hooks_unfinished {
+            parent["metadata"]["annotations"][HOOKS_UNFINISHED_ANNOTATION] =
+                json!(unfinished.to_string());
         }
         parent
     }
@@ -225,6 +282,18 @@ mod tests {
         read.read_parent(&synced.parent_manifest())
             .expect("an agent's parent");
         assert_eq!(read.application.as_deref(), Some("apps/web"));
+        assert_eq!(read.hooks_unfinished, None);
+        for install in [true, false] {
+            synced.hooks_unfinished = Some(UnfinishedHooks::new(
+                install,
+                &format!("PostSync hook Job/x failed: {}", "e".repeat(5000)),
+            ));
+            read.read_parent(&synced.parent_manifest())
+                .expect("an agent's parent");
+            assert_eq!(read.hooks_unfinished, synced.hooks_unfinished);
+            let why = &read.hooks_unfinished.as_ref().expect("recorded").why;
+            assert!(why.starts_with("PostSync hook") && why.len() < 2100);
+        }
         read.read_parent(&parent).expect("our own parent");
         assert_eq!(read.group_kinds, set.group_kinds);
         assert_eq!(

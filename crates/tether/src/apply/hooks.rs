@@ -1,11 +1,19 @@
-//! Running hooks: each is created anew (what an earlier run left is deleted first), waited
-//! for until it finishes (a Job complete or failed, a Pod succeeded or failed, anything else
-//! Healthy or Degraded), and deleted afterwards as its policy says. Hooks with the same
-//! order run together; a failed group stops the phase. Start at [`run_phase`].
+//! Running hooks as Helm runs them: hooks of one order (wave or Helm weight) run in Helm's
+//! kind order, those of one order and kind at the same time. Each is created anew (what an
+//! earlier run left is deleted first) and watched until it finishes (a Job complete or
+//! failed, a Pod succeeded or failed, anything else Healthy or Degraded), so a Job that
+//! Kubernetes deletes the moment it completes is still seen completing. A failed hook is
+//! deleted at once when its policy says so; hooks whose policy deletes them on success are
+//! deleted only once every hook of the phase succeeded (or, as Helm does, when one fails).
+//! Start at [`Runner::run`].
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams, PropagationPolicy};
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, PostParams, PropagationPolicy, WatchEvent,
+    WatchParams,
+};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -14,6 +22,7 @@ use crate::cluster::discovery::Resolver;
 use crate::health::{self, HealthStatus};
 use crate::plan::hooks::Phase;
 use crate::plan::{FIELD_MANAGER, HOOK_LABEL, HOOK_OF_LABEL, Hook, api_for};
+use crate::progress::ProgressHandle;
 use crate::render::ObjectKey;
 
 /// What one run of a hook came to.
@@ -46,39 +55,6 @@ impl std::fmt::Display for HookResult {
     }
 }
 
-/// Runs the hooks of `phase` (`hooks` is in order), one group of equal order at a time.
-/// Returns each run's result, and the first failure, which stops the phase.
-pub async fn run_phase(
-    client: &kube::Client,
-    resolver: &Resolver,
-    set_id: &str,
-    hooks: &[&Hook],
-    phase: Phase,
-    timeout: Duration,
-) -> (Vec<HookResult>, Option<String>) {
-    let mut results = Vec::new();
-    let mut start = 0;
-    while start < hooks.len() {
-        let order = hooks[start].order;
-        let end = hooks[start..]
-            .iter()
-            .position(|h| h.order != order)
-            .map_or(hooks.len(), |n| start + n);
-        let group = &hooks[start..end];
-        let runs = futures::future::join_all(
-            (0..group.len()).map(|i| run_one(client, resolver, set_id, group[i], phase, timeout)),
-        )
-        .await;
-        let failure = runs.iter().find(|r| !r.succeeded).map(ToString::to_string);
-        results.extend(runs);
-        if failure.is_some() {
-            return (results, failure);
-        }
-        start = end;
-    }
-    (results, None)
-}
-
 /// What running a phase needs: the cluster, and whose hooks they are.
 pub struct Runner<'a> {
     pub client: &'a kube::Client,
@@ -86,11 +62,21 @@ pub struct Runner<'a> {
     pub set_id: &'a str,
     /// How long one hook may run.
     pub timeout: Duration,
+    pub progress: &'a ProgressHandle,
+}
+
+/// A hook that succeeded and is to be deleted once its phase succeeded.
+struct Finished {
+    /// Its place in the phase's results.
+    result: usize,
+    api: Api<DynamicObject>,
+    name: String,
 }
 
 impl Runner<'_> {
-    /// Runs `hooks` (of `phase`, in order) as [`run_phase`] does, adds each run to `runs`,
-    /// and returns the failure that stopped the phase.
+    /// Runs `hooks` (of `phase`, in run order), adds each run to `runs`, and returns the
+    /// failure that stopped the phase. Sync hooks run within the "applying" progress; the
+    /// other phases report their own.
     pub async fn run(
         &self,
         hooks: &[&Hook],
@@ -100,104 +86,167 @@ impl Runner<'_> {
         if hooks.is_empty() {
             return None;
         }
-        let (results, failure) = run_phase(
-            self.client,
-            self.resolver,
-            self.set_id,
-            hooks,
-            phase,
-            self.timeout,
-        )
-        .await;
+        if phase != Phase::Sync {
+            self.progress.begin(&format!("{phase} hooks"), hooks.len());
+        }
+        let mut results = Vec::new();
+        let mut finished = Vec::new();
+        let mut failure = None;
+        for group in hooks.chunk_by(|a, b| {
+            a.run_order().0 == b.run_order().0 && a.run_order().2 == b.run_order().2
+        }) {
+            // Indexes, not `iter().map(|hook| …)`: see `apply_batch`.
+            let runs =
+                futures::future::join_all((0..group.len()).map(|i| self.run_one(group[i], phase)))
+                    .await;
+            for (result, delete_later) in runs {
+                if phase != Phase::Sync {
+                    self.progress.tick();
+                }
+                if let Some((api, name)) = delete_later {
+                    finished.push(Finished {
+                        result: results.len(),
+                        api,
+                        name,
+                    });
+                }
+                if failure.is_none() && !result.succeeded {
+                    failure = Some(result.to_string());
+                }
+                results.push(result);
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        // At the end of the phase (or when one failed, as Helm 3.19 does), in reverse order.
+        for done in finished.iter().rev() {
+            results[done.result].deleted =
+                delete(&done.api, &done.name, &results[done.result].key).await;
+        }
+        if phase != Phase::Sync {
+            self.progress.finish();
+        }
         runs.extend(results);
         failure
     }
-}
 
-async fn run_one(
-    client: &kube::Client,
-    resolver: &Resolver,
-    set_id: &str,
-    hook: &Hook,
-    phase: Phase,
-    timeout: Duration,
-) -> HookResult {
-    let mut result = HookResult {
-        phase,
-        key: hook.key.clone(),
-        succeeded: false,
-        message: String::new(),
-        deleted: false,
-    };
-    match run(client, resolver, set_id, hook, timeout, &mut result).await {
-        Ok(message) => {
-            result.succeeded = true;
-            result.message = message;
-        }
-        Err(message) => result.message = message,
-    }
-    result
-}
-
-async fn run(
-    client: &kube::Client,
-    resolver: &Resolver,
-    set_id: &str,
-    hook: &Hook,
-    timeout: Duration,
-    result: &mut HookResult,
-) -> Result<String, String> {
-    let api_version = hook.manifest["apiVersion"].as_str().unwrap_or_default();
-    let kind = match resolver.resolve(api_version, &hook.key.kind) {
-        Some(kind) => kind,
-        None => {
-            resolver
-                .refresh()
-                .await
-                .map_err(|e| format!("cannot refresh API discovery: {e}"))?;
-            resolver
-                .resolve(api_version, &hook.key.kind)
-                .ok_or_else(|| {
-                    format!(
-                        "the cluster does not serve kind {} in {api_version}",
-                        hook.key.kind
-                    )
-                })?
-        }
-    };
-    let api = api_for(client, &kind, &hook.key.namespace);
-    remove_earlier_runs(&api, set_id, hook, timeout).await?;
-    let object: DynamicObject = serde_json::from_value(hook.manifest.clone())
-        .map_err(|e| format!("not a valid object: {e}"))?;
-    let params = PostParams {
-        dry_run: false,
-        field_manager: Some(FIELD_MANAGER.into()),
-    };
-    let created = api
-        .create(&params, &object)
-        .await
-        .map_err(|e| format!("cannot create it: {}", describe(&e)))?;
-    let name = created.metadata.name.clone().unwrap_or_default();
-    result.key.name = name.clone();
-    let outcome = wait_finished(&api, &name, &hook.key.kind, timeout).await;
-    let delete = match &outcome {
-        Ok(_) => hook.delete_policy.succeeded,
-        Err(_) => hook.delete_policy.failed,
-    };
-    if delete {
-        let params = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
-            ..Default::default()
+    /// Runs one hook; returns what it came to, and where it is when it is to be deleted
+    /// at the end of the phase.
+    async fn run_one(
+        &self,
+        hook: &Hook,
+        phase: Phase,
+    ) -> (HookResult, Option<(Api<DynamicObject>, String)>) {
+        let mut result = HookResult {
+            phase,
+            key: hook.key.clone(),
+            succeeded: false,
+            message: String::new(),
+            deleted: false,
         };
-        match api.delete(&name, &params).await {
-            Ok(_) => result.deleted = true,
-            Err(kube::Error::Api(status)) if status.code == 404 => result.deleted = true,
-            Err(e) => {
-                tracing::warn!(hook = %result.key, err = %describe(&e), "cannot delete the finished hook")
+        let (outcome, created) = self.create_and_watch(hook, &mut result).await;
+        let mut later = None;
+        match outcome {
+            Ok(message) => {
+                result.succeeded = true;
+                result.message = message;
+                if hook.delete_policy.succeeded
+                    && let Some(created) = created
+                {
+                    later = Some(created);
+                }
+            }
+            Err(message) => {
+                result.message = message;
+                if hook.delete_policy.failed
+                    && let Some((api, name)) = created
+                {
+                    result.deleted = delete(&api, &name, &result.key).await;
+                }
             }
         }
+        (result, later)
     }
-    outcome
+
+    /// Creates the hook and watches it until it finished; returns how, and where the
+    /// object is (once created).
+    async fn create_and_watch(
+        &self,
+        hook: &Hook,
+        result: &mut HookResult,
+    ) -> (Result<String, String>, Option<(Api<DynamicObject>, String)>) {
+        let api_version = hook.manifest["apiVersion"].as_str().unwrap_or_default();
+        let kind = match self.resolver.resolve(api_version, &hook.key.kind) {
+            Some(kind) => kind,
+            None => {
+                if let Err(e) = self.resolver.refresh().await {
+                    return (Err(format!("cannot refresh API discovery: {e}")), None);
+                }
+                match self.resolver.resolve(api_version, &hook.key.kind) {
+                    Some(kind) => kind,
+                    None => {
+                        return (
+                            Err(format!(
+                                "the cluster does not serve kind {} in {api_version}",
+                                hook.key.kind
+                            )),
+                            None,
+                        );
+                    }
+                }
+            }
+        };
+        let api = api_for(self.client, &kind, &hook.key.namespace);
+        if let Err(why) = remove_earlier_runs(&api, self.set_id, hook, self.timeout).await {
+            return (Err(why), None);
+        }
+        let object: DynamicObject = match serde_json::from_value(hook.manifest.clone()) {
+            Ok(object) => object,
+            Err(e) => return (Err(format!("not a valid object: {e}")), None),
+        };
+        let params = PostParams {
+            dry_run: false,
+            field_manager: Some(FIELD_MANAGER.into()),
+        };
+        let created = match api.create(&params, &object).await {
+            Ok(created) => created,
+            Err(e) => return (Err(format!("cannot create it: {}", describe(&e))), None),
+        };
+        let name = created.metadata.name.clone().unwrap_or_default();
+        result.key.name = name.clone();
+        let shown = result.key.to_string();
+        let mut outcome =
+            watch_until_finished(&api, created, &hook.key.kind, self.timeout, &|message| {
+                self.progress.note(&format!("{shown}: {message}"))
+            })
+            .await;
+        if let Err(why) = &mut outcome {
+            let warnings =
+                warning_events(self.client, &hook.key.namespace, &hook.key.kind, &name).await;
+            if !warnings.is_empty() {
+                why.push_str("; warnings: ");
+                why.push_str(&warnings.join("; "));
+            }
+        }
+        (outcome, Some((api, name)))
+    }
+}
+
+/// Deletes a finished hook (in the background: a Job's Pods go with it); whether it is gone.
+async fn delete(api: &Api<DynamicObject>, name: &str, key: &ObjectKey) -> bool {
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(status)) if status.code == 404 => true,
+        Err(e) => {
+            tracing::warn!(hook = %key, err = %describe(&e), "cannot delete the finished hook");
+            false
+        }
+    }
 }
 
 /// Deletes what earlier runs of this hook left: the object of the same name (which only
@@ -264,35 +313,160 @@ async fn remove_earlier_runs(
     Ok(())
 }
 
-/// Waits until the hook object finished: `Ok` with how, or `Err` with why it failed.
-async fn wait_finished(
+/// Watches the hook object from its creation until it finished: `Ok` with how, or `Err`
+/// with why it failed. A watch (not polling) sees every change, so a Job that Kubernetes
+/// deletes as soon as it completes (`ttlSecondsAfterFinished: 0`) is seen completing: its
+/// last state comes with the deletion. `note` hears the object's state as it changes.
+async fn watch_until_finished(
     api: &Api<DynamicObject>,
-    name: &str,
+    created: DynamicObject,
     kind: &str,
     timeout: Duration,
+    note: &(dyn Fn(&str) + Sync),
 ) -> Result<String, String> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let name = created.metadata.name.clone().unwrap_or_default();
+    let mut version = created
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap_or_default();
+    let mut last = serde_json::to_value(created).expect("objects serialize");
+    let timed_out = |last: &Value| {
+        format!(
+            "not finished after {} s: {}",
+            timeout.as_secs(),
+            health::assess(Some(last)).message
+        )
+    };
+    // Bounded: each watch lasts until the deadline at most (or the server's own limit).
     loop {
-        let live = api
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("cannot read it: {}", describe(&e)))?
-            .map(|o| serde_json::to_value(o).expect("objects serialize"))
-            .ok_or("it was deleted before it finished")?;
-        if let Some(done) = finished(kind, &live) {
+        if let Some(done) = finished(kind, &last) {
             return done;
         }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "not finished after {} s: {}",
-                timeout.as_secs(),
-                health::assess(Some(&live)).message
-            ));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(timed_out(&last));
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(left.as_secs().clamp(1, 290) as u32);
+        let events = api
+            .watch(&params, &version)
+            .await
+            .map_err(|e| format!("cannot watch it: {}", describe(&e)))?;
+        let mut events = events.boxed();
+        loop {
+            let event = match tokio::time::timeout_at(deadline, events.try_next()).await {
+                Err(_) => return Err(timed_out(&last)),
+                Ok(Err(e)) => {
+                    tracing::debug!(err = %e, "a hook's watch ended; watching again");
+                    break;
+                }
+                // The server ended the watch: watch again from the last version seen.
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(event))) => event,
+            };
+            match event {
+                WatchEvent::Added(object) | WatchEvent::Modified(object) => {
+                    version = object.metadata.resource_version.clone().unwrap_or_default();
+                    last = serde_json::to_value(object).expect("objects serialize");
+                    if let Some(done) = finished(kind, &last) {
+                        return done;
+                    }
+                    note(&health::assess(Some(&last)).message);
+                }
+                WatchEvent::Deleted(object) => {
+                    let gone = serde_json::to_value(object).expect("objects serialize");
+                    return finished(kind, &gone).unwrap_or_else(|| {
+                        Err(format!(
+                            "it was deleted before it finished (last seen: {})",
+                            health::assess(Some(&gone)).message
+                        ))
+                    });
+                }
+                WatchEvent::Bookmark(bookmark) => version = bookmark.metadata.resource_version,
+                // The version is too old (compacted): read the object again, watch from it.
+                WatchEvent::Error(status) if status.code == 410 => {
+                    let live = api
+                        .get_opt(&name)
+                        .await
+                        .map_err(|e| format!("cannot read it: {}", describe(&e)))?
+                        .ok_or(
+                            "it was deleted while its watch was interrupted; whether it finished is unknown",
+                        )?;
+                    version = live.metadata.resource_version.clone().unwrap_or_default();
+                    last = serde_json::to_value(live).expect("objects serialize");
+                    break;
+                }
+                WatchEvent::Error(status) => {
+                    return Err(format!("cannot watch it: {}", status.message));
+                }
+            }
+        }
     }
+}
+
+/// The last distinct warning Events about a hook and, for a Job, about its Pods
+/// (`serviceaccount "x" not found`, a Pod that cannot be scheduled, …): at most five.
+async fn warning_events(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Vec<String> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = if namespace.is_empty() {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), namespace)
+    };
+    let listed = match events
+        .list(&ListParams::default().fields("type=Warning"))
+        .await
+    {
+        Ok(listed) => listed.items,
+        Err(e) => {
+            tracing::debug!(err = %describe(&e), "cannot list the hook's events");
+            return Vec::new();
+        }
+    };
+    let about = |event: &k8s_openapi::api::core::v1::Event| {
+        let object = &event.involved_object;
+        let object_name = object.name.as_deref().unwrap_or_default();
+        let object_kind = object.kind.as_deref().unwrap_or_default();
+        (object_kind == kind && object_name == name)
+            || (kind == "Job"
+                && object_kind == "Pod"
+                && object_name
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('-')))
+    };
+    let mut relevant: Vec<&k8s_openapi::api::core::v1::Event> =
+        listed.iter().filter(|e| about(e)).collect();
+    relevant.sort_by_key(|e| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+    });
+    let mut said: Vec<String> = Vec::new();
+    for event in relevant.iter().rev() {
+        let text = format!(
+            "{}/{} {}: {}",
+            event.involved_object.kind.as_deref().unwrap_or_default(),
+            event.involved_object.name.as_deref().unwrap_or_default(),
+            event.reason.as_deref().unwrap_or_default(),
+            event.message.as_deref().unwrap_or_default().trim()
+        );
+        if !said.contains(&text) {
+            said.push(text);
+        }
+        if said.len() == 5 {
+            break;
+        }
+    }
+    said.reverse();
+    said
 }
 
 /// Whether a hook object finished, and how. A Pod is done when it succeeded or failed (a

@@ -251,7 +251,7 @@ pub async fn apply(
             .iter()
             .filter(|h| h.phases.contains(&phase))
             .collect();
-        hooks.sort_by(|a, b| (a.order, &a.key).cmp(&(b.order, &b.key)));
+        hooks.sort_by(|a, b| (a.run_order(), &a.key).cmp(&(b.run_order(), &b.key)));
         hooks
     };
     let runner = hooks::Runner {
@@ -259,14 +259,12 @@ pub async fn apply(
         resolver,
         set_id: &plan.applyset.id,
         timeout: options.hook_timeout,
+        progress: &options.progress,
     };
 
     // 2. PreSync hooks, before any member is written: a failure stops the sync.
     let pre_sync = hooks_of(Phase::PreSync);
     if !pre_sync.is_empty() {
-        options
-            .progress
-            .note(&format!("running {} PreSync hook(s)", pre_sync.len()));
         let failure = runner
             .run(&pre_sync, Phase::PreSync, &mut report.hooks)
             .await;
@@ -279,6 +277,11 @@ pub async fn apply(
                     &mut report.hooks,
                 )
                 .await;
+            let mut parent = Parent {
+                recorded: plan.applyset.clone(),
+                exists: plan.parent_exists,
+            };
+            parent.record_hooks(client, &plan, &mut report).await?;
             return Ok(report);
         }
     }
@@ -287,11 +290,11 @@ pub async fn apply(
     // still runs the SyncFail hooks below.
     let mut all_ok = true;
     let mut pruned_all = true;
+    let mut parent = Parent {
+        recorded: plan.applyset.clone(),
+        exists: plan.parent_exists,
+    };
     let members: Result<(), Error> = async {
-        let mut parent = Parent {
-            recorded: plan.applyset.clone(),
-            exists: plan.parent_exists,
-        };
         parent.record(client, &widened, &mut report).await?;
 
         // 3. Apply stage by stage, and within a stage wave by wave; later stages wait for
@@ -495,6 +498,9 @@ pub async fn apply(
         }
     }
     members?;
+    if run_hooks {
+        parent.record_hooks(client, &plan, &mut report).await?;
+    }
 
     if all_ok && let Some(timeout) = options.wait {
         let desired = plan
@@ -534,6 +540,7 @@ impl Parent {
             && set.group_kinds == self.recorded.group_kinds
             && set.namespaces == self.recorded.namespaces
             && set.application == self.recorded.application
+            && set.hooks_unfinished == self.recorded.hooks_unfinished
         {
             return Ok(());
         }
@@ -554,6 +561,38 @@ impl Parent {
         self.recorded = set.clone();
         self.exists = true;
         Ok(())
+    }
+
+    /// Records whether the hooks of this sync (which ran them) all succeeded: until a sync
+    /// runs them to the end, the set is not in sync and the next sync runs them again. A
+    /// set without a parent yet needs no record: its next sync creates everything anyway.
+    async fn record_hooks(
+        &mut self,
+        client: &kube::Client,
+        plan: &Plan,
+        report: &mut ApplyReport,
+    ) -> Result<(), Error> {
+        if !self.exists {
+            return Ok(());
+        }
+        let due = plan
+            .hooks
+            .iter()
+            .any(|h| h.phases.iter().any(|p| *p != Phase::SyncFail));
+        let mut set = self.recorded.clone();
+        set.hooks_unfinished = match report.failure_message() {
+            Some(why) if due => Some(applyset::UnfinishedHooks::new(
+                !plan.parent_exists
+                    || plan
+                        .applyset
+                        .hooks_unfinished
+                        .as_ref()
+                        .is_some_and(|u| u.install),
+                &why,
+            )),
+            _ => None,
+        };
+        self.record(client, &set, report).await
     }
 }
 

@@ -180,6 +180,9 @@ struct PlanDocument<'a> {
     hooks: &'a [Hook],
     #[serde(skip_serializing_if = "<[Skipped]>::is_empty")]
     skipped: &'a [Skipped],
+    /// Why the last sync's hooks did not finish: the next sync runs them again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hooks_unfinished: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -232,6 +235,11 @@ pub fn write_plan(
                     .collect(),
                 hooks: &plan.hooks,
                 skipped: &plan.skipped,
+                hooks_unfinished: plan
+                    .applyset
+                    .hooks_unfinished
+                    .as_ref()
+                    .map(|u| u.why.clone()),
             };
             crate::output::write_structured(out, format, &document)?;
         }
@@ -372,6 +380,10 @@ fn write_text(
             writeln!(out, "  {}  ({})", describe_hook(hook), hook.origin)?;
         }
     }
+    if let Some(line) = unfinished_hooks(plan) {
+        writeln!(out)?;
+        writeln!(out, "{line}")?;
+    }
     for skipped in &plan.skipped {
         writeln!(out)?;
         writeln!(
@@ -383,6 +395,15 @@ fn write_text(
     writeln!(out)?;
     writeln!(out, "{}", plan.summary())?;
     Ok(())
+}
+
+/// The hooks of the set's last sync failed or never ran: the next sync runs them again.
+fn unfinished_hooks(plan: &Plan) -> Option<String> {
+    let unfinished = plan.applyset.hooks_unfinished.as_ref()?;
+    Some(format!(
+        "The last sync's hooks did not all succeed, so the next sync runs them again: {}",
+        unfinished.why
+    ))
 }
 
 fn write_markdown(
@@ -406,6 +427,10 @@ fn write_markdown(
         for hook in &plan.hooks {
             writeln!(out, "- `{}`", describe_hook(hook))?;
         }
+    }
+    if let Some(line) = unfinished_hooks(plan) {
+        writeln!(out)?;
+        writeln!(out, "{line}")?;
     }
     let changed: Vec<&Change> = plan
         .changes

@@ -17,6 +17,58 @@ const HELM_HOOK: &str = "helm.sh/hook";
 const HELM_WEIGHT: &str = "helm.sh/hook-weight";
 const HELM_DELETE_POLICY: &str = "helm.sh/hook-delete-policy";
 
+/// Helm's order of kinds among hooks of one weight (its `InstallOrder`, v3 and v4): a
+/// ServiceAccount and its Role before the Job that uses them.
+const INSTALL_ORDER: [&str; 38] = [
+    "PriorityClass",
+    "Namespace",
+    "NetworkPolicy",
+    "ResourceQuota",
+    "LimitRange",
+    "PodSecurityPolicy",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "Secret",
+    "SecretList",
+    "ConfigMap",
+    "StorageClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleList",
+    "ClusterRoleBinding",
+    "ClusterRoleBindingList",
+    "Role",
+    "RoleList",
+    "RoleBinding",
+    "RoleBindingList",
+    "Service",
+    "DaemonSet",
+    "Pod",
+    "ReplicationController",
+    "ReplicaSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+    "IngressClass",
+    "Ingress",
+    "APIService",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+];
+
+/// Where `kind` runs among hooks of one weight: Helm's kind order, then kinds Helm does
+/// not know (the caller sorts those by name).
+pub fn kind_rank(kind: &str) -> usize {
+    INSTALL_ORDER
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(INSTALL_ORDER.len())
+}
+
 /// When a hook runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Phase {
@@ -366,6 +418,30 @@ mod tests {
         ));
         assert!(is_hook(&annotated(json!({"helm.sh/hook": "test"}))));
         assert!(!is_hook(&annotated(json!({"tether.dev/sync-wave": "1"}))));
+    }
+
+    #[test]
+    fn hooks_of_one_weight_run_in_helms_kind_order() {
+        let mut kinds = [
+            "Job",
+            "Widget",
+            "RoleBinding",
+            "ServiceAccount",
+            "Role",
+            "Pod",
+        ];
+        kinds.sort_by_key(|k| (kind_rank(k), *k));
+        assert_eq!(
+            kinds,
+            [
+                "ServiceAccount",
+                "Role",
+                "RoleBinding",
+                "Pod",
+                "Job",
+                "Widget"
+            ]
+        );
     }
 
     #[test]

@@ -162,6 +162,19 @@ pub struct Hook {
     pub manifest: Value,
 }
 
+impl Hook {
+    /// When it runs within its phase: by order (wave or Helm weight), then Helm's kind
+    /// order, then name. Hooks of one order and kind run at the same time.
+    pub fn run_order(&self) -> (i64, usize, &str, &str) {
+        (
+            self.order,
+            hooks::kind_rank(&self.key.kind),
+            &self.key.kind,
+            &self.key.name,
+        )
+    }
+}
+
 /// An object the sync leaves alone (a `Skip` hook, a Helm test hook, …), and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Skipped {
@@ -266,10 +279,13 @@ impl Plan {
         summary
     }
 
-    /// Whether the cluster differs from the plan's objects: a change to make, or an object
-    /// left out because another owner holds it.
+    /// Whether the cluster differs from the plan's objects: a change to make, an object
+    /// left out because another owner holds it, or hooks of the last sync that did not
+    /// succeed (the next sync runs them again).
     pub fn has_changes(&self) -> bool {
-        !self.refused.is_empty() || self.changes.iter().any(|c| c.action != Action::Unchanged)
+        !self.refused.is_empty()
+            || self.applyset.hooks_unfinished.is_some()
+            || self.changes.iter().any(|c| c.action != Action::Unchanged)
     }
 
     /// Whether the plan orders objects in more than one wave.
@@ -620,8 +636,14 @@ pub async fn plan(
     let mut hooks = Vec::new();
     let mut skipped = Vec::new();
     let mut seen: BTreeMap<ObjectKey, Origin> = BTreeMap::new();
+    // Helm's install: the set's first sync, until one runs its hooks to the end.
+    let install = !parent_exists
+        || applyset
+            .hooks_unfinished
+            .as_ref()
+            .is_some_and(|unfinished| unfinished.install);
     for object in objects {
-        let role = match hooks::role_of(&object.manifest, !parent_exists) {
+        let role = match hooks::role_of(&object.manifest, install) {
             Ok(role) => role,
             Err(message) => {
                 errors.push(PlanError {
@@ -848,7 +870,9 @@ pub async fn plan(
         return Err(PlanErrors(errors));
     }
     changes.sort_by(|a, b| (a.stage, a.wave, &a.key).cmp(&(b.stage, b.wave, &b.key)));
-    hooks.sort_by(|a, b| (&a.phases, a.order, &a.key).cmp(&(&b.phases, b.order, &b.key)));
+    hooks.sort_by(|a, b| {
+        (&a.phases, a.run_order(), &a.key).cmp(&(&b.phases, b.run_order(), &b.key))
+    });
     Ok(Plan {
         options: options.clone(),
         applyset,

@@ -71,7 +71,7 @@ fn resources(app: &Application, view: &AppView) -> Markup {
                         span.kind { "Application" }
                         span.objname { (app.name_any()) }
                         (badge(sync)) (badge(health))
-                        span.hmsg { (view.nodes.iter().filter(|n| n.depth == 0).count()) " objects in its ApplySet" }
+                        span.hmsg { (view.nodes.iter().filter(|n| n.depth == 0 && n.hook.is_none()).count()) " objects in its ApplySet" }
                     }
                 }
                 @for node in &view.nodes {
@@ -83,6 +83,7 @@ fn resources(app: &Application, view: &AppView) -> Markup {
                             span.kind { (node.key.kind) }
                             span.objname { (node.key.name) }
                             @if node.action.is_some() { (badge(sync_state(node))) }
+                            @if node.hook.is_some() { (badge("Hook")) }
                             (badge(&node.health.status.to_string()))
                             span.hmsg { (node.health.message) }
                         }
@@ -288,6 +289,8 @@ pub async fn object(
             } @else {
                 pre.diff { @for line in node.diff.lines() { span class=(diff_class(line)) { (line) "\n" } } }
             }
+        } @else if let Some(hook) = &node.hook {
+            p.muted { "A hook left behind by a sync (" (hook) "): not a member of the set, never pruned; its next run deletes it first." }
         } @else {
             p.muted { "Not in Git: created by its owner." }
         }

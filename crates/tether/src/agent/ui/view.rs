@@ -31,6 +31,8 @@ pub struct Node {
     pub diff: String,
     /// The live object, Secret values replaced by their sizes.
     pub live: Option<Value>,
+    /// A hook object a sync left behind (not a member): its phases and delete policy.
+    pub hook: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -170,6 +172,7 @@ async fn compute(state: &UiState, app: &Application) -> AppView {
             health,
             diff: change.diff.clone(),
             live,
+            hook: None,
         });
         if let Some(uid) = change
             .live
@@ -189,13 +192,81 @@ async fn compute(state: &UiState, app: &Application) -> AppView {
                 health: Health::new(health::HealthStatus::Unknown, refused.message.clone()),
                 diff: String::new(),
                 live: None,
+                hook: None,
             });
         }
     }
+    leftover_hooks(
+        &destination.target.client,
+        &destination.target.resolver,
+        &plan,
+        &mut nodes,
+    )
+    .await;
     AppView {
         revision: Some(revision),
         error: None,
         nodes,
+    }
+}
+
+/// Hook objects that syncs left behind (a failed Job its policy keeps, a hook whose policy
+/// deletes it only before its next run): one LIST per kind and namespace of the plan's hooks.
+async fn leftover_hooks(
+    client: &kube::Client,
+    resolver: &crate::cluster::discovery::Resolver,
+    plan: &crate::plan::Plan,
+    nodes: &mut Vec<Node>,
+) {
+    let mut listed = std::collections::BTreeSet::new();
+    for hook in &plan.hooks {
+        let api_version = hook.manifest["apiVersion"].as_str().unwrap_or_default();
+        if !listed.insert((api_version, &hook.key.kind, &hook.key.namespace)) {
+            continue;
+        }
+        let Some(kind) = resolver.resolve(api_version, &hook.key.kind) else {
+            continue;
+        };
+        let api = crate::plan::api_for(client, &kind, &hook.key.namespace);
+        let selector = format!("{}={}", crate::plan::HOOK_OF_LABEL, plan.applyset.id);
+        let Ok(list) = api.list(&ListParams::default().labels(&selector)).await else {
+            continue;
+        };
+        for object in list {
+            let label = object
+                .labels()
+                .get(crate::plan::HOOK_LABEL)
+                .cloned()
+                .unwrap_or_default();
+            let of = plan
+                .hooks
+                .iter()
+                .find(|h| crate::plan::hook_label(&h.key) == label);
+            let what = match of {
+                Some(h) => {
+                    let phases: Vec<String> = h.phases.iter().map(ToString::to_string).collect();
+                    format!("{} hook, deleted: {}", phases.join(","), h.delete_policy)
+                }
+                None => "a hook of an earlier revision".to_string(),
+            };
+            let mut value = serde_json::to_value(&object).expect("objects serialize");
+            value["apiVersion"] = Value::String(api_version.to_string());
+            value["kind"] = Value::String(hook.key.kind.clone());
+            nodes.push(Node {
+                depth: 0,
+                key: ObjectKey {
+                    group: hook.key.group.clone(),
+                    kind: hook.key.kind.clone(),
+                    namespace: hook.key.namespace.clone(),
+                    name: object.name_any(),
+                },
+                action: None,
+                health: health::assess(Some(&value)),
+                diff: String::new(),
+                live: Some(redacted(&value)),
+                hook: Some(what),
+            });
+        }
     }
 }
 
@@ -214,6 +285,7 @@ fn add_children(owned: &Owned, uid: &str, depth: usize, nodes: &mut Vec<Node>) {
             health: health::assess(Some(live)),
             diff: String::new(),
             live: Some(live.clone()),
+            hook: None,
         });
         if depth < 4
             && let Some(child) = live["metadata"]["uid"].as_str()
