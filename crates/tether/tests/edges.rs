@@ -385,3 +385,177 @@ async fn an_application_without_credentials_never_reads_what_one_with_them_fetch
     }
     let _ = agent.stop().await;
 }
+
+fn health(app: &Application) -> Option<&str> {
+    app.status.as_ref()?.health.as_deref()
+}
+
+/// Health follows the cluster, not the poll (issue 22 §4): a Deployment that cannot be
+/// scheduled until a node gets a label is Progressing; once it rolls out, its Application is
+/// Healthy within 2 s (the poll is an hour away). A destination namespace that does not exist
+/// is created with `CreateNamespace=true` (Argo CD's option), and is not a member.
+#[tokio::test]
+async fn health_follows_a_rollout_at_once_and_create_namespace_makes_the_destination() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "follows").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    let label = format!(
+        "tether.dev/test-{}",
+        ns.name.len() + std::process::id() as usize
+    );
+    repo.write(
+        "web/web.yaml",
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      nodeSelector: {{\"{label}\": \"yes\"}}\n      tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]\n      containers: [{{name: web, image: registry.invalid/web:1}}]\n"
+        ),
+    );
+    let created = format!("{}-made", ns.name);
+    repo.write("made/settings.yaml", &cm("settings", "blue"));
+    let first = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    create_application(
+        &apps,
+        "web",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "web"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h"}
+        }),
+    )
+    .await;
+    until(&apps, "web", "synced and progressing", |a| {
+        applied(a) == Some(first.as_str()) && synced(a) && health(a) == Some("Progressing")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let app = apps.get("web").await.expect("read");
+    assert_eq!(health(&app), Some("Progressing"), "nothing can run yet");
+
+    // A node that may run it: the rollout completes, and the Application says so at once.
+    let node = String::from_utf8(
+        kubectl(&[
+            "get",
+            "nodes",
+            "-l",
+            "type=kwok",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .stdout,
+    )
+    .expect("utf-8");
+    let labelled = kubectl(&["label", "node", &node, &format!("{label}=yes")]);
+    assert!(labelled.status.success(), "{labelled:?}");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns.name);
+    let mut rolled_out = None;
+    let mut healthy = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && healthy.is_none() {
+        if rolled_out.is_none() {
+            let web = deployments.get("web").await.expect("read");
+            if web.status.and_then(|s| s.available_replicas) == Some(1) {
+                rolled_out = Some(Instant::now());
+            }
+        }
+        if health(&apps.get("web").await.expect("read")) == Some("Healthy") {
+            healthy = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unlabelled = kubectl(&["label", "node", &node, &format!("{label}-")]);
+    assert!(unlabelled.status.success(), "{unlabelled:?}");
+    let rolled_out = rolled_out.expect("the Deployment rolled out");
+    let healthy = healthy.expect("the Application turned Healthy");
+    let after = healthy.saturating_duration_since(rolled_out);
+    println!("Healthy {after:?} after the rollout completed");
+    assert!(after < Duration::from_secs(2), "{after:?}");
+
+    // A destination namespace that does not exist: refused without the option, created
+    // with it (and not a member: the set holds only the ConfigMap).
+    create_application(
+        &apps,
+        "made",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "made"},
+            "destination": {"namespace": created},
+            "syncPolicy": {"interval": "1h", "syncOptions": ["CreateNamespace=true"]}
+        }),
+    )
+    .await;
+    until(&apps, "made", "synced into a namespace it created", |a| {
+        applied(a) == Some(first.as_str()) && synced(a)
+    })
+    .await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let made = namespaces.get(&created).await.expect("created");
+    assert!(
+        !made.labels().contains_key(PART_OF),
+        "the namespace is not a member"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &created);
+    assert_eq!(
+        color(&configmaps, "settings").await.as_deref(),
+        Some("blue")
+    );
+    let _ = agent.stop().await;
+    let _ = namespaces.delete(&created, &Default::default()).await;
+
+    // The same option on the CLI, and an option tether does not know is refused.
+    let cli_ns = format!("{}-cli", ns.name);
+    let folder = dir.path().join("cli");
+    std::fs::create_dir_all(&folder).expect("folder");
+    std::fs::write(folder.join("settings.yaml"), cm("settings", "blue")).expect("write");
+    let path = folder.to_str().expect("utf-8");
+    let out = tether(&[
+        "plan",
+        "--path",
+        path,
+        "-n",
+        &cli_ns,
+        "--app",
+        "cli",
+        "--create-namespace",
+    ]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("+ create Namespace/{cli_ns}")),
+        "{said}"
+    );
+    let out = tether(&[
+        "apply",
+        "--path",
+        path,
+        "-n",
+        &cli_ns,
+        "--app",
+        "cli",
+        "--create-namespace",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(namespaces.get_opt(&cli_ns).await.expect("read").is_some());
+    let _ = namespaces.delete(&cli_ns, &Default::default()).await;
+    let spec = tether::agent::application::SyncPolicy {
+        sync_options: vec!["Prune=false".into()],
+        ..Default::default()
+    };
+    let err = spec.create_namespace().expect_err("refused");
+    assert!(
+        err.contains("Prune=false") && err.contains("CreateNamespace=true"),
+        "{err}"
+    );
+}

@@ -199,6 +199,30 @@ pub struct SyncPolicy {
     pub interval: String,
     #[serde(default)]
     pub retry: Retry,
+    /// Argo CD's sync options that tether understands: `CreateNamespace=true` creates the
+    /// destination namespace when it does not exist (never pruned). Others are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sync_options: Vec<String>,
+}
+
+impl SyncPolicy {
+    /// Whether `CreateNamespace=true` is set; an option tether does not know is an error
+    /// (ignoring `Prune=false` would prune what its author meant to keep).
+    pub fn create_namespace(&self) -> Result<bool, String> {
+        let mut create = false;
+        for option in &self.sync_options {
+            match option.replace(' ', "").as_str() {
+                "CreateNamespace=true" => create = true,
+                "CreateNamespace=false" => create = false,
+                other => {
+                    return Err(format!(
+                        "spec.syncPolicy.syncOptions: tether does not know {other:?}; it knows CreateNamespace=true"
+                    ));
+                }
+            }
+        }
+        Ok(create)
+    }
 }
 
 impl Default for SyncPolicy {
@@ -210,6 +234,7 @@ impl Default for SyncPolicy {
             force_conflicts: false,
             interval: default_interval(),
             retry: Retry::default(),
+            sync_options: Vec::new(),
         }
     }
 }
@@ -411,6 +436,7 @@ impl ApplicationSpec {
         if self.source.repo_url.trim().is_empty() {
             return Err("spec.source.repoURL is empty; name the Git repository".into());
         }
+        self.sync_policy.create_namespace()?;
         let reference = self.source.r#ref.as_ref_text()?;
         crate::source::reference::RefSpec::parse(&reference).map_err(
             |crate::source::reference::RefError::Invalid { reason, .. }| {

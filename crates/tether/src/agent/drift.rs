@@ -541,11 +541,24 @@ impl DriftWatch {
         (previous, prints)
     }
 
+    /// A member's status changed: its Application reads health again now (the controller
+    /// merges triggers that arrive while one is queued), so Healthy and Degraded follow the
+    /// cluster instead of the next poll.
     fn status_changed(&self, object: &PartialObjectMeta<DynamicObject>) {
-        if let Some(id) = set_of(object)
-            && let Some(state) = self.sets.lock().expect("not poisoned").get_mut(&id)
-        {
-            state.status_changed = true;
+        let Some(id) = set_of(object) else {
+            return;
+        };
+        let was = match self.sets.lock().expect("not poisoned").get_mut(&id) {
+            Some(state) => std::mem::replace(&mut state.status_changed, true),
+            None => return,
+        };
+        // Already flagged: a reconcile is due and will read all of it.
+        if was {
+            return;
+        }
+        let owner = self.owners.read().expect("not poisoned").get(&id).cloned();
+        if let Some(owner) = owner {
+            let _ = self.trigger.send(owner);
         }
     }
 

@@ -53,6 +53,11 @@ const WATCH_LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shortest wait before the next periodic reconcile.
 const MIN_REQUEUE: Duration = Duration::from_secs(1);
 
+/// The pause before health is read again, after `progressing` of Progressing.
+fn progress_backoff(progressing: Duration) -> Duration {
+    (progressing / 10).max(MIN_REQUEUE)
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     /// Watch Applications in this namespace only (default: all namespaces).
@@ -191,9 +196,28 @@ struct Context {
     /// namespace/name → the refresh annotation last acted on (another agent passed a
     /// webhook on): a new one means the remote's refs must be listed afresh.
     refreshes: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// namespace/name → since when the Application has been Progressing: its health is read
+    /// again on a short backoff until it settles (see [`progress_backoff`]).
+    progressing: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Context {
+    /// While an Application is Progressing, how soon its health is read again: 1 s at
+    /// first, then a tenth of the time it has been progressing (a rollout of a minute is
+    /// seen within 6 s of its end); the watches' status events usually come first.
+    fn progress_backoff(&self, app: &Application, health: HealthStatus) -> Option<Duration> {
+        let key = application_key(app);
+        let mut progressing = self.progressing.lock().expect("not poisoned");
+        if health != HealthStatus::Progressing {
+            progressing.remove(&key);
+            return None;
+        }
+        let since = *progressing
+            .entry(key)
+            .or_insert_with(std::time::Instant::now);
+        Some(progress_backoff(since.elapsed()))
+    }
+
     fn count_reconcile(&self, app: &Application, result: &str, started: std::time::Instant) {
         tracing::debug!(
             application = %app.name_any(),
@@ -425,6 +449,7 @@ pub async fn run(
         seen_versions: Default::default(),
         shards: shards.clone(),
         refreshes: Default::default(),
+        progressing: Default::default(),
     });
     // Sharded: keep this agent's shards; reconcile each Application of a shard it takes
     // (they were skipped while another agent held it), forget those of a shard it gives up.
@@ -856,6 +881,9 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 );
             }
             let mut next = jitter(interval);
+            if let Some(backoff) = ctx.progress_backoff(&app, outcome.health) {
+                next = next.min(backoff);
+            }
             if let Some(period) = ctx.options.verify_interval {
                 next = next.min(
                     outcome
@@ -1931,6 +1959,8 @@ fn plan_options_for(options: &AgentOptions, app: &Application) -> PlanOptions {
     plan_options.force_conflicts = spec.sync_policy.force_conflicts;
     plan_options.application = Some(application_key(app));
     plan_options.refuse_alone = true;
+    // Checked where the sync starts (an unknown option fails it there).
+    plan_options.create_namespace = spec.sync_policy.create_namespace().unwrap_or(false);
     plan_options
 }
 
@@ -2245,4 +2275,23 @@ fn now_rfc3339() -> String {
         .round(k8s_openapi::jiff::Unit::Second)
         .map(|t| t.to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn health_is_read_again_soon_while_progressing_and_less_often_as_it_goes_on() {
+        assert_eq!(progress_backoff(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(
+            progress_backoff(Duration::from_secs(12)),
+            Duration::from_millis(1200)
+        );
+        assert_eq!(
+            progress_backoff(Duration::from_secs(60)),
+            Duration::from_secs(6)
+        );
+    }
 }

@@ -124,6 +124,8 @@ pub enum Error {
         "{count} object(s) have fields that tether never applied and another manager owns; nothing was written:\n{details}\nresolve the conflict in Git, or take the fields: --force-conflicts (the agent: spec.syncPolicy.forceConflicts: true)"
     )]
     Conflicts { count: usize, details: String },
+    #[error("cannot create namespace {name} (CreateNamespace): {reason}")]
+    Namespace { name: String, reason: String },
     #[error("cannot update the ApplySet parent Secret/{name}: {reason}")]
     Parent { name: String, reason: String },
     #[error("CRD {name} was not established within {seconds} s")]
@@ -219,7 +221,14 @@ pub async fn apply(
                 });
             }
         };
-        if missing {
+        let in_set = pending.iter().any(|c| {
+            c.key.group.is_empty()
+                && c.key.kind == "Namespace"
+                && c.key.name == plan.options.namespace
+        });
+        if missing && plan.creates_namespace && !in_set {
+            create_namespace(client, &plan.options.namespace, &mut report).await?;
+        } else if missing {
             let position = pending
                 .iter()
                 .position(|c| c.key.group.is_empty() && c.key.kind == "Namespace" && c.key.name == plan.options.namespace)
@@ -521,6 +530,45 @@ pub async fn apply(
         options.progress.finish();
     }
     Ok(report)
+}
+
+/// Creates the destination namespace that the set does not hold (`CreateNamespace=true`):
+/// labelled as tether's doing, but not a member, so never pruned.
+async fn create_namespace(
+    client: &kube::Client,
+    name: &str,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let namespace = k8s_openapi::api::core::v1::Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "tether".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let params = kube::api::PostParams {
+        dry_run: false,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    match namespaces.create(&params, &namespace).await {
+        Ok(_) => report.writes += 1,
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => {
+            return Err(Error::Namespace {
+                name: name.to_string(),
+                reason: describe(&e),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What the parent Secret records now; written only when that changes (never on a no-op).

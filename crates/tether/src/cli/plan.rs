@@ -45,6 +45,11 @@ pub struct TargetArgs {
     /// an explicit -n refuses them, as kubectl does.
     #[arg(long)]
     pub multi_namespace: bool,
+
+    /// Create the namespace when it does not exist (not a member of the set: never
+    /// pruned), as Argo CD's CreateNamespace=true and helm's --create-namespace.
+    #[arg(long)]
+    pub create_namespace: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +111,7 @@ pub async fn prepare(
     options.force_conflicts = target.force_conflicts;
     options.concurrency = target.concurrency;
     options.keep_unchanged_live = keep_unchanged_live;
+    options.create_namespace = target.create_namespace;
     options.progress = super::progress::for_stderr();
     let plan = crate::plan::plan(&cluster.client(), &resolver, objects, &options).await?;
     Ok(Prepared {
@@ -372,6 +378,15 @@ fn write_text(
                 writeln!(out, "    {}", paint(code, line))?;
             }
         }
+    }
+    if plan.creates_namespace {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{} Namespace/{} (it does not exist; created first, not a member: never pruned)",
+            paint("32", "+ create"),
+            plan.options.namespace
+        )?;
     }
     if !plan.hooks.is_empty() {
         writeln!(out)?;

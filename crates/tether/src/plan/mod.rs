@@ -53,6 +53,9 @@ pub struct PlanOptions {
     /// out of the plan, in [`Plan::refused`], instead of stopping it: the agent syncs and
     /// heals the rest (DESIGN rule 13). Push mode's pre-flight keeps all-or-nothing.
     pub refuse_alone: bool,
+    /// Create the namespace (`namespace`) when it does not exist and the set does not hold
+    /// it (Argo CD's `CreateNamespace=true`): created, never a member, never pruned.
+    pub create_namespace: bool,
     pub progress: crate::progress::ProgressHandle,
 }
 
@@ -68,6 +71,7 @@ impl PlanOptions {
             keep_unchanged_live: true,
             application: None,
             refuse_alone: false,
+            create_namespace: false,
             progress: Default::default(),
         }
     }
@@ -255,6 +259,9 @@ pub struct Plan {
     /// Objects left out because another owner holds them (with
     /// [`PlanOptions::refuse_alone`]; empty otherwise): each fails alone.
     pub refused: Vec<PlanError>,
+    /// The namespace does not exist and is to be created first
+    /// ([`PlanOptions::create_namespace`]).
+    pub creates_namespace: bool,
 }
 
 impl Plan {
@@ -284,6 +291,7 @@ impl Plan {
     /// succeed (the next sync runs them again).
     pub fn has_changes(&self) -> bool {
         !self.refused.is_empty()
+            || self.creates_namespace
             || self.applyset.hooks_unfinished.is_some()
             || self.changes.iter().any(|c| c.action != Action::Unchanged)
     }
@@ -298,6 +306,17 @@ impl Plan {
             .iter()
             .filter(|c| c.action != Action::Prune)
             .count()
+    }
+}
+
+/// Whether `namespace` does not exist. An account that may not read Namespaces (a tenant
+/// confined to its own) counts it as existing: its writes then say otherwise.
+async fn namespace_missing(client: &kube::Client, namespace: &str) -> Result<bool, PlanErrors> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    match namespaces.get_opt(namespace).await {
+        Ok(found) => Ok(found.is_none()),
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(false),
+        Err(err) => Err(PlanErrors(vec![cluster_error(None, None, &err)])),
     }
 }
 
@@ -794,11 +813,18 @@ pub async fn plan(
         });
     }
 
-    let creating_namespaces: BTreeSet<String> = prepared
+    let mut creating_namespaces: BTreeSet<String> = prepared
         .iter()
         .filter(|p| p.key.group.is_empty() && p.key.kind == "Namespace")
         .map(|p| p.key.name.clone())
         .collect();
+    let creates_namespace = options.create_namespace
+        && !parent_exists
+        && !creating_namespaces.contains(&options.namespace)
+        && namespace_missing(client, &options.namespace).await?;
+    if creates_namespace {
+        creating_namespaces.insert(options.namespace.clone());
+    }
     let prefetched =
         match prefetch_live(client, &prepared, &applyset.id, options.keep_unchanged_live).await {
             Ok(prefetched) => prefetched,
@@ -881,6 +907,7 @@ pub async fn plan(
         hooks,
         skipped,
         refused,
+        creates_namespace,
     })
 }
 
