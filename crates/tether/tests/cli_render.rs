@@ -226,3 +226,48 @@ fn a_chart_that_needs_a_recent_kubernetes_renders_without_a_cluster() {
     );
     assert!(stdout.contains("version: v1.34.0"), "{stdout}");
 }
+
+/// A local folder of Jsonnet, with the flags a user of `jsonnet` expects; a missing external
+/// variable is a clear error naming the flag.
+#[test]
+fn render_evaluates_jsonnet_with_external_variables_arguments_and_library_folders() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(app.join("vendor")).expect("mkdir");
+    std::fs::write(
+        app.join("main.jsonnet"),
+        "local k = import 'k.libsonnet';\nfunction(team='web') k.cm(std.extVar('env') + '-' + team)\n",
+    )
+    .expect("write");
+    std::fs::write(
+        app.join("vendor/k.libsonnet"),
+        "{ cm(name):: {apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: name}} }\n",
+    )
+    .expect("write");
+    let path = app.to_str().expect("utf-8");
+    let out = tether(&[
+        "render",
+        "--path",
+        path,
+        "--jsonnet-ext-str",
+        "env=prod",
+        "--jsonnet-tla-code",
+        "team='data'",
+        "--jsonnet-lib",
+        "vendor",
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("name: prod-data"), "{said}");
+    let out = tether(&["render", "--path", path, "--jsonnet-lib", "vendor"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("main.jsonnet:2") && err.contains("--jsonnet-ext-str env="),
+        "{err}"
+    );
+}

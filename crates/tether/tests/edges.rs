@@ -559,3 +559,137 @@ async fn health_follows_a_rollout_at_once_and_create_namespace_makes_the_destina
         "{err}"
     );
 }
+
+/// Jsonnet folders render (issue 22 §5), with Argo CD's options on the Application
+/// (`extVars`, `tlas`, `libs`), and a folder whose files render nothing while some were
+/// skipped fails, naming them, instead of being "applied" empty.
+#[tokio::test]
+async fn a_jsonnet_folder_is_rendered_and_a_folder_of_skipped_files_is_never_applied_empty() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "jsonnet").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write(
+        "guestbook/main.jsonnet",
+        "local lib = import 'configmap.libsonnet';\nfunction(replicas) [lib.cm('guestbook-' + std.extVar('env'), replicas)]\n",
+    );
+    repo.write(
+        "lib/configmap.libsonnet",
+        "{ cm(name, replicas):: {apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: name}, data: {replicas: std.toString(replicas)}} }\n",
+    );
+    repo.write("skipped/helpers.libsonnet", "{}\n");
+    repo.write("skipped/README.md", "Only helpers here.\n");
+    let first = repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    create_application(
+        &apps,
+        "guestbook",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "guestbook"},
+            "destination": {"namespace": ns.name},
+            "render": {"jsonnet": {
+                "extVars": [{"name": "env", "value": "prod"}],
+                "tlas": [{"name": "replicas", "value": "1 + 2", "code": true}],
+                "libs": ["lib"]
+            }},
+            "syncPolicy": {"interval": "1h"}
+        }),
+    )
+    .await;
+    create_application(
+        &apps,
+        "skipped",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "skipped"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h", "retry": {"limit": 1}}
+        }),
+    )
+    .await;
+    until(
+        &apps,
+        "guestbook",
+        "the Jsonnet rendered and applied",
+        |a| applied(a) == Some(first.as_str()) && synced(a),
+    )
+    .await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let made = configmaps.get("guestbook-prod").await.expect("rendered");
+    assert_eq!(made.data.expect("data")["replicas"], "3");
+    let failed = until(&apps, "skipped", "the empty render refused", |a| {
+        ready(a).is_some_and(|(status, message)| {
+            status == "False" && message.contains("no object rendered")
+        })
+    })
+    .await;
+    let (_, message) = ready(&failed).expect("ready");
+    assert!(
+        message.contains("skipped/helpers.libsonnet") && message.contains("skipped/README.md"),
+        "{message}"
+    );
+    assert!(!synced(&failed), "never Synced: {:?}", failed.status);
+    let _ = agent.stop().await;
+}
+
+/// Two folders of one name (two repositories' `kustomize/`) applied into one namespace with
+/// the default app name would share one set, and the second would prune the first's
+/// objects. The set records its source; the second is refused, naming --app, and nothing
+/// of the first is touched (issue 22 §7).
+#[tokio::test]
+async fn two_folders_of_one_name_never_share_a_set_by_default() {
+    let client = cluster().await.client();
+    let ns = TestNamespace::create(&client, "same-name").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let first = dir.path().join("one/app");
+    let second = dir.path().join("two/app");
+    for (folder, name) in [(&first, "first"), (&second, "second")] {
+        std::fs::create_dir_all(folder).expect("folder");
+        std::fs::write(folder.join("cm.yaml"), cm(name, "blue")).expect("write");
+    }
+    let apply = |folder: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "apply",
+            "--path",
+            folder.to_str().expect("utf-8"),
+            "-n",
+            &ns.name,
+        ];
+        args.extend_from_slice(extra);
+        tether(&args)
+    };
+    let out = apply(&first, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = apply(&second, &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("comes from the folder's name") && said.contains("--app"),
+        "{said}"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    assert_eq!(color(&configmaps, "first").await.as_deref(), Some("blue"));
+    assert!(configmaps.get_opt("second").await.expect("read").is_none());
+    // The same folder again is the same source; a name given is the user's choice.
+    let out = apply(&first, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = apply(&second, &["--app", "app-two"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(color(&configmaps, "first").await.as_deref(), Some("blue"));
+    assert_eq!(color(&configmaps, "second").await.as_deref(), Some("blue"));
+}

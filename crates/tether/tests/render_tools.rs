@@ -74,7 +74,7 @@ fn kustomize_overlays_render_with_patches_prefixes_and_hashed_generators() {
         .expect("deployment");
     assert_eq!(deploy.key.name, "prod-web");
     assert_eq!(deploy.manifest["spec"]["replicas"], 3, "the patch applied");
-    assert_eq!(deploy.origin.file, "kustomize build overlays/prod");
+    assert_eq!(deploy.origin.file, "kustomize build overlays/prod output");
     let config = prod
         .iter()
         .find(|o| o.key.kind == "ConfigMap")
@@ -477,4 +477,49 @@ impl Drop for StaticServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Problems and origins point at the file that holds the object where the renderer says
+/// so: Helm's `# Source:` comments name the template (lines count in its rendered output,
+/// as in Helm's own messages, not in the whole stream), and a kustomization asking for
+/// origin annotations names the source file; otherwise the location says it is a line of
+/// kustomize's output.
+#[test]
+fn locations_point_at_templates_and_kustomize_sources() {
+    let dir = tempfile::tempdir().expect("temp");
+    let long_template: String = (0..40)
+        .map(|i| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: filler-{i}\n"))
+        .collect();
+    let mut files: Vec<(&str, &str)> = KUSTOMIZE_REPO.to_vec();
+    files.extend([
+        (
+            "overlays/traced/kustomization.yaml",
+            "resources: [../../base]\nbuildMetadata: [originAnnotations]\n",
+        ),
+        (
+            "chart/Chart.yaml",
+            "apiVersion: v2\nname: broken\nversion: 0.1.0\n",
+        ),
+        ("chart/templates/a-long.yaml", long_template.as_str()),
+        (
+            "chart/templates/b-broken.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  labels: {a: b}\ndata: {}\n",
+        ),
+    ]);
+    write(dir.path(), &files);
+    let tree = DirTree::new(dir.path()).expect("dir");
+    let traced = render(&tree, "overlays/traced", &options()).expect("renders");
+    let deploy = traced
+        .iter()
+        .find(|o| o.key.kind == "Deployment")
+        .expect("deployment");
+    assert_eq!(deploy.origin.file, "base/deploy.yaml");
+
+    let err = render(&tree, "chart", &options())
+        .expect_err("a ConfigMap without a name")
+        .to_string();
+    assert!(
+        err.contains("broken/templates/b-broken.yaml:1 (document"),
+        "the template and its own line, not line 200-odd of the stream: {err}"
+    );
 }

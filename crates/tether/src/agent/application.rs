@@ -158,6 +158,62 @@ pub struct RenderSpec {
     /// Variables for `${VAR}` substitution; substitution is on when this is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variables: Option<std::collections::BTreeMap<String, String>>,
+    /// Options of `.jsonnet` files (Argo CD's `directory.jsonnet`).
+    #[serde(default, skip_serializing_if = "JsonnetSpec::is_empty")]
+    pub jsonnet: JsonnetSpec,
+}
+
+/// Argo CD's `spec.source.directory.jsonnet`, with its field names.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonnetSpec {
+    /// `std.extVar(name)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ext_vars: Vec<JsonnetVar>,
+    /// Top-level arguments of a file whose value is a function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tlas: Vec<JsonnetVar>,
+    /// Repository folders searched for imports (`-J`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub libs: Vec<String>,
+}
+
+impl JsonnetSpec {
+    fn is_empty(&self) -> bool {
+        self.ext_vars.is_empty() && self.tlas.is_empty() && self.libs.is_empty()
+    }
+
+    /// The render's options.
+    pub fn options(&self) -> crate::render::jsonnet::JsonnetOptions {
+        use crate::render::jsonnet::Argument;
+        let arguments = |vars: &[JsonnetVar]| {
+            vars.iter()
+                .map(|v| {
+                    let value = if v.code {
+                        Argument::Code(v.value.clone())
+                    } else {
+                        Argument::Str(v.value.clone())
+                    };
+                    (v.name.clone(), value)
+                })
+                .collect()
+        };
+        crate::render::jsonnet::JsonnetOptions {
+            ext_vars: arguments(&self.ext_vars),
+            tlas: arguments(&self.tlas),
+            libs: self.libs.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonnetVar {
+    pub name: String,
+    pub value: String,
+    /// `value` is Jsonnet code, not a string.
+    #[serde(default)]
+    pub code: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
@@ -454,6 +510,17 @@ impl ApplicationSpec {
         {
             return Err(format!(
                 "spec.render.renderer {renderer:?} is not auto, directory, kustomize or helm"
+            ));
+        }
+        if let Some(lib) = self
+            .render
+            .jsonnet
+            .libs
+            .iter()
+            .find(|l| crate::source::tree::normalize(l).is_none())
+        {
+            return Err(format!(
+                "spec.render.jsonnet.libs: {lib:?} leaves the repository; give a folder inside it"
             ));
         }
         if let Some(file) = self

@@ -1918,6 +1918,7 @@ pub async fn render_app(
         ..Default::default()
     };
     render_options.helm.values_files = spec.render.values_files.clone();
+    render_options.jsonnet = spec.render.jsonnet.options();
     resolver.fill_helm_capabilities(&mut render_options.helm);
     let path = crate::source::tree::normalize(&spec.source.path).ok_or_else(|| {
         format!(

@@ -21,6 +21,8 @@ pub const NAMESPACES_ANNOTATION: &str = "applyset.kubernetes.io/additional-names
 pub const APPLICATION_ANNOTATION: &str = "tether.dev/application";
 /// On the parent: the hooks of the last sync that ran hooks did not all succeed, so the
 /// next sync runs them again (`install: why` or `upgrade: why`).
+/// On the parent: where push mode's objects come from (`<repository>#<path>`, or a folder).
+pub const SOURCE_ANNOTATION: &str = "tether.dev/source";
 pub const HOOKS_UNFINISHED_ANNOTATION: &str = "tether.dev/hooks-unfinished";
 
 /// The hooks of the set's last sync failed or never ran: until a sync runs them and they
@@ -113,6 +115,8 @@ pub struct ApplySet {
     /// The Application (`namespace/name`) that syncs the set, if an agent does.
     pub application: Option<String>,
     pub hooks_unfinished: Option<UnfinishedHooks>,
+    /// Where the objects come from, as the last `tether apply` said.
+    pub source: Option<String>,
 }
 
 impl ApplySet {
@@ -126,6 +130,7 @@ impl ApplySet {
             namespaces: BTreeSet::new(),
             application: None,
             hooks_unfinished: None,
+            source: None,
         }
     }
 
@@ -164,6 +169,10 @@ impl ApplySet {
             .as_str()
             .filter(|a| !a.is_empty())
             .map(str::to_string);
+        self.source = annotations[SOURCE_ANNOTATION]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
         self.hooks_unfinished = annotations[HOOKS_UNFINISHED_ANNOTATION]
             .as_str()
             .and_then(UnfinishedHooks::parse);
@@ -196,6 +205,9 @@ impl ApplySet {
         });
         if let Some(application) = &self.application {
             parent["metadata"]["annotations"][APPLICATION_ANNOTATION] = json!(application);
+        }
+        if let Some(source) = &self.source {
+            parent["metadata"]["annotations"][SOURCE_ANNOTATION] = json!(source);
         }
         if let Some(unfinished) = &self.hooks_unfinished {
             parent["metadata"]["annotations"][HOOKS_UNFINISHED_ANNOTATION] =

@@ -195,6 +195,9 @@ pub async fn apply(
     if plan.options.application.is_some() {
         widened.application = plan.options.application.clone();
     }
+    if plan.options.source.is_some() {
+        widened.source = plan.options.source.clone();
+    }
     widened.group_kinds.extend(desired_kinds.iter().cloned());
     widened
         .namespaces
@@ -589,6 +592,7 @@ impl Parent {
             && set.namespaces == self.recorded.namespaces
             && set.application == self.recorded.application
             && set.hooks_unfinished == self.recorded.hooks_unfinished
+            && set.source == self.recorded.source
         {
             return Ok(());
         }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::GlobalArgs;
-use super::render::{RendererArgs, SourceArgs, default_app_name};
+use super::render::{RendererArgs, SourceArgs};
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
 use crate::output::OutputFormat;
@@ -85,7 +85,7 @@ pub async fn prepare(
         .context("API discovery failed")?;
     let app = match &target.app {
         Some(app) => app.clone(),
-        None => default_app_name(&resolved.path, target.source.repo.as_deref())?,
+        None => resolved.default_app_name(target.source.repo.as_deref())?,
     };
     let mut render_options =
         target
@@ -112,6 +112,8 @@ pub async fn prepare(
     options.concurrency = target.concurrency;
     options.keep_unchanged_live = keep_unchanged_live;
     options.create_namespace = target.create_namespace;
+    options.source = Some(resolved.source.clone());
+    options.app_defaulted = target.app.is_none();
     options.progress = super::progress::for_stderr();
     let plan = crate::plan::plan(&cluster.client(), &resolver, objects, &options).await?;
     Ok(Prepared {

@@ -140,6 +140,26 @@ pub struct RendererArgs {
     #[arg(long, value_name = "FILE")]
     pub helm_bin: Option<PathBuf>,
 
+    /// An external variable of .jsonnet files (std.extVar), a string.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub jsonnet_ext_str: Vec<String>,
+
+    /// An external variable of .jsonnet files, as Jsonnet code.
+    #[arg(long, value_name = "NAME=CODE")]
+    pub jsonnet_ext_code: Vec<String>,
+
+    /// A top-level argument of .jsonnet files whose value is a function, a string.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub jsonnet_tla_str: Vec<String>,
+
+    /// A top-level argument of .jsonnet files, as Jsonnet code.
+    #[arg(long, value_name = "NAME=CODE")]
+    pub jsonnet_tla_code: Vec<String>,
+
+    /// A folder of the repository searched for Jsonnet imports (as jsonnet -J).
+    #[arg(long = "jsonnet-lib", value_name = "FOLDER")]
+    pub jsonnet_libs: Vec<String>,
+
     /// Time limit for one kustomize or helm run.
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
     pub render_timeout: Duration,
@@ -193,6 +213,7 @@ impl RendererArgs {
                     _ => None,
                 },
             },
+            jsonnet: self.jsonnet_options()?,
             vars,
             namespace: namespace.to_string(),
             app: app.to_string(),
@@ -209,7 +230,50 @@ impl RendererArgs {
     }
 }
 
-/// The last folder of the path, else the repository's name, as a DNS label.
+impl RendererArgs {
+    fn jsonnet_options(&self) -> anyhow::Result<crate::render::jsonnet::JsonnetOptions> {
+        use crate::render::jsonnet::Argument;
+        let parse =
+            |flag: &str, pairs: &[String], code: bool| -> anyhow::Result<Vec<(String, Argument)>> {
+                pairs
+                    .iter()
+                    .map(|pair| {
+                        let (name, value) = pair
+                            .split_once('=')
+                            .with_context(|| format!("--{flag} {pair:?}: expected NAME=VALUE"))?;
+                        let value = if code {
+                            Argument::Code(value.to_string())
+                        } else {
+                            Argument::Str(value.to_string())
+                        };
+                        Ok((name.to_string(), value))
+                    })
+                    .collect()
+            };
+        let mut ext_vars = parse("jsonnet-ext-str", &self.jsonnet_ext_str, false)?;
+        ext_vars.extend(parse("jsonnet-ext-code", &self.jsonnet_ext_code, true)?);
+        let mut tlas = parse("jsonnet-tla-str", &self.jsonnet_tla_str, false)?;
+        tlas.extend(parse("jsonnet-tla-code", &self.jsonnet_tla_code, true)?);
+        let libs = self
+            .jsonnet_libs
+            .iter()
+            .map(|lib| {
+                crate::source::tree::normalize(lib).with_context(|| {
+                    format!("--jsonnet-lib {lib:?}: leaves the repository; give a folder inside it")
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(crate::render::jsonnet::JsonnetOptions {
+            ext_vars,
+            tlas,
+            libs,
+        })
+    }
+}
+
+/// The last folder of the path, else the repository's name, as a DNS label. The set
+/// records where it came from, so a second source whose default name is the same is
+/// refused (see `PlanOptions::source`).
 pub fn default_app_name(path: &str, repo: Option<&str>) -> anyhow::Result<String> {
     let from_path = path.rsplit('/').find(|p| !p.is_empty() && *p != ".");
     let from_repo = repo.and_then(|r| {
@@ -254,9 +318,19 @@ pub struct Resolved {
     pub revision: Option<Revision>,
     /// Repository-relative folder to render.
     pub path: String,
+    /// What the source is, for the set to record: `<repository URL>#<path>`, or a folder
+    /// outside any repository with a remote.
+    pub source: String,
 }
 
 impl Resolved {
+    /// The application name when none is given: the last folder of the path, else the
+    /// repository's name (or, for a folder on disk, its own name).
+    pub fn default_app_name(&self, repo: Option<&str>) -> anyhow::Result<String> {
+        let fallback = repo.unwrap_or_else(|| self.source.split('#').next().unwrap_or_default());
+        default_app_name(&self.path, Some(fallback))
+    }
+
     /// Renders the folder on a blocking thread (renderers are programs and file I/O).
     pub async fn render(&self, options: RenderOptions) -> anyhow::Result<Vec<Object>> {
         let tree = self.tree.clone();
@@ -333,10 +407,12 @@ impl SourceArgs {
             objects = stats.objects_received,
             "source resolved"
         );
+        let source = format!("{}#{path}", same_repository(repo));
         Ok(Resolved {
             tree: std::sync::Arc::new(tree),
             revision: Some(revision),
             path,
+            source,
         })
     }
 }
@@ -381,11 +457,51 @@ fn local_folder(path: &Path) -> anyhow::Result<Resolved> {
         .expect("root is an ancestor")
         .to_string_lossy()
         .into_owned();
+    // A clone is known by its remote, wherever it lies on disk (two people applying the
+    // same folder of the same repository are the same source).
+    let source = match origin_url(&root) {
+        Some(url) => format!("{}#{relative}", same_repository(&url)),
+        None => folder.display().to_string(),
+    };
     Ok(Resolved {
         tree: std::sync::Arc::new(DirTree::new(root)?),
         revision: None,
         path: relative,
+        source,
     })
+}
+
+/// The URL of the `origin` remote of the clone at `root`, from its `.git/config`.
+fn origin_url(root: &Path) -> Option<String> {
+    let config = std::fs::read_to_string(root.join(".git/config")).ok()?;
+    let mut in_origin = false;
+    for line in config.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_origin = line.replace(' ', "") == "[remote\"origin\"]";
+        } else if in_origin
+            && let Some((key, value)) = line.split_once('=')
+            && key.trim() == "url"
+        {
+            return Some(value.trim().to_string());
+        }
+    }
+    None
+}
+
+/// A repository URL as one spelling, fit to be recorded: no credentials (`user:token@`),
+/// no trailing `/` or `.git`.
+fn same_repository(url: &str) -> String {
+    let url = url.trim_end_matches('/').trim_end_matches(".git");
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}/{path}")
+        }
+        None => url.to_string(),
+    }
 }
 
 pub async fn run(
@@ -394,7 +510,8 @@ pub async fn run(
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
     let resolved = args.source.resolve().await?;
-    let app = default_app_name(&resolved.path, args.source.repo.as_deref())
+    let app = resolved
+        .default_app_name(args.source.repo.as_deref())
         .unwrap_or_else(|_| "app".into());
     let namespace = global.namespace.clone().unwrap_or_else(|| "default".into());
     let mut options = args
@@ -531,6 +648,14 @@ mod tests {
         assert_eq!(
             default_app_name("apps/Shop_Front/", None).unwrap(),
             "shop-front"
+        );
+        assert_eq!(
+            same_repository("https://ci:s3cret@git.example.com/team/deploy.git/"),
+            "https://git.example.com/team/deploy"
+        );
+        assert_eq!(
+            same_repository("git@git.example.com:team/deploy.git"),
+            "git@git.example.com:team/deploy"
         );
         assert!(default_app_name(".", None).is_err());
     }

@@ -56,6 +56,12 @@ pub struct PlanOptions {
     /// Create the namespace (`namespace`) when it does not exist and the set does not hold
     /// it (Argo CD's `CreateNamespace=true`): created, never a member, never pruned.
     pub create_namespace: bool,
+    /// Where the objects come from (`<repository>#<path>`, or a folder), recorded on the
+    /// set's parent by push mode.
+    pub source: Option<String>,
+    /// The application name was derived from the path: a set recording another source is
+    /// refused, since two folders of one name would otherwise share (and prune) one set.
+    pub app_defaulted: bool,
     pub progress: crate::progress::ProgressHandle,
 }
 
@@ -72,6 +78,8 @@ impl PlanOptions {
             application: None,
             refuse_alone: false,
             create_namespace: false,
+            source: None,
+            app_defaulted: false,
             progress: Default::default(),
         }
     }
@@ -612,6 +620,22 @@ pub async fn plan(
                         "Secret/{} -n {} is the set of Application {recorded}; Application {ours} would take over its objects: give one of them another name or destination namespace",
                         applyset.parent_name(),
                         options.namespace
+                    ),
+                    owned_elsewhere: false,
+                });
+            }
+            if options.app_defaulted
+                && let (Some(recorded), Some(ours)) = (&applyset.source, &options.source)
+                && recorded != ours
+            {
+                errors.push(PlanError {
+                    key: None,
+                    origin: None,
+                    message: format!(
+                        "the application name {app:?} comes from the folder's name, and its set (Secret/{parent} -n {namespace}) holds the objects of {recorded}, not of {ours}; name this one with --app (or pass --app {app} to take that set over)",
+                        app = options.app,
+                        parent = applyset.parent_name(),
+                        namespace = options.namespace
                     ),
                     owned_elsewhere: false,
                 });

@@ -9,6 +9,7 @@
 
 pub mod external;
 pub mod helm;
+pub mod jsonnet;
 pub mod kustomize;
 pub mod snapshot;
 pub mod substitute;
@@ -108,6 +109,8 @@ pub struct RenderOptions {
     pub renderer: Renderer,
     pub kustomize: kustomize::KustomizeOptions,
     pub helm: helm::HelmOptions,
+    /// Top-level arguments, external variables and library folders of `.jsonnet` files.
+    pub jsonnet: jsonnet::JsonnetOptions,
     /// Variables for `${VAR}` substitution; `None` turns substitution off.
     pub vars: Option<substitute::Vars>,
     /// The namespace (Helm's `--namespace`) and the application (Helm's default release).
@@ -131,6 +134,7 @@ impl Default for RenderOptions {
             renderer: Renderer::Auto,
             kustomize: Default::default(),
             helm: Default::default(),
+            jsonnet: Default::default(),
             vars: None,
             namespace: "default".into(),
             app: "app".into(),
@@ -189,6 +193,15 @@ pub enum Problem {
         line: u64,
         name: String,
     },
+    #[error(
+        "{path}: no object rendered, and {} file(s) were skipped: {}; tether reads .yaml, .yml, .json and .jsonnet files (a .libsonnet file only when imported); use --renderer for Kustomize or Helm, or list files to leave out in .tetherignore",
+        skipped.len(),
+        skipped.join(", ")
+    )]
+    NothingRendered { path: String, skipped: Vec<String> },
+    /// `message` names the file and line (the imported file's, when the error is there).
+    #[error("{message}")]
+    Jsonnet { origin: Origin, message: String },
     #[error("{renderer} {path} (application {app}): {message}")]
     Renderer {
         renderer: &'static str,
@@ -243,8 +256,18 @@ pub fn render_plain(
     let ignore = IgnoreRules::load(tree, path, options);
     let mut problems = Vec::new();
     let mut objects = Vec::new();
+    // Files read as neither manifests nor Jsonnet: named if nothing renders.
+    let mut skipped = Vec::new();
     for entry in entries {
-        if !is_manifest(&entry.path) || ignore.is_ignored(&entry.path) {
+        if ignore.is_ignored(&entry.path) {
+            continue;
+        }
+        let is_jsonnet = entry.path.to_ascii_lowercase().ends_with(".jsonnet");
+        if !is_manifest(&entry.path) && !is_jsonnet {
+            let name = entry.path.rsplit('/').next().unwrap_or_default();
+            if entry.kind != EntryKind::Submodule && !name.starts_with('.') && skipped.len() < 20 {
+                skipped.push(entry.path.clone());
+            }
             continue;
         }
         let bytes = match entry.kind {
@@ -261,6 +284,14 @@ pub fn render_plain(
             },
         };
         match bytes {
+            Ok(bytes) if is_jsonnet => render_jsonnet(
+                tree,
+                &entry.path,
+                &bytes,
+                options,
+                &mut objects,
+                &mut problems,
+            ),
             Ok(bytes) => parse_file(&entry.path, &bytes, options, &mut objects, &mut problems),
             Err(err) => problems.push(Problem::Tree(err.to_string())),
         }
@@ -273,10 +304,71 @@ pub fn render_plain(
         }
     }
     check_duplicates(&objects, &mut problems);
+    if objects.is_empty() && problems.is_empty() && !skipped.is_empty() {
+        problems.push(Problem::NothingRendered {
+            path: if path.is_empty() {
+                ".".into()
+            } else {
+                path.to_string()
+            },
+            skipped,
+        });
+    }
     if problems.is_empty() {
         Ok(objects)
     } else {
         Err(Problems(problems))
+    }
+}
+
+/// Evaluates a `.jsonnet` file: its value is an object, a `kind: List`, or an array of
+/// objects (arrays nested in it are flattened, as Argo CD does).
+fn render_jsonnet(
+    tree: &dyn Tree,
+    file: &str,
+    bytes: &[u8],
+    options: &RenderOptions,
+    objects: &mut Vec<Object>,
+    problems: &mut Vec<Problem>,
+) {
+    let origin = Origin {
+        file: file.to_string(),
+        line: 1,
+        document: 0,
+        item: None,
+    };
+    let value = match jsonnet::evaluate(tree, file, bytes, &options.jsonnet, options.max_file_bytes)
+    {
+        Ok(value) => value,
+        Err(message) => {
+            problems.push(Problem::Jsonnet { origin, message });
+            return;
+        }
+    };
+    let mut items = Vec::new();
+    let mut pending = vec![value];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Array(values) => pending.extend(values.into_iter().rev()),
+            other => items.push(other),
+        }
+    }
+    let single = items.len() == 1;
+    for (index, item) in items.into_iter().enumerate() {
+        let origin = Origin {
+            item: (!single).then_some(index),
+            ..origin.clone()
+        };
+        match item {
+            Value::Null => {}
+            Value::Object(_) if item.get("kind") == Some(&Value::String("List".into())) => {
+                expand_list(item, origin, objects, problems);
+            }
+            item => match to_object(item, origin.clone()) {
+                Ok(object) => objects.push(object),
+                Err(message) => problems.push(Problem::Manifest { origin, message }),
+            },
+        }
     }
 }
 
@@ -440,11 +532,37 @@ fn render_kustomize(
         )
     })
     .map_err(fail)?;
+    // Without origin annotations (`buildMetadata: [originAnnotations]` in the
+    // kustomization), a line of kustomize's output is all there is to say, and the label
+    // says so.
     let label = format!(
-        "kustomize build {}",
+        "kustomize build {} output",
         if path.is_empty() { "." } else { path }
     );
-    finish(&label, &|_| label.clone(), &output, options)
+    let mut objects = finish(&label, &|line| (label.clone(), line), &output, options)?;
+    for object in &mut objects {
+        if let Some(file) = kustomize_origin(&object.manifest, path) {
+            object.origin.file = file;
+            object.origin.line = 0;
+        }
+    }
+    Ok(objects)
+}
+
+/// The repository file an object came from, when the kustomization asks kustomize to say
+/// (`buildMetadata: [originAnnotations]`): `config.kubernetes.io/origin`'s `path`, relative
+/// to the kustomization's folder. Remote and generated objects have none.
+fn kustomize_origin(manifest: &Value, path: &str) -> Option<String> {
+    let origin = manifest["metadata"]["annotations"]["config.kubernetes.io/origin"].as_str()?;
+    if origin.lines().any(|l| l.trim_start().starts_with("repo:")) {
+        return None;
+    }
+    let file = origin
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("path:"))?
+        .trim()
+        .trim_matches(['"', '\'']);
+    join_within(path, file)
 }
 
 fn render_helm(
@@ -497,15 +615,17 @@ fn render_helm(
     let text = String::from_utf8_lossy(&output).into_owned();
     let sources = helm::source_comments(&text);
     let label = format!("helm template {}", if path.is_empty() { "." } else { path });
-    let file_at = |line: u64| {
+    // Lines count in the template's rendered output, as in Helm's own messages (a
+    // template's source lines are not known once rendered).
+    let locate = |line: u64| {
         sources
             .iter()
             .rev()
             .find(|(at, _)| *at <= line)
-            .map(|(_, source)| source.clone())
-            .unwrap_or_else(|| label.clone())
+            .map(|(at, source)| (source.clone(), line - at))
+            .unwrap_or_else(|| (label.clone(), line))
     };
-    let mut objects = finish(&label, &file_at, &output, options)?;
+    let mut objects = finish(&label, &locate, &output, options)?;
     // Hooks are applied as ordinary objects for now; their origin says what they are.
     for object in &mut objects {
         if let Some(hook) = object.manifest["metadata"]["annotations"]["helm.sh/hook"].as_str() {
@@ -518,13 +638,13 @@ fn render_helm(
 /// Parses a renderer's output into objects and checks the set.
 fn finish(
     label: &str,
-    file_at: &dyn Fn(u64) -> String,
+    locate: Locate<'_>,
     output: &[u8],
     options: &RenderOptions,
 ) -> Result<Vec<Object>, Problems> {
     let mut objects = Vec::new();
     let mut problems = Vec::new();
-    parse_stream(label, file_at, output, options, &mut objects, &mut problems);
+    parse_stream(label, locate, output, options, &mut objects, &mut problems);
     if objects.len() > options.max_objects {
         problems.push(Problem::TooManyObjects {
             count: objects.len(),
@@ -601,7 +721,7 @@ fn parse_file(
 ) {
     parse_stream(
         file,
-        &|_| file.to_string(),
+        &|line| (file.to_string(), line),
         bytes,
         options,
         objects,
@@ -609,11 +729,14 @@ fn parse_file(
     );
 }
 
-/// Parses a YAML stream whose documents come from `file_at(line)` (one file for plain
+/// Where line `n` of a renderer's output came from: a file, and the line there.
+type Locate<'a> = &'a dyn Fn(u64) -> (String, u64);
+
+/// Parses a YAML stream whose lines come from `locate(line)` (one file for plain
 /// manifests; the template named by `# Source:` for Helm output).
 fn parse_stream(
     file: &str,
-    file_at: &dyn Fn(u64) -> String,
+    locate: Locate<'_>,
     bytes: &[u8],
     options: &RenderOptions,
     objects: &mut Vec<Object>,
@@ -640,10 +763,13 @@ fn parse_stream(
                 substituted.as_str()
             }
             Err(unset) => {
-                problems.extend(unset.into_iter().map(|u| Problem::UnsetVariable {
-                    file: file_at(u.line),
-                    line: u.line,
-                    name: u.name,
+                problems.extend(unset.into_iter().map(|u| {
+                    let (file, line) = locate(u.line);
+                    Problem::UnsetVariable {
+                        file,
+                        line,
+                        name: u.name,
+                    }
                 }));
                 return;
             }
@@ -653,10 +779,11 @@ fn parse_stream(
     let documents = match yaml::parse_documents(text, &options.yaml) {
         Ok(documents) => documents,
         Err(err) => {
+            // Helm's output: the template the broken document came from.
+            let (file, line) = locate(err.line);
             problems.push(Problem::Yaml {
-                // Helm's output: the template the broken document came from.
-                file: file_at(err.line),
-                line: err.line,
+                file,
+                line,
                 column: err.column,
                 message: err.message,
             });
@@ -664,9 +791,10 @@ fn parse_stream(
         }
     };
     for (index, doc) in documents.into_iter().enumerate() {
+        let (file, line) = locate(doc.line);
         let origin = Origin {
-            file: file_at(doc.line),
-            line: doc.line,
+            file,
+            line,
             document: index,
             item: None,
         };

@@ -286,3 +286,106 @@ fn the_render_cache_drops_the_least_recently_used_first() {
     left.sort();
     assert_eq!(left, ["5.out", "6.out", "7.out", "8.out", "9.out"]);
 }
+
+#[test]
+fn jsonnet_files_render_with_imports_arguments_and_libraries() {
+    let (_dir, tree) = repo(&[
+        (
+            "app/main.jsonnet",
+            "local lib = import 'lib.libsonnet';\nlocal shared = import 'shared.libsonnet';\nfunction(replicas='1') [\n  lib.cm(std.extVar('env')),\n  lib.cm('replicas-' + replicas) + {data: {team: shared.team}},\n  [lib.cm('nested')],\n]\n",
+        ),
+        (
+            "app/lib.libsonnet",
+            "{ cm(name):: {apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: name}} }\n",
+        ),
+        ("libs/shared.libsonnet", "{ team: 'platform' }\n"),
+        (
+            "app/one.jsonnet",
+            "{apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: 'single', labels: {n: std.toString(1 + 1)}}}",
+        ),
+    ]);
+    let options = RenderOptions {
+        jsonnet: jsonnet::JsonnetOptions {
+            ext_vars: vec![("env".into(), jsonnet::Argument::Str("prod".into()))],
+            tlas: vec![("replicas".into(), jsonnet::Argument::Code("1 + 2".into()))],
+            libs: vec!["libs".into()],
+        },
+        ..Default::default()
+    };
+    let objects = render_plain(&tree, "app", &options).expect("renders");
+    assert_eq!(
+        names(&objects),
+        [
+            "ConfigMap/prod",
+            "ConfigMap/replicas-3",
+            "ConfigMap/nested",
+            "ConfigMap/single"
+        ]
+    );
+    assert_eq!(objects[1].manifest["data"]["team"], "platform");
+    assert_eq!(objects[3].manifest["metadata"]["labels"]["n"], "2");
+    assert_eq!(
+        objects[1].origin.to_string(),
+        "app/main.jsonnet:1 (document 1, item 2)"
+    );
+}
+
+#[test]
+fn jsonnet_errors_name_the_file_and_line_and_imports_stay_in_the_repository() {
+    let (dir, tree) = repo(&[
+        (
+            "app/bad.jsonnet",
+            "local x = 1;\n\n{ a: error 'broken on purpose' }.a\n",
+        ),
+        ("app/escape.jsonnet", "import '../../outside.libsonnet'\n"),
+        ("app/missing.jsonnet", "import 'nowhere.libsonnet'\n"),
+        ("app/unset.jsonnet", "std.extVar('region')\n"),
+        ("app/function.jsonnet", "function(size) {}\n"),
+    ]);
+    std::fs::write(dir.path().join("../outside.libsonnet"), "{}").ok();
+    let err = render(&tree, "app").expect_err("problems").to_string();
+    assert!(
+        err.contains("app/bad.jsonnet:3: error: broken on purpose"),
+        "{err}"
+    );
+    assert!(err.contains("leaves the repository"), "{err}");
+    assert!(
+        err.contains("\"nowhere.libsonnet\"") && err.contains("not found"),
+        "{err}"
+    );
+    assert!(
+        err.contains("region") && err.contains("--jsonnet-ext-str"),
+        "{err}"
+    );
+    assert!(
+        err.contains("function.jsonnet") && err.contains("--jsonnet-tla-str"),
+        "{err}"
+    );
+    // Nesting deep enough to overflow a parser's stack is refused before parsing.
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    let (_dir, tree) = repo(&[("app/deep.jsonnet", deep.as_str())]);
+    let err = render(&tree, "app").expect_err("refused").to_string();
+    assert!(err.contains("nests 5000 levels"), "{err}");
+}
+
+#[test]
+fn a_folder_whose_files_render_nothing_while_some_were_skipped_is_an_error_naming_them() {
+    let (_dir, tree) = repo(&[
+        ("app/lib.libsonnet", "{}"),
+        ("app/notes.txt", "hello"),
+        ("app/.hidden", "x"),
+    ]);
+    let err = render(&tree, "app").expect_err("an error").to_string();
+    assert!(
+        err.contains("no object rendered")
+            && err.contains("app/lib.libsonnet")
+            && err.contains("app/notes.txt")
+            && !err.contains(".hidden"),
+        "{err}"
+    );
+    // An empty manifest is fine (nothing was skipped), as is a folder with objects.
+    let (_dir, tree) = repo(&[("app/empty.yaml", "")]);
+    assert!(render(&tree, "app").expect("renders").is_empty());
+    let (_dir, tree) = repo(&[("app/a.yaml", &cm("a")), ("app/README.md", "x")]);
+    assert_eq!(render(&tree, "app").expect("renders").len(), 1);
+}
