@@ -693,3 +693,78 @@ async fn two_folders_of_one_name_never_share_a_set_by_default() {
     assert_eq!(color(&configmaps, "first").await.as_deref(), Some("blue"));
     assert_eq!(color(&configmaps, "second").await.as_deref(), Some("blue"));
 }
+
+/// A failed PostSync hook fails the Application until a sync runs its hooks to the end
+/// (issue 22 §3): the retry runs the hook again (a new Job), the Application is never
+/// Synced meanwhile, and once Git fixes the hook the next sync runs it and is Synced.
+#[tokio::test]
+async fn the_agent_retries_a_failed_hook_and_is_never_synced_until_it_succeeds() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRD installed");
+    let ns = TestNamespace::create(&client, "hook-retry").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    let check = |fails: bool| {
+        let (failing, placement) = if fails {
+            (
+                "  activeDeadlineSeconds: 2\n  backoffLimit: 0\n",
+                "      nodeSelector: {nowhere: \"true\"}\n",
+            )
+        } else {
+            ("", "")
+        };
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: check\n  annotations: {{argocd.argoproj.io/hook: PostSync}}\nspec:\n{failing}  template:\n    spec:\n      restartPolicy: Never\n{placement}      containers:\n      - name: run\n        image: registry.invalid/check:1\n"
+        )
+    };
+    repo.write("app/settings.yaml", &cm("settings", "blue"));
+    repo.write("app/check.yaml", &check(true));
+    repo.commit("first");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    create_application(
+        &apps,
+        "hooked",
+        json!({
+            "source": {"repoURL": daemon.url("deploy"), "path": "app"},
+            "destination": {"namespace": ns.name},
+            "syncPolicy": {"interval": "1h", "retry": {"limit": 5, "backoff": "1s"}}
+        }),
+    )
+    .await;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns.name);
+    let mut uids = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut samples = 0;
+    while Instant::now() < deadline && uids.len() < 2 {
+        let app = apps.get("hooked").await.expect("read");
+        assert!(!synced(&app), "Synced while its hook failed: {:?}", app.status);
+        if let Some(job) = jobs.get_opt("check").await.expect("read") {
+            uids.insert(job.metadata.uid.expect("uid"));
+        }
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(uids.len() >= 2, "the retry ran the hook again ({samples} samples)");
+    let app = apps.get("hooked").await.expect("read");
+    let (status, message) = ready(&app).expect("ready");
+    assert_eq!(status, "False", "{message}");
+    assert!(message.contains("PostSync hook Job.batch/check"), "{message}");
+
+    repo.write("app/check.yaml", &check(false));
+    let fixed = repo.commit("the check passes");
+    apps.patch(
+        "hooked",
+        &PatchParams::default(),
+        &Patch::Merge(tether::agent::application::actions::sync()),
+    )
+    .await
+    .expect("sync requested");
+    until(&apps, "hooked", "the fixed hook ran and the set is in sync", |a| {
+        applied(a) == Some(fixed.as_str()) && synced(a)
+    })
+    .await;
+    let _ = agent.stop().await;
+}
