@@ -740,18 +740,28 @@ async fn the_agent_retries_a_failed_hook_and_is_never_synced_until_it_succeeds()
     let mut samples = 0;
     while Instant::now() < deadline && uids.len() < 2 {
         let app = apps.get("hooked").await.expect("read");
-        assert!(!synced(&app), "Synced while its hook failed: {:?}", app.status);
+        assert!(
+            !synced(&app),
+            "Synced while its hook failed: {:?}",
+            app.status
+        );
         if let Some(job) = jobs.get_opt("check").await.expect("read") {
             uids.insert(job.metadata.uid.expect("uid"));
         }
         samples += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(uids.len() >= 2, "the retry ran the hook again ({samples} samples)");
+    assert!(
+        uids.len() >= 2,
+        "the retry ran the hook again ({samples} samples)"
+    );
     let app = apps.get("hooked").await.expect("read");
     let (status, message) = ready(&app).expect("ready");
     assert_eq!(status, "False", "{message}");
-    assert!(message.contains("PostSync hook Job.batch/check"), "{message}");
+    assert!(
+        message.contains("PostSync hook Job.batch/check"),
+        "{message}"
+    );
 
     repo.write("app/check.yaml", &check(false));
     let fixed = repo.commit("the check passes");
@@ -762,9 +772,12 @@ async fn the_agent_retries_a_failed_hook_and_is_never_synced_until_it_succeeds()
     )
     .await
     .expect("sync requested");
-    until(&apps, "hooked", "the fixed hook ran and the set is in sync", |a| {
-        applied(a) == Some(fixed.as_str()) && synced(a)
-    })
+    until(
+        &apps,
+        "hooked",
+        "the fixed hook ran and the set is in sync",
+        |a| applied(a) == Some(fixed.as_str()) && synced(a),
+    )
     .await;
     let _ = agent.stop().await;
 }
