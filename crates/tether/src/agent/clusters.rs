@@ -286,6 +286,10 @@ pub struct Destination {
     pub drift: DriftWatch,
     /// ApplySet id → the desired objects of its last full sync.
     pub desired: Mutex<HashMap<String, Vec<super::Desired>>>,
+    /// ApplySet id → each desired object's health as last read: a status change reads only
+    /// the objects it touched (and those not Healthy), not the whole set.
+    pub health:
+        Mutex<HashMap<String, HashMap<crate::render::ObjectKey, crate::health::HealthStatus>>>,
 }
 
 impl Destination {
@@ -294,6 +298,7 @@ impl Destination {
             target,
             drift,
             desired: Default::default(),
+            health: Default::default(),
         }
     }
 }

@@ -123,6 +123,9 @@ impl DriftWatch {
         state.watched_from_start = false;
         state.drifted = false;
         state.status_changed = false;
+        state.status_objects.clear();
+        state.status_overflow = false;
+        state.follows_health = false;
         state.applied_digest = None;
         state.drifted_objects.clear();
         state.drift_overflow = false;
@@ -274,10 +277,22 @@ impl DriftWatch {
             .is_some_and(|s| s.drifted)
     }
 
-    /// After a health read: status changes so far are accounted for.
-    pub fn health_read(&self, id: &str) {
+    /// Before a health read: the members whose status changed since the last one, which
+    /// are now accounted for; `None` when too many changed to list (read them all).
+    pub fn take_status_changes(&self, id: &str) -> Option<BTreeSet<ObjectKey>> {
+        let mut sets = self.sets.lock().expect("not poisoned");
+        let state = sets.get_mut(id)?;
+        state.status_changed = false;
+        let overflow = std::mem::take(&mut state.status_overflow);
+        let changed = std::mem::take(&mut state.status_objects);
+        (!overflow).then_some(changed)
+    }
+
+    /// Whether a member's status change triggers set `id`'s Application at once (only
+    /// while the set is settled; see `SetState::follows_health`).
+    pub fn follow_health(&self, id: &str, on: bool) {
         if let Some(state) = self.sets.lock().expect("not poisoned").get_mut(id) {
-            state.status_changed = false;
+            state.follows_health = on;
         }
     }
 
@@ -438,7 +453,7 @@ impl DriftWatch {
                     trace_event("watch event", &object, &previous, &now, change.as_ref());
                     match change {
                         Some(Change::Foreign) => self.notify(&kind, &object, Seen::Changed),
-                        Some(Change::Status) => self.status_changed(&object),
+                        Some(Change::Status) => self.status_changed(&kind, &object),
                         Some(Change::Ours) | None => {}
                     }
                     Self::know(&mut known, &kind, &object);
@@ -544,16 +559,24 @@ impl DriftWatch {
     /// A member's status changed: its Application reads health again now (the controller
     /// merges triggers that arrive while one is queued), so Healthy and Degraded follow the
     /// cluster instead of the next poll.
-    fn status_changed(&self, object: &PartialObjectMeta<DynamicObject>) {
+    fn status_changed(&self, kind: &KindInfo, object: &PartialObjectMeta<DynamicObject>) {
         let Some(id) = set_of(object) else {
             return;
         };
-        let was = match self.sets.lock().expect("not poisoned").get_mut(&id) {
-            Some(state) => std::mem::replace(&mut state.status_changed, true),
+        let trigger = match self.sets.lock().expect("not poisoned").get_mut(&id) {
+            Some(state) => {
+                if state.status_objects.len() < TARGETED_LIMIT {
+                    state.status_objects.insert(member_key(kind, object));
+                } else {
+                    state.status_overflow = true;
+                }
+                // Already flagged, a reconcile is due and will read this one too.
+                let was = std::mem::replace(&mut state.status_changed, true);
+                !was && state.follows_health
+            }
             None => return,
         };
-        // Already flagged: a reconcile is due and will read all of it.
-        if was {
+        if !trigger {
             return;
         }
         let owner = self.owners.read().expect("not poisoned").get(&id).cloned();
@@ -709,6 +732,14 @@ struct SetState {
     drifted: bool,
     /// A member's status changed since (health may differ).
     status_changed: bool,
+    /// Which members' status changed, while there are few of them.
+    status_objects: BTreeSet<ObjectKey>,
+    /// More than [`TARGETED_LIMIT`] members' status changed: health is read in full.
+    status_overflow: bool,
+    /// The set is settled (its Application Synced): a member's status change triggers the
+    /// Application at once, to read health. Off while it fails or is out of sync, so a
+    /// status change never bypasses a failing sync's backoff.
+    follows_health: bool,
     /// The digest of the render the last full sync left the cluster holding.
     applied_digest: Option<[u8; 32]>,
     /// The members changed or deleted by someone else since, while there are few of them.

@@ -880,6 +880,8 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                     || format!("Synced, {}: {}", outcome.health, synced_message),
                 );
             }
+            // Settled: a member's status change reads health at once from now on.
+            outcome.destination.drift.follow_health(&set_id, synced);
             let mut next = jitter(interval);
             if let Some(backoff) = ctx.progress_backoff(&app, outcome.health) {
                 next = next.min(backoff);
@@ -1098,8 +1100,16 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
                     .is_ok_and(|source| source.change_announced())
         })
         .and_then(|s| s.last_applied_revision.clone());
+    // A reconcile for a status change only (a settled set, nothing drifted) reads health,
+    // and asks Git no sooner than the poll would: a member whose status changes often must
+    // not turn into a listing of the remote's refs each time.
+    let status_only = dest.drift.may_skip(&applyset_id) == Some(true);
     let listing_max_age = if sync_requested {
         Duration::ZERO
+    } else if status_only {
+        parse_duration(&spec.sync_policy.interval)
+            .unwrap_or(LISTING_MAX_AGE)
+            .max(LISTING_MAX_AGE)
     } else {
         LISTING_MAX_AGE
     };
@@ -1261,7 +1271,9 @@ async fn unchanged_outcome(
 ) -> Outcome {
     let dest = at.dest;
     let (status, sync, apply_set) = settled;
-    let health = if status_changed {
+    // Read again when a member's status changed, and while not Healthy (a rollout in
+    // progress: only the objects not Healthy are read).
+    let health = if status_changed || status.health.as_deref() != Some("Healthy") {
         assess_set(ctx, at.dest, at.client, applyset_id).await
     } else {
         health_from(status.health.as_deref().unwrap_or("Unknown"))
@@ -1433,11 +1445,16 @@ async fn full_sync(
         versions.clear();
     }
     dest.drift.finish_full_sync(applyset_id, versions);
-    let health = assess(ctx, client, &desired).await;
+    // A new desired set: its health is read in full (and remembered per object).
+    dest.health
+        .lock()
+        .expect("not poisoned")
+        .remove(applyset_id);
     dest.desired
         .lock()
         .expect("not poisoned")
         .insert(applyset_id.to_string(), desired);
+    let health = assess_set(ctx, dest, client, applyset_id).await;
     if !refused.is_empty() {
         return Err(Failure {
             message: dest.target.context(refused_message(&refused, &sync)),
@@ -1580,9 +1597,16 @@ async fn apply_and_record(
         run_hooks: !drift,
         ..Default::default()
     };
+    // The plan had changes: whatever stopped the apply (a conflict, a parent that cannot be
+    // written), the cluster differs from the revision.
     let report = apply(client, &dest.target.resolver, planned, &options)
         .await
-        .map_err(|e| dest.target.context(e.to_string()))?;
+        .map_err(|e| Failure {
+            message: dest.target.context(e.to_string()),
+            entry: None,
+            revision: None,
+            out_of_sync: true,
+        })?;
     for hook in report.hooks.iter().filter(|h| !h.succeeded) {
         publish(ctx, app, EventType::Warning, "HookFailed", hook.to_string()).await;
     }
@@ -1721,16 +1745,20 @@ async fn correct_drift(
     } else {
         None
     };
-    let (status, sync, apply_set) = settled;
-    // When everything was Healthy and no other member's status changed since, the others
-    // still are: read the corrected objects only. Otherwise read them all.
-    let health = if status.health.as_deref() == Some("Healthy")
-        && dest.drift.may_skip(applyset_id) == Some(false)
+    let (_, sync, apply_set) = settled;
+    // The corrected objects are read again, with those whose status changed and those not
+    // Healthy (the others still are as last read).
+    if let Some(known) = dest
+        .health
+        .lock()
+        .expect("not poisoned")
+        .get_mut(applyset_id)
     {
-        assess(ctx, client, &corrected).await
-    } else {
-        assess_set(ctx, at.dest, at.client, applyset_id).await
-    };
+        for (key, _) in &corrected {
+            known.remove(key);
+        }
+    }
+    let health = assess_set(ctx, at.dest, at.client, applyset_id).await;
     let mut sync = sync.clone();
     sync.revision = revision.commit.clone();
     Ok(Targeted::Done(Box::new(Outcome {
@@ -1744,15 +1772,18 @@ async fn correct_drift(
     })))
 }
 
-/// Reads the health of every object of set `id` as its last full sync desired them (and
-/// tells the drift watch that status changes so far are accounted for).
+/// The health of set `id` (its objects as its last full sync desired them), reading again
+/// only what may have changed: the members whose status the watches saw change, and those
+/// not Healthy at the last read (a rollout in progress); everything when nothing was read
+/// before or too many changed. Tells the drift watch that status changes so far are
+/// accounted for.
 async fn assess_set(
     ctx: &Context,
     dest: &Destination,
     client: &kube::Client,
     id: &str,
 ) -> HealthStatus {
-    dest.drift.health_read(id);
+    let changed = dest.drift.take_status_changes(id);
     let desired = dest
         .desired
         .lock()
@@ -1760,7 +1791,27 @@ async fn assess_set(
         .get(id)
         .cloned()
         .unwrap_or_default();
-    assess(ctx, client, &desired).await
+    let known = dest.health.lock().expect("not poisoned").get(id).cloned();
+    let to_read: Vec<Desired> = match (&changed, &known) {
+        (Some(changed), Some(known)) => desired
+            .iter()
+            .filter(|(key, _)| {
+                changed.contains(key) || known.get(key).is_none_or(|h| *h != HealthStatus::Healthy)
+            })
+            .cloned()
+            .collect(),
+        _ => desired.clone(),
+    };
+    let read = assess_each(ctx, client, &to_read).await;
+    let mut all = dest.health.lock().expect("not poisoned");
+    let each = all.entry(id.to_string()).or_default();
+    each.extend(read);
+    each.retain(|key, _| desired.iter().any(|(k, _)| k == key));
+    HealthStatus::worst(
+        desired
+            .iter()
+            .map(|(key, _)| each.get(key).copied().unwrap_or(HealthStatus::Unknown)),
+    )
 }
 
 /// Resolves the Application's ref and fetches that revision (credentials from its Secret,
@@ -2001,19 +2052,16 @@ fn health_from(text: &str) -> HealthStatus {
     }
 }
 
-/// The least healthy of the desired objects, read with `client` (the Application's).
-async fn assess(
+/// Each desired object's health, read with `client` (one GET each).
+async fn assess_each(
     ctx: &Context,
     client: &kube::Client,
-    desired: &[(
-        crate::render::ObjectKey,
-        Option<crate::cluster::discovery::KindInfo>,
-    )],
-) -> HealthStatus {
-    let checks = futures::stream::iter((0..desired.len()).map(|i| async move {
+    desired: &[Desired],
+) -> Vec<(crate::render::ObjectKey, HealthStatus)> {
+    futures::stream::iter((0..desired.len()).map(|i| async move {
         let (key, kind) = &desired[i];
         let Some(kind) = kind.clone() else {
-            return HealthStatus::Unknown;
+            return (key.clone(), HealthStatus::Unknown);
         };
         let live = crate::plan::api_for(client, &kind, &key.namespace)
             .get_opt(&key.name)
@@ -2021,12 +2069,11 @@ async fn assess(
             .ok()
             .flatten()
             .map(|o| serde_json::to_value(o).expect("objects serialize"));
-        health::assess(live.as_ref()).status
+        (key.clone(), health::assess(live.as_ref()).status)
     }))
     .buffer_unordered(ctx.options.concurrency.max(1))
     .collect::<Vec<_>>()
-    .await;
-    HealthStatus::worst(checks)
+    .await
 }
 
 /// Git credentials from a Secret: `username`/`password` for HTTPS; `sshPrivateKey` and

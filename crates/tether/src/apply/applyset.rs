@@ -19,10 +19,10 @@ pub const GROUP_KINDS_ANNOTATION: &str = "applyset.kubernetes.io/contains-group-
 pub const NAMESPACES_ANNOTATION: &str = "applyset.kubernetes.io/additional-namespaces";
 /// On the parent: the Application (`namespace/name`) whose agent syncs the set.
 pub const APPLICATION_ANNOTATION: &str = "tether.dev/application";
-/// On the parent: the hooks of the last sync that ran hooks did not all succeed, so the
-/// next sync runs them again (`install: why` or `upgrade: why`).
 /// On the parent: where push mode's objects come from (`<repository>#<path>`, or a folder).
 pub const SOURCE_ANNOTATION: &str = "tether.dev/source";
+/// On the parent: the hooks of the last sync that ran hooks did not all succeed, so the
+/// next sync runs them again (`install: why` or `upgrade: why`).
 pub const HOOKS_UNFINISHED_ANNOTATION: &str = "tether.dev/hooks-unfinished";
 
 /// The hooks of the set's last sync failed or never ran: until a sync runs them and they

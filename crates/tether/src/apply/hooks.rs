@@ -215,6 +215,11 @@ impl Runner<'_> {
         };
         let name = created.metadata.name.clone().unwrap_or_default();
         result.key.name = name.clone();
+        let about = Created {
+            name: name.clone(),
+            uid: created.metadata.uid.clone().unwrap_or_default(),
+            at: created.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        };
         let shown = result.key.to_string();
         let mut outcome =
             watch_until_finished(&api, created, &hook.key.kind, self.timeout, &|message| {
@@ -223,7 +228,7 @@ impl Runner<'_> {
             .await;
         if let Err(why) = &mut outcome {
             let warnings =
-                warning_events(self.client, &hook.key.namespace, &hook.key.kind, &name).await;
+                warning_events(self.client, &hook.key.namespace, &hook.key.kind, &about).await;
             if !warnings.is_empty() {
                 why.push_str("; warnings: ");
                 why.push_str(&warnings.join("; "));
@@ -361,10 +366,15 @@ async fn watch_until_finished(
                 Err(_) => return Err(timed_out(&last)),
                 Ok(Err(e)) => {
                     tracing::debug!(err = %e, "a hook's watch ended; watching again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     break;
                 }
-                // The server ended the watch: watch again from the last version seen.
-                Ok(Ok(None)) => break,
+                // The server ended the watch: watch again from the last version seen (a
+                // pause, so that a server ending every watch at once is not asked in a loop).
+                Ok(Ok(None)) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
                 Ok(Ok(Some(event))) => event,
             };
             match event {
@@ -407,13 +417,34 @@ async fn watch_until_finished(
     }
 }
 
-/// The last distinct warning Events about a hook and, for a Job, about its Pods
-/// (`serviceaccount "x" not found`, a Pod that cannot be scheduled, …): at most five.
+/// The hook object this run created.
+struct Created {
+    name: String,
+    uid: String,
+    at: Option<k8s_openapi::jiff::Timestamp>,
+}
+
+/// Whether a Pod's name is one the Job controller gives the Pods of Job `job`:
+/// `<job>-<5 characters>`, or `<job>-<index>-<5 characters>` for an indexed Job.
+fn pod_of_job(pod: &str, job: &str) -> bool {
+    let Some(rest) = pod.strip_prefix(job).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let suffix = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    match rest.split_once('-') {
+        None => suffix(rest),
+        Some((index, random)) => index.bytes().all(|b| b.is_ascii_digit()) && suffix(random),
+    }
+}
+
+/// The last distinct warning Events about this run of a hook and, for a Job, about its
+/// Pods (`serviceaccount "x" not found`, a Pod that cannot be scheduled, …): at most five,
+/// none older than the run.
 async fn warning_events(
     client: &kube::Client,
     namespace: &str,
     kind: &str,
-    name: &str,
+    run: &Created,
 ) -> Vec<String> {
     let events: Api<k8s_openapi::api::core::v1::Event> = if namespace.is_empty() {
         Api::all(client.clone())
@@ -430,25 +461,28 @@ async fn warning_events(
             return Vec::new();
         }
     };
+    let when = |event: &k8s_openapi::api::core::v1::Event| {
+        event
+            .last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or(event.event_time.as_ref().map(|t| t.0))
+    };
     let about = |event: &k8s_openapi::api::core::v1::Event| {
         let object = &event.involved_object;
         let object_name = object.name.as_deref().unwrap_or_default();
         let object_kind = object.kind.as_deref().unwrap_or_default();
-        (object_kind == kind && object_name == name)
-            || (kind == "Job"
-                && object_kind == "Pod"
-                && object_name
-                    .strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('-')))
+        let recent = match (when(event), run.at) {
+            (Some(seen), Some(created)) => seen >= created,
+            _ => true,
+        };
+        recent
+            && ((object_kind == kind && object.uid.as_deref() == Some(run.uid.as_str()))
+                || (kind == "Job" && object_kind == "Pod" && pod_of_job(object_name, &run.name)))
     };
     let mut relevant: Vec<&k8s_openapi::api::core::v1::Event> =
         listed.iter().filter(|e| about(e)).collect();
-    relevant.sort_by_key(|e| {
-        e.last_timestamp
-            .as_ref()
-            .map(|t| t.0)
-            .or(e.event_time.as_ref().map(|t| t.0))
-    });
+    relevant.sort_by_key(|e| when(e));
     let mut said: Vec<String> = Vec::new();
     for event in relevant.iter().rev() {
         let text = format!(
@@ -492,6 +526,14 @@ fn finished(kind: &str, live: &Value) -> Option<Result<String, String>> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_jobs_pods_are_told_from_another_jobs() {
+        assert!(pod_of_job("db-x7k2p", "db"));
+        assert!(pod_of_job("db-3-x7k2p", "db"));
+        assert!(!pod_of_job("db-migrate-x7k2p", "db"));
+        assert!(!pod_of_job("dbx-x7k2p", "db"));
+    }
 
     #[test]
     fn a_hook_is_done_when_its_job_or_pod_finished() {

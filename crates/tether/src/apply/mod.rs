@@ -293,7 +293,8 @@ pub async fn apply(
                 recorded: plan.applyset.clone(),
                 exists: plan.parent_exists,
             };
-            parent.record_hooks(client, &plan, &mut report).await?;
+            let why = report.failure_message();
+            parent.record_hooks(client, &plan, why, &mut report).await?;
             return Ok(report);
         }
     }
@@ -509,9 +510,17 @@ pub async fn apply(
                 .await;
         }
     }
-    members?;
     if run_hooks {
-        parent.record_hooks(client, &plan, &mut report).await?;
+        // Recorded even when the sync stopped on an error: its hooks did not all run.
+        let why = match &members {
+            Err(e) => Some(e.to_string()),
+            Ok(()) => report.failure_message(),
+        };
+        let recorded = parent.record_hooks(client, &plan, why, &mut report).await;
+        members?;
+        recorded?;
+    } else {
+        members?;
     }
 
     if all_ok && let Some(timeout) = options.wait {
@@ -622,6 +631,7 @@ impl Parent {
         &mut self,
         client: &kube::Client,
         plan: &Plan,
+        why: Option<String>,
         report: &mut ApplyReport,
     ) -> Result<(), Error> {
         if !self.exists {
@@ -632,7 +642,7 @@ impl Parent {
             .iter()
             .any(|h| h.phases.iter().any(|p| *p != Phase::SyncFail));
         let mut set = self.recorded.clone();
-        set.hooks_unfinished = match report.failure_message() {
+        set.hooks_unfinished = match why {
             Some(why) if due => Some(applyset::UnfinishedHooks::new(
                 !plan.parent_exists
                     || plan

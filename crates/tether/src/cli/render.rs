@@ -471,9 +471,23 @@ fn local_folder(path: &Path) -> anyhow::Result<Resolved> {
     })
 }
 
-/// The URL of the `origin` remote of the clone at `root`, from its `.git/config`.
+/// The URL of the `origin` remote of the clone at `root`, from its Git config (for a
+/// worktree or a submodule, `.git` is a file naming the Git folder).
 fn origin_url(root: &Path) -> Option<String> {
-    let config = std::fs::read_to_string(root.join(".git/config")).ok()?;
+    let dot_git = root.join(".git");
+    let git_dir = if dot_git.is_file() {
+        let text = std::fs::read_to_string(&dot_git).ok()?;
+        let named = text.trim().strip_prefix("gitdir:")?.trim().to_string();
+        let dir = root.join(named);
+        // A worktree's config is in the common Git folder.
+        match std::fs::read_to_string(dir.join("commondir")) {
+            Ok(common) => dir.join(common.trim()),
+            Err(_) => dir,
+        }
+    } else {
+        dot_git
+    };
+    let config = std::fs::read_to_string(git_dir.join("config")).ok()?;
     let mut in_origin = false;
     for line in config.lines().map(str::trim) {
         if line.starts_with('[') {
@@ -488,20 +502,26 @@ fn origin_url(root: &Path) -> Option<String> {
     None
 }
 
-/// A repository URL as one spelling, fit to be recorded: no credentials (`user:token@`),
-/// no trailing `/` or `.git`.
+/// A repository as one spelling, fit to be recorded: host (lowercase) and path, whatever
+/// the protocol, user, port or credentials (`https://u:token@Git.example.com/o/r.git`,
+/// `ssh://git@git.example.com:22/o/r` and `git@git.example.com:o/r` are all
+/// `git.example.com/o/r`); a local path stays as it is.
 fn same_repository(url: &str) -> String {
-    let url = url.trim_end_matches('/').trim_end_matches(".git");
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-            let host = authority
-                .rsplit_once('@')
-                .map_or(authority, |(_, host)| host);
-            format!("{scheme}://{host}/{path}")
-        }
-        None => url.to_string(),
-    }
+    let url = url.trim().trim_end_matches('/').trim_end_matches(".git");
+    let (authority, path) = match url.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').unwrap_or((rest, "")),
+        // scp-like `user@host:path` (a colon before any slash).
+        None => match url.split_once(':') {
+            Some((host, path)) if !host.contains('/') => (host, path),
+            _ => return url.to_string(),
+        },
+    };
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    format!("{host}/{}", path.trim_matches('/'))
 }
 
 pub async fn run(
@@ -649,14 +669,15 @@ mod tests {
             default_app_name("apps/Shop_Front/", None).unwrap(),
             "shop-front"
         );
-        assert_eq!(
-            same_repository("https://ci:s3cret@git.example.com/team/deploy.git/"),
-            "https://git.example.com/team/deploy"
-        );
-        assert_eq!(
-            same_repository("git@git.example.com:team/deploy.git"),
-            "git@git.example.com:team/deploy"
-        );
+        for spelling in [
+            "https://ci:s3cret@Git.Example.com/team/deploy.git/",
+            "ssh://git@git.example.com:22/team/deploy",
+            "git@git.example.com:team/deploy.git",
+            "https://git.example.com/team/deploy?private_token=s3cret",
+        ] {
+            assert_eq!(same_repository(spelling), "git.example.com/team/deploy");
+        }
+        assert_eq!(same_repository("/srv/git/deploy.git"), "/srv/git/deploy");
         assert!(default_app_name(".", None).is_err());
     }
 }

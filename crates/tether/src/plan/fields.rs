@@ -4,8 +4,15 @@
 //! another manager owns is a conflict. Server-side apply cannot tell: once someone changes
 //! a field, its ownership moves to them and tether's claim is gone.
 //!
-//! The record is an annotation holding a short digest of each field path (list items by
-//! their `name` where they have one), written with every apply and left out of diffs.
+//! The record is an annotation written with every apply and left out of diffs. Up to
+//! [`LIST_LIMIT`] field paths (list items by their `name` where they have one) it lists a
+//! short digest of each. Bigger objects (a CRD's schema, a ConfigMap of thousands of keys)
+//! keep a Bloom filter of their paths instead (`bloom:<hashes>:<base64>`), at most
+//! [`BLOOM_MAX_BYTES`]: about 14 bits a path, so about 1 field in 1,000 that tether never
+//! applied reads as applied (up to 30,000 paths; past that the filter fills and the rate
+//! grows). Such a false answer only ever turns a conflict on a field Git sets into drift:
+//! tether takes a field it wants back from another manager instead of stopping; it never
+//! hides drift.
 
 use std::collections::BTreeSet;
 
@@ -13,10 +20,18 @@ use serde_json::Value;
 
 /// The annotation with the digests of the field paths tether applied.
 pub const APPLIED_FIELDS_ANNOTATION: &str = "tether.dev/applied-fields";
-/// Objects with more fields than this (big CRDs) keep no list, only [`TOO_MANY`].
-const LIMIT: usize = 4096;
-/// The record of an object with too many fields to list: every conflict on it is one.
+/// Objects with more field paths than this keep a Bloom filter instead of a list.
+const LIST_LIMIT: usize = 4096;
+/// What tether before the Bloom filter wrote for objects past [`LIST_LIMIT`]: no list, so
+/// read as no record at all (see [`applied_before`]).
 const TOO_MANY: &str = "too-many-fields";
+/// The prefix of a Bloom filter record.
+const BLOOM: &str = "bloom:";
+/// Bits of filter per path: with the best number of hashes, ~0.1 % false answers.
+const BLOOM_BITS_PER_PATH: usize = 15;
+/// The largest filter (base64 makes it a third bigger in the annotation: 64 KiB of the
+/// 256 KiB all annotations may hold).
+const BLOOM_MAX_BYTES: usize = 48 * 1024;
 /// Hex digits per path digest.
 const WIDTH: usize = 8;
 /// The annotation with a digest of the whole object as tether applied it: what a write
@@ -42,10 +57,57 @@ pub fn record(manifest: &Value) -> String {
         paths.remove(&format!(".metadata.annotations.{annotation}"));
     }
     let digests: BTreeSet<String> = paths.iter().map(|p| digest(p)).collect();
-    if digests.len() > LIMIT {
-        return TOO_MANY.to_string();
+    if digests.len() > LIST_LIMIT {
+        return bloom(&paths);
     }
     digests.into_iter().collect()
+}
+
+/// A Bloom filter of `paths`: `bloom:<hashes>:<base64 bits>`.
+fn bloom(paths: &BTreeSet<String>) -> String {
+    use base64::Engine;
+    let bytes = (paths.len() * BLOOM_BITS_PER_PATH)
+        .div_ceil(8)
+        .clamp(8, BLOOM_MAX_BYTES);
+    let bits = bytes * 8;
+    // The number of hashes that gives the fewest false answers: bits/paths × ln 2.
+    let hashes = ((bits as f64 / paths.len().max(1) as f64) * std::f64::consts::LN_2)
+        .round()
+        .clamp(1.0, 16.0) as u32;
+    let mut filter = vec![0u8; bytes];
+    for path in paths {
+        for bit in bloom_bits(path, hashes, bits) {
+            filter[bit / 8] |= 1 << (bit % 8);
+        }
+    }
+    format!(
+        "{BLOOM}{hashes}:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(filter)
+    )
+}
+
+/// The bits of `path` in a filter of `bits` bits with `hashes` hashes (double hashing of
+/// its SHA-256).
+fn bloom_bits(path: &str, hashes: u32, bits: usize) -> impl Iterator<Item = usize> {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(path.as_bytes());
+    let word = |at: usize| u64::from_le_bytes(hash[at..at + 8].try_into().expect("8 bytes"));
+    let (first, step) = (word(0), word(8) | 1);
+    (0..hashes as u64)
+        .map(move |i| (first.wrapping_add(i.wrapping_mul(step)) % bits as u64) as usize)
+}
+
+/// Whether a Bloom filter record holds `path`; `None` when the record is not one.
+fn bloom_holds(record: &str, path: &str) -> Option<bool> {
+    use base64::Engine;
+    let (hashes, filter) = record.strip_prefix(BLOOM)?.split_once(':')?;
+    let hashes: u32 = hashes.parse().ok().filter(|h| (1..=16).contains(h))?;
+    let filter = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(filter)
+        .ok()
+        .filter(|f| !f.is_empty())?;
+    let bits = filter.len() * 8;
+    Some(bloom_bits(path, hashes, bits).all(|bit| filter[bit / 8] & (1 << (bit % 8)) != 0))
 }
 
 /// The digest of `manifest` as tether applies it, bookkeeping annotations left out: the
@@ -108,13 +170,16 @@ pub fn carried_digest(object: &Value) -> Option<&str> {
 
 /// Whether tether applied `field` (a path as the API server names it in a conflict, e.g.
 /// `.spec.template.spec.containers[name="app"].image`) when it last applied `live`.
-/// `None` when the object holds no record (applied by an older tether). An object too big
-/// to list its fields answers `false`: taking a field another manager owns is left to the
-/// user there.
+/// `None` when the object holds no record (applied by an older tether, or marked
+/// [`TOO_MANY`] by one). A big object's Bloom filter may answer `true` for a field tether
+/// never applied (see the module).
 pub fn applied_before(live: &Value, field: &str) -> Option<bool> {
     let record = live["metadata"]["annotations"][APPLIED_FIELDS_ANNOTATION].as_str()?;
     if record == TOO_MANY {
-        return Some(false);
+        return None;
+    }
+    if record.starts_with(BLOOM) {
+        return Some(bloom_holds(record, &coarse(field)).unwrap_or(false));
     }
     let wanted = digest(&coarse(field));
     Some(
@@ -146,7 +211,9 @@ pub fn already_applied(desired: &Value, live: &Value) -> bool {
             .map(str::to_string)
     };
     match (record(desired), record(live)) {
-        (Some(wanted), Some(held)) if wanted == held && wanted != TOO_MANY => {}
+        // A filter is no exact list of the fields: such an object is always dry-run.
+        (Some(wanted), Some(held))
+            if wanted == held && wanted != TOO_MANY && !wanted.starts_with(BLOOM) => {}
         _ => return false,
     }
     exactly_recorded(desired) && only_tether_wrote(desired, live) && holds(live, desired)
@@ -537,7 +604,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_does_not_count_itself_and_big_objects_keep_none() {
+    fn a_record_does_not_count_itself_and_big_objects_keep_a_filter() {
         let plain = json!({"metadata": {"name": "a"}, "data": {"k": "v"}});
         let mut annotated = plain.clone();
         annotated["metadata"]["annotations"] = json!({APPLIED_FIELDS_ANNOTATION: "00000000"});
@@ -545,16 +612,34 @@ mod tests {
         let with = record(&annotated);
         let without = record(&plain);
         assert_eq!(with.len(), without.len() + WIDTH);
+        // 30,000 keys: a filter within the annotation budget that knows every applied
+        // field, and answers "applied" for about 1 in 1,000 fields it never saw.
         let data: serde_json::Map<String, Value> =
-            (0..LIMIT).map(|i| (format!("k{i}"), json!("v"))).collect();
+            (0..30_000).map(|i| (format!("k{i}"), json!("v"))).collect();
         let mut big = json!({"metadata": {"name": "a"}, "data": data});
         let kept = record(&big);
-        assert_eq!(kept, TOO_MANY);
+        assert!(kept.starts_with(BLOOM), "{}", &kept[..20]);
+        assert!(kept.len() <= BLOOM_MAX_BYTES * 4 / 3 + 16, "{}", kept.len());
         big["metadata"]["annotations"] = json!({APPLIED_FIELDS_ANNOTATION: kept});
-        assert_eq!(
-            applied_before(&big, ".data.k1"),
-            Some(false),
-            "a conflict, not drift"
+        for i in (0..30_000).step_by(7) {
+            assert_eq!(applied_before(&big, &format!(".data.k{i}")), Some(true));
+        }
+        let wrong = (0..20_000)
+            .filter(|i| applied_before(&big, &format!(".data.never{i}")) == Some(true))
+            .count();
+        assert!(
+            wrong < 60,
+            "{wrong} of 20,000 fields never applied read as applied"
         );
+        // Such an object is always dry-run; an older tether's mark of a big object is no
+        // record (a member's fields then count as drift).
+        assert!(!already_applied(&big, &big));
+        big["metadata"]["annotations"] = json!({APPLIED_FIELDS_ANNOTATION: TOO_MANY});
+        assert_eq!(applied_before(&big, ".data.k1"), None);
+        // A filter that cannot be read answers false (a conflict), never a panic.
+        for broken in ["bloom:", "bloom:99:AAAA", "bloom:3:%%%", "bloom:3:"] {
+            big["metadata"]["annotations"] = json!({APPLIED_FIELDS_ANNOTATION: broken});
+            assert_eq!(applied_before(&big, ".data.k1"), Some(false), "{broken}");
+        }
     }
 }

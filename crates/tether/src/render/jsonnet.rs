@@ -121,11 +121,12 @@ impl<'p> Imports<'_, 'p> {
                 ));
                 continue;
             };
-            match self.tree.entry_kind(&candidate) {
-                Some(Some(EntryKind::File)) => {}
+            // A link is followed inside the tree only (a link to a folder is no file).
+            let target = match self.tree.entry_kind(&candidate) {
+                Some(Some(EntryKind::File)) => candidate.clone(),
                 Some(Some(EntryKind::Symlink)) => {
                     match super::resolve_symlink(self.tree, &candidate) {
-                        Ok(Some(_)) => {}
+                        Ok(Some(target)) => target,
                         Ok(None) => continue,
                         Err(problem) => {
                             refused = Some(format!("import {path:?} from {importer}: {problem}"));
@@ -134,10 +135,6 @@ impl<'p> Imports<'_, 'p> {
                     }
                 }
                 _ => continue,
-            }
-            let target = match super::resolve_symlink(self.tree, &candidate) {
-                Ok(Some(target)) => target,
-                _ => candidate.clone(),
             };
             return match self.tree.read(&target, self.max_file_bytes) {
                 Ok(bytes) => Ok((candidate, bytes)),
@@ -317,8 +314,12 @@ fn evaluate_here(
     } else {
         value
     };
-    to_json(&value).map_err(|why| format!("{file}: {why}"))
+    to_json(&value, 0).map_err(|why| format!("{file}: {why}"))
 }
+
+/// How deep a value may nest (the conversion recurses; Kubernetes objects nest a few dozen
+/// levels at most).
+const MAX_DEPTH: usize = 200;
 
 fn argument_thunk<'p>(
     program: &mut Program<'p>,
@@ -390,8 +391,14 @@ fn describe_error(
     format!("{at}: {what}")
 }
 
-/// The value as JSON; a function (one that needs arguments nobody gave) is an error.
-fn to_json(value: &JValue<'_>) -> Result<Value, String> {
+/// The value as JSON; a function (one that needs arguments nobody gave) is an error, and
+/// so is nesting deeper than [`MAX_DEPTH`].
+fn to_json(value: &JValue<'_>, depth: usize) -> Result<Value, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "its value nests deeper than {MAX_DEPTH} levels; no Kubernetes object does"
+        ));
+    }
     Ok(match value.kind() {
         ValueKind::Null => Value::Null,
         ValueKind::Bool(b) => Value::Bool(b),
@@ -403,13 +410,16 @@ fn to_json(value: &JValue<'_>) -> Result<Value, String> {
             }
         }
         ValueKind::String(s) => Value::String(s),
-        ValueKind::Array(items) => {
-            Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?)
-        }
+        ValueKind::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| to_json(item, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
         ValueKind::Object(fields) => {
             let mut map = serde_json::Map::new();
             for (name, field) in fields {
-                map.insert(name.value().to_string(), to_json(&field)?);
+                map.insert(name.value().to_string(), to_json(&field, depth + 1)?);
             }
             Value::Object(map)
         }

@@ -194,9 +194,10 @@ pub enum Problem {
         name: String,
     },
     #[error(
-        "{path}: no object rendered, and {} file(s) were skipped: {}; tether reads .yaml, .yml, .json and .jsonnet files (a .libsonnet file only when imported); use --renderer for Kustomize or Helm, or list files to leave out in .tetherignore",
+        "{path}: no object rendered, and {} file(s) were skipped: {}{}; tether reads .yaml, .yml, .json and .jsonnet files (a .libsonnet file only when imported); use --renderer for Kustomize or Helm, or list files to leave out in .tetherignore",
         skipped.len(),
-        skipped.join(", ")
+        skipped.iter().take(20).cloned().collect::<Vec<_>>().join(", "),
+        if skipped.len() > 20 { ", …" } else { "" }
     )]
     NothingRendered { path: String, skipped: Vec<String> },
     /// `message` names the file and line (the imported file's, when the error is there).
@@ -258,18 +259,19 @@ pub fn render_plain(
     let mut objects = Vec::new();
     // Files read as neither manifests nor Jsonnet: named if nothing renders.
     let mut skipped = Vec::new();
+    let mut evaluated_jsonnet = false;
     for entry in entries {
         if ignore.is_ignored(&entry.path) {
             continue;
         }
         let is_jsonnet = entry.path.to_ascii_lowercase().ends_with(".jsonnet");
         if !is_manifest(&entry.path) && !is_jsonnet {
-            let name = entry.path.rsplit('/').next().unwrap_or_default();
-            if entry.kind != EntryKind::Submodule && !name.starts_with('.') && skipped.len() < 20 {
+            if entry.kind != EntryKind::Submodule && may_hold_objects(&entry.path) {
                 skipped.push(entry.path.clone());
             }
             continue;
         }
+        evaluated_jsonnet |= is_jsonnet;
         let bytes = match entry.kind {
             EntryKind::Submodule => continue,
             EntryKind::File => tree.read(&entry.path, options.max_file_bytes),
@@ -304,6 +306,10 @@ pub fn render_plain(
         }
     }
     check_duplicates(&objects, &mut problems);
+    // Libraries of a Jsonnet file that was evaluated were not skipped.
+    if evaluated_jsonnet {
+        skipped.retain(|p| !p.to_ascii_lowercase().ends_with(".libsonnet"));
+    }
     if objects.is_empty() && problems.is_empty() && !skipped.is_empty() {
         problems.push(Problem::NothingRendered {
             path: if path.is_empty() {
@@ -673,6 +679,36 @@ fn path_not_a_folder(tree: &dyn Tree, path: String) -> Problem {
     } else {
         Problem::PathIsSymlink { path, target }
     }
+}
+
+/// Whether a file tether skips could be a source of objects it cannot read (a Jsonnet
+/// library, a template, a CUE file), as opposed to documentation and dotfiles: a folder of
+/// only documentation renders empty like an empty folder (and an empty render is refused
+/// unless `--allow-empty` anyway).
+fn may_hold_objects(path: &str) -> bool {
+    let name = path
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let documentation = [
+        "readme",
+        "license",
+        "licence",
+        "owners",
+        "codeowners",
+        "changelog",
+        "notice",
+    ];
+    !(name.starts_with('.')
+        || [
+            ".md", ".txt", ".rst", ".adoc", ".html", ".png", ".svg", ".jpg",
+        ]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+        || documentation
+            .iter()
+            .any(|doc| name == *doc || name.starts_with(&format!("{doc}."))))
 }
 
 fn is_manifest(path: &str) -> bool {

@@ -361,6 +361,20 @@ fn jsonnet_errors_name_the_file_and_line_and_imports_stay_in_the_repository() {
         err.contains("function.jsonnet") && err.contains("--jsonnet-tla-str"),
         "{err}"
     );
+    // A value nested deeper than any object is refused (its conversion would recurse).
+    let (_dir, tree) = repo(&[(
+        "app/deep.jsonnet",
+        "std.foldl(function(inner, i) {a: inner}, std.range(1, 300), {})",
+    )]);
+    let err = render(&tree, "app").expect_err("refused").to_string();
+    assert!(err.contains("nests deeper than 200 levels"), "{err}");
+    // An import through a linked folder that leads out of the repository reads nothing.
+    let outside = tempfile::tempdir().expect("temp");
+    std::fs::write(outside.path().join("secret.txt"), "TOKEN=1").expect("write");
+    let (dir, tree) = repo(&[("app/leak.jsonnet", "{a: importstr 'v/secret.txt'}")]);
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("app/v")).expect("link");
+    let err = render(&tree, "app").expect_err("refused").to_string();
+    assert!(err.contains("not found") && !err.contains("TOKEN"), "{err}");
     // Nesting deep enough to overflow a parser's stack is refused before parsing.
     let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
     let (_dir, tree) = repo(&[("app/deep.jsonnet", deep.as_str())]);
@@ -372,19 +386,32 @@ fn jsonnet_errors_name_the_file_and_line_and_imports_stay_in_the_repository() {
 fn a_folder_whose_files_render_nothing_while_some_were_skipped_is_an_error_naming_them() {
     let (_dir, tree) = repo(&[
         ("app/lib.libsonnet", "{}"),
+        ("app/deploy.cue", "x: 1"),
         ("app/notes.txt", "hello"),
+        ("app/README.md", "hello"),
         ("app/.hidden", "x"),
     ]);
     let err = render(&tree, "app").expect_err("an error").to_string();
     assert!(
-        err.contains("no object rendered")
+        err.contains("no object rendered, and 2 file(s)")
             && err.contains("app/lib.libsonnet")
-            && err.contains("app/notes.txt")
+            && err.contains("app/deploy.cue")
+            && !err.contains("notes.txt")
+            && !err.contains("README")
             && !err.contains(".hidden"),
         "{err}"
     );
-    // An empty manifest is fine (nothing was skipped), as is a folder with objects.
+    // An empty manifest is fine (nothing was skipped), as are documentation only (a folder
+    // emptied to prune everything), a Jsonnet file that renders nothing beside its library,
+    // and a folder with objects.
     let (_dir, tree) = repo(&[("app/empty.yaml", "")]);
+    assert!(render(&tree, "app").expect("renders").is_empty());
+    let (_dir, tree) = repo(&[("app/README.md", "emptied on purpose")]);
+    assert!(render(&tree, "app").expect("renders").is_empty());
+    let (_dir, tree) = repo(&[
+        ("app/none.jsonnet", "(import 'lib.libsonnet').none"),
+        ("app/lib.libsonnet", "{none: []}"),
+    ]);
     assert!(render(&tree, "app").expect("renders").is_empty());
     let (_dir, tree) = repo(&[("app/a.yaml", &cm("a")), ("app/README.md", "x")]);
     assert_eq!(render(&tree, "app").expect("renders").len(), 1);

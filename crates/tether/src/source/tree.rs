@@ -114,6 +114,21 @@ impl DirTree {
         }
     }
 
+    /// Whether a folder on the way to `path` (below the root) is a symlink: the path then
+    /// reads as if absent, since the link may lead out of the root (a Git tree cannot
+    /// hold a path through a link either).
+    fn through_symlink(&self, path: &str) -> bool {
+        let mut prefix = self.root.clone();
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        parts
+            .iter()
+            .take(parts.len().saturating_sub(1))
+            .any(|part| {
+                prefix.push(part);
+                std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink())
+            })
+    }
+
     fn walk(&self, dir: &Path, rel: &str, out: &mut Vec<TreeEntry>) -> Result<(), TreeError> {
         let read_err = |err: std::io::Error| TreeError::Read {
             path: rel.to_string(),
@@ -187,6 +202,9 @@ impl Tree for DirTree {
     }
 
     fn entry_kind(&self, path: &str) -> Option<Option<EntryKind>> {
+        if self.through_symlink(path) {
+            return None;
+        }
         let meta = std::fs::symlink_metadata(self.full(path)).ok()?;
         Some(if meta.file_type().is_symlink() {
             Some(EntryKind::Symlink)
@@ -203,6 +221,13 @@ impl Tree for DirTree {
             path: path.to_string(),
             reason: err.to_string(),
         };
+        if self.through_symlink(path) {
+            return Err(TreeError::Read {
+                path: path.to_string(),
+                reason: "a folder on its path is a symlink; tether follows no link to a folder"
+                    .into(),
+            });
+        }
         let meta = std::fs::symlink_metadata(&full).map_err(read_err)?;
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&full).map_err(read_err)?;
@@ -233,6 +258,21 @@ mod tests {
         assert_eq!(join_within("apps", "../../etc/passwd"), None);
         assert_eq!(join_within("", ".."), None);
         assert_eq!(join_within("apps", "/etc/passwd"), None);
+    }
+
+    #[test]
+    fn a_path_through_a_linked_folder_reads_as_absent() {
+        let dir = tempfile::tempdir().expect("temp");
+        let root = dir.path().join("repo");
+        std::fs::create_dir_all(root.join("apps")).expect("mkdir");
+        std::fs::write(dir.path().join("secret.txt"), "outside").expect("write");
+        std::fs::write(root.join("apps/a.yaml"), "inside").expect("write");
+        std::os::unix::fs::symlink(dir.path(), root.join("out")).expect("link");
+        let tree = DirTree::new(&root).expect("tree");
+        assert_eq!(tree.entry_kind("out/secret.txt"), None);
+        assert!(tree.read("out/secret.txt", 1024).is_err());
+        assert_eq!(tree.entry_kind("out"), Some(Some(EntryKind::Symlink)));
+        assert_eq!(tree.read("apps/a.yaml", 1024).expect("read"), b"inside");
     }
 
     #[test]
