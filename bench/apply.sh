@@ -12,6 +12,9 @@
 # `ssa_ceiling` (kube-rs) does nothing but the PATCHes, at each concurrency in
 # CEILING_CONCURRENCY, the best of which is what the server allows a client. Writes
 # bench/reports/apply-<date>.md.
+# Then objects of many fields (BIG_FIELDS, default "1000 5000 30000" keys of one ConfigMap,
+# direct connection): the size of tether's record of applied fields, and plan, apply and
+# no-op apply times beside kubectl's apply of the same object. BIG_ONLY=1 runs only that.
 # Not part of `make test`: run `make bench-apply` (N=…, LATENCIES=… to change the size).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +22,8 @@ N=${N:-1000}
 LATENCIES=${LATENCIES:-0 2 20}
 testenv() { python3 testenv/testenv.py "$@"; }
 CEILING_CONCURRENCY=${CEILING_CONCURRENCY:-8 32 128}
+BIG_FIELDS=${BIG_FIELDS:-1000 5000 30000}
+BIG_ONLY=${BIG_ONLY:-}
 cargo build --release --locked --quiet --bin tether --example ssa_ceiling
 tether=$PWD/target/release/tether
 ceiling=$PWD/target/release/examples/ssa_ceiling
@@ -171,6 +176,7 @@ measure() { # NAME COMMAND...: appends one row of figures to $work/rows
 
 : > "$work/rows"
 declare -A rtt
+[ -n "$BIG_ONLY" ] && LATENCIES=
 for latency in $LATENCIES; do
   toxi DELETE /proxies/api/toxics/up >/dev/null 2>&1 || true
   toxi DELETE /proxies/api/toxics/down >/dev/null 2>&1 || true
@@ -208,20 +214,77 @@ for latency in $LATENCIES; do
   done
 done
 
+# Objects of many fields: one ConfigMap of F keys each, direct connection.
+: > "$work/big"
+for fields in $BIG_FIELDS; do
+  dir=$work/big-$fields
+  mkdir -p "$dir"
+  python3 - "$dir/big.yaml" "$fields" <<'PY'
+import sys
+path, n = sys.argv[1], int(sys.argv[2])
+with open(path, "w") as f:
+    f.write("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big\ndata:\n")
+    for i in range(n):
+        f.write(f"  key{i}: value-{i}\n")
+PY
+  for ns in "bench-big-tether-$fields" "bench-big-kubectl-$fields"; do
+    "$kubectl" delete ns "$ns" --ignore-not-found --wait=true >/dev/null
+    "$kubectl" create ns "$ns" >/dev/null
+  done
+  measure "big|tether plan (cold)" "$tether" --kubeconfig "$KUBECONFIG" plan --path "$dir" --app big -n "bench-big-tether-$fields"
+  measure "big|tether apply (cold)" "$tether" --kubeconfig "$KUBECONFIG" apply --path "$dir" --app big -n "bench-big-tether-$fields" -o json
+  measure "big|tether plan (no-op)" "$tether" --kubeconfig "$KUBECONFIG" plan --path "$dir" --app big -n "bench-big-tether-$fields"
+  measure "big|tether apply (no-op)" "$tether" --kubeconfig "$KUBECONFIG" apply --path "$dir" --app big -n "bench-big-tether-$fields" -o json
+  measure "big|kubectl apply (cold)" "$kubectl" --kubeconfig "$KUBECONFIG" apply --server-side -n "bench-big-kubectl-$fields" -f "$dir/big.yaml"
+  measure "big|kubectl apply (no-op)" "$kubectl" --kubeconfig "$KUBECONFIG" apply --server-side -n "bench-big-kubectl-$fields" -f "$dir/big.yaml"
+  record=$("$kubectl" get configmap big -n "bench-big-tether-$fields" -o jsonpath='{.metadata.annotations.tether\.dev/applied-fields}' | wc -c)
+  object=$("$kubectl" get configmap big -n "bench-big-tether-$fields" -o json | wc -c)
+  # The last six rows are this size's.
+  tail -6 "$work/rows" | while IFS='|' read -r _ what seconds rss _rest; do
+    echo "$fields|$record|$object|$what|$seconds|$rss" >> "$work/big"
+  done
+  head -n -6 "$work/rows" > "$work/rows.kept"; mv "$work/rows.kept" "$work/rows"
+  for ns in "bench-big-tether-$fields" "bench-big-kubectl-$fields"; do
+    "$kubectl" delete ns "$ns" --wait=true >/dev/null
+  done
+done
+
 mkdir -p bench/reports
-report=bench/reports/apply-$(date -u +%Y-%m-%d).md
+report=bench/reports/apply-${BIG_ONLY:+big-}$(date -u +%Y-%m-%d).md
 {
-  echo "# apply benchmark: $N Deployments + $N Services, $(date -u +%Y-%m-%dT%H:%MZ)"
+  if [ -n "$BIG_ONLY" ]; then
+    echo "# apply benchmark: objects of many fields, $(date -u +%Y-%m-%dT%H:%MZ)"
+  else
+    echo "# apply benchmark: $N Deployments + $N Services, $(date -u +%Y-%m-%dT%H:%MZ)"
+  fi
   echo
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB;"
   echo "cluster: testenv (kube-apiserver $("$kubectl" version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), etcd, controllers, kwok), on the same machine;"
-  echo "tether $(git rev-parse --short HEAD) (release build, --concurrency 16); ceiling: examples/ssa_ceiling.rs (kube-rs, server-side apply PATCHes only, concurrency $CEILING_CONCURRENCY); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side --applyset --prune\`)."
-  echo "Latency: Toxiproxy $("$toxiproxy" -version | awk '{print $NF}') between the client and the API server, half of it on each direction; 0 ms is a direct connection."
-  echo "One run each, same manifests, separate namespaces (deleted after each latency). Writes and requests: the API server's"
-  echo "apiserver_request_total for Deployments, Services and Secrets, subresources apart (writes: POST, PUT, PATCH, APPLY,"
-  echo "DELETE without dry-run; requests: all verbs, dry-runs and reads included; discovery not counted). CPU: user + system"
-  echo "seconds of kube-apiserver and etcd during the run, whoever caused them (the Deployment controller works meanwhile)."
+  if [ -n "$BIG_ONLY" ]; then
+    echo "tether $(git rev-parse --short HEAD) (release build); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side\` of the same object); direct connection."
+  else
+    echo "tether $(git rev-parse --short HEAD) (release build, --concurrency 16); ceiling: examples/ssa_ceiling.rs (kube-rs, server-side apply PATCHes only, concurrency $CEILING_CONCURRENCY); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side --applyset --prune\`)."
+    echo "Latency: Toxiproxy $("$toxiproxy" -version | awk '{print $NF}') between the client and the API server, half of it on each direction; 0 ms is a direct connection."
+    echo "One run each, same manifests, separate namespaces (deleted after each latency). Writes and requests: the API server's"
+    echo "apiserver_request_total for Deployments, Services and Secrets, subresources apart (writes: POST, PUT, PATCH, APPLY,"
+    echo "DELETE without dry-run; requests: all verbs, dry-runs and reads included; discovery not counted). CPU: user + system"
+    echo "seconds of kube-apiserver and etcd during the run, whoever caused them (the Deployment controller works meanwhile)."
+  fi
   echo
+  if [ -s "$work/big" ]; then
+    echo "## Objects of many fields"
+    echo
+    echo "One ConfigMap of N keys (N + 3 field paths), direct connection, one run each. tether records the fields it"
+    echo "applied on the object (\`tether.dev/applied-fields\`): a digest per path up to 4,096 paths, a Bloom filter past it."
+    echo
+    echo "| keys | record bytes | object bytes | what | wall s | peak RSS MiB |"
+    echo "|---|---|---|---|---|---|"
+    while IFS='|' read -r fields record object what seconds rss; do
+      echo "| $fields | $record | $object | $what | $seconds | $rss |"
+    done < "$work/big"
+    echo
+  fi
+  if [ -s "$work/rows" ]; then
   echo "| latency (measured round trip) | what | wall s | peak RSS MiB | writes | requests | API server CPU s | etcd CPU s |"
   echo "|---|---|---|---|---|---|---|---|"
   while IFS='|' read -r latency what seconds rss writes total api etcd; do
@@ -245,5 +308,6 @@ for latency in dict.fromkeys(k[0] for k in rows):
         print(f"- {latency} ms, cold: tether's throughput is {100 * ceilings[best] / t:.0f} % of the ceiling's"
               f" (best: {best.split(' (')[0]}, {ceilings[best]} s)")
 PY
+  fi
 } > "$report"
 cat "$report"
