@@ -725,6 +725,19 @@ async fn agent_refuses_every_class_and_touches_nothing() {
             && text.contains("delivery delivery-1 was received before; a replay triggers nothing"),
         format!("{first_status}, then {status} {text}"),
     );
+    // The delivery id is not signed: the same body under a new one is a replay too.
+    let renamed = [
+        ("X-Tether-Signature", signed(&push)),
+        ("X-Tether-Delivery", "delivery-2".to_string()),
+    ];
+    let (status, text) = post(port, "generic", &renamed, push.clone()).await;
+    check(
+        "replayed webhook body under a new delivery id",
+        status == 409
+            && text.contains("this signed body was received")
+            && text.contains("a replay within 10 minutes triggers nothing"),
+        format!("{status} {text}"),
+    );
 
     // Applications the CRD's schema refuses (kubectl validates fields strictly).
     let application = |name: &str, spec: serde_json::Value| {

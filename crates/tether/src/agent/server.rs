@@ -7,8 +7,9 @@
 //! Every webhook is authenticated before its body is believed: an HMAC-SHA256 signature
 //! (GitHub, Gitea, generic) or a shared token (GitLab), compared in constant time. A forged
 //! or unsigned request gets 401 and triggers nothing. A body above [`WEBHOOK_BODY_LIMIT`] is
-//! refused (413) before anything reads it, and a delivery id received before is refused as
-//! a replay (409).
+//! refused (413) before anything reads it, and a replay is refused (409): a delivery id
+//! received before, or a signed body received in the last [`REPLAY_WINDOW`] under any
+//! delivery id (the id is not signed, so a replay may carry a new one).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,12 +226,20 @@ impl Relay {
 /// The largest webhook body read: a push event is a few kilobytes.
 pub const WEBHOOK_BODY_LIMIT: usize = 2 << 20;
 
+/// How long a signed body is remembered: the same body again within it is a replay,
+/// whatever its delivery id (a Git host's "redeliver" included).
+pub const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The webhook deliveries accepted last, to refuse a replay. Bounded: only authenticated
-/// deliveries are recorded, and the oldest is forgotten past [`Deliveries::KEEP`].
+/// deliveries are recorded, and the oldest is forgotten past [`Deliveries::KEEP`]; bodies
+/// are forgotten after [`REPLAY_WINDOW`] too.
 #[derive(Default)]
 struct Deliveries {
     order: std::collections::VecDeque<String>,
     seen: std::collections::HashSet<String>,
+    /// Digests of the signed bodies accepted, with when, oldest first.
+    bodies: std::collections::VecDeque<([u8; 32], std::time::Instant)>,
+    body_seen: std::collections::HashMap<[u8; 32], std::time::Instant>,
 }
 
 impl Deliveries {
@@ -248,6 +257,30 @@ impl Deliveries {
             self.seen.remove(&oldest);
         }
         true
+    }
+
+    /// Records a signed body (its digest) at `now`; `Err` with how long ago it was accepted
+    /// when it was within [`REPLAY_WINDOW`].
+    fn body_first_time(
+        &mut self,
+        digest: [u8; 32],
+        now: std::time::Instant,
+    ) -> Result<(), std::time::Duration> {
+        while let Some((old, at)) = self.bodies.front().copied() {
+            if now.duration_since(at) < REPLAY_WINDOW && self.bodies.len() < Self::KEEP {
+                break;
+            }
+            self.bodies.pop_front();
+            if self.body_seen.get(&old) == Some(&at) {
+                self.body_seen.remove(&old);
+            }
+        }
+        if let Some(at) = self.body_seen.get(&digest) {
+            return Err(now.duration_since(*at));
+        }
+        self.bodies.push_back((digest, now));
+        self.body_seen.insert(digest, now);
+        Ok(())
     }
 }
 
@@ -446,6 +479,31 @@ async fn webhook(
             format!("delivery {id} was received before; a replay triggers nothing"),
         );
     }
+    // The same signed body under a new delivery id (or none) is a replay too.
+    let digest: [u8; 32] = {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(provider.as_bytes());
+        hasher.update([0]);
+        hasher.update(&body);
+        hasher.finalize().into()
+    };
+    if let Err(ago) = state
+        .deliveries
+        .lock()
+        .expect("not poisoned")
+        .body_first_time(digest, std::time::Instant::now())
+    {
+        count("replayed");
+        return (
+            StatusCode::CONFLICT,
+            format!(
+                "this signed body was received {} s ago (under another delivery id); a replay within {} minutes triggers nothing",
+                ago.as_secs(),
+                REPLAY_WINDOW.as_secs() / 60
+            ),
+        );
+    }
     let push = parse_push(&provider, &payload);
     let mut triggered = 0;
     for app in state.applications.state() {
@@ -589,6 +647,32 @@ mod tests {
             deliveries.first_time("github a".into()),
             "forgotten: the oldest"
         );
+    }
+
+    #[test]
+    fn a_signed_body_is_a_replay_within_the_window_whatever_its_delivery_id() {
+        let mut deliveries = Deliveries::default();
+        let start = std::time::Instant::now();
+        assert_eq!(deliveries.body_first_time([1; 32], start), Ok(()));
+        let later = start + std::time::Duration::from_secs(30);
+        assert_eq!(
+            deliveries.body_first_time([1; 32], later),
+            Err(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(deliveries.body_first_time([2; 32], later), Ok(()));
+        let past = start + REPLAY_WINDOW + std::time::Duration::from_secs(1);
+        assert_eq!(
+            deliveries.body_first_time([1; 32], past),
+            Ok(()),
+            "forgotten"
+        );
+        for n in 0..Deliveries::KEEP * 2 {
+            let mut digest = [0u8; 32];
+            digest[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            let _ = deliveries.body_first_time(digest, past);
+        }
+        assert!(deliveries.bodies.len() <= Deliveries::KEEP);
+        assert!(deliveries.body_seen.len() <= Deliveries::KEEP);
     }
 
     #[test]
