@@ -217,8 +217,11 @@ spec:
         path = f"/apis/tether.dev/v1alpha1/namespaces/{self.namespace}/applications/{name}"
         return (json.loads(self.cluster.call("GET", path)).get("status") or {}).get("lastAppliedRevision")
 
-    def notify(self, fleet):
-        body = json.dumps({"ref": "refs/heads/main", "repository": {"clone_url": fleet.url}}).encode()
+    def notify(self, fleet, revision):
+        # As a Git host sends it: each push names its commit (the agent refuses a body it
+        # received before, a replay).
+        body = json.dumps({"ref": "refs/heads/main", "after": revision,
+                           "repository": {"clone_url": fleet.url}}).encode()
         signature = hmac.new(self.secret, body, hashlib.sha256).hexdigest()
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/webhooks/github", data=body, method="POST")
         req.add_header("X-Hub-Signature-256", "sha256=" + signature)
@@ -305,7 +308,7 @@ spec:
         path = f"/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/{self.namespace}/kustomizations/{name}"
         return self._revision(json.loads(self.cluster.call("GET", path)))
 
-    def notify(self, fleet):
+    def notify(self, fleet, revision):
         now = datetime.datetime.now(datetime.timezone.utc).isoformat()
         path = f"/apis/source.toolkit.fluxcd.io/v1/namespaces/{self.namespace}/gitrepositories/fleet"
         self.cluster.call("PATCH", path, {"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": now}}})
@@ -391,7 +394,7 @@ def measure(tool, cluster, fleet, drift_runs, objects, drift_limit, steady_secon
         for _ in range(pushes):
             revision = fleet.push_to_first_app()
             started = time.time()
-            tool.notify(fleet)
+            tool.notify(fleet, revision)
             while tool.revision_of(app_name(0)) != revision:
                 if time.time() - started > 600:
                     raise SystemExit(f"{tool.name}: push {revision[:12]} not applied within 600 s")

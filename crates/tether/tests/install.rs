@@ -31,6 +31,95 @@ fn data(secret: &Secret) -> std::collections::BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// The kwok nodes mark every Pod ready without running it, so the Pod's readiness says
+/// nothing: run the agent as the Deployment's container would (its own args, its token
+/// files where the Secret's volume mounts them, its listen port moved to a free one) and
+/// GET its readiness probe's path as the kubelet does. It must answer 200, within seconds.
+async fn probe_answers_as_a_kubelet_would_see_it(
+    deployment: &Deployment,
+    tokens: &std::collections::BTreeMap<String, Vec<u8>>,
+) {
+    let spec = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("a pod spec");
+    let container = &spec.containers[0];
+    let probe = container
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("an HTTP readiness probe");
+    let path = probe.path.clone().expect("a probe path");
+    let mount = container
+        .volume_mounts
+        .as_ref()
+        .and_then(|m| m.iter().find(|m| m.name == "tokens"))
+        .expect("the tokens volume")
+        .mount_path
+        .clone();
+    let dir = tempfile::tempdir().expect("temp");
+    for (key, value) in tokens {
+        std::fs::write(dir.path().join(key), value).expect("token file");
+    }
+    let port = support::free_port();
+    let args: Vec<String> = container
+        .args
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|arg| {
+            if arg.starts_with("--listen=") {
+                format!("--listen=127.0.0.1:{port}")
+            } else {
+                arg.replace(&mount, &dir.path().display().to_string())
+            }
+        })
+        .collect();
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(&args)
+        .arg("--kubeconfig")
+        .arg(support::kubeconfig())
+        .env("TETHER_CACHE_DIR", dir.path().join("cache"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the agent starts");
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    let answered = loop {
+        let url = url.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            reqwest::blocking::Client::new()
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(5))
+                .send()
+                .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+        })
+        .await
+        .expect("request");
+        match answer {
+            Ok((200, _)) => break true,
+            Ok((status, body)) => last = format!("{status} {body}"),
+            Err(e) => last = e.to_string(),
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let _ = agent.kill();
+    let output = agent.wait_with_output().expect("the agent ends");
+    assert!(
+        answered,
+        "{path} (args {args:?}) did not answer 200 within 30 s; last: {last}; agent said: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{path} answered 200 after {:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn install_upgrade_and_uninstall_the_agent_in_the_cluster() {
     let client = cluster().await.client();
@@ -63,6 +152,7 @@ async fn install_upgrade_and_uninstall_the_agent_in_the_cluster() {
     let deployment = deployments.get("tether-agent").await.expect("deployment");
     let available = deployment
         .status
+        .clone()
         .and_then(|s| s.conditions)
         .unwrap_or_default()
         .iter()
@@ -75,6 +165,7 @@ async fn install_upgrade_and_uninstall_the_agent_in_the_cluster() {
         ["api-token", "readonly-token", "webhook-secret"]
     );
     assert!(tokens.values().all(|v| v.len() == 64));
+    probe_answers_as_a_kubelet_would_see_it(&deployment, &tokens).await;
     let roles: Api<ClusterRole> = Api::all(client.clone());
     let writer = format!("tether-agent-writer:{n}");
     assert!(roles.get_opt(&writer).await.expect("get").is_some());

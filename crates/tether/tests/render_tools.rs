@@ -523,3 +523,43 @@ fn locations_point_at_templates_and_kustomize_sources() {
         "the template and its own line, not line 200-odd of the stream: {err}"
     );
 }
+
+/// One folder's fault stays in its folder (issue 30): in a shared repository, a symlink in
+/// `bad` that leaves the repository does not stop `good` (Kustomize, Helm) from rendering;
+/// `bad` itself is refused, and a render that needed what was left out says so.
+#[test]
+fn a_broken_folder_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().expect("temp");
+    write(
+        dir.path(),
+        &[
+            ("good/kustomization.yaml", "resources: [cm.yaml]\n"),
+            (
+                "good/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: good\ndata: {k: v}\n",
+            ),
+            (
+                "chart/Chart.yaml",
+                "apiVersion: v2\nname: good\nversion: 0.1.0\n",
+            ),
+            (
+                "chart/templates/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: charted\ndata: {k: v}\n",
+            ),
+            ("bad/kustomization.yaml", "resources: [cm.yaml]\n"),
+        ],
+    );
+    std::os::unix::fs::symlink("/etc/hostname", dir.path().join("bad/cm.yaml")).expect("link");
+    let tree = DirTree::new(dir.path()).expect("dir");
+    let good = render(&tree, "good", &options()).expect("good renders beside bad");
+    assert_eq!(names(&good), ["ConfigMap/good"]);
+    let charted = render(&tree, "chart", &options()).expect("the chart renders beside bad");
+    assert_eq!(names(&charted), ["ConfigMap/charted"]);
+    let err = render(&tree, "bad", &options())
+        .expect_err("bad is refused")
+        .to_string();
+    assert!(
+        err.contains("bad/cm.yaml") && err.contains("leaves the repository"),
+        "{err}"
+    );
+}

@@ -250,6 +250,62 @@ async fn the_web_ui_shows_applications_live_and_acts_on_them() {
     }
     assert_eq!(anonymous.1, 401, "a forged session cannot act");
 
+    // Every UI response carries the security headers, and the session cookie is Secure
+    // when the UI is reached over HTTPS (a proxy in front says so).
+    let (missing, plain_cookie, proxied_cookie) = {
+        let (base, shop) = (base.clone(), shop.clone());
+        tokio::task::spawn_blocking(move || {
+            let http = http();
+            let mut missing = Vec::new();
+            for (url, bearer) in [
+                (format!("{base}/ui/login"), false),
+                (format!("{base}/ui/"), false),
+                (format!("{base}/ui/"), true),
+                (shop.clone(), true),
+                (format!("{shop}/tree"), true),
+                (format!("{base}/ui/assets/ui.js"), true),
+            ] {
+                let mut request = http.get(&url).header("Accept", "text/html");
+                if bearer {
+                    request = request.header("Authorization", format!("Bearer {OPERATOR}"));
+                }
+                let response = request.send().expect("GET");
+                for (name, value) in tether::agent::ui::SECURITY_HEADERS {
+                    if response.headers().get(name).and_then(|v| v.to_str().ok()) != Some(value) {
+                        missing.push(format!("{url}: {name}"));
+                    }
+                }
+            }
+            let login = |proxied: bool| {
+                let mut request = http
+                    .post(format!("{base}/ui/login"))
+                    .header("Origin", base.clone())
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .body(format!("token={OPERATOR}"));
+                if proxied {
+                    request = request.header("X-Forwarded-Proto", "https");
+                }
+                request
+                    .send()
+                    .expect("POST")
+                    .headers()
+                    .get("set-cookie")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (missing, login(false), login(true))
+        })
+        .await
+        .expect("requests")
+    };
+    assert!(missing.is_empty(), "missing: {missing:?}");
+    assert!(
+        plain_cookie.contains("HttpOnly") && !plain_cookie.contains("Secure"),
+        "{plain_cookie}"
+    );
+    assert!(proxied_cookie.contains("; Secure"), "{proxied_cookie}");
+
     let driver = Driver::start();
     let browser = driver.browser().await;
     browser.goto(&format!("{base}/")).await.expect("open");

@@ -76,6 +76,8 @@ pub struct AgentOptions {
     pub api_token: Option<Vec<u8>>,
     /// A token for read-only sessions of the web UI (everything shown, no action).
     pub api_readonly_token: Option<Vec<u8>>,
+    /// The UI is reached over HTTPS: its session cookie is always Secure.
+    pub secure_cookies: bool,
     /// Act only while holding this Lease (several agents, one leader).
     pub leader_election: Option<leader::ElectionOptions>,
     /// Split the Applications among several agents through shard Leases (each
@@ -111,6 +113,7 @@ impl Default for AgentOptions {
             webhook_secret: None,
             api_token: None,
             api_readonly_token: None,
+            secure_cookies: false,
             leader_election: None,
             shards: None,
             verify_interval: Some(DEFAULT_VERIFY_INTERVAL),
@@ -351,6 +354,11 @@ pub async fn run(
     // agent keeps about it is forgotten here: on its Delete event, and after a relist
     // (deletions while the watch was down come as no event), for every key the store lacks.
     let (gone_sender, mut gone) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
+    // Ready (/readyz) once the first list of Applications is in: seen here, on the stream
+    // itself. (`Store::wait_until_ready` from a second task never woke: the store's one-shot
+    // keeps the waker of its last poller only, the controller's.)
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listed = ready.clone();
     let applications = watcher(applications, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
@@ -359,6 +367,7 @@ pub async fn run(
                 let _ = gone_sender.send(Some(application_key(app)));
             }
             Ok(watcher::Event::InitDone) => {
+                listed.store(true, std::sync::atomic::Ordering::Relaxed);
                 let _ = gone_sender.send(None);
             }
             _ => {}
@@ -367,7 +376,6 @@ pub async fn run(
         .predicate_filter(spec_or_sync_request, Default::default());
     let controller = Controller::for_stream(applications, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency as u16));
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let server = match options.listen {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)
@@ -423,15 +431,6 @@ pub async fn run(
         }
         None => None,
     };
-    {
-        let store = store.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                ready.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        });
-    }
     let notifier =
         notify::Notifier::new(options.notify.clone(), metrics.clone()).map_err(Error::Notify)?;
     let commit_statuses =

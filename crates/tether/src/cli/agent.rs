@@ -70,6 +70,12 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FILE", requires = "api_token_file")]
     pub api_readonly_token_file: Option<PathBuf>,
 
+    /// The web UI is reached over HTTPS (an ingress or proxy ends TLS in front of the
+    /// agent): mark the session cookie Secure on every request. Without it, it is Secure
+    /// when the request says it came over HTTPS (X-Forwarded-Proto: https).
+    #[arg(long, requires = "api_token_file")]
+    pub secure_cookies: bool,
+
     /// The backstop: plan every Application in full at least this often (plus up to 20 %),
     /// even when the watches saw no change; what it finds is corrected and counted in
     /// tether_drift_missed_total. 0 turns it off.
@@ -128,6 +134,7 @@ pub async fn agent(
         webhook_secret,
         api_token,
         api_readonly_token,
+        secure_cookies: args.secure_cookies,
         leader_election: args.leader_elect.clone().map(|namespace| {
             let mut election = crate::agent::leader::ElectionOptions::new(namespace);
             election.lease_duration = lease_duration;

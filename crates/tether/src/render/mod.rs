@@ -528,7 +528,7 @@ fn render_kustomize(
         "tool": tool_identity(&program),
     });
     let output = cached(options, key, || {
-        let snapshot = snapshot::Snapshot::write(tree, options.max_file_bytes)?;
+        let snapshot = snapshot::Snapshot::write(tree, path, options.max_file_bytes)?;
         kustomize::build(
             &program,
             &snapshot,
@@ -536,6 +536,7 @@ fn render_kustomize(
             &options.kustomize,
             &options.limits,
         )
+        .map_err(|e| snapshot.explain(e))
     })
     .map_err(fail)?;
     // Without origin annotations (`buildMetadata: [originAnnotations]` in the
@@ -602,7 +603,7 @@ fn render_helm(
         "tool": tool_identity(&program),
     });
     let output = cached(options, key, || {
-        let snapshot = snapshot::Snapshot::write(tree, options.max_file_bytes)?;
+        let snapshot = snapshot::Snapshot::write(tree, path, options.max_file_bytes)?;
         let chart = match &repo_chart {
             Some((file, _)) => file.clone(),
             None => snapshot.root().join(path),
@@ -616,6 +617,7 @@ fn render_helm(
             &options.helm,
             &options.limits,
         )
+        .map_err(|e| snapshot.explain(e))
     })
     .map_err(fail)?;
     let text = String::from_utf8_lossy(&output).into_owned();

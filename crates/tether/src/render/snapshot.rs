@@ -2,20 +2,31 @@
 //! programs that need files on disk. Removed when dropped.
 //!
 //! # Security
-//! Symlinks are recreated only when they stay inside the repository; one that leaves it
-//! (absolute, or `..` past the root) refuses the whole snapshot before any tool runs.
+//! Symlinks are recreated only when they stay inside the repository. One that leaves it
+//! (absolute, or `..` past the root) inside the folder being rendered refuses the
+//! snapshot before any tool runs; elsewhere in the repository it is left out, as are files
+//! over the size limit there, so that one folder's fault does not stop another folder's
+//! render (a render that needed them fails, and its error names them). The whole copy is
+//! bounded too ([`MAX_TOTAL_BYTES`]).
 
 use std::path::Path;
 
 use crate::source::tree::{EntryKind, Tree, join_within, parent};
 
+/// The most a snapshot writes: a render's input, all files together.
+pub const MAX_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
+
 pub struct Snapshot {
     dir: tempfile::TempDir,
+    /// Files of other folders left out of the copy, and why.
+    left_out: Vec<String>,
 }
 
 impl Snapshot {
-    /// Writes every file of `tree` (files above `max_file_bytes` are refused).
-    pub fn write(tree: &dyn Tree, max_file_bytes: u64) -> Result<Self, String> {
+    /// Writes every file of `tree` for a render of folder `within`: there, a file above
+    /// `max_file_bytes` or a symlink leaving the repository is an error; elsewhere it is
+    /// left out (see [`Self::explain`]).
+    pub fn write(tree: &dyn Tree, within: &str, max_file_bytes: u64) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("tether-render-")
             .tempdir()
@@ -27,6 +38,11 @@ impl Snapshot {
         }
         let root = dir.path().join("repo");
         std::fs::create_dir(&root).map_err(|e| e.to_string())?;
+        let inside = |path: &str| {
+            within.is_empty() || path == within || path.starts_with(&format!("{within}/"))
+        };
+        let mut left_out = Vec::new();
+        let mut total = 0u64;
         for entry in tree.list("").map_err(|e| e.to_string())? {
             let target = root.join(&entry.path);
             if let Some(folder) = target.parent() {
@@ -35,26 +51,59 @@ impl Snapshot {
             match entry.kind {
                 EntryKind::Submodule => {}
                 EntryKind::File => {
-                    let bytes = tree
-                        .read(&entry.path, max_file_bytes)
-                        .map_err(|e| e.to_string())?;
+                    let bytes = match tree.read(&entry.path, max_file_bytes) {
+                        Ok(bytes) => bytes,
+                        Err(e) if inside(&entry.path) => return Err(e.to_string()),
+                        Err(e) => {
+                            left_out.push(format!("{} ({e})", entry.path));
+                            continue;
+                        }
+                    };
+                    total += bytes.len() as u64;
+                    if total > MAX_TOTAL_BYTES {
+                        return Err(format!(
+                            "the repository's files add up to more than {} MiB; tether copies at most that to render a folder",
+                            MAX_TOTAL_BYTES >> 20
+                        ));
+                    }
                     std::fs::write(&target, bytes).map_err(|e| format!("{}: {e}", entry.path))?;
                 }
                 EntryKind::Symlink => {
                     let link = tree.read(&entry.path, 4096).map_err(|e| e.to_string())?;
                     let link = String::from_utf8_lossy(&link).into_owned();
                     if join_within(parent(&entry.path), &link).is_none() {
-                        return Err(format!(
-                            "{}: symlink to {link:?} leaves the repository; refusing to render",
+                        if inside(&entry.path) {
+                            return Err(format!(
+                                "{}: symlink to {link:?} leaves the repository; refusing to render",
+                                entry.path
+                            ));
+                        }
+                        left_out.push(format!(
+                            "{} (a symlink to {link:?}, which leaves the repository)",
                             entry.path
                         ));
+                        continue;
                     }
                     std::os::unix::fs::symlink(&link, &target)
                         .map_err(|e| format!("{}: {e}", entry.path))?;
                 }
             }
         }
-        Ok(Self { dir })
+        Ok(Self { dir, left_out })
+    }
+
+    /// A renderer's error, with what was left out of the copy (which the render may have
+    /// needed).
+    pub fn explain(&self, error: String) -> String {
+        if self.left_out.is_empty() {
+            return error;
+        }
+        let shown: Vec<&str> = self.left_out.iter().take(5).map(String::as_str).collect();
+        format!(
+            "{error}\n  (left out of the render's copy of the repository: {}{})",
+            shown.join(", "),
+            if self.left_out.len() > 5 { ", …" } else { "" }
+        )
     }
 
     /// The repository root inside the snapshot.

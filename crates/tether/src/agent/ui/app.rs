@@ -66,7 +66,7 @@ fn resources(app: &Application, view: &AppView) -> Markup {
                 p.error { "The current plan cannot be made: " (error) }
             }
             ul.tree {
-                li.node.root data-depth="0" style="--depth: 0" {
+                li.node.root data-depth="0" {
                     div.object {
                         span.kind { "Application" }
                         span.objname { (app.name_any()) }
@@ -75,7 +75,7 @@ fn resources(app: &Application, view: &AppView) -> Markup {
                     }
                 }
                 @for node in &view.nodes {
-                    li.node data-depth=(node.depth + 1) style={"--depth: " (node.depth + 1)} {
+                    li.node data-depth=(node.depth + 1) {
                         button.object type="button"
                             data-group=(node.key.group) data-kind=(node.key.kind)
                             data-namespace=(node.key.namespace) data-name=(node.key.name)

@@ -208,8 +208,13 @@ pub async fn login(
     };
     let id = state.sessions.start(role);
     let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        LIFETIME.as_secs()
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        LIFETIME.as_secs(),
+        if over_https(&state, &headers) {
+            "; Secure"
+        } else {
+            ""
+        }
     );
     let mut response = Redirect::to("/ui/").into_response();
     response.headers_mut().insert(
@@ -222,9 +227,35 @@ pub async fn login(
 pub async fn logout(State(state): State<UiState>, headers: HeaderMap) -> Response {
     state.sessions.end(&headers);
     let mut response = Redirect::to("/ui/login").into_response();
+    let secure = if over_https(&state, &headers) {
+        "; Secure"
+    } else {
+        ""
+    };
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("tether_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        HeaderValue::from_str(&format!(
+            "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}"
+        ))
+        .expect("a valid header"),
     );
     response
+}
+
+/// Whether the browser reached the agent over HTTPS: the agent was told so
+/// (`--secure-cookies`), or the proxy in front says so (`X-Forwarded-Proto: https`, or
+/// `Forwarded: proto=https`). The cookie is then Secure: never sent over plain HTTP.
+fn over_https(state: &UiState, headers: &HeaderMap) -> bool {
+    let said = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    state.api.options.secure_cookies
+        || said("x-forwarded-proto").split(',').next().map(str::trim) == Some("https")
+        || said("forwarded")
+            .split([';', ','])
+            .any(|part| part.trim() == "proto=https")
 }
