@@ -267,13 +267,22 @@ async fn health_follows_each_status_change_both_ways_within_2_s() {
         dir.path().join("crd.yaml").to_str().expect("utf-8"),
     ]);
     assert!(created.status.success(), "{created:?}");
-    let established = kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        &format!("crd/dials.{group}"),
-    ]);
-    assert!(established.status.success(), "{established:?}");
+    // Until the CRD has conditions at all, kubectl wait errs instead of waiting: ask again.
+    let mut established = None;
+    for _ in 0..50 {
+        let out = kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            &format!("crd/dials.{group}"),
+        ]);
+        if out.status.success() {
+            established = Some(out);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(established.is_some(), "the CRD was not established");
 
     let label = format!("tether.dev/{}", unique_name("runs"));
     let node = String::from_utf8(

@@ -68,10 +68,15 @@ fn start(name: &str, ns: &str, dir: &Path) -> Agent {
     }
 }
 
-/// A signed push of `url`'s main branch, to `agent`'s webhook.
+/// A signed push of `url`'s main branch, to `agent`'s webhook. Each push names a new
+/// commit, as a Git host's does (the agent refuses a body it received before).
 async fn announce(agent: &Agent, url: &str) {
-    let push =
-        serde_json::to_vec(&json!({"repoURL": url, "ref": "refs/heads/main"})).expect("json");
+    static PUSHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let push = serde_json::to_vec(
+        &json!({"repoURL": url, "ref": "refs/heads/main", "after": format!("push-{n}")}),
+    )
+    .expect("json");
     let signature = format!("sha256={}", hmac_hex(SECRET, &push));
     let (status, text) = post(
         agent.port,
