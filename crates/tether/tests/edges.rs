@@ -12,10 +12,11 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::agent::{
-    applied, create_application, fails_with, options_for, ready, start_agent, until, within_10_s,
+    applied, create_application, fails_with, health, options_for, ready, start_agent, until,
+    within_10_s,
 };
 use support::git::{GitDaemon, GitRepo};
-use support::{TestNamespace, cluster, kubectl, tether};
+use support::{NodeLabel, TestNamespace, cluster, kubectl, tether};
 use tether::agent::{Application, install_crd};
 
 const PART_OF: &str = "applyset.kubernetes.io/part-of";
@@ -386,10 +387,6 @@ async fn an_application_without_credentials_never_reads_what_one_with_them_fetch
     let _ = agent.stop().await;
 }
 
-fn health(app: &Application) -> Option<&str> {
-    app.status.as_ref()?.health.as_deref()
-}
-
 /// Health follows the cluster, not the poll (issue 22 §4): a Deployment that cannot be
 /// scheduled until a node gets a label is Progressing; once it rolls out, its Application is
 /// Healthy within 2 s (the poll is an hour away). A destination namespace that does not exist
@@ -402,16 +399,8 @@ async fn health_follows_a_rollout_at_once_and_create_namespace_makes_the_destina
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    let label = format!(
-        "tether.dev/test-{}",
-        ns.name.len() + std::process::id() as usize
-    );
-    repo.write(
-        "web/web.yaml",
-        &format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      nodeSelector: {{\"{label}\": \"yes\"}}\n      tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]\n      containers: [{{name: web, image: registry.invalid/web:1}}]\n"
-        ),
-    );
+    let node = NodeLabel::new();
+    repo.write("web/web.yaml", &node.deployment());
     let created = format!("{}-made", ns.name);
     repo.write("made/settings.yaml", &cm("settings", "blue"));
     let first = repo.commit("first");
@@ -437,20 +426,7 @@ async fn health_follows_a_rollout_at_once_and_create_namespace_makes_the_destina
     assert_eq!(health(&app), Some("Progressing"), "nothing can run yet");
 
     // A node that may run it: the rollout completes, and the Application says so at once.
-    let node = String::from_utf8(
-        kubectl(&[
-            "get",
-            "nodes",
-            "-l",
-            "type=kwok",
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ])
-        .stdout,
-    )
-    .expect("utf-8");
-    let labelled = kubectl(&["label", "node", &node, &format!("{label}=yes")]);
-    assert!(labelled.status.success(), "{labelled:?}");
+    node.set(true);
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), &ns.name);
     let mut rolled_out = None;
@@ -468,8 +444,7 @@ async fn health_follows_a_rollout_at_once_and_create_namespace_makes_the_destina
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let unlabelled = kubectl(&["label", "node", &node, &format!("{label}-")]);
-    assert!(unlabelled.status.success(), "{unlabelled:?}");
+    node.set(false);
     let rolled_out = rolled_out.expect("the Deployment rolled out");
     let healthy = healthy.expect("the Application turned Healthy");
     let after = healthy.saturating_duration_since(rolled_out);

@@ -11,9 +11,11 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use support::agent::{applied, create_application, options_for, ready, start_agent, until};
+use support::agent::{
+    applied, create_application, health, options_for, ready, start_agent, sync_state, until,
+};
 use support::git::{GitDaemon, GitRepo};
-use support::{TestNamespace, cluster, kubectl, tether, unique_name};
+use support::{NodeLabel, TestCrd, TestNamespace, cluster, kubectl, tether, unique_name};
 use tether::agent::{Application, install_crd};
 
 fn said(out: &std::process::Output) -> String {
@@ -22,14 +24,6 @@ fn said(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-fn sync_state(app: &Application) -> Option<&str> {
-    Some(app.status.as_ref()?.sync.as_ref()?.status.as_str())
-}
-
-fn health(app: &Application) -> Option<&str> {
-    app.status.as_ref()?.health.as_deref()
 }
 
 /// Reads `apps/name` every 50 ms until `check` holds; how long it took (fails after 30 s).
@@ -256,57 +250,10 @@ async fn health_follows_each_status_change_both_ways_within_2_s() {
     let ns = TestNamespace::create(&client, "follows-status").await;
     // A kind with a status subresource, as operators' kinds have.
     let group = format!("{}.tether.dev", unique_name("dial"));
-    let crd = format!(
-        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: dials.{group}\nspec:\n  group: {group}\n  names: {{kind: Dial, plural: dials}}\n  scope: Namespaced\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    subresources: {{status: {{}}}}\n    schema:\n      openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}\n"
-    );
+    let _crd = TestCrd::create_with(&client, &group, "Dial", "dials", true).await;
     let dir = tempfile::tempdir().expect("temp");
-    std::fs::write(dir.path().join("crd.yaml"), &crd).expect("write");
-    let created = kubectl(&[
-        "apply",
-        "-f",
-        dir.path().join("crd.yaml").to_str().expect("utf-8"),
-    ]);
-    assert!(created.status.success(), "{created:?}");
-    // Until the CRD has conditions at all, kubectl wait errs instead of waiting: ask again.
-    let mut established = None;
-    for _ in 0..50 {
-        let out = kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            &format!("crd/dials.{group}"),
-        ]);
-        if out.status.success() {
-            established = Some(out);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(established.is_some(), "the CRD was not established");
-
-    let label = format!("tether.dev/{}", unique_name("runs"));
-    let node = String::from_utf8(
-        kubectl(&[
-            "get",
-            "nodes",
-            "-l",
-            "type=kwok",
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ])
-        .stdout,
-    )
-    .expect("utf-8");
-    let set_label = |on: bool| {
-        let arg = if on {
-            format!("{label}=yes")
-        } else {
-            format!("{label}-")
-        };
-        let out = kubectl(&["label", "node", &node, &arg, "--overwrite"]);
-        assert!(out.status.success(), "{out:?}");
-    };
-    set_label(true);
+    let node = NodeLabel::new();
+    node.set(true);
 
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
@@ -316,12 +263,7 @@ async fn health_follows_each_status_change_both_ways_within_2_s() {
             "apiVersion: {group}/v1\nkind: Dial\nmetadata:\n  name: dial\nspec: {{level: 3}}\n"
         ),
     );
-    repo.write(
-        "app/web.yaml",
-        &format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      nodeSelector: {{\"{label}\": \"yes\"}}\n      tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]\n      containers: [{{name: web, image: registry.invalid/web:1}}]\n"
-        ),
-    );
+    repo.write("app/web.yaml", &node.deployment());
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
     let agent = start_agent(&client, options_for(&ns, dir.path()));
@@ -389,7 +331,7 @@ async fn health_follows_each_status_change_both_ways_within_2_s() {
     }
 
     // The Deployment loses its available replica (its Pod can no longer run anywhere).
-    set_label(false);
+    node.set(false);
     let deleted = kubectl(&[
         "delete",
         "pods",
@@ -404,18 +346,13 @@ async fn health_follows_each_status_change_both_ways_within_2_s() {
         health(a) != Some("Healthy")
     })
     .await;
-    set_label(true);
+    node.set(true);
     let back = time_until(&apps, "dial", "Healthy again", |a| {
         health(a) == Some("Healthy")
     })
     .await;
     println!("lost replica seen in {lost:?}; Healthy again {back:?} after the node label returned");
     assert!(lost < Duration::from_secs(2), "{lost:?}");
-    set_label(false);
+    node.set(false);
     let _ = agent.stop().await;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    let _ = crds
-        .delete(&format!("dials.{group}"), &Default::default())
-        .await;
 }

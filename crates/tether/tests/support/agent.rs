@@ -145,6 +145,16 @@ pub fn applied(app: &Application) -> Option<&str> {
     app.status.as_ref()?.last_applied_revision.as_deref()
 }
 
+/// The Application's health as its status says.
+pub fn health(app: &Application) -> Option<&str> {
+    app.status.as_ref()?.health.as_deref()
+}
+
+/// The Application's sync state as its status says.
+pub fn sync_state(app: &Application) -> Option<&str> {
+    Some(app.status.as_ref()?.sync.as_ref()?.status.as_str())
+}
+
 /// The agent's /metrics on `port`, as text.
 pub async fn agent_metrics(port: u16) -> String {
     tokio::task::spawn_blocking(move || {

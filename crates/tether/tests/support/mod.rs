@@ -286,14 +286,30 @@ pub struct TestCrd {
 
 impl TestCrd {
     pub async fn create(client: &kube::Client, group: &str, kind: &str, plural: &str) -> Self {
+        Self::create_with(client, group, kind, plural, false).await
+    }
+
+    /// As [`Self::create`], with a status subresource (as operators' kinds have) when
+    /// `status` is set.
+    pub async fn create_with(
+        client: &kube::Client,
+        group: &str,
+        kind: &str,
+        plural: &str,
+        status: bool,
+    ) -> Self {
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         let name = format!("{plural}.{group}");
+        let mut version = serde_json::json!({"name": "v1", "served": true, "storage": true,
+            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}});
+        if status {
+            version["subresources"] = serde_json::json!({"status": {}});
+        }
         let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name},
             "spec": {"group": group, "scope": "Namespaced",
                      "names": {"kind": kind, "plural": plural, "singular": kind.to_ascii_lowercase()},
-                     "versions": [{"name": "v1", "served": true, "storage": true,
-                                   "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+                     "versions": [version]}
         }))
         .expect("crd");
         Api::<CustomResourceDefinition>::all(client.clone())
@@ -332,6 +348,60 @@ impl Drop for TestCrd {
                 .await
                 .map(|_| ())
         });
+    }
+}
+
+/// A label on one kwok node, so that Pods selecting it can run there (and, removed, no
+/// longer can): removed when dropped, also when the test fails.
+pub struct NodeLabel {
+    node: String,
+    label: String,
+}
+
+impl NodeLabel {
+    /// A label of a test's own on the first kwok node, not set yet.
+    pub fn new() -> Self {
+        let out = kubectl(&[
+            "get",
+            "nodes",
+            "-l",
+            "type=kwok",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ]);
+        Self {
+            node: String::from_utf8(out.stdout).expect("utf-8"),
+            label: format!("tether.dev/{}", unique_name("runs")),
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.label
+    }
+
+    /// Sets (`yes`) or removes the label.
+    pub fn set(&self, on: bool) {
+        let arg = if on {
+            format!("{}=yes", self.label)
+        } else {
+            format!("{}-", self.label)
+        };
+        let out = kubectl(&["label", "node", &self.node, &arg, "--overwrite"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    /// A Deployment `web` of one replica whose Pod runs only where this label is set.
+    pub fn deployment(&self) -> String {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      nodeSelector: {{\"{}\": \"yes\"}}\n      tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]\n      containers: [{{name: web, image: registry.invalid/web:1}}]\n",
+            self.label
+        )
+    }
+}
+
+impl Drop for NodeLabel {
+    fn drop(&mut self) {
+        let _ = kubectl(&["label", "node", &self.node, &format!("{}-", self.label)]);
     }
 }
 
