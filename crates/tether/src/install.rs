@@ -265,8 +265,10 @@ fn deployment(options: &InstallOptions) -> Value {
                         "ports": [{"name": "http", "containerPort": PORT}],
                         "livenessProbe": probe("/healthz", 20),
                         "readinessProbe": probe("/readyz", 10),
+                        // The renders' budget (--render-memory-budget, 1Gi) and 512Mi for
+                        // the agent itself.
                         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
-                                      "limits": {"memory": "512Mi"}},
+                                      "limits": {"memory": "1536Mi"}},
                         "securityContext": {"allowPrivilegeEscalation": false,
                                             "readOnlyRootFilesystem": true,
                                             "capabilities": {"drop": ["ALL"]}},

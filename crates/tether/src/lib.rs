@@ -30,4 +30,5 @@ pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod render;
+pub mod size;
 pub mod source;

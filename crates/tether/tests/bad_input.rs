@@ -830,6 +830,18 @@ async fn agent_refuses_every_class_and_touches_nothing() {
             "spec.render.renderer \"jsonnet\" is not auto, directory, kustomize or helm",
         ),
         (
+            "bad-memory",
+            "Application with a memory limit that is not a size",
+            spec(json!({"render": {"memoryLimit": "lots"}})),
+            "spec.render.memoryLimit: \"lots\" is not a size like 512Mi or 1Gi",
+        ),
+        (
+            "memory-over-budget",
+            "Application with a memory limit above the agent's budget",
+            spec(json!({"render": {"memoryLimit": "4Gi"}})),
+            "spec.render.memoryLimit 4Gi is above the 1 GiB that the agent's renders may take together",
+        ),
+        (
             "bad-interval",
             "Application with an interval that is not a duration",
             spec(json!({"syncPolicy": {"interval": "soon"}})),

@@ -161,6 +161,11 @@ pub struct RenderSpec {
     /// Options of `.jsonnet` files (Argo CD's `directory.jsonnet`).
     #[serde(default, skip_serializing_if = "JsonnetSpec::is_empty")]
     pub jsonnet: JsonnetSpec,
+    /// The most memory one render may take (helm, kustomize or Jsonnet, with the programs
+    /// it starts), as a quantity like `512Mi`; past it the render is stopped. Default: the
+    /// agent's `--render-memory`; at most its `--render-memory-budget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
 }
 
 /// Argo CD's `spec.source.directory.jsonnet`, with its field names.

@@ -96,6 +96,10 @@ pub struct AgentOptions {
     pub namespaced: bool,
     /// Where to POST notifications of syncs, failures, degraded health and drift corrected.
     pub notify: notify::NotifyOptions,
+    /// The memory limit of one render of an Application that sets no
+    /// `spec.render.memoryLimit` (renders running at once share
+    /// [`crate::render::external::set_memory_budget`]).
+    pub render_memory: u64,
 }
 
 /// The backstop's default period (see [`AgentOptions::verify_interval`]).
@@ -120,6 +124,7 @@ impl Default for AgentOptions {
             require_service_account: false,
             namespaced: false,
             notify: Default::default(),
+            render_memory: crate::render::external::DEFAULT_MEMORY_BYTES,
         }
     }
 }
@@ -1969,6 +1974,21 @@ pub async fn render_app(
     };
     render_options.helm.values_files = spec.render.values_files.clone();
     render_options.jsonnet = spec.render.jsonnet.options();
+    render_options.limits.memory_bytes = match &spec.render.memory_limit {
+        Some(limit) => {
+            let bytes = crate::size::parse_size(limit)
+                .map_err(|e| format!("spec.render.memoryLimit: {e}"))?;
+            let budget = crate::render::external::memory_budget();
+            if bytes > budget {
+                return Err(format!(
+                    "spec.render.memoryLimit {limit} is above the {} that the agent's renders may take together (--render-memory-budget); lower it, or raise the budget and the agent's memory limit",
+                    crate::size::show_size(budget)
+                ));
+            }
+            bytes
+        }
+        None => options.render_memory,
+    };
     resolver.fill_helm_capabilities(&mut render_options.helm);
     let path = crate::source::tree::normalize(&spec.source.path).ok_or_else(|| {
         format!(

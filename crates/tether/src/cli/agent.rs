@@ -29,6 +29,18 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FILE")]
     pub helm_bin: Option<PathBuf>,
 
+    /// The memory limit of one render (helm, kustomize or Jsonnet, with the programs it
+    /// starts) of an Application that sets no spec.render.memoryLimit; past it the render
+    /// is killed and the Application reports it.
+    #[arg(long, value_name = "SIZE", default_value = "256Mi", value_parser = crate::size::parse_size)]
+    pub render_memory: u64,
+
+    /// The memory all renders running at once may take together: a render starts when its
+    /// limit fits in what is left. Size the agent's container memory limit to this plus
+    /// what the agent itself takes (tether install: 1Gi + 512Mi).
+    #[arg(long, value_name = "SIZE", default_value = "1Gi", value_parser = crate::size::parse_size)]
+    pub render_memory_budget: u64,
+
     /// Serve webhooks (/webhooks/github|gitlab|gitea|generic), /healthz, /readyz and
     /// /metrics on this address.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -126,6 +138,14 @@ pub async fn agent(
     if args.lease_duration < std::time::Duration::from_secs(3) {
         anyhow::bail!("--lease-duration must be at least 3s (it is renewed every third of it)");
     }
+    if args.render_memory > args.render_memory_budget {
+        anyhow::bail!(
+            "--render-memory ({}) is above --render-memory-budget ({}): no render could start",
+            crate::size::show_size(args.render_memory),
+            crate::size::show_size(args.render_memory_budget)
+        );
+    }
+    crate::render::external::set_memory_budget(args.render_memory_budget);
     let lease_duration = std::time::Duration::from_secs(args.lease_duration.as_secs());
     let renew_every = lease_duration / 3;
     let options = AgentOptions {
@@ -154,6 +174,7 @@ pub async fn agent(
         verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
         require_service_account: args.require_service_account,
         namespaced: args.namespaced,
+        render_memory: args.render_memory,
         notify: crate::agent::notify::NotifyOptions {
             targets: notify_targets(args)?,
             secret: read_secret(args.notify_secret_file.as_deref(), "notification secret")?,

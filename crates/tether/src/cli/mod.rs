@@ -112,6 +112,10 @@ pub enum Command {
     Rollback(apps::RollbackArgs),
     /// Print tether's version and, when a cluster is reachable, the API server's.
     Version(version::VersionArgs),
+    /// Evaluate one Jsonnet file for a render, in a process of its own under the render's
+    /// limits (started by tether itself).
+    #[command(name = "internal-jsonnet", hide = true)]
+    InternalJsonnet { request: PathBuf },
 }
 
 /// Runs one command; returns the process exit code (0 success, 1 error; some commands
@@ -134,6 +138,18 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
         Command::History(args) => apps::history(&cli.global, &args, out).await,
         Command::Rollback(args) => apps::rollback(&cli.global, &args, out).await,
         Command::Version(args) => version::run(&cli.global, &args, out).await,
+        Command::InternalJsonnet { request } => {
+            match crate::render::jsonnet::serve_request(&request) {
+                Ok(json) => {
+                    out.write_all(&json)?;
+                    Ok(0)
+                }
+                Err(message) => {
+                    eprintln!("{message}");
+                    Ok(1)
+                }
+            }
+        }
     }
 }
 

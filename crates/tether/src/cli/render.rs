@@ -91,9 +91,16 @@ pub struct RendererArgs {
     #[arg(long)]
     pub kustomize_allow_remote: bool,
 
-    /// Let kustomizations render helmCharts.
+    /// Let kustomizations render helmCharts (off by default: a chart runs templates, and
+    /// one from a repository is downloaded). Charts come from the repository only, unless
+    /// their repository is allowed with --kustomize-helm-repo.
     #[arg(long)]
     pub kustomize_enable_helm: bool,
+
+    /// A chart repository that helmCharts[].repo may name (with --kustomize-enable-helm);
+    /// repeatable. Any other is refused before kustomize runs.
+    #[arg(long, value_name = "URL", requires = "kustomize_enable_helm")]
+    pub kustomize_helm_repo: Vec<String>,
 
     /// Helm release name (default: the application's name).
     #[arg(long, value_name = "NAME")]
@@ -160,9 +167,14 @@ pub struct RendererArgs {
     #[arg(long = "jsonnet-lib", value_name = "FOLDER")]
     pub jsonnet_libs: Vec<String>,
 
-    /// Time limit for one kustomize or helm run.
+    /// Time limit for one kustomize, helm or Jsonnet run.
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
     pub render_timeout: Duration,
+
+    /// Memory limit for one kustomize, helm or Jsonnet run (with the programs it starts):
+    /// past it the run is killed.
+    #[arg(long, value_name = "SIZE", default_value = "256Mi", value_parser = crate::size::parse_size)]
+    pub render_memory: u64,
 }
 
 impl RendererArgs {
@@ -196,6 +208,7 @@ impl RendererArgs {
             kustomize: crate::render::kustomize::KustomizeOptions {
                 allow_remote: self.kustomize_allow_remote,
                 enable_helm: self.kustomize_enable_helm,
+                helm_repos: self.kustomize_helm_repo.clone(),
             },
             helm: crate::render::helm::HelmOptions {
                 release: self.release.clone(),
@@ -219,10 +232,7 @@ impl RendererArgs {
             app: app.to_string(),
             kustomize_bin: self.kustomize_bin.clone(),
             helm_bin: self.helm_bin.clone(),
-            limits: crate::render::external::Limits {
-                timeout: self.render_timeout,
-                ..Default::default()
-            },
+            limits: self.limits(),
             revision: revision.map(|r| r.commit.clone()),
             cache_dir: Some(crate::source::git::cache_root()),
             ..Default::default()
@@ -231,6 +241,20 @@ impl RendererArgs {
 }
 
 impl RendererArgs {
+    /// The limits of one renderer run. A command renders one folder at a time, so the
+    /// budget of renders running at once is raised to its limit when below.
+    fn limits(&self) -> crate::render::external::Limits {
+        use crate::render::external;
+        if self.render_memory > external::memory_budget() {
+            external::set_memory_budget(self.render_memory);
+        }
+        external::Limits {
+            timeout: self.render_timeout,
+            memory_bytes: self.render_memory,
+            ..Default::default()
+        }
+    }
+
     fn jsonnet_options(&self) -> anyhow::Result<crate::render::jsonnet::JsonnetOptions> {
         use crate::render::jsonnet::Argument;
         let parse =

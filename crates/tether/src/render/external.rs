@@ -1,10 +1,15 @@
-//! Running a renderer program (kustomize, helm) under limits: a timeout, a clean
-//! environment, a cap on output, and a cap on how many run at once.
+//! Running a renderer program (kustomize, helm, tether's own Jsonnet evaluation) under
+//! limits: a timeout, a memory limit, a clean environment, a cap on output, and a cap on
+//! how many run at once and on the memory they may take together.
 //!
 //! # Security
 //! The program sees only PATH and a private HOME/cache folder: no cloud or Git credentials
 //! of the tether process, no KUBECONFIG. Its output is read up to a limit and then it is
-//! killed, so a hostile chart cannot exhaust memory.
+//! killed; the resident memory of its whole process group is read from `/proc` every
+//! [`MEMORY_POLL`] and past [`Limits::memory_bytes`] the group is killed, so a hostile
+//! chart cannot exhaust the agent's memory. A render starts only when its memory limit
+//! fits in what is left of the process's budget ([`set_memory_budget`]), so renders
+//! running at once never take more than the budget between them.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,18 +17,33 @@ use std::process::{Command, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::size::show_size;
+
 /// Limits for one run.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub timeout: Duration,
     pub max_output_bytes: usize,
+    /// The most resident memory the program and its children may use together.
+    pub memory_bytes: u64,
 }
+
+/// A render's memory limit unless one is given: several times what large public charts
+/// take (`helm template` of a chart made by `helm create`: 47 MiB).
+pub const DEFAULT_MEMORY_BYTES: u64 = 256 << 20;
+
+/// The memory all renders running at once may take together, unless set otherwise.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 1 << 30;
+
+/// How often a running program's memory is read.
+pub const MEMORY_POLL: Duration = Duration::from_millis(50);
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(90),
             max_output_bytes: 64 * 1024 * 1024,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
         }
     }
 }
@@ -31,27 +51,123 @@ impl Default for Limits {
 /// Renderer processes running at once in this process.
 const MAX_CONCURRENT: usize = 4;
 
-static RUNNING: Mutex<usize> = Mutex::new(0);
+/// What the running renders hold: how many, and their memory limits added up.
+struct Running {
+    count: usize,
+    memory: u64,
+    budget: u64,
+}
+
+static RUNNING: Mutex<Running> = Mutex::new(Running {
+    count: 0,
+    memory: 0,
+    budget: DEFAULT_MEMORY_BUDGET,
+});
 static FREED: Condvar = Condvar::new();
 
-struct Slot;
+/// Sets the memory that renders running at once may take together (the agent's
+/// `--render-memory-budget`); a render whose limit does not fit waits for others to end.
+pub fn set_memory_budget(bytes: u64) {
+    RUNNING.lock().expect("not poisoned").budget = bytes;
+    FREED.notify_all();
+}
+
+/// The memory budget of renders running at once.
+pub fn memory_budget() -> u64 {
+    RUNNING.lock().expect("not poisoned").budget
+}
+
+struct Slot {
+    memory: u64,
+}
 
 impl Slot {
-    fn take() -> Self {
+    fn take(memory: u64) -> Result<Self, String> {
         let mut running = RUNNING.lock().expect("not poisoned");
-        while *running >= MAX_CONCURRENT {
+        if memory > running.budget {
+            return Err(format!(
+                "the render's memory limit of {} is above the {} that all renders may take together; lower it or raise --render-memory-budget",
+                show_size(memory),
+                show_size(running.budget)
+            ));
+        }
+        while running.count >= MAX_CONCURRENT || running.memory + memory > running.budget {
             running = FREED.wait(running).expect("not poisoned");
         }
-        *running += 1;
-        Slot
+        running.count += 1;
+        running.memory += memory;
+        Ok(Slot { memory })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        *RUNNING.lock().expect("not poisoned") -= 1;
-        FREED.notify_one();
+        let mut running = RUNNING.lock().expect("not poisoned");
+        running.count -= 1;
+        running.memory -= self.memory;
+        FREED.notify_all();
     }
+}
+
+/// Why a program was stopped before it ended.
+enum Stopped {
+    Timeout,
+    /// Over its memory limit, with the resident memory seen.
+    Memory(u64),
+}
+
+/// Kills a process group: the program and every child it started.
+fn kill_group(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The resident memory of process group `group`, added up over its processes (0 where
+/// `/proc` cannot be read).
+pub fn group_memory(group: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command's closing parenthesis: state, parent, process group, …
+        let in_group = stat
+            .rsplit_once(')')
+            .and_then(|(_, fields)| fields.split_whitespace().nth(2))
+            .and_then(|g| g.parse::<u32>().ok())
+            == Some(group);
+        if in_group {
+            total += resident_memory(pid);
+        }
+    }
+    total
+}
+
+/// `VmRSS` of one process, in bytes.
+fn resident_memory(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Counts process starts, so tests and benchmarks can prove a cache hit started none.
@@ -66,7 +182,7 @@ pub fn run(
     home: &Path,
     limits: &Limits,
 ) -> Result<Vec<u8>, String> {
-    let _slot = Slot::take();
+    let _slot = Slot::take(limits.memory_bytes)?;
     let name = program
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -114,32 +230,26 @@ pub fn run(
         let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buffer);
         buffer
     });
-    let deadline = Instant::now() + limits.timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = Command::new("kill")
-                    .args(["-KILL", "--", &format!("-{}", child.id())])
-                    .stderr(Stdio::null())
-                    .status();
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("{name}: {e}")),
-        }
-    };
+    let status = watch(&mut child, limits).map_err(|e| format!("{name}: {e}"))?;
     let output = out_reader
         .join()
         .map_err(|_| format!("{name}: reading its output failed"))?;
     let errors = err_reader.join().unwrap_or_default();
-    let Some(status) = status else {
-        return Err(format!(
-            "{name} did not finish within {} s and was killed",
-            limits.timeout.as_secs()
-        ));
+    let status = match status {
+        Ok(status) => status,
+        Err(Stopped::Timeout) => {
+            return Err(format!(
+                "{name} did not finish within {} s and was killed",
+                limits.timeout.as_secs()
+            ));
+        }
+        Err(Stopped::Memory(seen)) => {
+            return Err(format!(
+                "{name} was killed at {} of memory, past the render's limit of {}; if it needs more, raise the limit (an Application's spec.render.memoryLimit, or --render-memory)",
+                show_size(seen),
+                show_size(limits.memory_bytes)
+            ));
+        }
     };
     let output = output.map_err(|e| format!("{name}: {e}"))?;
     if output.len() > cap {
@@ -153,6 +263,35 @@ pub fn run(
         return Err(format!("{name} failed: {message}"));
     }
     Ok(output)
+}
+
+/// Waits for `child` to end, killing its group at the time or memory limit.
+fn watch(
+    child: &mut std::process::Child,
+    limits: &Limits,
+) -> std::io::Result<Result<std::process::ExitStatus, Stopped>> {
+    let group = child.id();
+    let deadline = Instant::now() + limits.timeout;
+    let mut next_look = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Ok(status));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            kill_group(child);
+            return Ok(Err(Stopped::Timeout));
+        }
+        if now >= next_look {
+            let used = group_memory(group);
+            if used > limits.memory_bytes {
+                kill_group(child);
+                return Ok(Err(Stopped::Memory(used)));
+            }
+            next_look = now + MEMORY_POLL;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The tool's own error, without noise: last lines, at most 1,000 characters.

@@ -5,8 +5,16 @@
 //! library folder; nothing outside the repository is read. Evaluation runs on a thread of
 //! its own with a large stack (the parser recurses), its call depth bounded. Start at
 //! [`evaluate`]; research in `docs/notes/jsonnet.md`.
+//!
+//! # Security
+//! A program can loop or allocate without end, so `tether render/plan/apply` and the agent
+//! evaluate it in a child process, `tether internal-jsonnet` ([`evaluate_in_child`]), under
+//! the render limits of time and memory that bound helm and kustomize
+//! ([`super::external`]). Only a library caller without the `tether` program (a test)
+//! evaluates in its own process.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use rsjsonnet_lang::arena::Arena;
 use rsjsonnet_lang::program::{
@@ -19,14 +27,14 @@ use serde_json::Value;
 use crate::source::tree::{EntryKind, Tree, join_within, parent};
 
 /// A value given to a Jsonnet program: a string, or Jsonnet code (`--jsonnet-ext-code`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Argument {
     Str(String),
     Code(String),
 }
 
 /// Argo CD's `directory.jsonnet` options.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JsonnetOptions {
     /// `std.extVar(name)`.
     pub ext_vars: Vec<(String, Argument)>,
@@ -63,6 +71,83 @@ pub fn evaluate(
             .join()
             .map_err(|_| format!("{file}: the Jsonnet evaluation failed unexpectedly"))?
     })
+}
+
+/// The program that evaluates Jsonnet in a child process: the running program when it is
+/// `tether` (a test binary has none, and evaluates in its own process).
+pub fn default_program() -> Option<PathBuf> {
+    let program = std::env::current_exe().ok()?;
+    (program.file_name()? == "tether").then_some(program)
+}
+
+/// What the child evaluates, written next to the render's copy of the repository (the
+/// values of variables stay off its command line).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Request {
+    file: String,
+    options: JsonnetOptions,
+    max_file_bytes: u64,
+}
+
+/// Evaluates `file` as [`evaluate`] does, in `program internal-jsonnet` run over
+/// `snapshot` under `limits`: a program that runs too long or takes too much memory is
+/// killed, and the error says which limit stopped it.
+pub fn evaluate_in_child(
+    program: &Path,
+    snapshot: &super::snapshot::Snapshot,
+    file: &str,
+    options: &JsonnetOptions,
+    max_file_bytes: u64,
+    limits: &super::external::Limits,
+) -> Result<Value, String> {
+    let home = snapshot.home()?;
+    let request = home.join("jsonnet-request.json");
+    let body = serde_json::to_vec(&Request {
+        file: file.to_string(),
+        options: options.clone(),
+        max_file_bytes,
+    })
+    .map_err(|e| e.to_string())?;
+    std::fs::write(&request, body).map_err(|e| format!("{file}: {e}"))?;
+    let args = [
+        "internal-jsonnet".to_string(),
+        request.display().to_string(),
+    ];
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let output = super::external::run(program, &args, &snapshot.root(), &home, limits).map_err(
+        |message| match message.strip_prefix(&format!("{name} failed: ")) {
+            // The evaluation's own error, located in the repository already.
+            Some(own) => own.to_string(),
+            None => format!(
+                "{file}: {}",
+                message.replacen(&name, "the Jsonnet evaluation", 1)
+            ),
+        },
+    )?;
+    serde_json::from_slice(&output).map_err(|e| format!("{file}: the evaluation's output: {e}"))
+}
+
+/// The child's side of [`evaluate_in_child`]: evaluates the request at `request` over the
+/// repository copy in the current folder and returns the value as JSON.
+pub fn serve_request(request: &Path) -> Result<Vec<u8>, String> {
+    let body = std::fs::read(request).map_err(|e| format!("{}: {e}", request.display()))?;
+    let request: Request = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    let root = std::env::current_dir().map_err(|e| e.to_string())?;
+    let tree = crate::source::tree::DirTree::new(root).map_err(|e| e.to_string())?;
+    let source = tree
+        .read(&request.file, request.max_file_bytes)
+        .map_err(|e| e.to_string())?;
+    let value = evaluate(
+        &tree,
+        &request.file,
+        &source,
+        &request.options,
+        request.max_file_bytes,
+    )?;
+    serde_json::to_vec(&value).map_err(|e| e.to_string())
 }
 
 /// Where each loaded source came from, for messages.

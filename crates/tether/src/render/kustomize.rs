@@ -5,7 +5,8 @@
 //! path it names (resources, bases, components, patches, generator files…) must stay inside
 //! the repository: kustomize's load restrictor checks files but lets a base reach any
 //! folder, and the snapshot sits on the host's file system. Remote bases (URLs) are
-//! refused unless allowed; `helmCharts` need `enable_helm`.
+//! refused unless allowed; `helmCharts` need `enable_helm`, and a chart from a repository
+//! (`helmCharts[].repo`, which kustomize downloads) needs that repository in `helm_repos`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -25,6 +26,52 @@ pub struct KustomizeOptions {
     pub allow_remote: bool,
     /// Allow `helmCharts` in kustomizations (`kustomize build --enable-helm`).
     pub enable_helm: bool,
+    /// The chart repositories `helmCharts[].repo` may name (URLs; a trailing `/` and the
+    /// case of scheme and host do not matter). Empty: charts in the repository only.
+    pub helm_repos: Vec<String>,
+}
+
+/// A chart repository's URL as compared: without a trailing `/`, scheme and host in
+/// lower case.
+fn repository_key(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            format!(
+                "{}://{}/{path}",
+                scheme.to_ascii_lowercase(),
+                host.to_ascii_lowercase()
+            )
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Refuses a `helmCharts` entry whose `repo` is not allowed.
+fn check_chart_repositories(
+    file: &str,
+    doc: &Value,
+    options: &KustomizeOptions,
+) -> Result<(), String> {
+    let charts = doc["helmCharts"].as_array().into_iter().flatten();
+    for (index, chart) in charts.enumerate() {
+        let Some(repo) = chart["repo"].as_str().filter(|r| !r.trim().is_empty()) else {
+            continue;
+        };
+        let wanted = repository_key(repo);
+        if !options
+            .helm_repos
+            .iter()
+            .any(|allowed| repository_key(allowed) == wanted)
+        {
+            let name = chart["name"].as_str().unwrap_or("?");
+            return Err(format!(
+                "{file}: helmCharts[{index}] ({name}): chart repository {repo:?} is not allowed; allow it with --kustomize-helm-repo {repo}, or keep the chart in the repository (helmGlobals.chartHome)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The kustomization file in `dir`, if any.
@@ -94,6 +141,7 @@ fn check_dir(
     if doc.get("helmCharts").is_some() && !options.enable_helm {
         return Err(format!("{file}: helmCharts need --kustomize-enable-helm"));
     }
+    check_chart_repositories(&file, &doc, options)?;
     for (field, reference) in references(&doc) {
         let reference = reference.trim();
         if reference.is_empty() {
@@ -166,6 +214,19 @@ fn references(doc: &Value) -> Vec<(String, String)> {
     }
     if let Some(path) = doc["openapi"]["path"].as_str() {
         out.push(("openapi.path".into(), path.to_string()));
+    }
+    if let Some(path) = doc["helmGlobals"]["chartHome"].as_str() {
+        out.push(("helmGlobals.chartHome".into(), path.to_string()));
+    }
+    for chart in doc["helmCharts"].as_array().into_iter().flatten() {
+        if let Some(path) = chart["valuesFile"].as_str() {
+            out.push(("helmCharts[].valuesFile".into(), path.to_string()));
+        }
+        strings(
+            "helmCharts[].additionalValuesFiles",
+            &chart["additionalValuesFiles"],
+            &mut out,
+        );
     }
     out
 }
@@ -255,5 +316,45 @@ mod tests {
         assert!(err.contains("outside.txt"), "{err}");
         let err = check_references(&t, "overlays/helm", &options, 1 << 20).expect_err("helm");
         assert!(err.contains("--kustomize-enable-helm"), "{err}");
+    }
+
+    #[test]
+    fn a_chart_repository_is_fetched_from_only_when_allowed() {
+        let (_d, t) = tree(&[
+            (
+                "local/kustomization.yaml",
+                "helmCharts: [{name: web, valuesFile: values.yaml}]\n",
+            ),
+            (
+                "remote/kustomization.yaml",
+                "helmCharts: [{name: web, repo: 'https://Charts.Example.com/stable/'}]\n",
+            ),
+            (
+                "escape/kustomization.yaml",
+                "helmGlobals: {chartHome: ../../../opt/charts}\nhelmCharts: [{name: web}]\n",
+            ),
+        ]);
+        let enabled = KustomizeOptions {
+            enable_helm: true,
+            ..Default::default()
+        };
+        check_references(&t, "local", &enabled, 1 << 20).expect("a chart in the repository");
+        let err = check_references(&t, "remote", &enabled, 1 << 20).expect_err("not allowed");
+        assert!(
+            err.contains("helmCharts[0] (web)") && err.contains("--kustomize-helm-repo"),
+            "{err}"
+        );
+        let err = check_references(&t, "escape", &enabled, 1 << 20).expect_err("escape");
+        assert!(err.contains("helmGlobals.chartHome"), "{err}");
+        let allowed = KustomizeOptions {
+            helm_repos: vec!["https://charts.example.com/stable".into()],
+            ..enabled.clone()
+        };
+        check_references(&t, "remote", &allowed, 1 << 20).expect("allowed");
+        let other = KustomizeOptions {
+            helm_repos: vec!["https://charts.example.com/other".into()],
+            ..enabled
+        };
+        check_references(&t, "remote", &other, 1 << 20).expect_err("another repository");
     }
 }

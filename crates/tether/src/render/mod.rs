@@ -120,6 +120,12 @@ pub struct RenderOptions {
     pub kustomize_bin: Option<std::path::PathBuf>,
     pub helm_bin: Option<std::path::PathBuf>,
     pub limits: external::Limits,
+    /// The program that evaluates `.jsonnet` files in a child process under `limits`
+    /// (default: this one when it is `tether`); `None` evaluates them in this process.
+    pub jsonnet_program: Option<std::path::PathBuf>,
+    /// A folder of plain manifests whose files add up to more than this is refused
+    /// (default 32 MiB: the objects parsed from it take several times that in memory).
+    pub max_input_bytes: u64,
     /// The commit rendered: with `cache_dir`, renderer output is cached under this key.
     pub revision: Option<String>,
     pub cache_dir: Option<std::path::PathBuf>,
@@ -141,6 +147,8 @@ impl Default for RenderOptions {
             kustomize_bin: None,
             helm_bin: None,
             limits: Default::default(),
+            jsonnet_program: jsonnet::default_program(),
+            max_input_bytes: 32 * 1024 * 1024,
             revision: None,
             cache_dir: None,
         }
@@ -185,6 +193,15 @@ pub enum Problem {
     Tree(String),
     #[error("{count} objects is above the limit of {limit}; split the application")]
     TooManyObjects { count: usize, limit: usize },
+    #[error(
+        "{path}: its manifests add up to more than {} (at {file}); tether renders at most that from one folder: split the application",
+        crate::size::show_size(*limit)
+    )]
+    TooMuchInput {
+        path: String,
+        file: String,
+        limit: u64,
+    },
     #[error(
         "{file}:{line}: variable {name} is not set and has no default; set it with --var {name}=… or write ${{{name}:=default}}"
     )]
@@ -260,6 +277,9 @@ pub fn render_plain(
     // Files read as neither manifests nor Jsonnet: named if nothing renders.
     let mut skipped = Vec::new();
     let mut evaluated_jsonnet = false;
+    let mut input_bytes = 0u64;
+    // The repository's copy that `.jsonnet` files are evaluated in, made at the first.
+    let mut snapshot = None;
     for entry in entries {
         if ignore.is_ignored(&entry.path) {
             continue;
@@ -285,15 +305,27 @@ pub fn render_plain(
                 }
             },
         };
+        if let Ok(bytes) = &bytes {
+            input_bytes += bytes.len() as u64;
+            if input_bytes > options.max_input_bytes {
+                problems.push(Problem::TooMuchInput {
+                    path: if path.is_empty() {
+                        ".".into()
+                    } else {
+                        path.to_string()
+                    },
+                    file: entry.path.clone(),
+                    limit: options.max_input_bytes,
+                });
+                break;
+            }
+        }
         match bytes {
-            Ok(bytes) if is_jsonnet => render_jsonnet(
-                tree,
-                &entry.path,
-                &bytes,
-                options,
-                &mut objects,
-                &mut problems,
-            ),
+            Ok(bytes) if is_jsonnet => {
+                let value =
+                    evaluate_jsonnet(tree, path, &entry.path, &bytes, options, &mut snapshot);
+                jsonnet_objects(&entry.path, value, &mut objects, &mut problems);
+            }
             Ok(bytes) => parse_file(&entry.path, &bytes, options, &mut objects, &mut problems),
             Err(err) => problems.push(Problem::Tree(err.to_string())),
         }
@@ -327,13 +359,44 @@ pub fn render_plain(
     }
 }
 
-/// Evaluates a `.jsonnet` file: its value is an object, a `kind: List`, or an array of
-/// objects (arrays nested in it are flattened, as Argo CD does).
-fn render_jsonnet(
+/// Evaluates a `.jsonnet` file of folder `path`: in a child process under the render
+/// limits when [`RenderOptions::jsonnet_program`] names one (over a copy of the repository
+/// made at the first file, kept in `snapshot`), else here.
+fn evaluate_jsonnet(
     tree: &dyn Tree,
+    path: &str,
     file: &str,
     bytes: &[u8],
     options: &RenderOptions,
+    snapshot: &mut Option<snapshot::Snapshot>,
+) -> Result<Value, String> {
+    let Some(program) = &options.jsonnet_program else {
+        return jsonnet::evaluate(tree, file, bytes, &options.jsonnet, options.max_file_bytes);
+    };
+    if snapshot.is_none() {
+        *snapshot = Some(snapshot::Snapshot::write(
+            tree,
+            path,
+            options.max_file_bytes,
+        )?);
+    }
+    let copy = snapshot.as_ref().expect("made above");
+    jsonnet::evaluate_in_child(
+        program,
+        copy,
+        file,
+        &options.jsonnet,
+        options.max_file_bytes,
+        &options.limits,
+    )
+    .map_err(|message| copy.explain(message))
+}
+
+/// The objects of a `.jsonnet` file's value: an object, a `kind: List`, or an array of
+/// objects (arrays nested in it are flattened, as Argo CD does).
+fn jsonnet_objects(
+    file: &str,
+    value: Result<Value, String>,
     objects: &mut Vec<Object>,
     problems: &mut Vec<Problem>,
 ) {
@@ -343,8 +406,7 @@ fn render_jsonnet(
         document: 0,
         item: None,
     };
-    let value = match jsonnet::evaluate(tree, file, bytes, &options.jsonnet, options.max_file_bytes)
-    {
+    let value = match value {
         Ok(value) => value,
         Err(message) => {
             problems.push(Problem::Jsonnet { origin, message });

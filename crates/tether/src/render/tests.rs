@@ -178,6 +178,35 @@ fn a_file_above_the_size_limit_is_refused() {
 }
 
 #[test]
+fn a_folder_whose_files_add_up_past_the_input_limit_is_refused_at_the_file_that_passes_it() {
+    let (_dir, tree) = repo(&[
+        ("apps/a.yaml", &cm("a")),
+        ("apps/b.yaml", &cm("b")),
+        ("apps/c.yaml", &cm("c")),
+    ]);
+    let options = RenderOptions {
+        max_input_bytes: 2 * cm("a").len() as u64,
+        ..Default::default()
+    };
+    let problems = render_plain(&tree, "apps", &options)
+        .expect_err("too much")
+        .0;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].to_string().starts_with(&format!(
+            "apps: its manifests add up to more than {} bytes (at apps/c.yaml)",
+            2 * cm("a").len()
+        )),
+        "{problems:?}"
+    );
+    let exact = RenderOptions {
+        max_input_bytes: 3 * cm("a").len() as u64,
+        ..Default::default()
+    };
+    assert_eq!(render_plain(&tree, "apps", &exact).expect("fits").len(), 3);
+}
+
+#[test]
 fn too_many_objects_is_refused() {
     let many: String = (0..5)
         .map(|i| format!("{}---\n", cm(&format!("c{i}"))))

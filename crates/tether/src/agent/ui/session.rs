@@ -259,3 +259,42 @@ fn over_https(state: &UiState, headers: &HeaderMap) -> bool {
             .split([';', ','])
             .any(|part| part.trim() == "proto=https")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().expect("a header value"));
+        }
+        map
+    }
+
+    #[test]
+    fn a_request_from_another_site_is_not_of_this_origin() {
+        let host = ("host", "tether.example.com:8080");
+        assert!(same_origin(&headers(&[
+            host,
+            ("origin", "https://tether.example.com:8080"),
+            ("sec-fetch-site", "same-origin"),
+        ])));
+        // A form another site posts, as browsers label it.
+        assert!(!same_origin(&headers(&[
+            host,
+            ("origin", "https://evil.example"),
+        ])));
+        assert!(!same_origin(&headers(&[
+            host,
+            ("sec-fetch-site", "cross-site"),
+        ])));
+        assert!(!same_origin(&headers(&[
+            host,
+            ("origin", "https://tether.example.com:8080.evil.example"),
+        ])));
+        // A client that sends neither (curl, an old browser) passes here: the session's
+        // CSRF token still guards its POSTs.
+        assert!(same_origin(&headers(&[host])));
+    }
+}
