@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use crate::render::{Object, ObjectKey, Origin};
+use crate::object::{Object, ObjectKey, Origin};
 
 /// The ServiceAccount, Deployment and Service name, and the roles' names.
 pub const NAME: &str = "tether-agent";

@@ -1,21 +1,26 @@
 //! tether: a GitOps engine for Kubernetes.
 //!
-//! The pipeline (see `shared/DESIGN.md`) is source → render → plan → apply → health, driven
+//! The pipeline is source → render → plan → apply → health, driven
 //! either once from the CLI (push) or continuously by the agent (pull). Each stage is a
 //! module with a small public surface; stages exchange plain data. Start reading at
 //! [`cli::run`], which maps every command to one function.
 //!
-//! Modules today:
+//! Modules, from the bottom up (a module uses only those above it in this list, and the
+//! stages never use the agent or the CLI):
+//! - [`object`]: the shared vocabulary: `ObjectKey`, `GroupKind`, `Origin`, `Object`.
+//! - [`inventory`]: the ApplySet that records what a set owns (plan reads it, apply writes it).
+//! - [`duration`], [`size`], [`output`], [`progress`]: durations and sizes as users write
+//!   them, the `-o text|json|yaml` formats, progress reporting.
+//! - [`health`]: live object → Healthy/Progressing/Degraded/Missing/Unknown.
 //! - [`cluster`]: connecting to a Kubernetes API server the way kubectl does (kubeconfig,
-//!   contexts, namespaces) and turning connection failures into errors a user can act on.
-//! - [`cli`]: the command-line interface, writing to any `impl Write`.
-//! - [`output`]: the `-o text|json|yaml` output formats shared by every command.
+//!   contexts, namespaces), discovery, and turning client errors into errors a user can act on.
 //! - [`source`]: Git → revision + read-only tree.
 //! - [`render`]: tree → desired objects with their origin.
 //! - [`plan`]: desired + live → a Plan (create/update/unchanged/prune/conflict) with diffs.
 //! - [`apply`]: a Plan → the cluster, with ApplySet ownership, pruning and waits.
-//! - [`health`]: live object → Healthy/Progressing/Degraded/Missing/Unknown.
+//! - [`install`]: the agent's install manifests.
 //! - [`agent`]: the pull-mode controller over `Application` resources.
+//! - [`cli`]: the command-line interface, writing to any `impl Write`.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +31,8 @@ pub mod cluster;
 pub mod duration;
 pub mod health;
 pub mod install;
+pub mod inventory;
+pub mod object;
 pub mod output;
 pub mod plan;
 pub mod progress;

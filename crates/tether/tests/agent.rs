@@ -1189,9 +1189,9 @@ async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_o
     )
     .await;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let id = tether::apply::applyset::ApplySet::new("big", &ns.name).id;
+    let id = tether::inventory::ApplySet::new("big", &ns.name).id;
     let members = kube::api::ListParams::default()
-        .labels(&format!("{}={id}", tether::apply::applyset::PART_OF_LABEL));
+        .labels(&format!("{}={id}", tether::inventory::PART_OF_LABEL));
     // How many members carry `color`.
     let count_colored = |color: &'static str| {
         let configmaps = configmaps.clone();

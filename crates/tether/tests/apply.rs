@@ -16,8 +16,9 @@ use support::{TestNamespace, cluster, unique_name};
 use tether::apply::{ApplyOptions, ApplyReport, Error as ApplyError, apply};
 use tether::cluster::discovery::Resolver;
 use tether::health::HealthStatus;
+use tether::object::Object;
 use tether::plan::{Action, Plan, PlanErrors, PlanOptions, plan};
-use tether::render::{Object, RenderOptions, render_plain};
+use tether::render::{RenderOptions, render_plain};
 use tether::source::tree::DirTree;
 
 /// Renders `files` (path → YAML) from a temporary folder, as `tether` would.
@@ -1057,8 +1058,7 @@ async fn a_first_apply_of_many_objects_reads_only_the_ones_that_exist() {
     assert_eq!(live.items.len(), 12);
     assert!(live.items.iter().all(|w| {
         use kube::ResourceExt;
-        w.labels()
-            .contains_key(tether::apply::applyset::PART_OF_LABEL)
+        w.labels().contains_key(tether::inventory::PART_OF_LABEL)
     }));
 
     // In a namespace shared with many more objects of the kind (other applications'), the

@@ -31,9 +31,7 @@ use support::agent::{applied, create_application};
 use support::git::{GitDaemon, GitRepo};
 use support::{KillOnDrop, TestNamespace, cluster};
 use tether::agent::{Application, install_crd};
-use tether::apply::applyset::{
-    ApplySet, GROUP_KINDS_ANNOTATION, NAMESPACES_ANNOTATION, PART_OF_LABEL,
-};
+use tether::inventory::{ApplySet, GROUP_KINDS_ANNOTATION, NAMESPACES_ANNOTATION, PART_OF_LABEL};
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)

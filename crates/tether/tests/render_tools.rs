@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use tether::object::Object;
 use tether::render::helm::{HelmOptions, RepoChart};
-use tether::render::{Object, Problems, RenderOptions, Renderer, render};
+use tether::render::{Problems, RenderOptions, Renderer, render};
 use tether::source::tree::DirTree;
 
 fn write(root: &Path, files: &[(&str, &str)]) {

@@ -18,7 +18,7 @@ use support::agent::{
 use support::git::{GitDaemon, GitRepo};
 use support::{TestNamespace, cluster, unique_name};
 use tether::agent::{AgentOptions, Application, install_crd};
-use tether::apply::applyset::{ApplySet, PART_OF_LABEL};
+use tether::inventory::{ApplySet, PART_OF_LABEL};
 
 fn cm(name: &str, namespace: Option<&str>, color: &str) -> String {
     let namespace = namespace

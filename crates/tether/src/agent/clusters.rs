@@ -119,7 +119,7 @@ async fn connect_reading(
         format!(
             "cannot reach cluster {name} at {server} (Secret {namespace}/{name}): {}; check that \
              it is running and that the Secret's credentials are valid",
-            crate::apply::describe(&e)
+            crate::cluster::describe(&e)
         )
     })?;
     Ok((
@@ -155,7 +155,7 @@ async fn read_secret_opt(
     secrets.get_opt(name).await.map_err(|e| {
         format!(
             "cannot read the cluster Secret {namespace}/{name}: {}",
-            crate::apply::describe(&e)
+            crate::cluster::describe(&e)
         )
     })
 }
@@ -289,7 +289,7 @@ pub struct Destination {
     /// ApplySet id → each desired object's health as last read: a status change reads only
     /// the objects it touched (and those not Healthy), not the whole set.
     pub health:
-        Mutex<HashMap<String, HashMap<crate::render::ObjectKey, crate::health::HealthStatus>>>,
+        Mutex<HashMap<String, HashMap<crate::object::ObjectKey, crate::health::HealthStatus>>>,
 }
 
 impl Destination {

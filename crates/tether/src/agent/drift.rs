@@ -27,11 +27,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc;
 
 use super::Application;
-use crate::apply::applyset::PART_OF_LABEL;
 use crate::cluster::discovery::KindInfo;
+use crate::inventory::PART_OF_LABEL;
+use crate::object::ObjectKey;
 use crate::plan::FIELD_MANAGER;
 use crate::plan::fields::APPLIED_DIGEST_ANNOTATION;
-use crate::render::ObjectKey;
 
 #[derive(Clone)]
 pub struct DriftWatch {

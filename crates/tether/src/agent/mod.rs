@@ -27,7 +27,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{CustomResourceExt, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::apply::{ApplyOptions, apply, describe};
+use crate::apply::{ApplyOptions, apply};
+use crate::cluster::describe;
 use crate::cluster::discovery::Resolver;
 use crate::duration::parse_duration;
 use crate::health::{self, HealthStatus};
@@ -279,8 +280,7 @@ impl Context {
     /// it comes back, so that is forgotten (its first reconcile then plans in full).
     fn forget_set(&self, app: &Application) {
         let id =
-            crate::apply::applyset::ApplySet::new(&app.name_any(), &app.spec.destination.namespace)
-                .id;
+            crate::inventory::ApplySet::new(&app.name_any(), &app.spec.destination.namespace).id;
         if let Some(destination) = self.clusters.cached(app) {
             destination.drift.forget_set(&id);
             destination
@@ -303,7 +303,7 @@ impl Context {
 }
 
 type Desired = (
-    crate::render::ObjectKey,
+    crate::object::ObjectKey,
     Option<crate::cluster::discovery::KindInfo>,
 );
 
@@ -1083,7 +1083,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
     let client = &client;
     let at = &Acting { dest, client };
     let fetch_started = std::time::Instant::now();
-    let applyset_id = crate::apply::applyset::ApplySet::new(&name, &spec.destination.namespace).id;
+    let applyset_id = crate::inventory::ApplySet::new(&name, &spec.destination.namespace).id;
     // Polls of Applications that follow one repository share a listing of its refs taken
     // in the last few seconds (webhooks mark it stale); a sync someone asked for lists
     // afresh.
@@ -1304,7 +1304,7 @@ async fn full_sync(
     app: &Application,
     applyset_id: &str,
     revision: Revision,
-    (objects, digest): (Vec<crate::render::Object>, [u8; 32]),
+    (objects, digest): (Vec<crate::object::Object>, [u8; 32]),
     check_watches: bool,
 ) -> Result<Outcome, Failure> {
     let (dest, client) = (at.dest, at.client);
@@ -1352,7 +1352,7 @@ async fn full_sync(
         planned.changes.iter().filter_map(|c| c.kind.clone()),
     );
     // Kinds whose CRD comes with this set are served only once it is applied.
-    let unserved: Vec<(crate::render::ObjectKey, serde_json::Value)> = planned
+    let unserved: Vec<(crate::object::ObjectKey, serde_json::Value)> = planned
         .changes
         .iter()
         .filter(|c| c.kind.is_none())
@@ -1388,7 +1388,7 @@ async fn full_sync(
         .map(|c| (c.key.clone(), c.kind.clone()))
         .collect();
     // Each member's resourceVersion after this sync, for the drift watch.
-    let mut versions: Vec<(crate::render::ObjectKey, String)> = planned
+    let mut versions: Vec<(crate::object::ObjectKey, String)> = planned
         .changes
         .iter()
         .filter(|c| c.action == PlanAction::Unchanged)
@@ -1481,7 +1481,7 @@ async fn full_sync(
 /// Each desired member's applied digest, as the plan will write it.
 fn applied_digests(
     planned: &crate::plan::Plan,
-) -> impl Iterator<Item = (crate::render::ObjectKey, String)> + '_ {
+) -> impl Iterator<Item = (crate::object::ObjectKey, String)> + '_ {
     planned
         .changes
         .iter()
@@ -1590,7 +1590,7 @@ async fn apply_and_record(
     revision: &Revision,
     drift: bool,
     what: &str,
-) -> Result<(HistoryEntry, Vec<(crate::render::ObjectKey, String)>), Failure> {
+) -> Result<(HistoryEntry, Vec<(crate::object::ObjectKey, String)>), Failure> {
     let (dest, client) = (at.dest, at.client);
     let policy = &app.spec.sync_policy;
     let options = ApplyOptions {
@@ -1682,7 +1682,7 @@ enum Targeted {
     Done(Box<Outcome>),
     /// The render is not the one applied, or a drifted member is not in it: sync in full
     /// (with this render).
-    Full(Vec<crate::render::Object>, [u8; 32]),
+    Full(Vec<crate::object::Object>, [u8; 32]),
 }
 
 /// Corrects only the members someone changed or deleted: renders the applied revision,
@@ -1693,7 +1693,7 @@ async fn correct_drift(
     app: &Application,
     applyset_id: &str,
     (revision, tree): (Revision, crate::source::git::CommitTree),
-    drifted: std::collections::BTreeSet<crate::render::ObjectKey>,
+    drifted: std::collections::BTreeSet<crate::object::ObjectKey>,
     settled: (&ApplicationStatus, &SyncStatus, &ApplySetReference),
 ) -> Result<Targeted, Failure> {
     let (dest, client) = (at.dest, at.client);
@@ -1704,7 +1704,7 @@ async fn correct_drift(
     let destination = &app.spec.destination.namespace;
     // A rendered object names its namespace, or leaves it to the destination (or is
     // cluster-scoped, where the watch reports none).
-    let is_drifted = |key: &crate::render::ObjectKey| {
+    let is_drifted = |key: &crate::object::ObjectKey| {
         drifted.iter().any(|d| {
             d.group == key.group
                 && d.kind == key.kind
@@ -1714,7 +1714,7 @@ async fn correct_drift(
                         && (d.namespace == *destination || d.namespace.is_empty())))
         })
     };
-    let subset: Vec<crate::render::Object> = objects
+    let subset: Vec<crate::object::Object> = objects
         .iter()
         .filter(|o| is_drifted(&o.key))
         .cloned()
@@ -1947,7 +1947,7 @@ pub async fn render_app(
     app: &Application,
     revision: &Revision,
     tree: crate::source::git::CommitTree,
-) -> Result<Vec<crate::render::Object>, String> {
+) -> Result<Vec<crate::object::Object>, String> {
     let name = app.name_any();
     let spec = &app.spec;
     let renderer = match spec.render.renderer.as_deref() {
@@ -1989,7 +1989,10 @@ pub async fn render_app(
         }
         None => options.render_memory,
     };
-    resolver.fill_helm_capabilities(&mut render_options.helm);
+    let capabilities = resolver.capabilities();
+    render_options
+        .helm
+        .fill_capabilities(capabilities.kube_version, capabilities.api_versions);
     let path = crate::source::tree::normalize(&spec.source.path).ok_or_else(|| {
         format!(
             "spec.source.path {:?} leaves the repository",
@@ -2010,7 +2013,7 @@ async fn plan_app(
     resolver: &Resolver,
     options: &AgentOptions,
     app: &Application,
-    objects: Vec<crate::render::Object>,
+    objects: Vec<crate::object::Object>,
     keep_unchanged_live: bool,
 ) -> Result<crate::plan::Plan, String> {
     let mut plan_options = plan_options_for(options, app);
@@ -2042,7 +2045,7 @@ async fn render_digested(
     app: &Application,
     revision: &Revision,
     tree: crate::source::git::CommitTree,
-) -> Result<(Vec<crate::render::Object>, [u8; 32]), String> {
+) -> Result<(Vec<crate::object::Object>, [u8; 32]), String> {
     let objects = render_app(&dest.target.resolver, &ctx.options, app, revision, tree).await?;
     let digest = digest_of(&objects);
     Ok((objects, digest))
@@ -2050,7 +2053,7 @@ async fn render_digested(
 
 /// What a render produced, as one value: two renders with the same digest make the same
 /// plan against the same cluster (where each object came from does not count).
-fn digest_of(objects: &[crate::render::Object]) -> [u8; 32] {
+fn digest_of(objects: &[crate::object::Object]) -> [u8; 32] {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     for object in objects {
@@ -2076,13 +2079,13 @@ async fn assess_each(
     ctx: &Context,
     client: &kube::Client,
     desired: &[Desired],
-) -> Vec<(crate::render::ObjectKey, HealthStatus)> {
+) -> Vec<(crate::object::ObjectKey, HealthStatus)> {
     futures::stream::iter((0..desired.len()).map(|i| async move {
         let (key, kind) = &desired[i];
         let Some(kind) = kind.clone() else {
             return (key.clone(), HealthStatus::Unknown);
         };
-        let live = crate::plan::api_for(client, &kind, &key.namespace)
+        let live = crate::cluster::api_for(client, &kind, &key.namespace)
             .get_opt(&key.name)
             .await
             .ok()

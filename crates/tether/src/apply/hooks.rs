@@ -18,12 +18,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::describe;
+use crate::cluster::api_for;
 use crate::cluster::discovery::Resolver;
 use crate::health::{self, HealthStatus};
+use crate::object::ObjectKey;
 use crate::plan::hooks::Phase;
-use crate::plan::{FIELD_MANAGER, HOOK_LABEL, HOOK_OF_LABEL, Hook, api_for};
+use crate::plan::{FIELD_MANAGER, HOOK_LABEL, HOOK_OF_LABEL, Hook};
 use crate::progress::ProgressHandle;
-use crate::render::ObjectKey;
 
 /// What one run of a hook came to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -6,7 +6,6 @@
 //! only after they are deleted; pruning happens only after every apply succeeded, in
 //! reverse order; an unchanged object gets no request at all. Start at [`apply`].
 
-pub mod applyset;
 pub mod hooks;
 
 use std::collections::BTreeSet;
@@ -18,11 +17,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cluster::discovery::Resolver;
+use crate::cluster::{api_for, describe};
 use crate::health::{self, Health, HealthStatus};
+use crate::object::GroupKind;
+use crate::object::ObjectKey;
 use crate::plan::hooks::Phase;
-use crate::plan::{Action, Change, FIELD_MANAGER, Hook, Plan, Stage, api_for};
-use crate::render::ObjectKey;
-use applyset::GroupKind;
+use crate::plan::{Action, Change, FIELD_MANAGER, Hook, Plan, Stage};
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -585,7 +585,7 @@ async fn create_namespace(
 
 /// What the parent Secret records now; written only when that changes (never on a no-op).
 struct Parent {
-    recorded: applyset::ApplySet,
+    recorded: crate::inventory::ApplySet,
     exists: bool,
 }
 
@@ -593,7 +593,7 @@ impl Parent {
     async fn record(
         &mut self,
         client: &kube::Client,
-        set: &applyset::ApplySet,
+        set: &crate::inventory::ApplySet,
         report: &mut ApplyReport,
     ) -> Result<(), Error> {
         if self.exists
@@ -643,7 +643,7 @@ impl Parent {
             .any(|h| h.phases.iter().any(|p| *p != Phase::SyncFail));
         let mut set = self.recorded.clone();
         set.hooks_unfinished = match why {
-            Some(why) if due => Some(applyset::UnfinishedHooks::new(
+            Some(why) if due => Some(crate::inventory::UnfinishedHooks::new(
                 !plan.parent_exists
                     || plan
                         .applyset
@@ -1004,18 +1004,4 @@ async fn wait_healthy(
         }
     }
     report.unhealthy = healthy.err();
-}
-
-/// A client error as a user reads it: the API server's own message when it sent one; else
-/// that the server could not be reached, and the innermost cause (a closed connection, a
-/// refused one) rather than "ServiceError: client error (SendRequest)".
-pub(crate) fn describe(err: &kube::Error) -> String {
-    match err {
-        kube::Error::Api(status) => status.message.clone(),
-        kube::Error::Service(_) | kube::Error::HyperError(_) => format!(
-            "cannot reach the API server: {}",
-            crate::cluster::root_cause(err)
-        ),
-        other => other.to_string(),
-    }
 }

@@ -289,7 +289,7 @@ pub async fn uninstall(
     let client = cluster.client();
     let namespace = agent_namespace(global);
     // Nothing installed there (a wrong -n): say so, and create nothing.
-    let parent = crate::apply::applyset::parent_name(crate::install::APP);
+    let parent = crate::inventory::parent_name(crate::install::APP);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     if secrets.get_opt(&parent).await?.is_none() {
         anyhow::bail!(

@@ -10,9 +10,9 @@ use super::GlobalArgs;
 use super::render::{RendererArgs, SourceArgs};
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
+use crate::object::{ObjectKey, Origin};
 use crate::output::OutputFormat;
 use crate::plan::{Action, Change, Hook, Plan, PlanOptions, Skipped, Summary};
-use crate::render::{ObjectKey, Origin};
 use crate::source::git::Revision;
 
 /// Where to apply and how: shared by `plan` and `apply`.
@@ -92,7 +92,10 @@ pub async fn prepare(
             .renderer
             .options(&app, cluster.namespace(), resolved.revision.as_ref())?;
     // Helm's .Capabilities describe the cluster this is planned for.
-    resolver.fill_helm_capabilities(&mut render_options.helm);
+    let capabilities = resolver.capabilities();
+    render_options
+        .helm
+        .fill_capabilities(capabilities.kube_version, capabilities.api_versions);
     let objects = resolved.render(render_options).await?;
     if let Some(namespace) = &global.namespace
         && !target.multi_namespace
@@ -148,11 +151,11 @@ pub async fn run(global: &GlobalArgs, args: &PlanArgs, out: &mut impl Write) -> 
 /// most 20, then how many more). Only kinds the cluster serves as namespaced count: a cluster-scoped one that names a
 /// namespace, or an unknown kind, is the plan's to explain.
 fn in_other_namespaces(
-    objects: &[crate::render::Object],
+    objects: &[crate::object::Object],
     namespace: &str,
     resolver: &Resolver,
 ) -> Vec<String> {
-    let namespaced = |o: &crate::render::Object| {
+    let namespaced = |o: &crate::object::Object| {
         let api_version = o.manifest["apiVersion"].as_str().unwrap_or_default();
         resolver
             .resolve(api_version, &o.key.kind)

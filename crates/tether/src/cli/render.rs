@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use super::GlobalArgs;
 pub use crate::duration::parse_duration;
+use crate::object::Object;
 use crate::output::OutputFormat;
-use crate::render::{Object, RenderOptions, Renderer, render};
+use crate::render::{RenderOptions, Renderer, render};
 use crate::source::git::{GitAuth, GitSource, Revision};
 use crate::source::reference::RefSpec;
 use crate::source::signature::SignaturePolicy;

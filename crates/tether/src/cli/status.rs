@@ -7,9 +7,9 @@ use serde::Serialize;
 use super::GlobalArgs;
 use super::plan::{TargetArgs, prepare};
 use crate::health::{self, Health, HealthStatus};
+use crate::object::ObjectKey;
 use crate::output::OutputFormat;
 use crate::plan::Action;
-use crate::render::ObjectKey;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {

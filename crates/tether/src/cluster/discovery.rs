@@ -6,6 +6,13 @@
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
 
+/// What a cluster offers a chart to check: its version and API versions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub kube_version: String,
+    pub api_versions: Vec<String>,
+}
+
 /// What tether needs to know to address one kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KindInfo {
@@ -47,16 +54,12 @@ impl Resolver {
         Ok(())
     }
 
-    /// Fills Helm's `.Capabilities` (the server's version and every API version it serves)
-    /// where `helm` leaves them unset. `plan`, `apply`, `diff` and the agent all render
-    /// through this, so a chart that checks the Kubernetes version renders the same in
-    /// push and pull mode.
-    pub fn fill_helm_capabilities(&self, helm: &mut crate::render::helm::HelmOptions) {
-        if helm.kube_version.is_none() {
-            helm.kube_version = Some(self.kube_version.read().expect("not poisoned").clone());
-        }
-        if helm.api_versions.is_empty() {
-            helm.api_versions = self.api_versions();
+    /// The server's version and every API version it serves: what Helm's `.Capabilities`
+    /// hold.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            kube_version: self.kube_version.read().expect("not poisoned").clone(),
+            api_versions: self.api_versions(),
         }
     }
 

@@ -305,6 +305,32 @@ fn kubeconfig_error(where_: &str, err: KubeconfigError) -> Error {
     }
 }
 
+/// The api for one object's kind, in its namespace.
+pub fn api_for(
+    client: &kube::Client,
+    kind: &discovery::KindInfo,
+    namespace: &str,
+) -> kube::Api<kube::api::DynamicObject> {
+    if kind.namespaced {
+        kube::Api::namespaced_with(client.clone(), namespace, &kind.resource)
+    } else {
+        kube::Api::all_with(client.clone(), &kind.resource)
+    }
+}
+
+/// A client error as a user reads it: the API server's own message when it sent one; else
+/// that the server could not be reached, and the innermost cause (a closed connection, a
+/// refused one) rather than "ServiceError: client error (SendRequest)".
+pub fn describe(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => status.message.clone(),
+        kube::Error::Service(_) | kube::Error::HyperError(_) => {
+            format!("cannot reach the API server: {}", root_cause(err))
+        }
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,14 +6,14 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::object::{HELM_HOOK, HOOK_ANNOTATIONS};
+
 /// The sync wave annotations: lower waves are applied (and Healthy) first.
 pub const WAVE_ANNOTATIONS: [&str; 2] = ["tether.dev/sync-wave", "argocd.argoproj.io/sync-wave"];
-const HOOK_ANNOTATIONS: [&str; 2] = ["tether.dev/hook", "argocd.argoproj.io/hook"];
 const DELETE_POLICY_ANNOTATIONS: [&str; 2] = [
     "tether.dev/hook-delete-policy",
     "argocd.argoproj.io/hook-delete-policy",
 ];
-const HELM_HOOK: &str = "helm.sh/hook";
 const HELM_WEIGHT: &str = "helm.sh/hook-weight";
 const HELM_DELETE_POLICY: &str = "helm.sh/hook-delete-policy";
 
@@ -159,13 +159,6 @@ pub fn wave_of(manifest: &Value) -> Result<i64, String> {
         Some((value, key)) => parse_integer(value, &key),
         None => Ok(0),
     }
-}
-
-/// Whether the object says it is a hook (of any kind, `Skip` included): such an object
-/// may use `metadata.generateName`.
-pub fn is_hook(manifest: &Value) -> bool {
-    annotation(manifest, &HOOK_ANNOTATIONS).is_some()
-        || annotation(manifest, &[HELM_HOOK]).is_some()
 }
 
 /// What the object is to a sync. `first_sync`: the set has never been applied (Helm's
@@ -416,8 +409,12 @@ mod tests {
             ),
             Ok(Role::Hook { .. })
         ));
-        assert!(is_hook(&annotated(json!({"helm.sh/hook": "test"}))));
-        assert!(!is_hook(&annotated(json!({"tether.dev/sync-wave": "1"}))));
+        assert!(crate::object::is_hook(&annotated(
+            json!({"helm.sh/hook": "test"})
+        )));
+        assert!(!crate::object::is_hook(&annotated(
+            json!({"tether.dev/sync-wave": "1"})
+        )));
     }
 
     #[test]

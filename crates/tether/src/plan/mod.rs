@@ -18,9 +18,11 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::apply::applyset::{ApplySet, GroupKind, PART_OF_LABEL};
+use crate::cluster::api_for;
 use crate::cluster::discovery::{KindInfo, Resolver};
-use crate::render::{Object, ObjectKey, Origin};
+use crate::inventory::{ApplySet, PART_OF_LABEL};
+use crate::object::GroupKind;
+use crate::object::{Object, ObjectKey, Origin};
 
 /// The field manager tether applies with.
 pub const FIELD_MANAGER: &str = "tether";
@@ -334,15 +336,6 @@ fn stage_of(key: &ObjectKey, namespaced: bool) -> Stage {
         ("", "Namespace") => Stage::Namespaces,
         _ if !namespaced => Stage::ClusterScoped,
         _ => Stage::Namespaced,
-    }
-}
-
-/// The api for one object's kind, in its namespace.
-pub fn api_for(client: &kube::Client, kind: &KindInfo, namespace: &str) -> Api<DynamicObject> {
-    if kind.namespaced {
-        Api::namespaced_with(client.clone(), namespace, &kind.resource)
-    } else {
-        Api::all_with(client.clone(), &kind.resource)
     }
 }
 
@@ -963,7 +956,7 @@ fn undecodable_secret_data(key: &ObjectKey, manifest: &Value) -> Option<String> 
 fn cluster_error(key: Option<&ObjectKey>, origin: Option<&Origin>, err: &kube::Error) -> PlanError {
     let message = match api_error(err) {
         Some(status) => status.message.clone(),
-        None => crate::apply::describe(err),
+        None => crate::cluster::describe(err),
     };
     PlanError {
         key: key.cloned(),
@@ -1244,7 +1237,7 @@ fn recorded_member(live: &Value, key: &ObjectKey, set: &ApplySet) -> bool {
 /// Who owns ApplySet `id`, in words: the Application its parent records, else the app
 /// name and namespace of a `tether apply`, else the id alone (its parent cannot be read).
 async fn owner_of_set(client: &kube::Client, id: &str, namespace: &str) -> String {
-    use crate::apply::applyset::{APPLICATION_ANNOTATION, ID_LABEL};
+    use crate::inventory::{APPLICATION_ANNOTATION, ID_LABEL};
     let params = ListParams::default().labels(&format!("{ID_LABEL}={id}"));
     let secrets = |api: Api<k8s_openapi::api::core::v1::Secret>| {
         let params = params.clone();

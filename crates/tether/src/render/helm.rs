@@ -50,6 +50,20 @@ pub struct HelmOptions {
     pub repo_chart: Option<RepoChart>,
 }
 
+impl HelmOptions {
+    /// Sets `.Capabilities` to a cluster's where the options leave them unset. `plan`,
+    /// `apply`, `diff` and the agent all render through this, so a chart that checks the
+    /// Kubernetes version renders the same in push and pull mode.
+    pub fn fill_capabilities(&mut self, kube_version: String, api_versions: Vec<String>) {
+        if self.kube_version.is_none() {
+            self.kube_version = Some(kube_version);
+        }
+        if self.api_versions.is_empty() {
+            self.api_versions = api_versions;
+        }
+    }
+}
+
 /// Checks values paths against the tree before anything runs.
 pub fn check_values(tree: &dyn Tree, options: &HelmOptions) -> Result<(), String> {
     for file in &options.values_files {

@@ -21,69 +21,9 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::object::{Object, ObjectKey, Origin};
 use crate::source::tree::{EntryKind, Tree, TreeError, join_within, parent};
 pub use yaml::YamlLimits;
-
-/// Where an object came from: `apps/web/deploy.yaml:12 (document 2)`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Origin {
-    /// Repository-relative path.
-    pub file: String,
-    /// 1-based line where the object starts; 0 when unknown.
-    pub line: u64,
-    /// 0-based index of the document among the file's non-empty YAML documents.
-    pub document: usize,
-    /// For `kind: List`, the index in `items`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub item: Option<usize>,
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if self.line > 0 {
-            write!(f, ":{}", self.line)?;
-        }
-        write!(f, " (document {}", self.document + 1)?;
-        if let Some(item) = self.item {
-            write!(f, ", item {}", item + 1)?;
-        }
-        write!(f, ")")
-    }
-}
-
-/// What identifies an object in a cluster: group, kind, namespace, name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ObjectKey {
-    pub group: String,
-    pub kind: String,
-    /// Empty when the manifest names none (cluster-scoped, or the default namespace).
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ObjectKey {
-    /// `Deployment.apps/web -n shop`, in kubectl's resource.group/name style.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.kind)?;
-        if !self.group.is_empty() {
-            write!(f, ".{}", self.group)?;
-        }
-        write!(f, "/{}", self.name)?;
-        if !self.namespace.is_empty() {
-            write!(f, " -n {}", self.namespace)?;
-        }
-        Ok(())
-    }
-}
-
-/// A desired object: its manifest as JSON, its identity and where it was written.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Object {
-    pub key: ObjectKey,
-    pub origin: Origin,
-    pub manifest: Value,
-}
 
 /// Which renderer turns a folder into objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
@@ -974,7 +914,7 @@ fn to_object(manifest: Value, origin: Origin) -> Result<Object, String> {
         Some(Value::String(name)) if !name.is_empty() => name.clone(),
         // A hook runs anew with each sync, so it may take a new name each time.
         Some(Value::String(_)) | None
-            if crate::plan::hooks::is_hook(&manifest)
+            if crate::object::is_hook(&manifest)
                 && matches!(metadata.get("generateName"), Some(Value::String(prefix)) if !prefix.is_empty()) =>
         {
             metadata["generateName"]

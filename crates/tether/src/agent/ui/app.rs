@@ -388,7 +388,7 @@ pub async fn action(
         Ok(_) => (StatusCode::OK, Json(json!({"message": done}))).into_response(),
         Err(e) => error(
             StatusCode::BAD_GATEWAY,
-            format!("the API server refused: {}", crate::apply::describe(&e)),
+            format!("the API server refused: {}", crate::cluster::describe(&e)),
         ),
     }
 }

@@ -15,8 +15,8 @@ use super::UiState;
 use crate::agent::Application;
 use crate::agent::drift::Changed;
 use crate::health::{self, Health};
+use crate::object::ObjectKey;
 use crate::plan::{Action, diff};
-use crate::render::ObjectKey;
 use crate::source::git::Revision;
 
 /// A node of the resource tree.
@@ -227,7 +227,7 @@ async fn leftover_hooks(
         let Some(kind) = resolver.resolve(api_version, &hook.key.kind) else {
             continue;
         };
-        let api = crate::plan::api_for(client, &kind, &hook.key.namespace);
+        let api = crate::cluster::api_for(client, &kind, &hook.key.namespace);
         let selector = format!("{}={}", crate::plan::HOOK_OF_LABEL, plan.applyset.id);
         let Ok(list) = api.list(&ListParams::default().labels(&selector)).await else {
             continue;

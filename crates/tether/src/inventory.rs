@@ -12,6 +12,8 @@ use base64::Engine;
 use serde_json::{Value, json};
 use sha2::Digest;
 
+use crate::object::GroupKind;
+
 pub const PART_OF_LABEL: &str = "applyset.kubernetes.io/part-of";
 pub const ID_LABEL: &str = "applyset.kubernetes.io/id";
 pub const TOOLING_ANNOTATION: &str = "applyset.kubernetes.io/tooling";
@@ -67,38 +69,6 @@ impl std::fmt::Display for UnfinishedHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let event = if self.install { "install" } else { "upgrade" };
         write!(f, "{event}: {}", self.why)
-    }
-}
-
-/// A group and kind as the ApplySet annotation spells them: `Deployment.apps`, `ConfigMap`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GroupKind {
-    pub group: String,
-    pub kind: String,
-}
-
-impl GroupKind {
-    pub fn parse(text: &str) -> Self {
-        match text.split_once('.') {
-            Some((kind, group)) => Self {
-                group: group.to_string(),
-                kind: kind.to_string(),
-            },
-            None => Self {
-                group: String::new(),
-                kind: text.to_string(),
-            },
-        }
-    }
-}
-
-impl std::fmt::Display for GroupKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.group.is_empty() {
-            f.write_str(&self.kind)
-        } else {
-            write!(f, "{}.{}", self.kind, self.group)
-        }
     }
 }
 
