@@ -6,12 +6,13 @@ SHELL := /bin/bash
 TESTENV := python3 testenv/testenv.py
 PROFILE ?= full
 
-.PHONY: help build image demo demo-stop test soak lint deps bench-render bench-render-tools bench-apply bench-agent bench-ui cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
+.PHONY: help build image demo demo-stop test test-unit soak lint deps bench-render bench-render-tools bench-apply bench-agent bench-ui cluster-build cluster-up cluster-down cluster-env cluster-status cluster-logs cluster-selftest
 
 help:
 	@echo "make demo            build tether, start the local cluster, plan + apply the example from Git, open the web UI"
 	@echo "make demo-stop       stop the agent and git daemon the demo left for its web UI"
-	@echo "make test            fmt, clippy and every test against a fresh local cluster"
+	@echo "make test            fmt, clippy, the pure tests, then every test against a fresh local cluster"
+	@echo "make test-unit       the pure tests alone (no cluster, no network): seconds"
 	@echo "make soak            the long runs: 20,000 cases of every fuzz property, crash sweeps of 30 kills (agent, apply)"
 	@echo "make cluster-up      start the local control plane (PROFILE=minimal: etcd + API server only)"
 	@echo "make cluster-down    stop it and remove its data"
@@ -41,6 +42,11 @@ image: deps
 
 test:
 	@scripts/test.sh
+
+# Every pure test: the library's unit tests and the fuzzed properties. No cluster, no
+# network, no renderer programs.
+test-unit: deps
+	cargo nextest run --workspace --locked -E 'kind(lib) | binary(fuzz)'
 
 soak:
 	@scripts/soak.sh

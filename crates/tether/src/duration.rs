@@ -1,27 +1,54 @@
 //! Durations as users write them on the command line and in Application specs: `90`,
-//! `90s`, `2m`, `1h`, `500ms`.
+//! `90s`, `2m`, `1h`, `500ms`, and Go's compound form that Flux and Argo CD users write and
+//! Flux prints (`1m30s`, `5m0s`, `1h30m`).
 
 use std::time::Duration;
 
-/// Parses `90`, `90s`, `2m`, `1h`, `500ms`.
+/// Parses `90` (seconds), `90s`, `2m`, `1h`, `500ms`, and compounds like `1m30s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 2m or 1h"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(value)),
-        "ms" => Ok(Duration::from_millis(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        "h" => Ok(Duration::from_secs(value * 3600)),
-        _ => Err(format!(
-            "{text:?}: unknown unit {unit:?}; use ms, s, m or h"
-        )),
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{text:?} is too large"));
     }
+    let invalid = || format!("{text:?} is not a duration like 30s, 2m or 1h");
+    if text.is_empty() {
+        return Err(invalid());
+    }
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(invalid)?;
+        let value: u64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let one = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            unit => {
+                return Err(format!(
+                    "{text:?}: unknown unit {unit:?}; use ms, s, m or h"
+                ));
+            }
+        };
+        let part = u32::try_from(value)
+            .ok()
+            .and_then(|v| one.checked_mul(v))
+            .ok_or_else(|| format!("{text:?} is too large"))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| format!("{text:?} is too large"))?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -36,5 +63,19 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("1m30").is_err());
+    }
+
+    #[test]
+    fn go_compound_durations_parse_as_flux_writes_them() {
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m0s").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_duration("1s500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
     }
 }

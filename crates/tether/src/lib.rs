@@ -18,6 +18,8 @@
 //! - [`render`]: tree → desired objects with their origin.
 //! - [`plan`]: desired + live → a Plan (create/update/unchanged/prune/conflict) with diffs.
 //! - [`apply`]: a Plan → the cluster, with ApplySet ownership, pruning and waits.
+//! - [`engine`]: one sync (plan, then apply) and one answer to "did it succeed?", for
+//!   `tether apply`, `install`, `bootstrap` and the agent.
 //! - [`install`]: the agent's install manifests.
 //! - [`agent`]: the pull-mode controller over `Application` resources.
 //! - [`cli`]: the command-line interface, writing to any `impl Write`.
@@ -29,6 +31,7 @@ pub mod apply;
 pub mod cli;
 pub mod cluster;
 pub mod duration;
+pub mod engine;
 pub mod health;
 pub mod install;
 pub mod inventory;

@@ -7,13 +7,13 @@
 //! reverse order; an unchanged object gets no request at all. Start at [`apply`].
 
 pub mod hooks;
+mod report;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::cluster::discovery::Resolver;
@@ -23,6 +23,7 @@ use crate::object::GroupKind;
 use crate::object::ObjectKey;
 use crate::plan::hooks::Phase;
 use crate::plan::{Action, Change, FIELD_MANAGER, Hook, Plan, Stage};
+pub use report::{ApplyReport, ObjectResult, SyncFailure};
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -58,58 +59,6 @@ impl Default for ApplyOptions {
             hook_timeout: Duration::from_secs(300),
             progress: Default::default(),
         }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ObjectResult {
-    pub key: ObjectKey,
-    pub action: Action,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub health: Option<Health>,
-    /// The object's resourceVersion once tether's write (or plan, when unchanged) saw it.
-    #[serde(skip)]
-    pub resource_version: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ApplyReport {
-    pub results: Vec<ObjectResult>,
-    /// Requests that changed the cluster (applies, deletes, parent updates).
-    pub writes: usize,
-    pub pruned: usize,
-    /// Set when `--wait` ran out of time or something became Degraded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unhealthy: Option<String>,
-    /// Each hook run, in the order they ran.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub hooks: Vec<hooks::HookResult>,
-    /// Why the sync stopped, when a hook failed or a wave did not become Healthy (failed
-    /// objects are in `results`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
-}
-
-impl ApplyReport {
-    pub fn failed(&self) -> Vec<&ObjectResult> {
-        self.results.iter().filter(|r| r.error.is_some()).collect()
-    }
-
-    /// Why the sync failed, if it did: a hook or a wave, or the first object that failed.
-    pub fn failure_message(&self) -> Option<String> {
-        if let Some(failure) = &self.failure {
-            return Some(failure.clone());
-        }
-        let failed = self.failed();
-        let first = failed.first()?;
-        Some(format!(
-            "{} object(s) failed to apply, e.g. {}: {}",
-            failed.len(),
-            first.key,
-            first.error.as_deref().unwrap_or_default()
-        ))
     }
 }
 

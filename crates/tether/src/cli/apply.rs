@@ -129,32 +129,17 @@ pub async fn run(
         }
         _ => write_text(out, &report, args.wait, color_wanted())?,
     }
-    if let Some(failure) = &report.failure {
-        anyhow::bail!("the sync stopped: {failure}");
-    }
-    let failed = report.failed();
-    if !failed.is_empty() {
-        let list: Vec<String> = failed
-            .iter()
-            .map(|r| {
-                format!(
-                    "  {} {}: {}",
-                    r.action,
-                    r.key,
-                    r.error.as_deref().unwrap_or_default()
-                )
-            })
-            .collect();
-        anyhow::bail!(
-            "{} object(s) failed; later stages and pruning were skipped:\n{}",
+    let writes = report.writes;
+    match report.into_result() {
+        Ok(_) => {}
+        Err(crate::apply::SyncFailure::Objects { failed }) => anyhow::bail!(
+            "{} object(s) failed; later stages and pruning were skipped:\n  {}",
             failed.len(),
-            list.join("\n")
-        );
+            failed.join("\n  ")
+        ),
+        Err(other) => return Err(other.into()),
     }
-    if let Some(why) = &report.unhealthy {
-        anyhow::bail!("applied, but not healthy: {why}");
-    }
-    tracing::debug!(?summary, writes = report.writes, "apply finished");
+    tracing::debug!(?summary, writes, "apply finished");
     Ok(0)
 }
 

@@ -17,11 +17,11 @@ use serde_json::{Value, json};
 
 use super::GlobalArgs;
 use crate::agent::{AgentOptions, Application, install_crd};
-use crate::apply::{ApplyOptions, apply};
+use crate::apply::ApplyOptions;
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
 use crate::install::{InstallOptions, TOKENS_SECRET, Tokens};
-use crate::plan::{PlanOptions, plan};
+use crate::plan::PlanOptions;
 
 /// The Application through which the agent manages its install.
 pub const APPLICATION: &str = "tether";
@@ -287,34 +287,32 @@ pub async fn bootstrap(
         // The set is Application `tether`'s from now on.
         plan_options.application = Some(format!("{namespace}/{APPLICATION}"));
         plan_options.progress = super::progress::for_stderr();
-        let planned = plan(&client, &resolver, objects, &plan_options)
-            .await
-            .map_err(|e| {
-                let e = e.to_string();
-                let hint = if e.contains("belongs to the set of `tether apply --app") {
-                    "; an earlier `tether install` owns these objects: run `tether uninstall` first"
-                } else {
-                    ""
-                };
-                anyhow::anyhow!("{e}{hint}")
-            })?;
         let apply_options = ApplyOptions {
             prune: true,
             wait,
             progress: super::progress::for_stderr(),
             ..Default::default()
         };
-        let report = apply(&client, &resolver, planned, &apply_options).await?;
-        super::apply::write_text(out, &report, wait.is_some(), false)?;
-        if let Some(failure) = &report.failure {
-            anyhow::bail!("the bootstrap stopped: {failure}");
-        }
-        if !report.failed().is_empty() {
-            anyhow::bail!("{} object(s) failed (see above)", report.failed().len());
-        }
-        if let Some(why) = &report.unhealthy {
-            anyhow::bail!("the install is applied, but not healthy: {why}");
-        }
+        crate::engine::sync(
+            &client,
+            &resolver,
+            objects,
+            &plan_options,
+            &apply_options,
+            |report| super::apply::write_text(out, report, wait.is_some(), false),
+        )
+        .await
+        .map_err(|e| {
+            let hint = if e
+                .to_string()
+                .contains("belongs to the set of `tether apply --app")
+            {
+                "; an earlier `tether install` owns these objects: run `tether uninstall` first"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("the bootstrap: {e:#}{hint}")
+        })?;
         if wait.is_none() {
             let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
             let installed = secrets.get_opt(TOKENS_SECRET).await?;

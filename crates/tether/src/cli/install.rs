@@ -12,12 +12,12 @@ use super::GlobalArgs;
 use kube::CustomResourceExt;
 
 use crate::agent::{Application, install_crd};
-use crate::apply::{ApplyOptions, apply};
+use crate::apply::ApplyOptions;
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
 use crate::install::{InstallOptions, NAME, TOKENS_SECRET, Tokens};
 use crate::output::OutputFormat;
-use crate::plan::{PlanOptions, plan};
+use crate::plan::PlanOptions;
 
 /// The agent's namespace when `-n` names none.
 const DEFAULT_NAMESPACE: &str = "tether-system";
@@ -228,24 +228,19 @@ async fn apply_install_set(
     plan_options.force_conflicts = apply_options.force_conflicts;
     plan_options.keep_unchanged_live = false;
     plan_options.progress = super::progress::for_stderr();
-    let objects = crate::install::objects(manifests);
-    let planned = plan(client, &resolver, objects, &plan_options).await?;
     apply_options.progress = super::progress::for_stderr();
-    let report = apply(client, &resolver, planned, &apply_options).await?;
-    super::apply::write_text(out, &report, apply_options.wait.is_some(), false)?;
-    if let Some(failure) = &report.failure {
-        anyhow::bail!("the {what} stopped: {failure}");
-    }
-    let failed = report.failed();
-    if !failed.is_empty() {
-        anyhow::bail!(
-            "{} object(s) of the {what} failed (see above)",
-            failed.len()
-        );
-    }
-    if let Some(why) = &report.unhealthy {
-        anyhow::bail!("the {what} is applied, but not healthy: {why}");
-    }
+    let objects = crate::install::objects(manifests);
+    let wait = apply_options.wait.is_some();
+    crate::engine::sync(
+        client,
+        &resolver,
+        objects,
+        &plan_options,
+        &apply_options,
+        |report| super::apply::write_text(out, report, wait, false),
+    )
+    .await
+    .map_err(|e| e.context(format!("the {what}")))?;
     Ok(())
 }
 
