@@ -5,8 +5,8 @@
 //! module with a small public surface; stages exchange plain data. Start reading at
 //! [`cli::run`], which maps every command to one function.
 //!
-//! Modules, from the bottom up (a module uses only those above it in this list, and the
-//! stages never use the agent or the CLI):
+//! Modules, from the bottom up (each of the stages, source to apply, uses only what is
+//! above it in this list; none uses the agent or the CLI):
 //! - [`object`]: the shared vocabulary: `ObjectKey`, `GroupKind`, `Origin`, `Object`.
 //! - [`inventory`]: the ApplySet that records what a set owns (plan reads it, apply writes it).
 //! - [`duration`], [`size`], [`output`], [`progress`]: durations and sizes as users write
@@ -21,12 +21,15 @@
 //! - [`engine`]: one sync (plan, then apply) and one answer to "did it succeed?", for
 //!   `tether apply`, `install`, `bootstrap` and the agent.
 //! - [`install`]: the agent's install manifests.
+//! - [`app`]: the Application pipeline (fetch, render, plan) that the agent, `tether diff`,
+//!   `bootstrap`, the JSON API and the UI share.
 //! - [`agent`]: the pull-mode controller over `Application` resources.
 //! - [`cli`]: the command-line interface, writing to any `impl Write`.
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod app;
 pub mod apply;
 pub mod cli;
 pub mod cluster;

@@ -534,9 +534,10 @@ impl Checker {
                     let (checks, violations, pushed) =
                         (checks.clone(), violations.clone(), pushed.clone());
                     running.push(tokio::spawn(async move {
-                        let (commit, tree) = tether::agent::fetch(
+                        let pipeline = options.app_options();
+                        let (commit, tree) = tether::app::fetch(
                             &client,
-                            &options,
+                            &pipeline,
                             &app,
                             Some(&revision),
                             Duration::ZERO,
@@ -544,8 +545,8 @@ impl Checker {
                         .await
                         .expect("fetch the revision the status names");
                         let home = tether::agent::clusters::Target::home(client.clone(), resolver);
-                        let plan = tether::agent::render_and_plan(
-                            &home, &options, &app, &commit, tree,
+                        let plan = tether::app::render_and_plan(
+                            &home, &pipeline, &app, &commit, tree,
                         )
                         .await
                         .expect("plan");

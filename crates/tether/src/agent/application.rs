@@ -680,6 +680,12 @@ pub struct ApplySetReference {
     pub id: String,
 }
 
+/// `namespace/name`: how the agent keys its memory of an Application and its shard.
+pub fn application_key(app: &Application) -> String {
+    use kube::ResourceExt;
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -7,8 +7,8 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 
 use super::GlobalArgs;
+use crate::agent::Application;
 use crate::agent::application::actions;
-use crate::agent::{AgentOptions, Application};
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
 use crate::output::{OutputFormat, write_structured};
@@ -167,13 +167,13 @@ pub async fn diff(
         ),
     };
     // Rendered exactly as the agent renders it (the cluster's Helm capabilities included).
-    let options = AgentOptions {
+    let options = crate::app::AppOptions {
         kustomize_bin: args.kustomize_bin.clone(),
         helm_bin: args.helm_bin.clone(),
         ..Default::default()
     };
     let (revision, plan) =
-        crate::agent::plan_current(&client, &target, &options, &app, std::time::Duration::ZERO)
+        crate::app::plan_current(&client, &target, &options, &app, std::time::Duration::ZERO)
             .await
             .map_err(anyhow::Error::msg)?;
     super::plan::write_plan(out, global.output, &plan, Some(&revision))?;

@@ -16,7 +16,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 use super::GlobalArgs;
-use crate::agent::{AgentOptions, Application, install_crd};
+use crate::agent::{Application, install_crd};
 use crate::apply::ApplyOptions;
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
@@ -255,8 +255,7 @@ pub async fn bootstrap(
     // A cache of its own: the clone's path is new each run, and would stay behind in the
     // shared Git cache.
     let cache = tempfile::tempdir()?;
-    let agent_options = AgentOptions {
-        namespace: Some(namespace.clone()),
+    let app_options = crate::app::AppOptions {
         cache_dir: cache.path().to_path_buf(),
         ..Default::default()
     };
@@ -275,10 +274,10 @@ pub async fn bootstrap(
         // The same fetch and render as the agent's; the objects already there (its
         // namespace, an earlier bootstrap's) are taken over: running bootstrap says so.
         let (revision, tree) =
-            crate::agent::fetch(&client, &agent_options, &pinned, None, Duration::ZERO)
+            crate::app::fetch(&client, &app_options, &pinned, None, Duration::ZERO)
                 .await
                 .map_err(anyhow::Error::msg)?;
-        let objects = crate::agent::render_app(&resolver, &agent_options, &pinned, &revision, tree)
+        let objects = crate::app::render_app(&resolver, &app_options, &pinned, &revision, tree)
             .await
             .map_err(anyhow::Error::msg)?;
         let mut plan_options = PlanOptions::new(APPLICATION, namespace.clone());

@@ -1,0 +1,309 @@
+//! The Application pipeline: fetch an Application's revision (with the credentials of its
+//! Secret, its signature checked), render it as it says, and plan it against its
+//! destination as its policy says. The agent's syncs, `tether diff`, `tether bootstrap`,
+//! the JSON API and the web UI all call it, so each shows what a sync would do. Start at
+//! [`plan_current`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::Api;
+
+use crate::agent::application::{Application, application_key};
+use crate::cluster::describe;
+use crate::cluster::discovery::Resolver;
+use crate::duration::parse_duration;
+use crate::plan::{PlanOptions, plan};
+use crate::render::{RenderOptions, Renderer};
+use crate::source::git::{GitAuth, GitSource, Revision};
+use crate::source::reference::RefSpec;
+use crate::source::signature::SignaturePolicy;
+
+/// What the pipeline needs of the process running it (the agent's flags, or a command's).
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    /// Where Git repositories and renders are cached.
+    pub cache_dir: PathBuf,
+    /// Explicit kustomize and helm programs (else $TETHER_KUSTOMIZE / $TETHER_HELM, else PATH).
+    pub kustomize_bin: Option<PathBuf>,
+    pub helm_bin: Option<PathBuf>,
+    /// API requests in flight at once while planning.
+    pub concurrency: usize,
+    /// Refuse Applications that name no `spec.serviceAccountName`.
+    pub require_service_account: bool,
+    /// The memory limit of a render whose Application sets none.
+    pub render_memory: u64,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            cache_dir: crate::source::git::cache_root(),
+            kustomize_bin: None,
+            helm_bin: None,
+            concurrency: 16,
+            require_service_account: false,
+            render_memory: crate::render::external::DEFAULT_MEMORY_BYTES,
+        }
+    }
+}
+
+/// Resolves the Application's ref and fetches that revision (credentials from its Secret,
+/// signature checked when it names keys).
+/// `pin` fetches that commit instead of resolving the ref; the ref may be resolved from a
+/// listing of the remote's refs up to `listing_max_age` old (see `GitSource`).
+pub async fn fetch(
+    client: &kube::Client,
+    options: &AppOptions,
+    app: &Application,
+    pin: Option<&str>,
+    listing_max_age: Duration,
+) -> Result<(Revision, crate::source::git::CommitTree), String> {
+    let namespace = app.namespace().unwrap_or_default();
+    let spec = &app.spec;
+    let mut source = git_source(options, app, listing_max_age)?;
+    if let Some(commit) = pin {
+        source.reference = RefSpec::Commit(commit.to_string());
+    }
+    // Credentials are written to files for Git; the folder lives until the fetch is done.
+    let mut secret_files = None;
+    if let Some(secret) = &spec.source.secret_ref {
+        let folder =
+            tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+        source.auth = credentials(client, &namespace, &secret.name, folder.path()).await?;
+        secret_files = Some(folder);
+    }
+    if !spec.source.verify_keys.is_empty() {
+        let mut policy = SignaturePolicy::default();
+        for key in &spec.source.verify_keys {
+            if key.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
+                policy.pgp_keys.push(key.clone());
+            } else {
+                policy.ssh_keys.extend(
+                    key.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string),
+                );
+            }
+        }
+        source.verify = Some(policy);
+    }
+    let (revision, tree, _) = tokio::task::spawn_blocking(move || source.fetch())
+        .await
+        .map_err(|e| format!("the Git task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    drop(secret_files);
+    Ok((revision, tree))
+}
+
+/// The Git source of the Application's ref, without credentials or signature keys.
+pub fn git_source(
+    options: &AppOptions,
+    app: &Application,
+    listing_max_age: Duration,
+) -> Result<GitSource, String> {
+    let spec = &app.spec;
+    let reference = RefSpec::parse(&spec.source.r#ref.as_ref_text()?).map_err(|e| e.to_string())?;
+    let mut source = GitSource::new(spec.source.repo_url.clone(), reference);
+    source.cache_dir = options.cache_dir.join("git");
+    source.listing_max_age = listing_max_age;
+    // Known by the Secret's name before it is read, so that idle polls share listings.
+    source.credential_id = spec.source.secret_ref.as_ref().map(|secret| {
+        format!(
+            "secret {}/{}",
+            app.namespace().unwrap_or_default(),
+            secret.name
+        )
+    });
+    if let Some(timeout) = &spec.source.timeout {
+        source.timeout =
+            parse_duration(timeout).map_err(|e| format!("spec.source.timeout {timeout:?}: {e}"))?;
+    }
+    Ok(source)
+}
+
+/// What a sync of the Application's ref would do now: its newest revision (from a listing
+/// of the remote's refs at most `listing_max_age` old), rendered and planned. What
+/// `tether diff`, the JSON API and the web UI show.
+pub async fn plan_current(
+    home: &kube::Client,
+    target: &crate::agent::clusters::Target,
+    options: &AppOptions,
+    app: &Application,
+    listing_max_age: Duration,
+) -> Result<(Revision, crate::plan::Plan), String> {
+    let (revision, tree) = fetch(home, options, app, None, listing_max_age).await?;
+    let plan = render_and_plan(target, options, app, &revision, tree).await?;
+    Ok((revision, plan))
+}
+
+/// Renders a fetched revision as the Application says and plans it against its
+/// destination `target`, as the Application's ServiceAccount when it names one.
+pub async fn render_and_plan(
+    target: &crate::agent::clusters::Target,
+    options: &AppOptions,
+    app: &Application,
+    revision: &Revision,
+    tree: crate::source::git::CommitTree,
+) -> Result<crate::plan::Plan, String> {
+    let resolver = &target.resolver;
+    let objects = render_app(resolver, options, app, revision, tree).await?;
+    let acting =
+        crate::agent::tenancy::client_for(&target.client, app, options.require_service_account)?;
+    plan_app(&acting, resolver, options, app, objects, true).await
+}
+
+/// Renders a fetched revision as the Application says (the agent's render, for
+/// `tether bootstrap` too).
+pub async fn render_app(
+    resolver: &Resolver,
+    options: &AppOptions,
+    app: &Application,
+    revision: &Revision,
+    tree: crate::source::git::CommitTree,
+) -> Result<Vec<crate::object::Object>, String> {
+    let name = app.name_any();
+    let spec = &app.spec;
+    let renderer = match spec.render.renderer.as_deref() {
+        None | Some("") | Some("auto") => Renderer::Auto,
+        Some("directory") => Renderer::Directory,
+        Some("kustomize") => Renderer::Kustomize,
+        Some("helm") => Renderer::Helm,
+        Some(other) => {
+            return Err(format!(
+                "spec.render.renderer {other:?} is not auto, directory, kustomize or helm"
+            ));
+        }
+    };
+    let mut render_options = RenderOptions {
+        renderer,
+        vars: spec.render.variables.clone(),
+        namespace: spec.destination.namespace.clone(),
+        app: name,
+        kustomize_bin: options.kustomize_bin.clone(),
+        helm_bin: options.helm_bin.clone(),
+        revision: Some(revision.commit.clone()),
+        cache_dir: Some(options.cache_dir.clone()),
+        ..Default::default()
+    };
+    render_options.helm.values_files = spec.render.values_files.clone();
+    render_options.jsonnet = spec.render.jsonnet.options();
+    render_options.limits.memory_bytes = match &spec.render.memory_limit {
+        Some(limit) => {
+            let bytes = crate::size::parse_size(limit)
+                .map_err(|e| format!("spec.render.memoryLimit: {e}"))?;
+            let budget = crate::render::external::memory_budget();
+            if bytes > budget {
+                return Err(format!(
+                    "spec.render.memoryLimit {limit} is above the {} that the agent's renders may take together (--render-memory-budget); lower it, or raise the budget and the agent's memory limit",
+                    crate::size::show_size(budget)
+                ));
+            }
+            bytes
+        }
+        None => options.render_memory,
+    };
+    let capabilities = resolver.capabilities();
+    render_options
+        .helm
+        .fill_capabilities(capabilities.kube_version, capabilities.api_versions);
+    let path = crate::source::tree::normalize(&spec.source.path).ok_or_else(|| {
+        format!(
+            "spec.source.path {:?} leaves the repository",
+            spec.source.path
+        )
+    })?;
+    tokio::task::spawn_blocking(move || crate::render::render(&tree, &path, &render_options))
+        .await
+        .map_err(|e| format!("the render task failed: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+/// Plans rendered objects against the cluster as the Application's policy says, with
+/// `client` acting for it (see [`crate::agent::tenancy::client_for`]); `keep_unchanged_live` for a plan
+/// that is shown (see [`PlanOptions::keep_unchanged_live`]).
+pub async fn plan_app(
+    client: &kube::Client,
+    resolver: &Resolver,
+    options: &AppOptions,
+    app: &Application,
+    objects: Vec<crate::object::Object>,
+    keep_unchanged_live: bool,
+) -> Result<crate::plan::Plan, String> {
+    let mut plan_options = plan_options_for(options, app);
+    plan_options.keep_unchanged_live = keep_unchanged_live;
+    plan(client, resolver, objects, &plan_options)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// How the agent plans an Application's set: named by the Application (recorded on the
+/// set's parent), and an object another owner holds fails alone (rule 13).
+pub fn plan_options_for(options: &AppOptions, app: &Application) -> PlanOptions {
+    let spec = &app.spec;
+    let mut plan_options = PlanOptions::new(app.name_any(), spec.destination.namespace.clone());
+    plan_options.concurrency = options.concurrency;
+    // With selfHeal, Git is the authority: fields someone else took are taken back.
+    plan_options.force_conflicts = spec.sync_policy.force_conflicts;
+    plan_options.application = Some(application_key(app));
+    plan_options.refuse_alone = true;
+    // Checked where the sync starts (an unknown option fails it there).
+    plan_options.create_namespace = spec.sync_policy.create_namespace().unwrap_or(false);
+    plan_options
+}
+
+/// What a render produced, as one value: two renders with the same digest make the same
+/// plan against the same cluster (where each object came from does not count).
+pub fn digest_of(objects: &[crate::object::Object]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for object in objects {
+        let manifest = object.manifest.to_string();
+        hasher.update((manifest.len() as u64).to_le_bytes());
+        hasher.update(manifest.as_bytes());
+    }
+    hasher.finalize().into()
+}
+
+/// Git credentials from a Secret: `username`/`password` for HTTPS; `sshPrivateKey` and
+/// `knownHosts` for SSH (written to files only this sync can read); `caFile` (PEM).
+async fn credentials(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<GitAuth, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), namespace);
+    let secret = secrets.get(name).await.map_err(|e| {
+        format!(
+            "cannot read the Git credentials Secret {namespace}/{name}: {}",
+            describe(&e)
+        )
+    })?;
+    let data = secret.data.unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    };
+    let file = |key: &str, file: &str| -> Result<Option<std::path::PathBuf>, String> {
+        let Some(value) = data.get(key) else {
+            return Ok(None);
+        };
+        let path = dir.join(file);
+        std::fs::write(&path, &value.0).map_err(|e| format!("cannot write {file}: {e}"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        Ok(Some(path))
+    };
+    Ok(GitAuth {
+        username: text("username"),
+        password: text("password"),
+        ssh_key: file("sshPrivateKey", "id")?,
+        known_hosts: file("knownHosts", "known_hosts")?,
+        ca_file: file("caFile", "ca.pem")?,
+    })
+}
