@@ -13,6 +13,7 @@ pub mod leader;
 pub mod notify;
 pub mod server;
 pub mod shard;
+mod status;
 pub mod tenancy;
 pub mod ui;
 
@@ -36,9 +37,7 @@ use crate::health::{self, HealthStatus};
 use crate::plan::{Action as PlanAction, plan};
 use crate::source::git::Revision;
 pub use application::{Application, ApplicationSpec, ApplicationStatus};
-use application::{
-    ApplySetReference, Condition, HistoryEntry, HookRecord, SyncStatus, application_key,
-};
+use application::{ApplySetReference, HistoryEntry, HookRecord, SyncStatus, application_key};
 use clusters::Destination;
 
 /// Reconciles run by this process (for tests and metrics).
@@ -46,7 +45,6 @@ pub static RECONCILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 
 /// The field manager of the agent's status writes.
 const STATUS_MANAGER: &str = "tether-agent";
-const HISTORY_LIMIT: usize = 10;
 /// How old a listing of a repository's refs a poll may reuse (see `GitSource`).
 pub(crate) const LISTING_MAX_AGE: Duration = Duration::from_secs(5);
 /// How long a full sync waits for new watches to list their kinds before it plans.
@@ -732,36 +730,12 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         parse_duration(&app.spec.sync_policy.interval).unwrap_or(Duration::from_secs(60));
     let status = app.status.clone().unwrap_or_default();
     if app.spec.suspend {
-        let mut status = status;
-        set_condition(
-            &mut status,
-            &app,
-            "Reconciling",
-            "False",
-            "Suspended",
-            "spec.suspend is true: nothing is changed",
-        );
+        let status = status::suspended(&app, status, &now_rfc3339());
         write_status(&ctx, &app, status).await?;
         return Ok(Action::requeue(interval));
     }
     if let Some(waiting) = unready_dependency(&ctx, &app).await {
-        let mut status = status;
-        set_condition(
-            &mut status,
-            &app,
-            "Ready",
-            "False",
-            "DependencyNotReady",
-            &format!("waiting for Application {waiting} to be Ready"),
-        );
-        set_condition(
-            &mut status,
-            &app,
-            "Reconciling",
-            "True",
-            "DependencyNotReady",
-            &format!("waiting for {waiting}"),
-        );
+        let status = status::waiting_for(&app, status, &waiting, &now_rfc3339());
         write_status(&ctx, &app, status).await?;
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
@@ -774,140 +748,55 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             };
             ctx.count_reconcile(&app, result, started);
             let set_id = outcome.apply_set.id.clone();
-            let mut outcome = outcome;
-            // Applied, but someone changed a member while this sync ran (the watch told):
-            // the cluster may differ from Git now, so this status must not say Synced. The
-            // change has queued the next reconcile already.
-            let changed_meanwhile =
-                outcome.sync.status == "Synced" && outcome.destination.drift.is_drifted(&set_id);
-            let applied_revision = outcome.sync.status == "Synced";
-            if changed_meanwhile {
-                outcome.sync.status = "OutOfSync".into();
-            }
-            ctx.record_state(&app, &outcome.sync.status, &outcome.health.to_string());
-            let mut status = status;
-            status.failures = 0;
-            status.last_sync_request = app
-                .annotations()
-                .get(application::SYNC_REQUEST_ANNOTATION)
-                .cloned();
-            status.last_attempted_revision = Some(outcome.revision.commit.clone());
-            let synced = outcome.sync.status == "Synced";
-            if applied_revision {
-                status.last_applied_revision = Some(outcome.revision.commit.clone());
-                status.revision_info = Some((&outcome.revision).into());
-            }
-            // Told once the status that records them is written (a failed write retries the
-            // reconcile, which would tell them again).
-            let mut notices = Vec::new();
-            let previous = app.status.as_ref();
+            let revision = outcome.revision.commit.clone();
+            let health = outcome.health;
+            let destination = outcome.destination;
             if let Some(entry) = &outcome.applied {
-                // The same revision, spec and sync request applied again, with changes: a
-                // hand edit put back.
-                let drift = previous.is_some_and(|s| {
-                    s.last_applied_revision.as_deref() == Some(outcome.revision.commit.as_str())
-                        && s.observed_generation == app.metadata.generation
-                }) && !sync_requested(&app);
-                let event = if drift {
-                    notify::Event::DriftCorrected
-                } else {
-                    notify::Event::SyncSucceeded
-                };
-                notices.push((event, entry.message.clone().unwrap_or_default()));
+                let message = entry.message.clone().unwrap_or_default();
+                publish(&ctx, &app, EventType::Normal, "Synced", message).await;
             }
-            if outcome.health == HealthStatus::Degraded
-                && previous.and_then(|s| s.health.as_deref()) != Some("Degraded")
-            {
-                notices.push((
-                    notify::Event::HealthDegraded,
-                    format!("health is {}", outcome.health),
-                ));
-            }
-            let told_revision = outcome.revision.commit.clone();
-            let synced_message = outcome
-                .applied
-                .as_ref()
-                .and_then(|entry| entry.message.clone())
-                .unwrap_or_else(|| "the cluster already holds it".into());
-            if let Some(entry) = outcome.applied {
-                publish(
-                    &ctx,
-                    &app,
-                    EventType::Normal,
-                    "Synced",
-                    entry.message.clone().unwrap_or_default(),
-                )
-                .await;
-                status.history.insert(0, entry);
-                status.history.truncate(HISTORY_LIMIT);
-            }
-            status.health = Some(outcome.health.to_string());
-            status.apply_set = Some(outcome.apply_set);
-            let message = format!(
-                "revision {} {}; {}",
-                &outcome.revision.commit[..12.min(outcome.revision.commit.len())],
-                if synced {
-                    "applied"
-                } else if changed_meanwhile {
-                    "applied, but objects were changed meanwhile (correcting)"
-                } else {
-                    if app.spec.sync_policy.automated {
-                        "differs from the cluster (selfHeal is off: a sync applies it)"
-                    } else {
-                        "differs from the cluster (automated sync is off: a sync applies it)"
-                    }
-                },
-                outcome.health
-            );
-            status.sync = Some(outcome.sync);
-            set_condition(
-                &mut status,
+            let after = status::on_success(
                 &app,
-                "Ready",
-                if synced { "True" } else { "False" },
-                match (synced, changed_meanwhile) {
-                    (true, _) => "Succeeded",
-                    (false, true) => "ChangedMeanwhile",
-                    (false, false) => "OutOfSync",
+                status,
+                status::Succeeded {
+                    revision: outcome.revision,
+                    sync: outcome.sync,
+                    health,
+                    applied: outcome.applied,
+                    apply_set: outcome.apply_set,
+                    drifted_meanwhile: destination.drift.is_drifted(&set_id),
                 },
-                &message,
+                sync_requested(&app),
+                &now_rfc3339(),
             );
-            set_condition(
-                &mut status,
+            let sync_state = after.status.sync.as_ref().map(|s| s.status.clone());
+            ctx.record_state(
                 &app,
-                "Reconciling",
-                if changed_meanwhile { "True" } else { "False" },
-                if changed_meanwhile {
-                    "ChangedMeanwhile"
-                } else {
-                    "Succeeded"
-                },
-                &message,
+                sync_state.as_deref().unwrap_or("Unknown"),
+                &health.to_string(),
             );
-            set_condition(&mut status, &app, "Stalled", "False", "Succeeded", "");
-            write_status(&ctx, &app, status).await?;
-            for (event, message) in notices {
-                notify(&ctx, &app, event, Some(&told_revision), message);
+            let synced = after.synced;
+            write_status(&ctx, &app, after.status).await?;
+            // Told once the status that records them is written (a failed write retries
+            // the reconcile, which would tell them again).
+            for (event, message) in after.notices {
+                notify(&ctx, &app, event, Some(&revision), message);
             }
             if synced {
-                set_commit_status(
-                    &ctx,
-                    &app,
-                    &told_revision,
-                    commit_status::State::Success,
-                    || format!("Synced, {}: {}", outcome.health, synced_message),
-                );
+                let summary = after.summary;
+                set_commit_status(&ctx, &app, &revision, commit_status::State::Success, || {
+                    format!("Synced, {health}: {summary}")
+                });
             }
             // Settled: a member's status change reads health at once from now on.
-            outcome.destination.drift.follow_health(&set_id, synced);
+            destination.drift.follow_health(&set_id, synced);
             let mut next = jitter(interval);
-            if let Some(backoff) = ctx.progress_backoff(&app, outcome.health) {
+            if let Some(backoff) = ctx.progress_backoff(&app, health) {
                 next = next.min(backoff);
             }
             if let Some(period) = ctx.options.verify_interval {
                 next = next.min(
-                    outcome
-                        .destination
+                    destination
                         .drift
                         .until_verification(&set_id, period)
                         .max(MIN_REQUEUE),
@@ -922,69 +811,28 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             out_of_sync,
         }) => {
             ctx.count_reconcile(&app, "failed", started);
-            let mut status = status;
-            // The commit whose sync failed, when it got that far (a failure to reach Git
-            // or the cluster Secret is no commit's).
             let revision_failed = revision.clone();
-            if revision.is_some() {
-                status.last_attempted_revision = revision;
-                // Synced is never said while an object failed, nor when nothing could be
-                // compared (rule 13).
-                if let Some(sync) = status.sync.as_mut() {
-                    sync.status = if out_of_sync { "OutOfSync" } else { "Unknown" }.into();
-                }
-            }
+            let after = status::on_failure(
+                &app,
+                status,
+                status::Failed {
+                    message: message.clone(),
+                    entry,
+                    revision,
+                    out_of_sync,
+                },
+                &now_rfc3339(),
+            );
             ctx.record_state(
                 &app,
-                status
+                after
+                    .status
                     .sync
                     .as_ref()
                     .map_or("Unknown", |s| s.status.as_str()),
-                status.health.as_deref().unwrap_or("Unknown"),
+                after.status.health.as_deref().unwrap_or("Unknown"),
             );
-            if let Some(entry) = entry {
-                status.history.insert(0, entry);
-                status.history.truncate(HISTORY_LIMIT);
-            }
-            status.failures += 1;
-            let limit = app.spec.sync_policy.retry.limit.max(1);
-            let failures = status.failures;
-            let stalled = failures >= limit;
-            set_condition(&mut status, &app, "Ready", "False", "Failed", &message);
-            if stalled {
-                set_condition(
-                    &mut status,
-                    &app,
-                    "Stalled",
-                    "True",
-                    "RetryLimitReached",
-                    &format!(
-                        "{} failed attempts; fix the cause, then change the Application or wait for the next interval: {message}",
-                        failures
-                    ),
-                );
-                set_condition(
-                    &mut status,
-                    &app,
-                    "Reconciling",
-                    "False",
-                    "Stalled",
-                    &message,
-                );
-            } else {
-                set_condition(
-                    &mut status,
-                    &app,
-                    "Reconciling",
-                    "True",
-                    "Retrying",
-                    &message,
-                );
-            }
-            // The first failure of a streak is told, once its status is written; its retries
-            // are not.
-            let tell = (status.failures == 1)
-                .then(|| (status.last_attempted_revision.clone(), message.clone()));
+            let (status, stalled, tell) = (after.status, after.stalled, after.tell);
             let published = publish(
                 &ctx,
                 &app,
@@ -1016,15 +864,10 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                     .insert(application_key(&app), (now_rfc3339(), message));
             }
             written?;
-            let base = parse_duration(&app.spec.sync_policy.retry.backoff)
-                .unwrap_or(Duration::from_secs(5));
             let wait = if stalled {
                 interval
             } else {
-                jitter(
-                    (base * 2u32.saturating_pow(failures.saturating_sub(1)))
-                        .min(Duration::from_secs(300)),
-                )
+                jitter(status::failure_backoff(&app, failures))
             };
             Ok(Action::requeue(wait))
         }
@@ -1906,37 +1749,6 @@ async fn assess_each(
     .buffer_unordered(ctx.options.concurrency.max(1))
     .collect::<Vec<_>>()
     .await
-}
-
-fn set_condition(
-    status: &mut ApplicationStatus,
-    app: &Application,
-    kind: &str,
-    value: &str,
-    reason: &str,
-    message: &str,
-) {
-    let generation = app.metadata.generation;
-    match status.conditions.iter_mut().find(|c| c.type_ == kind) {
-        Some(existing) => {
-            if existing.status != value {
-                existing.last_transition_time = now_rfc3339();
-            }
-            existing.status = value.into();
-            existing.reason = reason.into();
-            existing.message = message.into();
-            existing.observed_generation = generation;
-        }
-        None => status.conditions.push(Condition {
-            type_: kind.into(),
-            status: value.into(),
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: now_rfc3339(),
-            observed_generation: generation,
-        }),
-    }
-    status.observed_generation = generation;
 }
 
 async fn write_status(
