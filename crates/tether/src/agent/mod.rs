@@ -684,48 +684,11 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     };
     RECONCILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = std::time::Instant::now();
-    // The cache may not hold this agent's last status write yet: unless it holds the newest
-    // version this agent has seen, read the Application itself (one request, none per
-    // object), so the status built here starts from the newest one and its write does not
-    // conflict. (A write by someone else that the cache has not shown yet makes the status
-    // write fail on its resourceVersion, and the reconcile runs again.)
-    let api: Api<Application> =
-        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
-    let key = application_key(&cached);
-    let fresh = cached.resource_version().is_some()
-        && ctx.seen_versions.lock().expect("not poisoned").get(&key)
-            == cached.resource_version().as_ref();
-    let read = if fresh {
-        Ok(Some(Application::clone(&cached)))
-    } else {
-        api.get_opt(&cached.name_any()).await
-    };
-    let app = match read {
-        Ok(Some(app)) => {
-            if let Some(version) = app.resource_version() {
-                ctx.seen_versions
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(key.clone(), version);
-            }
-            Arc::new(app)
-        }
-        Ok(None) => {
-            // Deleted: a failure it could not report has no one left to tell.
-            ctx.forget(&key);
-            return Ok(Action::await_change());
-        }
-        Err(e) => return Err(Error::Status(cached.name_any(), describe(&e))),
+    let Some(app) = read_fresh(&ctx, &cached).await? else {
+        return Ok(Action::await_change());
     };
     report_late_failure(&ctx, &app).await;
-    if let Some(refresh) = app.annotations().get(application::REFRESH_ANNOTATION) {
-        let mut refreshes = ctx.refreshes.lock().expect("not poisoned");
-        if refreshes.get(&key) != Some(refresh) {
-            // Another agent received a push for this Application.
-            crate::source::git::forget_listing(&app.spec.source.repo_url);
-            refreshes.insert(key.clone(), refresh.clone());
-        }
-    }
+    take_refresh(&ctx, &app);
     let interval =
         parse_duration(&app.spec.sync_policy.interval).unwrap_or(Duration::from_secs(60));
     let status = app.status.clone().unwrap_or_default();
@@ -747,131 +710,188 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
                 "unchanged"
             };
             ctx.count_reconcile(&app, result, started);
-            let set_id = outcome.apply_set.id.clone();
-            let revision = outcome.revision.commit.clone();
-            let health = outcome.health;
-            let destination = outcome.destination;
-            if let Some(entry) = &outcome.applied {
-                let message = entry.message.clone().unwrap_or_default();
-                publish(&ctx, &app, EventType::Normal, "Synced", message).await;
-            }
-            let after = status::on_success(
-                &app,
-                status,
-                status::Succeeded {
-                    revision: outcome.revision,
-                    sync: outcome.sync,
-                    health,
-                    applied: outcome.applied,
-                    apply_set: outcome.apply_set,
-                    drifted_meanwhile: destination.drift.is_drifted(&set_id),
-                },
-                sync_requested(&app),
-                &now_rfc3339(),
-            );
-            let sync_state = after.status.sync.as_ref().map(|s| s.status.clone());
-            ctx.record_state(
-                &app,
-                sync_state.as_deref().unwrap_or("Unknown"),
-                &health.to_string(),
-            );
-            let synced = after.synced;
-            write_status(&ctx, &app, after.status).await?;
-            // Told once the status that records them is written (a failed write retries
-            // the reconcile, which would tell them again).
-            for (event, message) in after.notices {
-                notify(&ctx, &app, event, Some(&revision), message);
-            }
-            if synced {
-                let summary = after.summary;
-                set_commit_status(&ctx, &app, &revision, commit_status::State::Success, || {
-                    format!("Synced, {health}: {summary}")
-                });
-            }
-            // Settled: a member's status change reads health at once from now on.
-            destination.drift.follow_health(&set_id, synced);
-            let mut next = jitter(interval);
-            if let Some(backoff) = ctx.progress_backoff(&app, health) {
-                next = next.min(backoff);
-            }
-            if let Some(period) = ctx.options.verify_interval {
-                next = next.min(
-                    destination
-                        .drift
-                        .until_verification(&set_id, period)
-                        .max(MIN_REQUEUE),
-                );
-            }
-            Ok(Action::requeue(next))
+            record_success(&ctx, &app, status, outcome, interval).await
         }
-        Err(Failure {
-            message,
-            entry,
-            revision,
-            out_of_sync,
-        }) => {
+        Err(failure) => {
             ctx.count_reconcile(&app, "failed", started);
-            let revision_failed = revision.clone();
-            let after = status::on_failure(
-                &app,
-                status,
-                status::Failed {
-                    message: message.clone(),
-                    entry,
-                    revision,
-                    out_of_sync,
-                },
-                &now_rfc3339(),
-            );
-            ctx.record_state(
-                &app,
-                after
-                    .status
-                    .sync
-                    .as_ref()
-                    .map_or("Unknown", |s| s.status.as_str()),
-                after.status.health.as_deref().unwrap_or("Unknown"),
-            );
-            let (status, stalled, tell) = (after.status, after.stalled, after.tell);
-            let published = publish(
-                &ctx,
-                &app,
-                EventType::Warning,
-                "SyncFailed",
-                message.clone(),
-            )
-            .await;
-            let failures = status.failures;
-            let written = write_status(&ctx, &app, status).await;
-            if let (Ok(()), Some(revision)) = (&written, revision_failed.as_deref()) {
-                set_commit_status(&ctx, &app, revision, commit_status::State::Failure, || {
-                    format!("Sync failed: {message}")
-                });
-            }
-            if let (Some((revision, message)), Ok(())) = (tell, &written) {
-                notify(
-                    &ctx,
-                    &app,
-                    notify::Event::SyncFailed,
-                    revision.as_deref(),
-                    message,
-                );
-            }
-            if !published || matches!(written, Err(Error::Status(..))) {
-                ctx.late_failures
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(application_key(&app), (now_rfc3339(), message));
-            }
-            written?;
-            let wait = if stalled {
-                interval
-            } else {
-                jitter(status::failure_backoff(&app, failures))
-            };
-            Ok(Action::requeue(wait))
+            record_failure(&ctx, &app, status, failure, interval).await
         }
     }
+}
+
+/// The Application as this agent last wrote it, or newer; `None` when it is gone.
+///
+/// The cache may not hold this agent's last status write yet: unless it holds the newest
+/// version this agent has seen, the Application itself is read (one request, none per
+/// object), so the status built from it starts from the newest one and its write does not
+/// conflict. (A write by someone else that the cache has not shown yet makes the status
+/// write fail on its resourceVersion, and the reconcile runs again.)
+async fn read_fresh(
+    ctx: &Context,
+    cached: &Application,
+) -> Result<Option<Arc<Application>>, Error> {
+    let api: Api<Application> =
+        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    let key = application_key(cached);
+    let fresh = cached.resource_version().is_some()
+        && ctx.seen_versions.lock().expect("not poisoned").get(&key)
+            == cached.resource_version().as_ref();
+    let read = if fresh {
+        Ok(Some(cached.clone()))
+    } else {
+        api.get_opt(&cached.name_any()).await
+    };
+    match read {
+        Ok(Some(app)) => {
+            if let Some(version) = app.resource_version() {
+                ctx.seen_versions
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(key, version);
+            }
+            Ok(Some(Arc::new(app)))
+        }
+        Ok(None) => {
+            // Deleted: a failure it could not report has no one left to tell.
+            ctx.forget(&key);
+            Ok(None)
+        }
+        Err(e) => Err(Error::Status(cached.name_any(), describe(&e))),
+    }
+}
+
+/// Another agent received a push for this Application (its refresh annotation changed):
+/// the listing of its repository's refs is read anew.
+fn take_refresh(ctx: &Context, app: &Application) {
+    let Some(refresh) = app.annotations().get(application::REFRESH_ANNOTATION) else {
+        return;
+    };
+    let key = application_key(app);
+    let mut refreshes = ctx.refreshes.lock().expect("not poisoned");
+    if refreshes.get(&key) != Some(refresh) {
+        crate::source::git::forget_listing(&app.spec.source.repo_url);
+        refreshes.insert(key, refresh.clone());
+    }
+}
+
+/// Writes the status of a sync that went through, tells what it says to tell, and says
+/// when to look again.
+async fn record_success(
+    ctx: &Context,
+    app: &Application,
+    status: ApplicationStatus,
+    outcome: Outcome,
+    interval: Duration,
+) -> Result<Action, Error> {
+    let set_id = outcome.apply_set.id.clone();
+    let revision = outcome.revision.commit.clone();
+    let health = outcome.health;
+    let destination = outcome.destination;
+    if let Some(entry) = &outcome.applied {
+        let message = entry.message.clone().unwrap_or_default();
+        publish(ctx, app, EventType::Normal, "Synced", message).await;
+    }
+    let after = status::on_success(
+        app,
+        status,
+        status::Succeeded {
+            revision: outcome.revision,
+            sync: outcome.sync,
+            health,
+            applied: outcome.applied,
+            apply_set: outcome.apply_set,
+            drifted_meanwhile: destination.drift.is_drifted(&set_id),
+        },
+        sync_requested(app),
+        &now_rfc3339(),
+    );
+    let sync_state = after.status.sync.as_ref().map(|s| s.status.clone());
+    ctx.record_state(
+        app,
+        sync_state.as_deref().unwrap_or("Unknown"),
+        &health.to_string(),
+    );
+    let synced = after.synced;
+    write_status(ctx, app, after.status).await?;
+    // Told once the status that records them is written (a failed write retries the
+    // reconcile, which would tell them again).
+    for (event, message) in after.notices {
+        notify(ctx, app, event, Some(&revision), message);
+    }
+    if synced {
+        let summary = after.summary;
+        set_commit_status(ctx, app, &revision, commit_status::State::Success, || {
+            format!("Synced, {health}: {summary}")
+        });
+    }
+    // Settled: a member's status change reads health at once from now on.
+    destination.drift.follow_health(&set_id, synced);
+    let mut next = jitter(interval);
+    if let Some(backoff) = ctx.progress_backoff(app, health) {
+        next = next.min(backoff);
+    }
+    if let Some(period) = ctx.options.verify_interval {
+        let verify = destination.drift.until_verification(&set_id, period);
+        next = next.min(verify.max(MIN_REQUEUE));
+    }
+    Ok(Action::requeue(next))
+}
+
+/// Writes the status of a failed sync, tells the first failure of a streak, and says when
+/// to retry.
+async fn record_failure(
+    ctx: &Context,
+    app: &Application,
+    status: ApplicationStatus,
+    failure: Failure,
+    interval: Duration,
+) -> Result<Action, Error> {
+    let message = failure.message;
+    let revision_failed = failure.revision.clone();
+    let after = status::on_failure(
+        app,
+        status,
+        status::Failed {
+            message: message.clone(),
+            entry: failure.entry,
+            revision: failure.revision,
+            out_of_sync: failure.out_of_sync,
+        },
+        &now_rfc3339(),
+    );
+    let sync_state = after.status.sync.as_ref().map(|s| s.status.clone());
+    let health = after.status.health.clone();
+    ctx.record_state(
+        app,
+        sync_state.as_deref().unwrap_or("Unknown"),
+        health.as_deref().unwrap_or("Unknown"),
+    );
+    let (status, stalled, tell) = (after.status, after.stalled, after.tell);
+    let published = publish(ctx, app, EventType::Warning, "SyncFailed", message.clone()).await;
+    let failures = status.failures;
+    let written = write_status(ctx, app, status).await;
+    if let (Ok(()), Some(revision)) = (&written, revision_failed.as_deref()) {
+        set_commit_status(ctx, app, revision, commit_status::State::Failure, || {
+            format!("Sync failed: {message}")
+        });
+    }
+    if let (Some((revision, message)), Ok(())) = (tell, &written) {
+        let event = notify::Event::SyncFailed;
+        notify(ctx, app, event, revision.as_deref(), message);
+    }
+    if !published || matches!(written, Err(Error::Status(..))) {
+        ctx.late_failures
+            .lock()
+            .expect("not poisoned")
+            .insert(application_key(app), (now_rfc3339(), message));
+    }
+    written?;
+    let wait = if stalled {
+        interval
+    } else {
+        jitter(status::failure_backoff(app, failures))
+    };
+    Ok(Action::requeue(wait))
 }
 
 /// A namespaced agent applies only to its own namespace of its own cluster: `Err` says
