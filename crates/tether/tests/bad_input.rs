@@ -1,4 +1,4 @@
-//! The catalogue of bad input (README, "Bad input"): each class of malformed or hostile
+//! The catalogue of bad input (docs/bad-input.md): each class of malformed or hostile
 //! input, given to the real `tether` binary or to a running agent, gets a clear error that
 //! names the file and line (or the field) and says what to do, and touches nothing: the
 //! namespace holds exactly what an earlier good apply left there, at the same

@@ -1,7 +1,7 @@
 //! Apply: carry out a [`Plan`] — widen the ApplySet, server-side apply stage by stage,
 //! prune what is no longer desired, narrow the ApplySet, and optionally wait for health.
 //!
-//! The rules of `shared/DESIGN.md` hold here: nothing is written if the plan has errors or
+//! These rules hold here: nothing is written if the plan has errors or
 //! conflicts (unless forced); the inventory grows before objects are created and shrinks
 //! only after they are deleted; pruning happens only after every apply succeeded, in
 //! reverse order; an unchanged object gets no request at all. Start at [`apply`].
