@@ -8,6 +8,7 @@ pub mod api;
 pub mod application;
 pub mod clusters;
 pub mod commit_status;
+mod decide;
 pub mod drift;
 pub mod leader;
 pub mod notify;
@@ -45,8 +46,7 @@ pub static RECONCILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 
 /// The field manager of the agent's status writes.
 const STATUS_MANAGER: &str = "tether-agent";
-/// How old a listing of a repository's refs a poll may reuse (see `GitSource`).
-pub(crate) const LISTING_MAX_AGE: Duration = Duration::from_secs(5);
+pub(crate) use decide::LISTING_MAX_AGE;
 /// How long a full sync waits for new watches to list their kinds before it plans.
 const WATCH_LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shortest wait before the next periodic reconcile.
@@ -961,62 +961,20 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
     let at = &Acting { dest, client };
     let fetch_started = std::time::Instant::now();
     let applyset_id = crate::inventory::ApplySet::new(&name, &spec.destination.namespace).id;
-    // Polls of Applications that follow one repository share a listing of its refs taken
-    // in the last few seconds (webhooks mark it stale); a sync someone asked for lists
-    // afresh.
-    let sync_requested = sync_requested(app);
-    // Drift is corrected to the revision already applied, which the cache holds: no need to
-    // ask Git (or wait for other Applications' fetches) to put back a hand edit. Unless a
-    // new revision may be waiting: someone asked for a sync, or a webhook announced a
-    // push. Pinned, this sync would apply the old revision and count the request as done,
-    // and the new one would wait for the next poll.
-    let pin = app
+    let decision = decide::decide(&facts(ctx, dest, app, &applyset_id));
+    let (pin, listing_max_age) = (decision.pin.clone(), decision.listing_max_age);
+    // What the last full sync left, for the ways that change nothing.
+    let settled = app
         .status
         .as_ref()
-        .filter(|s| {
-            dest.drift.is_drifted(&applyset_id)
-                && s.observed_generation == app.metadata.generation
-                && !sync_requested
-                && !git_source(&ctx.options.app_options(), app, Duration::ZERO)
-                    .is_ok_and(|source| source.change_announced())
-        })
-        .and_then(|s| s.last_applied_revision.clone());
-    // A reconcile for a status change only (a settled set, nothing drifted) reads health,
-    // and asks Git no sooner than the poll would: a member whose status changes often must
-    // not turn into a listing of the remote's refs each time.
-    let status_only = dest.drift.may_skip(&applyset_id) == Some(true);
-    let listing_max_age = if sync_requested {
-        Duration::ZERO
-    } else if status_only {
-        parse_duration(&spec.sync_policy.interval)
-            .unwrap_or(LISTING_MAX_AGE)
-            .max(LISTING_MAX_AGE)
-    } else {
-        LISTING_MAX_AGE
-    };
-    // No-op is free. Nothing is asked of the cluster for the Application's objects when the
-    // spec and the sync request are unchanged, the last full sync left it Synced, and the
-    // watches saw nothing but status change since; and either the revision is the one
-    // applied, or a new revision renders exactly what was applied (a push that touched
-    // other folders of a shared repository).
-    let settled = app.status.as_ref().and_then(|status| {
-        let unchanged = !sync_requested && status.observed_generation == app.metadata.generation;
-        let (sync, apply_set) = (status.sync.as_ref()?, status.apply_set.as_ref()?);
-        (unchanged && sync.status == "Synced").then_some((status, sync, apply_set))
-    });
-    // The backstop: now and then, plan in full although the watches saw nothing.
-    let verification_due = ctx
-        .options
-        .verify_interval
-        .is_some_and(|period| dest.drift.verification_due(&applyset_id, period));
+        .and_then(|s| Some((s, s.sync.as_ref()?, s.apply_set.as_ref()?)))
+        .filter(|_| decision.settled);
     // An idle poll: the shared listing of the remote's refs (a few seconds old at most)
     // shows the commit already applied. Nor is the Git cache opened then.
-    if pin.is_none()
-        && !verification_due
+    if decision.idle_poll
         && let Some((status, sync, apply_set)) = settled
         && let Some(status_changed) = dest.drift.may_skip(&applyset_id)
         && let Some(applied) = status.revision_info.as_ref()
-        && status.last_applied_revision.as_ref() == Some(&applied.commit)
         && let Some(listed) = git_source(&ctx.options.app_options(), app, listing_max_age)
             .ok()
             .and_then(|source| source.recently_listed())
@@ -1052,11 +1010,8 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
         // The watches reported drift that this sync took on (not for the backstop to count).
         let mut reported_drift = false;
         // Drift with selfHeal, on the revision applied: correct just the objects that drifted.
-        let policy = &spec.sync_policy;
-        if let Some(settled) = settled
-            && pin.is_some()
-            && policy.automated
-            && policy.self_heal
+        if decision.correct_drift
+            && let Some(settled) = settled
             && let Some(drifted) = dest.drift.take_drifted(&applyset_id)
         {
             let tree = tree.take().expect("the tree is rendered once");
@@ -1083,7 +1038,7 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
             }
         }
         if rendered.is_none()
-            && !verification_due
+            && decision.stop_if_same_render
             && let Some((status, sync, apply_set)) = settled
             && let Some(status_changed) = dest.drift.may_skip(&applyset_id)
         {
@@ -1138,6 +1093,36 @@ async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
         failure.revision.get_or_insert(attempted);
         failure
     })
+}
+
+/// What the status and the drift watches say before a sync of set `applyset_id`.
+fn facts(ctx: &Context, dest: &Destination, app: &Application, applyset_id: &str) -> decide::Facts {
+    let status = app.status.as_ref();
+    let policy = &app.spec.sync_policy;
+    let spec_observed = status.is_some_and(|s| s.observed_generation == app.metadata.generation);
+    let drifted = dest.drift.is_drifted(applyset_id);
+    decide::Facts {
+        sync_requested: sync_requested(app),
+        spec_observed,
+        synced: status.is_some_and(|s| {
+            s.apply_set.is_some() && s.sync.as_ref().is_some_and(|sync| sync.status == "Synced")
+        }),
+        last_applied: status.and_then(|s| s.last_applied_revision.clone()),
+        described: status.and_then(|s| Some(s.revision_info.as_ref()?.commit.clone())),
+        drifted,
+        // Asked only when it matters (a hand edit waiting to be put back).
+        change_announced: drifted
+            && git_source(&ctx.options.app_options(), app, Duration::ZERO)
+                .is_ok_and(|source| source.change_announced()),
+        may_skip: dest.drift.may_skip(applyset_id),
+        verification_due: ctx
+            .options
+            .verify_interval
+            .is_some_and(|period| dest.drift.verification_due(applyset_id, period)),
+        automated: policy.automated,
+        self_heal: policy.self_heal,
+        interval: parse_duration(&policy.interval).unwrap_or(LISTING_MAX_AGE),
+    }
 }
 
 /// The outcome of a sync that changes nothing: the settled status carried over to
