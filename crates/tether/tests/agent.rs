@@ -402,7 +402,6 @@ async fn writes_for(client: &kube::Client, resource: &str) -> u64 {
 
 #[tokio::test]
 async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_nothing() {
-    use std::sync::atomic::Ordering;
     let client = cluster().await.client();
     install_crd(&client).await.expect("CRD installed");
     let ns = TestNamespace::create(&client, "agent-noop").await;
@@ -450,16 +449,18 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
     // repository. (Were every reconcile to fetch, the counts could differ by one at most, at
     // the window's edges.)
     let fetches = || support::agent::agent_metric(port, "tether_git_fetch_duration_seconds_count");
+    // This agent's own count (a process-wide one would count other tests' agents too).
+    let reconciled = || support::agent::agent_metric(port, "tether_reconciles_total");
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut reconciles, mut sent, mut fetched) = (0, u64::MAX, 0.0);
     while Instant::now() < deadline {
-        let reconciles_before = tether::agent::RECONCILES.load(Ordering::Relaxed);
+        let reconciles_before = reconciled().await;
         let requests_before = requests_for(&client, "podtemplates").await;
         let fetches_before = fetches().await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         sent = requests_for(&client, "podtemplates").await - requests_before;
         fetched = fetches().await - fetches_before;
-        reconciles = tether::agent::RECONCILES.load(Ordering::Relaxed) - reconciles_before;
+        reconciles = (reconciled().await - reconciles_before) as u64;
         if sent == 0 && reconciles >= 3 && fetched * 2.0 <= reconciles as f64 {
             break;
         }
@@ -519,7 +520,15 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
         .await
         .expect("parent")
         .resource_version();
-    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let port = support::free_port();
+    let agent = start_agent(
+        &client,
+        AgentOptions {
+            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            ..options_for(&ns, dir.path())
+        },
+    );
+    let reconciled = || support::agent::agent_metric(port, "tether_reconciles_total");
     let deadline = Instant::now() + Duration::from_secs(60);
     while requests_for(&client, "podtemplates").await - requests_before < 1000 {
         assert!(
@@ -529,8 +538,8 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Let it finish that reconcile and run a few more.
-    let reconciles_before = tether::agent::RECONCILES.load(Ordering::Relaxed);
-    while tether::agent::RECONCILES.load(Ordering::Relaxed) - reconciles_before < 3 {
+    let reconciles_before = reconciled().await;
+    while reconciled().await - reconciles_before < 3.0 {
         assert!(
             Instant::now() < deadline,
             "the restarted agent stopped reconciling"

@@ -113,7 +113,15 @@ mod tests {
 
     /// A case: its name, its facts, and the pin, idle poll, drift correction, stop on the
     /// same render and listing age (s) it must get.
-    type Case = (&'static str, Facts, Option<&'static str>, bool, bool, bool, u64);
+    type Case = (
+        &'static str,
+        Facts,
+        Option<&'static str>,
+        bool,
+        bool,
+        bool,
+        u64,
+    );
 
     #[test]
     fn each_case_takes_its_way() {

@@ -41,9 +41,6 @@ pub use application::{Application, ApplicationSpec, ApplicationStatus};
 use application::{ApplySetReference, HistoryEntry, HookRecord, SyncStatus, application_key};
 use clusters::Destination;
 
-/// Reconciles run by this process (for tests and metrics).
-pub static RECONCILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// The field manager of the agent's status writes.
 const STATUS_MANAGER: &str = "tether-agent";
 pub(crate) use decide::LISTING_MAX_AGE;
@@ -682,7 +679,6 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         },
         None => None,
     };
-    RECONCILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = std::time::Instant::now();
     let Some(app) = read_fresh(&ctx, &cached).await? else {
         return Ok(Action::await_change());
