@@ -11,6 +11,7 @@ pub mod commit_status;
 mod decide;
 pub mod drift;
 pub mod leader;
+mod memory;
 pub mod notify;
 pub mod server;
 pub mod shard;
@@ -199,24 +200,10 @@ struct Context {
     options: AgentOptions,
     recorder: Recorder,
     metrics: Arc<server::Metrics>,
-    /// namespace/name → (sync, health), for the Applications gauge.
-    states: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
-    /// namespace/name → (when, why) of a failed sync whose Event could not be published
-    /// (the API server was unreachable then): published once it answers again, so an outage
-    /// that the next attempt rode out still shows in the Events.
-    late_failures: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
-    /// namespace/name → the newest resourceVersion of the Application this agent knows
-    /// (its own read or status write): a reconcile whose cached copy is that version reads
-    /// nothing (a poll of 1,000 Applications is not 1,000 GETs a minute).
-    seen_versions: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// What it remembers of each Application between reconciles.
+    memory: memory::Memory,
     /// With sharding: the shards this agent holds (it reconciles only their Applications).
     shards: Option<Arc<shard::Shards>>,
-    /// namespace/name → the refresh annotation last acted on (another agent passed a
-    /// webhook on): a new one means the remote's refs must be listed afresh.
-    refreshes: std::sync::Mutex<std::collections::HashMap<String, String>>,
-    /// namespace/name → since when the Application has been Progressing: its health is read
-    /// again on a short backoff until it settles (see [`progress_backoff`]).
-    progressing: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Context {
@@ -224,15 +211,17 @@ impl Context {
     /// first, then a tenth of the time it has been progressing (a rollout of a minute is
     /// seen within 6 s of its end); the watches' status events usually come first.
     fn progress_backoff(&self, app: &Application, health: HealthStatus) -> Option<Duration> {
-        let key = application_key(app);
-        let mut progressing = self.progressing.lock().expect("not poisoned");
-        if health != HealthStatus::Progressing {
-            progressing.remove(&key);
-            return None;
-        }
-        let since = *progressing
-            .entry(key)
-            .or_insert_with(std::time::Instant::now);
+        let since = self.memory.with(&application_key(app), |remembered| {
+            if health != HealthStatus::Progressing {
+                remembered.progressing_since = None;
+                return None;
+            }
+            Some(
+                *remembered
+                    .progressing_since
+                    .get_or_insert_with(std::time::Instant::now),
+            )
+        })?;
         Some(progress_backoff(since.elapsed()))
     }
 
@@ -256,10 +245,10 @@ impl Context {
 
     /// Keeps the Applications-by-state gauge in step with this Application's latest state.
     fn record_state(&self, app: &Application, sync: &str, health: &str) {
-        let key = application_key(app);
         let state = (sync.to_string(), health.to_string());
-        let mut states = self.states.lock().expect("not poisoned");
-        let previous = states.insert(key, state.clone());
+        let previous = self.memory.with(&application_key(app), |remembered| {
+            remembered.state.replace(state.clone())
+        });
         if previous.as_ref() == Some(&state) {
             return;
         }
@@ -276,11 +265,7 @@ impl Context {
     /// The Application `key` is gone: it no longer counts in the gauge of states, and a
     /// failure it could not report has no one left to tell.
     fn forget(&self, key: &str) {
-        self.late_failures.lock().expect("not poisoned").remove(key);
-        self.refreshes.lock().expect("not poisoned").remove(key);
-        self.seen_versions.lock().expect("not poisoned").remove(key);
-        let mut states = self.states.lock().expect("not poisoned");
-        if let Some(previous) = states.remove(key) {
+        if let Some(previous) = self.memory.forget(key).and_then(|gone| gone.state) {
             self.uncount_state(previous);
         }
     }
@@ -300,8 +285,7 @@ impl Context {
         }
     }
 
-    /// One Application fewer in `state` (the caller holds `states`' lock); a state no
-    /// Application is in leaves the gauge.
+    /// One Application fewer in `state`; a state no Application is in leaves the gauge.
     fn uncount_state(&self, (sync, health): (String, String)) {
         let labels = server::StateLabels { sync, health };
         let before = self.metrics.applications.get_or_create(&labels).dec();
@@ -457,12 +441,8 @@ pub async fn run(
         options,
         recorder,
         metrics,
-        states: Default::default(),
-        late_failures: Default::default(),
-        seen_versions: Default::default(),
+        memory: Default::default(),
         shards: shards.clone(),
-        refreshes: Default::default(),
-        progressing: Default::default(),
     });
     // Sharded: keep this agent's shards; reconcile each Application of a shard it takes
     // (they were skipped while another agent held it), forget those of a shard it gives up.
@@ -501,12 +481,10 @@ pub async fn run(
                             .map(|app| application_key(app))
                             .collect();
                         let known: Vec<String> = context
-                            .states
-                            .lock()
-                            .expect("not poisoned")
+                            .memory
                             .keys()
-                            .filter(|key| !present.contains(*key))
-                            .cloned()
+                            .into_iter()
+                            .filter(|key| !present.contains(key))
                             .collect();
                         for key in known {
                             context.forget(&key);
@@ -730,8 +708,10 @@ async fn read_fresh(
         Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
     let key = application_key(cached);
     let fresh = cached.resource_version().is_some()
-        && ctx.seen_versions.lock().expect("not poisoned").get(&key)
-            == cached.resource_version().as_ref();
+        && ctx
+            .memory
+            .with(&key, |remembered| remembered.seen_version.clone())
+            == cached.resource_version();
     let read = if fresh {
         Ok(Some(cached.clone()))
     } else {
@@ -740,10 +720,8 @@ async fn read_fresh(
     match read {
         Ok(Some(app)) => {
             if let Some(version) = app.resource_version() {
-                ctx.seen_versions
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(key, version);
+                ctx.memory
+                    .with(&key, |remembered| remembered.seen_version = Some(version));
             }
             Ok(Some(Arc::new(app)))
         }
@@ -762,11 +740,13 @@ fn take_refresh(ctx: &Context, app: &Application) {
     let Some(refresh) = app.annotations().get(application::REFRESH_ANNOTATION) else {
         return;
     };
-    let key = application_key(app);
-    let mut refreshes = ctx.refreshes.lock().expect("not poisoned");
-    if refreshes.get(&key) != Some(refresh) {
+    let new = ctx.memory.with(&application_key(app), |remembered| {
+        let new = remembered.refresh.as_ref() != Some(refresh);
+        remembered.refresh = Some(refresh.clone());
+        new
+    });
+    if new {
         crate::source::git::forget_listing(&app.spec.source.repo_url);
-        refreshes.insert(key, refresh.clone());
     }
 }
 
@@ -876,10 +856,10 @@ async fn record_failure(
         notify(ctx, app, event, revision.as_deref(), message);
     }
     if !published || matches!(written, Err(Error::Status(..))) {
-        ctx.late_failures
-            .lock()
-            .expect("not poisoned")
-            .insert(application_key(app), (now_rfc3339(), message));
+        let late = (now_rfc3339(), message);
+        ctx.memory.with(&application_key(app), |remembered| {
+            remembered.late_failure = Some(late)
+        });
     }
     written?;
     let wait = if stalled {
@@ -1780,10 +1760,9 @@ async fn write_status(
     {
         Ok(written) => {
             if let Some(version) = written.resource_version() {
-                ctx.seen_versions
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(application_key(app), version);
+                ctx.memory.with(&application_key(app), |remembered| {
+                    remembered.seen_version = Some(version)
+                });
             }
             Ok(())
         }
@@ -1797,16 +1776,16 @@ async fn write_status(
 /// Publishes the Event of a failed sync that could not be published when it happened.
 async fn report_late_failure(ctx: &Context, app: &Application) {
     let key = application_key(app);
-    let late = ctx.late_failures.lock().expect("not poisoned").remove(&key);
+    let late = ctx
+        .memory
+        .with(&key, |remembered| remembered.late_failure.take());
     if let Some((when, message)) = late {
         let note =
             format!("at {when}, the API server could not be reached to report it: {message}");
         if !publish(ctx, app, EventType::Warning, "SyncFailed", note).await {
-            ctx.late_failures
-                .lock()
-                .expect("not poisoned")
-                .entry(key)
-                .or_insert((when, message));
+            ctx.memory.with(&key, |remembered| {
+                remembered.late_failure.get_or_insert((when, message));
+            });
         }
     }
 }
