@@ -192,7 +192,7 @@ pub async fn render_app(
     render_options.jsonnet = spec.render.jsonnet.options();
     render_options.limits.memory_bytes = match &spec.render.memory_limit {
         Some(limit) => {
-            let bytes = crate::size::parse_size(limit)
+            let bytes = crate::render::external::parse_memory_limit(limit)
                 .map_err(|e| format!("spec.render.memoryLimit: {e}"))?;
             let budget = crate::render::external::memory_budget();
             if bytes > budget {

@@ -8,6 +8,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = tether::cli::Cli::parse();
+    // Jsonnet is evaluated by this program in child processes, under the render limits.
+    if let Ok(program) = std::env::current_exe() {
+        tether::render::jsonnet::set_program(program);
+    }
     tether::cli::init_logging(cli.global.verbose);
     // One thread for one-shot commands: they wait on the API server (an apply of 2,000
     // objects uses 2 s of CPU in 20 s), and one thread keeps one malloc arena (peak RSS of

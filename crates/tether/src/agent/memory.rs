@@ -41,9 +41,11 @@ impl Memory {
         change(apps.entry(key.to_string()).or_default())
     }
 
-    /// Forgets Application `key`; what was remembered of it.
-    pub fn forget(&self, key: &str) -> Option<Remembered> {
-        self.apps.lock().expect("not poisoned").remove(key)
+    /// Forgets Application `key`, and hands what was remembered of it to `then` (under the
+    /// same lock as [`Self::with`], so that a gauge kept from it stays in step).
+    pub fn forget<R>(&self, key: &str, then: impl FnOnce(Remembered) -> R) -> Option<R> {
+        let mut apps = self.apps.lock().expect("not poisoned");
+        apps.remove(key).map(then)
     }
 
     /// The Applications remembered.
@@ -70,7 +72,7 @@ mod tests {
             app.progressing_since = Some(Instant::now());
         });
         memory.with("shop/db", |app| app.refresh = Some("1".into()));
-        let gone = memory.forget("shop/web").expect("remembered");
+        let gone = memory.forget("shop/web", |gone| gone).expect("remembered");
         assert_eq!(gone.seen_version.as_deref(), Some("42"));
         assert!(gone.progressing_since.is_some());
         assert_eq!(memory.keys(), vec!["shop/db".to_string()]);

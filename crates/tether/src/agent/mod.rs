@@ -259,31 +259,35 @@ impl Context {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// Keeps the Applications-by-state gauge in step with this Application's latest state.
+    /// Keeps the Applications-by-state gauge in step with this Application's latest state
+    /// (changed under the memory's lock, so that two reconciles cannot interleave their
+    /// counts).
     fn record_state(&self, app: &Application, sync: &str, health: &str) {
         let state = (sync.to_string(), health.to_string());
-        let previous = self.memory.with(&application_key(app), |remembered| {
-            remembered.state.replace(state.clone())
+        self.memory.with(&application_key(app), |remembered| {
+            let previous = remembered.state.replace(state.clone());
+            if previous.as_ref() == Some(&state) {
+                return;
+            }
+            if let Some(previous) = previous {
+                self.uncount_state(previous);
+            }
+            let (sync, health) = state;
+            self.metrics
+                .applications
+                .get_or_create(&server::StateLabels { sync, health })
+                .inc();
         });
-        if previous.as_ref() == Some(&state) {
-            return;
-        }
-        if let Some(previous) = previous {
-            self.uncount_state(previous);
-        }
-        let (sync, health) = state;
-        self.metrics
-            .applications
-            .get_or_create(&server::StateLabels { sync, health })
-            .inc();
     }
 
     /// The Application `key` is gone: it no longer counts in the gauge of states, and a
     /// failure it could not report has no one left to tell.
     fn forget(&self, key: &str) {
-        if let Some(previous) = self.memory.forget(key).and_then(|gone| gone.state) {
-            self.uncount_state(previous);
-        }
+        self.memory.forget(key, |gone| {
+            if let Some(previous) = gone.state {
+                self.uncount_state(previous);
+            }
+        });
     }
 
     /// Another agent takes `app` over: what this one knows of its objects may be stale when
@@ -301,7 +305,8 @@ impl Context {
         }
     }
 
-    /// One Application fewer in `state`; a state no Application is in leaves the gauge.
+    /// One Application fewer in `state` (the caller holds the memory's lock); a state no
+    /// Application is in leaves the gauge.
     fn uncount_state(&self, (sync, health): (String, String)) {
         let labels = server::StateLabels { sync, health };
         let before = self.metrics.applications.get_or_create(&labels).dec();

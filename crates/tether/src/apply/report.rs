@@ -58,10 +58,13 @@ impl ApplyReport {
         if let Some(failure) = &self.failure {
             return Some(SyncFailure::Stopped(failure.clone()));
         }
-        let failed: Vec<String> = self
+        let failed: Vec<(Action, String)> = self
             .failed()
             .iter()
-            .map(|r| format!("{}: {}", r.key, r.error.as_deref().unwrap_or_default()))
+            .map(|r| {
+                let why = format!("{}: {}", r.key, r.error.as_deref().unwrap_or_default());
+                (r.action, why)
+            })
             .collect();
         if !failed.is_empty() {
             return Some(SyncFailure::Objects { failed });
@@ -86,10 +89,10 @@ pub enum SyncFailure {
     /// A hook failed or a wave did not become healthy: the sync stopped there.
     #[error("the sync stopped: {0}")]
     Stopped(String),
-    /// Objects failed to apply (`object: why`, each); the others were applied, later
-    /// stages and pruning skipped.
-    #[error("{} object(s) failed to apply, e.g. {}", failed.len(), failed.first().map_or("", String::as_str))]
-    Objects { failed: Vec<String> },
+    /// Objects failed to apply (what was tried, and `object: why`, each); the others were
+    /// applied, later stages and pruning skipped.
+    #[error("{} object(s) failed to apply, e.g. {}", failed.len(), failed.first().map_or("", |(_, why)| why.as_str()))]
+    Objects { failed: Vec<(Action, String)> },
     /// Everything was applied, but did not become healthy within the wait.
     #[error("applied, but not healthy: {0}")]
     Unhealthy(String),

@@ -32,7 +32,7 @@ pub struct AgentArgs {
     /// The memory limit of one render (helm, kustomize or Jsonnet, with the programs it
     /// starts) of an Application that sets no spec.render.memoryLimit; past it the render
     /// is killed and the Application reports it.
-    #[arg(long, value_name = "SIZE", default_value = "256Mi", value_parser = crate::size::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "256Mi", value_parser = crate::render::external::parse_memory_limit)]
     pub render_memory: u64,
 
     /// The memory all renders running at once may take together: a render starts when its

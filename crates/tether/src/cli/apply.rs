@@ -132,11 +132,17 @@ pub async fn run(
     let writes = report.writes;
     match report.into_result() {
         Ok(_) => {}
-        Err(crate::apply::SyncFailure::Objects { failed }) => anyhow::bail!(
-            "{} object(s) failed; later stages and pruning were skipped:\n  {}",
-            failed.len(),
-            failed.join("\n  ")
-        ),
+        Err(crate::apply::SyncFailure::Objects { failed }) => {
+            let list: Vec<String> = failed
+                .iter()
+                .map(|(action, why)| format!("  {action} {why}"))
+                .collect();
+            anyhow::bail!(
+                "{} object(s) failed; later stages and pruning were skipped:\n{}",
+                failed.len(),
+                list.join("\n")
+            )
+        }
         Err(other) => return Err(other.into()),
     }
     tracing::debug!(?summary, writes, "apply finished");

@@ -302,15 +302,14 @@ pub async fn bootstrap(
         )
         .await
         .map_err(|e| {
-            let hint = if e
+            let owned = e
                 .to_string()
-                .contains("belongs to the set of `tether apply --app")
-            {
-                "; an earlier `tether install` owns these objects: run `tether uninstall` first"
+                .contains("belongs to the set of `tether apply --app");
+            e.context(if owned {
+                "the bootstrap (an earlier `tether install` owns these objects: run `tether uninstall` first)"
             } else {
-                ""
-            };
-            anyhow::anyhow!("the bootstrap: {e:#}{hint}")
+                "the bootstrap"
+            })
         })?;
         if wait.is_none() {
             let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);

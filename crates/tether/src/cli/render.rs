@@ -174,7 +174,7 @@ pub struct RendererArgs {
 
     /// Memory limit for one kustomize, helm or Jsonnet run (with the programs it starts):
     /// past it the run is killed.
-    #[arg(long, value_name = "SIZE", default_value = "256Mi", value_parser = crate::size::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "256Mi", value_parser = crate::render::external::parse_memory_limit)]
     pub render_memory: u64,
 }
 

@@ -51,17 +51,24 @@ impl Default for Limits {
 /// Renderer processes running at once in this process.
 const MAX_CONCURRENT: usize = 4;
 
-/// What the running renders hold: how many, and their memory limits added up.
+/// What the running renders hold: how many, and their memory limits added up; and the
+/// line of renders waiting for a slot (served in order, so a render whose limit needs
+/// much of the budget is not passed over by smaller ones for ever).
 struct Running {
     count: usize,
     memory: u64,
     budget: u64,
+    /// The ticket the next render to wait takes, and the ticket served next.
+    next: u64,
+    serving: u64,
 }
 
 static RUNNING: Mutex<Running> = Mutex::new(Running {
     count: 0,
     memory: 0,
     budget: DEFAULT_MEMORY_BUDGET,
+    next: 0,
+    serving: 0,
 });
 static FREED: Condvar = Condvar::new();
 
@@ -77,25 +84,60 @@ pub fn memory_budget() -> u64 {
     RUNNING.lock().expect("not poisoned").budget
 }
 
+/// The smallest memory limit a render may have: less than any renderer needs to start.
+pub const MIN_MEMORY_BYTES: u64 = 32 << 20;
+
+/// A render's memory limit as a user writes it (`512Mi`), at least [`MIN_MEMORY_BYTES`].
+pub fn parse_memory_limit(text: &str) -> Result<u64, String> {
+    let bytes = crate::size::parse_size(text)?;
+    if bytes < MIN_MEMORY_BYTES {
+        return Err(format!(
+            "{text:?} is below {}, too little for any renderer to start",
+            show_size(MIN_MEMORY_BYTES)
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A render's place among those running: its memory limit counts against the budget
+/// until it is dropped.
 struct Slot {
     memory: u64,
 }
 
 impl Slot {
+    /// Waits for the render's turn (in order of arrival) and for its limit to fit.
     fn take(memory: u64) -> Result<Self, String> {
-        let mut running = RUNNING.lock().expect("not poisoned");
-        if memory > running.budget {
-            return Err(format!(
+        let too_big = |budget: u64| {
+            format!(
                 "the render's memory limit of {} is above the {} that all renders may take together; lower it or raise --render-memory-budget",
                 show_size(memory),
-                show_size(running.budget)
-            ));
+                show_size(budget)
+            )
+        };
+        let mut running = RUNNING.lock().expect("not poisoned");
+        if memory > running.budget {
+            return Err(too_big(running.budget));
         }
-        while running.count >= MAX_CONCURRENT || running.memory + memory > running.budget {
+        let ticket = running.next;
+        running.next += 1;
+        while running.serving != ticket
+            || running.count >= MAX_CONCURRENT
+            || running.memory + memory > running.budget
+        {
+            if running.serving == ticket && memory > running.budget {
+                // The budget was lowered while this render waited.
+                running.serving += 1;
+                FREED.notify_all();
+                return Err(too_big(running.budget));
+            }
             running = FREED.wait(running).expect("not poisoned");
         }
+        running.serving += 1;
         running.count += 1;
         running.memory += memory;
+        // The next in line may fit too.
+        FREED.notify_all();
         Ok(Slot { memory })
     }
 }
@@ -116,14 +158,16 @@ enum Stopped {
     Memory(u64),
 }
 
-/// Kills a process group: the program and every child it started.
-fn kill_group(child: &mut std::process::Child) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", child.id())])
-        .stderr(Stdio::null())
-        .status();
-    let _ = child.kill();
-    let _ = child.wait();
+/// Kills what is left of a process group: the program and every child it started (once
+/// the program ended, the children it left behind). A group with no process left is no
+/// error.
+fn kill_group(group: u32) {
+    if let Some(pid) = i32::try_from(group)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
 }
 
 /// The resident memory of process group `group`, added up over its processes (0 where
@@ -265,7 +309,9 @@ pub fn run(
     Ok(output)
 }
 
-/// Waits for `child` to end, killing its group at the time or memory limit.
+/// Waits for `child` to end, killing its group at the time or memory limit; what the
+/// program left running when it ended is killed too, so that nothing outlives the render
+/// (nor holds its output pipe open).
 fn watch(
     child: &mut std::process::Child,
     limits: &Limits,
@@ -273,25 +319,29 @@ fn watch(
     let group = child.id();
     let deadline = Instant::now() + limits.timeout;
     let mut next_look = Instant::now();
-    loop {
+    let stopped = loop {
         if let Some(status) = child.try_wait()? {
+            kill_group(group);
             return Ok(Ok(status));
         }
         let now = Instant::now();
         if now >= deadline {
-            kill_group(child);
-            return Ok(Err(Stopped::Timeout));
+            break Stopped::Timeout;
         }
         if now >= next_look {
             let used = group_memory(group);
             if used > limits.memory_bytes {
-                kill_group(child);
-                return Ok(Err(Stopped::Memory(used)));
+                break Stopped::Memory(used);
             }
             next_look = now + MEMORY_POLL;
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
+    };
+    // The leader is not reaped yet, so its id still names this group.
+    kill_group(group);
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(Err(stopped))
 }
 
 /// The tool's own error, without noise: last lines, at most 1,000 characters.
@@ -449,5 +499,41 @@ mod tests {
             "inherited variables leak: {env}"
         );
         assert!(env.contains("KUBECONFIG=/dev/null"), "{env}");
+    }
+
+    #[test]
+    fn renders_wait_their_turn_until_their_memory_fits_the_budget() {
+        set_memory_budget(1 << 30);
+        let first = Slot::take(600 << 20).expect("fits");
+        let (started, ran) = std::sync::mpsc::channel();
+        let second = std::thread::spawn(move || {
+            let slot = Slot::take(600 << 20).expect("fits once the first ends");
+            started.send(()).expect("the test waits");
+            drop(slot);
+        });
+        assert!(
+            ran.recv_timeout(Duration::from_millis(300)).is_err(),
+            "two renders of 600 MiB ran at once under a budget of 1 GiB"
+        );
+        drop(first);
+        ran.recv_timeout(Duration::from_secs(10))
+            .expect("the second runs once the first ends");
+        second.join().expect("no panic");
+        let refused = Slot::take(2 << 30).err().expect("above the budget");
+        assert!(refused.contains("above the 1 GiB"), "{refused}");
+    }
+
+    #[test]
+    fn what_a_program_leaves_running_ends_with_it() {
+        // A child left in the background holds the output pipe open: without the group
+        // killed when the program ends, the render would wait for it.
+        let started = Instant::now();
+        let output = sh("sleep 30 & echo done", &Limits::default()).expect("runs");
+        assert_eq!(String::from_utf8_lossy(&output).trim(), "done");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the render waited {:?} for the program's child",
+            started.elapsed()
+        );
     }
 }

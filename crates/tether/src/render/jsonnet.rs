@@ -73,11 +73,19 @@ pub fn evaluate(
     })
 }
 
-/// The program that evaluates Jsonnet in a child process: the running program when it is
-/// `tether` (a test binary has none, and evaluates in its own process).
+/// The program that evaluates Jsonnet in a child process, set once by the `tether` binary
+/// at its start ([`set_program`]).
+static PROGRAM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Says that `program` (the running `tether`) evaluates Jsonnet in child processes; a
+/// library caller that never says so (a test) evaluates in its own process.
+pub fn set_program(program: PathBuf) {
+    let _ = PROGRAM.set(program);
+}
+
+/// The program that evaluates Jsonnet in a child process, if one was set.
 pub fn default_program() -> Option<PathBuf> {
-    let program = std::env::current_exe().ok()?;
-    (program.file_name()? == "tether").then_some(program)
+    PROGRAM.get().cloned()
 }
 
 /// What the child evaluates, written next to the render's copy of the repository (the
@@ -117,37 +125,56 @@ pub fn evaluate_in_child(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // The runner's own messages start with the program's name: say what it was running.
     let output = super::external::run(program, &args, &snapshot.root(), &home, limits).map_err(
-        |message| match message.strip_prefix(&format!("{name} failed: ")) {
-            // The evaluation's own error, located in the repository already.
-            Some(own) => own.to_string(),
-            None => format!(
-                "{file}: {}",
-                message.replacen(&name, "the Jsonnet evaluation", 1)
-            ),
+        |message| match message.strip_prefix(&format!("{name} ")) {
+            Some(rest) => format!("{file}: the Jsonnet evaluation {rest}"),
+            None => format!("{file}: {message}"),
         },
     )?;
-    serde_json::from_slice(&output).map_err(|e| format!("{file}: the evaluation's output: {e}"))
+    let answer: Answer = serde_json::from_slice(&output)
+        .map_err(|e| format!("{file}: the Jsonnet evaluation's answer: {e}"))?;
+    match answer {
+        Answer::Value(value) => Ok(value),
+        // The evaluation's own error, located in the repository already.
+        Answer::Error(message) => Err(message),
+    }
+}
+
+/// What the child answers on its standard output: the file's value or the evaluation's
+/// error (a crash is a failed exit instead).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Answer {
+    Value(Value),
+    Error(String),
 }
 
 /// The child's side of [`evaluate_in_child`]: evaluates the request at `request` over the
-/// repository copy in the current folder and returns the value as JSON.
+/// repository copy in the current folder and answers the value or the evaluation's error,
+/// as JSON; `Err` when the request itself cannot be read.
 pub fn serve_request(request: &Path) -> Result<Vec<u8>, String> {
     let body = std::fs::read(request).map_err(|e| format!("{}: {e}", request.display()))?;
     let request: Request = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
     let root = std::env::current_dir().map_err(|e| e.to_string())?;
     let tree = crate::source::tree::DirTree::new(root).map_err(|e| e.to_string())?;
-    let source = tree
+    let evaluated = tree
         .read(&request.file, request.max_file_bytes)
-        .map_err(|e| e.to_string())?;
-    let value = evaluate(
-        &tree,
-        &request.file,
-        &source,
-        &request.options,
-        request.max_file_bytes,
-    )?;
-    serde_json::to_vec(&value).map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())
+        .and_then(|source| {
+            evaluate(
+                &tree,
+                &request.file,
+                &source,
+                &request.options,
+                request.max_file_bytes,
+            )
+        });
+    let answer = match evaluated {
+        Ok(value) => Answer::Value(value),
+        Err(message) => Answer::Error(message),
+    };
+    serde_json::to_vec(&answer).map_err(|e| e.to_string())
 }
 
 /// Where each loaded source came from, for messages.

@@ -61,7 +61,8 @@ pub struct RenderOptions {
     pub helm_bin: Option<std::path::PathBuf>,
     pub limits: external::Limits,
     /// The program that evaluates `.jsonnet` files in a child process under `limits`
-    /// (default: this one when it is `tether`); `None` evaluates them in this process.
+    /// (default: the `tether` binary, which says so at its start); `None` evaluates them
+    /// in this process.
     pub jsonnet_program: Option<std::path::PathBuf>,
     /// A folder of plain manifests whose files add up to more than this is refused
     /// (default 32 MiB: the objects parsed from it take several times that in memory).
@@ -301,26 +302,24 @@ pub fn render_plain(
 
 /// Evaluates a `.jsonnet` file of folder `path`: in a child process under the render
 /// limits when [`RenderOptions::jsonnet_program`] names one (over a copy of the repository
-/// made at the first file, kept in `snapshot`), else here.
+/// made at the first file, kept in `snapshot`, and bounded as every renderer's is), else
+/// here.
 fn evaluate_jsonnet(
     tree: &dyn Tree,
     path: &str,
     file: &str,
     bytes: &[u8],
     options: &RenderOptions,
-    snapshot: &mut Option<snapshot::Snapshot>,
+    snapshot: &mut Option<Result<snapshot::Snapshot, String>>,
 ) -> Result<Value, String> {
     let Some(program) = &options.jsonnet_program else {
         return jsonnet::evaluate(tree, file, bytes, &options.jsonnet, options.max_file_bytes);
     };
-    if snapshot.is_none() {
-        *snapshot = Some(snapshot::Snapshot::write(
-            tree,
-            path,
-            options.max_file_bytes,
-        )?);
-    }
-    let copy = snapshot.as_ref().expect("made above");
+    // Made once: when it cannot be, every file of the folder says so.
+    let copy = snapshot
+        .get_or_insert_with(|| snapshot::Snapshot::write(tree, path, options.max_file_bytes))
+        .as_ref()
+        .map_err(|e| format!("{file}: cannot copy the repository to evaluate it: {e}"))?;
     jsonnet::evaluate_in_child(
         program,
         copy,
