@@ -143,6 +143,7 @@ pub async fn run(
         commit_statuses,
         client,
         clusters: clusters.clone(),
+        pipeline: options.app_options(),
         options,
         recorder,
         metrics,

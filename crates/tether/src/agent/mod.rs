@@ -214,6 +214,8 @@ struct Context {
     /// Where Applications apply: the agent's cluster and the others they name.
     clusters: Arc<clusters::Clusters>,
     options: AgentOptions,
+    /// What the Application pipeline takes of `options`, made once.
+    pipeline: crate::app::AppOptions,
     recorder: Recorder,
     metrics: Arc<server::Metrics>,
     /// What it remembers of each Application between reconciles.

@@ -40,7 +40,7 @@ pub(super) async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Fa
         && let Some((status, sync, apply_set)) = settled
         && let Some(status_changed) = dest.drift.may_skip(&applyset_id)
         && let Some(applied) = status.revision_info.as_ref()
-        && let Some(listed) = git_source(&ctx.options.app_options(), app, listing_max_age)
+        && let Some(listed) = git_source(&ctx.pipeline, app, listing_max_age)
             .ok()
             .and_then(|source| source.recently_listed())
         && listed.commit == applied.commit
@@ -57,7 +57,7 @@ pub(super) async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Fa
     }
     let (revision, tree) = fetch(
         &ctx.client,
-        &ctx.options.app_options(),
+        &ctx.pipeline,
         app,
         pin.as_deref(),
         listing_max_age,
@@ -182,7 +182,7 @@ pub(super) fn facts(
         drifted,
         // Asked only when it matters (a hand edit waiting to be put back).
         change_announced: drifted
-            && git_source(&ctx.options.app_options(), app, Duration::ZERO)
+            && git_source(&ctx.pipeline, app, Duration::ZERO)
                 .is_ok_and(|source| source.change_announced()),
         may_skip: dest.drift.may_skip(applyset_id),
         verification_due: ctx
@@ -254,7 +254,7 @@ pub(super) async fn full_sync(
     let planned = plan_app(
         client,
         &dest.target.resolver,
-        &ctx.options.app_options(),
+        &ctx.pipeline,
         app,
         objects,
         false,
@@ -654,7 +654,7 @@ pub(super) async fn correct_drift(
     if subset.len() < drifted.len() {
         return Ok(Targeted::Full(objects, digest));
     }
-    let mut plan_options = crate::app::plan_options_for(&ctx.options.app_options(), app);
+    let mut plan_options = crate::app::plan_options_for(&ctx.pipeline, app);
     plan_options.partial = true;
     // Health is read afresh after the correction: an unchanged object's state is not kept.
     plan_options.keep_unchanged_live = false;
@@ -758,14 +758,7 @@ pub(super) async fn render_digested(
     revision: &Revision,
     tree: crate::source::git::CommitTree,
 ) -> Result<(Vec<crate::object::Object>, [u8; 32]), String> {
-    let objects = render_app(
-        &dest.target.resolver,
-        &ctx.options.app_options(),
-        app,
-        revision,
-        tree,
-    )
-    .await?;
+    let objects = render_app(&dest.target.resolver, &ctx.pipeline, app, revision, tree).await?;
     let digest = digest_of(&objects);
     Ok((objects, digest))
 }
