@@ -8,6 +8,7 @@
 # 1,000, 5,000 and 10,000 in 100 Applications) for converge time and memory, with a plot
 # (bench/reports/agent-<date>-growth.svg); see bench/agent.py.
 # Writes bench/reports/agent-<date>.md. Not part of `make test`: run `make bench-agent`.
+# TETHER_BIN=… TETHER_VERSION=… REPORT_TAG=… measure another build (e.g. before and after a change).
 # The first run builds the Flux controllers from their Go modules (a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ kustomize_controller=$(testenv bin flux-kustomize-controller)
 versions() { sed -n "s/^$1=//p" testenv/versions.env; }
 export KUBECONFIG; KUBECONFIG="$(testenv env | sed 's/^export KUBECONFIG=//')"
 exec python3 bench/agent.py \
-  --tether target/release/tether --tether-version "$(git rev-parse --short HEAD)" \
+  --tether "${TETHER_BIN:-target/release/tether}" --tether-version "${TETHER_VERSION:-$(git rev-parse --short HEAD)}" \
   --flux-source-controller "$source_controller" --flux-kustomize-controller "$kustomize_controller" \
   --flux-versions "$(versions FLUX_SOURCE_CONTROLLER_VERSION),$(versions FLUX_KUSTOMIZE_CONTROLLER_VERSION)" \
   --kubectl "$(testenv bin kubectl)" --git-server crates/tether/tests/support/git_http_server.py \
@@ -27,4 +28,4 @@ exec python3 bench/agent.py \
   --edits "${EDITS:-100}" --flux-edits "${FLUX_EDITS:-20}" --steady-seconds "${STEADY_SECONDS:-120}" \
   --pushes "${PUSHES:-5}" --flux-pushes "${FLUX_PUSHES:-3}" \
   --tools "${TOOLS:-tether,flux}" \
-  --report "bench/reports/agent-$(date -u +%Y-%m-%d).md"
+  --report "bench/reports/agent-$(date -u +%Y-%m-%d)${REPORT_TAG:+-$REPORT_TAG}.md"

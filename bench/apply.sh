@@ -15,7 +15,8 @@
 # Then objects of many fields (BIG_FIELDS, default "1000 5000 30000" keys of one ConfigMap,
 # direct connection): the size of tether's record of applied fields, and plan, apply and
 # no-op apply times beside kubectl's apply of the same object. BIG_ONLY=1 runs only that.
-# Not part of `make test`: run `make bench-apply` (N=…, LATENCIES=… to change the size).
+# Not part of `make test`: run `make bench-apply` (N=…, LATENCIES=… to change the size;
+# TETHER_BIN=… TETHER_VERSION=… REPORT_TAG=… measure another build, e.g. before and after a change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-1000}
@@ -25,7 +26,8 @@ CEILING_CONCURRENCY=${CEILING_CONCURRENCY:-8 32 128}
 BIG_FIELDS=${BIG_FIELDS:-1000 5000 30000}
 BIG_ONLY=${BIG_ONLY:-}
 cargo build --release --locked --quiet --bin tether --example ssa_ceiling
-tether=$PWD/target/release/tether
+tether=${TETHER_BIN:-$PWD/target/release/tether}
+tether_version=${TETHER_VERSION:-$(git rev-parse --short HEAD)}
 ceiling=$PWD/target/release/examples/ssa_ceiling
 testenv up
 export KUBECONFIG; KUBECONFIG="$(testenv env | sed 's/^export KUBECONFIG=//')"
@@ -250,7 +252,7 @@ PY
 done
 
 mkdir -p bench/reports
-report=bench/reports/apply-${BIG_ONLY:+big-}$(date -u +%Y-%m-%d).md
+report=bench/reports/apply-${BIG_ONLY:+big-}$(date -u +%Y-%m-%d)${REPORT_TAG:+-$REPORT_TAG}.md
 {
   if [ -n "$BIG_ONLY" ]; then
     echo "# apply benchmark: objects of many fields, $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -261,9 +263,9 @@ report=bench/reports/apply-${BIG_ONLY:+big-}$(date -u +%Y-%m-%d).md
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB;"
   echo "cluster: testenv (kube-apiserver $("$kubectl" version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), etcd, controllers, kwok), on the same machine;"
   if [ -n "$BIG_ONLY" ]; then
-    echo "tether $(git rev-parse --short HEAD) (release build); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side\` of the same object); direct connection."
+    echo "tether $tether_version (release build); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side\` of the same object); direct connection."
   else
-    echo "tether $(git rev-parse --short HEAD) (release build, --concurrency 16); ceiling: examples/ssa_ceiling.rs (kube-rs, server-side apply PATCHes only, concurrency $CEILING_CONCURRENCY); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side --applyset --prune\`)."
+    echo "tether $tether_version (release build, --concurrency 16); ceiling: examples/ssa_ceiling.rs (kube-rs, server-side apply PATCHes only, concurrency $CEILING_CONCURRENCY); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side --applyset --prune\`)."
     echo "Latency: Toxiproxy $("$toxiproxy" -version | awk '{print $NF}') between the client and the API server, half of it on each direction; 0 ms is a direct connection."
     echo "One run each, same manifests, separate namespaces (deleted after each latency). Writes and requests: the API server's"
     echo "apiserver_request_total for Deployments, Services and Secrets, subresources apart (writes: POST, PUT, PATCH, APPLY,"
