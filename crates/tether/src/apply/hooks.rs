@@ -17,8 +17,8 @@ use kube::api::{
 use serde::Serialize;
 use serde_json::Value;
 
-use super::describe;
 use crate::cluster::api_for;
+use crate::cluster::describe;
 use crate::cluster::discovery::Resolver;
 use crate::health::{self, HealthStatus};
 use crate::object::ObjectKey;
@@ -96,7 +96,7 @@ impl Runner<'_> {
         for group in hooks.chunk_by(|a, b| {
             a.run_order().0 == b.run_order().0 && a.run_order().2 == b.run_order().2
         }) {
-            // Indexes, not `iter().map(|hook| …)`: see `apply_batch`.
+            // Indexes, not `iter().map(|hook| …)`: see `execute::apply_batch`.
             let runs =
                 futures::future::join_all((0..group.len()).map(|i| self.run_one(group[i], phase)))
                     .await;
@@ -312,7 +312,7 @@ async fn remove_earlier_runs(
                 ));
             }
         }
-        super::wait_gone(api, &name, timeout)
+        super::prune::wait_gone(api, &name, timeout)
             .await
             .map_err(|e| format!("the earlier run {name} is {e}"))?;
     }
