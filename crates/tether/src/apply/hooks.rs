@@ -7,8 +7,10 @@
 //! deleted only once every hook of the phase succeeded (or, as Helm does, when one fails).
 //! Start at [`Runner::run`].
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, PostParams, PropagationPolicy, WatchEvent,
@@ -17,8 +19,8 @@ use kube::api::{
 use serde::Serialize;
 use serde_json::Value;
 
-use super::describe;
 use crate::cluster::api_for;
+use crate::cluster::describe;
 use crate::cluster::discovery::Resolver;
 use crate::health::{self, HealthStatus};
 use crate::object::ObjectKey;
@@ -96,7 +98,7 @@ impl Runner<'_> {
         for group in hooks.chunk_by(|a, b| {
             a.run_order().0 == b.run_order().0 && a.run_order().2 == b.run_order().2
         }) {
-            // Indexes, not `iter().map(|hook| …)`: see `apply_batch`.
+            // Indexes, not `iter().map(|hook| …)`: see `execute::apply_batch`.
             let runs =
                 futures::future::join_all((0..group.len()).map(|i| self.run_one(group[i], phase)))
                     .await;
@@ -312,7 +314,7 @@ async fn remove_earlier_runs(
                 ));
             }
         }
-        super::wait_gone(api, &name, timeout)
+        super::prune::wait_gone(api, &name, timeout)
             .await
             .map_err(|e| format!("the earlier run {name} is {e}"))?;
     }
@@ -330,85 +332,121 @@ async fn watch_until_finished(
     timeout: Duration,
     note: &(dyn Fn(&str) + Sync),
 ) -> Result<String, String> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let name = created.metadata.name.clone().unwrap_or_default();
-    let mut version = created
-        .metadata
-        .resource_version
-        .clone()
-        .unwrap_or_default();
-    let mut last = serde_json::to_value(created).expect("objects serialize");
-    let timed_out = |last: &Value| {
-        format!(
-            "not finished after {} s: {}",
-            timeout.as_secs(),
-            health::assess(Some(last)).message
-        )
+    let mut watch = Watch {
+        api,
+        name: created.metadata.name.clone().unwrap_or_default(),
+        kind,
+        deadline: tokio::time::Instant::now() + timeout,
+        timeout,
+        note,
+        version: created
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default(),
+        last: serde_json::to_value(created).expect("objects serialize"),
     };
     // Bounded: each watch lasts until the deadline at most (or the server's own limit).
     loop {
-        if let Some(done) = finished(kind, &last) {
+        if let Some(done) = finished(kind, &watch.last) {
             return done;
         }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let left = watch
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
-            return Err(timed_out(&last));
+            return Err(watch.timed_out());
         }
         let params = WatchParams::default()
-            .fields(&format!("metadata.name={name}"))
+            .fields(&format!("metadata.name={}", watch.name))
             .timeout(left.as_secs().clamp(1, 290) as u32);
         let events = api
-            .watch(&params, &version)
+            .watch(&params, &watch.version)
             .await
             .map_err(|e| format!("cannot watch it: {}", describe(&e)))?;
-        let mut events = events.boxed();
+        if let ControlFlow::Break(done) = watch.follow(events.boxed()).await? {
+            return Ok(done);
+        }
+    }
+}
+
+/// One hook object being watched: where, until when, and what was last seen of it.
+struct Watch<'a> {
+    api: &'a Api<DynamicObject>,
+    name: String,
+    kind: &'a str,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    note: &'a (dyn Fn(&str) + Sync),
+    /// The resourceVersion to watch from.
+    version: String,
+    last: Value,
+}
+
+impl Watch<'_> {
+    fn timed_out(&self) -> String {
+        format!(
+            "not finished after {} s: {}",
+            self.timeout.as_secs(),
+            health::assess(Some(&self.last)).message
+        )
+    }
+
+    /// Follows one watch: `Break` with how the hook succeeded, `Err` with why it failed,
+    /// `Continue` when the watch ended before it finished (watch again from `version`).
+    async fn follow(
+        &mut self,
+        mut events: BoxStream<'_, Result<WatchEvent<DynamicObject>, kube::Error>>,
+    ) -> Result<ControlFlow<String>, String> {
         loop {
-            let event = match tokio::time::timeout_at(deadline, events.try_next()).await {
-                Err(_) => return Err(timed_out(&last)),
+            let event = match tokio::time::timeout_at(self.deadline, events.try_next()).await {
+                Err(_) => return Err(self.timed_out()),
                 Ok(Err(e)) => {
                     tracing::debug!(err = %e, "a hook's watch ended; watching again");
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    break;
+                    return Ok(ControlFlow::Continue(()));
                 }
                 // The server ended the watch: watch again from the last version seen (a
                 // pause, so that a server ending every watch at once is not asked in a loop).
                 Ok(Ok(None)) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    break;
+                    return Ok(ControlFlow::Continue(()));
                 }
                 Ok(Ok(Some(event))) => event,
             };
             match event {
                 WatchEvent::Added(object) | WatchEvent::Modified(object) => {
-                    version = object.metadata.resource_version.clone().unwrap_or_default();
-                    last = serde_json::to_value(object).expect("objects serialize");
-                    if let Some(done) = finished(kind, &last) {
-                        return done;
+                    self.version = object.metadata.resource_version.clone().unwrap_or_default();
+                    self.last = serde_json::to_value(object).expect("objects serialize");
+                    if let Some(done) = finished(self.kind, &self.last) {
+                        return done.map(ControlFlow::Break);
                     }
-                    note(&health::assess(Some(&last)).message);
+                    (self.note)(&health::assess(Some(&self.last)).message);
                 }
                 WatchEvent::Deleted(object) => {
                     let gone = serde_json::to_value(object).expect("objects serialize");
-                    return finished(kind, &gone).unwrap_or_else(|| {
+                    let done = finished(self.kind, &gone).unwrap_or_else(|| {
                         Err(format!(
                             "it was deleted before it finished (last seen: {})",
                             health::assess(Some(&gone)).message
                         ))
                     });
+                    return done.map(ControlFlow::Break);
                 }
-                WatchEvent::Bookmark(bookmark) => version = bookmark.metadata.resource_version,
+                WatchEvent::Bookmark(bookmark) => self.version = bookmark.metadata.resource_version,
                 // The version is too old (compacted): read the object again, watch from it.
                 WatchEvent::Error(status) if status.code == 410 => {
-                    let live = api
-                        .get_opt(&name)
+                    let live = self
+                        .api
+                        .get_opt(&self.name)
                         .await
                         .map_err(|e| format!("cannot read it: {}", describe(&e)))?
                         .ok_or(
                             "it was deleted while its watch was interrupted; whether it finished is unknown",
                         )?;
-                    version = live.metadata.resource_version.clone().unwrap_or_default();
-                    last = serde_json::to_value(live).expect("objects serialize");
-                    break;
+                    self.version = live.metadata.resource_version.clone().unwrap_or_default();
+                    self.last = serde_json::to_value(live).expect("objects serialize");
+                    return Ok(ControlFlow::Continue(()));
                 }
                 WatchEvent::Error(status) => {
                     return Err(format!("cannot watch it: {}", status.message));
@@ -524,44 +562,4 @@ fn finished(kind: &str, live: &Value) -> Option<Result<String, String>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn a_jobs_pods_are_told_from_another_jobs() {
-        assert!(pod_of_job("db-x7k2p", "db"));
-        assert!(pod_of_job("db-3-x7k2p", "db"));
-        assert!(!pod_of_job("db-migrate-x7k2p", "db"));
-        assert!(!pod_of_job("dbx-x7k2p", "db"));
-    }
-
-    #[test]
-    fn a_hook_is_done_when_its_job_or_pod_finished() {
-        let job = |condition: &str| json!({"apiVersion": "batch/v1", "kind": "Job", "status": {"conditions": [{"type": condition, "status": "True", "message": "deadline"}]}});
-        assert!(matches!(finished("Job", &job("Complete")), Some(Ok(_))));
-        assert!(matches!(finished("Job", &job("Failed")), Some(Err(_))));
-        assert_eq!(
-            finished(
-                "Job",
-                &json!({"apiVersion": "batch/v1", "kind": "Job", "status": {}})
-            ),
-            None
-        );
-        let pod = |phase: &str| json!({"apiVersion": "v1", "kind": "Pod", "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True"}]}});
-        assert_eq!(
-            finished("Pod", &pod("Running")),
-            None,
-            "running is not done"
-        );
-        assert!(matches!(finished("Pod", &pod("Succeeded")), Some(Ok(_))));
-        assert!(matches!(finished("Pod", &pod("Failed")), Some(Err(_))));
-        assert!(matches!(
-            finished(
-                "ConfigMap",
-                &json!({"apiVersion": "v1", "kind": "ConfigMap"})
-            ),
-            Some(Ok(_))
-        ));
-    }
-}
+mod tests;

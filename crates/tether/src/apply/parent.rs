@@ -1,0 +1,175 @@
+//! The ApplySet parent Secret: the inventory widened before anything is created,
+//! narrowed once the prunes are done, and whether the hooks of the last sync all ran.
+
+use std::collections::BTreeSet;
+
+use kube::api::{Api, Patch, PatchParams};
+
+use super::execute::Run;
+use super::{ApplyReport, Error};
+use crate::cluster::describe;
+use crate::inventory::ApplySet;
+use crate::object::GroupKind;
+use crate::plan::hooks::Phase;
+use crate::plan::{Action, FIELD_MANAGER, Plan};
+
+impl Run<'_> {
+    /// Widens the inventory before anything is created (crash safety).
+    pub async fn widen(&mut self) {
+        let widened = widened(self.plan);
+        if let Err(e) = self
+            .parent
+            .record(self.client, &widened, &mut self.report)
+            .await
+        {
+            self.stop(e);
+        }
+    }
+
+    /// Narrows the inventory, only after the deletes are done.
+    pub async fn narrow(&mut self) {
+        let narrowed = narrowed(self.plan);
+        if let Err(e) = self
+            .parent
+            .record(self.client, &narrowed, &mut self.report)
+            .await
+        {
+            self.stop(e);
+        }
+    }
+
+    /// Records whether this sync's hooks all ran to the end: why not, when an error stopped
+    /// the sync or the report says it failed.
+    pub async fn record_hooks(&mut self) {
+        let why = match &self.error {
+            Some(e) => Some(e.to_string()),
+            None => self.report.failure_message(),
+        };
+        let plan = self.plan;
+        if let Err(e) = self
+            .parent
+            .record_hooks(self.client, plan, why, &mut self.report)
+            .await
+        {
+            self.stop(e);
+        }
+    }
+}
+
+/// The desired objects' kinds, and their namespaces beyond the parent's own (the
+/// ApplySet's "additional namespaces").
+fn desired_members(plan: &Plan) -> (BTreeSet<GroupKind>, BTreeSet<String>) {
+    let desired = plan.changes.iter().filter(|c| c.action != Action::Prune);
+    let kinds = desired
+        .clone()
+        .map(|c| GroupKind {
+            group: c.key.group.clone(),
+            kind: c.key.kind.clone(),
+        })
+        .collect();
+    let namespaces = desired
+        .filter(|c| !c.key.namespace.is_empty() && c.key.namespace != plan.options.namespace)
+        .map(|c| c.key.namespace.clone())
+        .collect();
+    (kinds, namespaces)
+}
+
+/// The set as recorded, with the desired objects' kinds and namespaces added (and the
+/// plan's Application and source).
+pub(super) fn widened(plan: &Plan) -> ApplySet {
+    let (kinds, namespaces) = desired_members(plan);
+    let mut widened = plan.applyset.clone();
+    if plan.options.application.is_some() {
+        widened.application = plan.options.application.clone();
+    }
+    if plan.options.source.is_some() {
+        widened.source = plan.options.source.clone();
+    }
+    widened.group_kinds.extend(kinds);
+    widened.namespaces.extend(namespaces);
+    widened
+}
+
+/// The widened set with only the desired objects' kinds and namespaces.
+pub(super) fn narrowed(plan: &Plan) -> ApplySet {
+    let (kinds, namespaces) = desired_members(plan);
+    let mut narrowed = widened(plan);
+    narrowed.group_kinds = kinds;
+    narrowed.namespaces = namespaces;
+    narrowed
+}
+
+/// What the parent Secret records now; written only when that changes (never on a no-op).
+pub(super) struct Parent {
+    pub recorded: ApplySet,
+    pub exists: bool,
+}
+
+impl Parent {
+    pub async fn record(
+        &mut self,
+        client: &kube::Client,
+        set: &ApplySet,
+        report: &mut ApplyReport,
+    ) -> Result<(), Error> {
+        if self.exists
+            && set.group_kinds == self.recorded.group_kinds
+            && set.namespaces == self.recorded.namespaces
+            && set.application == self.recorded.application
+            && set.hooks_unfinished == self.recorded.hooks_unfinished
+            && set.source == self.recorded.source
+        {
+            return Ok(());
+        }
+        let api: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(client.clone(), &set.namespace);
+        let manifest = set.parent_manifest();
+        api.patch(
+            &set.parent_name(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&manifest),
+        )
+        .await
+        .map_err(|e| Error::Parent {
+            name: set.parent_name(),
+            reason: describe(&e),
+        })?;
+        report.writes += 1;
+        self.recorded = set.clone();
+        self.exists = true;
+        Ok(())
+    }
+
+    /// Records whether the hooks of this sync (which ran them) all succeeded: until a sync
+    /// runs them to the end, the set is not in sync and the next sync runs them again. A
+    /// set without a parent yet needs no record: its next sync creates everything anyway.
+    pub async fn record_hooks(
+        &mut self,
+        client: &kube::Client,
+        plan: &Plan,
+        why: Option<String>,
+        report: &mut ApplyReport,
+    ) -> Result<(), Error> {
+        if !self.exists {
+            return Ok(());
+        }
+        let due = plan
+            .hooks
+            .iter()
+            .any(|h| h.phases.iter().any(|p| *p != Phase::SyncFail));
+        let mut set = self.recorded.clone();
+        set.hooks_unfinished = match why {
+            Some(why) if due => Some(crate::inventory::UnfinishedHooks::new(
+                !plan.parent_exists
+                    || plan
+                        .applyset
+                        .hooks_unfinished
+                        .as_ref()
+                        .is_some_and(|u| u.install),
+                &why,
+            )),
+            _ => None,
+        };
+        self.record(client, &set, report).await
+    }
+}
