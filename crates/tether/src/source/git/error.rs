@@ -77,9 +77,14 @@ pub(super) struct Facts {
     pub(super) text: String,
     /// The innermost message.
     pub(super) deepest: String,
-    /// The kind of the first I/O error in the chain.
+    pub(super) signals: Signals,
+}
+
+/// What an error says besides its words: gix's classification of it, and the kind of the
+/// first I/O error in its chain.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Signals {
     pub(super) io_kind: Option<ErrorKind>,
-    /// gix's own classification of the error.
     pub(super) unauthenticated: bool,
     pub(super) not_found: bool,
     pub(super) can_retry: bool,
@@ -93,13 +98,8 @@ impl Facts {
         scheme: Scheme,
         ssh_stderr: Option<&str>,
     ) -> Self {
-        let mut chain: Vec<String> = err.iter_errors().map(|e| e.to_string()).collect();
-        chain.extend(ssh_stderr.map(ssh_said).unwrap_or_default());
-        Self {
-            url: url.to_string(),
-            scheme,
-            text: chain.join(": "),
-            deepest: chain.last().cloned().unwrap_or_default(),
+        let chain = err.iter_errors().map(|e| e.to_string()).collect();
+        let signals = Signals {
             io_kind: err
                 .iter_errors()
                 .find_map(|e| e.downcast_ref::<std::io::Error>())
@@ -107,6 +107,25 @@ impl Facts {
             unauthenticated: err.is_unauthenticated(),
             not_found: err.is_not_found(),
             can_retry: err.can_retry(),
+        };
+        Self::new(url, scheme, chain, ssh_stderr, signals)
+    }
+
+    /// The facts of an error chain's messages (outermost first) and ssh's stderr.
+    pub(super) fn new(
+        url: &str,
+        scheme: Scheme,
+        mut chain: Vec<String>,
+        ssh_stderr: Option<&str>,
+        signals: Signals,
+    ) -> Self {
+        chain.extend(ssh_stderr.map(ssh_said).unwrap_or_default());
+        Self {
+            url: url.to_string(),
+            scheme,
+            text: chain.join(": "),
+            deepest: chain.last().cloned().unwrap_or_default(),
+            signals,
         }
     }
 }
@@ -158,7 +177,12 @@ const RULES: &[Rule] = &[
     Rule {
         class: Class::Timeout,
         words: &["timed out"],
-        signal: |f, _| matches!(f.io_kind, Some(ErrorKind::TimedOut | ErrorKind::WouldBlock)),
+        signal: |f, _| {
+            matches!(
+                f.signals.io_kind,
+                Some(ErrorKind::TimedOut | ErrorKind::WouldBlock)
+            )
+        },
     },
     Rule {
         class: Class::HostKey,
@@ -176,7 +200,7 @@ const RULES: &[Rule] = &[
     Rule {
         class: Class::Auth,
         words: &["permission denied", "authentication"],
-        signal: |f, _| f.unauthenticated,
+        signal: |f, _| f.signals.unauthenticated,
     },
     Rule {
         class: Class::NotARepository,
@@ -186,7 +210,9 @@ const RULES: &[Rule] = &[
             "does not appear to be a git repository",
             "repository not found",
         ],
-        signal: |f, lower| says_404(lower, &f.url) || (f.not_found && f.scheme == Scheme::File),
+        signal: |f, lower| {
+            says_404(lower, &f.url) || (f.signals.not_found && f.scheme == Scheme::File)
+        },
     },
     Rule {
         class: Class::ServerError,
@@ -201,10 +227,10 @@ const RULES: &[Rule] = &[
             "connection refused",
         ],
         signal: |f, _| {
-            f.can_retry
-                || f.not_found
+            f.signals.can_retry
+                || f.signals.not_found
                 || matches!(
-                    f.io_kind,
+                    f.signals.io_kind,
                     Some(
                         ErrorKind::ConnectionRefused
                             | ErrorKind::ConnectionReset
