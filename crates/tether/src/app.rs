@@ -34,6 +34,8 @@ pub struct AppOptions {
     pub require_service_account: bool,
     /// The memory limit of a render whose Application sets none.
     pub render_memory: u64,
+    /// The ref listings its fetches share (see [`crate::source::git::Listings`]).
+    pub listings: std::sync::Arc<crate::source::git::Listings>,
 }
 
 impl Default for AppOptions {
@@ -45,6 +47,7 @@ impl Default for AppOptions {
             concurrency: 16,
             require_service_account: false,
             render_memory: crate::render::external::DEFAULT_MEMORY_BYTES,
+            listings: Default::default(),
         }
     }
 }
@@ -109,6 +112,7 @@ pub fn git_source(
     let mut source = GitSource::new(spec.source.repo_url.clone(), reference);
     source.cache_dir = options.cache_dir.join("git");
     source.listing_max_age = listing_max_age;
+    source.listings = options.listings.clone();
     // Known by the Secret's name before it is read, so that idle polls share listings.
     source.credential_id = spec.source.secret_ref.as_ref().map(|secret| {
         format!(

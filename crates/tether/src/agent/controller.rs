@@ -118,6 +118,7 @@ pub async fn run(
                 ready.clone(),
                 api,
                 relay,
+                options.listings.clone(),
             );
             let app = match ui {
                 Some(ui) => app.merge(ui::routes(ui)),

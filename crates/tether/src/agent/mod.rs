@@ -113,6 +113,10 @@ pub struct AgentOptions {
     /// `spec.render.memoryLimit` (renders running at once share
     /// [`crate::render::external::set_memory_budget`]).
     pub render_memory: u64,
+    /// The ref listings that this agent's fetches, webhooks, API and UI share (a webhook
+    /// makes them stale). `Default` makes a new one: agents built from their own options
+    /// share nothing.
+    pub listings: std::sync::Arc<crate::source::git::Listings>,
 }
 
 /// The backstop's default period (see [`AgentOptions::verify_interval`]).
@@ -128,6 +132,7 @@ impl AgentOptions {
             concurrency: self.concurrency,
             require_service_account: self.require_service_account,
             render_memory: self.render_memory,
+            listings: self.listings.clone(),
         }
     }
 }
@@ -152,6 +157,7 @@ impl Default for AgentOptions {
             namespaced: false,
             notify: Default::default(),
             render_memory: crate::render::external::DEFAULT_MEMORY_BYTES,
+            listings: Default::default(),
         }
     }
 }

@@ -110,7 +110,7 @@ pub(super) fn take_refresh(ctx: &Context, app: &Application) {
         new
     });
     if new {
-        crate::source::git::forget_listing(&app.spec.source.repo_url);
+        ctx.pipeline.listings.forget(&app.spec.source.repo_url);
     }
 }
 

@@ -182,6 +182,8 @@ struct ServerState {
     ready: Arc<AtomicBool>,
     deliveries: Arc<std::sync::Mutex<Deliveries>>,
     relay: Option<Relay>,
+    /// The agent's ref listings, made stale by a push.
+    listings: Arc<crate::source::git::Listings>,
 }
 
 /// For sharded agents: a push for an Application of another agent's shard is passed on by
@@ -285,6 +287,7 @@ impl Deliveries {
 }
 
 /// The router; `ready` turns true once the controller's first list of Applications is in.
+#[allow(clippy::too_many_arguments)] // each is one piece of the agent the routes use
 pub fn router(
     metrics: Arc<Metrics>,
     applications: Store<Application>,
@@ -293,6 +296,7 @@ pub fn router(
     ready: Arc<AtomicBool>,
     api: Option<super::api::ApiState>,
     relay: Option<Relay>,
+    listings: Arc<crate::source::git::Listings>,
 ) -> Router {
     let state = ServerState {
         metrics,
@@ -302,6 +306,7 @@ pub fn router(
         ready,
         deliveries: Default::default(),
         relay,
+        listings,
     };
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -509,7 +514,7 @@ async fn webhook(
     for app in state.applications.state() {
         if follows(&app, &push) {
             // The push is news: the next fetch must list the remote's refs again.
-            crate::source::git::forget_listing(&app.spec.source.repo_url);
+            state.listings.forget(&app.spec.source.repo_url);
             let _ = state.trigger.send(ObjectRef::from_obj(app.as_ref()));
             if let Some(relay) = &state.relay {
                 relay.pass_on_unless_held(&app);
