@@ -637,9 +637,9 @@ async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_
     write_fixture(&repo, &group, 1);
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
-    let port = support::free_port();
+    let (port, listen) = support::agent::free_listen();
     let options = AgentOptions {
-        listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+        listen,
         // The backstop plans every Application in full every 3 s or so.
         verify_interval: Some(Duration::from_secs(3)),
         kustomize_bin: Some(tool("kustomize")),
@@ -802,11 +802,9 @@ async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_
 
     // The operator's view agrees, rendering the chart as the agent does (the cluster's
     // version for Helm), with the programs named on the command line.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+    let out = support::tether_command()
         .args(["diff", "chart", "-n", &ns.name, "--helm-bin"])
         .arg(tool("helm"))
-        .arg("--kubeconfig")
-        .arg(support::kubeconfig())
         .env_remove("TETHER_HELM")
         .env("PATH", "/usr/bin:/bin")
         .output()

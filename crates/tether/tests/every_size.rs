@@ -15,16 +15,8 @@ use support::agent::{
     applied, create_application, health, options_for, ready, start_agent, sync_state, until,
 };
 use support::git::{GitDaemon, GitRepo};
-use support::{NodeLabel, TestCrd, TestNamespace, cluster, kubectl, tether, unique_name};
+use support::{NodeLabel, TestCrd, TestNamespace, cluster, kubectl, said, tether, unique_name};
 use tether::agent::{Application, install_crd};
-
-fn said(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Reads `apps/name` every 50 ms until `check` holds; how long it took (fails after 30 s).
 async fn time_until(
