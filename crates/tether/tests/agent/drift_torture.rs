@@ -6,7 +6,7 @@
 //! may say Synced while the cluster differs from Git (a plan right after each write checks
 //! it); and the backstop's full plans must find nothing that the watches missed.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,7 @@ use tether::cluster::discovery::Resolver;
 /// path takes 0.5–1.3 s here; a correction that waited for the backstop (every 3 s in
 /// this test) would not make it. Until the fix of a sync request pinned to the old
 /// revision (see `a_sync_asked_for_while_a_hand_edit_waits_applies_the_new_commit` in
-/// tests/agent.rs), an edit made during the new commit's sync sometimes did not.
+/// tests/agent/agent.rs), an edit made during the new commit's sync sometimes did not.
 const CORRECTED_WITHIN: Duration = Duration::from_secs(2);
 /// How long after an edit was done the agent may not know of it yet (its watch's delay,
 /// and the checker's own in seeing the status): a difference on an object edited earlier

@@ -9,7 +9,7 @@
 //! on its own. A case's folder is its repository root (no `.git` above it), so a symlink
 //! or path that leaves it leaves the repository.
 
-mod support;
+use crate::support;
 use support::fixtures::configmap;
 
 use std::collections::BTreeMap;

@@ -3,7 +3,7 @@
 //! flag; an Application whose cluster cannot be made to match Git is never Synced; health
 //! follows each member's status change, both ways, within 2 s.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

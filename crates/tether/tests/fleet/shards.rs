@@ -5,7 +5,7 @@
 //! killed with SIGKILL its shards move to the others within the lease time and a new commit
 //! still reaches all 60 Applications.
 
-mod support;
+use crate::support;
 use support::fixtures::configmap;
 
 use std::collections::{BTreeMap, HashMap};

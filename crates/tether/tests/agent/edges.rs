@@ -3,7 +3,7 @@
 //! label was removed is still tether's, and an object another owner holds fails alone while
 //! the rest keeps being synced and healed (rule 13).
 
-mod support;
+use crate::support;
 use support::fixtures::configmap;
 
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! Git still has is ever deleted (uids never change), and the agent converges once the
 //! fault is gone.
 
-mod support;
+use crate::support;
 use support::fixtures::configmap;
 
 use std::collections::BTreeMap;

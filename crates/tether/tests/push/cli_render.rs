@@ -1,7 +1,7 @@
 //! `tether render` run as a user runs it, against a real `git daemon` and on this
 //! repository's own example folder.
 
-mod support;
+use crate::support;
 
 use support::git::{GitDaemon, GitRepo};
 

@@ -2,7 +2,7 @@
 //! synced, new commits are applied, removed files are pruned, suspend stops changes, and
 //! the status and printer columns tell what happened.
 
-mod support;
+use crate::support;
 use support::fixtures::{configmap, configmap_json};
 
 use std::time::{Duration, Instant};

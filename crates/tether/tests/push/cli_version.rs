@@ -1,6 +1,6 @@
 //! `tether version` run as a user runs it: the real binary, a real kubeconfig.
 
-mod support;
+use crate::support;
 
 use std::process::Output;
 

@@ -5,7 +5,7 @@
 //! failure, and while the second cluster's API server is down the Application on the first
 //! still applies a new commit.
 
-mod support;
+use crate::support;
 use support::fixtures::configmap;
 
 use std::time::{Duration, Instant};

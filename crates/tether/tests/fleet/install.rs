@@ -3,7 +3,7 @@
 //! what differs and prunes what the new install no longer has, and `tether uninstall`
 //! removes the agent but leaves the namespace and the CRD.
 
-mod support;
+use crate::support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};

@@ -6,7 +6,7 @@
 //! Gitea takes about 5 minutes to build the first time (`make test` does it once; the test
 //! itself takes about 10 s).
 
-mod support;
+use crate::support;
 use support::fixtures::configmap;
 
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! chart or Jsonnet program is stopped at its memory or time limit while the agent goes on
 //! serving the other Applications.
 
-mod support;
+use crate::support;
 use support::fixtures::configmap;
 
 use std::time::{Duration, Instant};

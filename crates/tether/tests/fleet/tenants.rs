@@ -5,7 +5,7 @@
 //! objects are never adopted or pruned. With `--require-service-account`, an Application
 //! that names no account is refused before anything is fetched.
 
-mod support;
+use crate::support;
 use support::fixtures::configmap_in;
 
 use k8s_openapi::api::core::v1::ConfigMap;

@@ -2,10 +2,10 @@
 //! controller finishes the Jobs): a wave waits until the one before it is Healthy, a
 //! failing PreSync hook stops the sync before anything is written and runs the SyncFail
 //! hooks, PostSync runs once everything is Healthy, delete policies, and Helm's install
-//! and upgrade hooks. The agent runs the same engine (tests/agent.rs covers what it
+//! and upgrade hooks. The agent runs the same engine (tests/agent/agent.rs covers what it
 //! records).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
