@@ -15,7 +15,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -456,12 +456,6 @@ async fn setup(prefix: &str) -> Setup {
     }
 }
 
-fn tether() -> Command {
-    let mut command = support::tether_command();
-    command.stdin(Stdio::null()).stdout(Stdio::null());
-    command
-}
-
 fn log_file(path: &Path) -> std::fs::File {
     std::fs::OpenOptions::new()
         .create(true)
@@ -490,7 +484,9 @@ impl Subject for Agent {
     }
 
     fn start(&self, _commit: &str) -> Child {
-        tether()
+        support::tether_command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .args(["agent", "-n", &self.ns, "--verify-interval", "0", "-v"])
             .env("TETHER_CACHE_DIR", &self.cache)
             .stderr(log_file(&self.log))
@@ -527,7 +523,9 @@ impl Subject for ApplyCommand {
     }
 
     fn start(&self, _commit: &str) -> Child {
-        tether()
+        support::tether_command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .args([
                 "apply",
                 "--repo",

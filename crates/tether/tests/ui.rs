@@ -6,6 +6,7 @@
 //! `target/tmp/ui-screenshots/`.
 
 mod support;
+use support::fixtures::configmap;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -130,10 +131,6 @@ fn deployment(replicas: u32) -> String {
     )
 }
 
-fn cm(name: &str, color: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: {color}\n")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_ui_shows_applications_live_and_acts_on_them() {
     let client = cluster().await.client();
@@ -143,19 +140,19 @@ async fn the_web_ui_shows_applications_live_and_acts_on_them() {
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
     repo.write("shop/web.yaml", &deployment(2));
-    repo.write("shop/settings.yaml", &cm("settings", "blue"));
+    repo.write("shop/settings.yaml", &configmap("settings", "blue"));
     repo.write(
         "shop/db.yaml",
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: hunter2-never-shown\n",
     );
-    repo.write("blog/a.yaml", &cm("blog", "green"));
+    repo.write("blog/a.yaml", &configmap("blog", "green"));
     let first = repo.commit("shop: first release");
     let daemon = GitDaemon::start(&root);
-    let port = support::free_port();
+    let (port, listen) = support::agent::free_listen();
     let agent = start_agent(
         &client,
         AgentOptions {
-            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            listen,
             api_token: Some(OPERATOR.as_bytes().to_vec()),
             api_readonly_token: Some(VIEWER.as_bytes().to_vec()),
             ..options_for(&ns, dir.path())
@@ -183,7 +180,7 @@ async fn the_web_ui_shows_applications_live_and_acts_on_them() {
         .await;
     }
     // A second commit, so that history has a revision to roll back to.
-    repo.write("shop/settings.yaml", &cm("settings", "teal"));
+    repo.write("shop/settings.yaml", &configmap("settings", "teal"));
     let second = repo.commit("shop: teal");
     apps.patch(
         "shop",

@@ -41,6 +41,16 @@ impl RunningAgent {
     }
 }
 
+/// A free port on loopback and the agent's `listen` address on it (its HTTP server:
+/// probes, metrics, webhooks, the API and the UI).
+pub fn free_listen() -> (u16, Option<std::net::SocketAddr>) {
+    let port = super::free_port();
+    (
+        port,
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+    )
+}
+
 /// An agent watching the test namespace, caching under `dir`.
 pub fn options_for(ns: &TestNamespace, dir: &std::path::Path) -> AgentOptions {
     AgentOptions {

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod agent;
+pub mod fixtures;
 pub mod git;
 pub mod gitea;
 pub mod toxiproxy;
@@ -161,15 +162,18 @@ pub fn tool(name: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// The `tether` binary of this build, pointed at the test cluster (`--kubeconfig`), with
-/// `KUBECONFIG` and `RUST_LOG` removed from its environment.
-pub fn tether_command() -> std::process::Command {
+/// The `tether` binary of this build, with `KUBECONFIG` and `RUST_LOG` removed from its
+/// environment and pointed at no cluster (for commands that need none, or a test's own).
+pub fn tether_bin() -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+    command.env_remove("KUBECONFIG").env_remove("RUST_LOG");
     command
-        .arg("--kubeconfig")
-        .arg(kubeconfig())
-        .env_remove("KUBECONFIG")
-        .env_remove("RUST_LOG");
+}
+
+/// [`tether_bin`] pointed at the test cluster (`--kubeconfig`).
+pub fn tether_command() -> std::process::Command {
+    let mut command = tether_bin();
+    command.arg("--kubeconfig").arg(kubeconfig());
     command
 }
 
@@ -179,6 +183,23 @@ pub fn tether(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("the tether binary runs")
+}
+
+/// Runs `tether args…` pointed at no cluster ([`tether_bin`]) and returns what it printed.
+pub fn tether_offline(args: &[&str]) -> std::process::Output {
+    tether_bin()
+        .args(args)
+        .output()
+        .expect("the tether binary runs")
+}
+
+/// What a program printed: its stdout, then its stderr.
+pub fn said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Runs the kubectl that testenv built (same version as the server) against the test

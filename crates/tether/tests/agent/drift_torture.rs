@@ -6,7 +6,7 @@
 //! may say Synced while the cluster differs from Git (a plan right after each write checks
 //! it); and the backstop's full plans must find nothing that the watches missed.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,7 @@ use tether::cluster::discovery::Resolver;
 /// path takes 0.5–1.3 s here; a correction that waited for the backstop (every 3 s in
 /// this test) would not make it. Until the fix of a sync request pinned to the old
 /// revision (see `a_sync_asked_for_while_a_hand_edit_waits_applies_the_new_commit` in
-/// tests/agent.rs), an edit made during the new commit's sync sometimes did not.
+/// tests/agent/agent.rs), an edit made during the new commit's sync sometimes did not.
 const CORRECTED_WITHIN: Duration = Duration::from_secs(2);
 /// How long after an edit was done the agent may not know of it yet (its watch's delay,
 /// and the checker's own in seeing the status): a difference on an object edited earlier
@@ -637,9 +637,9 @@ async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_
     write_fixture(&repo, &group, 1);
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
-    let port = support::free_port();
+    let (port, listen) = support::agent::free_listen();
     let options = AgentOptions {
-        listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+        listen,
         // The backstop plans every Application in full every 3 s or so.
         verify_interval: Some(Duration::from_secs(3)),
         kustomize_bin: Some(tool("kustomize")),
@@ -802,11 +802,9 @@ async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_
 
     // The operator's view agrees, rendering the chart as the agent does (the cluster's
     // version for Helm), with the programs named on the command line.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+    let out = support::tether_command()
         .args(["diff", "chart", "-n", &ns.name, "--helm-bin"])
         .arg(tool("helm"))
-        .arg("--kubeconfig")
-        .arg(support::kubeconfig())
         .env_remove("TETHER_HELM")
         .env("PATH", "/usr/bin:/bin")
         .output()

@@ -1,7 +1,7 @@
 //! `tether plan` and `tether apply` as CI runs them: from a real `git daemon`, against the
 //! real control plane, with exit codes, JSON and Markdown output.
 
-mod support;
+use crate::support;
 
 use support::git::{GitDaemon, GitRepo};
 use support::{TestNamespace, cluster, tether, unique_name};

@@ -9,12 +9,12 @@
 //! on its own. A case's folder is its repository root (no `.git` above it), so a symlink
 //! or path that leaves it leaves the repository.
 
-mod support;
+use crate::support;
+use support::fixtures::configmap;
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject};
@@ -25,10 +25,6 @@ use support::agent::{
 use support::git::{GitDaemon, GitRepo};
 use support::{TestNamespace, cluster, unique_name};
 use tether::agent::{AgentOptions, Application, install_crd};
-
-fn cm(name: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: blue\n")
-}
 
 /// What the namespace holds (kind/name → resourceVersion), and whether the cluster-scoped
 /// objects the cases name exist. Objects the control plane adds by itself are left out.
@@ -112,7 +108,10 @@ struct Case {
 /// A folder with the seed's manifest (so the good part of the input is there too) and
 /// `files`, rendered with `tether apply --path {dir}`.
 fn folder(class: &'static str, files: &[(&str, &[u8])]) -> Case {
-    let mut all = vec![("seed.yaml".to_string(), cm("seed").into_bytes())];
+    let mut all = vec![(
+        "seed.yaml".to_string(),
+        configmap("seed", "blue").into_bytes(),
+    )];
     all.extend(files.iter().map(|(p, c)| (p.to_string(), c.to_vec())));
     Case {
         class,
@@ -225,7 +224,7 @@ fn cli_cases(cluster_role: &str, missing_namespace: &str) -> Vec<Case> {
         text
     };
     let oversized = {
-        let mut text = cm("huge");
+        let mut text = configmap("huge", "blue");
         text.push_str(&format!("# {}\n", "x".repeat(8 * 1024 * 1024)));
         text
     };
@@ -251,9 +250,9 @@ fn cli_cases(cluster_role: &str, missing_namespace: &str) -> Vec<Case> {
             .says(&["deep.yaml:69:", "nested more than 64 levels deep"]),
         folder("duplicate keys", &[("dup.yaml", b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  name: b\n")])
             .says(&["dup.yaml:5:3: invalid YAML: duplicate key \"name\"", "remove or rename one"]),
-        folder("duplicate objects", &[("twice.yaml", format!("{}---\n{}", cm("twice"), cm("twice")).as_bytes())])
+        folder("duplicate objects", &[("twice.yaml", format!("{}---\n{}", configmap("twice", "blue"), configmap("twice", "blue")).as_bytes())])
             .says(&["ConfigMap/twice is defined twice: at twice.yaml:1 (document 1) and at twice.yaml:8 (document 2); remove one"]),
-        folder("the same object in two files (one names the namespace)", &[("one.yaml", cm("both").as_bytes()), ("two.yaml", b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: both\n  namespace: {ns}\n")])
+        folder("the same object in two files (one names the namespace)", &[("one.yaml", configmap("both", "blue").as_bytes()), ("two.yaml", b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: both\n  namespace: {ns}\n")])
             .says(&["two.yaml:1 (document 1): ConfigMap/both -n", "is also defined at one.yaml:1 (document 1)"]),
         folder("no kind", &[("nokind.yaml", b"apiVersion: v1\nmetadata:\n  name: a\n")])
             .says(&["nokind.yaml:1 (document 1): kind is missing"]),
@@ -397,7 +396,7 @@ async fn cli_refuses_every_class_and_touches_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("app/seed.yaml", &cm("seed"));
+    repo.write("app/seed.yaml", &configmap("seed", "blue"));
     repo.write(
         "broken/a.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  color: [1, 2\n",
@@ -413,17 +412,16 @@ async fn cli_refuses_every_class_and_touches_nothing() {
     // What a symlink that leaves a case's folder points at: never to be read.
     let outside = dir.path().join("cases/outside");
     std::fs::create_dir_all(&outside).expect("mkdir");
-    std::fs::write(outside.join("stolen.yaml"), cm("stolen")).expect("write");
+    std::fs::write(outside.join("stolen.yaml"), configmap("stolen", "blue")).expect("write");
     std::fs::write(outside.join("values.yaml"), "stolen: true\n").expect("write");
 
     let app = unique_name("bad");
     let cache = dir.path().join("cache");
     let tether = |command: &str, args: &[String]| {
-        Command::new(env!("CARGO_BIN_EXE_tether"))
+        support::tether_command()
             .arg(command)
             .args(args)
-            .args(["--app", &app, "-n", &ns.name, "--kubeconfig"])
-            .arg(support::kubeconfig())
+            .args(["--app", &app, "-n", &ns.name])
             .arg("--git-cache")
             .arg(&cache)
             .arg("--kustomize-bin")
@@ -431,8 +429,6 @@ async fn cli_refuses_every_class_and_touches_nothing() {
             .arg("--helm-bin")
             .arg(support::tool("helm"))
             .env("TETHER_CACHE_DIR", &cache)
-            .env_remove("RUST_LOG")
-            .env_remove("KUBECONFIG")
             .output()
             .expect("the tether binary runs")
     };
@@ -585,7 +581,7 @@ async fn agent_refuses_every_class_and_touches_nothing() {
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("app/seed.yaml", &cm("seed"));
+    repo.write("app/seed.yaml", &configmap("seed", "blue"));
     repo.write(
         "broken/a.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  color: [1, 2\n",
@@ -593,12 +589,12 @@ async fn agent_refuses_every_class_and_touches_nothing() {
     let first = repo.commit("seed");
     let daemon = GitDaemon::start(&root);
     let url = daemon.url("deploy");
-    let port = support::free_port();
+    let (port, listen) = support::agent::free_listen();
     let secret = b"hook-s3cret".to_vec();
     let agent = start_agent(
         &client,
         AgentOptions {
-            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            listen,
             webhook_secret: Some(secret.clone()),
             ..options_for(&ns, dir.path())
         },

@@ -1,7 +1,7 @@
 //! The local control plane (testenv) is real and usable from kube-rs: namespaces list,
 //! Deployments become Available on kwok nodes, CRDs and custom resources round-trip.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! flag; an Application whose cluster cannot be made to match Git is never Synced; health
 //! follows each member's status change, both ways, within 2 s.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -15,16 +15,8 @@ use support::agent::{
     applied, create_application, health, options_for, ready, start_agent, sync_state, until,
 };
 use support::git::{GitDaemon, GitRepo};
-use support::{NodeLabel, TestCrd, TestNamespace, cluster, kubectl, tether, unique_name};
+use support::{NodeLabel, TestCrd, TestNamespace, cluster, kubectl, said, tether, unique_name};
 use tether::agent::{Application, install_crd};
-
-fn said(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Reads `apps/name` every 50 ms until `check` holds; how long it took (fails after 30 s).
 async fn time_until(

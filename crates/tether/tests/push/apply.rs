@@ -2,7 +2,7 @@
 //! writes, removed fields, pruning, ownership, conflicts, CRDs with their resources,
 //! pre-flight, Secret redaction, agreement with kubectl's ApplySet, and health waits.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -5,7 +5,8 @@
 //! killed with SIGKILL its shards move to the others within the lease time and a new commit
 //! still reaches all 60 Applications.
 
-mod support;
+use crate::support;
+use support::fixtures::configmap;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::CommandExt;
@@ -24,10 +25,6 @@ use tether::agent::{Application, install_crd};
 
 const APPLICATIONS: usize = 60;
 const SHARDS: u32 = 12;
-
-fn cm(name: &str, color: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: {color}\n")
-}
 
 const SECRET: &[u8] = b"shards-webhook-secret";
 
@@ -216,7 +213,7 @@ async fn three_agents_share_60_applications_one_at_a_time_and_a_killed_agents_sh
     for i in 0..APPLICATIONS {
         repo.write(
             &format!("app-{i:02}/cm.yaml"),
-            &cm(&format!("app-{i:02}"), "blue"),
+            &configmap(&format!("app-{i:02}"), "blue"),
         );
     }
     let first = repo.commit("first");
@@ -264,7 +261,7 @@ async fn three_agents_share_60_applications_one_at_a_time_and_a_killed_agents_sh
     for i in 0..APPLICATIONS {
         repo.write(
             &format!("app-{i:02}/cm.yaml"),
-            &cm(&format!("app-{i:02}"), "teal"),
+            &configmap(&format!("app-{i:02}"), "teal"),
         );
     }
     let pushed = repo.commit("teal");
@@ -293,7 +290,7 @@ async fn three_agents_share_60_applications_one_at_a_time_and_a_killed_agents_sh
     for i in 0..APPLICATIONS {
         repo.write(
             &format!("app-{i:02}/cm.yaml"),
-            &cm(&format!("app-{i:02}"), "green"),
+            &configmap(&format!("app-{i:02}"), "green"),
         );
     }
     let second = repo.commit("second");

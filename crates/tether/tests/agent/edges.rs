@@ -3,7 +3,8 @@
 //! label was removed is still tether's, and an object another owner holds fails alone while
 //! the rest keeps being synced and healed (rule 13).
 
-mod support;
+use crate::support;
+use support::fixtures::configmap;
 
 use std::time::{Duration, Instant};
 
@@ -20,10 +21,6 @@ use support::{NodeLabel, TestNamespace, cluster, kubectl, tether};
 use tether::agent::{Application, install_crd};
 
 const PART_OF: &str = "applyset.kubernetes.io/part-of";
-
-fn cm(name: &str, color: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: {color}\n")
-}
 
 async fn color(configmaps: &Api<ConfigMap>, name: &str) -> Option<String> {
     configmaps
@@ -50,8 +47,8 @@ async fn a_tether_apply_into_an_applications_set_is_refused_and_once_forced_put_
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("web/settings.yaml", &cm("settings", "blue"));
-    repo.write("web/other.yaml", &cm("other", "blue"));
+    repo.write("web/settings.yaml", &configmap("settings", "blue"));
+    repo.write("web/other.yaml", &configmap("other", "blue"));
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
     let agent = start_agent(&client, options_for(&ns, dir.path()));
@@ -76,7 +73,7 @@ async fn a_tether_apply_into_an_applications_set_is_refused_and_once_forced_put_
     // A laptop's folder with a changed manifest, into the Application's set.
     let laptop = dir.path().join("laptop");
     std::fs::create_dir_all(&laptop).expect("folder");
-    std::fs::write(laptop.join("settings.yaml"), cm("settings", "red")).expect("write");
+    std::fs::write(laptop.join("settings.yaml"), configmap("settings", "red")).expect("write");
     let laptop_apply = |extra: &[&str]| {
         let mut args = vec![
             "apply",
@@ -177,9 +174,9 @@ async fn a_lost_label_is_put_back_and_an_object_another_owner_holds_fails_alone(
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("web/a.yaml", &cm("a", "blue"));
-    repo.write("web/b.yaml", &cm("b", "blue"));
-    repo.write("twin/a.yaml", &cm("a", "blue"));
+    repo.write("web/a.yaml", &configmap("a", "blue"));
+    repo.write("web/b.yaml", &configmap("b", "blue"));
+    repo.write("twin/a.yaml", &configmap("a", "blue"));
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
     let agent = start_agent(&client, options_for(&ns, dir.path()));
@@ -276,8 +273,8 @@ async fn a_lost_label_is_put_back_and_an_object_another_owner_holds_fails_alone(
         )
         .await
         .expect("someone's ConfigMap");
-    repo.write("web/c.yaml", &cm("c", "blue"));
-    repo.write("web/b.yaml", &cm("b", "green"));
+    repo.write("web/c.yaml", &configmap("c", "blue"));
+    repo.write("web/b.yaml", &configmap("b", "green"));
     let second = repo.commit("second");
     support::agent::request_sync(&apps, "web").await;
     let message = fails_with(&apps, "web", "ConfigMap/c").await;
@@ -322,7 +319,7 @@ async fn an_application_without_credentials_never_reads_what_one_with_them_fetch
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "private");
-    repo.write("app/cm.yaml", &cm("private-data", "blue"));
+    repo.write("app/cm.yaml", &configmap("private-data", "blue"));
     let commit = repo.commit("first");
     let password_file = dir.path().join("password");
     std::fs::write(&password_file, "s3cret\n").expect("write");
@@ -402,7 +399,7 @@ async fn health_follows_a_rollout_at_once_and_create_namespace_makes_the_destina
     let node = NodeLabel::new();
     repo.write("web/web.yaml", &node.deployment());
     let created = format!("{}-made", ns.name);
-    repo.write("made/settings.yaml", &cm("settings", "blue"));
+    repo.write("made/settings.yaml", &configmap("settings", "blue"));
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
     let agent = start_agent(&client, options_for(&ns, dir.path()));
@@ -485,7 +482,7 @@ async fn health_follows_a_rollout_at_once_and_create_namespace_makes_the_destina
     let cli_ns = format!("{}-cli", ns.name);
     let folder = dir.path().join("cli");
     std::fs::create_dir_all(&folder).expect("folder");
-    std::fs::write(folder.join("settings.yaml"), cm("settings", "blue")).expect("write");
+    std::fs::write(folder.join("settings.yaml"), configmap("settings", "blue")).expect("write");
     let path = folder.to_str().expect("utf-8");
     let out = tether(&[
         "plan",
@@ -548,11 +545,11 @@ async fn a_jsonnet_folder_is_rendered_and_a_folder_of_skipped_files_is_never_app
     let repo = GitRepo::init(&root, "deploy");
     repo.write(
         "guestbook/main.jsonnet",
-        "local lib = import 'configmap.libsonnet';\nfunction(replicas) [lib.cm('guestbook-' + std.extVar('env'), replicas)]\n",
+        "local lib = import 'configmap.libsonnet';\nfunction(replicas) [lib.configmap('guestbook-' + std.extVar('env'), replicas)]\n",
     );
     repo.write(
         "lib/configmap.libsonnet",
-        "{ cm(name, replicas):: {apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: name}, data: {replicas: std.toString(replicas)}} }\n",
+        "{ configmap(name, replicas):: {apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: name}, data: {replicas: std.toString(replicas)}} }\n",
     );
     repo.write("skipped/helpers.libsonnet", "{}\n");
     repo.write("skipped/README.md", "Only helpers here.\n");
@@ -623,7 +620,7 @@ async fn two_folders_of_one_name_never_share_a_set_by_default() {
     let second = dir.path().join("two/app");
     for (folder, name) in [(&first, "first"), (&second, "second")] {
         std::fs::create_dir_all(folder).expect("folder");
-        std::fs::write(folder.join("cm.yaml"), cm(name, "blue")).expect("write");
+        std::fs::write(folder.join("cm.yaml"), configmap(name, "blue")).expect("write");
     }
     let apply = |folder: &std::path::Path, extra: &[&str]| {
         let mut args = vec![
@@ -693,7 +690,7 @@ async fn the_agent_retries_a_failed_hook_and_is_never_synced_until_it_succeeds()
             "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: check\n  annotations: {{argocd.argoproj.io/hook: PostSync}}\nspec:\n{failing}  template:\n    spec:\n      restartPolicy: Never\n{placement}      containers:\n      - name: run\n        image: registry.invalid/check:1\n"
         )
     };
-    repo.write("app/settings.yaml", &cm("settings", "blue"));
+    repo.write("app/settings.yaml", &configmap("settings", "blue"));
     repo.write("app/check.yaml", &check(true));
     repo.commit("first");
     let daemon = GitDaemon::start(&root);

@@ -6,7 +6,8 @@
 //! Git still has is ever deleted (uids never change), and the agent converges once the
 //! fault is gone.
 
-mod support;
+use crate::support;
+use support::fixtures::configmap;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,10 +25,6 @@ use support::toxiproxy::Toxiproxy;
 use support::{OwnControlPlane, TestNamespace, cluster};
 use tether::agent::{AgentOptions, Application, install_crd};
 use tether::cluster::{Cluster, ClusterOptions};
-
-fn cm(name: &str, color: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: {color}\n")
-}
 
 /// name → (uid, data.color) of every ConfigMap in the namespace but kube-root-ca.crt.
 async fn configmaps(client: &kube::Client, ns: &str) -> BTreeMap<String, (String, String)> {
@@ -74,9 +71,9 @@ async fn git_that_is_silent_cut_off_down_failing_or_slow_keeps_the_last_applied_
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
     for name in ["a", "b", "c"] {
-        repo.write(&format!("app/{name}.yaml"), &cm(name, "blue"));
+        repo.write(&format!("app/{name}.yaml"), &configmap(name, "blue"));
     }
-    repo.write("web/w.yaml", &cm("w", "blue"));
+    repo.write("web/w.yaml", &configmap("w", "blue"));
     let good = repo.commit("good");
     let daemon = GitDaemon::start(&root);
     let http = HttpGitServer::start(&root, None, None);
@@ -109,8 +106,8 @@ async fn git_that_is_silent_cut_off_down_failing_or_slow_keeps_the_last_applied_
 
     // The next commit changes a and w, removes c and brings a big object, so its pack takes a
     // while to send.
-    repo.write("app/a.yaml", &cm("a", "green"));
-    repo.write("web/w.yaml", &cm("w", "green"));
+    repo.write("app/a.yaml", &configmap("a", "green"));
+    repo.write("web/w.yaml", &configmap("w", "green"));
     repo.remove("app/c.yaml");
     // 120 KB of hex from a xorshift generator: it does not compress below ~60 KB.
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
@@ -260,7 +257,7 @@ async fn the_agent_rides_out_latency_thin_links_and_cut_connections_to_the_api_s
     for i in 0..40 {
         repo.write(
             &format!("app/cm-{i:02}.yaml"),
-            &cm(&format!("cm-{i:02}"), "blue"),
+            &configmap(&format!("cm-{i:02}"), "blue"),
         );
     }
     let first_commit = repo.commit("first");
@@ -331,7 +328,7 @@ async fn the_agent_rides_out_latency_thin_links_and_cut_connections_to_the_api_s
     for i in 0..10 {
         repo.write(
             &format!("app/cm-{i:02}.yaml"),
-            &cm(&format!("cm-{i:02}"), "green"),
+            &configmap(&format!("cm-{i:02}"), "green"),
         );
     }
     for i in 35..40 {
@@ -382,7 +379,7 @@ async fn an_api_server_restart_and_etcd_stopped_for_10_s_in_the_middle_of_syncs(
     for i in 0..300 {
         repo.write(
             &format!("app/cm-{i:03}.yaml"),
-            &cm(&format!("cm-{i:03}"), "blue"),
+            &configmap(&format!("cm-{i:03}"), "blue"),
         );
     }
     let first_commit = repo.commit("first");
@@ -472,7 +469,7 @@ async fn an_api_server_restart_and_etcd_stopped_for_10_s_in_the_middle_of_syncs(
     for i in 0..30 {
         repo.write(
             &format!("app/cm-{i:03}.yaml"),
-            &cm(&format!("cm-{i:03}"), "green"),
+            &configmap(&format!("cm-{i:03}"), "green"),
         );
     }
     for i in 270..300 {

@@ -1,19 +1,9 @@
 //! `tether render` run as a user runs it, against a real `git daemon` and on this
 //! repository's own example folder.
 
-mod support;
-
-use std::process::{Command, Output};
+use crate::support;
 
 use support::git::{GitDaemon, GitRepo};
-
-fn tether(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the tether binary runs")
-}
 
 #[test]
 fn render_over_git_daemon_prints_revision_objects_and_origins() {
@@ -31,7 +21,7 @@ fn render_over_git_daemon_prints_revision_objects_and_origins() {
     let daemon = GitDaemon::start(&root);
     let cache = dir.path().join("cache");
 
-    let out = tether(&[
+    let out = support::tether_offline(&[
         "render",
         "--repo",
         &daemon.url("shop"),
@@ -67,7 +57,7 @@ fn render_over_git_daemon_prints_revision_objects_and_origins() {
         "Secret values are redacted: {stdout}"
     );
 
-    let json = tether(&[
+    let json = support::tether_offline(&[
         "render",
         "--repo",
         &daemon.url("shop"),
@@ -88,7 +78,7 @@ fn render_over_git_daemon_prints_revision_objects_and_origins() {
         "--show-secrets"
     );
 
-    let missing = tether(&[
+    let missing = support::tether_offline(&[
         "render",
         "--repo",
         &daemon.url("shop"),
@@ -108,7 +98,7 @@ fn render_over_git_daemon_prints_revision_objects_and_origins() {
 #[test]
 fn render_reads_the_bundled_example() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/web-app");
-    let out = tether(&["render", "--path", example, "-o", "json"]);
+    let out = support::tether_offline(&["render", "--path", example, "-o", "json"]);
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -157,10 +147,9 @@ fn renderers_are_found_where_testenv_builds_them() {
         .and_then(|p| p.parent())
         .expect("<cache>/bin/kustomize-<version>/kustomize");
     let render = |cache: &std::path::Path| {
-        Command::new(env!("CARGO_BIN_EXE_tether"))
+        support::tether_bin()
             .args(["render", "--path"])
             .arg(dir.path())
-            .env_remove("RUST_LOG")
             .env_remove("TETHER_KUSTOMIZE")
             .env("PATH", "/usr/bin:/bin")
             .env("TETHER_CACHE_DIR", cache)
@@ -207,7 +196,7 @@ fn a_chart_that_needs_a_recent_kubernetes_renders_without_a_cluster() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kube\ndata:\n  version: {{ .Capabilities.KubeVersion.Version | quote }}\n",
     )
     .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+    let out = support::tether_bin()
         .args([
             "render",
             "--path",
@@ -215,7 +204,6 @@ fn a_chart_that_needs_a_recent_kubernetes_renders_without_a_cluster() {
             "--helm-bin",
         ])
         .arg(support::tool("helm"))
-        .env_remove("RUST_LOG")
         .output()
         .expect("the tether binary runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -245,7 +233,7 @@ fn render_evaluates_jsonnet_with_external_variables_arguments_and_library_folder
     )
     .expect("write");
     let path = app.to_str().expect("utf-8");
-    let out = tether(&[
+    let out = support::tether_offline(&[
         "render",
         "--path",
         path,
@@ -263,7 +251,7 @@ fn render_evaluates_jsonnet_with_external_variables_arguments_and_library_folder
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.contains("name: prod-data"), "{said}");
-    let out = tether(&["render", "--path", path, "--jsonnet-lib", "vendor"]);
+    let out = support::tether_offline(&["render", "--path", path, "--jsonnet-lib", "vendor"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(

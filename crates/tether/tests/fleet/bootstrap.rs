@@ -3,7 +3,7 @@
 //! and the agent then manages it: its first sync writes nothing, and a commit to the folder
 //! changes the installed Deployment.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

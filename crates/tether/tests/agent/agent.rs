@@ -2,7 +2,8 @@
 //! synced, new commits are applied, removed files are pruned, suspend stops changes, and
 //! the status and printer columns tell what happened.
 
-mod support;
+use crate::support;
+use support::fixtures::{configmap, configmap_json};
 
 use std::time::{Duration, Instant};
 
@@ -17,10 +18,6 @@ use support::git::{GitDaemon, GitRepo};
 use support::{TestNamespace, cluster};
 use tether::agent::{AgentOptions, Application, install_crd};
 
-fn cm(name: &str, color: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: {color}\n")
-}
-
 #[tokio::test]
 async fn the_agent_syncs_new_commits_prunes_and_respects_suspend() {
     let client = cluster().await.client();
@@ -29,8 +26,8 @@ async fn the_agent_syncs_new_commits_prunes_and_respects_suspend() {
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("apps/shop/a.yaml", &cm("a", "blue"));
-    repo.write("apps/shop/b.yaml", &cm("b", "blue"));
+    repo.write("apps/shop/a.yaml", &configmap("a", "blue"));
+    repo.write("apps/shop/b.yaml", &configmap("b", "blue"));
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
 
@@ -70,7 +67,7 @@ async fn the_agent_syncs_new_commits_prunes_and_respects_suspend() {
     );
 
     // A new commit: one change, one file removed.
-    repo.write("apps/shop/a.yaml", &cm("a", "green"));
+    repo.write("apps/shop/a.yaml", &configmap("a", "green"));
     repo.remove("apps/shop/b.yaml");
     let second = repo.commit("second");
     let synced = until(&apps, "shop", "second sync", |a| {
@@ -118,7 +115,7 @@ async fn the_agent_syncs_new_commits_prunes_and_respects_suspend() {
             .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "Suspended"))
     })
     .await;
-    repo.write("apps/shop/a.yaml", &cm("a", "red"));
+    repo.write("apps/shop/a.yaml", &configmap("a", "red"));
     repo.commit("while suspended");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -188,7 +185,7 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("healed/a.yaml", &cm("healed", "blue"));
+    repo.write("healed/a.yaml", &configmap("healed", "blue"));
     // LimitRanges: a kind no controller and no other test touches, so the API server's
     // request count for it is this test's alone.
     let mut limits = String::new();
@@ -198,7 +195,7 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
         ));
     }
     repo.write("healed/limits.yaml", &limits);
-    repo.write("reported/a.yaml", &cm("reported", "blue"));
+    repo.write("reported/a.yaml", &configmap("reported", "blue"));
     let commit = repo.commit("first");
     let daemon = GitDaemon::start(&root);
     let agent = start_agent(&client, options_for(&ns, dir.path()));
@@ -419,11 +416,11 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
     repo.write("apps/many/templates.yaml", &manifests);
     let commit = repo.commit("a thousand objects");
     let daemon = GitDaemon::start(&root);
-    let port = support::free_port();
+    let (port, listen) = support::agent::free_listen();
     let agent = start_agent(
         &client,
         AgentOptions {
-            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            listen,
             ..options_for(&ns, dir.path())
         },
     );
@@ -482,7 +479,7 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
     // A push to another folder of the same repository: the new revision renders what is
     // applied, so the Application moves to it without a request for its objects.
     let requests_before = requests_for(&client, "podtemplates").await;
-    repo.write("apps/other/cm.yaml", &cm("other", "red"));
+    repo.write("apps/other/cm.yaml", &configmap("other", "red"));
     let elsewhere = repo.commit("another application's change");
     let moved = until(&apps, "many", "the push to another folder", |a| {
         applied(a) == Some(elsewhere.as_str())
@@ -520,11 +517,11 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
         .await
         .expect("parent")
         .resource_version();
-    let port = support::free_port();
+    let (port, listen) = support::agent::free_listen();
     let agent = start_agent(
         &client,
         AgentOptions {
-            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            listen,
             ..options_for(&ns, dir.path())
         },
     );
@@ -598,14 +595,14 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("app/a.yaml", &cm("hooked", "blue"));
+    repo.write("app/a.yaml", &configmap("hooked", "blue"));
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
-    let port = support::free_port();
+    let (port, listen) = support::agent::free_listen();
     let agent = start_agent(
         &client,
         AgentOptions {
-            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            listen,
             webhook_secret: Some(b"hook-s3cret".to_vec()),
             api_token: Some(b"api-t0ken".to_vec()),
             ..options_for(&ns, dir.path())
@@ -627,7 +624,7 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
     })
     .await;
 
-    repo.write("app/a.yaml", &cm("hooked", "green"));
+    repo.write("app/a.yaml", &configmap("hooked", "green"));
     let second = repo.commit("second");
     let body = serde_json::to_vec(
         &json!({"ref": "refs/heads/main", "repository": {"clone_url": daemon.url("deploy")}}),
@@ -783,16 +780,6 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
     let _ = agent.stop().await;
 }
 
-fn tether_cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(support::kubeconfig())
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the tether binary runs")
-}
-
 #[tokio::test]
 async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
     let client = cluster().await.client();
@@ -801,9 +788,9 @@ async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("app/a.yaml", &cm("ops", "blue"));
+    repo.write("app/a.yaml", &configmap("ops", "blue"));
     let first = repo.commit("first");
-    repo.write("app/a.yaml", &cm("ops", "green"));
+    repo.write("app/a.yaml", &configmap("ops", "green"));
     let second = repo.commit("second");
     let daemon = GitDaemon::start(&root);
     let agent = start_agent(&client, options_for(&ns, dir.path()));
@@ -826,14 +813,14 @@ async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
     let color =
         || async { configmaps.get("ops").await.expect("cm").data.expect("data")["color"].clone() };
 
-    let list = tether_cli(&["get", "apps", "-n", &ns.name]);
+    let list = support::tether(&["get", "apps", "-n", &ns.name]);
     let table = String::from_utf8_lossy(&list.stdout);
     assert!(
         table.contains("ops") && table.contains(&second[..12]) && table.contains("Synced"),
         "{table}"
     );
 
-    let diff = tether_cli(&["diff", "ops", "-n", &ns.name]);
+    let diff = support::tether(&["diff", "ops", "-n", &ns.name]);
     assert_eq!(
         diff.status.code(),
         Some(0),
@@ -842,7 +829,7 @@ async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
     );
 
     // Rollback pins the first commit; the agent applies it.
-    let rollback = tether_cli(&["rollback", "ops", &first, "-n", &ns.name]);
+    let rollback = support::tether(&["rollback", "ops", &first, "-n", &ns.name]);
     assert!(
         rollback.status.success(),
         "{}",
@@ -853,7 +840,7 @@ async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
     })
     .await;
     assert_eq!(color().await, "blue");
-    let history = tether_cli(&["history", "ops", "-n", &ns.name]);
+    let history = support::tether(&["history", "ops", "-n", &ns.name]);
     let text = String::from_utf8_lossy(&history.stdout);
     assert!(
         text.lines().nth(1).is_some_and(|l| l.starts_with(&first)),
@@ -861,7 +848,7 @@ async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
     );
 
     // Resume follows the branch again.
-    let resume = tether_cli(&["resume", "ops", "-n", &ns.name]);
+    let resume = support::tether(&["resume", "ops", "-n", &ns.name]);
     assert!(
         resume.status.success(),
         "{}",
@@ -888,7 +875,7 @@ async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    repo.write("app/a.yaml", &cm("ops", "red"));
+    repo.write("app/a.yaml", &configmap("ops", "red"));
     let third = repo.commit("third");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -896,10 +883,10 @@ async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
         Some(second.as_str()),
         "not applied by itself"
     );
-    let diff = tether_cli(&["diff", "ops", "-n", &ns.name]);
+    let diff = support::tether(&["diff", "ops", "-n", &ns.name]);
     assert_eq!(diff.status.code(), Some(2), "the new commit differs");
     assert!(String::from_utf8_lossy(&diff.stdout).contains("+  color: red"));
-    let sync = tether_cli(&["sync", "ops", "-n", &ns.name]);
+    let sync = support::tether(&["sync", "ops", "-n", &ns.name]);
     assert!(
         sync.status.success(),
         "{}",
@@ -910,9 +897,9 @@ async fn operators_list_sync_diff_suspend_and_roll_back_from_the_cli() {
     })
     .await;
 
-    let suspend = tether_cli(&["suspend", "ops", "-n", &ns.name]);
+    let suspend = support::tether(&["suspend", "ops", "-n", &ns.name]);
     assert!(suspend.status.success());
-    let list = tether_cli(&["get", "apps", "-n", &ns.name]);
+    let list = support::tether(&["get", "apps", "-n", &ns.name]);
     assert!(String::from_utf8_lossy(&list.stdout).contains("(suspended)"));
     let _ = agent.stop().await;
 }
@@ -938,7 +925,7 @@ async fn of_two_agents_one_leads_and_the_other_takes_over_when_it_dies() {
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("app/a.yaml", &cm("led", "blue"));
+    repo.write("app/a.yaml", &configmap("led", "blue"));
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
     let agent = |identity: &str| {
@@ -986,7 +973,7 @@ async fn of_two_agents_one_leads_and_the_other_takes_over_when_it_dies() {
     );
 
     a.kill();
-    repo.write("app/a.yaml", &cm("led", "green"));
+    repo.write("app/a.yaml", &configmap("led", "green"));
     let second = repo.commit("second");
     let died = Instant::now();
     until(&apps, "led", "the new leader syncs", |a| {
@@ -1029,8 +1016,8 @@ async fn an_application_of_applications_and_dependencies_in_order() {
         "apps/web.yaml",
         &child("web", "web", "  dependsOn: [{name: infra}]\n"),
     );
-    repo.write("infra/cm.yaml", &cm("infra-config", "blue"));
-    repo.write("web/cm.yaml", &cm("web-config", "blue"));
+    repo.write("infra/cm.yaml", &configmap("infra-config", "blue"));
+    repo.write("web/cm.yaml", &configmap("web-config", "blue"));
     let commit = repo.commit("platform");
     let agent = start_agent(&client, options_for(&ns, dir.path()));
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
@@ -1103,7 +1090,7 @@ async fn a_dependency_that_is_not_ready_holds_the_application_back() {
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("web/cm.yaml", &cm("waiting", "blue"));
+    repo.write("web/cm.yaml", &configmap("waiting", "blue"));
     repo.commit("web");
     let daemon = GitDaemon::start(&root);
     let agent = start_agent(&client, options_for(&ns, dir.path()));
@@ -1179,7 +1166,7 @@ async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_o
         let mut manifests = String::new();
         for i in 0..400 {
             manifests.push_str("---\n");
-            manifests.push_str(&cm(&format!("c-{i:03}"), color));
+            manifests.push_str(&configmap(&format!("c-{i:03}"), color));
         }
         repo.write("apps/big/configmaps.yaml", &manifests);
     };
@@ -1224,18 +1211,9 @@ async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_o
     };
     // The agent binary, and its stderr line by line.
     let spawn = || {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-            .args([
-                "agent",
-                "--concurrency",
-                "2",
-                "-n",
-                &ns.name,
-                "--kubeconfig",
-            ])
-            .arg(support::kubeconfig())
+        let mut child = support::tether_command()
+            .args(["agent", "--concurrency", "2", "-n", &ns.name])
             .env("TETHER_CACHE_DIR", dir.path().join("cache"))
-            .env_remove("RUST_LOG")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("the tether binary starts");
@@ -1355,10 +1333,6 @@ async fn the_agent_binary_finishes_the_apply_in_flight_on_sigterm_and_stops_at_o
     agent.stop().await.expect("the agent stops");
 }
 
-fn cm_json(name: &str, color: &str) -> serde_json::Value {
-    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"color": color}})
-}
-
 /// Regression: a full sync that failed used to leave the drift watch vouching for the
 /// set, so the retry took the no-op path and wrote Synced over a hand edit it had failed
 /// to correct.
@@ -1370,7 +1344,7 @@ async fn a_drift_correction_that_fails_is_retried_and_never_reported_as_synced()
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("app/a.yaml", &cm("guarded", "blue"));
+    repo.write("app/a.yaml", &configmap("guarded", "blue"));
     let commit = repo.commit("first");
     let daemon = GitDaemon::start(&root);
     let agent = start_agent(&client, options_for(&ns, dir.path()));
@@ -1397,7 +1371,7 @@ async fn a_drift_correction_that_fails_is_retried_and_never_reported_as_synced()
         &ns.name,
         "!has(object.data) || !('color' in object.data) || object.data.color != 'blue'",
         "blue is frozen",
-        cm_json("probe", "blue"),
+        configmap_json("probe", "blue"),
     )
     .await;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
@@ -1405,7 +1379,7 @@ async fn a_drift_correction_that_fails_is_retried_and_never_reported_as_synced()
         .patch(
             "guarded",
             &PatchParams::apply("hand-edit").force(),
-            &Patch::Apply(cm_json("guarded", "red")),
+            &Patch::Apply(configmap_json("guarded", "red")),
         )
         .await
         .expect("hand edit");
@@ -1474,8 +1448,8 @@ async fn a_sync_asked_for_while_a_hand_edit_waits_applies_the_new_commit() {
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("app/a.yaml", &cm("guarded", "blue"));
-    repo.write("gate/a.yaml", &cm("gate", "blue"));
+    repo.write("app/a.yaml", &configmap("guarded", "blue"));
+    repo.write("gate/a.yaml", &configmap("gate", "blue"));
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
     let agent = start_agent(&client, options_for(&ns, dir.path()));
@@ -1510,7 +1484,7 @@ async fn a_sync_asked_for_while_a_hand_edit_waits_applies_the_new_commit() {
         .patch(
             "guarded",
             &PatchParams::apply("hand-edit").force(),
-            &Patch::Apply(cm_json("guarded", "red")),
+            &Patch::Apply(configmap_json("guarded", "red")),
         )
         .await
         .expect("hand edit");
@@ -1519,7 +1493,7 @@ async fn a_sync_asked_for_while_a_hand_edit_waits_applies_the_new_commit() {
     })
     .await;
     // Meanwhile a new commit, and someone asks for a sync.
-    repo.write("app/a.yaml", &cm("guarded", "green"));
+    repo.write("app/a.yaml", &configmap("guarded", "green"));
     let second = repo.commit("second");
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     apps.patch(
@@ -1586,7 +1560,7 @@ async fn the_agent_runs_hooks_and_records_each_result() {
             "apiVersion: batch/v1\nkind: Job\nmetadata:\n  generateName: migrate-\n  annotations: {{argocd.argoproj.io/hook: PreSync, argocd.argoproj.io/hook-delete-policy: HookSucceeded}}\nspec:\n{failing}  template:\n    spec:\n      restartPolicy: Never\n{placement}      containers:\n      - name: run\n        image: registry.invalid/migrate:1\n"
         )
     };
-    repo.write("app/a.yaml", &cm("settings", "blue"));
+    repo.write("app/a.yaml", &configmap("settings", "blue"));
     repo.write("app/migrate.yaml", &migrate(true));
     repo.commit("first");
     let daemon = GitDaemon::start(&root);
@@ -1663,7 +1637,7 @@ async fn the_agent_runs_hooks_and_records_each_result() {
             .expect("data")["color"],
         "blue"
     );
-    let out = tether_cli(&["history", "hooked", "-n", &ns.name]);
+    let out = support::tether(&["history", "hooked", "-n", &ns.name]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("PreSync hook Job/migrate-"), "{said}");
     assert!(
@@ -1686,14 +1660,14 @@ async fn a_write_disguised_as_tethers_is_seen_by_the_watches_not_left_to_the_bac
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("app/a.yaml", &cm("disguised", "blue"));
+    repo.write("app/a.yaml", &configmap("disguised", "blue"));
     let commit = repo.commit("first");
     let daemon = GitDaemon::start(&root);
-    let port = support::free_port();
+    let (port, listen) = support::agent::free_listen();
     let agent = start_agent(
         &client,
         AgentOptions {
-            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            listen,
             verify_interval: Some(Duration::from_secs(3)),
             ..options_for(&ns, dir.path())
         },
@@ -1776,13 +1750,13 @@ async fn a_broken_commit_or_a_lost_git_server_keeps_what_the_last_good_one_appli
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
     repo.write("kust/kustomization.yaml", "resources: [a.yaml, b.yaml]\n");
-    repo.write("kust/a.yaml", &cm("kust-a", "blue"));
-    repo.write("kust/b.yaml", &cm("kust-b", "blue"));
+    repo.write("kust/a.yaml", &configmap("kust-a", "blue"));
+    repo.write("kust/b.yaml", &configmap("kust-b", "blue"));
     repo.write(
         "chart/Chart.yaml",
         "apiVersion: v2\nname: c\nversion: 0.1.0\n",
     );
-    repo.write("chart/templates/cm.yaml", &cm("chart-a", "blue"));
+    repo.write("chart/templates/cm.yaml", &configmap("chart-a", "blue"));
     let good = repo.commit("good");
     let daemon = GitDaemon::start(&root);
     let agent = start_agent(
@@ -1872,16 +1846,16 @@ async fn notifications_tell_syncs_drift_and_failures_signed_with_retries() {
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("app/a.yaml", &cm("a", "blue"));
+    repo.write("app/a.yaml", &configmap("a", "blue"));
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
     let receiver = Receiver::start(200);
     let broken = Receiver::start(500);
-    let port = support::free_port();
+    let (port, listen) = support::agent::free_listen();
     let agent = start_agent(
         &client,
         AgentOptions {
-            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            listen,
             notify: NotifyOptions {
                 targets: vec![
                     Target {

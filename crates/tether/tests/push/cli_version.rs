@@ -1,15 +1,13 @@
 //! `tether version` run as a user runs it: the real binary, a real kubeconfig.
 
-mod support;
+use crate::support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn tether(args: &[&str], kubeconfig_env: Option<&std::path::Path>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
-    command
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .env_remove("RUST_LOG");
+/// `tether args…` pointed at no cluster, with `KUBECONFIG` set to `kubeconfig_env` if given.
+fn tether_with_kubeconfig_env(args: &[&str], kubeconfig_env: Option<&std::path::Path>) -> Output {
+    let mut command = support::tether_bin();
+    command.args(args);
     if let Some(path) = kubeconfig_env {
         command.env("KUBECONFIG", path);
     }
@@ -27,7 +25,8 @@ async fn version_shows_the_test_clusters_server_version() {
     let kubeconfig = support::kubeconfig();
     let kubeconfig = kubeconfig.to_str().expect("utf-8 path");
 
-    let out = tether(&["version", "--kubeconfig", kubeconfig, "-o", "json"], None);
+    let out =
+        tether_with_kubeconfig_env(&["version", "--kubeconfig", kubeconfig, "-o", "json"], None);
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -38,7 +37,7 @@ async fn version_shows_the_test_clusters_server_version() {
     assert_eq!(report["client"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(report["server"]["context"], "tether-testenv");
 
-    let text = tether(&["version"], Some(&support::kubeconfig()));
+    let text = tether_with_kubeconfig_env(&["version"], Some(&support::kubeconfig()));
     assert!(text.status.success(), "KUBECONFIG is honoured");
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(stdout.contains(&format!("server: {expected}")), "{stdout}");
@@ -60,7 +59,7 @@ fn version_without_a_reachable_cluster_is_a_clear_error() {
     )
     .expect("write kubeconfig");
 
-    let out = tether(&["version"], Some(&kubeconfig));
+    let out = tether_with_kubeconfig_env(&["version"], Some(&kubeconfig));
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -80,7 +79,7 @@ fn version_without_a_reachable_cluster_is_a_clear_error() {
         "{stderr}"
     );
 
-    let client_only = tether(&["version", "--client"], Some(&kubeconfig));
+    let client_only = tether_with_kubeconfig_env(&["version", "--client"], Some(&kubeconfig));
     assert!(
         client_only.status.success(),
         "--client never contacts the cluster"

@@ -5,7 +5,8 @@
 //! failure, and while the second cluster's API server is down the Application on the first
 //! still applies a new commit.
 
-mod support;
+use crate::support;
+use support::fixtures::configmap;
 
 use std::time::{Duration, Instant};
 
@@ -19,10 +20,6 @@ use support::git::{GitDaemon, GitRepo};
 use support::{OwnControlPlane, TestNamespace, cluster};
 use tether::agent::{Application, install_crd};
 use tether::cluster::{Cluster, ClusterOptions};
-
-fn cm(name: &str, color: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: {color}\n")
-}
 
 async fn color(client: &kube::Client, namespace: &str, name: &str) -> Option<String> {
     Api::<ConfigMap>::namespaced(client.clone(), namespace)
@@ -171,9 +168,9 @@ async fn applications_apply_to_the_cluster_their_secret_names_and_one_cluster_do
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("near/cm.yaml", &cm("greeting", "blue"));
-    repo.write("far/cm.yaml", &cm("greeting", "blue"));
-    repo.write("token/cm.yaml", &cm("by-token", "blue"));
+    repo.write("near/cm.yaml", &configmap("greeting", "blue"));
+    repo.write("far/cm.yaml", &configmap("greeting", "blue"));
+    repo.write("token/cm.yaml", &configmap("by-token", "blue"));
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
     let apps: Api<Application> = Api::namespaced(home.clone(), &ns.name);
@@ -290,8 +287,8 @@ async fn applications_apply_to_the_cluster_their_secret_names_and_one_cluster_do
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    repo.write("near/cm.yaml", &cm("greeting", "green"));
-    repo.write("far/cm.yaml", &cm("greeting", "green"));
+    repo.write("near/cm.yaml", &configmap("greeting", "green"));
+    repo.write("far/cm.yaml", &configmap("greeting", "green"));
     let second_commit = repo.commit("green");
     let pushed = Instant::now();
     until(

@@ -2,7 +2,7 @@
 //! charts with values, subcharts and CRDs, a chart from a Helm repository over HTTP,
 //! substitution, the sandbox's refusals, timeouts and the render cache.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

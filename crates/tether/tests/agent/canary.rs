@@ -5,7 +5,7 @@
 //! cluster (drift the agent puts back). Each value is searched as written and base64-encoded
 //! (as the API server returns `data`).
 
-mod support;
+use crate::support;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Output, Stdio};

@@ -3,7 +3,7 @@
 //! tether and helm with nothing of the host (chroot in a user namespace); the same inputs
 //! give the same digest.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! what differs and prunes what the new install no longer has, and `tether uninstall`
 //! removes the agent but leaves the namespace and the CRD.
 
-mod support;
+use crate::support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -11,14 +11,10 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
 use support::{TestNamespace, cluster};
 
+/// Runs `tether args…` against the test cluster: whether it succeeded, and what it said.
 fn tether(args: &[&str]) -> (bool, String) {
     let output = support::tether(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    (output.status.success(), support::said(&output))
 }
 
 fn data(secret: &Secret) -> std::collections::BTreeMap<String, Vec<u8>> {
@@ -76,12 +72,9 @@ async fn probe_answers_as_a_kubelet_would_see_it(
             }
         })
         .collect();
-    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+    let mut agent = support::tether_command()
         .args(&args)
-        .arg("--kubeconfig")
-        .arg(support::kubeconfig())
         .env("TETHER_CACHE_DIR", dir.path().join("cache"))
-        .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -278,33 +271,27 @@ async fn install_upgrade_and_uninstall_the_agent_in_the_cluster() {
 
 #[test]
 fn a_dry_run_prints_the_install_without_a_cluster_or_secrets() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args([
-            "install",
-            "--dry-run",
-            "--kubeconfig",
-            "/nonexistent/kubeconfig",
-        ])
-        .output()
-        .expect("the tether binary runs");
+    let output = support::tether_offline(&[
+        "install",
+        "--dry-run",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ]);
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("kind: CustomResourceDefinition"), "{text}");
     assert!(text.contains("kind: Deployment"), "{text}");
     assert!(text.contains("namespace: tether-system"), "{text}");
     assert!(!text.contains("kind: Secret"), "{text}");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args([
-            "install",
-            "--dry-run",
-            "--show-secrets",
-            "-n",
-            "gitops",
-            "-o",
-            "json",
-        ])
-        .output()
-        .expect("the tether binary runs");
+    let output = support::tether_offline(&[
+        "install",
+        "--dry-run",
+        "--show-secrets",
+        "-n",
+        "gitops",
+        "-o",
+        "json",
+    ]);
     let list: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     let secret = list["items"]
         .as_array()

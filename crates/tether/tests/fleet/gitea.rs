@@ -6,7 +6,8 @@
 //! Gitea takes about 5 minutes to build the first time (`make test` does it once; the test
 //! itself takes about 10 s).
 
-mod support;
+use crate::support;
+use support::fixtures::configmap;
 
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,8 @@ use serde_json::{Value, json};
 use support::agent::{applied, create_application, options_for, ready, start_agent, until};
 use support::git::GitRepo;
 use support::gitea::Gitea;
-use support::{TestNamespace, cluster, free_port};
+use support::{TestNamespace, cluster};
 use tether::agent::{AgentOptions, Application, install_crd};
-
-fn cm(name: &str, color: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  color: {color}\n")
-}
 
 /// tether's status of `commit` in Gitea (context `context`), once there is one.
 fn status_of(gitea: &Gitea, commit: &str, context: &str) -> Option<Value> {
@@ -75,17 +72,17 @@ async fn a_push_to_gitea_is_synced_from_its_webhook_and_the_commit_shows_tethers
     );
     assert_eq!(code, 201, "{created}");
     let repo = GitRepo::init(&dir.path().join("work"), "deploy");
-    repo.write("app/cm.yaml", &cm("greeting", "blue"));
+    repo.write("app/cm.yaml", &configmap("greeting", "blue"));
     let first = repo.commit("first");
     repo.git(&["push", "-q", &gitea.push_url("deploy"), "HEAD:main"]);
 
     // The agent, with a webhook secret that Gitea signs its deliveries with.
     let secret = "gitea-webhook-secret";
-    let port = free_port();
+    let (port, listen) = support::agent::free_listen();
     let agent = start_agent(
         &client,
         AgentOptions {
-            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+            listen,
             webhook_secret: Some(secret.as_bytes().to_vec()),
             ..options_for(&ns, dir.path())
         },
@@ -138,7 +135,7 @@ async fn a_push_to_gitea_is_synced_from_its_webhook_and_the_commit_shows_tethers
         })),
     );
     assert_eq!(code, 201, "{hook}");
-    repo.write("app/cm.yaml", &cm("greeting", "green"));
+    repo.write("app/cm.yaml", &configmap("greeting", "green"));
     let second = repo.commit("green");
     let pushed = Instant::now();
     repo.git(&["push", "-q", &gitea.push_url("deploy"), "HEAD:main"]);

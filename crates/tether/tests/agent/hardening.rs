@@ -3,7 +3,8 @@
 //! chart or Jsonnet program is stopped at its memory or time limit while the agent goes on
 //! serving the other Applications.
 
-mod support;
+use crate::support;
+use support::fixtures::configmap;
 
 use std::time::{Duration, Instant};
 
@@ -60,11 +61,11 @@ async fn readyz_turns_ready_once_the_applications_are_listed_with_none_and_with_
             )
             .await;
         }
-        let port = support::free_port();
+        let (port, listen) = support::agent::free_listen();
         let agent = start_agent(
             &client,
             AgentOptions {
-                listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
+                listen,
                 ..options_for(&ns, dir.path())
             },
         );
@@ -130,8 +131,6 @@ fn peak_of_children(
     })
 }
 
-const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: NAME\ndata:\n  color: blue\n";
-
 /// A chart whose template loops a trillion times, as an attacker who can push would write
 /// it: helm would take all the memory there is (6.2 GiB before a 90 s timeout).
 const RUNAWAY: &str = "apiVersion: v1
@@ -159,7 +158,7 @@ async fn a_runaway_chart_is_killed_at_its_memory_limit_while_the_agent_serves_th
         "apiVersion: v2\nname: runaway\nversion: 0.1.0\n",
     );
     repo.write("runaway/templates/cm.yaml", RUNAWAY);
-    repo.write("good/cm.yaml", &CM.replace("NAME", "good"));
+    repo.write("good/cm.yaml", &configmap("good", "blue"));
     repo.commit("a runaway chart beside a good folder");
     let daemon = GitDaemon::start(&root);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -2,7 +2,7 @@
 //! git daemon, smart HTTP(S) with basic auth, sshd with key auth; refs of every kind;
 //! the cache; signatures; and the errors a user meets.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

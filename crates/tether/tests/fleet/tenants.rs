@@ -5,7 +5,8 @@
 //! objects are never adopted or pruned. With `--require-service-account`, an Application
 //! that names no account is refused before anything is fetched.
 
-mod support;
+use crate::support;
+use support::fixtures::configmap_in;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -19,15 +20,6 @@ use support::git::{GitDaemon, GitRepo};
 use support::{TestNamespace, cluster, unique_name};
 use tether::agent::{AgentOptions, Application, install_crd};
 use tether::inventory::{ApplySet, PART_OF_LABEL};
-
-fn cm(name: &str, namespace: Option<&str>, color: &str) -> String {
-    let namespace = namespace
-        .map(|ns| format!("  namespace: {ns}\n"))
-        .unwrap_or_default();
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n{namespace}data:\n  color: {color}\n"
-    )
-}
 
 /// ServiceAccount `deployer` in `ns`, allowed everything on ConfigMaps and Secrets (the
 /// ApplySet parent is a Secret) in `ns` only.
@@ -98,7 +90,7 @@ async fn a_tenant_writes_only_where_its_service_account_may() {
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("app/mine.yaml", &cm("mine", None, "blue"));
+    repo.write("app/mine.yaml", &configmap_in("mine", None, "blue"));
     repo.write(
         "app/escape.yaml",
         &format!(
@@ -106,7 +98,10 @@ async fn a_tenant_writes_only_where_its_service_account_may() {
         ),
     );
     // The other tenant's object, by name: an adoption attempt.
-    repo.write("app/theirs.yaml", &cm("theirs", Some(&other.name), "red"));
+    repo.write(
+        "app/theirs.yaml",
+        &configmap_in("theirs", Some(&other.name), "red"),
+    );
     let bad = repo.commit("reach out");
     let daemon = GitDaemon::start(&root);
 
@@ -178,7 +173,7 @@ async fn a_tenant_writes_only_where_its_service_account_may() {
         .await
         .expect("label");
     repo.remove("app/mine.yaml");
-    repo.write("app/other.yaml", &cm("other", None, "blue"));
+    repo.write("app/other.yaml", &configmap_in("other", None, "blue"));
     let pruning = repo.commit("prune mine");
     request_sync(&apps, "tenant").await;
     until(&apps, "tenant", "the prune", |a| {
@@ -264,20 +259,13 @@ async fn account_client(account: &str, namespace: &str, dir: &std::path::Path) -
 /// Runs `tether install ARGS --replicas 0 --timeout 0 -n NAMESPACE` (the rights without the
 /// Deployment: the agent runs here, with a token of the installed ServiceAccount).
 fn install_rights(namespace: &str, args: &[&str]) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+    let out = support::tether_command()
         .arg("install")
         .args(args)
         .args(["--replicas", "0", "--timeout", "0", "-n", namespace])
-        .arg("--kubeconfig")
-        .arg(support::kubeconfig())
         .output()
         .expect("tether install runs");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", support::said(&out));
 }
 
 #[tokio::test]
@@ -305,7 +293,7 @@ async fn a_namespaced_install_is_enough_for_its_namespace_and_nothing_else() {
     let agent_client = account_client("tether-agent", &team.name, dir.path()).await;
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("app/mine.yaml", &cm("mine", None, "blue"));
+    repo.write("app/mine.yaml", &configmap_in("mine", None, "blue"));
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
     let mut election = tether::agent::leader::ElectionOptions::new(team.name.clone());
@@ -394,7 +382,7 @@ async fn the_rights_tether_install_gives_are_enough_for_tenants_and_no_more() {
     let agent_client = account_client(agent_name, &system.name, dir.path()).await;
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    repo.write("app/mine.yaml", &cm("mine", None, "blue"));
+    repo.write("app/mine.yaml", &configmap_in("mine", None, "blue"));
     let first = repo.commit("first");
     let daemon = GitDaemon::start(&root);
     let mut election = tether::agent::leader::ElectionOptions::new(system.name.clone());

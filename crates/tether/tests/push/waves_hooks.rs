@@ -2,13 +2,12 @@
 //! controller finishes the Jobs): a wave waits until the one before it is Healthy, a
 //! failing PreSync hook stops the sync before anything is written and runs the SyncFail
 //! hooks, PostSync runs once everything is Healthy, delete policies, and Helm's install
-//! and upgrade hooks. The agent runs the same engine (tests/agent.rs covers what it
+//! and upgrade hooks. The agent runs the same engine (tests/agent/agent.rs covers what it
 //! records).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -20,26 +19,6 @@ use kube::Api;
 use kube::api::ListParams;
 use kube::runtime::watcher;
 use support::{TestNamespace, cluster, tool, unique_name};
-
-fn tether(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(support::kubeconfig())
-        .env_remove("RUST_LOG")
-        .env_remove("KUBECONFIG")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("tether runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn write(dir: &std::path::Path, files: &[(&str, String)]) {
     if dir.exists() {
@@ -220,8 +199,8 @@ async fn each_wave_waits_until_the_one_before_it_is_healthy() {
     );
     let app = unique_name("waves");
     let path_arg = path.to_str().expect("utf-8");
-    let plan = tether(&["plan", "--path", path_arg, "-n", &ns.name, "--app", &app]);
-    let shown = text(&plan);
+    let plan = support::tether(&["plan", "--path", path_arg, "-n", &ns.name, "--app", &app]);
+    let shown = support::said(&plan);
     assert!(plan.status.success(), "{shown}");
     for line in [
         "create Deployment.apps/database -n",
@@ -232,7 +211,7 @@ async fn each_wave_waits_until_the_one_before_it_is_healthy() {
     ] {
         assert!(shown.contains(line), "plan lacks {line:?}:\n{shown}");
     }
-    let json = tether(&[
+    let json = support::tether(&[
         "plan", "--path", path_arg, "-n", &ns.name, "--app", &app, "-o", "json",
     ]);
     let document: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
@@ -251,8 +230,8 @@ async fn each_wave_waits_until_the_one_before_it_is_healthy() {
     assert_eq!(waves["api"], 1);
     assert_eq!(waves["frontend"], 2);
 
-    let out = tether(&["apply", "--path", path_arg, "-n", &ns.name, "--app", &app]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = support::tether(&["apply", "--path", path_arg, "-n", &ns.name, "--app", &app]);
+    assert!(out.status.success(), "{}", support::said(&out));
     let database_ready = timeline.at("Deployment/database Available");
     let schema = timeline.at("ConfigMap/schema");
     let api = timeline.at("Deployment/api");
@@ -275,10 +254,10 @@ async fn each_wave_waits_until_the_one_before_it_is_healthy() {
 
     // Pruning goes from the highest wave down: frontend (2) is gone before api (1) is.
     write(&path, &[("a.yaml", deployment("database", &[]))]);
-    let out = tether(&[
+    let out = support::tether(&[
         "apply", "--path", path_arg, "-n", &ns.name, "--app", &app, "-o", "json",
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", support::said(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let pruned: Vec<&str> = report["results"]
         .as_array()
@@ -317,15 +296,15 @@ async fn a_failing_presync_hook_writes_nothing_and_runs_the_syncfail_hooks() {
     );
     let app = unique_name("presync");
     let path_arg = path.to_str().expect("utf-8");
-    let plan = tether(&["plan", "--path", path_arg, "-n", &ns.name, "--app", &app]);
-    let shown = text(&plan);
+    let plan = support::tether(&["plan", "--path", path_arg, "-n", &ns.name, "--app", &app]);
+    let shown = support::said(&plan);
     assert!(shown.contains("PreSync Job.batch/migrate -n"), "{shown}");
     assert!(
         shown.contains("SyncFail ConfigMap/sync-failed-* -n"),
         "{shown}"
     );
 
-    let out = tether(&[
+    let out = support::tether(&[
         "apply",
         "--path",
         path_arg,
@@ -336,7 +315,7 @@ async fn a_failing_presync_hook_writes_nothing_and_runs_the_syncfail_hooks() {
         "--hook-timeout",
         "60s",
     ]);
-    let said = text(&out);
+    let said = support::said(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
         said.contains("PreSync hook Job.batch/migrate") && said.contains("failed"),
@@ -416,10 +395,10 @@ async fn postsync_runs_once_everything_is_healthy_and_delete_policies_hold() {
     write(&path, &files("1"));
     let app = unique_name("post");
     let path_arg = path.to_str().expect("utf-8");
-    let out = tether(&[
+    let out = support::tether(&[
         "apply", "--path", path_arg, "-n", &ns.name, "--app", &app, "-o", "json",
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", support::said(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let hooks = report["hooks"].as_array().expect("hooks ran");
     assert_eq!(hooks.len(), 3, "{hooks:?}");
@@ -455,7 +434,7 @@ async fn postsync_runs_once_everything_is_healthy_and_delete_policies_hold() {
     assert_eq!(reports().await.len(), 1);
 
     // No change, no hooks: a no-op runs nothing.
-    let out = tether(&[
+    let out = support::tether(&[
         "apply", "--path", path_arg, "-n", &ns.name, "--app", &app, "-o", "json",
     ]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -464,8 +443,8 @@ async fn postsync_runs_once_everything_is_healthy_and_delete_policies_hold() {
 
     // A change: BeforeHookCreation replaces the named Job and the generated ConfigMap.
     write(&path, &files("2"));
-    let out = tether(&["apply", "--path", path_arg, "-n", &ns.name, "--app", &app]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = support::tether(&["apply", "--path", path_arg, "-n", &ns.name, "--app", &app]);
+    assert!(out.status.success(), "{}", support::said(&out));
     let smoke = jobs.get("smoke-test").await.expect("ran again");
     assert_ne!(smoke.metadata.uid, first_uid, "a new run of the hook");
     assert_eq!(
@@ -492,8 +471,8 @@ async fn postsync_runs_once_everything_is_healthy_and_delete_policies_hold() {
             ),
         ],
     );
-    let out = tether(&["apply", "--path", path_arg, "-n", &ns.name, "--app", &app]);
-    let said = text(&out);
+    let out = support::tether(&["apply", "--path", path_arg, "-n", &ns.name, "--app", &app]);
+    let said = support::said(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("PostSync hook Job.batch/check -n"), "{said}");
     assert!(
@@ -537,7 +516,7 @@ async fn helm_install_and_upgrade_hooks_run_when_helm_would_run_them() {
     let chart_arg = chart.to_str().expect("utf-8");
     let app = unique_name("helm");
     let apply = || {
-        tether(&[
+        support::tether(&[
             "apply",
             "--path",
             chart_arg,
@@ -550,7 +529,7 @@ async fn helm_install_and_upgrade_hooks_run_when_helm_would_run_them() {
         ])
     };
     let out = apply();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", support::said(&out));
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let exists = |name: &'static str| {
         let configmaps = configmaps.clone();
@@ -565,7 +544,7 @@ async fn helm_install_and_upgrade_hooks_run_when_helm_would_run_them() {
 
     write(&chart, &files("2"));
     let out = apply();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", support::said(&out));
     assert!(
         exists("upgraded-2").await,
         "post-upgrade ran on the second sync"
@@ -628,7 +607,7 @@ async fn a_hook_job_runs_with_the_hook_account_made_before_it_and_is_seen_though
     let helm = tool("helm");
     let app = unique_name("hooked");
     let started = Instant::now();
-    let out = tether(&[
+    let out = support::tether(&[
         "apply",
         "--path",
         chart.to_str().expect("utf-8"),
@@ -641,7 +620,7 @@ async fn a_hook_job_runs_with_the_hook_account_made_before_it_and_is_seen_though
         "--hook-timeout",
         "60s",
     ]);
-    let said = text(&out);
+    let said = support::said(&out);
     assert!(out.status.success(), "{said}");
     assert!(
         started.elapsed().as_secs() < 50,
@@ -704,7 +683,7 @@ async fn a_failed_hook_fails_every_sync_until_a_sync_runs_its_hooks_to_the_end()
     let app = unique_name("hookfail");
     let path_arg = path.to_str().expect("utf-8");
     let apply = || {
-        tether(&[
+        support::tether(&[
             "apply",
             "--path",
             path_arg,
@@ -717,7 +696,7 @@ async fn a_failed_hook_fails_every_sync_until_a_sync_runs_its_hooks_to_the_end()
         ])
     };
     let plan = || {
-        tether(&[
+        support::tether(&[
             "plan",
             "--path",
             path_arg,
@@ -732,7 +711,7 @@ async fn a_failed_hook_fails_every_sync_until_a_sync_runs_its_hooks_to_the_end()
     let mut uids = Vec::new();
     for round in 0..2 {
         let out = apply();
-        let said = text(&out);
+        let said = support::said(&out);
         assert_eq!(out.status.code(), Some(1), "round {round}: {said}");
         assert!(
             said.contains("PostSync hook Job.batch/check") && said.contains("failed"),
@@ -743,7 +722,7 @@ async fn a_failed_hook_fails_every_sync_until_a_sync_runs_its_hooks_to_the_end()
             "the Job's warning Events say why: {said}"
         );
         let out = plan();
-        let shown = text(&out);
+        let shown = support::said(&out);
         assert_eq!(out.status.code(), Some(2), "round {round}: {shown}");
         assert!(shown.contains("did not all succeed"), "{shown}");
         let left = jobs.get("check").await.expect("the failed Job stays");
@@ -754,19 +733,19 @@ async fn a_failed_hook_fails_every_sync_until_a_sync_runs_its_hooks_to_the_end()
     // Fixed in Git: the next sync runs it, and then the set is in sync.
     write(&path, &files(false));
     let out = apply();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", support::said(&out));
     assert!(
-        text(&out).contains("PostSync hook Job.batch/check"),
+        support::said(&out).contains("PostSync hook Job.batch/check"),
         "{}",
-        text(&out)
+        support::said(&out)
     );
     let out = plan();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", support::said(&out));
     let out = apply();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", support::said(&out));
     assert!(
-        !text(&out).contains("PostSync hook"),
+        !support::said(&out).contains("PostSync hook"),
         "a sync with nothing to do runs no hooks: {}",
-        text(&out)
+        support::said(&out)
     );
 }

@@ -1,0 +1,14 @@
+//! Running tether for many: `tether install` and `bootstrap`, the agent's OCI image, many
+//! clusters, shards, tenants, and commit statuses in a real Gitea. One test binary; each
+//! file is a module (a test's name starts with its file's, e.g. `shards::…`).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod bootstrap;
+mod clusters;
+mod gitea;
+mod image;
+mod install;
+mod shards;
+mod tenants;
