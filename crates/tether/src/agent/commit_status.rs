@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::application::CommitStatusSpec;
-use super::server::{Metrics, ResultLabels};
+use super::http::{Metrics, ResultLabels};
 
 /// The longest description GitHub takes.
 const DESCRIPTION_LIMIT: usize = 140;
