@@ -134,6 +134,27 @@ mod tests {
     fn every_family_is_listed_with_its_name_and_help_in_registration_order() {
         let metrics = Metrics::default();
         metrics.drift_missed.inc();
+        // A family is listed once it has a member.
+        let result = ResultLabels {
+            result: "ok".into(),
+        };
+        metrics.reconciles.get_or_create(&result).inc();
+        metrics.notifications.get_or_create(&result).inc();
+        metrics.commit_statuses.get_or_create(&result).inc();
+        let action = ActionLabels {
+            action: "created".into(),
+        };
+        metrics.applied.get_or_create(&action).inc();
+        let state = StateLabels {
+            sync: "Synced".into(),
+            health: "Healthy".into(),
+        };
+        metrics.applications.get_or_create(&state).set(1);
+        let webhook = WebhookLabels {
+            provider: "github".into(),
+            result: "accepted".into(),
+        };
+        metrics.webhooks.get_or_create(&webhook).inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &metrics.registry).expect("encodes");
         let helps: Vec<&str> = text
