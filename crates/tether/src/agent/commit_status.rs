@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::application::CommitStatusSpec;
-use super::server::{Metrics, ResultLabels};
+use super::http::{Metrics, ResultLabels};
 
 /// The longest description GitHub takes.
 const DESCRIPTION_LIMIT: usize = 140;
@@ -72,75 +72,97 @@ pub fn request_for(
              spec.commitStatus.repository"
         ));
     }
-    let api = |default: fn(&str, &str) -> String| -> Result<String, String> {
-        match spec.api_url.as_deref() {
-            Some(url) => Ok(url.trim_end_matches('/').to_string()),
-            None => {
-                let (scheme, host, _) = parsed.clone()?;
-                Ok(default(&scheme, &host))
-            }
+    let host = Host::of(&spec.provider)?;
+    let base = match spec.api_url.as_deref() {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            let (scheme, hostname, _) = parsed?;
+            host.default_api(&scheme, &hostname)
         }
     };
-    // One line (a host shows it beside the commit), cut to the length GitHub takes.
-    let description: String = status
-        .description
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .take(DESCRIPTION_LIMIT)
-        .collect();
-    match spec.provider.as_str() {
-        "github" => {
-            let base = api(|scheme, host| {
-                if host == "github.com" {
-                    "https://api.github.com".into()
+    Ok(host.request(&base, &repository, status))
+}
+
+/// The Git hosts whose commit statuses tether sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Host {
+    GitHub,
+    Gitea,
+    GitLab,
+}
+
+impl Host {
+    fn of(provider: &str) -> Result<Self, String> {
+        match provider {
+            "github" => Ok(Self::GitHub),
+            "gitea" => Ok(Self::Gitea),
+            "gitlab" => Ok(Self::GitLab),
+            other => Err(format!(
+                "spec.commitStatus.provider {other:?} is not github, gitlab or gitea"
+            )),
+        }
+    }
+
+    /// The API's base URL on a host reached at `scheme://host`.
+    fn default_api(self, scheme: &str, host: &str) -> String {
+        match self {
+            Self::GitHub if host == "github.com" => "https://api.github.com".into(),
+            // GitHub Enterprise Server.
+            Self::GitHub => format!("{scheme}://{host}/api/v3"),
+            Self::Gitea => format!("{scheme}://{host}/api/v1"),
+            Self::GitLab => format!("{scheme}://{host}/api/v4"),
+        }
+    }
+
+    /// The request to the API at `base` that sets `status` on `repository` (owner/name).
+    fn request(self, base: &str, repository: &str, status: &Status) -> Request {
+        // One line (a host shows it beside the commit), cut to the length GitHub takes.
+        let description: String = status
+            .description
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(DESCRIPTION_LIMIT)
+            .collect();
+        let commit = &status.commit;
+        let (success, failure) = match self {
+            Self::GitLab => ("success", "failed"),
+            Self::GitHub | Self::Gitea => ("success", "failure"),
+        };
+        let state = match status.state {
+            State::Success => success,
+            State::Failure => failure,
+        };
+        match self {
+            Self::GitHub | Self::Gitea => Request {
+                url: format!("{base}/repos/{repository}/statuses/{commit}"),
+                body: json!({
+                    "state": state,
+                    "description": description,
+                    "context": status.context,
+                }),
+                auth_header: "Authorization",
+                auth_prefix: if self == Self::GitHub {
+                    "Bearer "
                 } else {
-                    // GitHub Enterprise Server.
-                    format!("{scheme}://{host}/api/v3")
-                }
-            })?;
-            Ok(Request {
-                url: format!("{base}/repos/{repository}/statuses/{}", status.commit),
+                    "token "
+                },
+            },
+            Self::GitLab => Request {
+                url: format!(
+                    "{base}/projects/{}/statuses/{commit}",
+                    repository.replace('/', "%2F")
+                ),
                 body: json!({
-                    "state": match status.state { State::Success => "success", State::Failure => "failure" },
-                    "description": description,
-                    "context": status.context,
-                }),
-                auth_header: "Authorization",
-                auth_prefix: "Bearer ",
-            })
-        }
-        "gitea" => {
-            let base = api(|scheme, host| format!("{scheme}://{host}/api/v1"))?;
-            Ok(Request {
-                url: format!("{base}/repos/{repository}/statuses/{}", status.commit),
-                body: json!({
-                    "state": match status.state { State::Success => "success", State::Failure => "failure" },
-                    "description": description,
-                    "context": status.context,
-                }),
-                auth_header: "Authorization",
-                auth_prefix: "token ",
-            })
-        }
-        "gitlab" => {
-            let base = api(|scheme, host| format!("{scheme}://{host}/api/v4"))?;
-            let project: String = repository.replace('/', "%2F");
-            Ok(Request {
-                url: format!("{base}/projects/{project}/statuses/{}", status.commit),
-                body: json!({
-                    "state": match status.state { State::Success => "success", State::Failure => "failed" },
+                    "state": state,
                     "description": description,
                     "name": status.context,
                 }),
                 auth_header: "PRIVATE-TOKEN",
                 auth_prefix: "",
-            })
+            },
         }
-        other => Err(format!(
-            "spec.commitStatus.provider {other:?} is not github, gitlab or gitea"
-        )),
     }
 }
 
@@ -404,6 +426,56 @@ mod tests {
             enterprise.url,
             "https://github.corp.example/api/v3/repos/team/deploy/statuses/0123abc"
         );
+    }
+
+    #[test]
+    fn each_hosts_request_has_its_exact_shape() {
+        let status = Status {
+            description: "applied\n  3 objects".into(),
+            ..status(State::Failure)
+        };
+        let url = "https://git.example.com/team/deploy.git";
+        let shapes = [
+            (
+                "github",
+                "https://git.example.com/api/v3/repos/team/deploy/statuses/0123abc",
+                json!({"state": "failure", "description": "applied 3 objects", "context": "tether/shop/web"}),
+                ("Authorization", "Bearer "),
+            ),
+            (
+                "gitea",
+                "https://git.example.com/api/v1/repos/team/deploy/statuses/0123abc",
+                json!({"state": "failure", "description": "applied 3 objects", "context": "tether/shop/web"}),
+                ("Authorization", "token "),
+            ),
+            (
+                "gitlab",
+                "https://git.example.com/api/v4/projects/team%2Fdeploy/statuses/0123abc",
+                json!({"state": "failed", "description": "applied 3 objects", "name": "tether/shop/web"}),
+                ("PRIVATE-TOKEN", ""),
+            ),
+        ];
+        for (provider, url_wanted, body, (auth_header, auth_prefix)) in shapes {
+            let request = request_for(&spec(provider), url, &status).expect(provider);
+            let wanted = Request {
+                url: url_wanted.into(),
+                body,
+                auth_header,
+                auth_prefix,
+            };
+            assert_eq!(request, wanted, "{provider}");
+            // The body is sent as text: its keys keep this order.
+            assert_eq!(
+                request.body.to_string(),
+                wanted.body.to_string(),
+                "{provider}"
+            );
+        }
+        // An unknown provider is named before an unreadable URL.
+        let mut unknown = spec("bitbucket");
+        unknown.repository = Some("team/deploy".into());
+        let error = request_for(&unknown, "not a url", &status).expect_err("unknown");
+        assert!(error.contains("bitbucket"), "{error}");
     }
 
     #[test]

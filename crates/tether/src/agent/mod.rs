@@ -10,26 +10,26 @@
 //!   remembers of each Application; `report`: Events, notifications, commit statuses.
 //! - [`drift`]: the watches of applied objects; [`clusters`], [`shard`], [`leader`],
 //!   [`tenancy`]: where and as whom Applications apply, and which agent acts.
-//! - [`server`], [`api`], [`ui`]: HTTP (webhooks, probes, metrics), the JSON API, the web UI.
+//! - [`http`]: the HTTP server (webhooks, probes, metrics), the JSON API, the web UI.
 
-pub mod api;
 pub mod application;
 pub mod clusters;
 pub mod commit_status;
 mod controller;
 mod decide;
 pub mod drift;
+pub mod http;
 pub mod leader;
 mod memory;
 pub mod notify;
 mod reconcile;
 mod report;
-pub mod server;
+pub use http as server;
 pub mod shard;
 mod status;
 mod sync;
 pub mod tenancy;
-pub mod ui;
+pub use http::{api, ui};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

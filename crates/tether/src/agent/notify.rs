@@ -10,7 +10,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
-use super::server::{Metrics, ResultLabels};
+use super::http::{Metrics, ResultLabels};
 
 /// The header of the generic payload's signature: `sha256=<hex HMAC-SHA256 of the body>`.
 pub const SIGNATURE_HEADER: &str = "X-Tether-Signature";

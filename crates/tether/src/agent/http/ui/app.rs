@@ -20,8 +20,8 @@ use super::UiState;
 use super::layout::{self, badge, commit};
 use super::session::{Role, Session};
 use super::view::{self, AppView, Node};
-use crate::agent::Application;
 use crate::agent::application::actions;
+use crate::agent::{Application, ApplicationStatus};
 use crate::plan::Action;
 
 fn find(state: &UiState, namespace: &str, name: &str) -> Result<Arc<Application>, Box<Response>> {
@@ -96,21 +96,28 @@ fn resources(app: &Application, view: &AppView) -> Markup {
 
 /// Everything on the page that changes with the Application's state.
 fn live(app: &Application, view: &AppView, role: Role) -> Markup {
+    let status = app.status.clone().unwrap_or_default();
+    let operator = role == Role::Operator;
+    html! {
+        (heading(app, view, operator))
+        div.grid {
+            (source_card(app, view, &status))
+            (conditions_card(&status))
+        }
+        (resources(app, view))
+        (history(app, &status, operator))
+    }
+}
+
+/// The name, what differs, the states, and the actions an operator may take.
+fn heading(app: &Application, view: &AppView, operator: bool) -> Markup {
     let namespace = app.namespace().unwrap_or_default();
     let name = app.name_any();
-    let status = app.status.clone().unwrap_or_default();
     let sync = view.sync_state(app);
     let health = crate::agent::application::health_state(app.status.as_ref());
-    let source = &app.spec.source;
-    let reference = match source.r#ref.as_ref_text() {
-        Ok(text) if text.is_empty() => "the default branch".to_string(),
-        Ok(text) => text,
-        Err(e) => e,
-    };
     let pinned = app
         .annotations()
         .contains_key(crate::agent::application::ROLLED_BACK_FROM_ANNOTATION);
-    let operator = role == Role::Operator;
     html! {
         section.heading {
             div {
@@ -139,46 +146,67 @@ fn live(app: &Application, view: &AppView, role: Role) -> Markup {
                 }
             }
         }
-        div.grid {
-            section.card {
-                h2 { "Source" }
-                dl {
-                    dt { "Repository" } dd { code { (source.repo_url) } }
-                    dt { "Ref" } dd { (reference) }
-                    dt { "Path" } dd { code { (if source.path.is_empty() { "." } else { &source.path }) } }
-                    dt { "Renderer" } dd { (app.spec.render.renderer.as_deref().unwrap_or("auto")) }
-                    dt { "Applied" } dd {
-                        @match &status.last_applied_revision {
-                            Some(revision) => {
-                                (commit(revision))
-                                @if let Some(info) = &status.revision_info {
-                                    @if let Some(message) = &info.message { " " (message) }
-                                    @if let Some(author) = &info.author { span.muted { " — " (author) } }
-                                }
+    }
+}
+
+/// Where the Application comes from, what is applied and what Git says now.
+fn source_card(app: &Application, view: &AppView, status: &ApplicationStatus) -> Markup {
+    let source = &app.spec.source;
+    let reference = match source.r#ref.as_ref_text() {
+        Ok(text) if text.is_empty() => "the default branch".to_string(),
+        Ok(text) => text,
+        Err(e) => e,
+    };
+    html! {
+        section.card {
+            h2 { "Source" }
+            dl {
+                dt { "Repository" } dd { code { (source.repo_url) } }
+                dt { "Ref" } dd { (reference) }
+                dt { "Path" } dd { code { (if source.path.is_empty() { "." } else { &source.path }) } }
+                dt { "Renderer" } dd { (app.spec.render.renderer.as_deref().unwrap_or("auto")) }
+                dt { "Applied" } dd {
+                    @match &status.last_applied_revision {
+                        Some(revision) => {
+                            (commit(revision))
+                            @if let Some(info) = &status.revision_info {
+                                @if let Some(message) = &info.message { " " (message) }
+                                @if let Some(author) = &info.author { span.muted { " — " (author) } }
                             }
-                            None => span.muted { "nothing yet" },
                         }
-                    }
-                    @if let Some(revision) = &view.revision {
-                        dt { "Git now" } dd { (commit(&revision.commit)) @if let Some(s) = &revision.summary { " " (s) } }
+                        None => span.muted { "nothing yet" },
                     }
                 }
+                @if let Some(revision) = &view.revision {
+                    dt { "Git now" } dd { (commit(&revision.commit)) @if let Some(s) = &revision.summary { " " (s) } }
+                }
             }
-            section.card {
-                h2 { "Conditions" }
-                table.conditions {
-                    @for condition in &status.conditions {
-                        tr {
-                            td { (condition.type_) }
-                            td { (condition_badge(&condition.type_, &condition.status)) }
-                            td.muted { (condition.reason) }
-                            td { (condition.message) }
-                        }
+        }
+    }
+}
+
+fn conditions_card(status: &ApplicationStatus) -> Markup {
+    html! {
+        section.card {
+            h2 { "Conditions" }
+            table.conditions {
+                @for condition in &status.conditions {
+                    tr {
+                        td { (condition.type_) }
+                        td { (condition_badge(&condition.type_, &condition.status)) }
+                        td.muted { (condition.reason) }
+                        td { (condition.message) }
                     }
                 }
             }
         }
-        (resources(app, view))
+    }
+}
+
+/// The syncs so far, each with a rollback to its revision for an operator.
+fn history(app: &Application, status: &ApplicationStatus, operator: bool) -> Markup {
+    let name = app.name_any();
+    html! {
         section.card #history {
             h2 { "History" }
             @if status.history.is_empty() {

@@ -37,9 +37,9 @@ use axum::routing::{get, post};
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::broadcast;
 
-use super::Application;
 use super::api::ApiState;
-use super::drift::Changed;
+use crate::agent::Application;
+use crate::agent::drift::Changed;
 
 pub use session::Role;
 

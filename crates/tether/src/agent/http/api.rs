@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 
-use super::{AgentOptions, Application};
+use crate::agent::{AgentOptions, Application};
 use crate::plan::Action;
 
 #[derive(Clone)]
@@ -27,10 +27,10 @@ pub struct ApiState {
     pub token: Arc<Vec<u8>>,
     pub client: kube::Client,
     /// Where Applications apply (their diffs are planned there).
-    pub clusters: Arc<super::clusters::Clusters>,
+    pub clusters: Arc<crate::agent::clusters::Clusters>,
     pub options: AgentOptions,
     /// Sharded: passes a sync on to the agent holding the Application's shard.
-    pub relay: Option<super::server::Relay>,
+    pub relay: Option<super::Relay>,
 }
 
 pub fn routes(state: ApiState) -> Router {
@@ -77,8 +77,8 @@ fn summary(app: &Application) -> Value {
         "path": app.spec.source.path,
         "suspended": app.spec.suspend,
         "lastAppliedRevision": status.last_applied_revision,
-        "sync": super::application::sync_state(app.status.as_ref(), super::application::Objects::NotPlanned),
-        "health": super::application::health_state(app.status.as_ref()),
+        "sync": crate::agent::application::sync_state(app.status.as_ref(), crate::agent::application::Objects::NotPlanned),
+        "health": crate::agent::application::health_state(app.status.as_ref()),
         "ready": ready,
     })
 }
@@ -126,7 +126,7 @@ async fn show(
         Ok(app) => app,
         Err(reply) => return reply,
     };
-    let planned = super::plan_in_destination(
+    let planned = crate::agent::plan_in_destination(
         &state.client,
         &state.clusters,
         &state.options,
@@ -175,17 +175,17 @@ async fn show(
                 .filter(|c| c.action != Action::Unchanged)
                 .count()
                 + plan.refused.len();
-            body["sync"] = json!(super::application::sync_state(
+            body["sync"] = json!(crate::agent::application::sync_state(
                 app.status.as_ref(),
-                super::application::Objects::Planned { differing }
+                crate::agent::application::Objects::Planned { differing }
             ));
             body["revision"] = serde_json::to_value(&revision).unwrap_or(Value::Null);
             body["objects"] = Value::Array(objects);
         }
         Err(message) => {
-            body["sync"] = json!(super::application::sync_state(
+            body["sync"] = json!(crate::agent::application::sync_state(
                 app.status.as_ref(),
-                super::application::Objects::Unplanned
+                crate::agent::application::Objects::Unplanned
             ));
             body["planError"] = Value::String(message)
         }
