@@ -233,20 +233,12 @@ pub async fn bootstrap(
         ..Default::default()
     };
     let pinned = pinned_application(args, &options, &clone, &commit)?;
-    let mut passes = vec![None];
-    if !args.timeout.is_zero() {
-        passes.push(Some(args.timeout));
-    }
-    for wait in passes {
+    // One pass without waiting (then the tokens), and one that waits for health.
+    let waiting = (!args.timeout.is_zero()).then_some(args.timeout);
+    for wait in std::iter::once(None).chain(waiting.map(Some)) {
         // The same fetch and render as the agent's; the objects already there (its
         // namespace, an earlier bootstrap's) are taken over: running bootstrap says so.
-        let (revision, tree) =
-            crate::app::fetch(&client, &app_options, &pinned, None, Duration::ZERO)
-                .await
-                .map_err(anyhow::Error::msg)?;
-        let objects = crate::app::render_app(&resolver, &app_options, &pinned, &revision, tree)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let objects = desired(&client, &resolver, &app_options, &pinned).await?;
         let (plan_options, apply_options) = pass_options(&namespace, wait);
         crate::engine::sync(
             &client,
@@ -279,6 +271,21 @@ pub async fn bootstrap(
         redacted(&args.repo)
     )?;
     Ok(0)
+}
+
+/// The pinned Application's objects, fetched and rendered as the agent does.
+async fn desired(
+    client: &kube::Client,
+    resolver: &Resolver,
+    app_options: &crate::app::AppOptions,
+    pinned: &Application,
+) -> anyhow::Result<Vec<crate::object::Object>> {
+    let (revision, tree) = crate::app::fetch(client, app_options, pinned, None, Duration::ZERO)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    crate::app::render_app(resolver, app_options, pinned, &revision, tree)
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 /// What bootstrap cannot do yet, and a URL that would commit a secret to Git.
