@@ -204,7 +204,44 @@ fn lease_verbs(options: &InstallOptions) -> Value {
     }
 }
 
+/// The agent's Deployment: one leader replaced by Recreate, or sharded replicas rolled.
 fn deployment(options: &InstallOptions) -> Value {
+    let ns = options.namespace.as_str();
+    // With one leader, the new Pod cannot become Ready while the old one holds the Lease: a
+    // rolling update would wait for ever, so the old one stops first. Sharded replicas are
+    // each Ready on their own, and hand their shards over as they stop.
+    let strategy = match options.shards {
+        Some(_) => json!({"type": "RollingUpdate"}),
+        None => json!({"type": "Recreate"}),
+    };
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": NAME, "namespace": ns, "labels": labels()},
+        "spec": {
+            "replicas": options.replicas,
+            "strategy": strategy,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
+            "template": {
+                "metadata": {"labels": labels()},
+                "spec": {
+                    "serviceAccountName": NAME,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                                        "runAsGroup": 65532, "fsGroup": 65532,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [container(options)],
+                    "volumes": [
+                        {"name": "tokens", "secret": {"secretName": TOKENS_SECRET}},
+                        {"name": "cache", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    })
+}
+
+/// The agent's command line: its scope, listener, token files, leadership or shards.
+fn agent_args(options: &InstallOptions) -> Vec<String> {
     let ns = options.namespace.as_str();
     let mut args: Vec<String> = vec!["agent".to_string()];
     if options.namespaced {
@@ -229,63 +266,38 @@ fn deployment(options: &InstallOptions) -> Value {
     if options.tenants {
         args.push("--require-service-account".into());
     }
-    // With one leader, the new Pod cannot become Ready while the old one holds the Lease: a
-    // rolling update would wait for ever, so the old one stops first. Sharded replicas are
-    // each Ready on their own, and hand their shards over as they stop.
-    let strategy = match options.shards {
-        Some(_) => json!({"type": "RollingUpdate"}),
-        None => json!({"type": "Recreate"}),
-    };
+    args
+}
+
+/// The agent's container: its image and arguments, probes, resources and a read-only root.
+fn container(options: &InstallOptions) -> Value {
     let probe = |path: &str, period: u32| {
         json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
                "timeoutSeconds": 5})
     };
     json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": NAME, "namespace": ns, "labels": labels()},
-        "spec": {
-            "replicas": options.replicas,
-            "strategy": strategy,
-            "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
-            "template": {
-                "metadata": {"labels": labels()},
-                "spec": {
-                    "serviceAccountName": NAME,
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
-                                        "runAsGroup": 65532, "fsGroup": 65532,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "agent",
-                        "image": options.image,
-                        "args": args,
-                        "env": [
-                            {"name": "TETHER_CACHE_DIR", "value": CACHE_DIR},
-                            {"name": "HOME", "value": CACHE_DIR},
-                        ],
-                        "ports": [{"name": "http", "containerPort": PORT}],
-                        "livenessProbe": probe("/healthz", 20),
-                        "readinessProbe": probe("/readyz", 10),
-                        // The renders' budget (--render-memory-budget, 1Gi) and 512Mi for
-                        // the agent itself.
-                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
-                                      "limits": {"memory": "1536Mi"}},
-                        "securityContext": {"allowPrivilegeEscalation": false,
-                                            "readOnlyRootFilesystem": true,
-                                            "capabilities": {"drop": ["ALL"]}},
-                        "volumeMounts": [
-                            {"name": "tokens", "mountPath": TOKENS_DIR, "readOnly": true},
-                            {"name": "cache", "mountPath": CACHE_DIR},
-                            {"name": "tmp", "mountPath": "/tmp"},
-                        ],
-                    }],
-                    "volumes": [
-                        {"name": "tokens", "secret": {"secretName": TOKENS_SECRET}},
-                        {"name": "cache", "emptyDir": {}},
-                        {"name": "tmp", "emptyDir": {}},
-                    ],
-                },
-            },
-        },
+        "name": "agent",
+        "image": options.image,
+        "args": agent_args(options),
+        "env": [
+            {"name": "TETHER_CACHE_DIR", "value": CACHE_DIR},
+            {"name": "HOME", "value": CACHE_DIR},
+        ],
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "livenessProbe": probe("/healthz", 20),
+        "readinessProbe": probe("/readyz", 10),
+        // The renders' budget (--render-memory-budget, 1Gi) and 512Mi for
+        // the agent itself.
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                      "limits": {"memory": "1536Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [
+            {"name": "tokens", "mountPath": TOKENS_DIR, "readOnly": true},
+            {"name": "cache", "mountPath": CACHE_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
     })
 }
 

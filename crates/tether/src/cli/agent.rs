@@ -121,6 +121,7 @@ pub struct AgentArgs {
     pub notify_secret_file: Option<PathBuf>,
 }
 
+/// `tether agent`: flags → [`AgentOptions`], then the controller until a signal stops it.
 pub async fn agent(
     global: &GlobalArgs,
     args: &AgentArgs,
@@ -131,10 +132,37 @@ pub async fn agent(
     if args.install_crd {
         install_crd(&cluster.client()).await?;
     }
-    let webhook_secret = read_secret(args.webhook_secret_file.as_deref(), "webhook secret")?;
-    let api_token = read_secret(args.api_token_file.as_deref(), "API token")?;
-    let api_readonly_token =
-        read_secret(args.api_readonly_token_file.as_deref(), "read-only token")?;
+    let secrets = Secrets::read(args)?;
+    check_flags(args)?;
+    crate::render::external::set_memory_budget(args.render_memory_budget);
+    let options = agent_options(args, cluster.namespace(), secrets)?;
+    announce(args, &options, &cluster);
+    run_agent(cluster.client(), options, shutdown()).await?;
+    Ok(0)
+}
+
+/// The secrets the agent's flags name files of.
+struct Secrets {
+    webhook_secret: Option<Vec<u8>>,
+    api_token: Option<Vec<u8>>,
+    api_readonly_token: Option<Vec<u8>>,
+}
+
+impl Secrets {
+    fn read(args: &AgentArgs) -> anyhow::Result<Self> {
+        Ok(Self {
+            webhook_secret: read_secret(args.webhook_secret_file.as_deref(), "webhook secret")?,
+            api_token: read_secret(args.api_token_file.as_deref(), "API token")?,
+            api_readonly_token: read_secret(
+                args.api_readonly_token_file.as_deref(),
+                "read-only token",
+            )?,
+        })
+    }
+}
+
+/// The flag combinations clap cannot refuse.
+fn check_flags(args: &AgentArgs) -> anyhow::Result<()> {
     if args.lease_duration < std::time::Duration::from_secs(3) {
         anyhow::bail!("--lease-duration must be at least 3s (it is renewed every third of it)");
     }
@@ -145,15 +173,23 @@ pub async fn agent(
             crate::size::show_size(args.render_memory_budget)
         );
     }
-    crate::render::external::set_memory_budget(args.render_memory_budget);
+    Ok(())
+}
+
+/// The flags as the controller's options (`namespace`: the -n / context namespace).
+fn agent_options(
+    args: &AgentArgs,
+    namespace: &str,
+    secrets: Secrets,
+) -> anyhow::Result<AgentOptions> {
     let lease_duration = std::time::Duration::from_secs(args.lease_duration.as_secs());
     let renew_every = lease_duration / 3;
-    let options = AgentOptions {
-        namespace: (!args.all_namespaces).then(|| cluster.namespace().to_string()),
+    Ok(AgentOptions {
+        namespace: (!args.all_namespaces).then(|| namespace.to_string()),
         listen: args.listen,
-        webhook_secret,
-        api_token,
-        api_readonly_token,
+        webhook_secret: secrets.webhook_secret,
+        api_token: secrets.api_token,
+        api_readonly_token: secrets.api_readonly_token,
         secure_cookies: args.secure_cookies,
         leader_election: args.leader_elect.clone().map(|namespace| {
             let mut election = crate::agent::leader::ElectionOptions::new(namespace);
@@ -181,7 +217,11 @@ pub async fn agent(
             ..Default::default()
         },
         ..Default::default()
-    };
+    })
+}
+
+/// What the agent watches, its shards and its web UI, on stderr.
+fn announce(args: &AgentArgs, options: &AgentOptions, cluster: &Cluster) {
     eprintln!(
         "tether agent: watching Applications in {} (server {})",
         options
@@ -200,31 +240,30 @@ pub async fn agent(
     if let (Some(address), Some(_)) = (args.listen, &options.api_token) {
         eprintln!("tether agent: web UI at http://{address}/ui/ (log in with the API token)");
     }
-    // The first SIGTERM or Ctrl-C lets the reconciles in flight finish (an apply runs to
-    // its end and its status is written); a second one stops at once.
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
-        }
+}
+
+/// The first SIGTERM or Ctrl-C lets the reconciles in flight finish (an apply runs to
+/// its end and its status is written); a second one stops at once.
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    eprintln!(
+        "tether agent: shutting down after the reconciles in flight (signal again to stop at once)"
+    );
+    tokio::spawn(async move {
+        let code = tokio::select! {
+            _ = tokio::signal::ctrl_c() => 130,
+            _ = term.recv() => 143,
+        };
         eprintln!(
-            "tether agent: shutting down after the reconciles in flight (signal again to stop at once)"
+            "tether agent: stopping at once; an apply in flight is abandoned (what it wrote is recorded in its ApplySet, and the next reconcile completes it)"
         );
-        tokio::spawn(async move {
-            let code = tokio::select! {
-                _ = tokio::signal::ctrl_c() => 130,
-                _ = term.recv() => 143,
-            };
-            eprintln!(
-                "tether agent: stopping at once; an apply in flight is abandoned (what it wrote is recorded in its ApplySet, and the next reconcile completes it)"
-            );
-            std::process::exit(code);
-        });
-    };
-    run_agent(cluster.client(), options, shutdown).await?;
-    Ok(0)
+        std::process::exit(code);
+    });
 }
 
 /// The first line of a secret file; an empty file is an error.

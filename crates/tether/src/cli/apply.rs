@@ -56,37 +56,16 @@ struct ApplyDocument<'a> {
     report: &'a ApplyReport,
 }
 
+/// `tether apply`: plan, refuse an Application's set unless overridden, apply, report; the
+/// exit code is 0, or an error naming what failed.
 pub async fn run(
     global: &GlobalArgs,
     args: &ApplyArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
     let prepared = prepare(global, &args.target, false).await?;
-    if let Some(application) = prepared.plan.synced_by_other() {
-        let set = format!(
-            "Secret/{} -n {}",
-            prepared.plan.applyset.parent_name(),
-            prepared.plan.options.namespace
-        );
-        if !args.override_application {
-            anyhow::bail!(
-                "{set} is the set of Application {application}: its agent puts Git's state back over anything applied here. Change Git instead (or suspend the Application), or pass --override-application to apply anyway; nothing was written"
-            );
-        }
-        eprintln!(
-            "warning: applying into {set}, the set of Application {application}: its agent will see this as drift and put Git's state back (with selfHeal), or show the Application OutOfSync"
-        );
-    }
-    let options = ApplyOptions {
-        prune: !args.no_prune,
-        allow_empty: args.allow_empty,
-        force_conflicts: args.target.force_conflicts,
-        concurrency: args.target.concurrency,
-        wait: args.wait.then_some(args.timeout),
-        hook_timeout: args.hook_timeout,
-        progress: super::progress::for_stderr(),
-        ..Default::default()
-    };
+    guard_application_set(&prepared.plan, args.override_application)?;
+    let options = apply_options(args);
     let app = prepared.plan.options.app.clone();
     let namespace = prepared.plan.options.namespace.clone();
     let summary = prepared.plan.summary();
@@ -130,8 +109,53 @@ pub async fn run(
         _ => write_text(out, &report, args.wait, color_wanted())?,
     }
     let writes = report.writes;
+    outcome(report)?;
+    tracing::debug!(?summary, writes, "apply finished");
+    Ok(0)
+}
+
+/// An Application's agent syncs this set: refused unless `--override-application`, and then
+/// with a warning.
+fn guard_application_set(
+    plan: &crate::plan::Plan,
+    override_application: bool,
+) -> anyhow::Result<()> {
+    let Some(application) = plan.synced_by_other() else {
+        return Ok(());
+    };
+    let set = format!(
+        "Secret/{} -n {}",
+        plan.applyset.parent_name(),
+        plan.options.namespace
+    );
+    if !override_application {
+        anyhow::bail!(
+            "{set} is the set of Application {application}: its agent puts Git's state back over anything applied here. Change Git instead (or suspend the Application), or pass --override-application to apply anyway; nothing was written"
+        );
+    }
+    eprintln!(
+        "warning: applying into {set}, the set of Application {application}: its agent will see this as drift and put Git's state back (with selfHeal), or show the Application OutOfSync"
+    );
+    Ok(())
+}
+
+fn apply_options(args: &ApplyArgs) -> ApplyOptions {
+    ApplyOptions {
+        prune: !args.no_prune,
+        allow_empty: args.allow_empty,
+        force_conflicts: args.target.force_conflicts,
+        concurrency: args.target.concurrency,
+        wait: args.wait.then_some(args.timeout),
+        hook_timeout: args.hook_timeout,
+        progress: super::progress::for_stderr(),
+        ..Default::default()
+    }
+}
+
+/// The report as the command's result: every failed object listed with its action.
+fn outcome(report: ApplyReport) -> anyhow::Result<()> {
     match report.into_result() {
-        Ok(_) => {}
+        Ok(_) => Ok(()),
         Err(crate::apply::SyncFailure::Objects { failed }) => {
             let list: Vec<String> = failed
                 .iter()
@@ -143,10 +167,8 @@ pub async fn run(
                 list.join("\n")
             )
         }
-        Err(other) => return Err(other.into()),
+        Err(other) => Err(other.into()),
     }
-    tracing::debug!(?summary, writes, "apply finished");
-    Ok(0)
 }
 
 pub(super) fn write_text(

@@ -205,47 +205,20 @@ fn commit_and_push(
     Ok((head, true, work))
 }
 
+/// `tether bootstrap`: push the install to Git, then apply that commit as Application
+/// `tether` would (once without waiting, the tokens Secret, once waiting for health).
 pub async fn bootstrap(
     global: &GlobalArgs,
     args: &BootstrapArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
-    if args.agent.tenants || args.agent.namespaced {
-        anyhow::bail!(
-            "tether bootstrap does not support --tenants or --namespaced yet: with those rights \
-             the agent could not apply its own install (cluster-wide RBAC, its namespace); use \
-             `tether install` with them"
-        );
-    }
-    let committed_url = args.agent_repo.as_deref().unwrap_or(&args.repo);
-    if carries_secret(committed_url) {
-        anyhow::bail!(
-            "{} carries a password or token, which would be committed to application.yaml; give \
-             the agent's URL without it (--agent-repo) and its credentials with --git-secret",
-            redacted(committed_url)
-        );
-    }
+    refuse_unsupported(args)?;
     let options = super::install::install_options(global, &args.agent)?;
     let namespace = options.namespace.clone();
     // The cluster first: nothing is pushed for a cluster that cannot be reached.
     let cluster = Cluster::connect(&global.cluster_options()).await?;
     cluster.server_version().await?;
-    let files = files(args, &options)?;
-    let repo = args.repo.clone();
-    let (branch, path) = (args.branch.clone(), args.path.clone());
-    let (commit, pushed, clone) =
-        tokio::task::spawn_blocking(move || commit_and_push(&repo, &branch, &path, &files))
-            .await??;
-    writeln!(
-        out,
-        "{} {} on {} of {} ({}/install.yaml, {}/application.yaml)",
-        if pushed { "pushed" } else { "unchanged:" },
-        &commit[..12.min(commit.len())],
-        args.branch,
-        redacted(&args.repo),
-        args.path.trim_end_matches('/'),
-        args.path.trim_end_matches('/'),
-    )?;
+    let (commit, clone) = push(args, &options, out).await?;
     let client = cluster.client();
     install_crd(&client).await?;
     // Apply the pushed commit as Application `tether` will: the same render, plan and
@@ -259,39 +232,14 @@ pub async fn bootstrap(
         cache_dir: cache.path().to_path_buf(),
         ..Default::default()
     };
-    // The commit as bootstrap pushed it, from its own clone (the agent's URL and
-    // credentials may not work from here).
-    let mut pinned: Application = serde_json::from_value(application(args, &options))?;
-    pinned.spec.source.repo_url = format!("file://{}", clone.path().display());
-    pinned.spec.source.secret_ref = None;
-    pinned.spec.source.r#ref.branch = None;
-    pinned.spec.source.r#ref.commit = Some(commit.clone());
-    let mut passes = vec![None];
-    if !args.timeout.is_zero() {
-        passes.push(Some(args.timeout));
-    }
-    for wait in passes {
+    let pinned = pinned_application(args, &options, &clone, &commit)?;
+    // One pass without waiting (then the tokens), and one that waits for health.
+    let waiting = (!args.timeout.is_zero()).then_some(args.timeout);
+    for wait in std::iter::once(None).chain(waiting.map(Some)) {
         // The same fetch and render as the agent's; the objects already there (its
         // namespace, an earlier bootstrap's) are taken over: running bootstrap says so.
-        let (revision, tree) =
-            crate::app::fetch(&client, &app_options, &pinned, None, Duration::ZERO)
-                .await
-                .map_err(anyhow::Error::msg)?;
-        let objects = crate::app::render_app(&resolver, &app_options, &pinned, &revision, tree)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let mut plan_options = PlanOptions::new(APPLICATION, namespace.clone());
-        plan_options.adopt = true;
-        plan_options.keep_unchanged_live = false;
-        // The set is Application `tether`'s from now on.
-        plan_options.application = Some(format!("{namespace}/{APPLICATION}"));
-        plan_options.progress = super::progress::for_stderr();
-        let apply_options = ApplyOptions {
-            prune: true,
-            wait,
-            progress: super::progress::for_stderr(),
-            ..Default::default()
-        };
+        let objects = desired(&client, &resolver, &app_options, &pinned).await?;
+        let (plan_options, apply_options) = pass_options(&namespace, wait);
         crate::engine::sync(
             &client,
             &resolver,
@@ -312,29 +260,7 @@ pub async fn bootstrap(
             })
         })?;
         if wait.is_none() {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-            let installed = secrets.get_opt(TOKENS_SECRET).await?;
-            let (tokens, kept) = Tokens::kept_from(installed.as_ref());
-            let secret = crate::install::manifests(&options, Some(&tokens))
-                .into_iter()
-                .find(|o| o["kind"] == "Secret")
-                .expect("the install has a tokens Secret");
-            secrets
-                .patch(
-                    TOKENS_SECRET,
-                    &PatchParams::apply("tether-bootstrap").force(),
-                    &Patch::Apply(&secret),
-                )
-                .await?;
-            writeln!(
-                out,
-                "Secret {namespace}/{TOKENS_SECRET}: {} (not in Git)",
-                match kept {
-                    3 => "kept",
-                    0 => "generated",
-                    _ => "kept; the missing tokens generated",
-                }
-            )?;
+            write_tokens(&client, &options, out).await?;
         }
     }
     writeln!(out)?;
@@ -345,6 +271,135 @@ pub async fn bootstrap(
         redacted(&args.repo)
     )?;
     Ok(0)
+}
+
+/// The pinned Application's objects, fetched and rendered as the agent does.
+async fn desired(
+    client: &kube::Client,
+    resolver: &Resolver,
+    app_options: &crate::app::AppOptions,
+    pinned: &Application,
+) -> anyhow::Result<Vec<crate::object::Object>> {
+    let (revision, tree) = crate::app::fetch(client, app_options, pinned, None, Duration::ZERO)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    crate::app::render_app(resolver, app_options, pinned, &revision, tree)
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
+/// What bootstrap cannot do yet, and a URL that would commit a secret to Git.
+fn refuse_unsupported(args: &BootstrapArgs) -> anyhow::Result<()> {
+    if args.agent.tenants || args.agent.namespaced {
+        anyhow::bail!(
+            "tether bootstrap does not support --tenants or --namespaced yet: with those rights \
+             the agent could not apply its own install (cluster-wide RBAC, its namespace); use \
+             `tether install` with them"
+        );
+    }
+    let committed_url = args.agent_repo.as_deref().unwrap_or(&args.repo);
+    if carries_secret(committed_url) {
+        anyhow::bail!(
+            "{} carries a password or token, which would be committed to application.yaml; give \
+             the agent's URL without it (--agent-repo) and its credentials with --git-secret",
+            redacted(committed_url)
+        );
+    }
+    Ok(())
+}
+
+/// Commits the folder's files and pushes them, and says so; returns the commit and the clone
+/// that holds it.
+async fn push(
+    args: &BootstrapArgs,
+    options: &InstallOptions,
+    out: &mut impl Write,
+) -> anyhow::Result<(String, tempfile::TempDir)> {
+    let files = files(args, options)?;
+    let repo = args.repo.clone();
+    let (branch, path) = (args.branch.clone(), args.path.clone());
+    let (commit, pushed, clone) =
+        tokio::task::spawn_blocking(move || commit_and_push(&repo, &branch, &path, &files))
+            .await??;
+    writeln!(
+        out,
+        "{} {} on {} of {} ({}/install.yaml, {}/application.yaml)",
+        if pushed { "pushed" } else { "unchanged:" },
+        &commit[..12.min(commit.len())],
+        args.branch,
+        redacted(&args.repo),
+        args.path.trim_end_matches('/'),
+        args.path.trim_end_matches('/'),
+    )?;
+    Ok((commit, clone))
+}
+
+/// The commit as bootstrap pushed it, from its own clone (the agent's URL and
+/// credentials may not work from here).
+fn pinned_application(
+    args: &BootstrapArgs,
+    options: &InstallOptions,
+    clone: &tempfile::TempDir,
+    commit: &str,
+) -> anyhow::Result<Application> {
+    let mut pinned: Application = serde_json::from_value(application(args, options))?;
+    pinned.spec.source.repo_url = format!("file://{}", clone.path().display());
+    pinned.spec.source.secret_ref = None;
+    pinned.spec.source.r#ref.branch = None;
+    pinned.spec.source.r#ref.commit = Some(commit.to_string());
+    Ok(pinned)
+}
+
+/// The plan and apply options of one pass: adopt what is there, prune, the set Application
+/// `tether`'s; `wait` for health or not.
+fn pass_options(namespace: &str, wait: Option<Duration>) -> (PlanOptions, ApplyOptions) {
+    let mut plan_options = PlanOptions::new(APPLICATION, namespace.to_string());
+    plan_options.adopt = true;
+    plan_options.keep_unchanged_live = false;
+    // The set is Application `tether`'s from now on.
+    plan_options.application = Some(format!("{namespace}/{APPLICATION}"));
+    plan_options.progress = super::progress::for_stderr();
+    let apply_options = ApplyOptions {
+        prune: true,
+        wait,
+        progress: super::progress::for_stderr(),
+        ..Default::default()
+    };
+    (plan_options, apply_options)
+}
+
+/// The tokens Secret, in the cluster only: an earlier install's tokens are kept, missing ones
+/// generated.
+async fn write_tokens(
+    client: &kube::Client,
+    options: &InstallOptions,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let namespace = &options.namespace;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let installed = secrets.get_opt(TOKENS_SECRET).await?;
+    let (tokens, kept) = Tokens::kept_from(installed.as_ref());
+    let secret = crate::install::manifests(options, Some(&tokens))
+        .into_iter()
+        .find(|o| o["kind"] == "Secret")
+        .expect("the install has a tokens Secret");
+    secrets
+        .patch(
+            TOKENS_SECRET,
+            &PatchParams::apply("tether-bootstrap").force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    writeln!(
+        out,
+        "Secret {namespace}/{TOKENS_SECRET}: {} (not in Git)",
+        match kept {
+            3 => "kept",
+            0 => "generated",
+            _ => "kept; the missing tokens generated",
+        }
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

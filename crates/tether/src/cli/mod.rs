@@ -12,6 +12,7 @@ mod install;
 mod plan;
 mod progress;
 mod render;
+mod source;
 mod status;
 mod version;
 

@@ -320,13 +320,7 @@ fn write_text(
     revision: Option<&Revision>,
     color: bool,
 ) -> anyhow::Result<()> {
-    let paint = |code: &str, text: &str| {
-        if color {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_string()
-        }
-    };
+    let paint = |code: &str, text: &str| paint(color, code, text);
     let at = revision
         .map(|r| format!(" at {}", r.short()))
         .unwrap_or_default();
@@ -341,48 +335,7 @@ fn write_text(
         .filter(|c| c.action != Action::Unchanged)
     {
         writeln!(out)?;
-        let code = match change.action {
-            Action::Create => "32;1",
-            Action::Prune => "31;1",
-            Action::Conflict => "35;1",
-            _ => "33;1",
-        };
-        writeln!(
-            out,
-            "{}",
-            paint(code, &describe_change(change, plan.uses_waves()))
-        )?;
-        for conflict in &change.conflicts {
-            writeln!(out, "    conflict (tether never applied it): {conflict}")?;
-        }
-        for field in &change.reclaims {
-            writeln!(out, "    drift, Git's value goes back: {field}")?;
-        }
-        if !change.takes_over_from.is_empty() {
-            writeln!(
-                out,
-                "    takes over fields from {}",
-                change.takes_over_from.join(", ")
-            )?;
-        }
-        for line in change.diff.lines() {
-            let code = if line.starts_with("+++") || line.starts_with("---") {
-                "1"
-            } else if line.starts_with('+') {
-                "32"
-            } else if line.starts_with('-') {
-                "31"
-            } else if line.starts_with("@@") {
-                "36"
-            } else {
-                ""
-            };
-            if code.is_empty() {
-                writeln!(out, "    {line}")?;
-            } else {
-                writeln!(out, "    {}", paint(code, line))?;
-            }
-        }
+        write_text_change(out, change, plan.uses_waves(), &paint)?;
     }
     if plan.creates_namespace {
         writeln!(out)?;
@@ -415,6 +368,69 @@ fn write_text(
     writeln!(out)?;
     writeln!(out, "{}", plan.summary())?;
     Ok(())
+}
+
+/// `text` in the terminal colour `code` (an SGR parameter) when `color`.
+fn paint(color: bool, code: &str, text: &str) -> String {
+    if color {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// One change of the text plan: its line, conflicts, reclaimed fields, take-overs, and diff.
+fn write_text_change(
+    out: &mut impl Write,
+    change: &Change,
+    waves: bool,
+    paint: &impl Fn(&str, &str) -> String,
+) -> anyhow::Result<()> {
+    let code = match change.action {
+        Action::Create => "32;1",
+        Action::Prune => "31;1",
+        Action::Conflict => "35;1",
+        _ => "33;1",
+    };
+    writeln!(out, "{}", paint(code, &describe_change(change, waves)))?;
+    for conflict in &change.conflicts {
+        writeln!(out, "    conflict (tether never applied it): {conflict}")?;
+    }
+    for field in &change.reclaims {
+        writeln!(out, "    drift, Git's value goes back: {field}")?;
+    }
+    if !change.takes_over_from.is_empty() {
+        writeln!(
+            out,
+            "    takes over fields from {}",
+            change.takes_over_from.join(", ")
+        )?;
+    }
+    for line in change.diff.lines() {
+        let code = diff_line_color(line);
+        if code.is_empty() {
+            writeln!(out, "    {line}")?;
+        } else {
+            writeln!(out, "    {}", paint(code, line))?;
+        }
+    }
+    Ok(())
+}
+
+/// The colour of a unified diff's line: headers bold, additions green, removals red, hunks
+/// cyan, context none.
+fn diff_line_color(line: &str) -> &'static str {
+    if line.starts_with("+++") || line.starts_with("---") {
+        "1"
+    } else if line.starts_with('+') {
+        "32"
+    } else if line.starts_with('-') {
+        "31"
+    } else if line.starts_with("@@") {
+        "36"
+    } else {
+        ""
+    }
 }
 
 /// The hooks of the set's last sync failed or never ran: the next sync runs them again.
@@ -463,7 +479,20 @@ fn write_markdown(
         return Ok(());
     }
     writeln!(out)?;
-    let waves = plan.uses_waves();
+    write_markdown_table(out, &changed, plan.uses_waves())?;
+    for change in changed {
+        writeln!(out)?;
+        write_markdown_details(out, change)?;
+    }
+    Ok(())
+}
+
+/// The table of changes: action, object, wave (when the plan uses waves), source.
+fn write_markdown_table(
+    out: &mut impl Write,
+    changed: &[&Change],
+    waves: bool,
+) -> anyhow::Result<()> {
     if waves {
         writeln!(out, "| | Action | Object | Wave | Source |")?;
         writeln!(out, "|---|---|---|---|---|")?;
@@ -471,7 +500,7 @@ fn write_markdown(
         writeln!(out, "| | Action | Object | Source |")?;
         writeln!(out, "|---|---|---|---|")?;
     }
-    for change in &changed {
+    for change in changed {
         let origin = change
             .origin
             .as_ref()
@@ -490,31 +519,33 @@ fn write_markdown(
             change.key
         )?;
     }
-    for change in changed {
-        writeln!(out)?;
-        writeln!(
-            out,
-            "<details><summary>{} <code>{}</code></summary>",
-            change.action, change.key
-        )?;
-        writeln!(out)?;
-        for conflict in &change.conflicts {
-            writeln!(out, "- conflict (tether never applied it): {conflict}")?;
-        }
-        for field in &change.reclaims {
-            writeln!(out, "- drift, Git's value goes back: {field}")?;
-        }
-        // A fence longer than any run of backticks in the diff cannot be closed by it.
-        let fence = "`".repeat(3.max(longest_backtick_run(&change.diff) + 1));
-        writeln!(out, "{fence}diff")?;
-        write!(out, "{}", change.diff)?;
-        if !change.diff.ends_with('\n') {
-            writeln!(out)?;
-        }
-        writeln!(out, "{fence}")?;
-        writeln!(out)?;
-        writeln!(out, "</details>")?;
+    Ok(())
+}
+
+/// One change as a folded `<details>` block: conflicts, reclaimed fields, and its diff.
+fn write_markdown_details(out: &mut impl Write, change: &Change) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "<details><summary>{} <code>{}</code></summary>",
+        change.action, change.key
+    )?;
+    writeln!(out)?;
+    for conflict in &change.conflicts {
+        writeln!(out, "- conflict (tether never applied it): {conflict}")?;
     }
+    for field in &change.reclaims {
+        writeln!(out, "- drift, Git's value goes back: {field}")?;
+    }
+    // A fence longer than any run of backticks in the diff cannot be closed by it.
+    let fence = "`".repeat(3.max(longest_backtick_run(&change.diff) + 1));
+    writeln!(out, "{fence}diff")?;
+    write!(out, "{}", change.diff)?;
+    if !change.diff.ends_with('\n') {
+        writeln!(out)?;
+    }
+    writeln!(out, "{fence}")?;
+    writeln!(out)?;
+    writeln!(out, "</details>")?;
     Ok(())
 }
 
@@ -529,5 +560,17 @@ mod tests {
     #[test]
     fn markdown_fences_outlast_backticks_in_diffs() {
         assert_eq!(longest_backtick_run("a ```` b ` c"), 4);
+    }
+
+    #[test]
+    fn diff_lines_are_coloured_by_what_they_say() {
+        assert_eq!(diff_line_color("--- live"), "1");
+        assert_eq!(diff_line_color("+++ desired"), "1");
+        assert_eq!(diff_line_color("+  replicas: 3"), "32");
+        assert_eq!(diff_line_color("-  replicas: 2"), "31");
+        assert_eq!(diff_line_color("@@ -1,3 +1,3 @@"), "36");
+        assert_eq!(diff_line_color("   kind: Deployment"), "");
+        assert_eq!(paint(false, "32", "x"), "x");
+        assert_eq!(paint(true, "32", "x"), "\x1b[32mx\x1b[0m");
     }
 }

@@ -50,6 +50,8 @@ struct StatusDocument<'a> {
     objects: Vec<ObjectStatus>,
 }
 
+/// `tether status`: plan against the live objects, assess each one's health, report; with
+/// `--detailed-exitcode`, 2 unless Synced and Healthy.
 pub async fn run(
     global: &GlobalArgs,
     args: &StatusArgs,
@@ -57,8 +59,42 @@ pub async fn run(
 ) -> anyhow::Result<u8> {
     let prepared = prepare(global, &args.target, true).await?;
     let plan = &prepared.plan;
-    let objects: Vec<ObjectStatus> = plan
-        .changes
+    let objects = object_statuses(plan);
+    let (sync, overall) = verdict(&objects);
+    match global.output {
+        OutputFormat::Json | OutputFormat::Yaml => {
+            let document = StatusDocument {
+                api_version: "tether.dev/v1alpha1",
+                kind: "ApplicationStatus",
+                app: &plan.options.app,
+                namespace: &plan.options.namespace,
+                revision: prepared.revision.as_ref(),
+                sync,
+                health: overall,
+                objects,
+            };
+            crate::output::write_structured(out, global.output, &document)?;
+        }
+        _ => write_text(
+            out,
+            plan,
+            prepared.revision.as_ref(),
+            &objects,
+            sync,
+            overall,
+        )?,
+    }
+    let clean = sync == Sync::Synced && overall == HealthStatus::Healthy;
+    Ok(if args.detailed_exitcode && !clean {
+        2
+    } else {
+        0
+    })
+}
+
+/// Each object of the plan: in sync or not, and its health (one apply prunes is healthy).
+fn object_statuses(plan: &crate::plan::Plan) -> Vec<ObjectStatus> {
+    plan.changes
         .iter()
         .map(|change| ObjectStatus {
             key: change.key.clone(),
@@ -77,7 +113,12 @@ pub async fn run(
                 health::assess(change.live.as_ref())
             },
         })
-        .collect();
+        .collect()
+}
+
+/// The application's sync (Synced when every object is) and health (its least healthy
+/// object's).
+fn verdict(objects: &[ObjectStatus]) -> (Sync, HealthStatus) {
     let sync = if objects.iter().all(|o| o.sync == Sync::Synced) {
         Sync::Synced
     } else {
@@ -85,60 +126,85 @@ pub async fn run(
     };
     // The application is as healthy as its least healthy object.
     let overall = objects.iter().map(|o| o.health.status);
-    let overall = HealthStatus::worst(overall);
-    match global.output {
-        OutputFormat::Json | OutputFormat::Yaml => {
-            let document = StatusDocument {
-                api_version: "tether.dev/v1alpha1",
-                kind: "ApplicationStatus",
-                app: &plan.options.app,
-                namespace: &plan.options.namespace,
-                revision: prepared.revision.as_ref(),
-                sync,
-                health: overall,
-                objects,
-            };
-            crate::output::write_structured(out, global.output, &document)?;
-        }
-        _ => {
-            let at = prepared
-                .revision
-                .as_ref()
-                .map(|r| format!(" at {}", r.short()))
-                .unwrap_or_default();
-            let differing = objects.iter().filter(|o| o.sync == Sync::OutOfSync).count();
-            writeln!(
-                out,
-                "app {} in namespace {}{at}: {sync:?} ({differing} of {} objects differ), {overall}",
-                plan.options.app,
-                plan.options.namespace,
-                objects.len()
-            )?;
-            writeln!(out)?;
-            writeln!(
-                out,
-                "{:<10} {:<12} {:<50} MESSAGE",
-                "SYNC", "HEALTH", "OBJECT"
-            )?;
-            for object in &objects {
-                let sync = match object.sync {
-                    Sync::Synced => "Synced".to_string(),
-                    Sync::OutOfSync => format!("{}", object.action),
-                };
-                writeln!(
-                    out,
-                    "{sync:<10} {:<12} {:<50} {}",
-                    object.health.status.to_string(),
-                    object.key.to_string(),
-                    object.health.message
-                )?;
-            }
+    (sync, HealthStatus::worst(overall))
+}
+
+fn write_text(
+    out: &mut impl Write,
+    plan: &crate::plan::Plan,
+    revision: Option<&crate::source::git::Revision>,
+    objects: &[ObjectStatus],
+    sync: Sync,
+    overall: HealthStatus,
+) -> anyhow::Result<()> {
+    let at = revision
+        .map(|r| format!(" at {}", r.short()))
+        .unwrap_or_default();
+    let differing = objects.iter().filter(|o| o.sync == Sync::OutOfSync).count();
+    writeln!(
+        out,
+        "app {} in namespace {}{at}: {sync:?} ({differing} of {} objects differ), {overall}",
+        plan.options.app,
+        plan.options.namespace,
+        objects.len()
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<10} {:<12} {:<50} MESSAGE",
+        "SYNC", "HEALTH", "OBJECT"
+    )?;
+    for object in objects {
+        let sync = match object.sync {
+            Sync::Synced => "Synced".to_string(),
+            Sync::OutOfSync => format!("{}", object.action),
+        };
+        writeln!(
+            out,
+            "{sync:<10} {:<12} {:<50} {}",
+            object.health.status.to_string(),
+            object.key.to_string(),
+            object.health.message
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(name: &str, sync: Sync, status: HealthStatus) -> ObjectStatus {
+        ObjectStatus {
+            key: ObjectKey {
+                group: String::new(),
+                kind: "ConfigMap".into(),
+                namespace: "shop".into(),
+                name: name.into(),
+            },
+            sync,
+            action: if sync == Sync::Synced {
+                Action::Unchanged
+            } else {
+                Action::Update
+            },
+            health: Health::new(status, ""),
         }
     }
-    let clean = sync == Sync::Synced && overall == HealthStatus::Healthy;
-    Ok(if args.detailed_exitcode && !clean {
-        2
-    } else {
-        0
-    })
+
+    #[test]
+    fn the_application_is_synced_when_every_object_is_and_as_healthy_as_the_least() {
+        assert_eq!(verdict(&[]), (Sync::Synced, HealthStatus::Healthy));
+        let objects = [
+            object("a", Sync::Synced, HealthStatus::Healthy),
+            object("b", Sync::Synced, HealthStatus::Progressing),
+        ];
+        assert_eq!(verdict(&objects), (Sync::Synced, HealthStatus::Progressing));
+        let objects = [
+            object("a", Sync::OutOfSync, HealthStatus::Healthy),
+            object("b", Sync::Synced, HealthStatus::Degraded),
+            object("c", Sync::Synced, HealthStatus::Missing),
+        ];
+        assert_eq!(verdict(&objects), (Sync::OutOfSync, HealthStatus::Degraded));
+    }
 }

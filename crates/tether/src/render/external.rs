@@ -231,6 +231,35 @@ pub fn run(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let mut child = command(program, args, cwd, home)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cap = limits.max_output_bytes;
+    let (out_reader, err_reader) = read_pipes(&mut child, cap);
+    let status = watch(&mut child, limits).map_err(|e| format!("{name}: {e}"))?;
+    let output = out_reader
+        .join()
+        .map_err(|_| format!("{name}: reading its output failed"))?;
+    let errors = err_reader.join().unwrap_or_default();
+    let status = status.map_err(|stopped| stopped_message(&name, stopped, limits))?;
+    let output = output.map_err(|e| format!("{name}: {e}"))?;
+    if output.len() > cap {
+        return Err(format!(
+            "{name} printed more than {cap} bytes; refusing the output"
+        ));
+    }
+    if !status.success() {
+        // Paths in the private copy mean nothing to the user: make them repository paths.
+        let message = trim_message(&errors).replace(&format!("{}/", cwd.display()), "");
+        return Err(format!("{name} failed: {message}"));
+    }
+    Ok(output)
+}
+
+/// The command that runs `program args` in `cwd`: a clean environment whose home and
+/// caches are under `home`, no kubeconfig, no stdin, and a process group of its own.
+fn command(program: &Path, args: &[String], cwd: &Path, home: &Path) -> Command {
     let mut command = Command::new(program);
     command
         .args(args)
@@ -254,13 +283,19 @@ pub fn run(
     // A group of its own, so a timeout ends the program's children too (helm plugins,
     // a shell wrapper's `sleep`), not just the program.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-    STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    command
+}
+
+/// The threads reading a child's stdout and its stderr.
+type Readers = (
+    std::thread::JoinHandle<std::io::Result<Vec<u8>>>,
+    std::thread::JoinHandle<Vec<u8>>,
+);
+
+/// Threads reading the child's stdout (up to `cap` bytes and one more) and stderr (64 KiB).
+fn read_pipes(child: &mut std::process::Child, cap: usize) -> Readers {
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
-    let cap = limits.max_output_bytes;
     let out_reader = std::thread::spawn(move || {
         let mut buffer = Vec::new();
         // Past the cap the pipe is closed: the program's next write fails and it stops.
@@ -274,39 +309,22 @@ pub fn run(
         let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buffer);
         buffer
     });
-    let status = watch(&mut child, limits).map_err(|e| format!("{name}: {e}"))?;
-    let output = out_reader
-        .join()
-        .map_err(|_| format!("{name}: reading its output failed"))?;
-    let errors = err_reader.join().unwrap_or_default();
-    let status = match status {
-        Ok(status) => status,
-        Err(Stopped::Timeout) => {
-            return Err(format!(
-                "{name} did not finish within {} s and was killed",
-                limits.timeout.as_secs()
-            ));
-        }
-        Err(Stopped::Memory(seen)) => {
-            return Err(format!(
-                "{name} was killed at {} of memory, past the render's limit of {}; if it needs more, raise the limit (an Application's spec.render.memoryLimit, or --render-memory)",
-                show_size(seen),
-                show_size(limits.memory_bytes)
-            ));
-        }
-    };
-    let output = output.map_err(|e| format!("{name}: {e}"))?;
-    if output.len() > cap {
-        return Err(format!(
-            "{name} printed more than {cap} bytes; refusing the output"
-        ));
+    (out_reader, err_reader)
+}
+
+/// Why the program `name` was killed, and what to do about it.
+fn stopped_message(name: &str, stopped: Stopped, limits: &Limits) -> String {
+    match stopped {
+        Stopped::Timeout => format!(
+            "{name} did not finish within {} s and was killed",
+            limits.timeout.as_secs()
+        ),
+        Stopped::Memory(seen) => format!(
+            "{name} was killed at {} of memory, past the render's limit of {}; if it needs more, raise the limit (an Application's spec.render.memoryLimit, or --render-memory)",
+            show_size(seen),
+            show_size(limits.memory_bytes)
+        ),
     }
-    if !status.success() {
-        // Paths in the private copy mean nothing to the user: make them repository paths.
-        let message = trim_message(&errors).replace(&format!("{}/", cwd.display()), "");
-        return Err(format!("{name} failed: {message}"));
-    }
-    Ok(output)
 }
 
 /// Waits for `child` to end, killing its group at the time or memory limit; what the

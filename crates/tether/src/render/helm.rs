@@ -154,6 +154,31 @@ pub fn fetch_repo_chart(
         .map_err(|e| format!("cannot read the Helm repository index {index_url}: {e}"))?;
     let index: Value =
         serde_saphyr::from_str(&index).map_err(|e| format!("{index_url}: invalid index: {e}"))?;
+    let (chosen, entry) = choose_entry(&index, chart, &index_url)?;
+    let url = download_url(entry, base)
+        .ok_or_else(|| format!("{index_url}: {} {chosen} has no download URL", chart.chart))?;
+    let digest = entry["digest"].as_str().map(str::to_string);
+    let key: String = sha2::Sha256::digest(base.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let folder = cache_dir.join("charts").join(key);
+    let file = folder.join(format!("{}-{chosen}.tgz", chart.chart));
+    if file.exists() {
+        return Ok((file, chosen));
+    }
+    download(&client, &url, digest.as_deref(), &folder, &file)?;
+    Ok((file, chosen))
+}
+
+/// The version of `chart` to fetch (the one named, else the best match of the range) and its
+/// entry in the repository's index.
+fn choose_entry<'a>(
+    index: &'a Value,
+    chart: &RepoChart,
+    index_url: &str,
+) -> Result<(String, &'a Value), String> {
     let entries = index["entries"][&chart.chart]
         .as_array()
         .ok_or_else(|| format!("{index_url} has no chart named {:?}", chart.chart))?;
@@ -182,27 +207,30 @@ pub fn fetch_repo_chart(
         .iter()
         .find(|e| e["version"].as_str() == Some(chosen.as_str()))
         .expect("chosen from these entries");
-    let url = entry["urls"][0]
-        .as_str()
-        .ok_or_else(|| format!("{index_url}: {} {chosen} has no download URL", chart.chart))?;
-    let url = if url.contains("://") {
+    Ok((chosen, entry))
+}
+
+/// An index entry's first download URL, made absolute against the repository's `base`.
+fn download_url(entry: &Value, base: &str) -> Option<String> {
+    let url = entry["urls"][0].as_str()?;
+    Some(if url.contains("://") {
         url.to_string()
     } else {
         format!("{base}/{}", url.trim_start_matches("./"))
-    };
-    let digest = entry["digest"].as_str().map(str::to_string);
-    let key: String = sha2::Sha256::digest(base.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let folder = cache_dir.join("charts").join(key);
-    let file = folder.join(format!("{}-{chosen}.tgz", chart.chart));
-    if file.exists() {
-        return Ok((file, chosen));
-    }
+    })
+}
+
+/// Downloads a packaged chart into `file` (through a partial file), refusing one whose digest
+/// is not the index's.
+fn download(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    digest: Option<&str>,
+    folder: &Path,
+    file: &Path,
+) -> Result<(), String> {
     let bytes = client
-        .get(&url)
+        .get(url)
         .send()
         .and_then(|r| r.error_for_status())
         .and_then(|r| r.bytes())
@@ -218,11 +246,11 @@ pub fn fetch_repo_chart(
             ));
         }
     }
-    std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+    std::fs::create_dir_all(folder).map_err(|e| format!("{}: {e}", folder.display()))?;
     let partial = file.with_extension("partial");
     std::fs::write(&partial, &bytes).map_err(|e| format!("{}: {e}", partial.display()))?;
-    std::fs::rename(&partial, &file).map_err(|e| format!("{}: {e}", file.display()))?;
-    Ok((file, chosen))
+    std::fs::rename(&partial, file).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(())
 }
 
 /// The `# Source: chart/templates/x.yaml` comment that helm writes before each document:
@@ -271,5 +299,48 @@ mod tests {
                 (5, "web/templates/deploy.yaml".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn a_repository_chart_is_the_version_named_else_the_best_of_the_range() {
+        let index: Value = serde_saphyr::from_str(
+            "entries:\n  web:\n  - version: 1.2.0\n    urls: [charts/web-1.2.0.tgz]\n  - version: 1.10.0\n    urls: [https://cdn.example/web-1.10.0.tgz]\n  - version: 2.0.0\n    urls: []\n",
+        )
+        .expect("index");
+        let chart = |version: &str| RepoChart {
+            url: "https://charts.example".into(),
+            chart: "web".into(),
+            version: version.into(),
+        };
+        let url = "https://charts.example/index.yaml";
+        let (chosen, entry) = choose_entry(&index, &chart("1.2.0"), url).expect("named");
+        assert_eq!(chosen, "1.2.0");
+        assert_eq!(
+            download_url(entry, "https://charts.example").as_deref(),
+            Some("https://charts.example/charts/web-1.2.0.tgz")
+        );
+        let (chosen, entry) = choose_entry(&index, &chart("^1"), url).expect("range");
+        assert_eq!(chosen, "1.10.0");
+        assert_eq!(
+            download_url(entry, "https://charts.example").as_deref(),
+            Some("https://cdn.example/web-1.10.0.tgz")
+        );
+        let (_, entry) = choose_entry(&index, &chart("2.0.0"), url).expect("named");
+        assert_eq!(download_url(entry, "https://charts.example"), None);
+        let err = choose_entry(&index, &chart("^3"), url).expect_err("no match");
+        assert!(
+            err.contains("no version of web matches \"^3\" (it has: 1.2.0, 1.10.0, 2.0.0)"),
+            "{err}"
+        );
+        let err = choose_entry(
+            &index,
+            &RepoChart {
+                chart: "db".into(),
+                ..chart("1")
+            },
+            url,
+        )
+        .expect_err("no chart");
+        assert!(err.contains("has no chart named \"db\""), "{err}");
     }
 }

@@ -1,3 +1,7 @@
+//! Unit tests of rendering over a [`DirTree`]: the plain walk, `.tetherignore`, symlinks, Jsonnet,
+//! problems with their origin, and the render cache.
+
+use super::cache::trim_cache;
 use super::*;
 use crate::source::tree::DirTree;
 
