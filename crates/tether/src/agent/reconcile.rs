@@ -4,6 +4,7 @@
 //! says when to look again. Start at [`reconcile`].
 
 use super::*;
+use application::{ConditionStatus, ConditionType, SyncState};
 
 /// One reconcile of one Application: resolve, render, plan, apply when allowed, record.
 pub(super) async fn reconcile(
@@ -148,7 +149,7 @@ pub(super) async fn record_success(
     let sync_state = after.status.sync.as_ref().map(|s| s.status.clone());
     ctx.record_state(
         app,
-        sync_state.as_deref().unwrap_or("Unknown"),
+        sync_state.as_deref().unwrap_or(SyncState::Unknown.as_str()),
         &health.to_string(),
     );
     let synced = after.synced;
@@ -203,7 +204,7 @@ pub(super) async fn record_failure(
     let health = after.status.health.clone();
     ctx.record_state(
         app,
-        sync_state.as_deref().unwrap_or("Unknown"),
+        sync_state.as_deref().unwrap_or(SyncState::Unknown.as_str()),
         health.as_deref().unwrap_or("Unknown"),
     );
     let (status, stalled, tell) = (after.status, after.stalled, after.tell);
@@ -271,7 +272,7 @@ pub(super) async fn unready_dependency(ctx: &Context, app: &Application) -> Opti
             .is_some_and(|s| {
                 s.conditions
                     .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                    .any(|c| c.type_ == ConditionType::Ready && c.status == ConditionStatus::True)
             });
         if !ready {
             return Some(dependency.name.clone());

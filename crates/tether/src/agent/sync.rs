@@ -4,6 +4,7 @@
 //! [`decide`](super::decide) chooses the way; start at [`sync`].
 
 use super::*;
+use application::{RunResult, SyncState, health_from};
 
 /// Resolve, render, plan and (when the policy allows) apply; an `Err` is a message for
 /// the status, saying what failed.
@@ -175,7 +176,10 @@ pub(super) fn facts(
         sync_requested: sync_requested(app),
         spec_observed,
         synced: status.is_some_and(|s| {
-            s.apply_set.is_some() && s.sync.as_ref().is_some_and(|sync| sync.status == "Synced")
+            s.apply_set.is_some()
+                && s.sync
+                    .as_ref()
+                    .is_some_and(|sync| sync.status == SyncState::Synced)
         }),
         last_applied: status.and_then(|s| s.last_applied_revision.clone()),
         described: status.and_then(|s| Some(s.revision_info.as_ref()?.commit.clone())),
@@ -209,10 +213,14 @@ pub(super) async fn unchanged_outcome(
     let (status, sync, apply_set) = settled;
     // Read again when a member's status changed, and while not Healthy (a rollout in
     // progress: only the objects not Healthy are read).
-    let health = if status_changed || status.health.as_deref() != Some("Healthy") {
+    let healthy = status.health.as_deref().map(health_from) == Some(HealthStatus::Healthy);
+    let health = if status_changed || !healthy {
         assess_set(ctx, at.dest, at.client, applyset_id).await
     } else {
-        health_from(status.health.as_deref().unwrap_or("Unknown"))
+        status
+            .health
+            .as_deref()
+            .map_or(HealthStatus::Unknown, health_from)
     };
     let mut sync = sync.clone();
     sync.revision = revision.commit.clone();
@@ -301,9 +309,9 @@ pub(super) async fn full_sync(
     let allowed = sync_requested(app) || (policy.automated && (new_revision || policy.self_heal));
     let mut sync = SyncStatus {
         status: if planned.has_changes() {
-            "OutOfSync"
+            SyncState::OutOfSync
         } else {
-            "Synced"
+            SyncState::Synced
         }
         .into(),
         revision: revision.commit.clone(),
@@ -346,7 +354,7 @@ pub(super) async fn full_sync(
         versions = written;
         // The counts say what differs now (what was done is in the history).
         sync = SyncStatus {
-            status: "Synced".into(),
+            status: SyncState::Synced.into(),
             create: 0,
             update: 0,
             prune: if policy.prune { 0 } else { sync.prune },
@@ -370,14 +378,14 @@ pub(super) async fn full_sync(
         );
     }
     if !refused.is_empty() {
-        sync.status = "OutOfSync".into();
+        sync.status = SyncState::OutOfSync.into();
     }
-    if sync.status == "Synced" {
+    if sync.status == SyncState::Synced {
         // The cluster now holds this render: a later revision that renders the same needs
         // no plan.
         dest.drift.set_applied_digest(applyset_id, digest);
     }
-    if sync.status != "Synced" || versions.len() != desired.len() {
+    if sync.status != SyncState::Synced || versions.len() != desired.len() {
         versions.clear();
     }
     dest.drift.finish_full_sync(applyset_id, versions);
@@ -552,7 +560,7 @@ pub(super) async fn apply_and_record(
         let entry = (!hooks.is_empty()).then(|| HistoryEntry {
             revision: revision.commit.clone(),
             time: now_rfc3339(),
-            result: "Failed".into(),
+            result: RunResult::Failed.into(),
             created: 0,
             updated: 0,
             pruned: 0,
@@ -593,7 +601,7 @@ pub(super) async fn apply_and_record(
     let entry = HistoryEntry {
         revision: revision.commit.clone(),
         time: now_rfc3339(),
-        result: "Succeeded".into(),
+        result: RunResult::Succeeded.into(),
         created: count(PlanAction::Create),
         updated: count(PlanAction::Update),
         pruned: count(PlanAction::Prune),
@@ -761,16 +769,6 @@ pub(super) async fn render_digested(
     let objects = render_app(&dest.target.resolver, &ctx.pipeline, app, revision, tree).await?;
     let digest = digest_of(&objects);
     Ok((objects, digest))
-}
-
-pub(super) fn health_from(text: &str) -> HealthStatus {
-    match text {
-        "Healthy" => HealthStatus::Healthy,
-        "Progressing" => HealthStatus::Progressing,
-        "Degraded" => HealthStatus::Degraded,
-        "Missing" => HealthStatus::Missing,
-        _ => HealthStatus::Unknown,
-    }
 }
 
 /// Each desired object's health, read with `client` (one GET each).

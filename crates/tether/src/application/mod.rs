@@ -6,11 +6,13 @@
 pub mod actions;
 mod check;
 pub mod spec;
+pub mod state;
 pub mod status;
 #[cfg(test)]
 mod tests;
 
 pub use spec::*;
+pub use state::{ConditionStatus, ConditionType, Reason, RunResult, SyncState, health_from};
 pub use status::*;
 
 /// `tether sync` sets this annotation (to a timestamp) to ask for a full sync now.

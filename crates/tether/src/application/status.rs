@@ -4,6 +4,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::state::{ConditionStatus, ConditionType, Reason, RunResult, SyncState};
+
 /// The agent's record, kstatus style.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
@@ -38,7 +40,12 @@ pub struct ApplicationStatus {
 }
 
 /// Every sync state an Application is shown in: each Application is in exactly one.
-pub const SYNC_STATES: [&str; 4] = ["Synced", "OutOfSync", "Unknown", "Failed"];
+pub const SYNC_STATES: [&str; 4] = [
+    SyncState::Synced.as_str(),
+    SyncState::OutOfSync.as_str(),
+    SyncState::Unknown.as_str(),
+    SyncState::Failed.as_str(),
+];
 /// Every health state an Application is shown in: each Application is in exactly one.
 pub const HEALTH_STATES: [&str; 5] = ["Healthy", "Progressing", "Degraded", "Missing", "Unknown"];
 
@@ -58,26 +65,28 @@ pub enum Objects {
 /// else Failed when its last sync failed, and otherwise its status.
 pub fn sync_state(status: Option<&ApplicationStatus>, objects: Objects) -> &'static str {
     let failed = status.is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "Failed")
+        s.conditions.iter().any(|c| {
+            c.type_ == ConditionType::Ready
+                && c.status == ConditionStatus::False
+                && c.reason == Reason::Failed
+        })
     });
     let recorded = match status
         .and_then(|s| s.sync.as_ref())
-        .map(|s| s.status.as_str())
+        .and_then(|s| SyncState::parse(&s.status))
     {
-        Some("Synced") => "Synced",
-        Some("OutOfSync") => "OutOfSync",
-        _ => "Unknown",
+        Some(state @ (SyncState::Synced | SyncState::OutOfSync)) => state,
+        _ => SyncState::Unknown,
     };
-    match objects {
-        Objects::Unplanned => "Unknown",
-        Objects::Planned { differing } if differing > 0 => "OutOfSync",
-        Objects::Planned { .. } if failed => "Failed",
-        Objects::Planned { .. } => "Synced",
-        Objects::NotPlanned if failed => "Failed",
+    let state = match objects {
+        Objects::Unplanned => SyncState::Unknown,
+        Objects::Planned { differing } if differing > 0 => SyncState::OutOfSync,
+        Objects::Planned { .. } if failed => SyncState::Failed,
+        Objects::Planned { .. } => SyncState::Synced,
+        Objects::NotPlanned if failed => SyncState::Failed,
         Objects::NotPlanned => recorded,
-    }
+    };
+    state.as_str()
 }
 
 /// The health shown for an Application, one of [`HEALTH_STATES`].
@@ -183,7 +192,12 @@ impl From<&crate::apply::hooks::HookResult> for HookRecord {
         Self {
             phase: run.phase.to_string(),
             object: format!("{}/{}", run.key.kind, run.key.name),
-            result: if run.succeeded { "Succeeded" } else { "Failed" }.into(),
+            result: if run.succeeded {
+                RunResult::Succeeded
+            } else {
+                RunResult::Failed
+            }
+            .into(),
             message: run.message.clone(),
         }
     }
