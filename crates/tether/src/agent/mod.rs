@@ -36,9 +36,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{CustomResourceExt, Resource, ResourceExt};
 use serde_json::json;
 
@@ -55,7 +54,7 @@ use application::{ApplySetReference, HistoryEntry, HookRecord, SyncStatus, appli
 use clusters::Destination;
 pub use controller::run;
 pub(crate) use decide::LISTING_MAX_AGE;
-use reconcile::{confined, reconcile};
+use reconcile::confined;
 use report::{notify, publish, report_late_failure, set_commit_status};
 use sync::sync;
 
