@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::api::Api;
 
-use crate::agent::application::{Application, application_key};
+use crate::application::{Application, application_key};
 use crate::cluster::describe;
 use crate::cluster::discovery::Resolver;
 use crate::duration::parse_duration;
@@ -133,7 +133,7 @@ pub fn git_source(
 /// `tether diff`, the JSON API and the web UI show.
 pub async fn plan_current(
     home: &kube::Client,
-    target: &crate::agent::clusters::Target,
+    target: &crate::cluster::target::Target,
     options: &AppOptions,
     app: &Application,
     listing_max_age: Duration,
@@ -146,7 +146,7 @@ pub async fn plan_current(
 /// Renders a fetched revision as the Application says and plans it against its
 /// destination `target`, as the Application's ServiceAccount when it names one.
 pub async fn render_and_plan(
-    target: &crate::agent::clusters::Target,
+    target: &crate::cluster::target::Target,
     options: &AppOptions,
     app: &Application,
     revision: &Revision,
@@ -154,8 +154,7 @@ pub async fn render_and_plan(
 ) -> Result<crate::plan::Plan, String> {
     let resolver = &target.resolver;
     let objects = render_app(resolver, options, app, revision, tree).await?;
-    let acting =
-        crate::agent::tenancy::client_for(&target.client, app, options.require_service_account)?;
+    let acting = crate::tenancy::client_for(&target.client, app, options.require_service_account)?;
     plan_app(&acting, resolver, options, app, objects, true).await
 }
 
@@ -226,7 +225,7 @@ pub async fn render_app(
 }
 
 /// Plans rendered objects against the cluster as the Application's policy says, with
-/// `client` acting for it (see [`crate::agent::tenancy::client_for`]); `keep_unchanged_live` for a plan
+/// `client` acting for it (see [`crate::tenancy::client_for`]); `keep_unchanged_live` for a plan
 /// that is shown (see [`PlanOptions::keep_unchanged_live`]).
 pub async fn plan_app(
     client: &kube::Client,

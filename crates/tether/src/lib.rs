@@ -21,6 +21,8 @@
 //! - [`engine`]: one sync (plan, then apply) and one answer to "did it succeed?", for
 //!   `tether apply`, `install`, `bootstrap` and the agent.
 //! - [`install`]: the agent's install manifests.
+//! - [`application`]: the `Application` custom resource (spec, status, checks, actions).
+//! - [`tenancy`]: acting as an Application's ServiceAccount (impersonation).
 //! - [`app`]: the Application pipeline (fetch, render, plan) that the agent, `tether diff`,
 //!   `bootstrap`, the JSON API and the UI share.
 //! - [`agent`]: the pull-mode controller over `Application` resources.
@@ -30,6 +32,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod application;
 pub mod apply;
 pub mod cli;
 pub mod cluster;
@@ -45,3 +48,4 @@ pub mod progress;
 pub mod render;
 pub mod size;
 pub mod source;
+pub mod tenancy;

@@ -28,6 +28,7 @@ use kube::{Api, ResourceExt};
 use super::Application;
 use super::drift::DriftWatch;
 use crate::cluster::discovery::Resolver;
+pub use crate::cluster::target::Target;
 
 /// How long the agent uses a destination's Secret as last read before it reads it again
 /// (a rotated token is in use this long after the Secret changed, at most).
@@ -36,46 +37,6 @@ const RECHECK_AFTER: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a destination's first discovery may take.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One connected cluster: its client and what it serves.
-#[derive(Clone)]
-pub struct Target {
-    /// The Secret's name; `None` for the agent's own cluster.
-    pub name: Option<String>,
-    /// The API server's URL, for messages.
-    pub server: String,
-    pub client: kube::Client,
-    pub resolver: Arc<Resolver>,
-}
-
-impl Target {
-    /// The agent's (or the command's) own cluster.
-    pub fn home(client: kube::Client, resolver: Arc<Resolver>) -> Self {
-        Self {
-            name: None,
-            server: String::new(),
-            client,
-            resolver,
-        }
-    }
-
-    /// "cluster prod (https://…)", or "the agent's cluster", for messages.
-    pub fn describe(&self) -> String {
-        match &self.name {
-            Some(name) => format!("cluster {name} ({})", self.server),
-            None => "the agent's cluster".into(),
-        }
-    }
-
-    /// `message` about a request to this cluster, naming it when it is not the agent's own
-    /// (so a failure says which cluster failed).
-    pub fn context(&self, message: String) -> String {
-        match &self.name {
-            Some(_) => format!("{}: {message}", self.describe()),
-            None => message,
-        }
-    }
-}
 
 /// Connects to the cluster that Secret `name` in `namespace` describes, as read by `home`
 /// (see the module's Security section); `Err` says what is wrong and what to do.

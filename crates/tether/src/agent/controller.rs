@@ -1,68 +1,207 @@
 //! The agent's wiring: the watch of Applications and its store, the controller that runs
 //! [`super::reconcile`] for each, the HTTP server (webhooks, API, UI, probes, metrics), the
 //! shard and leader Leases, forgetting deleted Applications, and a graceful shutdown. Start
-//! at [`run`].
+//! at [`run`], which calls one named step after another.
 
-use super::*;
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, Stream, StreamExt};
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::{Notify, broadcast};
+
+use super::application::{self, Application, application_key};
+use super::clusters::{Clusters, Destination, Target};
+use super::reconcile::reconcile;
+use super::{
+    AgentOptions, Context, Error, api, commit_status, drift, leader, notify, server, shard, ui,
+};
+use crate::cluster::discovery::Resolver;
 
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
     client: kube::Client,
     options: AgentOptions,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
+    check_options(&options)?;
+    let shards = options
+        .shards
+        .clone()
+        .map(|o| shard::Shards::new(client.clone(), o));
+    let (clusters, changes, drifted) = destinations(&client, &options).await?;
+    let recorder = recorder(&client, shards.as_ref());
+    let metrics = Arc::new(server::Metrics::default());
+    let (trigger, webhooks) = unbounded_channel();
+    let watch = watch_applications(&client, &options);
+    let concurrency = Config::default().concurrency(options.concurrency as u16);
+    let controller =
+        Controller::for_stream(watch.stream, watch.store.clone()).with_config(concurrency);
+    let serving = Serving {
+        client: &client,
+        options: &options,
+        store: &watch.store,
+        trigger: &trigger,
+        clusters: &clusters,
+        shards: shards.as_ref(),
+        metrics: &metrics,
+        ready: &watch.ready,
+    };
+    let server = serve(serving, changes).await?;
+    let context = Arc::new(Context::new(
+        client,
+        options,
+        recorder,
+        clusters,
+        metrics,
+        shards.clone(),
+    )?);
+    let sharding = shards.map(|shards| follow_shards(shards, &watch.store, &trigger, &context));
+    let _forgetting = forget_gone(&context, &watch.store, watch.gone);
+    let shutdown = shutdown.boxed().shared();
+    let Some(leadership) = lead(&context, shutdown.clone()).await else {
+        drop(server);
+        return Ok(());
+    };
+    let stop = until_stopped(shutdown, leadership.lost_signal.clone());
+    run_controller(controller, drifted, webhooks, stop, &context).await;
+    context.clusters.stop();
+    drop(sharding);
+    if let Some(shards) = &context.shards {
+        shards.leave().await;
+    }
+    drop(server);
+    drop(leadership.renewal);
+    if leadership.lost.load(Ordering::Relaxed) {
+        return Err(Error::LostLeadership);
+    }
+    Ok(())
+}
+
+impl Context {
+    /// What every reconcile shares; `Err` when a notification or commit status client
+    /// cannot be built.
+    fn new(
+        client: kube::Client,
+        options: AgentOptions,
+        recorder: Recorder,
+        clusters: Arc<Clusters>,
+        metrics: Arc<server::Metrics>,
+        shards: Option<Arc<shard::Shards>>,
+    ) -> Result<Self, Error> {
+        let notifier = notify::Notifier::new(options.notify.clone(), metrics.clone())
+            .map_err(Error::Notify)?;
+        let commit_statuses =
+            commit_status::CommitStatuses::new(metrics.clone()).map_err(Error::Notify)?;
+        Ok(Context {
+            notifier,
+            commit_statuses,
+            client,
+            clusters,
+            pipeline: options.app_options(),
+            options,
+            recorder,
+            metrics,
+            memory: Default::default(),
+            shards,
+        })
+    }
+}
+
+/// Refuses options that cannot work together.
+fn check_options(options: &AgentOptions) -> Result<(), Error> {
     if options.shards.is_some() && options.leader_election.is_some() {
         return Err(Error::ShardsWithLeader);
     }
     if options.namespaced && options.namespace.is_none() {
         return Err(Error::NamespacedWithoutNamespace);
     }
-    let shards = options
-        .shards
-        .clone()
-        .map(|o| shard::Shards::new(client.clone(), o));
+    Ok(())
+}
+
+/// The agent's own cluster (discovered) as the first destination, with its drift watches;
+/// the watches' broadcast of changes (for the UI), and the Applications they ask to
+/// reconcile.
+async fn destinations(
+    client: &kube::Client,
+    options: &AgentOptions,
+) -> Result<
+    (
+        Arc<Clusters>,
+        broadcast::Sender<drift::Changed>,
+        impl Stream<Item = ObjectRef<Application>> + Send + 'static,
+    ),
+    Error,
+> {
     let resolver = Arc::new(
         Resolver::new(client.clone())
             .await
             .map_err(|e| Error::Discovery(e.to_string()))?,
     );
+    let (drift, drifted) = drift::DriftWatch::new(client.clone());
+    let drift = drift.scoped_to(options.namespace.clone().filter(|_| options.namespaced));
+    let changes = drift.changes();
+    let home = Target::home(client.clone(), resolver);
+    let clusters = Arc::new(Clusters::new(Destination::new(home, drift)));
+    Ok((clusters, changes, drifted))
+}
+
+/// The recorder of the agent's Events; sharded agents say which of them acted.
+fn recorder(client: &kube::Client, shards: Option<&Arc<shard::Shards>>) -> Recorder {
+    let reporter = Reporter {
+        controller: "tether-agent".into(),
+        instance: match shards {
+            Some(shards) => Some(shards.options().identity.clone()),
+            None => std::env::var("HOSTNAME").ok(),
+        },
+    };
+    Recorder::new(client.clone(), reporter)
+}
+
+/// The watch of Applications, as the controller reads it.
+struct Watch<S> {
+    /// Applied Applications whose spec changed or that ask for a sync.
+    stream: S,
+    store: Store<Application>,
+    /// Set once the first list of Applications is in (/readyz).
+    ready: Arc<AtomicBool>,
+    /// A deleted Application's key; `None` after a (re)list.
+    gone: UnboundedReceiver<Option<String>>,
+}
+
+/// Watches the Applications (in `options.namespace`, or everywhere) into a store.
+fn watch_applications(
+    client: &kube::Client,
+    options: &AgentOptions,
+) -> Watch<impl Stream<Item = Result<Application, watcher::Error>> + Send + 'static> {
     let applications: Api<Application> = match &options.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "tether-agent".into(),
-            // Sharded agents say which of them acted.
-            instance: match &shards {
-                Some(shards) => Some(shards.options().identity.clone()),
-                None => std::env::var("HOSTNAME").ok(),
-            },
-        },
-    );
-    let concurrency = options.concurrency;
-    let (drift, drifted) = drift::DriftWatch::new(client.clone());
-    let drift = drift.scoped_to(options.namespace.clone().filter(|_| options.namespaced));
-    let changes = drift.changes();
-    let home = clusters::Target::home(client.clone(), resolver);
-    let clusters = Arc::new(clusters::Clusters::new(Destination::new(home, drift)));
-    let metrics = Arc::new(server::Metrics::default());
-    let (webhook_trigger, webhooks) = tokio::sync::mpsc::unbounded_channel();
-    let shard_trigger = webhook_trigger.clone();
     // Reconcile on spec changes (generation), not on the status this agent writes: a sync
     // happens when Git, the spec, a watched object or a webhook says so, or at the interval.
     let (store, writer) = kube::runtime::reflector::store();
     // A deleted Application is not reconciled (the store no longer holds it): what the
-    // agent keeps about it is forgotten here: on its Delete event, and after a relist
-    // (deletions while the watch was down come as no event), for every key the store lacks.
-    let (gone_sender, mut gone) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
+    // agent keeps about it is forgotten ([`forget_gone`]): on its Delete event, and after a
+    // relist (deletions while the watch was down come as no event), for every key the
+    // store lacks.
+    let (gone_sender, gone) = unbounded_channel::<Option<String>>();
     // Ready (/readyz) once the first list of Applications is in: seen here, on the stream
     // itself. (`Store::wait_until_ready` from a second task never woke: the store's one-shot
     // keeps the waker of its last poller only, the controller's.)
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
     let listed = ready.clone();
-    let applications = watcher(applications, watcher::Config::default())
+    let stream = watcher(applications, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .inspect(move |event| match event {
@@ -70,172 +209,224 @@ pub async fn run(
                 let _ = gone_sender.send(Some(application_key(app)));
             }
             Ok(watcher::Event::InitDone) => {
-                listed.store(true, std::sync::atomic::Ordering::Relaxed);
+                listed.store(true, Ordering::Relaxed);
                 let _ = gone_sender.send(None);
             }
             _ => {}
         })
         .applied_objects()
         .predicate_filter(spec_or_sync_request, Default::default());
-    let controller = Controller::for_stream(applications, store.clone())
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency as u16));
-    let server = match options.listen {
-        Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|e| Error::Listen(address.to_string(), e.to_string()))?;
-            let relay = shards.clone().map(|shards| server::Relay {
-                client: client.clone(),
-                shards,
-            });
-            let api = options.api_token.as_ref().map(|token| api::ApiState {
-                applications: store.clone(),
-                trigger: webhook_trigger.clone(),
-                token: Arc::new(token.clone()),
-                client: client.clone(),
-                clusters: clusters.clone(),
-                options: options.clone(),
-                relay: relay.clone(),
-            });
-            // The web UI, with the API and its token.
-            let ui = api.clone().map(|api| {
-                ui::start(
-                    api,
-                    options.api_readonly_token.clone(),
-                    changes,
-                    options.namespace.clone(),
-                )
-            });
-            let (ui, ui_tasks) = match ui {
-                Some((state, tasks)) => (Some(state), tasks),
-                None => (None, Vec::new()),
-            };
-            let app = server::router(
-                metrics.clone(),
-                store.clone(),
-                webhook_trigger,
-                options.webhook_secret.clone(),
-                ready.clone(),
-                api,
-                relay,
-                options.listings.clone(),
-            );
-            let app = match ui {
-                Some(ui) => app.merge(ui::routes(ui)),
-                None => app,
-            };
-            tracing::info!(%address, "serving webhooks, health and metrics");
-            Some(AbortOnDrop(tokio::spawn(async move {
-                // The UI's watches live as long as the server.
-                let _tasks: Vec<AbortOnDrop> = ui_tasks.into_iter().map(AbortOnDrop).collect();
-                if let Err(err) = axum::serve(listener, app).await {
-                    tracing::warn!(%err, "the HTTP server stopped");
-                }
-            })))
-        }
-        None => None,
-    };
-    let notifier =
-        notify::Notifier::new(options.notify.clone(), metrics.clone()).map_err(Error::Notify)?;
-    let commit_statuses =
-        commit_status::CommitStatuses::new(metrics.clone()).map_err(Error::Notify)?;
-    let context = Arc::new(Context {
-        notifier,
-        commit_statuses,
+    Watch {
+        stream,
+        store,
+        ready,
+        gone,
+    }
+}
+
+/// What the HTTP server serves from.
+struct Serving<'a> {
+    client: &'a kube::Client,
+    options: &'a AgentOptions,
+    store: &'a Store<Application>,
+    /// Reconciles an Application now (webhooks, the API and the UI).
+    trigger: &'a UnboundedSender<ObjectRef<Application>>,
+    clusters: &'a Arc<Clusters>,
+    shards: Option<&'a Arc<shard::Shards>>,
+    metrics: &'a Arc<server::Metrics>,
+    ready: &'a Arc<AtomicBool>,
+}
+
+/// Serves webhooks, health, metrics, and (with an API token) the JSON API and the web UI,
+/// when the agent listens; the server stops when the handle is dropped.
+async fn serve(
+    serving: Serving<'_>,
+    changes: broadcast::Sender<drift::Changed>,
+) -> Result<Option<AbortOnDrop>, Error> {
+    let Serving {
         client,
-        clusters: clusters.clone(),
-        pipeline: options.app_options(),
         options,
-        recorder,
+        store,
+        trigger,
+        clusters,
+        shards,
         metrics,
-        memory: Default::default(),
-        shards: shards.clone(),
+        ready,
+    } = serving;
+    let Some(address) = options.listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| Error::Listen(address.to_string(), e.to_string()))?;
+    let relay = shards.cloned().map(|shards| server::Relay {
+        client: client.clone(),
+        shards,
     });
-    // Sharded: keep this agent's shards; reconcile each Application of a shard it takes
-    // (they were skipped while another agent held it), forget those of a shard it gives up.
-    let _sharding = shards.clone().map(|shards| {
-        let (store, trigger, context) = (store.clone(), shard_trigger.clone(), context.clone());
-        let mine = shards.clone();
-        AbortOnDrop(tokio::spawn(shards.run(move |shard, change| {
-            context.metrics.shards_held.set(mine.held().len() as i64);
-            let of = mine.options().shards;
-            let apps = store.state().into_iter();
-            for app in apps.filter(|app| shard::shard_of(&application_key(app), of) == shard) {
-                match change {
-                    shard::Change::Taken => {
-                        let _ = trigger
-                            .send(kube::runtime::reflector::ObjectRef::from_obj(app.as_ref()));
-                    }
-                    shard::Change::GivenUp => {
-                        context.forget(&application_key(&app));
-                        context.forget_set(&app);
-                    }
+    let api = options.api_token.as_ref().map(|token| api::ApiState {
+        applications: store.clone(),
+        trigger: trigger.clone(),
+        token: Arc::new(token.clone()),
+        client: client.clone(),
+        clusters: clusters.clone(),
+        options: options.clone(),
+        relay: relay.clone(),
+    });
+    // The web UI, with the API and its token.
+    let ui = api.clone().map(|api| {
+        let (readonly, namespace) = (
+            options.api_readonly_token.clone(),
+            options.namespace.clone(),
+        );
+        ui::start(api, readonly, changes, namespace)
+    });
+    let (ui, ui_tasks) = match ui {
+        Some((state, tasks)) => (Some(state), tasks),
+        None => (None, Vec::new()),
+    };
+    let secret = options.webhook_secret.clone();
+    let (store, trigger, ready) = (store.clone(), trigger.clone(), ready.clone());
+    let listings = options.listings.clone();
+    let app = server::router(
+        metrics.clone(),
+        store,
+        trigger,
+        secret,
+        ready,
+        api,
+        relay,
+        listings,
+    );
+    let app = match ui {
+        Some(ui) => app.merge(ui::routes(ui)),
+        None => app,
+    };
+    tracing::info!(%address, "serving webhooks, health and metrics");
+    Ok(Some(AbortOnDrop(tokio::spawn(async move {
+        // The UI's watches live as long as the server.
+        let _tasks: Vec<AbortOnDrop> = ui_tasks.into_iter().map(AbortOnDrop).collect();
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::warn!(%err, "the HTTP server stopped");
+        }
+    }))))
+}
+
+/// Sharded: keeps this agent's shards; reconciles each Application of a shard it takes
+/// (they were skipped while another agent held it), forgets those of a shard it gives up.
+fn follow_shards(
+    shards: Arc<shard::Shards>,
+    store: &Store<Application>,
+    trigger: &UnboundedSender<ObjectRef<Application>>,
+    context: &Arc<Context>,
+) -> AbortOnDrop {
+    let (store, trigger, context) = (store.clone(), trigger.clone(), context.clone());
+    let mine = shards.clone();
+    AbortOnDrop(tokio::spawn(shards.run(move |shard, change| {
+        context.metrics.shards_held.set(mine.held().len() as i64);
+        let of = mine.options().shards;
+        let apps = store.state().into_iter();
+        for app in apps.filter(|app| shard::shard_of(&application_key(app), of) == shard) {
+            match change {
+                shard::Change::Taken => {
+                    let _ = trigger.send(ObjectRef::from_obj(app.as_ref()));
+                }
+                shard::Change::GivenUp => {
+                    context.forget(&application_key(&app));
+                    context.forget_set(&app);
                 }
             }
-        })))
-    });
-    let _forgetting = AbortOnDrop(tokio::spawn({
-        let context = context.clone();
-        let store = store.clone();
-        async move {
-            while let Some(gone) = gone.recv().await {
-                match gone {
-                    Some(key) => context.forget(&key),
-                    None => {
-                        let present: std::collections::HashSet<String> = store
-                            .state()
-                            .iter()
-                            .map(|app| application_key(app))
-                            .collect();
-                        let known: Vec<String> = context
-                            .memory
-                            .keys()
-                            .into_iter()
-                            .filter(|key| !present.contains(key))
-                            .collect();
-                        for key in known {
-                            context.forget(&key);
-                        }
+        }
+    })))
+}
+
+/// Forgets what the agent keeps of each Application that is gone: on its Delete event, and
+/// after a relist for every key the store lacks.
+fn forget_gone(
+    context: &Arc<Context>,
+    store: &Store<Application>,
+    mut gone: UnboundedReceiver<Option<String>>,
+) -> AbortOnDrop {
+    let (context, store) = (context.clone(), store.clone());
+    AbortOnDrop(tokio::spawn(async move {
+        while let Some(gone) = gone.recv().await {
+            match gone {
+                Some(key) => context.forget(&key),
+                None => {
+                    let present: HashSet<String> = store
+                        .state()
+                        .iter()
+                        .map(|app| application_key(app))
+                        .collect();
+                    let known: Vec<String> = context
+                        .memory
+                        .keys()
+                        .into_iter()
+                        .filter(|key| !present.contains(key))
+                        .collect();
+                    for key in known {
+                        context.forget(&key);
                     }
                 }
             }
         }
-    }));
-    // With leader election, wait for the Lease (serving health and metrics meanwhile); stop
-    // when it is lost, so that two agents never act at once.
-    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let lost_signal = Arc::new(tokio::sync::Notify::new());
+    }))
+}
+
+/// The leader Lease as this agent holds it (or none is asked for).
+struct Leadership {
+    /// Set when the Lease is lost.
+    lost: Arc<AtomicBool>,
+    /// Notified when the Lease is lost.
+    lost_signal: Arc<Notify>,
+    /// Renewal lives exactly as long as [`run`]: if the agent's task dies, so does its
+    /// claim on the Lease.
+    renewal: Option<AbortOnDrop>,
+}
+
+/// With leader election, waits for the Lease (serving health and metrics meanwhile), and
+/// notes when it is lost, so that two agents never act at once; `None` when `shutdown`
+/// came first.
+async fn lead(context: &Context, shutdown: Shared<BoxFuture<'static, ()>>) -> Option<Leadership> {
+    let lost = Arc::new(AtomicBool::new(false));
+    let lost_signal = Arc::new(Notify::new());
     let mut renewal = None;
     if let Some(election) = context.options.leader_election.clone() {
         let election = leader::Election::new(context.client.clone(), election);
         let lease_lost = tokio::select! {
             lease_lost = election.lead() => lease_lost,
-            _ = shutdown.clone() => {
-                drop(server);
-                return Ok(());
-            }
+            _ = shutdown => return None,
         };
-        let lost = lost.clone();
-        let lost_signal = lost_signal.clone();
-        // Renewal lives exactly as long as this function: if the agent's task dies, so does
-        // its claim on the Lease.
+        let (lost, lost_signal) = (lost.clone(), lost_signal.clone());
         renewal = Some(AbortOnDrop(tokio::spawn(async move {
             lease_lost.await;
-            lost.store(true, std::sync::atomic::Ordering::Relaxed);
+            lost.store(true, Ordering::Relaxed);
             lost_signal.notify_one();
         })));
     }
-    let stop = {
-        let shutdown = shutdown.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown => {},
-                _ = lost_signal.notified() => {},
-            }
-        }
-    };
-    let mut webhooks = webhooks;
+    Some(Leadership {
+        lost,
+        lost_signal,
+        renewal,
+    })
+}
+
+/// Completes on shutdown, or when the leader Lease is lost.
+async fn until_stopped(shutdown: Shared<BoxFuture<'static, ()>>, lost: Arc<Notify>) {
+    tokio::select! {
+        _ = shutdown => {},
+        _ = lost.notified() => {},
+    }
+}
+
+/// Runs the controller over the watched Applications, also reconciling those the drift
+/// watches and the webhooks name, until `stop` completes (in-flight reconciles finish).
+async fn run_controller(
+    controller: Controller<Application>,
+    drifted: impl Stream<Item = ObjectRef<Application>> + Send + 'static,
+    mut webhooks: UnboundedReceiver<ObjectRef<Application>>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+    context: &Arc<Context>,
+) {
     let triggers = futures::stream::select(
         drifted,
         futures::stream::poll_fn(move |cx| webhooks.poll_recv(cx)),
@@ -254,20 +445,11 @@ pub async fn run(
             }
         })
         .await;
-    context.clusters.stop();
-    drop(_sharding);
-    if let Some(shards) = &context.shards {
-        shards.leave().await;
-    }
-    drop(server);
-    drop(renewal);
-    if lost.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(Error::LostLeadership);
-    }
-    Ok(())
 }
 
-/// A spawned task that ends when this handle is dropped.
+/// A spawned task that ends when this handle is dropped. (tokio-util's `AbortOnDropHandle`
+/// needs its `rt` feature, which would add futures-util to tokio-util's dependencies in
+/// the lockfile.)
 pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {

@@ -34,30 +34,19 @@ pub use http::{api, ui};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{CustomResourceExt, Resource, ResourceExt};
-use serde_json::json;
+use kube::runtime::events::Recorder;
+use kube::{CustomResourceExt, ResourceExt};
 
-use crate::app::{digest_of, fetch, git_source, plan_app, plan_current, render_app};
-use crate::apply::{ApplyOptions, apply};
-use crate::cluster::describe;
-use crate::cluster::discovery::Resolver;
-use crate::duration::parse_duration;
-use crate::health::{self, HealthStatus};
-use crate::plan::{Action as PlanAction, plan};
+use crate::app::plan_current;
+use crate::health::HealthStatus;
 use crate::source::git::Revision;
 pub use application::{Application, ApplicationSpec, ApplicationStatus};
-use application::{ApplySetReference, HistoryEntry, HookRecord, SyncStatus, application_key};
+use application::{ApplySetReference, HistoryEntry, SyncStatus, application_key};
 use clusters::Destination;
 pub use controller::run;
 pub(crate) use decide::LISTING_MAX_AGE;
-use reconcile::{confined, reconcile};
-use report::{notify, publish, report_late_failure, set_commit_status};
-use sync::sync;
+use reconcile::confined;
 
 /// The field manager of the agent's status writes.
 const STATUS_MANAGER: &str = "tether-agent";

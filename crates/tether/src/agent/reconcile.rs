@@ -3,7 +3,27 @@
 //! ([`super::sync`]), writes the status [`super::status`] decides, tells what it says, and
 //! says when to look again. Start at [`reconcile`].
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::application::{
+    self, Application, ApplicationStatus, ConditionStatus, ConditionType, SyncState,
+    application_key,
+};
+use super::report::{notify, publish, report_late_failure, set_commit_status};
+use super::sync::sync;
+use super::{
+    AgentOptions, Context, Error, Failure, MIN_REQUEUE, Outcome, STATUS_MANAGER, commit_status,
+    jitter, now_rfc3339, shard, status, sync_requested,
+};
+use crate::cluster::describe;
+use crate::duration::parse_duration;
 
 /// One reconcile of one Application: resolve, render, plan, apply when allowed, record.
 pub(super) async fn reconcile(
@@ -148,7 +168,7 @@ pub(super) async fn record_success(
     let sync_state = after.status.sync.as_ref().map(|s| s.status.clone());
     ctx.record_state(
         app,
-        sync_state.as_deref().unwrap_or("Unknown"),
+        sync_state.as_deref().unwrap_or(SyncState::Unknown.as_str()),
         &health.to_string(),
     );
     let synced = after.synced;
@@ -203,7 +223,7 @@ pub(super) async fn record_failure(
     let health = after.status.health.clone();
     ctx.record_state(
         app,
-        sync_state.as_deref().unwrap_or("Unknown"),
+        sync_state.as_deref().unwrap_or(SyncState::Unknown.as_str()),
         health.as_deref().unwrap_or("Unknown"),
     );
     let (status, stalled, tell) = (after.status, after.stalled, after.tell);
@@ -216,7 +236,7 @@ pub(super) async fn record_failure(
         });
     }
     if let (Some((revision, message)), Ok(())) = (tell, &written) {
-        let event = notify::Event::SyncFailed;
+        let event = super::notify::Event::SyncFailed;
         notify(ctx, app, event, revision.as_deref(), message);
     }
     if !published || matches!(written, Err(Error::Status(..))) {
@@ -271,7 +291,7 @@ pub(super) async fn unready_dependency(ctx: &Context, app: &Application) -> Opti
             .is_some_and(|s| {
                 s.conditions
                     .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                    .any(|c| c.type_ == ConditionType::Ready && c.status == ConditionStatus::True)
             });
         if !ready {
             return Some(dependency.name.clone());

@@ -2,7 +2,13 @@
 //! notifications and commit statuses on the Git host; and a failure whose Event could not
 //! be published when it happened, published once the API server answers again.
 
-use super::*;
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+
+use super::application::{Application, application_key};
+use super::{Context, commit_status, notify, now_rfc3339};
+use crate::cluster::describe;
 
 /// Publishes the Event of a failed sync that could not be published when it happened.
 pub(super) async fn report_late_failure(ctx: &Context, app: &Application) {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::application::{
-    self, ApplicationStatus, ApplySetReference, Condition, HistoryEntry, SyncStatus,
+    ApplicationStatus, ApplySetReference, Condition, ConditionStatus, ConditionType, HistoryEntry,
+    Reason, SYNC_REQUEST_ANNOTATION, SyncState, SyncStatus, health_from,
 };
 use super::notify;
 use crate::agent::Application;
@@ -20,14 +21,14 @@ use crate::source::git::Revision;
 /// The syncs a status keeps, newest first.
 pub const HISTORY_LIMIT: usize = 10;
 
-/// Sets condition `kind` to `value` (`True`/`False`) with its reason and message; its
-/// transition time changes (to `now`) only when its value does.
+/// Sets condition `kind` to `value` with its reason and message; its transition time
+/// changes (to `now`) only when its value does.
 pub fn set_condition(
     status: &mut ApplicationStatus,
     app: &Application,
-    kind: &str,
-    value: &str,
-    reason: &str,
+    kind: ConditionType,
+    value: ConditionStatus,
+    reason: Reason,
     message: &str,
     now: &str,
 ) {
@@ -60,9 +61,9 @@ pub fn suspended(app: &Application, mut status: ApplicationStatus, now: &str) ->
     set_condition(
         &mut status,
         app,
-        "Reconciling",
-        "False",
-        "Suspended",
+        ConditionType::Reconciling,
+        ConditionStatus::False,
+        Reason::Suspended,
         why,
         now,
     );
@@ -80,9 +81,9 @@ pub fn waiting_for(
     set_condition(
         &mut status,
         app,
-        "Ready",
-        "False",
-        "DependencyNotReady",
+        ConditionType::Ready,
+        ConditionStatus::False,
+        Reason::DependencyNotReady,
         &ready,
         now,
     );
@@ -90,9 +91,9 @@ pub fn waiting_for(
     set_condition(
         &mut status,
         app,
-        "Reconciling",
-        "True",
-        "DependencyNotReady",
+        ConditionType::Reconciling,
+        ConditionStatus::True,
+        Reason::DependencyNotReady,
         &reconciling,
         now,
     );
@@ -132,33 +133,61 @@ pub fn on_success(
     now: &str,
 ) -> AfterSuccess {
     let mut sync = outcome.sync;
-    let applied_revision = sync.status == "Synced";
+    let applied_revision = sync.status == SyncState::Synced;
     // Applied, but someone changed a member while this sync ran: the cluster may differ
     // from Git now, so this status must not say Synced (the change has queued the next
     // reconcile already).
     let changed_meanwhile = applied_revision && outcome.drifted_meanwhile;
     if changed_meanwhile {
-        sync.status = "OutOfSync".into();
+        sync.status = SyncState::OutOfSync.into();
     }
-    let synced = sync.status == "Synced";
-    let previous = app.status.as_ref();
+    let synced = sync.status == SyncState::Synced;
     let commit = &outcome.revision.commit;
     status.failures = 0;
-    status.last_sync_request = app
-        .annotations()
-        .get(application::SYNC_REQUEST_ANNOTATION)
-        .cloned();
+    status.last_sync_request = app.annotations().get(SYNC_REQUEST_ANNOTATION).cloned();
     status.last_attempted_revision = Some(commit.clone());
     if applied_revision {
         status.last_applied_revision = Some(commit.clone());
         status.revision_info = Some((&outcome.revision).into());
     }
+    let applied = outcome.applied.as_ref();
+    let notices = success_notices(app, commit, applied, outcome.health, sync_requested);
+    let summary = applied
+        .and_then(|entry| entry.message.clone())
+        .unwrap_or_else(|| "the cluster already holds it".into());
+    if let Some(entry) = outcome.applied {
+        push_history(&mut status, entry);
+    }
+    status.health = Some(outcome.health.to_string());
+    status.apply_set = Some(outcome.apply_set);
+    let message = success_message(app, commit, outcome.health, synced, changed_meanwhile);
+    status.sync = Some(sync);
+    set_success_conditions(&mut status, app, synced, changed_meanwhile, &message, now);
+    AfterSuccess {
+        status,
+        synced,
+        notices,
+        summary,
+    }
+}
+
+/// What to tell of a sync that went through: what it applied (a drift corrected, when it
+/// put back the revision, spec and sync request already applied), and health that has
+/// just turned Degraded.
+fn success_notices(
+    app: &Application,
+    commit: &str,
+    applied: Option<&HistoryEntry>,
+    health: HealthStatus,
+    sync_requested: bool,
+) -> Vec<(notify::Event, String)> {
+    let previous = app.status.as_ref();
     let mut notices = Vec::new();
-    if let Some(entry) = &outcome.applied {
+    if let Some(entry) = applied {
         // The same revision, spec and sync request applied again, with changes: a hand
         // edit put back.
         let drift = previous.is_some_and(|s| {
-            s.last_applied_revision.as_deref() == Some(commit.as_str())
+            s.last_applied_revision.as_deref() == Some(commit)
                 && s.observed_generation == app.metadata.generation
         }) && !sync_requested;
         let event = if drift {
@@ -168,25 +197,24 @@ pub fn on_success(
         };
         notices.push((event, entry.message.clone().unwrap_or_default()));
     }
-    if outcome.health == HealthStatus::Degraded
-        && previous.and_then(|s| s.health.as_deref()) != Some("Degraded")
+    if health == HealthStatus::Degraded
+        && previous.and_then(|s| s.health.as_deref()).map(health_from)
+            != Some(HealthStatus::Degraded)
     {
-        notices.push((
-            notify::Event::HealthDegraded,
-            format!("health is {}", outcome.health),
-        ));
+        notices.push((notify::Event::HealthDegraded, format!("health is {health}")));
     }
-    let summary = outcome
-        .applied
-        .as_ref()
-        .and_then(|entry| entry.message.clone())
-        .unwrap_or_else(|| "the cluster already holds it".into());
-    if let Some(entry) = outcome.applied {
-        status.history.insert(0, entry);
-        status.history.truncate(HISTORY_LIMIT);
-    }
-    status.health = Some(outcome.health.to_string());
-    status.apply_set = Some(outcome.apply_set);
+    notices
+}
+
+/// The conditions' message after a sync that went through: the revision, what became of
+/// it, and the health.
+fn success_message(
+    app: &Application,
+    commit: &str,
+    health: HealthStatus,
+    synced: bool,
+    changed_meanwhile: bool,
+) -> String {
     let state = if synced {
         "applied"
     } else if changed_meanwhile {
@@ -196,48 +224,59 @@ pub fn on_success(
     } else {
         "differs from the cluster (automated sync is off: a sync applies it)"
     };
-    let message = format!(
-        "revision {} {state}; {}",
-        &commit[..12.min(commit.len())],
-        outcome.health
-    );
-    status.sync = Some(sync);
+    format!(
+        "revision {} {state}; {health}",
+        &commit[..12.min(commit.len())]
+    )
+}
+
+/// Ready, Reconciling and Stalled after a sync that went through.
+fn set_success_conditions(
+    status: &mut ApplicationStatus,
+    app: &Application,
+    synced: bool,
+    changed_meanwhile: bool,
+    message: &str,
+    now: &str,
+) {
     let ready_reason = match (synced, changed_meanwhile) {
-        (true, _) => "Succeeded",
-        (false, true) => "ChangedMeanwhile",
-        (false, false) => "OutOfSync",
+        (true, _) => Reason::Succeeded,
+        (false, true) => Reason::ChangedMeanwhile,
+        (false, false) => Reason::OutOfSync,
     };
-    let ready = if synced { "True" } else { "False" };
+    let ready = ConditionStatus::from(synced);
     set_condition(
-        &mut status,
+        status,
         app,
-        "Ready",
+        ConditionType::Ready,
         ready,
         ready_reason,
-        &message,
+        message,
         now,
     );
     let (reconciling, reason) = if changed_meanwhile {
-        ("True", "ChangedMeanwhile")
+        (ConditionStatus::True, Reason::ChangedMeanwhile)
     } else {
-        ("False", "Succeeded")
+        (ConditionStatus::False, Reason::Succeeded)
     };
+    let kind = ConditionType::Reconciling;
+    set_condition(status, app, kind, reconciling, reason, message, now);
+    let (stalled, succeeded) = (ConditionType::Stalled, Reason::Succeeded);
     set_condition(
-        &mut status,
+        status,
         app,
-        "Reconciling",
-        reconciling,
-        reason,
-        &message,
+        stalled,
+        ConditionStatus::False,
+        succeeded,
+        "",
         now,
     );
-    set_condition(&mut status, app, "Stalled", "False", "Succeeded", "", now);
-    AfterSuccess {
-        status,
-        synced,
-        notices,
-        summary,
-    }
+}
+
+/// Adds a sync to the history, newest first, keeping [`HISTORY_LIMIT`].
+fn push_history(status: &mut ApplicationStatus, entry: HistoryEntry) {
+    status.history.insert(0, entry);
+    status.history.truncate(HISTORY_LIMIT);
 }
 
 /// A sync that failed.
@@ -276,21 +315,28 @@ pub fn on_failure(
         // (rule 13).
         if let Some(sync) = status.sync.as_mut() {
             sync.status = if failed.out_of_sync {
-                "OutOfSync"
+                SyncState::OutOfSync
             } else {
-                "Unknown"
+                SyncState::Unknown
             }
             .into();
         }
     }
     if let Some(entry) = failed.entry {
-        status.history.insert(0, entry);
-        status.history.truncate(HISTORY_LIMIT);
+        push_history(&mut status, entry);
     }
     status.failures += 1;
     let failures = status.failures;
     let stalled = failures >= app.spec.sync_policy.retry.limit.max(1);
-    set_condition(&mut status, app, "Ready", "False", "Failed", &message, now);
+    set_condition(
+        &mut status,
+        app,
+        ConditionType::Ready,
+        ConditionStatus::False,
+        Reason::Failed,
+        &message,
+        now,
+    );
     if stalled {
         let why = format!(
             "{failures} failed attempts; fix the cause, then change the Application or wait for the next interval: {message}"
@@ -298,18 +344,18 @@ pub fn on_failure(
         set_condition(
             &mut status,
             app,
-            "Stalled",
-            "True",
-            "RetryLimitReached",
+            ConditionType::Stalled,
+            ConditionStatus::True,
+            Reason::RetryLimitReached,
             &why,
             now,
         );
         set_condition(
             &mut status,
             app,
-            "Reconciling",
-            "False",
-            "Stalled",
+            ConditionType::Reconciling,
+            ConditionStatus::False,
+            Reason::Stalled,
             &message,
             now,
         );
@@ -317,9 +363,9 @@ pub fn on_failure(
         set_condition(
             &mut status,
             app,
-            "Reconciling",
-            "True",
-            "Retrying",
+            ConditionType::Reconciling,
+            ConditionStatus::True,
+            Reason::Retrying,
             &message,
             now,
         );
@@ -341,268 +387,4 @@ pub fn failure_backoff(app: &Application, failures: u32) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NOW: &str = "2026-12-05T10:00:00Z";
-    const LATER: &str = "2026-12-05T11:00:00Z";
-
-    fn app(spec: serde_json::Value, status: Option<serde_json::Value>) -> Application {
-        let mut app = serde_json::json!({
-            "apiVersion": "tether.dev/v1alpha1",
-            "kind": "Application",
-            "metadata": {"name": "web", "namespace": "shop", "generation": 3},
-            "spec": {
-                "source": {"repoURL": "https://git.example.com/deploy.git", "path": "web"},
-                "destination": {"namespace": "shop"},
-            }
-        });
-        for (key, value) in spec.as_object().expect("an object") {
-            app["spec"][key] = value.clone();
-        }
-        if let Some(status) = status {
-            app["status"] = status;
-        }
-        serde_json::from_value(app).expect("an Application")
-    }
-
-    fn revision(commit: &str) -> Revision {
-        Revision {
-            commit: commit.into(),
-            from_ref: Some("refs/heads/main".into()),
-            url: "https://git.example.com/deploy.git".into(),
-            summary: None,
-            author: None,
-        }
-    }
-
-    fn succeeded(sync: &str, applied: bool, health: HealthStatus) -> Succeeded {
-        Succeeded {
-            revision: revision("0123456789abcdef0123"),
-            sync: SyncStatus {
-                status: sync.into(),
-                ..Default::default()
-            },
-            health,
-            applied: applied.then(|| HistoryEntry {
-                revision: "0123456789abcdef0123".into(),
-                message: Some("1 created".into()),
-                ..Default::default()
-            }),
-            apply_set: ApplySetReference::default(),
-            drifted_meanwhile: false,
-        }
-    }
-
-    fn condition<'a>(status: &'a ApplicationStatus, kind: &str) -> (&'a str, &'a str) {
-        let c = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == kind)
-            .expect("the condition is set");
-        (c.status.as_str(), c.reason.as_str())
-    }
-
-    #[test]
-    fn a_sync_that_applied_says_synced_resets_the_failures_and_tells_once() {
-        let app = app(
-            serde_json::json!({}),
-            Some(serde_json::json!({"failures": 2})),
-        );
-        let after = on_success(
-            &app,
-            app.status.clone().expect("status"),
-            succeeded("Synced", true, HealthStatus::Healthy),
-            false,
-            NOW,
-        );
-        assert!(after.synced);
-        assert_eq!(after.status.failures, 0);
-        assert_eq!(condition(&after.status, "Ready"), ("True", "Succeeded"));
-        assert_eq!(
-            condition(&after.status, "Reconciling"),
-            ("False", "Succeeded")
-        );
-        assert_eq!(condition(&after.status, "Stalled"), ("False", "Succeeded"));
-        assert_eq!(
-            after.status.last_applied_revision.as_deref(),
-            Some("0123456789abcdef0123")
-        );
-        assert_eq!(after.status.history.len(), 1);
-        assert_eq!(after.summary, "1 created");
-        assert_eq!(
-            after.notices,
-            vec![(notify::Event::SyncSucceeded, "1 created".to_string())]
-        );
-        let ready = after
-            .status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .expect("Ready");
-        assert_eq!(ready.message, "revision 0123456789ab applied; Healthy");
-        assert_eq!(ready.last_transition_time, NOW);
-    }
-
-    #[test]
-    fn the_same_revision_applied_again_is_a_drift_correction_unless_a_sync_was_asked_for() {
-        let app = app(
-            serde_json::json!({}),
-            Some(serde_json::json!({
-                "lastAppliedRevision": "0123456789abcdef0123",
-                "observedGeneration": 3
-            })),
-        );
-        let status = app.status.clone().expect("status");
-        let corrected = on_success(
-            &app,
-            status.clone(),
-            succeeded("Synced", true, HealthStatus::Healthy),
-            false,
-            NOW,
-        );
-        assert_eq!(corrected.notices[0].0, notify::Event::DriftCorrected);
-        let asked = on_success(
-            &app,
-            status,
-            succeeded("Synced", true, HealthStatus::Healthy),
-            true,
-            NOW,
-        );
-        assert_eq!(asked.notices[0].0, notify::Event::SyncSucceeded);
-    }
-
-    #[test]
-    fn a_member_changed_during_the_sync_is_never_synced() {
-        let app = app(serde_json::json!({}), None);
-        let mut outcome = succeeded("Synced", true, HealthStatus::Healthy);
-        outcome.drifted_meanwhile = true;
-        let after = on_success(&app, ApplicationStatus::default(), outcome, false, NOW);
-        assert!(!after.synced);
-        assert_eq!(
-            after.status.sync.as_ref().expect("sync").status,
-            "OutOfSync"
-        );
-        assert_eq!(
-            condition(&after.status, "Ready"),
-            ("False", "ChangedMeanwhile")
-        );
-        assert_eq!(
-            condition(&after.status, "Reconciling"),
-            ("True", "ChangedMeanwhile")
-        );
-        // What was applied is still the revision applied.
-        assert!(after.status.last_applied_revision.is_some());
-    }
-
-    #[test]
-    fn out_of_sync_without_self_heal_says_how_to_apply_and_degraded_health_is_told_once() {
-        let manual = app(
-            serde_json::json!({"syncPolicy": {"automated": false}}),
-            None,
-        );
-        let after = on_success(
-            &manual,
-            ApplicationStatus::default(),
-            succeeded("OutOfSync", false, HealthStatus::Degraded),
-            false,
-            NOW,
-        );
-        assert!(!after.synced);
-        assert_eq!(condition(&after.status, "Ready"), ("False", "OutOfSync"));
-        assert!(after.status.last_applied_revision.is_none());
-        assert_eq!(after.notices.len(), 1);
-        assert_eq!(after.notices[0].0, notify::Event::HealthDegraded);
-        let ready = &after.status.conditions[0];
-        assert!(
-            ready.message.contains("automated sync is off"),
-            "{}",
-            ready.message
-        );
-        let degraded_before = app(
-            serde_json::json!({}),
-            Some(serde_json::json!({"health": "Degraded"})),
-        );
-        let again = on_success(
-            &degraded_before,
-            ApplicationStatus::default(),
-            succeeded("OutOfSync", false, HealthStatus::Degraded),
-            false,
-            NOW,
-        );
-        assert!(again.notices.is_empty());
-    }
-
-    #[test]
-    fn failures_count_up_to_the_retry_limit_and_only_the_first_is_told() {
-        let app = app(
-            serde_json::json!({"syncPolicy": {"retry": {"limit": 2, "backoff": "10s"}}}),
-            Some(serde_json::json!({"sync": {
-                "status": "Synced", "revision": "abc", "create": 0, "update": 0, "prune": 0, "unchanged": 1
-            }})),
-        );
-        let first = on_failure(
-            &app,
-            app.status.clone().expect("status"),
-            Failed {
-                message: "ConfigMap/a: denied".into(),
-                entry: None,
-                revision: Some("abc".into()),
-                out_of_sync: true,
-            },
-            NOW,
-        );
-        assert!(!first.stalled);
-        assert_eq!(first.status.failures, 1);
-        assert_eq!(
-            first.status.sync.as_ref().expect("sync").status,
-            "OutOfSync"
-        );
-        assert_eq!(condition(&first.status, "Ready"), ("False", "Failed"));
-        assert_eq!(
-            condition(&first.status, "Reconciling"),
-            ("True", "Retrying")
-        );
-        assert_eq!(
-            first.tell,
-            Some((Some("abc".into()), "ConfigMap/a: denied".into()))
-        );
-        let second = on_failure(
-            &app,
-            first.status,
-            Failed {
-                message: "cannot reach Git".into(),
-                entry: None,
-                revision: None,
-                out_of_sync: false,
-            },
-            LATER,
-        );
-        assert!(second.stalled);
-        assert!(second.tell.is_none());
-        assert_eq!(
-            condition(&second.status, "Stalled"),
-            ("True", "RetryLimitReached")
-        );
-        assert_eq!(
-            condition(&second.status, "Reconciling"),
-            ("False", "Stalled")
-        );
-        // No revision this time: the sync state of the last compare stays.
-        assert_eq!(
-            second.status.sync.as_ref().expect("sync").status,
-            "OutOfSync"
-        );
-        // Ready stayed False: its transition time is the first failure's.
-        let ready = second
-            .status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .expect("Ready");
-        assert_eq!(ready.last_transition_time, NOW);
-        assert_eq!(failure_backoff(&app, 1), Duration::from_secs(10));
-        assert_eq!(failure_backoff(&app, 3), Duration::from_secs(40));
-        assert_eq!(failure_backoff(&app, 30), Duration::from_secs(300));
-    }
-}
+mod tests;

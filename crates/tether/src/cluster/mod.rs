@@ -5,6 +5,7 @@
 //! what failed, where, and what to do. Start at [`Cluster::connect`].
 
 pub mod discovery;
+pub mod target;
 
 use std::path::PathBuf;
 use std::time::Duration;
