@@ -302,9 +302,9 @@ async fn serve(
         None => app,
     };
     tracing::info!(%address, "serving webhooks, health and metrics");
-    Ok(Some(AbortOnDrop(tokio::spawn(async move {
+    Ok(Some(AbortOnDrop::new(tokio::spawn(async move {
         // The UI's watches live as long as the server.
-        let _tasks: Vec<AbortOnDrop> = ui_tasks.into_iter().map(AbortOnDrop).collect();
+        let _tasks: Vec<AbortOnDrop> = ui_tasks.into_iter().map(AbortOnDrop::new).collect();
         if let Err(err) = axum::serve(listener, app).await {
             tracing::warn!(%err, "the HTTP server stopped");
         }
@@ -321,7 +321,7 @@ fn follow_shards(
 ) -> AbortOnDrop {
     let (store, trigger, context) = (store.clone(), trigger.clone(), context.clone());
     let mine = shards.clone();
-    AbortOnDrop(tokio::spawn(shards.run(move |shard, change| {
+    AbortOnDrop::new(tokio::spawn(shards.run(move |shard, change| {
         context.metrics.shards_held.set(mine.held().len() as i64);
         let of = mine.options().shards;
         let apps = store.state().into_iter();
@@ -347,7 +347,7 @@ fn forget_gone(
     mut gone: UnboundedReceiver<Option<String>>,
 ) -> AbortOnDrop {
     let (context, store) = (context.clone(), store.clone());
-    AbortOnDrop(tokio::spawn(async move {
+    AbortOnDrop::new(tokio::spawn(async move {
         while let Some(gone) = gone.recv().await {
             match gone {
                 Some(key) => context.forget(&key),
@@ -397,7 +397,7 @@ async fn lead(context: &Context, shutdown: Shared<BoxFuture<'static, ()>>) -> Op
             _ = shutdown => return None,
         };
         let (lost, lost_signal) = (lost.clone(), lost_signal.clone());
-        renewal = Some(AbortOnDrop(tokio::spawn(async move {
+        renewal = Some(AbortOnDrop::new(tokio::spawn(async move {
             lease_lost.await;
             lost.store(true, Ordering::Relaxed);
             lost_signal.notify_one();
@@ -447,16 +447,8 @@ async fn run_controller(
         .await;
 }
 
-/// A spawned task that ends when this handle is dropped. (tokio-util's `AbortOnDropHandle`
-/// needs its `rt` feature, which would add futures-util to tokio-util's dependencies in
-/// the lockfile.)
-pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+/// A spawned task that ends when this handle is dropped.
+pub(super) type AbortOnDrop = tokio_util::task::AbortOnDropHandle<()>;
 
 /// Reconcile when the spec changes (generation) or `tether sync` asks (annotation).
 pub(super) fn spec_or_sync_request(app: &Application) -> Option<u64> {
