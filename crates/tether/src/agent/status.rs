@@ -381,9 +381,19 @@ pub fn on_failure(
 /// How long to wait before retrying the `failures`-th failed sync in a row: the
 /// Application's `retry.backoff` (default 5 s), doubled with each failure, at most 5 min.
 pub fn failure_backoff(app: &Application, failures: u32) -> Duration {
+    use backon::BackoffBuilder;
     let base =
         parse_duration(&app.spec.sync_policy.retry.backoff).unwrap_or(Duration::from_secs(5));
-    (base * 2u32.saturating_pow(failures.saturating_sub(1))).min(Duration::from_secs(300))
+    let most = Duration::from_secs(300);
+    let mut delays = backon::ExponentialBuilder::default()
+        .with_min_delay(base)
+        .with_max_delay(most)
+        .with_factor(2.0)
+        .without_max_times()
+        .build();
+    // The delay stops growing at 5 min long before the 20th failure.
+    let nth = failures.saturating_sub(1).min(20) as usize;
+    delays.nth(nth).unwrap_or(most).min(most)
 }
 
 #[cfg(test)]

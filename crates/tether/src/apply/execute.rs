@@ -366,7 +366,13 @@ async fn discover_new_kinds(
     timeout: Duration,
 ) -> Result<(), Error> {
     let started = Instant::now();
-    let mut pause = Duration::from_millis(50);
+    use backon::BackoffBuilder;
+    let mut pauses = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_factor(2.0)
+        .without_max_times()
+        .build();
     loop {
         resolver
             .refresh()
@@ -401,8 +407,7 @@ async fn discover_new_kinds(
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(pauses.next().unwrap_or(Duration::from_secs(2))).await;
     }
 }
 

@@ -127,7 +127,13 @@ async fn wait_until_healthy(
     progress: &crate::progress::ProgressHandle,
 ) -> (Vec<(ObjectKey, Health)>, Result<(), String>) {
     let deadline = Instant::now() + timeout;
-    let mut pause = first_pause;
+    use backon::BackoffBuilder;
+    let mut pauses = backon::ExponentialBuilder::default()
+        .with_min_delay(first_pause)
+        .with_max_delay(first_pause.max(Duration::from_secs(1)))
+        .with_factor(2.0)
+        .without_max_times()
+        .build();
     loop {
         let checks = check_health(client, resolver, changes).await;
         if let Some((key, h)) = checks
@@ -161,8 +167,7 @@ async fn wait_until_healthy(
             h.status,
             h.message
         ));
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1)).max(first_pause);
+        tokio::time::sleep(pauses.next().unwrap_or(first_pause)).await;
     }
 }
 

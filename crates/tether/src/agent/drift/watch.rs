@@ -66,9 +66,7 @@ impl DriftWatch {
         let config = watcher::Config::default().labels(PART_OF_LABEL);
         // Errors (the API server restarting, the kind's CRD deleted) are retried with a
         // growing pause, not in a tight loop.
-        let mut events = watcher(api, config)
-            .backoff(WatchBackoff::default())
-            .boxed();
+        let mut events = watcher(api, config).backoff(watch_backoff()).boxed();
         let mut watch = KindWatch {
             kind,
             known: HashMap::new(),
@@ -87,7 +85,7 @@ impl DriftWatch {
                 Ok(watcher::Event::Delete(object)) => self.deleted(&mut watch, &object),
                 // kube's watcher resumes from the last resourceVersion it saw, so no event is
                 // lost; after a 410 (too old) it lists again, and the list reports what
-                // changed meanwhile. What matters is how soon it retries (`WatchBackoff`).
+                // changed meanwhile. What matters is how soon it retries (`watch_backoff`).
                 Err(err) => {
                     tracing::debug!(%err, kind = %watch.kind.resource.kind, "drift watch restarts")
                 }
@@ -295,33 +293,11 @@ fn member_key(kind: &KindInfo, object: &PartialObjectMeta<DynamicObject>) -> Obj
 /// Retries of a failed drift watch: 0.5 s, doubling up to 5 s, and from 0.5 s again once
 /// it works. (kube's default grows to 30 s: after an outage of the API server, the watches
 /// would come back that much later.)
-struct WatchBackoff {
-    next: std::time::Duration,
-}
-
-impl WatchBackoff {
-    const FIRST: std::time::Duration = std::time::Duration::from_millis(500);
-    const MAX: std::time::Duration = std::time::Duration::from_secs(5);
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self { next: Self::FIRST }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = std::time::Duration;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let wait = self.next;
-        self.next = (wait * 2).min(Self::MAX);
-        Some(wait)
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
+fn watch_backoff() -> kube::runtime::watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(500))
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times()
+        .into()
 }
