@@ -75,13 +75,13 @@ impl ApplicationSpec {
             .map_err(|e| format!("spec.syncPolicy.retry.backoff: {e}"))?;
         if let Some(status) = &self.commit_status {
             // The request itself says what else is wrong (no host, no repository).
-            let probe = crate::agent::commit_status::Status {
+            let probe = super::commit_status::Status {
                 commit: String::new(),
-                state: crate::agent::commit_status::State::Success,
+                state: super::commit_status::State::Success,
                 description: String::new(),
                 context: String::new(),
             };
-            crate::agent::commit_status::request_for(status, &self.source.repo_url, &probe)?;
+            super::commit_status::request_for(status, &self.source.repo_url, &probe)?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 
 pub mod actions;
 mod check;
+pub mod commit_status;
 pub mod spec;
 pub mod state;
 pub mod status;
