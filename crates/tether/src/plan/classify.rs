@@ -338,4 +338,3 @@ pub(super) fn render_diff(
         &key.to_string(),
     )
 }
-
