@@ -338,3 +338,6 @@ pub(super) fn render_diff(
         &key.to_string(),
     )
 }
+
+#[cfg(test)]
+mod tests;
