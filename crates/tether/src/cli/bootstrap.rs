@@ -21,7 +21,7 @@ use crate::apply::ApplyOptions;
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
 use crate::install::{InstallOptions, TOKENS_SECRET, Tokens};
-use crate::plan::PlanOptions;
+use crate::plan::{PlanErrorKind, PlanOptions, SetOwner};
 
 /// The Application through which the agent manages its install.
 pub const APPLICATION: &str = "tether";
@@ -250,9 +250,14 @@ pub async fn bootstrap(
         )
         .await
         .map_err(|e| {
-            let owned = e
-                .to_string()
-                .contains("belongs to the set of `tether apply --app");
+            // Objects of the set belong to a set made by push mode (`tether install`).
+            let owned = matches!(
+                e.downcast_ref::<crate::engine::Error>(),
+                Some(crate::engine::Error::Plan(errors)) if errors.0.iter().any(|error| matches!(
+                    error.kind,
+                    PlanErrorKind::OwnedByAnotherSet { owner: SetOwner::Apply { .. }, .. }
+                ))
+            );
             e.context(if owned {
                 "the bootstrap (an earlier `tether install` owns these objects: run `tether uninstall` first)"
             } else {
