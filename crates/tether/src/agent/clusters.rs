@@ -242,7 +242,7 @@ fn refuse_local_references(kubeconfig: &Kubeconfig) -> Result<(), String> {
 
 /// A destination as the agent uses it: connected, with its drift watches and the desired
 /// objects of each ApplySet's last full sync (for health reads).
-pub struct Destination {
+pub struct Connected {
     pub target: Target,
     pub drift: DriftWatch,
     /// ApplySet id → the desired objects of its last full sync.
@@ -253,7 +253,7 @@ pub struct Destination {
         Mutex<HashMap<String, HashMap<crate::object::ObjectKey, crate::health::HealthStatus>>>,
 }
 
-impl Destination {
+impl Connected {
     pub fn new(target: Target, drift: DriftWatch) -> Self {
         Self {
             target,
@@ -265,7 +265,7 @@ impl Destination {
 }
 
 struct Entry {
-    destination: Arc<Destination>,
+    destination: Arc<Connected>,
     /// The Secret's resourceVersion it was built from.
     version: Option<String>,
     checked: Instant,
@@ -273,7 +273,7 @@ struct Entry {
 
 /// Every destination of this agent: its own cluster, and one per cluster Secret in use.
 pub struct Clusters {
-    home: Arc<Destination>,
+    home: Arc<Connected>,
     /// namespace/secret → the destination built from it. Each has a lock of its own, held
     /// while it is (re)built, so a cluster that is slow to answer delays only its own
     /// Applications.
@@ -281,20 +281,20 @@ pub struct Clusters {
 }
 
 impl Clusters {
-    pub fn new(home: Destination) -> Self {
+    pub fn new(home: Connected) -> Self {
         Self {
             home: Arc::new(home),
             remote: Default::default(),
         }
     }
 
-    pub fn home(&self) -> &Arc<Destination> {
+    pub fn home(&self) -> &Arc<Connected> {
         &self.home
     }
 
     /// The destination of `app`, connected on first use and rebuilt when its Secret
     /// changed (read again at most every 30 s); `Err` says why it cannot be reached.
-    pub async fn for_app(&self, app: &Application) -> Result<Arc<Destination>, String> {
+    pub async fn for_app(&self, app: &Application) -> Result<Arc<Connected>, String> {
         let Some(name) = app.spec.destination.cluster_name() else {
             return Ok(self.home.clone());
         };
@@ -328,7 +328,7 @@ impl Clusters {
         let (target, version) = connect_reading(&self.home.target.client, &namespace, name).await?;
         tracing::info!(cluster = %name, server = %target.server, "connected to a destination cluster");
         let drift = self.home.drift.for_cluster(target.client.clone());
-        let destination = Arc::new(Destination::new(target, drift));
+        let destination = Arc::new(Connected::new(target, drift));
         if let Some(old) = slot.replace(Entry {
             destination: destination.clone(),
             version,
@@ -340,7 +340,7 @@ impl Clusters {
     }
 
     /// The destination of `app` if it is connected already (no request is made).
-    pub fn cached(&self, app: &Application) -> Option<Arc<Destination>> {
+    pub fn cached(&self, app: &Application) -> Option<Arc<Connected>> {
         let Some(name) = app.spec.destination.cluster_name() else {
             return Some(self.home.clone());
         };

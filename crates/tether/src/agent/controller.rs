@@ -21,7 +21,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::{Notify, broadcast};
 
 use super::application::{self, Application, application_key};
-use super::clusters::{Clusters, Destination, Target};
+use super::clusters::{Clusters, Connected, Target};
 use super::reconcile::reconcile;
 use super::{
     AgentOptions, Context, Error, api, commit_status, drift, leader, notify, server, shard, ui,
@@ -152,7 +152,7 @@ async fn destinations(
     let drift = drift.scoped_to(options.namespace.clone().filter(|_| options.namespaced));
     let changes = drift.changes();
     let home = Target::home(client.clone(), resolver);
-    let clusters = Arc::new(Clusters::new(Destination::new(home, drift)));
+    let clusters = Arc::new(Clusters::new(Connected::new(home, drift)));
     Ok((clusters, changes, drifted))
 }
 
@@ -327,10 +327,10 @@ fn follow_shards(
         let apps = store.state().into_iter();
         for app in apps.filter(|app| shard::shard_of(&application_key(app), of) == shard) {
             match change {
-                shard::Change::Taken => {
+                shard::ShardEvent::Taken => {
                     let _ = trigger.send(ObjectRef::from_obj(app.as_ref()));
                 }
-                shard::Change::GivenUp => {
+                shard::ShardEvent::GivenUp => {
                     context.forget(&application_key(&app));
                     context.forget_set(&app);
                 }

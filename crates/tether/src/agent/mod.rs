@@ -43,7 +43,7 @@ use crate::health::HealthStatus;
 use crate::source::git::Revision;
 pub use application::{Application, ApplicationSpec, ApplicationStatus};
 use application::{ApplySetReference, HistoryEntry, SyncStatus, application_key};
-use clusters::Destination;
+use clusters::Connected;
 pub use controller::run;
 pub(crate) use decide::LISTING_MAX_AGE;
 use reconcile::confined;
@@ -355,7 +355,7 @@ impl From<String> for Failure {
 /// Where a sync acts: the destination, and the client acting there for the Application
 /// (its ServiceAccount's, when it names one).
 struct Acting<'a> {
-    dest: &'a Arc<Destination>,
+    dest: &'a Arc<Connected>,
     client: &'a kube::Client,
 }
 
@@ -367,7 +367,7 @@ struct Outcome {
     applied: Option<HistoryEntry>,
     apply_set: ApplySetReference,
     /// Where it was applied.
-    destination: Arc<Destination>,
+    destination: Arc<Connected>,
 }
 
 /// [`plan_current`] in the Application's destination (the JSON API's and the web UI's view).
@@ -377,7 +377,7 @@ pub(crate) async fn plan_in_destination(
     options: &AgentOptions,
     app: &Application,
     listing_max_age: Duration,
-) -> Result<(Arc<Destination>, Revision, crate::plan::Plan), String> {
+) -> Result<(Arc<Connected>, Revision, crate::plan::Plan), String> {
     // What a sync would refuse is not planned either.
     confined(options, app)?;
     let destination = clusters.for_app(app).await?;

@@ -27,14 +27,14 @@ pub enum Format {
 }
 
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct Endpoint {
     pub url: String,
     pub format: Format,
 }
 
 #[derive(Debug, Clone)]
 pub struct NotifyOptions {
-    pub targets: Vec<Target>,
+    pub targets: Vec<Endpoint>,
     /// The HMAC key of the generic payload's signature header; none leaves it unsigned.
     pub secret: Option<Vec<u8>>,
     /// Attempts per delivery, the first included.
@@ -172,7 +172,7 @@ impl Notifier {
 }
 
 impl Inner {
-    async fn deliver(&self, target: &Target, notice: &Notice) {
+    async fn deliver(&self, target: &Endpoint, notice: &Notice) {
         let body = match target.format {
             Format::Generic => notice.generic(),
             Format::Slack => notice.slack(),

@@ -151,7 +151,7 @@ impl Drop for ShardGuard {
 
 /// What happened to a shard, for [`Shards::run`]'s caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub enum ShardEvent {
     /// This agent took the shard: its Applications, skipped until now, are its to reconcile.
     Taken,
     /// This agent gave the shard up: another reconciles its Applications now.
@@ -245,7 +245,7 @@ impl Shards {
     /// shards rendezvous hashing gives it (once free or expired), renews them, and gives up
     /// those that should move to another agent once their reconciles have finished.
     /// `changed(shard, how)` is told of each shard taken or given up. Runs until dropped.
-    pub async fn run(self: Arc<Self>, changed: impl Fn(u32, Change)) {
+    pub async fn run(self: Arc<Self>, changed: impl Fn(u32, ShardEvent)) {
         let mut membership = self.options.lease(member_lease(&self.options.identity));
         membership
             .annotations
@@ -333,7 +333,7 @@ impl Shards {
     }
 
     /// One round over every shard, a few at once (each costs a GET and a PUT).
-    async fn balance(self: &Arc<Self>, members: &[String], changed: &impl Fn(u32, Change)) {
+    async fn balance(self: &Arc<Self>, members: &[String], changed: &impl Fn(u32, ShardEvent)) {
         futures::stream::iter(0..self.options.shards)
             .for_each_concurrent(8, |shard| self.balance_one(shard, members, changed))
             .await;
@@ -343,7 +343,7 @@ impl Shards {
         self: &Arc<Self>,
         shard: u32,
         members: &[String],
-        changed: &impl Fn(u32, Change),
+        changed: &impl Fn(u32, ShardEvent),
     ) {
         let mine = owner_of(shard, members) == Some(&self.options.identity);
         let (held, releasing) = {
@@ -375,7 +375,7 @@ impl Shards {
                             .insert(shard, asked);
                         if before.is_none() {
                             tracing::info!(shard, agent = %self.options.identity, "took shard");
-                            changed(shard, Change::Taken);
+                            changed(shard, ShardEvent::Taken);
                         }
                     }
                     // Its holder has not let it go yet (or its Lease has not expired).
@@ -416,11 +416,11 @@ impl Shards {
         }
     }
 
-    fn drop_shard(&self, shard: u32, changed: &impl Fn(u32, Change), why: &str) {
+    fn drop_shard(&self, shard: u32, changed: &impl Fn(u32, ShardEvent), why: &str) {
         let removed = self.state.lock().expect("not poisoned").held.remove(&shard);
         if removed.is_some() {
             tracing::info!(shard, agent = %self.options.identity, why, "gave up shard");
-            changed(shard, Change::GivenUp);
+            changed(shard, ShardEvent::GivenUp);
         }
     }
 

@@ -287,8 +287,8 @@ fn read_secret(file: Option<&std::path::Path>, what: &str) -> anyhow::Result<Opt
 }
 
 /// The --notify and --notify-slack URLs; refused when one is not an http(s) URL.
-fn notify_targets(args: &AgentArgs) -> anyhow::Result<Vec<crate::agent::notify::Target>> {
-    use crate::agent::notify::{Format, Target};
+fn notify_targets(args: &AgentArgs) -> anyhow::Result<Vec<crate::agent::notify::Endpoint>> {
+    use crate::agent::notify::{Endpoint, Format};
     let generic = args.notify.iter().map(|url| (url, Format::Generic));
     let slack = args.notify_slack.iter().map(|url| (url, Format::Slack));
     generic
@@ -299,7 +299,7 @@ fn notify_targets(args: &AgentArgs) -> anyhow::Result<Vec<crate::agent::notify::
             if !matches!(parsed.scheme(), "http" | "https") {
                 anyhow::bail!("--notify {url:?}: only http:// and https:// URLs are supported");
             }
-            Ok(Target {
+            Ok(Endpoint {
                 url: url.clone(),
                 format,
             })

@@ -22,7 +22,7 @@ use crate::inventory::ApplySet;
 use crate::object::{ObjectKey, Origin};
 
 /// What every object's plan needs to know about the whole set.
-pub(super) struct Context<'a> {
+pub(super) struct SetScope<'a> {
     pub client: &'a kube::Client,
     pub applyset: &'a ApplySet,
     pub creating_namespaces: &'a BTreeSet<String>,
@@ -39,7 +39,7 @@ pub(super) struct Planned {
 
 /// Plans every member, [`PlanOptions::concurrency`] at a time, from what the LISTs told.
 pub(super) async fn plan_objects(
-    context: &Context<'_>,
+    context: &SetScope<'_>,
     members: Vec<Prepared>,
     mut prefetched: Prefetch,
 ) -> Planned {
@@ -79,7 +79,7 @@ pub(super) async fn plan_objects(
 
 /// Plans one object, from what the LISTs told about it (or from a read of its own).
 async fn plan_one(
-    context: &Context<'_>,
+    context: &SetScope<'_>,
     item: Prepared,
     prefetched: Prefetched,
 ) -> Result<Change, PlanError> {
@@ -112,14 +112,14 @@ async fn plan_one(
 
 /// The body of [`plan_one`]: read, ownership, dry-run, a fresh read, then the comparison.
 async fn plan_change(
-    context: &Context<'_>,
+    context: &SetScope<'_>,
     key: &ObjectKey,
     origin: &Origin,
     manifest: &Value,
     kind: Option<KindInfo>,
     prefetched: Prefetched,
 ) -> Result<Outcome, PlanError> {
-    let Context {
+    let SetScope {
         client,
         applyset,
         creating_namespaces,

@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 
 use crate::cluster::discovery::Resolver;
 use crate::object::Object;
-use dry_run::{Context, Planned};
+use dry_run::{Planned, SetScope};
 use prepare::{Placement, Preparation};
 
 /// Plans `objects` against the cluster. Errors stop the plan and name every object at fault.
@@ -61,7 +61,7 @@ pub async fn plan(
         live::prefetch_live(client, &members, &applyset.id, options.keep_unchanged_live)
             .await
             .map_err(|error| PlanErrors(vec![error]))?;
-    let context = Context {
+    let context = SetScope {
         client,
         applyset: &applyset,
         creating_namespaces: &creating_namespaces,

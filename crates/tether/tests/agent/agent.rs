@@ -1839,7 +1839,7 @@ async fn a_broken_commit_or_a_lost_git_server_keeps_what_the_last_good_one_appli
 async fn notifications_tell_syncs_drift_and_failures_signed_with_retries() {
     use hmac::Mac;
     use support::agent::Receiver;
-    use tether::agent::notify::{Format, NotifyOptions, Target};
+    use tether::agent::notify::{Endpoint, Format, NotifyOptions};
     let client = cluster().await.client();
     install_crd(&client).await.expect("CRD installed");
     let ns = TestNamespace::create(&client, "agent-notify").await;
@@ -1858,15 +1858,15 @@ async fn notifications_tell_syncs_drift_and_failures_signed_with_retries() {
             listen,
             notify: NotifyOptions {
                 targets: vec![
-                    Target {
+                    Endpoint {
                         url: format!("{}/generic", receiver.url),
                         format: Format::Generic,
                     },
-                    Target {
+                    Endpoint {
                         url: format!("{}/slack", receiver.url),
                         format: Format::Slack,
                     },
-                    Target {
+                    Endpoint {
                         url: broken.url.clone(),
                         format: Format::Generic,
                     },

@@ -12,7 +12,7 @@ use crate::plan::fields::APPLIED_DIGEST_ANNOTATION;
 
 /// Who changed an object, judged from its managedFields.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Change {
+pub(super) enum Writer {
     /// Someone other than tether took or removed fields tether set, or deleted the object.
     Foreign,
     /// tether's own apply.
@@ -46,17 +46,17 @@ pub(super) struct Prints {
 /// status) is not drift, and neither is a label someone added. Times have one-second
 /// resolution: tether's apply that drops fields within the second of its last one looks
 /// like someone else's (one needless reconcile, which writes nothing).
-pub(super) fn classify(previous: &Prints, now: &Prints) -> Change {
+pub(super) fn classify(previous: &Prints, now: &Prints) -> Writer {
     if now.deleting && !previous.deleting {
-        Change::Foreign
+        Writer::Foreign
     } else if now.ours == previous.ours {
-        Change::Status
+        Writer::Status
     } else if (now.ours_time.is_some() && now.ours_time != previous.ours_time)
         || now.ours_size > previous.ours_size
     {
-        Change::Ours
+        Writer::Ours
     } else {
-        Change::Foreign
+        Writer::Foreign
     }
 }
 
@@ -70,16 +70,16 @@ pub(super) fn judge(
     previous: Option<&Prints>,
     now: &Prints,
     applied_by_us: impl FnOnce() -> bool,
-) -> Option<Change> {
+) -> Option<Writer> {
     let digest_moved = previous.is_none_or(|p| p.digest != now.digest);
     let classified = previous.map(|p| classify(p, now));
     let as_tether = match classified {
-        Some(Change::Ours) | None => true,
-        Some(Change::Status) => digest_moved,
-        Some(Change::Foreign) => false,
+        Some(Writer::Ours) | None => true,
+        Some(Writer::Status) => digest_moved,
+        Some(Writer::Foreign) => false,
     };
     if as_tether && !applied_by_us() {
-        Some(Change::Foreign)
+        Some(Writer::Foreign)
     } else {
         classified
     }
@@ -141,29 +141,29 @@ mod tests {
             ours_size: 90,
             ..applied()
         };
-        assert_eq!(classify(&before, &edited), Change::Foreign);
+        assert_eq!(classify(&before, &edited), Writer::Foreign);
         // tether takes it back later: its own time moves.
         let corrected = Prints {
             ours_time: Some(3),
             ..applied()
         };
-        assert_eq!(classify(&edited, &corrected), Change::Ours);
+        assert_eq!(classify(&edited, &corrected), Writer::Ours);
         // ... or within the same second as its last apply: its entry grows, which no one
         // else's write can make it do.
-        assert_eq!(classify(&edited, &applied()), Change::Ours);
+        assert_eq!(classify(&edited, &applied()), Writer::Ours);
         // Someone takes a second field within the same second.
         let again = Prints {
             ours: 13,
             ours_size: 80,
             ..edited.clone()
         };
-        assert_eq!(classify(&edited, &again), Change::Foreign);
+        assert_eq!(classify(&edited, &again), Writer::Foreign);
         // tether's fields changed, no longer and with no new time: someone's write.
         let reshaped = Prints {
             ours: 14,
             ..applied()
         };
-        assert_eq!(classify(&before, &reshaped), Change::Foreign);
+        assert_eq!(classify(&before, &reshaped), Writer::Foreign);
         // tether's own apply of a new revision.
         let reapplied = Prints {
             ours: 15,
@@ -171,7 +171,7 @@ mod tests {
             ours_time: Some(5),
             ..applied()
         };
-        assert_eq!(classify(&before, &reapplied), Change::Ours);
+        assert_eq!(classify(&before, &reapplied), Writer::Ours);
         // Someone takes every field tether had: its entry goes, and its time with it.
         let taken = Prints {
             ours: 16,
@@ -179,15 +179,15 @@ mod tests {
             ours_time: None,
             ..applied()
         };
-        assert_eq!(classify(&before, &taken), Change::Foreign);
+        assert_eq!(classify(&before, &taken), Writer::Foreign);
         // A deletion begins.
         let deleting = Prints {
             deleting: true,
             ..applied()
         };
-        assert_eq!(classify(&before, &deleting), Change::Foreign);
+        assert_eq!(classify(&before, &deleting), Writer::Foreign);
         // A controller writes status or fields of its own: tether's entry is untouched.
-        assert_eq!(classify(&before, &applied()), Change::Status);
+        assert_eq!(classify(&before, &applied()), Writer::Status);
     }
 
     #[test]
@@ -196,11 +196,11 @@ mod tests {
         let theirs = || false;
         // First sight: tether's own, unless it carries what this agent does not apply.
         assert_eq!(judge(None, &applied(), ours), None);
-        assert_eq!(judge(None, &applied(), theirs), Some(Change::Foreign));
+        assert_eq!(judge(None, &applied(), theirs), Some(Writer::Foreign));
         // tether's fields untouched, same digest: status, whoever wrote it.
         assert_eq!(
             judge(Some(&applied()), &applied(), theirs),
-            Some(Change::Status)
+            Some(Writer::Status)
         );
         // The same fields applied with other values: the digest moves.
         let other_values = Prints {
@@ -209,11 +209,11 @@ mod tests {
         };
         assert_eq!(
             judge(Some(&applied()), &other_values, theirs),
-            Some(Change::Foreign)
+            Some(Writer::Foreign)
         );
         assert_eq!(
             judge(Some(&applied()), &other_values, ours),
-            Some(Change::Status)
+            Some(Writer::Status)
         );
         // Someone took a field: foreign, without asking about the digest.
         let edited = Prints {
@@ -224,7 +224,7 @@ mod tests {
         let never = || -> bool { panic!("not asked") };
         assert_eq!(
             judge(Some(&applied()), &edited, never),
-            Some(Change::Foreign)
+            Some(Writer::Foreign)
         );
         // tether's apply by its managedFields, with a digest this agent did not apply.
         let reapplied = Prints {
@@ -234,11 +234,11 @@ mod tests {
         };
         assert_eq!(
             judge(Some(&applied()), &reapplied, theirs),
-            Some(Change::Foreign)
+            Some(Writer::Foreign)
         );
         assert_eq!(
             judge(Some(&applied()), &reapplied, ours),
-            Some(Change::Ours)
+            Some(Writer::Ours)
         );
     }
 }

@@ -9,7 +9,7 @@ use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 
-use super::prints::{Change, Prints, fingerprints, judge};
+use super::prints::{Prints, Writer, fingerprints, judge};
 use super::state::Seen;
 use super::{Changed, DriftWatch};
 use crate::cluster::discovery::KindInfo;
@@ -134,9 +134,9 @@ impl DriftWatch {
         });
         trace_event("watch event", object, &previous, &now, change.as_ref());
         match change {
-            Some(Change::Foreign) => self.notify(&watch.kind, object, Seen::Changed),
-            Some(Change::Status) => self.status_changed(&watch.kind, object),
-            Some(Change::Ours) | None => {}
+            Some(Writer::Foreign) => self.notify(&watch.kind, object, Seen::Changed),
+            Some(Writer::Status) => self.status_changed(&watch.kind, object),
+            Some(Writer::Ours) | None => {}
         }
         watch.know(object);
         self.record_version(&watch.kind, object);
@@ -254,7 +254,7 @@ fn trace_event(
     object: &PartialObjectMeta<DynamicObject>,
     previous: &Option<Prints>,
     now: &Prints,
-    change: Option<&Change>,
+    change: Option<&Writer>,
 ) {
     tracing::trace!(
         object = object.metadata.name.as_deref().unwrap_or_default(),

@@ -8,7 +8,7 @@ use kube::runtime::reflector::ObjectRef;
 use super::apply::apply_and_record;
 use super::health::assess_set;
 use crate::agent::application::{ApplySetReference, SyncState, SyncStatus};
-use crate::agent::clusters::Destination;
+use crate::agent::clusters::Connected;
 use crate::agent::{
     Acting, Application, Context, Desired, Failure, Outcome, WATCH_LIST_TIMEOUT, sync_requested,
 };
@@ -205,7 +205,7 @@ fn pruned(planned: &Plan) -> impl Iterator<Item = ObjectKey> + '_ {
 /// The kinds of members that were not served before the apply (their CRD came with it),
 /// as the cluster serves them now.
 fn serve_unserved(
-    dest: &Destination,
+    dest: &Connected,
     desired: &mut [Desired],
     unserved: &[(ObjectKey, serde_json::Value)],
 ) {
@@ -223,7 +223,7 @@ fn serve_unserved(
 /// sync: the render's digest once Synced (a later revision that renders the same needs no
 /// plan), each member's resourceVersion, and the desired set (its health read in full).
 fn record_held(
-    dest: &Destination,
+    dest: &Connected,
     applyset_id: &str,
     digest: [u8; 32],
     sync: &SyncStatus,
@@ -300,7 +300,7 @@ pub(super) fn kinds_of<'a>(
 /// has not reached yet may still be reported by it, and is not counted.)
 pub(super) fn report_missed(
     ctx: &Context,
-    dest: &Destination,
+    dest: &Connected,
     app: &Application,
     applyset_id: &str,
     planned: &Plan,

@@ -3,7 +3,7 @@
 
 use futures::StreamExt;
 
-use crate::agent::clusters::Destination;
+use crate::agent::clusters::Connected;
 use crate::agent::{Context, Desired};
 use crate::health::{self, HealthStatus};
 
@@ -14,7 +14,7 @@ use crate::health::{self, HealthStatus};
 /// accounted for.
 pub(super) async fn assess_set(
     ctx: &Context,
-    dest: &Destination,
+    dest: &Connected,
     client: &kube::Client,
     id: &str,
 ) -> HealthStatus {

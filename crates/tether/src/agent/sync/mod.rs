@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use super::application::{
     ApplicationStatus, ApplySetReference, SyncState, SyncStatus, health_from,
 };
-use super::clusters::Destination;
+use super::clusters::Connected;
 use super::decide::{self, Decision, LISTING_MAX_AGE};
 use super::reconcile::confined;
 use super::{Acting, Application, Context, Failure, Outcome, sync_requested, tenancy};
@@ -202,7 +202,7 @@ async fn renders_the_same(
 }
 
 /// What the status and the drift watches say before a sync of set `applyset_id`.
-fn facts(ctx: &Context, dest: &Destination, app: &Application, applyset_id: &str) -> decide::Facts {
+fn facts(ctx: &Context, dest: &Connected, app: &Application, applyset_id: &str) -> decide::Facts {
     let status = app.status.as_ref();
     let policy = &app.spec.sync_policy;
     let spec_observed = status.is_some_and(|s| s.observed_generation == app.metadata.generation);
@@ -272,7 +272,7 @@ async fn unchanged_outcome(
 /// Renders as [`render_app`] does, with the render's [`digest_of`].
 async fn render_digested(
     ctx: &Context,
-    dest: &Destination,
+    dest: &Connected,
     app: &Application,
     revision: &Revision,
     tree: CommitTree,

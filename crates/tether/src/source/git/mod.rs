@@ -32,7 +32,7 @@ pub use error::Error;
 pub use listing::Listings;
 use listing::{Listing, listed_ref};
 pub use remote::install_crypto_provider;
-use remote::{Session, Target};
+use remote::{Session, Wanted};
 use url::normalize_url;
 
 use super::reference::RefSpec;
@@ -314,9 +314,9 @@ impl Session<'_> {
         stats.contacted_remote = true;
         let listing = self.listing(repo)?;
         let (commit, from_ref, fetch_src) = match self.pick(&listing, repo)? {
-            Target::Ref(r) => (Some(r.commit), Some(r.name.clone()), r.name),
-            Target::Commit(id) => (Some(id), None, id.to_string()),
-            Target::ShortCommit(prefix) => (None, None, prefix),
+            Wanted::Ref(r) => (Some(r.commit), Some(r.name.clone()), r.name),
+            Wanted::Commit(id) => (Some(id), None, id.to_string()),
+            Wanted::ShortCommit(prefix) => (None, None, prefix),
         };
         if let Some(commit) = commit
             && repo.find_commit(commit).is_ok()

@@ -93,7 +93,7 @@ type Connection<'r, 'repo> = gix::remote::Connection<
 
 /// What the ref names on the remote: an advertised ref, a full commit id, or an
 /// abbreviation found in neither the listing nor the cache.
-pub(super) enum Target {
+pub(super) enum Wanted {
     Ref(RemoteRef),
     Commit(gix::ObjectId),
     ShortCommit(String),
@@ -166,10 +166,10 @@ impl Session<'_> {
         Ok(Listing { refs, head })
     }
 
-    pub(super) fn pick(&self, listing: &Listing, repo: &gix::Repository) -> Result<Target, Error> {
+    pub(super) fn pick(&self, listing: &Listing, repo: &gix::Repository) -> Result<Wanted, Error> {
         let reference = &self.source.reference;
         if let Some(found) = listed_ref(reference, listing) {
-            return Ok(Target::Ref(found));
+            return Ok(Wanted::Ref(found));
         }
         let not_found = |spec: String, kind: Option<&str>| Error::RefNotFound {
             url: self.display_url.to_string(),
@@ -194,9 +194,9 @@ impl Session<'_> {
         }
     }
 
-    fn commit_target(&self, id: &str, listing: &Listing, repo: &gix::Repository) -> Target {
+    fn commit_target(&self, id: &str, listing: &Listing, repo: &gix::Repository) -> Wanted {
         if id.len() == 40 {
-            return Target::Commit(gix::ObjectId::from_hex(id.as_bytes()).expect("40 hex digits"));
+            return Wanted::Commit(gix::ObjectId::from_hex(id.as_bytes()).expect("40 hex digits"));
         }
         // An abbreviation of an advertised tip, or of a commit already cached.
         let matches: BTreeSet<gix::ObjectId> = listing
@@ -206,14 +206,14 @@ impl Session<'_> {
             .map(|r| r.commit)
             .collect();
         if matches.len() == 1 {
-            return Target::Commit(*matches.iter().next().expect("one element"));
+            return Wanted::Commit(*matches.iter().next().expect("one element"));
         }
         if let Ok(prefix) = gix::hash::Prefix::from_hex(id)
             && let Ok(Some(Ok(found))) = repo.objects.lookup_prefix(prefix, None)
         {
-            return Target::Commit(found);
+            return Wanted::Commit(found);
         }
-        Target::ShortCommit(id.to_string())
+        Wanted::ShortCommit(id.to_string())
     }
 
     /// Fetches `src` into `refs/tether/...` (depth-limited when asked); returns the objects received.
