@@ -20,6 +20,41 @@ use crate::source::git::{GitAuth, GitSource, Revision};
 use crate::source::reference::RefSpec;
 use crate::source::signature::SignaturePolicy;
 
+/// Why the Application pipeline stopped. Each stage's own error is kept whole as the
+/// source; the text the agent writes in the Application's status is the whole chain
+/// ([`String::from`]), the same words as each stage gives them.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Application's spec cannot be used as written; the message names the field.
+    #[error("{0}")]
+    Spec(String),
+    /// The Git credentials Secret cannot be read or written to files for Git.
+    #[error("{0}")]
+    Credentials(String),
+    #[error(transparent)]
+    Fetch(#[from] crate::source::git::Error),
+    #[error(transparent)]
+    Render(#[from] crate::render::Problems),
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanErrors),
+    #[error("cannot create a temporary folder")]
+    TempDir(#[source] std::io::Error),
+    /// The blocking task of a stage (`what`: Git, render) panicked or was cancelled.
+    #[error("the {what} task failed")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl From<Error> for String {
+    /// The error and its sources on one line: "what failed: why".
+    fn from(error: Error) -> String {
+        crate::error::chain(&error)
+    }
+}
+
 /// What the pipeline needs of the process running it (the agent's flags, or a command's).
 #[derive(Debug, Clone)]
 pub struct AppOptions {
@@ -62,7 +97,7 @@ pub async fn fetch(
     app: &Application,
     pin: Option<&str>,
     listing_max_age: Duration,
-) -> Result<(Revision, crate::source::git::CommitTree), String> {
+) -> Result<(Revision, crate::source::git::CommitTree), Error> {
     let namespace = app.namespace().unwrap_or_default();
     let spec = &app.spec;
     let mut source = git_source(options, app, listing_max_age)?;
@@ -72,9 +107,10 @@ pub async fn fetch(
     // Credentials are written to files for Git; the folder lives until the fetch is done.
     let mut secret_files = None;
     if let Some(secret) = &spec.source.secret_ref {
-        let folder =
-            tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;
-        source.auth = credentials(client, &namespace, &secret.name, folder.path()).await?;
+        let folder = tempfile::tempdir().map_err(Error::TempDir)?;
+        source.auth = credentials(client, &namespace, &secret.name, folder.path())
+            .await
+            .map_err(Error::Credentials)?;
         secret_files = Some(folder);
     }
     if !spec.source.verify_keys.is_empty() {
@@ -95,8 +131,10 @@ pub async fn fetch(
     }
     let (revision, tree, _) = tokio::task::spawn_blocking(move || source.fetch())
         .await
-        .map_err(|e| format!("the Git task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| Error::Task {
+            what: "Git",
+            source,
+        })??;
     drop(secret_files);
     Ok((revision, tree))
 }
@@ -106,9 +144,10 @@ pub fn git_source(
     options: &AppOptions,
     app: &Application,
     listing_max_age: Duration,
-) -> Result<GitSource, String> {
+) -> Result<GitSource, Error> {
     let spec = &app.spec;
-    let reference = RefSpec::parse(&spec.source.r#ref.as_ref_text()?).map_err(|e| e.to_string())?;
+    let reference = RefSpec::parse(&spec.source.r#ref.as_ref_text().map_err(Error::Spec)?)
+        .map_err(|e| Error::Spec(e.to_string()))?;
     let mut source = GitSource::new(spec.source.repo_url.clone(), reference);
     source.cache_dir = options.cache_dir.join("git");
     source.listing_max_age = listing_max_age;
@@ -122,8 +161,8 @@ pub fn git_source(
         )
     });
     if let Some(timeout) = &spec.source.timeout {
-        source.timeout =
-            parse_duration(timeout).map_err(|e| format!("spec.source.timeout {timeout:?}: {e}"))?;
+        source.timeout = parse_duration(timeout)
+            .map_err(|e| Error::Spec(format!("spec.source.timeout {timeout:?}: {e}")))?;
     }
     Ok(source)
 }
@@ -137,7 +176,7 @@ pub async fn plan_current(
     options: &AppOptions,
     app: &Application,
     listing_max_age: Duration,
-) -> Result<(Revision, crate::plan::Plan), String> {
+) -> Result<(Revision, crate::plan::Plan), Error> {
     let (revision, tree) = fetch(home, options, app, None, listing_max_age).await?;
     let plan = render_and_plan(target, options, app, &revision, tree).await?;
     Ok((revision, plan))
@@ -151,10 +190,11 @@ pub async fn render_and_plan(
     app: &Application,
     revision: &Revision,
     tree: crate::source::git::CommitTree,
-) -> Result<crate::plan::Plan, String> {
+) -> Result<crate::plan::Plan, Error> {
     let resolver = &target.resolver;
     let objects = render_app(resolver, options, app, revision, tree).await?;
-    let acting = crate::tenancy::client_for(&target.client, app, options.require_service_account)?;
+    let acting = crate::tenancy::client_for(&target.client, app, options.require_service_account)
+        .map_err(Error::Spec)?;
     plan_app(&acting, resolver, options, app, objects, true).await
 }
 
@@ -166,7 +206,7 @@ pub async fn render_app(
     app: &Application,
     revision: &Revision,
     tree: crate::source::git::CommitTree,
-) -> Result<Vec<crate::object::Object>, String> {
+) -> Result<Vec<crate::object::Object>, Error> {
     let name = app.name_any();
     let spec = &app.spec;
     let renderer = match spec.render.renderer.as_deref() {
@@ -175,9 +215,9 @@ pub async fn render_app(
         Some("kustomize") => Renderer::Kustomize,
         Some("helm") => Renderer::Helm,
         Some(other) => {
-            return Err(format!(
+            return Err(Error::Spec(format!(
                 "spec.render.renderer {other:?} is not auto, directory, kustomize or helm"
-            ));
+            )));
         }
     };
     let mut render_options = RenderOptions {
@@ -196,13 +236,13 @@ pub async fn render_app(
     render_options.limits.memory_bytes = match &spec.render.memory_limit {
         Some(limit) => {
             let bytes = crate::render::external::parse_memory_limit(limit)
-                .map_err(|e| format!("spec.render.memoryLimit: {e}"))?;
+                .map_err(|e| Error::Spec(format!("spec.render.memoryLimit: {e}")))?;
             let budget = crate::render::external::memory_budget();
             if bytes > budget {
-                return Err(format!(
+                return Err(Error::Spec(format!(
                     "spec.render.memoryLimit {limit} is above the {} that the agent's renders may take together (--render-memory-budget); lower it, or raise the budget and the agent's memory limit",
                     crate::size::show_size(budget)
-                ));
+                )));
             }
             bytes
         }
@@ -213,15 +253,18 @@ pub async fn render_app(
         .helm
         .fill_capabilities(capabilities.kube_version, capabilities.api_versions);
     let path = crate::source::tree::normalize(&spec.source.path).ok_or_else(|| {
-        format!(
+        Error::Spec(format!(
             "spec.source.path {:?} leaves the repository",
             spec.source.path
-        )
+        ))
     })?;
     tokio::task::spawn_blocking(move || crate::render::render(&tree, &path, &render_options))
         .await
-        .map_err(|e| format!("the render task failed: {e}"))?
-        .map_err(|e| e.to_string())
+        .map_err(|source| Error::Task {
+            what: "render",
+            source,
+        })?
+        .map_err(Error::from)
 }
 
 /// Plans rendered objects against the cluster as the Application's policy says, with
@@ -234,12 +277,10 @@ pub async fn plan_app(
     app: &Application,
     objects: Vec<crate::object::Object>,
     keep_unchanged_live: bool,
-) -> Result<crate::plan::Plan, String> {
+) -> Result<crate::plan::Plan, Error> {
     let mut plan_options = plan_options_for(options, app);
     plan_options.keep_unchanged_live = keep_unchanged_live;
-    plan(client, resolver, objects, &plan_options)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(plan(client, resolver, objects, &plan_options).await?)
 }
 
 /// How the agent plans an Application's set: named by the Application (recorded on the
@@ -309,4 +350,30 @@ async fn credentials(
         known_hosts: file("knownHosts", "known_hosts")?,
         ca_file: file("caFile", "ca.pem")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn an_error_becomes_its_whole_chain_in_the_words_each_part_gives() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no room");
+        assert_eq!(
+            String::from(Error::TempDir(io)),
+            "cannot create a temporary folder: no room"
+        );
+        let spec = Error::Spec("spec.render.renderer \"x\" is not auto".into());
+        assert_eq!(String::from(spec), "spec.render.renderer \"x\" is not auto");
+        // A stage's error is kept whole: its text, and it is reachable as the source type.
+        let fetch = Error::from(crate::source::git::Error::Timeout {
+            url: "git://127.0.0.1/x".into(),
+            seconds: 3,
+        });
+        assert!(matches!(fetch, Error::Fetch(_)));
+        assert_eq!(
+            String::from(fetch),
+            "git://127.0.0.1/x: no answer within 3 s; check the network or raise --git-timeout"
+        );
+    }
 }

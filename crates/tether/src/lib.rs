@@ -11,6 +11,7 @@
 //! - [`inventory`]: the ApplySet that records what a set owns (plan reads it, apply writes it).
 //! - [`duration`], [`size`], [`output`], [`progress`]: durations and sizes as users write
 //!   them, the `-o text|json|yaml` formats, progress reporting.
+//! - [`error`]: an error and its causes told on one line, each cause once.
 //! - [`health`]: live object → Healthy/Progressing/Degraded/Missing/Unknown.
 //! - [`cluster`]: connecting to a Kubernetes API server the way kubectl does (kubeconfig,
 //!   contexts, namespaces), discovery, and turning client errors into errors a user can act on.
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod cluster;
 pub mod duration;
 pub mod engine;
+pub mod error;
 pub mod health;
 pub mod install;
 pub mod inventory;

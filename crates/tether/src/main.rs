@@ -43,8 +43,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            // `{:#}` prints the whole chain on one line: "what failed: why".
-            eprintln!("error: {err:#}");
+            // The whole chain on one line: "what failed: why", each cause once.
+            eprintln!("error: {}", tether::error::chain(err.as_ref()));
             ExitCode::from(1)
         }
     }

@@ -146,7 +146,7 @@ async fn destinations(
     let resolver = Arc::new(
         Resolver::new(client.clone())
             .await
-            .map_err(|e| Error::Discovery(e.to_string()))?,
+            .map_err(Error::Discovery)?,
     );
     let (drift, drifted) = drift::DriftWatch::new(client.clone());
     let drift = drift.scoped_to(options.namespace.clone().filter(|_| options.namespaced));
@@ -258,7 +258,7 @@ async fn serve(
     };
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|e| Error::Listen(address.to_string(), e.to_string()))?;
+        .map_err(|e| Error::Listen(address.to_string(), e))?;
     let relay = shards.cloned().map(|shards| server::Relay {
         client: client.clone(),
         shards,

@@ -153,24 +153,28 @@ impl Default for AgentOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot install the Application CRD: {0}")]
-    Install(String),
+    #[error("cannot install the Application CRD")]
+    Install(#[source] kube::Error),
+    #[error("cannot install the Application CRD: {0} was not established within 60 s")]
+    NotEstablished(String),
+    #[error("cannot install the Application CRD")]
+    Established(#[source] kube::runtime::wait::Error),
     #[error("cannot write the status of {0}: {1}")]
     Status(String, String),
     #[error("the status of {0} changed meanwhile; reconciling again from the newest")]
     StaleStatus(String),
     #[error("lost the leader Lease; stopping so that the new leader alone acts")]
     LostLeadership,
-    #[error("cannot serve on {0}: {1}")]
-    Listen(String, String),
+    #[error("cannot serve on {0}")]
+    Listen(String, #[source] std::io::Error),
     #[error(
         "--shards and --leader-elect cannot be used together: sharded agents all act, each on its own share"
     )]
     ShardsWithLeader,
     #[error("a namespaced agent needs the namespace it is confined to (-n)")]
     NamespacedWithoutNamespace,
-    #[error("API discovery failed: {0}")]
-    Discovery(String),
+    #[error("API discovery failed")]
+    Discovery(#[source] kube::Error),
     #[error("{0}")]
     Notify(String),
 }
@@ -188,7 +192,7 @@ pub async fn install_crd(client: &kube::Client) -> Result<(), Error> {
         &Patch::Apply(&crd),
     )
     .await
-    .map_err(|e| Error::Install(e.to_string()))?;
+    .map_err(Error::Install)?;
     let established = kube::runtime::wait::await_condition(
         crds,
         &name,
@@ -196,8 +200,8 @@ pub async fn install_crd(client: &kube::Client) -> Result<(), Error> {
     );
     tokio::time::timeout(Duration::from_secs(60), established)
         .await
-        .map_err(|_| Error::Install(format!("{name} was not established within 60 s")))?
-        .map_err(|e| Error::Install(e.to_string()))?;
+        .map_err(|_| Error::NotEstablished(name.clone()))?
+        .map_err(Error::Established)?;
     Ok(())
 }
 
@@ -339,6 +343,12 @@ struct Failure {
     /// refused): the status says OutOfSync. Otherwise a failure after the fetch says
     /// Unknown: nothing was compared.
     out_of_sync: bool,
+}
+
+impl From<crate::app::Error> for Failure {
+    fn from(error: crate::app::Error) -> Self {
+        String::from(error).into()
+    }
 }
 
 impl From<String> for Failure {

@@ -112,7 +112,7 @@ async fn watch_and_plan(
         .await;
     let planned = plan_app(client, resolver, &ctx.pipeline, app, objects, false)
         .await
-        .map_err(|m| dest.target.context(m))?;
+        .map_err(|e| dest.target.context(e.into()))?;
     dest.drift
         .expect_applied(applyset_id, applied_digests(&planned), true);
     Ok(planned)
