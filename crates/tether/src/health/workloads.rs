@@ -62,11 +62,21 @@ pub(super) fn stateful_set(obj: &Value) -> Health {
         .pointer("/spec/updateStrategy/type")
         .and_then(Value::as_str)
         != Some("OnDelete");
-    if rolling && updated < desired {
-        return Health::new(
-            HealthStatus::Progressing,
-            format!("{updated} of {desired} replicas updated"),
-        );
+    // A partitioned rolling update stops at ordinal `partition`: the replicas below it keep
+    // the old revision on purpose (a canary), as `kubectl rollout status` counts it.
+    let partition = obj
+        .pointer("/spec/updateStrategy/rollingUpdate/partition")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        .clamp(0, desired);
+    let to_update = desired - partition;
+    if rolling && updated < to_update {
+        let message = if partition > 0 {
+            format!("{updated} of {to_update} replicas updated (partition {partition})")
+        } else {
+            format!("{updated} of {desired} replicas updated")
+        };
+        return Health::new(HealthStatus::Progressing, message);
     }
     if ready < desired {
         return Health::new(
