@@ -19,7 +19,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use serde_json::{Value, json};
 
-use tether::agent::server::{parse_push, same_repository, signature_valid};
+use tether::agent::http::{parse_push, same_repository, signature_valid};
 use tether::plan::diff::{normalize, redact_secret_pair, to_yaml, unified_diff};
 use tether::plan::fields::APPLIED_FIELDS_ANNOTATION;
 use tether::render::substitute::{Unset, Vars, parse_vars_file, substitute};

@@ -185,7 +185,7 @@ async fn the_web_ui_shows_applications_live_and_acts_on_them() {
     apps.patch(
         "shop",
         &PatchParams::default(),
-        &Patch::Merge(tether::agent::application::actions::sync()),
+        &Patch::Merge(tether::application::actions::sync()),
     )
     .await
     .expect("sync requested");
@@ -267,7 +267,7 @@ async fn the_web_ui_shows_applications_live_and_acts_on_them() {
                     request = request.header("Authorization", format!("Bearer {OPERATOR}"));
                 }
                 let response = request.send().expect("GET");
-                for (name, value) in tether::agent::ui::SECURITY_HEADERS {
+                for (name, value) in tether::agent::http::ui::SECURITY_HEADERS {
                     if response.headers().get(name).and_then(|v| v.to_str().ok()) != Some(value) {
                         missing.push(format!("{url}: {name}"));
                     }

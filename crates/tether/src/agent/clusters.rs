@@ -28,7 +28,7 @@ use kube::{Api, ResourceExt};
 use super::Application;
 use super::drift::DriftWatch;
 use crate::cluster::discovery::Resolver;
-pub use crate::cluster::target::Target;
+use crate::cluster::target::Target;
 
 /// How long the agent uses a destination's Secret as last read before it reads it again
 /// (a rotated token is in use this long after the Secret changed, at most).

@@ -20,13 +20,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::{Notify, broadcast};
 
-use super::application::{self, Application, application_key};
-use super::clusters::{Clusters, Connected, Target};
+use super::clusters::{Clusters, Connected};
 use super::reconcile::reconcile;
-use super::{
-    AgentOptions, Context, Error, api, commit_status, drift, leader, notify, server, shard, ui,
-};
+use super::{AgentOptions, Context, Error, commit_status, drift, http, leader, notify, shard};
+use crate::application::{self, Application, application_key};
 use crate::cluster::discovery::Resolver;
+use crate::cluster::target::Target;
 
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
@@ -41,7 +40,7 @@ pub async fn run(
         .map(|o| shard::Shards::new(client.clone(), o));
     let (clusters, changes, drifted) = destinations(&client, &options).await?;
     let recorder = recorder(&client, shards.as_ref());
-    let metrics = Arc::new(server::Metrics::default());
+    let metrics = Arc::new(http::Metrics::default());
     let (trigger, webhooks) = unbounded_channel();
     let watch = watch_applications(&client, &options);
     let concurrency = Config::default().concurrency(options.concurrency as u16);
@@ -96,7 +95,7 @@ impl Context {
         options: AgentOptions,
         recorder: Recorder,
         clusters: Arc<Clusters>,
-        metrics: Arc<server::Metrics>,
+        metrics: Arc<http::Metrics>,
         shards: Option<Arc<shard::Shards>>,
     ) -> Result<Self, Error> {
         let notifier = notify::Notifier::new(options.notify.clone(), metrics.clone())
@@ -233,7 +232,7 @@ struct Serving<'a> {
     trigger: &'a UnboundedSender<ObjectRef<Application>>,
     clusters: &'a Arc<Clusters>,
     shards: Option<&'a Arc<shard::Shards>>,
-    metrics: &'a Arc<server::Metrics>,
+    metrics: &'a Arc<http::Metrics>,
     ready: &'a Arc<AtomicBool>,
 }
 
@@ -259,11 +258,11 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| Error::Listen(address.to_string(), e))?;
-    let relay = shards.cloned().map(|shards| server::Relay {
+    let relay = shards.cloned().map(|shards| http::Relay {
         client: client.clone(),
         shards,
     });
-    let api = options.api_token.as_ref().map(|token| api::ApiState {
+    let api = options.api_token.as_ref().map(|token| http::api::ApiState {
         applications: store.clone(),
         trigger: trigger.clone(),
         token: Arc::new(token.clone()),
@@ -278,7 +277,7 @@ async fn serve(
             options.api_readonly_token.clone(),
             options.namespace.clone(),
         );
-        ui::start(api, readonly, changes, namespace)
+        http::ui::start(api, readonly, changes, namespace)
     });
     let (ui, ui_tasks) = match ui {
         Some((state, tasks)) => (Some(state), tasks),
@@ -287,7 +286,7 @@ async fn serve(
     let secret = options.webhook_secret.clone();
     let (store, trigger, ready) = (store.clone(), trigger.clone(), ready.clone());
     let listings = options.listings.clone();
-    let app = server::router(
+    let app = http::router(
         metrics.clone(),
         store,
         trigger,
@@ -298,7 +297,7 @@ async fn serve(
         listings,
     );
     let app = match ui {
-        Some(ui) => app.merge(ui::routes(ui)),
+        Some(ui) => app.merge(http::ui::routes(ui)),
         None => app,
     };
     tracing::info!(%address, "serving webhooks, health and metrics");

@@ -2,7 +2,7 @@
 //! drift watches say ([`Facts`] → [`Decision`]): an idle poll that asks only the shared
 //! listing of the remote's refs, a correction of just the objects that drifted, a sync
 //! that stops when the revision renders what was applied, or a full sync. The sync in
-//! `agent/sync.rs` carries the decision out.
+//! `agent/sync/` carries the decision out.
 
 use std::time::Duration;
 

@@ -7,12 +7,14 @@
 //! - `reconcile`: one reconcile of one Application, on one screen.
 //! - `decide` (pure): which way a sync goes; `sync`: carrying it out.
 //! - `status` (pure): what the status says after a sync; `memory`: what the agent
-//!   remembers of each Application; `report`: Events, notifications, commit statuses.
-//! - [`drift`]: the watches of applied objects; [`clusters`], [`shard`], [`leader`],
-//!   [`tenancy`]: where and as whom Applications apply, and which agent acts.
+//!   remembers of each Application; `report`: what a reconcile tells (Events, and the
+//!   sending it asks of [`notify`] and [`commit_status`]).
+//! - [`drift`]: the watches of applied objects; [`clusters`], [`shard`], [`leader`]: where
+//!   Applications apply and which agent acts (as whom: [`crate::tenancy`]).
 //! - [`http`]: the HTTP server (webhooks, probes, metrics), the JSON API, the web UI.
+//!
+//! The `Application` resource itself lives below every stage, in [`crate::application`].
 
-pub mod application;
 pub mod clusters;
 pub mod commit_status;
 mod controller;
@@ -24,12 +26,9 @@ mod memory;
 pub mod notify;
 mod reconcile;
 mod report;
-pub use http as server;
 pub mod shard;
 mod status;
 mod sync;
-pub mod tenancy;
-pub use http::{api, ui};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,10 +38,10 @@ use kube::runtime::events::Recorder;
 use kube::{CustomResourceExt, ResourceExt};
 
 use crate::app::plan_current;
+pub use crate::application::{Application, ApplicationSpec, ApplicationStatus};
+use crate::application::{ApplySetReference, HistoryEntry, SyncStatus, application_key};
 use crate::health::HealthStatus;
 use crate::source::git::Revision;
-pub use application::{Application, ApplicationSpec, ApplicationStatus};
-use application::{ApplySetReference, HistoryEntry, SyncStatus, application_key};
 use clusters::Connected;
 pub use controller::run;
 pub(crate) use decide::LISTING_MAX_AGE;
@@ -216,7 +215,7 @@ struct Context {
     /// What the Application pipeline takes of `options`, made once.
     pipeline: crate::app::AppOptions,
     recorder: Recorder,
-    metrics: Arc<server::Metrics>,
+    metrics: Arc<http::Metrics>,
     /// What it remembers of each Application between reconciles.
     memory: memory::Memory,
     /// With sharding: the shards this agent holds (it reconciles only their Applications).
@@ -251,7 +250,7 @@ impl Context {
         );
         self.metrics
             .reconciles
-            .get_or_create(&server::ResultLabels {
+            .get_or_create(&http::ResultLabels {
                 result: result.into(),
             })
             .inc();
@@ -276,7 +275,7 @@ impl Context {
             let (sync, health) = state;
             self.metrics
                 .applications
-                .get_or_create(&server::StateLabels { sync, health })
+                .get_or_create(&http::StateLabels { sync, health })
                 .inc();
         });
     }
@@ -309,7 +308,7 @@ impl Context {
     /// One Application fewer in `state` (the caller holds the memory's lock); a state no
     /// Application is in leaves the gauge.
     fn uncount_state(&self, (sync, health): (String, String)) {
-        let labels = server::StateLabels { sync, health };
+        let labels = http::StateLabels { sync, health };
         let before = self.metrics.applications.get_or_create(&labels).dec();
         if before <= 1 {
             self.metrics.applications.remove(&labels);
@@ -327,7 +326,7 @@ type Desired = (
 fn sync_requested(app: &Application) -> bool {
     let asked = app
         .annotations()
-        .get(application::SYNC_REQUEST_ANNOTATION)
+        .get(crate::application::SYNC_REQUEST_ANNOTATION)
         .cloned();
     app.status.as_ref().map(|s| &s.last_sync_request) != Some(&asked)
 }

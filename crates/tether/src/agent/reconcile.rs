@@ -12,15 +12,15 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::application::{
-    self, Application, ApplicationStatus, ConditionStatus, ConditionType, SyncState,
-    application_key,
-};
 use super::report::{notify, publish, report_late_failure, set_commit_status};
 use super::sync::sync;
 use super::{
     AgentOptions, Context, Error, Failure, MIN_REQUEUE, Outcome, STATUS_MANAGER, commit_status,
     jitter, now_rfc3339, shard, status, sync_requested,
+};
+use crate::application::{
+    self, Application, ApplicationStatus, ConditionStatus, ConditionType, SyncState,
+    application_key,
 };
 use crate::cluster::describe;
 use crate::duration::parse_duration;

@@ -6,8 +6,8 @@ use kube::api::Api;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
-use super::application::{Application, application_key};
 use super::{Context, commit_status, notify, now_rfc3339};
+use crate::application::{Application, application_key};
 use crate::cluster::describe;
 
 /// Publishes the Event of a failed sync that could not be published when it happened.

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 
-use super::application::{
+use super::notify;
+use crate::agent::Application;
+use crate::application::{
     ApplicationStatus, ApplySetReference, Condition, ConditionStatus, ConditionType, HistoryEntry,
     Reason, SYNC_REQUEST_ANNOTATION, SyncState, SyncStatus, health_from,
 };
-use super::notify;
-use crate::agent::Application;
 use crate::duration::parse_duration;
 use crate::health::HealthStatus;
 use crate::source::git::Revision;

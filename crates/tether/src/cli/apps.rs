@@ -8,7 +8,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 
 use super::GlobalArgs;
 use crate::agent::Application;
-use crate::agent::application::actions;
+use crate::application::actions;
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
 use crate::output::{OutputFormat, write_structured};
@@ -157,7 +157,7 @@ pub async fn diff(
                 .await
                 .map_err(anyhow::Error::msg)?
         }
-        None => crate::agent::clusters::Target::home(
+        None => crate::cluster::target::Target::home(
             client.clone(),
             std::sync::Arc::new(
                 Resolver::new(client.clone())

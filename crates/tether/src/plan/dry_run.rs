@@ -360,7 +360,7 @@ pub(super) async fn dry_run_hooks(
         .iter()
         .filter(|h| !creating_namespaces.contains(&h.key.namespace))
         .collect();
-    // Indexes, not a closure over borrowed items: see `apply::apply_batch`.
+    // Indexes, not a closure over borrowed items: see `apply::execute::apply_batch`.
     futures::stream::iter((0..hooks.len()).map(|i| dry_run_hook(client, resolver, hooks[i])))
         .buffer_unordered(8)
         .filter_map(|error| async move { error })

@@ -1500,7 +1500,7 @@ async fn a_sync_asked_for_while_a_hand_edit_waits_applies_the_new_commit() {
         "guarded",
         &PatchParams::default(),
         &Patch::Merge(json!({"metadata": {"annotations": {
-            tether::agent::application::SYNC_REQUEST_ANNOTATION: now}}})),
+            tether::application::SYNC_REQUEST_ANNOTATION: now}}})),
     )
     .await
     .expect("sync requested");
@@ -1616,7 +1616,7 @@ async fn the_agent_runs_hooks_and_records_each_result() {
     apps.patch(
         "hooked",
         &PatchParams::default(),
-        &Patch::Merge(tether::agent::application::actions::sync()),
+        &Patch::Merge(tether::application::actions::sync()),
     )
     .await
     .expect("sync requested");

@@ -544,7 +544,7 @@ impl Checker {
                         )
                         .await
                         .expect("fetch the revision the status names");
-                        let home = tether::agent::clusters::Target::home(client.clone(), resolver);
+                        let home = tether::cluster::target::Target::home(client.clone(), resolver);
                         let plan = tether::app::render_and_plan(
                             &home, &pipeline, &app, &commit, tree,
                         )
@@ -729,7 +729,7 @@ async fn every_hand_edit_is_put_back_and_synced_is_never_said_while_the_cluster_
         apps.patch(
             name,
             &PatchParams::default(),
-            &Patch::Merge(tether::agent::application::actions::sync()),
+            &Patch::Merge(tether::application::actions::sync()),
         )
         .await
         .expect("sync requested");

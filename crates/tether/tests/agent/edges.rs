@@ -521,7 +521,7 @@ async fn health_follows_a_rollout_at_once_and_create_namespace_makes_the_destina
     );
     assert!(namespaces.get_opt(&cli_ns).await.expect("read").is_some());
     let _ = namespaces.delete(&cli_ns, &Default::default()).await;
-    let spec = tether::agent::application::SyncPolicy {
+    let spec = tether::application::SyncPolicy {
         sync_options: vec!["Prune=false".into()],
         ..Default::default()
     };
@@ -740,7 +740,7 @@ async fn the_agent_retries_a_failed_hook_and_is_never_synced_until_it_succeeds()
     apps.patch(
         "hooked",
         &PatchParams::default(),
-        &Patch::Merge(tether::agent::application::actions::sync()),
+        &Patch::Merge(tether::application::actions::sync()),
     )
     .await
     .expect("sync requested");

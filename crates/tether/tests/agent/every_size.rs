@@ -207,7 +207,7 @@ async fn the_agent_puts_back_a_key_of_a_5000_key_configmap_and_a_conflict_is_nev
     apps.patch(
         "big",
         &PatchParams::default(),
-        &Patch::Merge(tether::agent::application::actions::sync()),
+        &Patch::Merge(tether::application::actions::sync()),
     )
     .await
     .expect("sync requested");

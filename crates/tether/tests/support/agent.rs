@@ -145,7 +145,7 @@ pub async fn request_sync(apps: &Api<Application>, name: &str) {
     apps.patch(
         name,
         &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(tether::agent::application::actions::sync()),
+        &kube::api::Patch::Merge(tether::application::actions::sync()),
     )
     .await
     .expect("sync requested");

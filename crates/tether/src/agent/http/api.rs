@@ -77,8 +77,8 @@ fn summary(app: &Application) -> Value {
         "path": app.spec.source.path,
         "suspended": app.spec.suspend,
         "lastAppliedRevision": status.last_applied_revision,
-        "sync": crate::agent::application::sync_state(app.status.as_ref(), crate::agent::application::Objects::NotPlanned),
-        "health": crate::agent::application::health_state(app.status.as_ref()),
+        "sync": crate::application::sync_state(app.status.as_ref(), crate::application::Objects::NotPlanned),
+        "health": crate::application::health_state(app.status.as_ref()),
         "ready": ready,
     })
 }
@@ -175,17 +175,17 @@ async fn show(
                 .filter(|c| c.action != Action::Unchanged)
                 .count()
                 + plan.refused.len();
-            body["sync"] = json!(crate::agent::application::sync_state(
+            body["sync"] = json!(crate::application::sync_state(
                 app.status.as_ref(),
-                crate::agent::application::Objects::Planned { differing }
+                crate::application::Objects::Planned { differing }
             ));
             body["revision"] = serde_json::to_value(&revision).unwrap_or(Value::Null);
             body["objects"] = Value::Array(objects);
         }
         Err(message) => {
-            body["sync"] = json!(crate::agent::application::sync_state(
+            body["sync"] = json!(crate::application::sync_state(
                 app.status.as_ref(),
-                crate::agent::application::Objects::Unplanned
+                crate::application::Objects::Unplanned
             ));
             body["planError"] = Value::String(message)
         }

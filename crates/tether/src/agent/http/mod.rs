@@ -58,7 +58,7 @@ impl Relay {
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         tokio::spawn(async move {
             let patch = serde_json::json!({"metadata": {"annotations": {
-                crate::agent::application::REFRESH_ANNOTATION: now
+                crate::application::REFRESH_ANNOTATION: now
             }}});
             if let Err(err) = api
                 .patch(

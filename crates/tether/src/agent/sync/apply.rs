@@ -3,10 +3,10 @@
 
 use kube::runtime::events::EventType;
 
-use super::super::application::{HistoryEntry, HookRecord, RunResult};
 use crate::agent::Application;
 use crate::agent::report::publish;
-use crate::agent::{Acting, Context, Failure, now_rfc3339, server};
+use crate::agent::{Acting, Context, Failure, http, now_rfc3339};
+use crate::application::{HistoryEntry, HookRecord, RunResult};
 use crate::apply::{ApplyOptions, ApplyReport, apply};
 use crate::object::ObjectKey;
 use crate::plan::Action as PlanAction;
@@ -91,7 +91,7 @@ fn count_applied(ctx: &Context, report: &ApplyReport, drift: bool) {
     ] {
         ctx.metrics
             .applied
-            .get_or_create(&server::ActionLabels {
+            .get_or_create(&http::ActionLabels {
                 action: label.into(),
             })
             .inc_by(count(report, action) as u64);

@@ -7,12 +7,12 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::apply::apply_and_record;
 use super::health::assess_set;
-use crate::agent::application::{ApplySetReference, SyncState, SyncStatus};
 use crate::agent::clusters::Connected;
 use crate::agent::{
     Acting, Application, Context, Desired, Failure, Outcome, WATCH_LIST_TIMEOUT, sync_requested,
 };
 use crate::app::plan_app;
+use crate::application::{ApplySetReference, SyncState, SyncStatus};
 use crate::cluster::discovery::{KindInfo, Resolver};
 use crate::object::{Object, ObjectKey};
 use crate::plan::{Action as PlanAction, Plan};

@@ -12,18 +12,19 @@ use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 
-use super::application::{
-    ApplicationStatus, ApplySetReference, SyncState, SyncStatus, health_from,
-};
 use super::clusters::Connected;
 use super::decide::{self, Decision, LISTING_MAX_AGE};
 use super::reconcile::confined;
-use super::{Acting, Application, Context, Failure, Outcome, sync_requested, tenancy};
+use super::{Acting, Application, Context, Failure, Outcome, sync_requested};
 use crate::app::{digest_of, fetch, git_source, render_app};
+use crate::application::{
+    ApplicationStatus, ApplySetReference, SyncState, SyncStatus, health_from,
+};
 use crate::duration::parse_duration;
 use crate::health::HealthStatus;
 use crate::object::Object;
 use crate::source::git::{CommitTree, Revision};
+use crate::tenancy;
 use full::full_sync;
 use health::assess_set;
 use targeted::{Targeted, correct_drift};

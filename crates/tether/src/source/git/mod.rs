@@ -4,8 +4,9 @@
 //! One bare repository per remote URL under the cache folder, locked while in use. A
 //! revision already in the cache costs one ref listing and no object transfer; a full
 //! commit id already in the cache costs no network at all. Start at [`GitSource::fetch`];
-//! [`cache`] keeps the repositories, [`remote`] talks to the server, [`listing`] keeps the
-//! ref listings a process shares, [`error`] says what went wrong.
+//! [`cache`] keeps the repositories, [`remote`] talks to the server, [`listing`] keeps ref
+//! listings in a [`Listings`] value its owner passes in (the agent keeps one for all its
+//! Applications), [`error`] says what went wrong.
 //!
 //! # Security
 //! Credentials come from files or environment variables, never from the URL or the command

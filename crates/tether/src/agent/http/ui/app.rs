@@ -20,8 +20,8 @@ use super::UiState;
 use super::layout::{self, badge, commit};
 use super::session::{Role, Session};
 use super::view::{self, AppView, Node};
-use crate::agent::application::actions;
 use crate::agent::{Application, ApplicationStatus};
+use crate::application::actions;
 use crate::plan::Action;
 
 fn find(state: &UiState, namespace: &str, name: &str) -> Result<Arc<Application>, Box<Response>> {
@@ -58,7 +58,7 @@ fn sync_state(node: &Node) -> &'static str {
 
 fn resources(app: &Application, view: &AppView) -> Markup {
     let sync = view.sync_state(app);
-    let health = crate::agent::application::health_state(app.status.as_ref());
+    let health = crate::application::health_state(app.status.as_ref());
     html! {
         section.card #tree-card {
             h2 { "Resources" }
@@ -114,10 +114,10 @@ fn heading(app: &Application, view: &AppView, operator: bool) -> Markup {
     let namespace = app.namespace().unwrap_or_default();
     let name = app.name_any();
     let sync = view.sync_state(app);
-    let health = crate::agent::application::health_state(app.status.as_ref());
+    let health = crate::application::health_state(app.status.as_ref());
     let pinned = app
         .annotations()
-        .contains_key(crate::agent::application::ROLLED_BACK_FROM_ANNOTATION);
+        .contains_key(crate::application::ROLLED_BACK_FROM_ANNOTATION);
     html! {
         section.heading {
             div {

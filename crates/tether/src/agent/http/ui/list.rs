@@ -34,14 +34,11 @@ pub struct Filter {
 }
 
 fn sync_of(app: &Application) -> &'static str {
-    crate::agent::application::sync_state(
-        app.status.as_ref(),
-        crate::agent::application::Objects::NotPlanned,
-    )
+    crate::application::sync_state(app.status.as_ref(), crate::application::Objects::NotPlanned)
 }
 
 fn health_of(app: &Application) -> &'static str {
-    crate::agent::application::health_state(app.status.as_ref())
+    crate::application::health_state(app.status.as_ref())
 }
 
 impl Filter {
@@ -131,10 +128,10 @@ pub fn counts(apps: &[Arc<Application>]) -> Markup {
     html! {
         section.counts #counts {
             div.count { span.n { (apps.len()) } span.label { "Applications" } }
-            @for label in crate::agent::application::SYNC_STATES {
+            @for label in crate::application::SYNC_STATES {
                 a.count href={"/ui/?sync=" (label)} { span.n { (count(&format!("sync:{label}"))) } (badge(label)) }
             }
-            @for label in crate::agent::application::HEALTH_STATES {
+            @for label in crate::application::HEALTH_STATES {
                 a.count href={"/ui/?health=" (label)} { span.n { (count(&format!("health:{label}"))) } (badge(label)) }
             }
         }
@@ -163,11 +160,11 @@ pub async fn page(
             }
             select name="sync" {
                 option value="" { "Any sync state" }
-                @for s in crate::agent::application::SYNC_STATES { option value=(s) selected[s == filter.sync] { (s) } }
+                @for s in crate::application::SYNC_STATES { option value=(s) selected[s == filter.sync] { (s) } }
             }
             select name="health" {
                 option value="" { "Any health" }
-                @for h in crate::agent::application::HEALTH_STATES { option value=(h) selected[h == filter.health] { (h) } }
+                @for h in crate::application::HEALTH_STATES { option value=(h) selected[h == filter.health] { (h) } }
             }
             button type="submit" { "Filter" }
         }

@@ -53,7 +53,7 @@ impl AppView {
 
     /// The Application's sync state on its page: from its objects' states (rule 11).
     pub fn sync_state(&self, app: &crate::agent::Application) -> &'static str {
-        use crate::agent::application::{Objects, sync_state};
+        use crate::application::{Objects, sync_state};
         let objects = if self.error.is_some() {
             Objects::Unplanned
         } else {
@@ -394,11 +394,8 @@ pub fn counts<'a>(apps: impl Iterator<Item = &'a Application>) -> BTreeMap<Strin
     let mut counts = BTreeMap::new();
     for app in apps {
         let status = app.status.as_ref();
-        let sync = crate::agent::application::sync_state(
-            status,
-            crate::agent::application::Objects::NotPlanned,
-        );
-        let health = crate::agent::application::health_state(status);
+        let sync = crate::application::sync_state(status, crate::application::Objects::NotPlanned);
+        let health = crate::application::health_state(status);
         *counts.entry(format!("sync:{sync}")).or_default() += 1;
         *counts.entry(format!("health:{health}")).or_default() += 1;
     }
