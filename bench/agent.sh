@@ -8,7 +8,8 @@
 # 1,000, 5,000 and 10,000 in 100 Applications) for converge time and memory, with a plot
 # (bench/reports/agent-<date>-growth.svg); see bench/agent.py.
 # Writes bench/reports/agent-<date>.md. Not part of `make test`: run `make bench-agent`.
-# TETHER_BIN=… TETHER_VERSION=… REPORT_TAG=… measure another build (e.g. before and after a change).
+# TETHER_BIN=… TETHER_VERSION=… REPORT_TAG=… measure another build (e.g. before and after a change);
+# GROWTH= (empty) skips the growth runs.
 # The first run builds the Flux controllers from their Go modules (a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ exec python3 bench/agent.py \
   --flux-source-controller "$source_controller" --flux-kustomize-controller "$kustomize_controller" \
   --flux-versions "$(versions FLUX_SOURCE_CONTROLLER_VERSION),$(versions FLUX_KUSTOMIZE_CONTROLLER_VERSION)" \
   --kubectl "$(testenv bin kubectl)" --git-server crates/tether/tests/support/git_http_server.py \
-  --fleets "${FLEETS:-1000x10,100x100}" --growth "${GROWTH:-1000,5000,10000}" \
+  --fleets "${FLEETS:-1000x10,100x100}" --growth "${GROWTH-1000,5000,10000}" \
   --edits "${EDITS:-100}" --flux-edits "${FLUX_EDITS:-20}" --steady-seconds "${STEADY_SECONDS:-120}" \
   --pushes "${PUSHES:-5}" --flux-pushes "${FLUX_PUSHES:-3}" \
   --tools "${TOOLS:-tether,flux}" \

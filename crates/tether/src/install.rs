@@ -182,7 +182,7 @@ pub fn namespace_manifest(namespace: &str) -> Value {
 
 /// What the agent may do with its own identity: read everything (the drift watches, the
 /// Git credentials Secrets), write its Applications' status and Events, and act as the
-/// ServiceAccount an Application names (`tests/tenants.rs` runs an agent with exactly these).
+/// ServiceAccount an Application names (`tests/fleet/tenants.rs` runs an agent with exactly these).
 fn agent_rules() -> Value {
     json!([
         {"apiGroups": ["tether.dev"], "resources": ["applications"],
