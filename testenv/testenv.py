@@ -47,9 +47,10 @@ PROFILES = {
 }
 # What `build` builds without arguments: everything `make test` and the demo need.
 DEFAULT_TARGETS = ["kubernetes", "kwok", "helm", "kustomize", "toxiproxy"]
-# Built only when named: the peer the benchmarks measure tether against, and Gitea (a Git
-# host whose webhooks and commit-status API the notification tests will use).
-EXTRA_TARGETS = ["flux", "gitea"]
+# Built only when named: the peer the benchmarks measure tether against, Gitea (a Git host
+# whose webhooks and commit-status API the notification tests use), sops and age (encrypted
+# manifests) and the distribution registry (OCI charts and artifacts).
+EXTRA_TARGETS = ["flux", "gitea", "sops", "age", "registry"]
 # Flux controllers: name -> (module, versions.env key). Each module's main package is its root.
 FLUX_CONTROLLERS = {
     "flux-source-controller": ("github.com/fluxcd/source-controller", "FLUX_SOURCE_CONTROLLER_VERSION"),
@@ -116,7 +117,8 @@ def binary(name: str, versions: dict[str, str]) -> Path:
     if name in FLUX_CONTROLLERS:
         return tool_bin_dir(name, pinned(versions, FLUX_CONTROLLERS[name][1])) / name
     key = {"kwok": "KWOK_VERSION", "helm": "HELM_VERSION", "kustomize": "KUSTOMIZE_VERSION",
-           "toxiproxy-server": "TOXIPROXY_VERSION", "gitea": "GITEA_VERSION"}[name]
+           "toxiproxy-server": "TOXIPROXY_VERSION", "gitea": "GITEA_VERSION", "sops": "SOPS_VERSION",
+           "age": "AGE_VERSION", "age-keygen": "AGE_VERSION", "registry": "REGISTRY_VERSION"}[name]
     return tool_bin_dir(name, versions[key]) / name
 
 
@@ -400,6 +402,18 @@ def build(only: list[str] | None = None) -> dict[str, str]:
             # its source, kept in the cache as src/gitea-<version>: its STATIC_ROOT_PATH).
             build_go_module("gitea", "code.gitea.io/gitea", pinned(versions, "GITEA_VERSION"), None,
                             "sqlite sqlite_unlock_notify")
+        if "sops" in wanted:
+            version = pinned(versions, "SOPS_VERSION")
+            build_go_tool("sops", "github.com/getsops/sops/v3/cmd/sops", version,
+                          f"-s -w -X github.com/getsops/sops/v3/version.Version={version.lstrip('v')}")
+        if "age" in wanted:
+            version = pinned(versions, "AGE_VERSION")
+            for name in ("age", "age-keygen"):
+                build_go_tool(name, f"filippo.io/age/cmd/{name}", version, f"-s -w -X main.Version={version}")
+        if "registry" in wanted:
+            version = pinned(versions, "REGISTRY_VERSION")
+            build_go_tool("registry", "github.com/distribution/distribution/v3/cmd/registry", version,
+                          f"-s -w -X github.com/distribution/distribution/v3/version.version={version}")
         for name, (module, key) in FLUX_CONTROLLERS.items():
             # `bin` asks for one controller by name; `build flux` for both.
             if "flux" in wanted or name in wanted:
@@ -923,7 +937,7 @@ def main() -> int:
     p.add_argument("-n", "--lines", type=int, default=40)
     p = sub.add_parser("bin", help="print the path of a cached binary, building it if needed")
     p.add_argument("name", choices=[*K8S_COMMANDS, "etcd", "kwok", "helm", "kustomize", "toxiproxy-server",
-                                    "gitea", *FLUX_CONTROLLERS])
+                                    "gitea", "sops", "age", "age-keygen", "registry", *FLUX_CONTROLLERS])
     args = parser.parse_args()
     try:
         if args.command == "build":
@@ -951,7 +965,7 @@ def main() -> int:
             return logs_cmd(args.component, args.follow, args.lines)
         elif args.command == "bin":
             group = {"kwok": "kwok", "helm": "helm", "kustomize": "kustomize", "toxiproxy-server": "toxiproxy",
-                     "gitea": "gitea",
+                     "gitea": "gitea", "sops": "sops", "age": "age", "age-keygen": "age", "registry": "registry",
                      **{name: name for name in FLUX_CONTROLLERS}}.get(args.name, "kubernetes")
             print(binary(args.name, build([group])))
     except TestenvError as err:
