@@ -13,6 +13,7 @@ pub mod helm;
 pub mod jsonnet;
 pub mod kustomize;
 pub mod snapshot;
+pub mod sops;
 pub mod substitute;
 pub mod yaml;
 
