@@ -391,8 +391,8 @@ pub fn failure_backoff(app: &Application, failures: u32) -> Duration {
         .with_factor(2.0)
         .without_max_times()
         .build();
-    // The delay stops growing at 5 min long before the 20th failure.
-    let nth = failures.saturating_sub(1).min(20) as usize;
+    // Doubling reaches 5 min from any base of a nanosecond or more within 64 steps.
+    let nth = failures.saturating_sub(1).min(64) as usize;
     delays.nth(nth).unwrap_or(most).min(most)
 }
 
