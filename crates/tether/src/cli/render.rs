@@ -33,6 +33,12 @@ pub struct RendererArgs {
     #[arg(long, value_name = "FILE")]
     pub vars_file: Vec<PathBuf>,
 
+    /// An age key file (as age-keygen writes it) for SOPS-encrypted files among plain
+    /// manifests; default: $SOPS_AGE_KEY_FILE, as sops reads it. Without one, an encrypted
+    /// file is refused, never applied as it is.
+    #[arg(long, value_name = "FILE", env = "SOPS_AGE_KEY_FILE")]
+    pub decryption_key_file: Option<PathBuf>,
+
     /// Let kustomizations use remote bases (URLs).
     #[arg(long)]
     pub kustomize_allow_remote: bool,
@@ -149,8 +155,18 @@ impl RendererArgs {
             }
             vars = Some(all);
         }
+        let decryption = match &self.decryption_key_file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("--decryption-key-file {}", file.display()))?;
+                crate::render::sops::Keys::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("--decryption-key-file {}: {e}", file.display()))?
+            }
+            None => Default::default(),
+        };
         Ok(RenderOptions {
             renderer: self.renderer,
+            decryption,
             kustomize: crate::render::kustomize::KustomizeOptions {
                 allow_remote: self.kustomize_allow_remote,
                 enable_helm: self.kustomize_enable_helm,

@@ -80,6 +80,8 @@ pub struct RenderOptions {
     /// The commit rendered: with `cache_dir`, renderer output is cached under this key.
     pub revision: Option<String>,
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Age keys for SOPS-encrypted files among plain manifests; none refuses such a file.
+    pub decryption: sops::Keys,
 }
 
 impl Default for RenderOptions {
@@ -102,6 +104,7 @@ impl Default for RenderOptions {
             max_input_bytes: 32 * 1024 * 1024,
             revision: None,
             cache_dir: None,
+            decryption: sops::Keys::default(),
         }
     }
 }
@@ -142,6 +145,9 @@ pub enum Problem {
     SymlinkDangling { file: String, target: String },
     #[error("{0}")]
     Tree(String),
+    /// A SOPS-encrypted file that cannot be decrypted (no key, a wrong key, changed since).
+    #[error("{file}: {message}")]
+    Decryption { file: String, message: String },
     #[error("{count} objects is above the limit of {limit}; split the application")]
     TooManyObjects { count: usize, limit: usize },
     #[error(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{Problem, Problems, RenderOptions, substitute, yaml};
+use super::{Problem, Problems, RenderOptions, sops, substitute, yaml};
 use crate::object::{Object, ObjectKey, Origin};
 
 /// Parses a renderer's output into objects and checks the set.
@@ -18,7 +18,8 @@ pub(super) fn finish(
 ) -> Result<Vec<Object>, Problems> {
     let mut objects = Vec::new();
     let mut problems = Vec::new();
-    parse_stream(label, locate, output, options, &mut objects, &mut problems);
+    let source = Source::Renderer(label);
+    parse_stream(source, locate, output, options, &mut objects, &mut problems);
     if objects.len() > options.max_objects {
         problems.push(Problem::TooManyObjects {
             count: objects.len(),
@@ -41,7 +42,7 @@ pub(super) fn parse_file(
     problems: &mut Vec<Problem>,
 ) {
     parse_stream(
-        file,
+        Source::File(file),
         &|line| (file.to_string(), line),
         bytes,
         options,
@@ -53,16 +54,33 @@ pub(super) fn parse_file(
 /// Where line `n` of a renderer's output came from: a file, and the line there.
 pub(super) type Locate<'a> = &'a dyn Fn(u64) -> (String, u64);
 
+/// Where a YAML stream comes from: a plain file (its SOPS-encrypted documents are decrypted)
+/// or a renderer's output (named by `label`).
+#[derive(Clone, Copy)]
+pub(super) enum Source<'a> {
+    File(&'a str),
+    Renderer(&'a str),
+}
+
+impl<'a> Source<'a> {
+    fn name(self) -> &'a str {
+        match self {
+            Source::File(name) | Source::Renderer(name) => name,
+        }
+    }
+}
+
 /// Parses a YAML stream whose lines come from `locate(line)` (one file for plain
 /// manifests; the template named by `# Source:` for Helm output).
 pub(super) fn parse_stream(
-    file: &str,
+    source: Source<'_>,
     locate: Locate<'_>,
     bytes: &[u8],
     options: &RenderOptions,
     objects: &mut Vec<Object>,
     problems: &mut Vec<Problem>,
 ) {
+    let file = source.name();
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,
         Err(err) => {
@@ -111,6 +129,9 @@ pub(super) fn parse_stream(
             return;
         }
     };
+    let Some(documents) = decrypted(source, documents, options, problems) else {
+        return;
+    };
     for (index, doc) in documents.into_iter().enumerate() {
         let (file, line) = locate(doc.line);
         let origin = Origin {
@@ -128,6 +149,48 @@ pub(super) fn parse_stream(
                 Ok(object) => objects.push(object),
                 Err(message) => problems.push(Problem::Manifest { origin, message }),
             },
+        }
+    }
+}
+
+/// The documents with their SOPS encryption undone, when they carry it: a plain file is
+/// decrypted with `options.decryption`; a renderer's output is refused, since Kustomize or
+/// Helm may have changed what the MAC covers. `None` when a problem was recorded.
+fn decrypted(
+    source: Source<'_>,
+    documents: Vec<yaml::Document>,
+    options: &RenderOptions,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<yaml::Document>> {
+    if !documents.iter().any(|d| sops::is_encrypted(&d.value)) {
+        return Some(documents);
+    }
+    let file = match source {
+        Source::Renderer(label) => {
+            problems.push(Problem::Decryption {
+                file: label.to_string(),
+                message: "its output holds SOPS-encrypted documents, which tether decrypts only in plain manifest folders (not yet in Kustomize or Helm inputs)".into(),
+            });
+            return None;
+        }
+        Source::File(file) => file,
+    };
+    let lines: Vec<u64> = documents.iter().map(|d| d.line).collect();
+    let values = documents.into_iter().map(|d| d.value).collect();
+    match sops::decrypt(values, &options.decryption) {
+        Ok(values) => Some(
+            values
+                .into_iter()
+                .zip(lines)
+                .map(|(value, line)| yaml::Document { value, line })
+                .collect(),
+        ),
+        Err(err) => {
+            problems.push(Problem::Decryption {
+                file: file.to_string(),
+                message: err.to_string(),
+            });
+            None
         }
     }
 }

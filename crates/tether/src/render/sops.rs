@@ -21,13 +21,11 @@ type Cipher = aes_gcm::AesGcm<aes_gcm::aes::Aes256, U32>;
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error(
-        "it is SOPS-encrypted (for {recipients}) and no decryption key was given: give the age key \
-         (an Application's spec.decryption.secretRef, or --decryption-key-file / SOPS_AGE_KEY_FILE)"
+        "it is SOPS-encrypted (for {recipients}) and no decryption key was given: give its age key \
+         with --decryption-key-file or SOPS_AGE_KEY_FILE (the agent does not decrypt yet)"
     )]
     NoKey { recipients: String },
-    #[error(
-        "none of the {keys} decryption keys given is a recipient of it (it is encrypted for {recipients})"
-    )]
+    #[error("{} a recipient of it (it is encrypted for {recipients})", given(*keys))]
     WrongKey { keys: usize, recipients: String },
     #[error(
         "{path}: the value does not decrypt: the file was changed after it was encrypted (encrypt it again with sops)"
@@ -41,9 +39,25 @@ pub enum Error {
     Format(String),
 }
 
+/// "the key given is not" or "none of the N keys given is", for [`Error::WrongKey`].
+fn given(keys: usize) -> String {
+    if keys == 1 {
+        "the decryption key given is not".into()
+    } else {
+        format!("none of the {keys} decryption keys given is")
+    }
+}
+
 /// Age identities (`AGE-SECRET-KEY-1…` lines, as `age-keygen` writes them).
 #[derive(Clone, Default)]
 pub struct Keys(Vec<age::x25519::Identity>);
+
+/// Shows how many keys, never a key.
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keys({} age keys)", self.0.len())
+    }
+}
 
 impl Keys {
     /// Reads an age key file: one identity per line, `#` comments and blank lines skipped.

@@ -449,3 +449,50 @@ fn a_folder_whose_files_render_nothing_while_some_were_skipped_is_an_error_namin
     let (_dir, tree) = repo(&[("app/a.yaml", &cm("a")), ("app/README.md", "x")]);
     assert_eq!(render(&tree, "app").expect("renders").len(), 1);
 }
+
+const SOPS_SECRET: &str = include_str!("sops/testdata/secret.yaml");
+const SOPS_TAMPERED: &str = include_str!("sops/testdata/tampered.yaml");
+const SOPS_KEY: &str = include_str!("sops/testdata/key.txt");
+
+#[test]
+fn a_sops_encrypted_file_is_decrypted_with_its_key_and_refused_without() {
+    let (_dir, tree) = repo(&[
+        ("app/secret.yaml", SOPS_SECRET),
+        ("app/cm.yaml", &cm("plain")),
+    ]);
+    let options = RenderOptions {
+        decryption: sops::Keys::parse(SOPS_KEY).unwrap(),
+        ..Default::default()
+    };
+    let objects = render_plain(&tree, "app", &options).unwrap();
+    assert_eq!(names(&objects), ["ConfigMap/plain", "Secret/db -n shop"]);
+    let secret = &objects[1].manifest;
+    assert_eq!(secret["stringData"]["password"], "s3cr3t-canary");
+    assert!(
+        secret.get("sops").is_none(),
+        "the sops block is not applied"
+    );
+
+    // Without a key: the file is refused by name (never applied as ciphertext).
+    let Err(Problems(problems)) = render(&tree, "app") else {
+        panic!("an encrypted file without a key must fail");
+    };
+    let [Problem::Decryption { file, message }] = problems.as_slice() else {
+        panic!("{problems:?}");
+    };
+    assert_eq!(file, "app/secret.yaml");
+    assert!(
+        message.contains("no decryption key") && message.contains("age1"),
+        "{message}"
+    );
+
+    // Changed after it was encrypted: refused, and no value is shown.
+    let (_dir, tree) = repo(&[("app/secret.yaml", SOPS_TAMPERED)]);
+    let err = render_plain(&tree, "app", &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("MAC does not match") && !err.contains("s3cr3t"),
+        "{err}"
+    );
+}
