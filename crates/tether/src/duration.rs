@@ -1,6 +1,6 @@
 //! Durations as users write them on the command line and in Application specs: `90`,
 //! `90s`, `2m`, `1h`, `500ms`, and Go's compound form that Flux and Argo CD users write and
-//! Flux prints (`1m30s`, `5m0s`, `1h30m`).
+//! Flux prints (`1m30s`, `5m0s`, `1h30m`); and the one doubling wait every retry uses.
 
 use std::time::Duration;
 
@@ -51,9 +51,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Waits that start at `first` and double up to `most`, without end (backon's exponential
+/// backoff, no jitter): the retries of drift watches and failed syncs, the pauses of health
+/// and CRD checks.
+pub fn doubling(first: Duration, most: Duration) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(most)
+        .with_factor(2.0)
+        .without_max_times()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doubling_waits_double_from_the_first_and_stop_at_the_most() {
+        use backon::BackoffBuilder;
+        let waits: Vec<u64> = doubling(Duration::from_millis(50), Duration::from_secs(2))
+            .build()
+            .take(8)
+            .map(|wait| wait.as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+    }
 
     #[test]
     fn durations_parse_like_kubectl_timeouts() {

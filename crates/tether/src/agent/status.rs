@@ -385,12 +385,7 @@ pub fn failure_backoff(app: &Application, failures: u32) -> Duration {
     let base =
         parse_duration(&app.spec.sync_policy.retry.backoff).unwrap_or(Duration::from_secs(5));
     let most = Duration::from_secs(300);
-    let mut delays = backon::ExponentialBuilder::default()
-        .with_min_delay(base)
-        .with_max_delay(most)
-        .with_factor(2.0)
-        .without_max_times()
-        .build();
+    let mut delays = crate::duration::doubling(base, most).build();
     // Doubling reaches 5 min from any base of a nanosecond or more within 64 steps.
     let nth = failures.saturating_sub(1).min(64) as usize;
     delays.nth(nth).unwrap_or(most).min(most)

@@ -367,12 +367,8 @@ async fn discover_new_kinds(
 ) -> Result<(), Error> {
     let started = Instant::now();
     use backon::BackoffBuilder;
-    let mut pauses = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_factor(2.0)
-        .without_max_times()
-        .build();
+    let mut pauses =
+        crate::duration::doubling(Duration::from_millis(50), Duration::from_secs(2)).build();
     loop {
         resolver
             .refresh()

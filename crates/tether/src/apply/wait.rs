@@ -128,12 +128,8 @@ async fn wait_until_healthy(
 ) -> (Vec<(ObjectKey, Health)>, Result<(), String>) {
     let deadline = Instant::now() + timeout;
     use backon::BackoffBuilder;
-    let mut pauses = backon::ExponentialBuilder::default()
-        .with_min_delay(first_pause)
-        .with_max_delay(first_pause.max(Duration::from_secs(1)))
-        .with_factor(2.0)
-        .without_max_times()
-        .build();
+    let mut pauses =
+        crate::duration::doubling(first_pause, first_pause.max(Duration::from_secs(1))).build();
     loop {
         let checks = check_health(client, resolver, changes).await;
         if let Some((key, h)) = checks

@@ -294,10 +294,9 @@ fn member_key(kind: &KindInfo, object: &PartialObjectMeta<DynamicObject>) -> Obj
 /// it works. (kube's default grows to 30 s: after an outage of the API server, the watches
 /// would come back that much later.)
 fn watch_backoff() -> kube::runtime::watcher::ExponentialBackoff {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(std::time::Duration::from_millis(500))
-        .with_max_delay(std::time::Duration::from_secs(5))
-        .with_factor(2.0)
-        .without_max_times()
-        .into()
+    crate::duration::doubling(
+        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(5),
+    )
+    .into()
 }
