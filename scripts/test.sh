@@ -36,7 +36,13 @@ TETHER_TEST_KUSTOMIZE="$(testenv bin kustomize)"
 TETHER_TEST_TOXIPROXY_SERVER="$(testenv bin toxiproxy-server)"
 # The commit status test runs against a real Gitea (about 5 minutes to build, once).
 TETHER_TEST_GITEA="$(testenv bin gitea)"
+# SOPS-encrypted files are made by the real sops with keys from age-keygen; OCI tests use
+# the CNCF distribution registry.
+TETHER_TEST_SOPS="$(testenv bin sops)"
+TETHER_TEST_AGE_KEYGEN="$(testenv bin age-keygen)"
+TETHER_TEST_REGISTRY="$(testenv bin registry)"
 export TETHER_TEST_KUBECTL TETHER_TEST_HELM TETHER_TEST_KUSTOMIZE TETHER_TEST_TOXIPROXY_SERVER TETHER_TEST_GITEA
+export TETHER_TEST_SOPS TETHER_TEST_AGE_KEYGEN TETHER_TEST_REGISTRY
 
 step "testenv selftest"
 testenv selftest

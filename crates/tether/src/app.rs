@@ -31,6 +31,9 @@ pub enum Error {
     /// The Git credentials Secret cannot be read or written to files for Git.
     #[error("{0}")]
     Credentials(String),
+    /// The decryption keys' Secret cannot be read or holds no usable key.
+    #[error("{0}")]
+    Decryption(String),
     #[error(transparent)]
     Fetch(#[from] crate::source::git::Error),
     #[error(transparent)]
@@ -178,13 +181,15 @@ pub async fn plan_current(
     listing_max_age: Duration,
 ) -> Result<(Revision, crate::plan::Plan), Error> {
     let (revision, tree) = fetch(home, options, app, None, listing_max_age).await?;
-    let plan = render_and_plan(target, options, app, &revision, tree).await?;
+    let plan = render_and_plan(home, target, options, app, &revision, tree).await?;
     Ok((revision, plan))
 }
 
 /// Renders a fetched revision as the Application says and plans it against its
-/// destination `target`, as the Application's ServiceAccount when it names one.
+/// destination `target`, as the Application's ServiceAccount when it names one; `home`
+/// holds the Application (and the Secrets it names).
 pub async fn render_and_plan(
+    home: &kube::Client,
     target: &crate::cluster::target::Target,
     options: &AppOptions,
     app: &Application,
@@ -192,15 +197,16 @@ pub async fn render_and_plan(
     tree: crate::source::git::CommitTree,
 ) -> Result<crate::plan::Plan, Error> {
     let resolver = &target.resolver;
-    let objects = render_app(resolver, options, app, revision, tree).await?;
+    let objects = render_app(home, resolver, options, app, revision, tree).await?;
     let acting = crate::tenancy::client_for(&target.client, app, options.require_service_account)
         .map_err(Error::Spec)?;
     plan_app(&acting, resolver, options, app, objects, true).await
 }
 
 /// Renders a fetched revision as the Application says (the agent's render, for
-/// `tether bootstrap` too).
+/// `tether bootstrap` too), its SOPS keys read with `home` (see [`decryption_keys`]).
 pub async fn render_app(
+    home: &kube::Client,
     resolver: &Resolver,
     options: &AppOptions,
     app: &Application,
@@ -229,6 +235,7 @@ pub async fn render_app(
         helm_bin: options.helm_bin.clone(),
         revision: Some(revision.commit.clone()),
         cache_dir: Some(options.cache_dir.clone()),
+        decryption: decryption_keys(home, app).await?,
         ..Default::default()
     };
     render_options.helm.values_files = spec.render.values_files.clone();
@@ -309,6 +316,61 @@ pub fn digest_of(objects: &[crate::object::Object]) -> [u8; 32] {
         hasher.update(manifest.as_bytes());
     }
     hasher.finalize().into()
+}
+
+/// The age keys of the Application's `spec.decryption` (none without it): every key of its
+/// Secret whose name ends in `.agekey`, as Flux reads them. The Secret is read for each
+/// render (a key rotated in it is used at the next), in the Application's namespace.
+pub async fn decryption_keys(
+    home: &kube::Client,
+    app: &Application,
+) -> Result<crate::render::sops::Keys, Error> {
+    let Some(decryption) = &app.spec.decryption else {
+        return Ok(Default::default());
+    };
+    if decryption.provider != "sops" {
+        return Err(Error::Spec(format!(
+            "spec.decryption.provider {:?} is not sops (the only provider tether has)",
+            decryption.provider
+        )));
+    }
+    let Some(secret) = &decryption.secret_ref else {
+        return Err(Error::Spec(
+            "spec.decryption.secretRef is missing: name a Secret in the Application's namespace that holds the age keys (keys ending in .agekey)".into(),
+        ));
+    };
+    let namespace = app.namespace().unwrap_or_default();
+    let name = &secret.name;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(home.clone(), &namespace);
+    let secret = secrets.get(name).await.map_err(|e| {
+        Error::Decryption(format!(
+            "cannot read the decryption Secret {namespace}/{name} (spec.decryption.secretRef): {}",
+            describe(&e)
+        ))
+    })?;
+    let mut text = String::new();
+    for (key, value) in secret.data.unwrap_or_default() {
+        if !key.ends_with(".agekey") {
+            continue;
+        }
+        let value = String::from_utf8(value.0).map_err(|_| {
+            Error::Decryption(format!(
+                "Secret {namespace}/{name}: {key} is not text (an age key file)"
+            ))
+        })?;
+        crate::render::sops::Keys::parse(&value)
+            .map_err(|e| Error::Decryption(format!("Secret {namespace}/{name}: {key}: {e}")))?;
+        text.push_str(&value);
+        text.push('\n');
+    }
+    let keys = crate::render::sops::Keys::parse(&text).map_err(Error::Decryption)?;
+    if keys.is_empty() {
+        return Err(Error::Decryption(format!(
+            "Secret {namespace}/{name} (spec.decryption.secretRef) holds no age key: put each in a key ending in .agekey (kubectl create secret generic {name} --from-file=age.agekey=key.txt)"
+        )));
+    }
+    Ok(keys)
 }
 
 /// Git credentials from a Secret: `username`/`password` for HTTPS; `sshPrivateKey` and

@@ -58,6 +58,22 @@ pub struct ApplicationSpec {
     /// Set the outcome of each sync as a status of the synced commit on the Git host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_status: Option<CommitStatusSpec>,
+    /// Decrypt SOPS-encrypted files of the source (Flux's field: `{provider: sops,
+    /// secretRef: {name}}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decryption: Option<Decryption>,
+}
+
+/// How the agent decrypts the source's SOPS-encrypted files.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Decryption {
+    /// sops (the only one).
+    pub provider: String,
+    /// A Secret in the Application's namespace whose keys ending in `.agekey` each hold age
+    /// secret keys (`AGE-SECRET-KEY-1…`, as age-keygen writes them; as Flux reads them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
 }
 
 /// Where and how the agent reports a sync's outcome on the synced commit.

@@ -288,7 +288,7 @@ async fn desired(
     let (revision, tree) = crate::app::fetch(client, app_options, pinned, None, Duration::ZERO)
         .await
         .map_err(anyhow::Error::msg)?;
-    crate::app::render_app(resolver, app_options, pinned, &revision, tree)
+    crate::app::render_app(client, resolver, app_options, pinned, &revision, tree)
         .await
         .map_err(anyhow::Error::msg)
 }

@@ -16,14 +16,15 @@ pub(super) fn tool_identity(program: &std::path::Path) -> String {
 }
 
 /// Runs `produce` unless the same inputs were rendered before (only for a Git revision:
-/// a folder on disk may have changed since).
+/// a folder on disk may have changed since). `produce` says whether its output may be
+/// kept: not when it holds decrypted Secrets.
 pub(super) fn cached(
     options: &RenderOptions,
     key: serde_json::Value,
-    produce: impl FnOnce() -> Result<Vec<u8>, String>,
+    produce: impl FnOnce() -> Result<(Vec<u8>, bool), String>,
 ) -> Result<Vec<u8>, String> {
     let (Some(_), Some(dir)) = (&options.revision, &options.cache_dir) else {
-        return produce();
+        return produce().map(|(bytes, _)| bytes);
     };
     use sha2::Digest;
     let digest: String = sha2::Sha256::digest(key.to_string().as_bytes())
@@ -40,8 +41,8 @@ pub(super) fn cached(
         }
         return Ok(bytes);
     }
-    let bytes = produce()?;
-    if std::fs::create_dir_all(&folder).is_ok() {
+    let (bytes, keep) = produce()?;
+    if keep && std::fs::create_dir_all(&folder).is_ok() {
         let partial = file.with_extension(format!("partial-{}", std::process::id()));
         if std::fs::write(&partial, &bytes).is_ok() {
             let _ = std::fs::rename(&partial, &file);

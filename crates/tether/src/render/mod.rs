@@ -273,15 +273,18 @@ fn render_kustomize(
         "tool": tool_identity(&program),
     });
     let output = cached(options, key, || {
-        let snapshot = snapshot::Snapshot::write(tree, path, options.max_file_bytes)?;
-        kustomize::build(
+        let snapshot =
+            snapshot::Snapshot::write(tree, path, options.max_file_bytes, &options.decryption)?;
+        let output = kustomize::build(
             &program,
             &snapshot,
             path,
             &options.kustomize,
             &options.limits,
         )
-        .map_err(|e| snapshot.explain(e))
+        .map_err(|e| snapshot.explain(e))?;
+        snapshot.refuse_sealed(&output)?;
+        Ok((output, !snapshot.decrypted_any()))
     })
     .map_err(fail)?;
     // Without origin annotations (`buildMetadata: [originAnnotations]` in the
@@ -348,12 +351,13 @@ fn render_helm(
         "tool": tool_identity(&program),
     });
     let output = cached(options, key, || {
-        let snapshot = snapshot::Snapshot::write(tree, path, options.max_file_bytes)?;
+        let snapshot =
+            snapshot::Snapshot::write(tree, path, options.max_file_bytes, &options.decryption)?;
         let chart = match &repo_chart {
             Some((file, _)) => file.clone(),
             None => snapshot.root().join(path),
         };
-        helm::template(
+        let output = helm::template(
             &program,
             &snapshot,
             &chart,
@@ -362,7 +366,9 @@ fn render_helm(
             &options.helm,
             &options.limits,
         )
-        .map_err(|e| snapshot.explain(e))
+        .map_err(|e| snapshot.explain(e))?;
+        snapshot.refuse_sealed(&output)?;
+        Ok((output, !snapshot.decrypted_any()))
     })
     .map_err(fail)?;
     let text = String::from_utf8_lossy(&output).into_owned();

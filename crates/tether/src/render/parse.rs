@@ -169,7 +169,7 @@ fn decrypted(
         Source::Renderer(label) => {
             problems.push(Problem::Decryption {
                 file: label.to_string(),
-                message: "its output holds SOPS-encrypted documents, which tether decrypts only in plain manifest folders (not yet in Kustomize or Helm inputs)".into(),
+                message: "its output holds SOPS-encrypted documents that were not decrypted: check that the files it reads are as sops wrote them".into(),
             });
             return None;
         }

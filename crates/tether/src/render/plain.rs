@@ -204,7 +204,9 @@ fn evaluate_jsonnet(
     };
     // Made once: when it cannot be, every file of the folder says so.
     let copy = snapshot
-        .get_or_insert_with(|| snapshot::Snapshot::write(tree, path, options.max_file_bytes))
+        .get_or_insert_with(|| {
+            snapshot::Snapshot::write(tree, path, options.max_file_bytes, &options.decryption)
+        })
         .as_ref()
         .map_err(|e| format!("{file}: cannot copy the repository to evaluate it: {e}"))?;
     jsonnet::evaluate_in_child(

@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+use super::sops;
 use crate::source::tree::{EntryKind, Tree, join_within, parent};
 
 /// The most a snapshot writes: a render's input, all files together.
@@ -20,13 +21,24 @@ pub struct Snapshot {
     dir: tempfile::TempDir,
     /// Files of other folders left out of the copy, and why.
     left_out: Vec<String>,
+    /// SOPS-encrypted files written decrypted: the renderer's output is not cached.
+    decrypted: usize,
+    /// SOPS-encrypted files copied as they are, and why they were not decrypted.
+    sealed: Vec<String>,
 }
 
 impl Snapshot {
     /// Writes every file of `tree` for a render of folder `within`: there, a file above
     /// `max_file_bytes` or a symlink leaving the repository is an error; elsewhere it is
-    /// left out (see [`Self::explain`]).
-    pub fn write(tree: &dyn Tree, within: &str, max_file_bytes: u64) -> Result<Self, String> {
+    /// left out (see [`Self::explain`]). SOPS-encrypted files are written decrypted with
+    /// `keys` (a Kustomize `secretGenerator`'s inputs, a values file); one that cannot be
+    /// is copied as it is and named by [`Self::refuse_sealed`] if the output shows it.
+    pub fn write(
+        tree: &dyn Tree,
+        within: &str,
+        max_file_bytes: u64,
+        keys: &sops::Keys,
+    ) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("tether-render-")
             .tempdir()
@@ -41,7 +53,12 @@ impl Snapshot {
         let inside = |path: &str| {
             within.is_empty() || path == within || path.starts_with(&format!("{within}/"))
         };
-        let mut left_out = Vec::new();
+        let mut copy = Self {
+            dir,
+            left_out: Vec::new(),
+            decrypted: 0,
+            sealed: Vec::new(),
+        };
         let mut total = 0u64;
         for entry in tree.list("").map_err(|e| e.to_string())? {
             let target = root.join(&entry.path);
@@ -55,7 +72,7 @@ impl Snapshot {
                         Ok(bytes) => bytes,
                         Err(e) if inside(&entry.path) => return Err(e.to_string()),
                         Err(e) => {
-                            left_out.push(format!("{} ({e})", entry.path));
+                            copy.left_out.push(format!("{} ({e})", entry.path));
                             continue;
                         }
                     };
@@ -66,6 +83,7 @@ impl Snapshot {
                             MAX_TOTAL_BYTES >> 20
                         ));
                     }
+                    let bytes = copy.decrypt(&entry.path, bytes, keys);
                     std::fs::write(&target, bytes).map_err(|e| format!("{}: {e}", entry.path))?;
                 }
                 EntryKind::Symlink => {
@@ -78,7 +96,7 @@ impl Snapshot {
                                 entry.path
                             ));
                         }
-                        left_out.push(format!(
+                        copy.left_out.push(format!(
                             "{} (a symlink to {link:?}, which leaves the repository)",
                             entry.path
                         ));
@@ -89,7 +107,47 @@ impl Snapshot {
                 }
             }
         }
-        Ok(Self { dir, left_out })
+        Ok(copy)
+    }
+
+    /// The file's bytes as they are written: decrypted when it is SOPS-encrypted and
+    /// `keys` open it, else as they are (recorded for [`Self::refuse_sealed`]).
+    fn decrypt(&mut self, path: &str, bytes: Vec<u8>, keys: &sops::Keys) -> Vec<u8> {
+        match sops::file::decrypt_file(path, &bytes, keys) {
+            Ok(None) => bytes,
+            Ok(Some(plain)) => {
+                self.decrypted += 1;
+                plain
+            }
+            Err(e) => {
+                self.sealed.push(format!("{path}: {e}"));
+                bytes
+            }
+        }
+    }
+
+    /// Whether a file was written decrypted (then the output holds plaintext Secrets and
+    /// is not written to the render cache).
+    pub fn decrypted_any(&self) -> bool {
+        self.decrypted > 0
+    }
+
+    /// Refuses a renderer's output that still holds SOPS-encrypted values (as they are, or
+    /// base64-encoded as a `secretGenerator` writes them), naming the encrypted files that
+    /// were not decrypted and why: applied, they would be ciphertext in the cluster.
+    pub fn refuse_sealed(&self, output: &[u8]) -> Result<(), String> {
+        if !sops::file::shows_ciphertext(output) {
+            return Ok(());
+        }
+        if self.sealed.is_empty() {
+            return Err("the output holds SOPS-encrypted values that tether does not decrypt (it reads sops's YAML, JSON, dotenv and binary files)".into());
+        }
+        let shown: Vec<&str> = self.sealed.iter().take(5).map(String::as_str).collect();
+        Err(format!(
+            "the output holds SOPS-encrypted values: {}{}",
+            shown.join("; "),
+            if self.sealed.len() > 5 { "; …" } else { "" }
+        ))
     }
 
     /// A renderer's error, with what was left out of the copy (which the render may have

@@ -14,6 +14,8 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha512};
 
+pub mod file;
+
 /// AES-256-GCM with SOPS's 32-byte IVs.
 type Cipher = aes_gcm::AesGcm<aes_gcm::aes::Aes256, U32>;
 
@@ -22,7 +24,7 @@ type Cipher = aes_gcm::AesGcm<aes_gcm::aes::Aes256, U32>;
 pub enum Error {
     #[error(
         "it is SOPS-encrypted (for {recipients}) and no decryption key was given: give its age key \
-         with --decryption-key-file or SOPS_AGE_KEY_FILE (the agent does not decrypt yet)"
+         (tether: --decryption-key-file or SOPS_AGE_KEY_FILE; an Application: spec.decryption)"
     )]
     NoKey { recipients: String },
     #[error("{} a recipient of it (it is encrypted for {recipients})", given(*keys))]

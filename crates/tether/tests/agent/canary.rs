@@ -3,7 +3,8 @@
 //! status, the JSON API, the metrics and the web UI's pages. The canary travels the whole
 //! way: created from Git, changed in Git (a diff of a Secret), and edited by hand in the
 //! cluster (drift the agent puts back). Each value is searched as written and base64-encoded
-//! (as the API server returns `data`).
+//! (as the API server returns `data`). The Secret is SOPS-encrypted in Git (by the real
+//! sops), so the decrypted value must also stay out of the agent's Git and render caches.
 
 use crate::support;
 
@@ -18,6 +19,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use support::agent::{applied, create_application};
 use support::git::{GitDaemon, GitRepo};
+use support::sops::{age_key, sops_encrypt};
 use support::{ProcessGroup, TestNamespace, cluster, free_port, tether, unique_name};
 use tether::agent::{Application, install_crd};
 
@@ -77,6 +79,19 @@ impl Outputs {
     }
 }
 
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 fn http_get(url: &str, token: &str) -> String {
     let response = reqwest::blocking::Client::new()
         .get(url)
@@ -101,11 +116,18 @@ async fn a_canary_secret_value_appears_in_no_output() {
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");
-    for folder in ["push", "pull"] {
-        repo.write(
-            &format!("{folder}/db.yaml"),
-            &secret(&format!("{folder}-db"), &first),
+    let (key_file, recipient) = age_key(dir.path(), "age.txt");
+    let write_secret = |folder: &str, value: &str| {
+        let file = format!("{folder}/db.yaml");
+        repo.write(&file, &secret(&format!("{folder}-db"), value));
+        sops_encrypt(
+            &repo.path.join(&file),
+            &recipient,
+            &["--encrypted-regex", "^(data|stringData)$"],
         );
+    };
+    for folder in ["push", "pull"] {
+        write_secret(folder, &first);
         repo.write(
             &format!("{folder}/settings.yaml"),
             &CONFIG.replace("settings", folder),
@@ -119,8 +141,18 @@ async fn a_canary_secret_value_appears_in_no_output() {
     // Push: render, plan in every format and apply, at every verbosity, for a create and
     // then for a change of the Secret's value.
     let push = |outputs: &mut Outputs, phase: &str| {
+        let key = key_file.to_str().expect("utf-8 path");
         let base = [
-            "--repo", &url, "--path", "push", "--app", "push", "-n", &ns.name,
+            "--repo",
+            &url,
+            "--path",
+            "push",
+            "--app",
+            "push",
+            "-n",
+            &ns.name,
+            "--decryption-key-file",
+            key,
         ];
         for verbosity in [None, Some("-v"), Some("-vv"), Some("-vvv")] {
             let v: Vec<&str> = verbosity.into_iter().collect();
@@ -132,6 +164,7 @@ async fn a_canary_secret_value_appears_in_no_output() {
             }
             for format in ["text", "json", "yaml"] {
                 let mut args = vec!["render", "--repo", &url, "--path", "push", "-o", format];
+                args.extend(["--decryption-key-file", key]);
                 args.extend(&v);
                 outputs.command(&format!("{phase}: {}", args.join(" ")), &tether(&args));
             }
@@ -163,11 +196,21 @@ async fn a_canary_secret_value_appears_in_no_output() {
         .expect("the agent starts");
     let _agent = ProcessGroup::new(agent);
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    let keys: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "sops-age"},
+        "stringData": {"age.agekey": std::fs::read_to_string(&key_file).expect("key")},
+    }))
+    .expect("a Secret");
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&Default::default(), &keys)
+        .await
+        .expect("the keys' Secret is created");
     create_application(
         &apps,
         "pull",
         json!({
             "source": {"repoURL": url, "path": "pull"},
+            "decryption": {"provider": "sops", "secretRef": {"name": "sops-age"}},
             "destination": {"namespace": ns.name},
             "syncPolicy": {"interval": "1s"}
         }),
@@ -191,10 +234,7 @@ async fn a_canary_secret_value_appears_in_no_output() {
 
     // A change of the value in Git.
     for folder in ["push", "pull"] {
-        repo.write(
-            &format!("{folder}/db.yaml"),
-            &secret(&format!("{folder}-db"), &second),
-        );
+        write_secret(folder, &second);
     }
     let changed = repo.commit("second");
     push(&mut outputs, "change");
@@ -279,6 +319,13 @@ async fn a_canary_secret_value_appears_in_no_output() {
         "the agent's log at trace level",
         std::fs::read_to_string(&log).expect("log"),
     );
+    for file in files_under(&dir.path().join("agent-cache")) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        outputs.add(
+            format!("the agent's cache: {}", file.display()),
+            String::from_utf8_lossy(&bytes),
+        );
+    }
 
     let searched = outputs.assert_clean(&[&first, &second, &by_hand]);
     eprintln!("the canary appeared in none of {searched} outputs");

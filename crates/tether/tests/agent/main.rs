@@ -14,3 +14,4 @@ mod edges;
 mod every_size;
 mod faults;
 mod hardening;
+mod secrets;

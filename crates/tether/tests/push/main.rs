@@ -14,5 +14,6 @@ mod cli_render;
 mod cli_version;
 mod cluster;
 mod render_tools;
+mod sops;
 mod source_git;
 mod waves_hooks;

@@ -278,7 +278,15 @@ async fn render_digested(
     revision: &Revision,
     tree: CommitTree,
 ) -> Result<(Vec<Object>, [u8; 32]), String> {
-    let objects = render_app(&dest.target.resolver, &ctx.pipeline, app, revision, tree).await?;
+    let objects = render_app(
+        &ctx.client,
+        &dest.target.resolver,
+        &ctx.pipeline,
+        app,
+        revision,
+        tree,
+    )
+    .await?;
     let digest = digest_of(&objects);
     Ok((objects, digest))
 }

@@ -107,3 +107,75 @@ fn a_plain_document_is_left_alone() {
     assert!(!is_encrypted(&docs[0]));
     assert_eq!(decrypt(docs.clone(), &Keys::default()).unwrap(), docs);
 }
+
+#[test]
+fn dotenv_and_binary_files_decrypt_to_what_sops_decrypts_them_to() {
+    use super::file::decrypt_file;
+    let read = |name: &str| {
+        std::fs::read(format!(
+            "{}/src/render/sops/testdata/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let env = decrypt_file("app.env", &read("app.env"), &key("key.txt"))
+        .unwrap()
+        .expect("a sops dotenv file");
+    let lines = |bytes: &[u8]| -> Vec<String> {
+        String::from_utf8(bytes.to_vec())
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(lines(&env), lines(&read("app.plain.env")));
+    let pem = decrypt_file("cert.pem", &read("cert.pem"), &key("key.txt"))
+        .unwrap()
+        .expect("a sops binary file");
+    assert_eq!(pem, read("cert.plain.pem"));
+    let yaml = decrypt_file("secret.yaml", &read("secret.yaml"), &key("key.txt"))
+        .unwrap()
+        .expect("a sops YAML file");
+    let docs =
+        parse_documents(std::str::from_utf8(&yaml).unwrap(), &YamlLimits::default()).unwrap();
+    assert_eq!(docs[0].value, documents("secret.plain.yaml")[0]);
+    // Plain files are left alone; a wrong key or a changed value is refused.
+    assert_eq!(
+        decrypt_file("app.plain.env", &read("app.plain.env"), &key("key.txt")),
+        Ok(None)
+    );
+    assert!(matches!(
+        decrypt_file("app.env", &read("app.env"), &key("other-key.txt")),
+        Err(Error::WrongKey { .. })
+    ));
+    // A line taken out leaves every other value intact: only the MAC tells.
+    let text = String::from_utf8(read("app.env")).unwrap();
+    let cut: String = text
+        .lines()
+        .filter(|l| !l.starts_with("PASSWORD="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        decrypt_file("app.env", cut.as_bytes(), &key("key.txt")),
+        Err(Error::Mac)
+    );
+}
+
+#[test]
+fn ciphertext_is_seen_as_it_is_and_base64_encoded_at_any_offset() {
+    use super::file::shows_ciphertext;
+    use base64::Engine as _;
+    let value = "ENC[AES256_GCM,data:5p0Fepk=,iv:zhFn,tag:ZZkz,type:str]";
+    assert!(shows_ciphertext(format!("password: {value}").as_bytes()));
+    for prefix in ["", "a", "ab", "abc", "abcd"] {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{value}"));
+        assert!(
+            shows_ciphertext(format!("data:\n  p: {encoded}\n").as_bytes()),
+            "{prefix:?}"
+        );
+    }
+    let plain = base64::engine::general_purpose::STANDARD.encode("ENC but not encrypted");
+    assert!(!shows_ciphertext(plain.as_bytes()));
+    assert!(!shows_ciphertext(b"kind: Secret\ndata: {}\n"));
+}
