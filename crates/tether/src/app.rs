@@ -19,6 +19,7 @@ use crate::render::{RenderOptions, Renderer};
 use crate::source::git::{GitAuth, GitSource, Revision};
 use crate::source::reference::RefSpec;
 use crate::source::signature::SignaturePolicy;
+use crate::source::tree::Tree;
 
 /// Why the Application pipeline stopped. Each stage's own error is kept whole as the
 /// source; the text the agent writes in the Application's status is the whole chain
@@ -36,6 +37,8 @@ pub enum Error {
     Decryption(String),
     #[error(transparent)]
     Fetch(#[from] crate::source::git::Error),
+    #[error(transparent)]
+    Oci(crate::source::oci::Error),
     #[error(transparent)]
     Render(#[from] crate::render::Problems),
     #[error(transparent)]
@@ -100,7 +103,10 @@ pub async fn fetch(
     app: &Application,
     pin: Option<&str>,
     listing_max_age: Duration,
-) -> Result<(Revision, crate::source::git::CommitTree), Error> {
+) -> Result<(Revision, Box<dyn Tree>), Error> {
+    if app.spec.source.repo_url.starts_with("oci://") {
+        return fetch_oci(client, options, app, pin).await;
+    }
     let namespace = app.namespace().unwrap_or_default();
     let spec = &app.spec;
     let mut source = git_source(options, app, listing_max_age)?;
@@ -139,7 +145,97 @@ pub async fn fetch(
             source,
         })??;
     drop(secret_files);
-    Ok((revision, tree))
+    Ok((revision, Box::new(tree)))
+}
+
+/// Pulls the artifact of an `oci://` source (credentials and CA from its Secret): a tag's
+/// poll costs one manifest request when nothing changed. `pin` is a digest.
+async fn fetch_oci(
+    client: &kube::Client,
+    options: &AppOptions,
+    app: &Application,
+    pin: Option<&str>,
+) -> Result<(Revision, Box<dyn Tree>), Error> {
+    use crate::source::oci::{self, OciRef, OciUrl};
+    let spec = &app.spec.source;
+    let url = OciUrl::parse(&spec.repo_url)
+        .map_err(|e| Error::Spec(format!("spec.source.repoURL: {e}")))?;
+    let ref_text = match pin {
+        Some(digest) => digest.to_string(),
+        None => spec.r#ref.as_ref_text().map_err(Error::Spec)?,
+    };
+    let reference =
+        OciRef::parse(&ref_text, &url).map_err(|e| Error::Spec(format!("spec.source.ref: {e}")))?;
+    let mut registry = oci::Options {
+        plain_http: spec.plain_http,
+        cache_dir: options.cache_dir.clone(),
+        ..Default::default()
+    };
+    if let Some(timeout) = &spec.timeout {
+        registry.timeout = parse_duration(timeout)
+            .map_err(|e| Error::Spec(format!("spec.source.timeout {timeout:?}: {e}")))?;
+    }
+    if let Some(secret) = &spec.secret_ref {
+        let namespace = app.namespace().unwrap_or_default();
+        (registry.credentials, registry.ca_pem) =
+            registry_credentials(client, &namespace, &secret.name, &url.host).await?;
+    }
+    let pulled =
+        tokio::task::spawn_blocking(move || oci::artifact::pull(&url, &reference, &registry))
+            .await
+            .map_err(|source| Error::Task {
+                what: "registry",
+                source,
+            })?
+            .map_err(Error::Oci)?;
+    let mut tree = crate::source::tree::DirTree::new(&pulled.folder)
+        .map_err(|e| Error::Spec(e.to_string()))?;
+    if let oci::artifact::Kind::HelmChart { folder, .. } = &pulled.kind {
+        // The chart's folder is where spec.source.path starts.
+        tree = crate::source::tree::DirTree::new(pulled.folder.join(folder))
+            .map_err(|e| Error::Spec(e.to_string()))?;
+    }
+    Ok((pulled.revision_record(), Box::new(tree)))
+}
+
+/// Registry credentials and CA from the source's Secret: `.dockerconfigjson` (its entry for
+/// `host`) or `username`/`password`; `caFile` or `ca.crt`.
+async fn registry_credentials(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    host: &str,
+) -> Result<(Option<crate::source::oci::Credentials>, Option<Vec<u8>>), Error> {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), namespace);
+    let secret = secrets.get(name).await.map_err(|e| {
+        Error::Credentials(format!(
+            "cannot read the registry credentials Secret {namespace}/{name}: {}",
+            describe(&e)
+        ))
+    })?;
+    let data = secret.data.unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    };
+    let credentials = match data.get(".dockerconfigjson") {
+        Some(config) => crate::source::oci::Credentials::from_docker_config(&config.0, host)
+            .map_err(|e| {
+                Error::Credentials(format!("Secret {namespace}/{name}: .dockerconfigjson: {e}"))
+            })?,
+        None => match (text("username"), text("password")) {
+            (Some(username), Some(password)) => {
+                Some(crate::source::oci::Credentials { username, password })
+            }
+            _ => None,
+        },
+    };
+    let ca = data
+        .get("caFile")
+        .or_else(|| data.get("ca.crt"))
+        .map(|v| v.0.clone());
+    Ok((credentials, ca))
 }
 
 /// The Git source of the Application's ref, without credentials or signature keys.
@@ -149,6 +245,16 @@ pub fn git_source(
     listing_max_age: Duration,
 ) -> Result<GitSource, Error> {
     let spec = &app.spec;
+    if spec.source.repo_url.starts_with("oci://") {
+        return Err(Error::Spec(
+            "an oci:// source is not a Git repository".into(),
+        ));
+    }
+    if spec.source.r#ref.digest.is_some() {
+        return Err(Error::Spec(
+            "spec.source.ref.digest names an OCI artifact: a Git repository has branch, tag, commit or semver".into(),
+        ));
+    }
     let reference = RefSpec::parse(&spec.source.r#ref.as_ref_text().map_err(Error::Spec)?)
         .map_err(|e| Error::Spec(e.to_string()))?;
     let mut source = GitSource::new(spec.source.repo_url.clone(), reference);
@@ -194,7 +300,7 @@ pub async fn render_and_plan(
     options: &AppOptions,
     app: &Application,
     revision: &Revision,
-    tree: crate::source::git::CommitTree,
+    tree: Box<dyn Tree>,
 ) -> Result<crate::plan::Plan, Error> {
     let resolver = &target.resolver;
     let objects = render_app(home, resolver, options, app, revision, tree).await?;
@@ -211,7 +317,7 @@ pub async fn render_app(
     options: &AppOptions,
     app: &Application,
     revision: &Revision,
-    tree: crate::source::git::CommitTree,
+    tree: Box<dyn Tree>,
 ) -> Result<Vec<crate::object::Object>, Error> {
     let name = app.name_any();
     let spec = &app.spec;
@@ -265,13 +371,15 @@ pub async fn render_app(
             spec.source.path
         ))
     })?;
-    tokio::task::spawn_blocking(move || crate::render::render(&tree, &path, &render_options))
-        .await
-        .map_err(|source| Error::Task {
-            what: "render",
-            source,
-        })?
-        .map_err(Error::from)
+    tokio::task::spawn_blocking(move || {
+        crate::render::render(tree.as_ref(), &path, &render_options)
+    })
+    .await
+    .map_err(|source| Error::Task {
+        what: "render",
+        source,
+    })?
+    .map_err(Error::from)
 }
 
 /// Plans rendered objects against the cluster as the Application's policy says, with

@@ -62,6 +62,14 @@ pub fn doubling(first: Duration, most: Duration) -> backon::ExponentialBuilder {
         .without_max_times()
 }
 
+/// Now, to the second, as RFC 3339 (what Kubernetes and OCI annotations write).
+pub fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -411,12 +411,7 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(factor)
 }
 
-fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
+use crate::duration::now_rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -103,7 +103,9 @@ pub struct CommitStatusSpec {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
-    /// A Git URL: https://, http://, git://, ssh://, file:// or git@host:path.
+    /// A Git URL: https://, http://, git://, ssh://, file:// or git@host:path; or an OCI
+    /// repository, oci://host[:port]/path (a Helm chart or a manifests artifact, as `flux
+    /// push artifact` and `tether push artifact` make).
     #[serde(rename = "repoURL")]
     pub repo_url: String,
     #[serde(default)]
@@ -112,9 +114,18 @@ pub struct Source {
     #[serde(default)]
     pub path: String,
     /// A Secret in the Application's namespace with `username` and `password` (HTTPS), or
-    /// `sshPrivateKey` and `knownHosts` (SSH), and optionally `caFile` (PEM).
+    /// `sshPrivateKey` and `knownHosts` (SSH), and optionally `caFile` (PEM). For oci://:
+    /// `.dockerconfigjson` (a kubernetes.io/dockerconfigjson Secret) or `username` and
+    /// `password`, and optionally `caFile` or `ca.crt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectReference>,
+    /// oci:// only: talk plain HTTP to the registry (else HTTPS).
+    #[serde(
+        default,
+        rename = "plainHTTP",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub plain_http: bool,
     /// Require the revision to be signed by one of these public keys (OpenSSH lines or
     /// armored OpenPGP blocks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -125,7 +136,8 @@ pub struct Source {
     pub timeout: Option<String>,
 }
 
-/// Exactly one of branch, tag, commit or semver; none means the default branch.
+/// Exactly one of branch, tag, commit, semver or digest; none means the default branch
+/// (for oci://, the tag `latest`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct GitRef {
@@ -137,6 +149,9 @@ pub struct GitRef {
     pub commit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semver: Option<String>,
+    /// oci:// only: an artifact's digest (sha256:…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl GitRef {
@@ -147,6 +162,7 @@ impl GitRef {
             self.tag.as_ref().map(|t| format!("tag:{t}")),
             self.commit.as_ref().map(|c| format!("commit:{c}")),
             self.semver.as_ref().map(|s| format!("semver:{s}")),
+            self.digest.as_ref().map(|d| format!("digest:{d}")),
         ]
         .into_iter()
         .flatten()
@@ -154,7 +170,10 @@ impl GitRef {
         match given.len() {
             0 => Ok(String::new()),
             1 => Ok(given.into_iter().next().expect("one element")),
-            _ => Err("spec.source.ref sets more than one of branch, tag, commit and semver".into()),
+            _ => Err(
+                "spec.source.ref sets more than one of branch, tag, commit, semver and digest"
+                    .into(),
+            ),
         }
     }
 }

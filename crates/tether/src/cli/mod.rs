@@ -11,6 +11,7 @@ mod bootstrap;
 mod install;
 mod plan;
 mod progress;
+mod push;
 mod render;
 mod source;
 mod status;
@@ -111,6 +112,9 @@ pub enum Command {
     History(apps::AppArgs),
     /// Apply an earlier commit and stop following new ones until `tether resume`.
     Rollback(apps::RollbackArgs),
+    /// Publish to an OCI registry (`push artifact`: a folder of manifests, as Flux does).
+    #[command(subcommand)]
+    Push(push::PushCommand),
     /// Print tether's version and, when a cluster is reachable, the API server's.
     Version(version::VersionArgs),
     /// Evaluate one Jsonnet file for a render, in a process of its own under the render's
@@ -138,6 +142,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
         Command::Resume(args) => apps::resume(&cli.global, &args, out).await,
         Command::History(args) => apps::history(&cli.global, &args, out).await,
         Command::Rollback(args) => apps::rollback(&cli.global, &args, out).await,
+        Command::Push(command) => push::run(&cli.global, &command, out).await,
         Command::Version(args) => version::run(&cli.global, &args, out).await,
         Command::InternalJsonnet { request } => {
             match crate::render::jsonnet::serve_request(&request) {

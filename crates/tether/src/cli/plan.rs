@@ -87,10 +87,12 @@ pub async fn prepare(
         Some(app) => app.clone(),
         None => resolved.default_app_name(target.source.repo.as_deref())?,
     };
-    let mut render_options =
-        target
-            .renderer
-            .options(&app, cluster.namespace(), resolved.revision.as_ref())?;
+    let mut render_options = target.renderer.options(
+        &app,
+        cluster.namespace(),
+        resolved.revision.as_ref(),
+        &target.source.registry,
+    )?;
     // Helm's .Capabilities describe the cluster this is planned for.
     let capabilities = resolver.capabilities();
     render_options

@@ -136,6 +136,7 @@ impl RendererArgs {
         app: &str,
         namespace: &str,
         revision: Option<&Revision>,
+        registry: &super::source::RegistryArgs,
     ) -> anyhow::Result<RenderOptions> {
         let mut vars = None;
         if !self.vars.is_empty() || !self.vars_file.is_empty() {
@@ -197,6 +198,12 @@ impl RendererArgs {
             limits: self.limits(),
             revision: revision.map(|r| r.commit.clone()),
             cache_dir: Some(crate::source::git::cache_root()),
+            registry: match &self.helm_repo {
+                Some(url) if url.starts_with("oci://") => {
+                    Some(registry.options(&crate::source::oci::OciUrl::parse(url)?)?)
+                }
+                _ => None,
+            },
             ..Default::default()
         })
     }
@@ -284,9 +291,12 @@ pub async fn run(
         .default_app_name(args.source.repo.as_deref())
         .unwrap_or_else(|_| "app".into());
     let namespace = global.namespace.clone().unwrap_or_else(|| "default".into());
-    let mut options = args
-        .renderer
-        .options(&app, &namespace, resolved.revision.as_ref())?;
+    let mut options = args.renderer.options(
+        &app,
+        &namespace,
+        resolved.revision.as_ref(),
+        &args.source.registry,
+    )?;
     // No cluster to ask: the version tether is built against, not Helm's v1.20.0.
     options
         .helm

@@ -11,6 +11,7 @@ use crate::duration::parse_duration;
 use crate::object::Object;
 use crate::render::{RenderOptions, render};
 use crate::source::git::{GitAuth, GitSource, Revision};
+use crate::source::oci::{self, OciRef, OciUrl};
 use crate::source::reference::RefSpec;
 use crate::source::signature::SignaturePolicy;
 use crate::source::tree::{DirTree, Tree, normalize};
@@ -19,12 +20,14 @@ use crate::source::tree::{DirTree, Tree, normalize};
 #[derive(Debug, Clone, clap::Args)]
 pub struct SourceArgs {
     /// Git repository: https://, http://, git://, ssh://, file://, git@host:path, or a local
-    /// path. Without it, --path is a folder on disk.
+    /// path; or an OCI repository, oci://host[:port]/path (a Helm chart or a manifests
+    /// artifact, told apart by its media type). Without it, --path is a folder on disk.
     #[arg(long, value_name = "URL")]
     pub repo: Option<String>,
 
     /// Branch, tag, commit id (full or abbreviated) or semver range over tags (">=1.2.0 <2").
     /// Prefix with branch:, tag:, commit: or semver: to say which. Default: the remote's HEAD.
+    /// For oci://: a tag (default latest), a semver range or a digest (sha256:…).
     #[arg(long = "ref", value_name = "REF", default_value = "")]
     pub reference: String,
 
@@ -68,6 +71,94 @@ pub struct SourceArgs {
     /// Cache folder for Git repositories (default: ~/.cache/tether/git).
     #[arg(long, value_name = "DIR", env = "TETHER_GIT_CACHE")]
     pub git_cache: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// How to reach an OCI registry (`--repo oci://…`, `--helm-repo oci://…`, `tether push
+/// artifact`): helm's flag names where helm has one.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RegistryArgs {
+    /// Talk plain HTTP to the registry (else HTTPS).
+    #[arg(long)]
+    pub plain_http: bool,
+
+    /// Docker config with registry credentials (as docker login, helm registry login and
+    /// flux write it). Default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
+    #[arg(long, value_name = "FILE")]
+    pub registry_config: Option<PathBuf>,
+
+    /// Registry user name (with --registry-password-file), instead of a Docker config.
+    #[arg(long, value_name = "NAME", requires = "registry_password_file")]
+    pub registry_user: Option<String>,
+
+    /// File holding the registry password or token (first line).
+    #[arg(long, value_name = "FILE", requires = "registry_user")]
+    pub registry_password_file: Option<PathBuf>,
+
+    /// Extra CA certificates (PEM) to trust for the registry's HTTPS.
+    #[arg(long, value_name = "FILE")]
+    pub registry_ca_file: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// The options for the registry of `url`: credentials from the flags, else from the
+    /// Docker config (none when it has no entry for the host).
+    pub fn options(&self, url: &OciUrl) -> anyhow::Result<oci::Options> {
+        let credentials = match (&self.registry_user, &self.registry_password_file) {
+            (Some(username), Some(file)) => {
+                let text = std::fs::read_to_string(file).with_context(|| {
+                    format!("cannot read the registry password file {}", file.display())
+                })?;
+                let password = text.lines().next().unwrap_or("").trim_end().to_string();
+                if password.is_empty() {
+                    bail!("the registry password file {} is empty", file.display());
+                }
+                Some(oci::Credentials {
+                    username: username.clone(),
+                    password,
+                })
+            }
+            _ => self.docker_config_credentials(&url.host)?,
+        };
+        let ca_pem =
+            match &self.registry_ca_file {
+                Some(file) => Some(std::fs::read(file).with_context(|| {
+                    format!("cannot read --registry-ca-file {}", file.display())
+                })?),
+                None => None,
+            };
+        Ok(oci::Options {
+            plain_http: self.plain_http,
+            ca_pem,
+            credentials,
+            cache_dir: crate::source::git::cache_root(),
+            ..Default::default()
+        })
+    }
+
+    fn docker_config_credentials(&self, host: &str) -> anyhow::Result<Option<oci::Credentials>> {
+        let (file, given) = match &self.registry_config {
+            Some(file) => (file.clone(), true),
+            None => {
+                let dir = std::env::var_os("DOCKER_CONFIG")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+                match dir {
+                    Some(dir) => (dir.join("config.json"), false),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let bytes = match std::fs::read(&file) {
+            Ok(bytes) => bytes,
+            Err(e) if !given && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => bail!("cannot read the registry config {}: {e}", file.display()),
+        };
+        oci::Credentials::from_docker_config(&bytes, host)
+            .map_err(|e| anyhow::anyhow!("registry config {}: {e}", file.display()))
+    }
 }
 
 /// The last folder of the path, else the repository's name, as a DNS label. The set
@@ -169,6 +260,9 @@ impl SourceArgs {
                 self.path
             )
         })?;
+        if repo.starts_with("oci://") {
+            return self.resolve_oci(repo, path).await;
+        }
         let mut source = GitSource::new(repo.clone(), RefSpec::parse(&self.reference)?);
         source.auth = self.auth()?;
         source.timeout = self.git_timeout;
@@ -195,6 +289,35 @@ impl SourceArgs {
             revision: Some(revision),
             path,
             source,
+        })
+    }
+}
+
+impl SourceArgs {
+    /// Pulls the artifact (`--repo oci://…`) into the cache and reads it as a folder; a
+    /// Helm chart's folder is where `--path` starts.
+    async fn resolve_oci(&self, repo: &str, path: String) -> anyhow::Result<Resolved> {
+        let url = OciUrl::parse(repo)?;
+        let reference = OciRef::parse(&self.reference, &url)?;
+        let options = self.registry.options(&url)?;
+        let pulled = {
+            let (url, reference) = (url.clone(), reference.clone());
+            tokio::task::spawn_blocking(move || oci::artifact::pull(&url, &reference, &options))
+                .await
+                .context("the registry task panicked")??
+        };
+        tracing::info!(digest = %pulled.digest, kind = ?pulled.kind, "artifact pulled");
+        let path = match &pulled.kind {
+            oci::artifact::Kind::HelmChart { folder, .. } => {
+                crate::source::tree::join_within(folder, &path).unwrap_or_else(|| folder.clone())
+            }
+            oci::artifact::Kind::Manifests => path,
+        };
+        Ok(Resolved {
+            tree: std::sync::Arc::new(DirTree::new(&pulled.folder)?),
+            revision: Some(pulled.revision_record()),
+            source: format!("{}/{}#{path}", url.host, url.repository),
+            path,
         })
     }
 }

@@ -172,6 +172,46 @@ pub fn fetch_repo_chart(
     Ok((file, chosen))
 }
 
+/// Pulls `chart` from an OCI registry (`url` + `/` + chart name, as `helm pull oci://…`
+/// names it): the exact version, else the highest tag in the range. Returns the chart's
+/// folder (cached by digest) and its version.
+pub fn fetch_oci_chart(
+    chart: &RepoChart,
+    registry: &crate::source::oci::Options,
+) -> Result<(PathBuf, String), String> {
+    use crate::source::oci::{OciRef, OciUrl, artifact};
+    let url = OciUrl::parse(&format!(
+        "{}/{}",
+        chart.url.trim_end_matches('/'),
+        chart.chart
+    ))
+    .map_err(|e| e.to_string())?;
+    let version = chart.version.trim();
+    let reference = if semver::Version::parse(version).is_ok() {
+        OciRef::Tag(version.replace('+', "_"))
+    } else {
+        let range = if version.is_empty() || version == "*" {
+            ">=0.0.0"
+        } else {
+            version
+        };
+        OciRef::Semver(
+            SemverRange::parse(range).map_err(|e| format!("chart version {version:?}: {e}"))?,
+        )
+    };
+    let pulled = artifact::pull(&url, &reference, registry).map_err(|e| e.to_string())?;
+    match pulled.kind {
+        artifact::Kind::HelmChart {
+            folder, version, ..
+        } => Ok((pulled.folder.join(folder), version)),
+        artifact::Kind::Manifests => Err(format!(
+            "{} is a manifests artifact, not a Helm chart: render it with --repo {}",
+            url.repository_url(),
+            url.repository_url()
+        )),
+    }
+}
+
 /// The version of `chart` to fetch (the one named, else the best match of the range) and its
 /// entry in the repository's index.
 fn choose_entry<'a>(

@@ -82,6 +82,8 @@ pub struct RenderOptions {
     pub cache_dir: Option<std::path::PathBuf>,
     /// Age keys for SOPS-encrypted files among plain manifests; none refuses such a file.
     pub decryption: sops::Keys,
+    /// How to reach the registry of a chart from `oci://` (`helm.repo_chart`).
+    pub registry: Option<crate::source::oci::Options>,
 }
 
 impl Default for RenderOptions {
@@ -105,6 +107,7 @@ impl Default for RenderOptions {
             revision: None,
             cache_dir: None,
             decryption: sops::Keys::default(),
+            registry: None,
         }
     }
 }
@@ -339,6 +342,10 @@ fn render_helm(
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("tether-helm-charts"));
     let repo_chart = match &options.helm.repo_chart {
+        Some(chart) if chart.url.starts_with("oci://") => {
+            let registry = options.registry.clone().unwrap_or_default();
+            Some(helm::fetch_oci_chart(chart, &registry).map_err(fail)?)
+        }
         Some(chart) => Some(
             helm::fetch_repo_chart(chart, &chart_cache, options.limits.timeout).map_err(fail)?,
         ),

@@ -2,9 +2,11 @@
 //!
 //! [`git::GitSource::fetch`] resolves `--ref` ([`reference`]) on the remote, fetches just that
 //! commit into a local cache and returns a [`tree::Tree`] over it; [`signature`] checks who
-//! signed it. [`tree::DirTree`] serves a plain folder the same way.
+//! signed it. [`tree::DirTree`] serves a plain folder the same way. [`oci`] pulls an
+//! artifact from an OCI registry into a folder, read as a `DirTree`.
 
 pub mod git;
+pub mod oci;
 pub mod reference;
 pub mod signature;
 pub mod tree;

@@ -14,4 +14,5 @@ mod edges;
 mod every_size;
 mod faults;
 mod hardening;
+mod oci;
 mod secrets;

@@ -343,7 +343,7 @@ impl HttpGitServer {
 }
 
 /// A CA and a server certificate for 127.0.0.1, made with openssl.
-fn make_tls_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub fn make_tls_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).expect("tls dir");
     let sh = |args: &[&str]| run("openssl", args, dir, &[]);
     sh(&[

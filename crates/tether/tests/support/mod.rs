@@ -10,6 +10,7 @@ pub mod agent;
 pub mod fixtures;
 pub mod git;
 pub mod gitea;
+pub mod registry;
 pub mod sops;
 pub mod toxiproxy;
 

@@ -23,7 +23,8 @@ use crate::application::{
 use crate::duration::parse_duration;
 use crate::health::HealthStatus;
 use crate::object::Object;
-use crate::source::git::{CommitTree, Revision};
+use crate::source::git::Revision;
+use crate::source::tree::Tree;
 use crate::tenancy;
 use full::full_sync;
 use health::assess_set;
@@ -127,7 +128,7 @@ async fn sync_revision(
     applyset_id: &str,
     decision: &Decision,
     settled: Option<Settled<'_>>,
-    (revision, tree): (Revision, CommitTree),
+    (revision, tree): (Revision, Box<dyn Tree>),
 ) -> Result<Outcome, Failure> {
     let dest = at.dest;
     let mut tree = Some(tree);
@@ -191,7 +192,7 @@ async fn renders_the_same(
     applyset_id: &str,
     (status, _, _): Settled<'_>,
     revision: &Revision,
-    tree: &mut Option<CommitTree>,
+    tree: &mut Option<Box<dyn Tree>>,
 ) -> Result<(bool, Option<(Vec<Object>, [u8; 32])>), String> {
     if status.last_applied_revision.as_deref() == Some(revision.commit.as_str()) {
         return Ok((true, None));
@@ -276,7 +277,7 @@ async fn render_digested(
     dest: &Connected,
     app: &Application,
     revision: &Revision,
-    tree: CommitTree,
+    tree: Box<dyn Tree>,
 ) -> Result<(Vec<Object>, [u8; 32]), String> {
     let objects = render_app(
         &ctx.client,

@@ -10,7 +10,8 @@ use super::{Settled, render_digested};
 use crate::agent::{Acting, Application, Context, Failure, Outcome};
 use crate::object::{Object, ObjectKey};
 use crate::plan::plan;
-use crate::source::git::{CommitTree, Revision};
+use crate::source::git::Revision;
+use crate::source::tree::Tree;
 
 /// What a targeted drift correction did.
 pub(super) enum Targeted {
@@ -27,7 +28,7 @@ pub(super) async fn correct_drift(
     at: &Acting<'_>,
     app: &Application,
     applyset_id: &str,
-    (revision, tree): (Revision, CommitTree),
+    (revision, tree): (Revision, Box<dyn Tree>),
     drifted: BTreeSet<ObjectKey>,
     settled: Settled<'_>,
 ) -> Result<Targeted, Failure> {

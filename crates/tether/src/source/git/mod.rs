@@ -112,9 +112,15 @@ pub struct Revision {
 }
 
 impl Revision {
-    /// The commit id abbreviated to 12 digits, for messages.
+    /// The commit id abbreviated to 12 digits, for messages (an OCI digest keeps its
+    /// `sha256:` and 12 digits).
     pub fn short(&self) -> &str {
-        &self.commit[..self.commit.len().min(12)]
+        let start = if self.commit.starts_with("sha256:") {
+            7
+        } else {
+            0
+        };
+        &self.commit[..self.commit.len().min(start + 12)]
     }
 }
 
