@@ -149,7 +149,12 @@ async fn artifacts_are_pushed_then_applied_by_tag_range_and_digest() {
         ),
     )
     .expect("wrong config");
-    let ca = registry.ca_cert.as_ref().expect("TLS").display().to_string();
+    let ca = registry
+        .ca_cert
+        .as_ref()
+        .expect("TLS")
+        .display()
+        .to_string();
     std::fs::write(dir.path().join("none.json"), r#"{"auths": {}}"#).expect("empty config");
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
         (
@@ -275,7 +280,11 @@ fn a_helm_chart_pushed_by_helm_renders_from_oci() {
         let package = dir.path().join(format!("web-{version}.tgz"));
         registry.helm(
             &home,
-            &["push", package.to_str().expect("utf-8 path"), &registry.url("charts")],
+            &[
+                "push",
+                package.to_str().expect("utf-8 path"),
+                &registry.url("charts"),
+            ],
         );
     }
     // The chart itself as the source: the media type says it is a chart.

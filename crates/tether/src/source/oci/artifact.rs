@@ -124,6 +124,11 @@ pub fn pull(url: &OciUrl, reference: &OciRef, options: &Options) -> Result<Pulle
         unpack_into(&bytes, &folder)?;
     }
     let content = folder.join("content");
+    // Used now: the last to go when the cache is trimmed.
+    if let Ok(handle) = std::fs::File::open(&folder) {
+        let _ = handle.set_modified(std::time::SystemTime::now());
+    }
+    trim_cache(&options.cache_dir.join("oci"));
     let kind = if helm {
         chart_kind(&content)?
     } else {
@@ -139,6 +144,31 @@ pub fn pull(url: &OciUrl, reference: &OciRef, options: &Options) -> Result<Pulle
         source: annotation(SOURCE_ANNOTATION),
         revision: annotation(REVISION_ANNOTATION),
     })
+}
+
+/// The artifacts kept: at most this many, the least recently pulled removed first (and
+/// only those not pulled for an hour, so a render reading one is not disturbed).
+const KEEP_ARTIFACTS: usize = 64;
+
+fn trim_cache(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut folders: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if folders.len() <= KEEP_ARTIFACTS {
+        return;
+    }
+    folders.sort();
+    let idle = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let excess = folders.len() - KEEP_ARTIFACTS;
+    for (modified, path) in folders.into_iter().take(excess) {
+        if modified < idle {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
 }
 
 /// The manifest `reference` names, and the tag it was found by.

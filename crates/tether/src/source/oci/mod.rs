@@ -31,7 +31,7 @@ pub enum Error {
         action: &'static str,
         repository: String,
     },
-    #[error("{what} not found (404 at {url}): check the repository and the tag")]
+    #[error("{url}: not found (404, {what}): check the repository and the tag")]
     NotFound { what: String, url: String },
     #[error("{url}: the registry answered {status}: {message}")]
     Status {
