@@ -41,6 +41,7 @@ pub mod duration;
 pub mod engine;
 pub mod error;
 pub mod health;
+pub mod images;
 pub mod install;
 pub mod inventory;
 pub mod object;

@@ -62,6 +62,122 @@ pub struct ApplicationSpec {
     /// secretRef: {name}}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decryption: Option<Decryption>,
+    /// Scan registries for newer image tags and commit them to the source's Git branch (as
+    /// Flux's ImagePolicy and ImageUpdateAutomation); the sync then applies the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_updates: Option<ImageUpdates>,
+}
+
+/// Image automation of an Application.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageUpdates {
+    /// Which tag of which image each policy picks.
+    pub policies: Vec<ImagePolicy>,
+    /// The folder whose files are updated (default: spec.source.path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// How often the registries are scanned (default 1m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub git: ImageUpdateGit,
+}
+
+/// How updates are committed and pushed (Flux's ImageUpdateAutomation `git` field names).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageUpdateGit {
+    #[serde(default)]
+    pub commit: ImageUpdateCommit,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<ImageUpdatePush>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageUpdateCommit {
+    /// Default: tether <tether@localhost>.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<CommitAuthor>,
+    /// A Secret in the Application's namespace whose `sshPrivateKey` signs the commits
+    /// (SSH signatures, which `spec.source.verifyKeys` accepts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<SigningKey>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+pub struct CommitAuthor {
+    pub name: String,
+    pub email: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKey {
+    pub secret_ref: LocalObjectReference,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+pub struct ImageUpdatePush {
+    /// The branch pushed to (default: the branch of spec.source.ref).
+    pub branch: String,
+}
+
+/// Which tag of an image is the one to run (Flux's ImagePolicy field names).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePolicy {
+    /// Its name in markers: `# {"$imagepolicy": "<namespace>:<name>"}`.
+    pub name: String,
+    /// The image repository, as in a Pod (`registry.example/team/web`, no tag).
+    pub image: String,
+    pub policy: TagPolicy,
+    /// Only tags matching `pattern` count; `extract` (`$1`, `$name`) is what is ordered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_tags: Option<FilterTags>,
+    /// Write `image:tag@sha256:…` (and a kustomization's `digest`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pin_digest: bool,
+    /// Registry credentials: `.dockerconfigjson` or `username`/`password`; `caFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    #[serde(
+        default,
+        rename = "plainHTTP",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub plain_http: bool,
+}
+
+/// Exactly one of semver, numerical or alphabetical.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+pub struct TagPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semver: Option<SemverPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numerical: Option<OrderPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alphabetical: Option<OrderPolicy>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+pub struct SemverPolicy {
+    pub range: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+pub struct OrderPolicy {
+    /// asc (default: the highest wins) or desc (the lowest wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+pub struct FilterTags {
+    pub pattern: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extract: Option<String>,
 }
 
 /// How the agent decrypts the source's SOPS-encrypted files.

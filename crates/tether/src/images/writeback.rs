@@ -1,0 +1,385 @@
+//! Committing image updates to Git with the real `git` (clone, commit, push): credentials
+//! reach git through an askpass helper and environment variables (never the command line
+//! or the URL), SSH with a key and strict known hosts, a signed commit with an SSH key when
+//! asked; a push refused because the branch moved is done again on the new head.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::setters::Change;
+use crate::source::tree::{EntryKind, Tree};
+
+/// A file's rewrite: (path in the repository, text) → new text and its changes.
+pub type Edit<'a> = &'a (dyn Fn(&str, &str) -> Option<(String, Vec<Change>)> + Sync);
+
+/// Where and how to commit.
+#[derive(Clone, Default)]
+pub struct Target {
+    pub url: String,
+    /// The branch checked out, and the one pushed to (the same by default).
+    pub branch: String,
+    pub push_branch: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ssh_key: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub author_name: String,
+    pub author_email: String,
+    /// An SSH private key that signs the commit.
+    pub signing_key: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.url)
+            .field("branch", &self.branch)
+            .field("push_branch", &self.push_branch)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a write-back did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Pushed {
+        commit: String,
+        message: String,
+        changes: Vec<Change>,
+    },
+    /// The branch already holds the chosen references.
+    Unchanged,
+}
+
+/// How often a push refused because the branch moved is tried again.
+const ATTEMPTS: usize = 3;
+
+/// Clones the branch, rewrites the files under `path` with `edit`, commits with `message`
+/// (made from the changes) and pushes.
+pub fn commit_and_push(
+    target: &Target,
+    path: &str,
+    edit: Edit<'_>,
+    message: &dyn Fn(&[Change]) -> String,
+) -> Result<Outcome, String> {
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let work = tempfile::Builder::new()
+            .prefix("tether-image-update-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a folder to commit in: {e}"))?;
+        let git = Git::new(target, work.path())?;
+        let clone = work.path().join("repo");
+        git.clone_branch(&clone)?;
+        let changes = edit_folder(&clone, path, edit, true)?;
+        if changes.is_empty() {
+            return Ok(Outcome::Unchanged);
+        }
+        let text = message(&changes);
+        git.commit(&clone, &text)?;
+        let push_branch = target.push_branch.as_deref().unwrap_or(&target.branch);
+        match git.run(
+            Some(&clone),
+            &[
+                "push",
+                "-q",
+                "origin",
+                &format!("HEAD:refs/heads/{push_branch}"),
+            ],
+        ) {
+            Ok(_) => {
+                let commit = git.run(Some(&clone), &["rev-parse", "HEAD"])?;
+                return Ok(Outcome::Pushed {
+                    commit: commit.trim().to_string(),
+                    message: text,
+                    changes,
+                });
+            }
+            Err(e) if moved(&e) && attempt < ATTEMPTS => {
+                tracing::info!(
+                    attempt,
+                    "the branch moved while committing image updates; again on its new head"
+                );
+                last = e;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "git push to {} {push_branch} was refused: {e}",
+                    target.url
+                ));
+            }
+        }
+    }
+    Err(format!(
+        "git push to {} kept being refused after {ATTEMPTS} attempts: {last}",
+        target.url
+    ))
+}
+
+fn moved(error: &str) -> bool {
+    [
+        "fetch first",
+        "non-fast-forward",
+        "rejected",
+        "stale info",
+        "cannot lock ref",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
+}
+
+/// The YAML files under `path` of a folder, rewritten by `edit` (written when `write`):
+/// every change.
+pub fn edit_folder(
+    root: &Path,
+    path: &str,
+    edit: Edit<'_>,
+    write: bool,
+) -> Result<Vec<Change>, String> {
+    let mut changes = Vec::new();
+    let mut files = Vec::new();
+    collect_yaml(root, &root.join(path), &mut files)?;
+    files.sort();
+    for relative in files {
+        let full = root.join(&relative);
+        let text = std::fs::read_to_string(&full).map_err(|e| format!("{relative}: {e}"))?;
+        if let Some((new, found)) = edit(&relative, &text) {
+            if write {
+                std::fs::write(&full, new).map_err(|e| format!("{relative}: {e}"))?;
+            }
+            changes.extend(found);
+        }
+    }
+    Ok(changes)
+}
+
+/// The changes `edit` would make to the YAML files under `path` of a revision's tree.
+pub fn edit_tree(tree: &dyn Tree, path: &str, edit: Edit<'_>) -> Result<Vec<Change>, String> {
+    let mut changes = Vec::new();
+    for entry in tree.list(path).map_err(|e| e.to_string())? {
+        if entry.kind != EntryKind::File || !is_yaml(&entry.path) {
+            continue;
+        }
+        let bytes = tree.read(&entry.path, 8 << 20).map_err(|e| e.to_string())?;
+        let Ok(text) = String::from_utf8(bytes) else {
+            continue;
+        };
+        if let Some((_, found)) = edit(&entry.path, &text) {
+            changes.extend(found);
+        }
+    }
+    Ok(changes)
+}
+
+fn is_yaml(path: &str) -> bool {
+    path.ends_with(".yaml")
+        || path.ends_with(".yml")
+        || path.ends_with("/Kustomization")
+        || path == "Kustomization"
+}
+
+fn collect_yaml(root: &Path, dir: &Path, files: &mut Vec<String>) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let kind = entry.file_type().map_err(|e| e.to_string())?;
+        let path = entry.path();
+        if entry.file_name() == ".git" || kind.is_symlink() {
+            continue;
+        }
+        if kind.is_dir() {
+            collect_yaml(root, &path, files)?;
+        } else if let Ok(relative) = path.strip_prefix(root) {
+            let relative = relative.to_string_lossy().into_owned();
+            if is_yaml(&relative) {
+                files.push(relative);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `git` program with the target's credentials in its environment only.
+struct Git<'a> {
+    target: &'a Target,
+    env: Vec<(String, String)>,
+    config: Vec<String>,
+}
+
+impl<'a> Git<'a> {
+    fn new(target: &'a Target, work: &Path) -> Result<Self, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let home = work.join("home");
+        std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+        let mut env = vec![
+            ("HOME".to_string(), home.display().to_string()),
+            ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+            ("GIT_CONFIG_NOSYSTEM".into(), "1".into()),
+            ("LC_ALL".into(), "C".into()),
+        ];
+        if target.username.is_some() || target.password.is_some() {
+            let askpass = work.join("askpass");
+            std::fs::write(
+                &askpass,
+                "#!/bin/sh\ncase \"$1\" in\n  Username*) printf '%s' \"$TETHER_GIT_USERNAME\" ;;\n  *) printf '%s' \"$TETHER_GIT_PASSWORD\" ;;\nesac\n",
+            )
+            .map_err(|e| e.to_string())?;
+            std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| e.to_string())?;
+            env.push(("GIT_ASKPASS".into(), askpass.display().to_string()));
+            env.push((
+                "TETHER_GIT_USERNAME".into(),
+                target.username.clone().unwrap_or_else(|| "git".into()),
+            ));
+            env.push((
+                "TETHER_GIT_PASSWORD".into(),
+                target.password.clone().unwrap_or_default(),
+            ));
+        }
+        if let Some(key) = &target.ssh_key {
+            let mut ssh = format!(
+                "ssh -i '{}' -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes",
+                key.display()
+            );
+            if let Some(known) = &target.known_hosts {
+                ssh.push_str(&format!(" -o UserKnownHostsFile='{}'", known.display()));
+            }
+            env.push(("GIT_SSH_COMMAND".into(), ssh));
+        }
+        let seconds = target.timeout.as_secs().max(5);
+        let mut config = vec![
+            "http.lowSpeedLimit=1".to_string(),
+            format!("http.lowSpeedTime={seconds}"),
+            "protocol.file.allow=always".into(),
+        ];
+        if let Some(ca) = &target.ca_file {
+            config.push(format!("http.sslCAInfo={}", ca.display()));
+        }
+        Ok(Self {
+            target,
+            env,
+            config,
+        })
+    }
+
+    fn clone_branch(&self, into: &Path) -> Result<(), String> {
+        let into_text = into.display().to_string();
+        let push = self.target.push_branch.as_deref();
+        // An existing push branch is where the next commit goes; else the checked-out one.
+        if let Some(push) = push.filter(|p| *p != self.target.branch) {
+            let args = [
+                "clone",
+                "-q",
+                "--depth",
+                "1",
+                "--single-branch",
+                "--branch",
+                push,
+                &self.target.url,
+                &into_text,
+            ];
+            if self.run(None, &args).is_ok() {
+                return Ok(());
+            }
+        }
+        let args = [
+            "clone",
+            "-q",
+            "--depth",
+            "1",
+            "--single-branch",
+            "--branch",
+            &self.target.branch,
+            &self.target.url,
+            &into_text,
+        ];
+        self.run(None, &args).map(|_| ()).map_err(|e| {
+            format!(
+                "cannot clone {} branch {}: {e}",
+                self.target.url, self.target.branch
+            )
+        })
+    }
+
+    fn commit(&self, repo: &Path, message: &str) -> Result<(), String> {
+        self.run(Some(repo), &["add", "-A"])?;
+        let file = repo.parent().unwrap_or(repo).join("message");
+        std::fs::write(&file, message).map_err(|e| e.to_string())?;
+        let name = format!("user.name={}", self.target.author_name);
+        let email = format!("user.email={}", self.target.author_email);
+        let file_text = file.display().to_string();
+        let mut args = vec!["-c", &name, "-c", &email];
+        let signing;
+        if let Some(key) = &self.target.signing_key {
+            signing = format!("user.signingkey={}", key.display());
+            args.extend([
+                "-c",
+                "gpg.format=ssh",
+                "-c",
+                &signing,
+                "commit",
+                "-q",
+                "-S",
+                "-F",
+                &file_text,
+            ]);
+        } else {
+            args.extend(["commit", "-q", "-F", &file_text]);
+        }
+        self.run(Some(repo), &args)
+            .map(|_| ())
+            .map_err(|e| format!("git commit failed: {e}"))
+    }
+
+    /// Runs git; its stdout, or its stderr (credentials removed) as the error.
+    fn run(&self, dir: Option<&Path>, args: &[&str]) -> Result<String, String> {
+        let mut command = Command::new("git");
+        for config in &self.config {
+            command.arg("-c").arg(config);
+        }
+        command
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        let child = command.spawn().map_err(|e| {
+            format!("cannot run git ({e}): image updates need the git program on the PATH")
+        })?;
+        let out = wait_bounded(child, self.target.timeout.max(Duration::from_secs(5)) * 2)?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        let mut error = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if let Some(password) = self.target.password.as_deref().filter(|p| !p.is_empty()) {
+            error = error.replace(password, "<password>");
+        }
+        Err(error)
+    }
+}
+
+/// Waits for `child` at most `limit`, then kills it.
+fn wait_bounded(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> Result<std::process::Output, String> {
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().map_err(|e| e.to_string()),
+            Ok(None) if started.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("git gave no answer within {} s", limit.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
