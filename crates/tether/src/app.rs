@@ -200,7 +200,7 @@ async fn fetch_oci(
 
 /// Registry credentials and CA from the source's Secret: `.dockerconfigjson` (its entry for
 /// `host`) or `username`/`password`; `caFile` or `ca.crt`.
-async fn registry_credentials(
+pub(crate) async fn registry_credentials(
     client: &kube::Client,
     namespace: &str,
     name: &str,
@@ -481,9 +481,42 @@ pub async fn decryption_keys(
     Ok(keys)
 }
 
+/// Key `key` of Secret `namespace/name` written to `path` (readable by this process only),
+/// e.g. a signing key.
+pub(crate) async fn secret_file(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    path: &std::path::Path,
+) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), namespace);
+    let secret = secrets.get(name).await.map_err(|e| {
+        format!(
+            "cannot read the Secret {namespace}/{name}: {}",
+            describe(&e)
+        )
+    })?;
+    let value = secret
+        .data
+        .unwrap_or_default()
+        .remove(key)
+        .ok_or_else(|| format!("Secret {namespace}/{name} has no key {key}"))?;
+    let mut bytes = value.0;
+    if !bytes.ends_with(b"\n") {
+        bytes.push(b'\n');
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("cannot write {key}: {e}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    Ok(path.to_path_buf())
+}
+
 /// Git credentials from a Secret: `username`/`password` for HTTPS; `sshPrivateKey` and
 /// `knownHosts` for SSH (written to files only this sync can read); `caFile` (PEM).
-async fn credentials(
+pub(crate) async fn credentials(
     client: &kube::Client,
     namespace: &str,
     name: &str,

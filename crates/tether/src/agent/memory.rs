@@ -25,6 +25,8 @@ pub struct Remembered {
     /// Since when it has been Progressing: its health is read again on a short backoff
     /// until it settles.
     pub progressing_since: Option<Instant>,
+    /// When its image updates last scanned the registries.
+    pub images_scanned: Option<Instant>,
 }
 
 /// The agent's memory of its Applications, by `namespace/name`.

@@ -21,6 +21,7 @@ mod controller;
 mod decide;
 pub mod drift;
 pub mod http;
+mod images;
 pub mod leader;
 mod memory;
 pub mod notify;

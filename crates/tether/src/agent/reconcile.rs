@@ -60,6 +60,7 @@ pub(super) async fn reconcile(
         write_status(&ctx, &app, status).await?;
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
+    super::images::update_images(&ctx, &app).await;
     match sync(&ctx, &app).await {
         Ok(outcome) => {
             let result = if outcome.applied.is_some() {

@@ -8,6 +8,7 @@ mod agent;
 mod apply;
 mod apps;
 mod bootstrap;
+mod images;
 mod install;
 mod plan;
 mod progress;
@@ -112,6 +113,10 @@ pub enum Command {
     History(apps::AppArgs),
     /// Apply an earlier commit and stop following new ones until `tether resume`.
     Rollback(apps::RollbackArgs),
+    /// Image automation from the CLI (`images update`: newer tags from registries written
+    /// into a folder's YAML, as the agent commits them).
+    #[command(subcommand)]
+    Images(images::ImagesCommand),
     /// Publish to an OCI registry (`push artifact`: a folder of manifests, as Flux does).
     #[command(subcommand)]
     Push(push::PushCommand),
@@ -143,6 +148,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
         Command::History(args) => apps::history(&cli.global, &args, out).await,
         Command::Rollback(args) => apps::rollback(&cli.global, &args, out).await,
         Command::Push(command) => push::run(&cli.global, &command, out).await,
+        Command::Images(command) => images::run(&cli.global, &command, out).await,
         Command::Version(args) => version::run(&cli.global, &args, out).await,
         Command::InternalJsonnet { request } => {
             match crate::render::jsonnet::serve_request(&request) {

@@ -6,7 +6,7 @@
 use super::Chosen;
 
 /// One value changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Change {
     pub file: String,
     /// 1-based.
@@ -181,41 +181,67 @@ fn kustomize_images(
         let field = |key: &str| fields.iter().find(|(_, k, _)| k == key).cloned();
         let image = field("newName").or_else(|| field("name")).map(|f| f.2);
         if let Some(choice) = chosen.iter().find(|c| Some(&c.image) == image.as_ref()) {
-            let mut wanted = vec![("newTag", choice.tag.clone())];
-            if let Some(digest) = &choice.digest {
-                wanted.push(("digest", digest.clone()));
-            }
-            let mut missing = Vec::new();
-            for (key, value) in wanted {
-                match fields.iter().find(|(_, k, _)| k == key) {
-                    Some((_, _, old)) if *old == value => {}
-                    Some((i, _, old)) => {
-                        let prefix = lines[*i][..lines[*i].find(key).unwrap_or(0)].to_string();
-                        lines[*i] = format!("{prefix}{key}: {value}");
-                        changes.push(Change {
-                            file: file.to_string(),
-                            line: i + 1,
-                            image: choice.image.clone(),
-                            old: old.clone(),
-                            new: value,
-                        });
-                    }
-                    None => missing.push((key, value)),
-                }
-            }
-            for (offset, (key, value)) in missing.into_iter().enumerate() {
-                let at = index + 1 + offset;
-                lines.insert(at, format!("{}{key}: {value}", " ".repeat(item_indent)));
-                end += 1;
-                changes.push(Change {
-                    file: file.to_string(),
-                    line: at + 1,
-                    image: choice.image.clone(),
-                    old: String::new(),
-                    new: value,
-                });
-            }
+            let item = Item {
+                first: index,
+                indent: item_indent,
+                fields: &fields,
+            };
+            end += set_fields(file, lines, &item, choice, changes);
         }
         index = end;
     }
+}
+
+/// One entry of a kustomization's `images:`: its first line, the indent of its keys, and
+/// its fields (line, key, value).
+struct Item<'a> {
+    first: usize,
+    indent: usize,
+    fields: &'a [(usize, String, String)],
+}
+
+/// Sets the entry's `newTag` (and `digest` when pinned): replaced where present, else
+/// added after its first line; how many lines were added.
+fn set_fields(
+    file: &str,
+    lines: &mut Vec<String>,
+    item: &Item<'_>,
+    choice: &Chosen,
+    changes: &mut Vec<Change>,
+) -> usize {
+    let mut wanted = vec![("newTag", choice.tag.clone())];
+    if let Some(digest) = &choice.digest {
+        wanted.push(("digest", digest.clone()));
+    }
+    let mut missing = Vec::new();
+    for (key, value) in wanted {
+        match item.fields.iter().find(|(_, k, _)| k == key) {
+            Some((_, _, old)) if *old == value => {}
+            Some((i, _, old)) => {
+                let prefix = lines[*i][..lines[*i].find(key).unwrap_or(0)].to_string();
+                lines[*i] = format!("{prefix}{key}: {value}");
+                changes.push(Change {
+                    file: file.to_string(),
+                    line: i + 1,
+                    image: choice.image.clone(),
+                    old: old.clone(),
+                    new: value,
+                });
+            }
+            None => missing.push((key, value)),
+        }
+    }
+    let added = missing.len();
+    for (offset, (key, value)) in missing.into_iter().enumerate() {
+        let at = item.first + 1 + offset;
+        lines.insert(at, format!("{}{key}: {value}", " ".repeat(item.indent)));
+        changes.push(Change {
+            file: file.to_string(),
+            line: at + 1,
+            image: choice.image.clone(),
+            old: String::new(),
+            new: value,
+        });
+    }
+    added
 }

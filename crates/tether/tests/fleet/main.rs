@@ -9,6 +9,7 @@ mod bootstrap;
 mod clusters;
 mod gitea;
 mod image;
+mod image_updates;
 mod install;
 mod shards;
 mod tenants;

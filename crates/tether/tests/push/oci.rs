@@ -348,3 +348,93 @@ fn a_helm_chart_pushed_by_helm_renders_from_oci() {
         "{text}"
     );
 }
+
+#[test]
+fn tether_images_update_rewrites_a_folder_as_the_agent_would_commit_it() {
+    let dir = tempfile::tempdir().expect("temp");
+    let registry = Registry::start(&dir.path().join("registry"), true);
+    let access = access(&registry, dir.path());
+    for tag in ["1.0.0", "1.4.2", "2.0.0"] {
+        let folder = dir.path().join(format!("image-{tag}"));
+        write(&folder, &[("version", tag)]);
+        let out = run(&args(
+            &[
+                "push",
+                "artifact",
+                &format!("{}:{tag}", registry.url("team/web")),
+                "--path",
+                folder.to_str().expect("utf-8 path"),
+            ],
+            &access,
+        ));
+        assert!(out.status.success(), "{}", said(&out));
+    }
+    let image = format!("{}/team/web", registry.host());
+    let work = dir.path().join("work");
+    write(
+        &work,
+        &[
+            (
+                "app/deploy.yaml",
+                &format!("image: {image}:1.0.0 # {{\"$imagepolicy\": \"shop:web\"}}\n"),
+            ),
+            (
+                "app/kustomization.yaml",
+                &format!("resources: [deploy.yaml]\nimages:\n- name: {image}\n  newTag: 1.0.0\n"),
+            ),
+            (
+                "app.yaml",
+                &format!(
+                    "apiVersion: tether.dev/v1alpha1\nkind: Application\nmetadata: {{name: web, namespace: shop}}\nspec:\n  source: {{repoURL: https://git.example/deploy, path: app}}\n  \
+                     destination: {{namespace: shop}}\n  imageUpdates:\n    policies:\n    - name: web\n      image: {image}\n      policy: {{semver: {{range: '^1'}}}}\n"
+                ),
+            ),
+        ],
+    );
+    let update = |extra: &[&str]| {
+        let mut all = vec![
+            "images".to_string(),
+            "update".into(),
+            "-f".into(),
+            work.join("app.yaml").display().to_string(),
+            "--path".into(),
+            work.join("app").display().to_string(),
+            "--detailed-exitcode".into(),
+        ];
+        all.extend(extra.iter().map(|s| s.to_string()));
+        all.extend(access.iter().cloned());
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        tether_offline(&args)
+    };
+    let dry = update(&["--dry-run"]);
+    assert_eq!(dry.status.code(), Some(2), "{}", said(&dry));
+    assert!(
+        said(&dry).contains("2 value(s) would change"),
+        "{}",
+        said(&dry)
+    );
+    assert!(
+        std::fs::read_to_string(work.join("app/deploy.yaml"))
+            .expect("read")
+            .contains(":1.0.0 #")
+    );
+    let done = update(&[]);
+    assert_eq!(done.status.code(), Some(2), "{}", said(&done));
+    assert!(
+        said(&done).contains(&format!("{image}:1.0.0 -> {image}:1.4.2")),
+        "{}",
+        said(&done)
+    );
+    assert!(
+        std::fs::read_to_string(work.join("app/deploy.yaml"))
+            .expect("read")
+            .contains(":1.4.2 #")
+    );
+    assert!(
+        std::fs::read_to_string(work.join("app/kustomization.yaml"))
+            .expect("read")
+            .contains("newTag: 1.4.2")
+    );
+    let again = update(&[]);
+    assert_eq!(again.status.code(), Some(0), "{}", said(&again));
+}
