@@ -2,7 +2,9 @@
 """Builds the agent's OCI image without a container engine or a registry.
 
 The image is one layer: the tether binary, the shared libraries it links (found with ldd),
-helm and kustomize (static Go programs, as testenv builds them), the system's CA
+helm and kustomize (static Go programs, as testenv builds them), the build machine's git
+(with its HTTP helper), ssh and ssh-keygen and their libraries (image updates clone, commit,
+sign and push with them), the system's CA
 certificates, and /etc/passwd and /etc/group entries for the non-root user 65532 that
 `tether install` runs it as. The layer is a reproducible tar (sorted, owner root, mtime 0)
 compressed with gzip (mtime 0), so the same inputs give the same digest.
@@ -29,6 +31,10 @@ import tarfile
 
 USER = 65532
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# Programs the agent runs for image updates: git (its HTTP(S) helper where git looks for it),
+# ssh for SSH remotes and ssh-keygen for signed commits.
+SYSTEM_PROGRAMS = ["/usr/bin/git", "/usr/lib/git-core/git-remote-http", "/usr/lib/git-core/git-remote-https",
+                   "/usr/bin/ssh", "/usr/bin/ssh-keygen"]
 # The machine's name for its architecture → OCI's (the image is for the build machine's).
 ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64"}
 
@@ -118,10 +124,16 @@ def main():
         "/etc/passwd": (f"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{USER}:{USER}:nonroot:/home/nonroot:/sbin/nologin\n".encode(), 0o644),
         "/etc/group": (f"root:x:0:\nnonroot:x:{USER}:\n".encode(), 0o644),
     }
-    for library in linked_libraries(args.tether):
-        files[library] = (os.path.realpath(library), 0o755)
+    for program in SYSTEM_PROGRAMS:
+        if not os.path.isfile(program):
+            sys.exit(f"image.py: {program} not found (install git and openssh-client)")
+        files[program] = (os.path.realpath(program), 0o755)
+    for binary in [args.tether] + SYSTEM_PROGRAMS:
+        for library in linked_libraries(binary):
+            files[library] = (os.path.realpath(library), 0o755)
     # The user's home and tether's cache are its own: it runs without a volume there too.
-    dirs = {"/tmp": (0o1777, 0), "/home/nonroot": (0o755, USER), "/var/cache/tether": (0o755, USER)}
+    # /dev is empty: a container runtime mounts one there (git opens /dev/null).
+    dirs = {"/dev": (0o755, 0), "/tmp": (0o1777, 0), "/home/nonroot": (0o755, USER), "/var/cache/tether": (0o755, USER)}
     tar = layer(files, dirs)
     compressed = gzip.compress(tar, compresslevel=6, mtime=0)
 

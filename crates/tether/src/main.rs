@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Run by git as its askpass helper (image updates): answer and stop.
+    if let Some(answer) = tether::images::writeback::askpass_answer() {
+        println!("{answer}");
+        return ExitCode::SUCCESS;
+    }
     let cli = tether::cli::Cli::parse();
     // Jsonnet is evaluated by this program in child processes, under the render limits.
     if let Ok(program) = std::env::current_exe() {

@@ -221,14 +221,26 @@ impl<'a> Git<'a> {
             ("LC_ALL".into(), "C".into()),
         ];
         if target.username.is_some() || target.password.is_some() {
-            let askpass = work.join("askpass");
-            std::fs::write(
-                &askpass,
-                "#!/bin/sh\ncase \"$1\" in\n  Username*) printf '%s' \"$TETHER_GIT_USERNAME\" ;;\n  *) printf '%s' \"$TETHER_GIT_PASSWORD\" ;;\nesac\n",
-            )
-            .map_err(|e| e.to_string())?;
-            std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| e.to_string())?;
+            // git asks this program for the user name and password: the tether binary itself
+            // (which answers when TETHER_ASKPASS is set: no shell needed in the image), else a
+            // shell script (tether run inside another program, as in tests).
+            let askpass = match crate::render::jsonnet::default_program() {
+                Some(program) => {
+                    env.push(("TETHER_ASKPASS".into(), "1".into()));
+                    program
+                }
+                None => {
+                    let script = work.join("askpass");
+                    std::fs::write(
+                        &script,
+                        "#!/bin/sh\ncase \"$1\" in\n  Username*) printf '%s' \"$TETHER_GIT_USERNAME\" ;;\n  *) printf '%s' \"$TETHER_GIT_PASSWORD\" ;;\nesac\n",
+                    )
+                    .map_err(|e| e.to_string())?;
+                    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))
+                        .map_err(|e| e.to_string())?;
+                    script
+                }
+            };
             env.push(("GIT_ASKPASS".into(), askpass.display().to_string()));
             env.push((
                 "TETHER_GIT_USERNAME".into(),
@@ -362,6 +374,19 @@ impl<'a> Git<'a> {
         }
         Err(error)
     }
+}
+
+/// When this process was started by git as its askpass helper (`TETHER_ASKPASS` set by
+/// [`commit_and_push`]): the answer to the prompt in its first argument.
+pub fn askpass_answer() -> Option<String> {
+    std::env::var_os("TETHER_ASKPASS")?;
+    let prompt = std::env::args().nth(1).unwrap_or_default();
+    let key = if prompt.starts_with("Username") {
+        "TETHER_GIT_USERNAME"
+    } else {
+        "TETHER_GIT_PASSWORD"
+    };
+    Some(std::env::var(key).unwrap_or_default())
 }
 
 /// Waits for `child` at most `limit`, then kills it.

@@ -34,10 +34,18 @@ fn build(out: &Path) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-/// Runs `program` inside `root` only: a chroot in a new user namespace (no root needed).
+/// Runs `program` inside `root` only: a chroot in a new user and mount namespace (no root
+/// needed), with the host's /dev on the image's empty /dev, as a container runtime mounts
+/// one.
 fn in_image(root: &Path, program: &[&str]) -> std::process::Output {
     Command::new("unshare")
-        .args(["-r", "chroot"])
+        .args([
+            "-r",
+            "-m",
+            "sh",
+            "-c",
+            "mount --rbind /dev \"$0/dev\" && exec chroot \"$0\" \"$@\"",
+        ])
         .arg(root)
         .args(program)
         .env_clear()
@@ -83,6 +91,31 @@ fn the_agent_image_unpacks_with_an_oci_tool_and_runs_on_its_own() {
         "{}",
         String::from_utf8_lossy(&helm.stderr)
     );
+
+    // Image updates: git with its HTTP helper (a refused connection, not a missing helper),
+    // ssh and ssh-keygen run inside.
+    let git = in_image(&root, &["/usr/bin/git", "--version"]);
+    assert!(
+        git.status.success(),
+        "{}",
+        String::from_utf8_lossy(&git.stderr)
+    );
+    let port = support::free_port().to_string();
+    let url = format!("http://127.0.0.1:{port}/x.git");
+    let remote = in_image(&root, &["/usr/bin/git", "ls-remote", &url]);
+    let said = String::from_utf8_lossy(&remote.stderr);
+    assert!(
+        said.contains("Failed to connect") || said.contains("Could not connect"),
+        "{said}"
+    );
+    for program in [["/usr/bin/ssh", "-V"], ["/usr/bin/ssh-keygen", "-?"]] {
+        let out = in_image(&root, &program);
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("OpenSSH") || text.contains("usage"),
+            "{program:?}: {text}"
+        );
+    }
 
     // Built again from the same inputs: the same image.
     assert_eq!(build(&dir.path().join("again")), reference);

@@ -86,3 +86,26 @@ fn version_without_a_reachable_cluster_is_a_clear_error() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_binary_answers_gits_askpass_prompts_for_image_updates() {
+    let ask = |prompt: &str| {
+        let out = support::tether_bin()
+            .arg(prompt)
+            .env("TETHER_ASKPASS", "1")
+            .env("TETHER_GIT_USERNAME", "bot")
+            .env("TETHER_GIT_PASSWORD", "s3cret")
+            .output()
+            .expect("tether runs");
+        assert!(out.status.success(), "{}", support::said(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(ask("Username for 'http://127.0.0.1:3000': "), "bot");
+    assert_eq!(ask("Password for 'http://bot@127.0.0.1:3000': "), "s3cret");
+    // Without TETHER_ASKPASS the same word is an unknown command.
+    let out = support::tether_bin()
+        .arg("Username for 'x': ")
+        .output()
+        .expect("tether runs");
+    assert!(!out.status.success());
+}
