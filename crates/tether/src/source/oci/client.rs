@@ -56,9 +56,12 @@ impl Client {
             url: base.clone(),
             message: format!("cannot make an HTTP client: {e}"),
         })?;
-        // Basic credentials go with the first request (one request per poll where the
-        // registry takes them); a registry that wants a token answers 401 and gets one.
-        let authorization = options.credentials.as_ref().map(basic);
+        // A bearer token from an earlier pull that is still valid, else basic credentials go
+        // with the first request: one request per poll either way. A registry that wants a
+        // (new) token answers 401 and gets one.
+        let cache_key = token_key(&base, &url.repository, options.credentials.as_ref());
+        let authorization =
+            cached_token(&cache_key).or_else(|| options.credentials.as_ref().map(basic));
         Ok(Self {
             http,
             base,
@@ -196,7 +199,17 @@ impl Client {
             .as_str()
             .or(body["access_token"].as_str())
             .ok_or_else(unauthorized)?;
-        Ok(format!("Bearer {token}"))
+        let header = format!("Bearer {token}");
+        // Kept until shortly before it expires (60 s when the answer does not say).
+        let lifetime = body["expires_in"].as_u64().unwrap_or(60).saturating_sub(10);
+        if action != "push to" && lifetime > 0 {
+            let key = token_key(&self.base, &self.repository, self.credentials.as_ref());
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(lifetime);
+            let mut tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+            tokens.retain(|_, (_, expires)| *expires > std::time::Instant::now());
+            tokens.insert(key, (header.clone(), until));
+        }
+        Ok(header)
     }
 
     /// The manifest `reference` (a tag or a digest) names.
@@ -331,6 +344,30 @@ impl Client {
     }
 }
 
+/// Pull tokens by registry, repository and user, with when they expire: a poll of an
+/// unchanged tag on a token registry is then one request, as with basic auth.
+static TOKENS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// A token is reused only with the very credentials it was given for (a digest of user
+/// and password: another tenant naming the same user with another password gets none).
+fn token_key(base: &str, repository: &str, credentials: Option<&Credentials>) -> String {
+    let who = credentials
+        .map(|c| {
+            let digest = sha2::Sha256::digest(format!("{}:{}", c.username, c.password));
+            faster_hex::hex_string(&digest)
+        })
+        .unwrap_or_default();
+    format!("{base}/{repository}@{who}")
+}
+
+fn cached_token(key: &str) -> Option<String> {
+    let tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    let (header, expires) = tokens.get(key)?;
+    (*expires > std::time::Instant::now()).then(|| header.clone())
+}
+
 /// The Basic Authorization header of `credentials`.
 fn basic(credentials: &Credentials) -> String {
     use base64::Engine as _;
@@ -416,6 +453,44 @@ fn transport(url: &str, error: &reqwest::Error) -> Error {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_token_is_reused_only_with_the_credentials_it_was_given_for_and_until_it_expires() {
+        use super::{Credentials, TOKENS, cached_token, token_key};
+        let alice = Credentials {
+            username: "alice".into(),
+            password: "right".into(),
+        };
+        let wrong = Credentials {
+            password: "wrong".into(),
+            ..alice.clone()
+        };
+        let key = token_key("https://r.example", "team/web", Some(&alice));
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        TOKENS
+            .lock()
+            .unwrap()
+            .insert(key.clone(), ("Bearer t".into(), later));
+        assert_eq!(cached_token(&key).as_deref(), Some("Bearer t"));
+        assert_eq!(
+            cached_token(&token_key("https://r.example", "team/web", Some(&wrong))),
+            None
+        );
+        assert_eq!(
+            cached_token(&token_key("https://r.example", "team/api", Some(&alice))),
+            None
+        );
+        assert_eq!(
+            cached_token(&token_key("https://r.example", "team/web", None)),
+            None
+        );
+        let past = std::time::Instant::now() - std::time::Duration::from_secs(1);
+        TOKENS
+            .lock()
+            .unwrap()
+            .insert(key.clone(), ("Bearer t".into(), past));
+        assert_eq!(cached_token(&key), None);
+    }
+
     #[test]
     fn challenges_and_registry_errors_are_read() {
         let params = super::challenge_params(
