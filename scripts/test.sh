@@ -41,8 +41,10 @@ TETHER_TEST_GITEA="$(testenv bin gitea)"
 TETHER_TEST_SOPS="$(testenv bin sops)"
 TETHER_TEST_AGE_KEYGEN="$(testenv bin age-keygen)"
 TETHER_TEST_REGISTRY="$(testenv bin registry)"
+# flux push/pull artifact for the OCI interoperability test (about 1 min to build, once).
+TETHER_TEST_FLUX="$(testenv bin flux)"
 export TETHER_TEST_KUBECTL TETHER_TEST_HELM TETHER_TEST_KUSTOMIZE TETHER_TEST_TOXIPROXY_SERVER TETHER_TEST_GITEA
-export TETHER_TEST_SOPS TETHER_TEST_AGE_KEYGEN TETHER_TEST_REGISTRY
+export TETHER_TEST_SOPS TETHER_TEST_AGE_KEYGEN TETHER_TEST_REGISTRY TETHER_TEST_FLUX
 
 step "testenv selftest"
 testenv selftest

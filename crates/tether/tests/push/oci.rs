@@ -438,3 +438,76 @@ fn tether_images_update_rewrites_a_folder_as_the_agent_would_commit_it() {
     let again = update(&[]);
     assert_eq!(again.status.code(), Some(0), "{}", said(&again));
 }
+
+#[test]
+fn artifacts_cross_between_flux_and_tether_both_ways() {
+    let dir = tempfile::tempdir().expect("temp");
+    let registry = Registry::start(&dir.path().join("registry"), false);
+    let flux = support::tool("flux");
+    let content = dir.path().join("content");
+    write(
+        &content,
+        &[("app/settings.yaml", &configmap("from-flux", "blue"))],
+    );
+    let out = std::process::Command::new(&flux)
+        .args([
+            "push",
+            "artifact",
+            &format!("{}:v1", registry.url("interop/flux")),
+        ])
+        .arg("--path")
+        .arg(&content)
+        .args([
+            "--source",
+            "https://git.example/deploy",
+            "--revision",
+            &format!("main@sha1:{}", "c".repeat(40)),
+            "--insecure-registry",
+        ])
+        .env("HOME", dir.path())
+        .output()
+        .expect("flux runs");
+    assert!(out.status.success(), "flux push: {}", said(&out));
+    // Pushed by flux, rendered by tether (its revision annotation is the summary).
+    let out = tether_offline(&[
+        "render",
+        "--repo",
+        &registry.url("interop/flux"),
+        "--ref",
+        "v1",
+        "--path",
+        "app",
+        "--plain-http",
+    ]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("name: from-flux"), "{}", said(&out));
+    // Pushed by tether, pulled by flux: the same files.
+    let out = tether_offline(&[
+        "push",
+        "artifact",
+        &format!("{}:v1", registry.url("interop/tether")),
+        "--path",
+        content.to_str().expect("utf-8 path"),
+        "--plain-http",
+    ]);
+    assert!(out.status.success(), "{}", said(&out));
+    let pulled = dir.path().join("pulled");
+    std::fs::create_dir_all(&pulled).expect("mkdir");
+    let out = std::process::Command::new(&flux)
+        .args([
+            "pull",
+            "artifact",
+            &format!("{}:v1", registry.url("interop/tether")),
+            "--insecure-registry",
+        ])
+        .arg("--output")
+        .arg(&pulled)
+        .env("HOME", dir.path())
+        .output()
+        .expect("flux runs");
+    assert!(out.status.success(), "flux pull: {}", said(&out));
+    assert_eq!(
+        std::fs::read_to_string(pulled.join("app/settings.yaml")).expect("pulled by flux"),
+        configmap("from-flux", "blue")
+    );
+}
