@@ -14,16 +14,24 @@ use crate::application::{Application, ImageUpdates, application_key};
 use crate::duration::parse_duration;
 use crate::images::{self, Chosen, setters, writeback};
 
+/// How often the Application's registries are scanned (default 1m), when it has image
+/// updates: it is reconciled at least that often.
+pub(super) fn interval(app: &Application) -> Option<Duration> {
+    let updates = app.spec.image_updates.as_ref()?;
+    Some(
+        updates
+            .interval
+            .as_deref()
+            .and_then(|i| parse_duration(i).ok())
+            .unwrap_or(Duration::from_secs(60)),
+    )
+}
+
 /// Runs the Application's image updates if it has them and they are due.
 pub(super) async fn update_images(ctx: &Context, app: &Application) {
-    let Some(updates) = &app.spec.image_updates else {
+    let (Some(updates), Some(interval)) = (&app.spec.image_updates, interval(app)) else {
         return;
     };
-    let interval = updates
-        .interval
-        .as_deref()
-        .and_then(|i| parse_duration(i).ok())
-        .unwrap_or(Duration::from_secs(60));
     let due = ctx.memory.with(&application_key(app), |remembered| {
         let due = remembered
             .images_scanned

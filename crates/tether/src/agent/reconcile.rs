@@ -47,8 +47,12 @@ pub(super) async fn reconcile(
     };
     report_late_failure(&ctx, &app).await;
     take_refresh(&ctx, &app);
-    let interval =
+    let mut interval =
         parse_duration(&app.spec.sync_policy.interval).unwrap_or(Duration::from_secs(60));
+    // Image updates are scanned when it is reconciled: at least as often as they ask.
+    if let Some(scan) = super::images::interval(&app) {
+        interval = interval.min(scan);
+    }
     let status = app.status.clone().unwrap_or_default();
     if app.spec.suspend {
         let status = status::suspended(&app, status, &now_rfc3339());

@@ -793,7 +793,7 @@ async fn agent_refuses_every_class_and_touches_nothing() {
             "two-refs",
             "Application naming a branch and a tag",
             spec(json!({"source": {"ref": {"branch": "main", "tag": "v1"}}})),
-            "spec.source.ref sets more than one of branch, tag, commit and semver",
+            "spec.source.ref sets more than one of branch, tag, commit, semver and digest",
         ),
         (
             "bad-semver",
