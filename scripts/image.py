@@ -3,8 +3,9 @@
 
 The image is one layer: the tether binary, the shared libraries it links (found with ldd),
 helm and kustomize (static Go programs, as testenv builds them), the build machine's git
-(with its HTTP helper), ssh and ssh-keygen and their libraries (image updates clone, commit,
-sign and push with them), the system's CA
+(with its HTTP helper), ssh, ssh-keygen, gpg, gpg-agent and gpgconf and their libraries
+(image updates clone, commit, sign and push with them; OpenPGP keys and signatures), the
+system's CA
 certificates, and /etc/passwd and /etc/group entries for the non-root user 65532 that
 `tether install` runs it as. The layer is a reproducible tar (sorted, owner root, mtime 0)
 compressed with gzip (mtime 0), so the same inputs give the same digest.
@@ -31,10 +32,11 @@ import tarfile
 
 USER = 65532
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-# Programs the agent runs for image updates: git (its HTTP(S) helper where git looks for it),
-# ssh for SSH remotes and ssh-keygen for signed commits.
+# Programs the agent runs: git (its HTTP(S) helper where git looks for it), ssh for SSH
+# remotes and ssh-keygen for SSH-signed commits (image updates); gpg, gpg-agent and gpgconf
+# for OpenPGP (commit signatures checked, SOPS files for OpenPGP keys, signed commits).
 SYSTEM_PROGRAMS = ["/usr/bin/git", "/usr/lib/git-core/git-remote-http", "/usr/lib/git-core/git-remote-https",
-                   "/usr/bin/ssh", "/usr/bin/ssh-keygen"]
+                   "/usr/bin/ssh", "/usr/bin/ssh-keygen", "/usr/bin/gpg", "/usr/bin/gpg-agent", "/usr/bin/gpgconf"]
 # The machine's name for its architecture → OCI's (the image is for the build machine's).
 ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64"}
 
@@ -126,7 +128,7 @@ def main():
     }
     for program in SYSTEM_PROGRAMS:
         if not os.path.isfile(program):
-            sys.exit(f"image.py: {program} not found (install git and openssh-client)")
+            sys.exit(f"image.py: {program} not found (install git, openssh-client and gnupg)")
         files[program] = (os.path.realpath(program), 0o755)
     for binary in [args.tether] + SYSTEM_PROGRAMS:
         for library in linked_libraries(binary):

@@ -426,8 +426,9 @@ pub fn digest_of(objects: &[crate::object::Object]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// The age keys of the Application's `spec.decryption` (none without it): every key of its
-/// Secret whose name ends in `.agekey`, as Flux reads them. The Secret is read for each
+/// The keys of the Application's `spec.decryption` (none without it): age keys in the keys
+/// of its Secret ending in `.agekey`, OpenPGP secret keys in those ending in `.asc`, as Flux
+/// reads them. The Secret is read for each
 /// render (a key rotated in it is used at the next), in the Application's namespace.
 pub async fn decryption_keys(
     home: &kube::Client,
@@ -457,25 +458,24 @@ pub async fn decryption_keys(
             describe(&e)
         ))
     })?;
-    let mut text = String::new();
+    let mut keys = crate::render::sops::Keys::default();
     for (key, value) in secret.data.unwrap_or_default() {
-        if !key.ends_with(".agekey") {
+        if !key.ends_with(".agekey") && !key.ends_with(".asc") {
             continue;
         }
         let value = String::from_utf8(value.0).map_err(|_| {
             Error::Decryption(format!(
-                "Secret {namespace}/{name}: {key} is not text (an age key file)"
+                "Secret {namespace}/{name}: {key} is not text (an age key file or an armored OpenPGP key)"
             ))
         })?;
-        crate::render::sops::Keys::parse(&value)
-            .map_err(|e| Error::Decryption(format!("Secret {namespace}/{name}: {key}: {e}")))?;
-        text.push_str(&value);
-        text.push('\n');
+        keys.extend(
+            crate::render::sops::Keys::parse(&value)
+                .map_err(|e| Error::Decryption(format!("Secret {namespace}/{name}: {key}: {e}")))?,
+        );
     }
-    let keys = crate::render::sops::Keys::parse(&text).map_err(Error::Decryption)?;
     if keys.is_empty() {
         return Err(Error::Decryption(format!(
-            "Secret {namespace}/{name} (spec.decryption.secretRef) holds no age key: put each in a key ending in .agekey (kubectl create secret generic {name} --from-file=age.agekey=key.txt)"
+            "Secret {namespace}/{name} (spec.decryption.secretRef) holds no key: put age keys in keys ending in .agekey and armored OpenPGP secret keys in keys ending in .asc (kubectl create secret generic {name} --from-file=age.agekey=key.txt)"
         )));
     }
     Ok(keys)

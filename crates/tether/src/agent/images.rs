@@ -168,17 +168,8 @@ async fn target(
         None => Default::default(),
     };
     let commit = &updates.git.commit;
-    let signing_key = match &commit.signing_key {
-        Some(key) => Some(
-            crate::app::secret_file(
-                &ctx.client,
-                &namespace,
-                &key.secret_ref.name,
-                "sshPrivateKey",
-                &dir.join("signing"),
-            )
-            .await?,
-        ),
+    let signing = match &commit.signing_key {
+        Some(key) => Some(signing_key(ctx, &namespace, &key.secret_ref.name, dir).await?),
         None => None,
     };
     let (author_name, author_email) = match &commit.author {
@@ -196,7 +187,30 @@ async fn target(
         ca_file: auth.ca_file,
         author_name,
         author_email,
-        signing_key,
+        signing,
         timeout: Duration::from_secs(60),
     })
+}
+
+/// The signing key of Secret `name`: `git.asc` (an armored OpenPGP secret key, Flux's name)
+/// or `sshPrivateKey`.
+async fn signing_key(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<writeback::Signing, String> {
+    let file = |key: &str| dir.join(format!("signing-{key}"));
+    match crate::app::secret_file(&ctx.client, namespace, name, "git.asc", &file("git.asc")).await {
+        Ok(path) => Ok(writeback::Signing::OpenPgp(path)),
+        Err(e) if !e.contains("has no key") => Err(e),
+        Err(_) => {
+            crate::app::secret_file(&ctx.client, namespace, name, "sshPrivateKey", &file("ssh"))
+                .await
+                .map(writeback::Signing::Ssh)
+                .map_err(|e| {
+                    format!("{e} (the signing key: sshPrivateKey, or git.asc for OpenPGP)")
+                })
+        }
+    }
 }

@@ -100,8 +100,9 @@ pub struct ImageUpdateCommit {
     /// Default: tether <tether@localhost>.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<CommitAuthor>,
-    /// A Secret in the Application's namespace whose `sshPrivateKey` signs the commits
-    /// (SSH signatures, which `spec.source.verifyKeys` accepts).
+    /// A Secret in the Application's namespace whose `git.asc` (an armored OpenPGP secret
+    /// key without a passphrase, Flux's key name) or `sshPrivateKey` signs the commits (both
+    /// kinds `spec.source.verifyKeys` accepts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<SigningKey>,
 }
@@ -186,8 +187,9 @@ pub struct FilterTags {
 pub struct Decryption {
     /// sops (the only one).
     pub provider: String,
-    /// A Secret in the Application's namespace whose keys ending in `.agekey` each hold age
-    /// secret keys (`AGE-SECRET-KEY-1…`, as age-keygen writes them; as Flux reads them).
+    /// A Secret in the Application's namespace whose keys ending in `.agekey` hold age secret
+    /// keys (`AGE-SECRET-KEY-1…`, as age-keygen writes them) and those ending in `.asc`
+    /// armored OpenPGP secret keys (as Flux reads them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectReference>,
 }

@@ -33,9 +33,10 @@ pub struct RendererArgs {
     #[arg(long, value_name = "FILE")]
     pub vars_file: Vec<PathBuf>,
 
-    /// An age key file (as age-keygen writes it) for SOPS-encrypted files among plain
-    /// manifests; default: $SOPS_AGE_KEY_FILE, as sops reads it. Without one, an encrypted
-    /// file is refused, never applied as it is.
+    /// Keys for SOPS-encrypted files (plain manifests and what Kustomize, Helm and Jsonnet
+    /// read): an age key file (as age-keygen writes it) and/or armored OpenPGP secret keys;
+    /// default: $SOPS_AGE_KEY_FILE, as sops reads it. Without one, an encrypted file is
+    /// refused, never applied as it is.
     #[arg(long, value_name = "FILE", env = "SOPS_AGE_KEY_FILE")]
     pub decryption_key_file: Option<PathBuf>,
 

@@ -365,3 +365,99 @@ fn a_push_refused_because_the_branch_moved_is_done_again_on_the_new_head() {
         before
     );
 }
+
+#[test]
+fn a_commit_is_signed_with_an_openpgp_key_when_one_is_given() {
+    use super::writeback::Signing;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("gnupg");
+    std::fs::create_dir_all(&home).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let gpg = |args: &[&str]| {
+        let out = std::process::Command::new("gpg")
+            .env("GNUPGHOME", &home)
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    gpg(&[
+        "--quick-gen-key",
+        "bot <bot@tether.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    let secret = dir.path().join("git.asc");
+    std::fs::write(
+        &secret,
+        gpg(&["--armor", "--export-secret-keys", "bot@tether.invalid"]),
+    )
+    .unwrap();
+    let bare = dir.path().join("origin.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+    let seed = dir.path().join("seed");
+    std::fs::create_dir_all(seed.join("app")).unwrap();
+    std::fs::write(
+        seed.join("app/deploy.yaml"),
+        "image: reg.example/team/web:1.0.0 # {\"$imagepolicy\": \"shop:web\"}\n",
+    )
+    .unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    git(&seed, &["add", "-A"]);
+    git(
+        &seed,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@x",
+            "commit",
+            "-q",
+            "-m",
+            "seed",
+        ],
+    );
+    git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let target = Target {
+        url: format!("file://{}", bare.display()),
+        branch: "main".into(),
+        author_name: "bot".into(),
+        author_email: "bot@tether.invalid".into(),
+        signing: Some(Signing::OpenPgp(secret)),
+        timeout: std::time::Duration::from_secs(30),
+        ..Default::default()
+    };
+    let picks = chosen(None);
+    let outcome = commit_and_push(
+        &target,
+        "app",
+        &|f: &str, t: &str| update(f, t, "shop", &picks),
+        &commit_message,
+    )
+    .unwrap();
+    assert!(matches!(outcome, Outcome::Pushed { .. }), "{outcome:?}");
+    // Checked with the key's own home: a good signature ("G", or "U": good, key not certified).
+    let check = std::process::Command::new("git")
+        .args(["log", "-1", "--format=%G? %GF"])
+        .current_dir(&bare)
+        .env("GNUPGHOME", &home)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(said.starts_with("G ") || said.starts_with("U "), "{said}");
+    let _ = std::process::Command::new("gpgconf")
+        .env("GNUPGHOME", &home)
+        .args(["--kill", "gpg-agent"])
+        .status();
+}

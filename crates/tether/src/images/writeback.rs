@@ -27,8 +27,8 @@ pub struct Target {
     pub ca_file: Option<PathBuf>,
     pub author_name: String,
     pub author_email: String,
-    /// An SSH private key that signs the commit.
-    pub signing_key: Option<PathBuf>,
+    /// The key that signs the commit.
+    pub signing: Option<Signing>,
     pub timeout: Duration,
 }
 
@@ -41,6 +41,16 @@ impl std::fmt::Debug for Target {
             .field("username", &self.username)
             .finish_non_exhaustive()
     }
+}
+
+/// A commit signing key, in a file.
+#[derive(Clone)]
+pub enum Signing {
+    /// An SSH private key (OpenSSH format).
+    Ssh(PathBuf),
+    /// An armored OpenPGP secret key without a passphrase (imported into a GnuPG home of
+    /// the commit's own).
+    OpenPgp(PathBuf),
 }
 
 /// What a write-back did.
@@ -207,6 +217,63 @@ struct Git<'a> {
     target: &'a Target,
     env: Vec<(String, String)>,
     config: Vec<String>,
+    /// With an OpenPGP signing key: its GnuPG home and fingerprint.
+    gnupg: Option<(PathBuf, String)>,
+}
+
+impl Drop for Git<'_> {
+    /// gpg leaves an agent running for its home: stopped before the home is removed.
+    fn drop(&mut self) {
+        if let Some((home, _)) = &self.gnupg {
+            let _ = Command::new("gpgconf")
+                .env("GNUPGHOME", home)
+                .args(["--kill", "gpg-agent"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Imports an armored OpenPGP secret key into a new GnuPG home under `work`: the home and
+/// the key's fingerprint.
+fn import_openpgp(work: &Path, key: &Path) -> Result<(PathBuf, String), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let home = work.join("gnupg");
+    std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
+    let gpg = |args: &[&str]| {
+        Command::new("gpg")
+            .env("GNUPGHOME", &home)
+            .args([
+                "--batch",
+                "--no-tty",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run gpg for the OpenPGP signing key (install gnupg): {e}"))
+    };
+    let key_text = key.display().to_string();
+    let imported = gpg(&["--import", &key_text])?;
+    if !imported.status.success() {
+        return Err(format!(
+            "the OpenPGP signing key cannot be imported: {}",
+            String::from_utf8_lossy(&imported.stderr).trim()
+        ));
+    }
+    let listed = gpg(&["--with-colons", "--list-secret-keys"])?;
+    let fingerprint = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("fpr:"))
+        .and_then(|l| l.split(':').find(|f| !f.is_empty()))
+        .map(str::to_string)
+        .ok_or("the OpenPGP signing key holds no secret key")?;
+    Ok((home, fingerprint))
 }
 
 impl<'a> Git<'a> {
@@ -270,10 +337,19 @@ impl<'a> Git<'a> {
         if let Some(ca) = &target.ca_file {
             config.push(format!("http.sslCAInfo={}", ca.display()));
         }
+        let gnupg = match &target.signing {
+            Some(Signing::OpenPgp(key)) => {
+                let (home, fingerprint) = import_openpgp(work, key)?;
+                env.push(("GNUPGHOME".into(), home.display().to_string()));
+                Some((home, fingerprint))
+            }
+            _ => None,
+        };
         Ok(Self {
             target,
             env,
             config,
+            gnupg,
         })
     }
 
@@ -324,19 +400,18 @@ impl<'a> Git<'a> {
         let email = format!("user.email={}", self.target.author_email);
         let file_text = file.display().to_string();
         let mut args = vec!["-c", &name, "-c", &email];
-        let signing;
-        if let Some(key) = &self.target.signing_key {
-            signing = format!("user.signingkey={}", key.display());
+        let (format, key) = match (&self.target.signing, &self.gnupg) {
+            (Some(Signing::Ssh(key)), _) => ("ssh", key.display().to_string()),
+            (Some(Signing::OpenPgp(_)), Some((_, fingerprint))) => ("openpgp", fingerprint.clone()),
+            _ => ("", String::new()),
+        };
+        let (format, key) = (
+            format!("gpg.format={format}"),
+            format!("user.signingkey={key}"),
+        );
+        if self.target.signing.is_some() {
             args.extend([
-                "-c",
-                "gpg.format=ssh",
-                "-c",
-                &signing,
-                "commit",
-                "-q",
-                "-S",
-                "-F",
-                &file_text,
+                "-c", &format, "-c", &key, "commit", "-q", "-S", "-F", &file_text,
             ]);
         } else {
             args.extend(["commit", "-q", "-F", &file_text]);

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha512};
 
 pub mod file;
+mod pgp;
 
 /// AES-256-GCM with SOPS's 32-byte IVs.
 type Cipher = aes_gcm::AesGcm<aes_gcm::aes::Aes256, U32>;
@@ -23,7 +24,7 @@ type Cipher = aes_gcm::AesGcm<aes_gcm::aes::Aes256, U32>;
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error(
-        "it is SOPS-encrypted (for {recipients}) and no decryption key was given: give its age key \
+        "it is SOPS-encrypted (for {recipients}) and no decryption key was given: give its age or OpenPGP key \
          (tether: --decryption-key-file or SOPS_AGE_KEY_FILE; an Application: spec.decryption)"
     )]
     NoKey { recipients: String },
@@ -50,23 +51,47 @@ fn given(keys: usize) -> String {
     }
 }
 
-/// Age identities (`AGE-SECRET-KEY-1…` lines, as `age-keygen` writes them).
+/// Age identities (`AGE-SECRET-KEY-1…` lines, as `age-keygen` writes them) and OpenPGP
+/// secret keys (armored blocks, as `gpg --export-secret-keys --armor` writes them).
 #[derive(Clone, Default)]
-pub struct Keys(Vec<age::x25519::Identity>);
+pub struct Keys(Vec<age::x25519::Identity>, Vec<String>);
 
 /// Shows how many keys, never a key.
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keys({} age keys)", self.0.len())
+        write!(
+            f,
+            "Keys({} age keys, {} OpenPGP keys)",
+            self.0.len(),
+            self.1.len()
+        )
     }
 }
 
+const PGP_BEGIN: &str = "-----BEGIN PGP PRIVATE KEY BLOCK-----";
+const PGP_END: &str = "-----END PGP PRIVATE KEY BLOCK-----";
+
 impl Keys {
-    /// Reads an age key file: one identity per line, `#` comments and blank lines skipped.
-    /// An error names the line, never its text.
+    /// Reads a key file: age identities, one per line (`#` comments and blank lines
+    /// skipped), and armored OpenPGP secret key blocks. An error names the line, never its
+    /// text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut keys = Vec::new();
+        let mut pgp = Vec::new();
+        let mut block: Option<String> = None;
         for (number, line) in text.lines().enumerate() {
+            if let Some(open) = block.as_mut() {
+                open.push_str(line);
+                open.push('\n');
+                if line.trim() == PGP_END {
+                    pgp.extend(block.take());
+                }
+                continue;
+            }
+            if line.trim() == PGP_BEGIN {
+                block = Some(format!("{PGP_BEGIN}\n"));
+                continue;
+            }
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -79,15 +104,24 @@ impl Keys {
             })?;
             keys.push(key);
         }
-        Ok(Self(keys))
+        if block.is_some() {
+            return Err(format!("an OpenPGP key block has no {PGP_END} line"));
+        }
+        Ok(Self(keys, pgp))
+    }
+
+    /// Both kinds together (the keys of several Secret entries).
+    pub fn extend(&mut self, other: Keys) {
+        self.0.extend(other.0);
+        self.1.extend(other.1);
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.len() + self.1.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
@@ -134,14 +168,21 @@ pub fn decrypt(mut documents: Vec<Value>, keys: &Keys) -> Result<Vec<Value>, Err
 
 /// The recipients a file was encrypted for, for messages.
 fn recipients(meta: &Value) -> String {
-    let list: Vec<&str> = meta["age"]
+    let mut list: Vec<String> = meta["age"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|entry| entry["recipient"].as_str())
+        .filter_map(|entry| entry["recipient"].as_str().map(str::to_string))
         .collect();
+    list.extend(
+        meta["pgp"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry["fp"].as_str().map(|fp| format!("OpenPGP key {fp}"))),
+    );
     if list.is_empty() {
-        "no age recipient".into()
+        "no age or OpenPGP recipient".into()
     } else {
         list.join(", ")
     }
@@ -164,6 +205,17 @@ fn data_key(meta: &Value, keys: &Keys) -> Result<Vec<u8>, Error> {
         };
         for key in &keys.0 {
             if let Ok(data_key) = age::decrypt(key, enc.as_bytes())
+                && data_key.len() == 32
+            {
+                return Ok(data_key);
+            }
+        }
+    }
+    if !keys.1.is_empty() {
+        for entry in meta["pgp"].as_array().into_iter().flatten() {
+            if let Some(data_key) = entry["enc"]
+                .as_str()
+                .and_then(|enc| pgp::decrypt(enc, &keys.1))
                 && data_key.len() == 32
             {
                 return Ok(data_key);

@@ -92,8 +92,8 @@ fn the_agent_image_unpacks_with_an_oci_tool_and_runs_on_its_own() {
         String::from_utf8_lossy(&helm.stderr)
     );
 
-    // Image updates: git with its HTTP helper (a refused connection, not a missing helper),
-    // ssh and ssh-keygen run inside.
+    // Image updates and OpenPGP: git with its HTTP helper (a refused connection, not a
+    // missing helper), gpg, ssh and ssh-keygen run inside.
     let git = in_image(&root, &["/usr/bin/git", "--version"]);
     assert!(
         git.status.success(),
@@ -107,6 +107,12 @@ fn the_agent_image_unpacks_with_an_oci_tool_and_runs_on_its_own() {
     assert!(
         said.contains("Failed to connect") || said.contains("Could not connect"),
         "{said}"
+    );
+    let gpg = in_image(&root, &["/usr/bin/gpg", "--version"]);
+    assert!(
+        gpg.status.success() && String::from_utf8_lossy(&gpg.stdout).contains("GnuPG"),
+        "{}",
+        String::from_utf8_lossy(&gpg.stderr)
     );
     for program in [["/usr/bin/ssh", "-V"], ["/usr/bin/ssh-keygen", "-?"]] {
         let out = in_image(&root, &program);

@@ -182,3 +182,56 @@ fn kustomize_and_helm_inputs_are_decrypted_and_never_cached() {
         );
     }
 }
+
+#[test]
+fn a_file_encrypted_for_an_openpgp_key_is_decrypted_with_it() {
+    use crate::support::sops::{pgp_key, sops_encrypt_pgp};
+    let dir = tempfile::tempdir().expect("temp");
+    let (home, fingerprint, secret) = pgp_key(dir.path(), "team");
+    let (_, other_fingerprint, other_secret) = pgp_key(dir.path(), "other");
+    let repo = dir.path().join("repo");
+    write(
+        &repo,
+        &[(
+            "app/db.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: hunter2-pgp\n",
+        )],
+    );
+    sops_encrypt_pgp(&repo.join("app/db.yaml"), &home, &fingerprint);
+    let tree = DirTree::new(&repo).expect("dir");
+    let cache = dir.path().join("cache");
+    let keys = Keys::parse(&secret).expect("an armored secret key");
+    let objects = render(&tree, "app", &options(keys, &cache)).expect("renders");
+    assert_eq!(secret_value(&objects, "db", "password"), "hunter2-pgp");
+    // Another OpenPGP key is not a recipient: refused, naming the one it was encrypted for.
+    let err = render(
+        &tree,
+        "app",
+        &options(Keys::parse(&other_secret).expect("key"), &cache),
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(
+        err.contains("is not a recipient")
+            && err.contains(&fingerprint)
+            && !err.contains(&other_fingerprint),
+        "{err}"
+    );
+    // The CLI reads the same armored key from --decryption-key-file.
+    let key_file = dir.path().join("secret.asc");
+    std::fs::write(&key_file, &secret).expect("key file");
+    let out = crate::support::tether_offline(&[
+        "render",
+        "--path",
+        repo.join("app").to_str().expect("utf-8 path"),
+        "--decryption-key-file",
+        key_file.to_str().expect("utf-8 path"),
+        "--show-secrets",
+    ]);
+    assert!(out.status.success(), "{}", crate::support::said(&out));
+    assert!(
+        crate::support::said(&out).contains("hunter2-pgp"),
+        "{}",
+        crate::support::said(&out)
+    );
+}
