@@ -1,6 +1,6 @@
 //! A canary Secret value must appear in no output: every command's stdout and stderr at
-//! every verbosity and format, the agent's log at trace level, Events, the Application's
-//! status, the JSON API, the metrics and the web UI's pages. The canary travels the whole
+//! every verbosity and format, the agent's log at trace level, Events, notifications, the
+//! Application's status, the JSON API, the metrics and the web UI's pages. The canary travels the whole
 //! way: created from Git, changed in Git (a diff of a Secret), and edited by hand in the
 //! cluster (drift the agent puts back). Each value is searched as written and base64-encoded
 //! (as the API server returns `data`). The Secret is SOPS-encrypted in Git (by the real
@@ -184,8 +184,12 @@ async fn a_canary_secret_value_appears_in_no_output() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token).expect("token file");
     let log = dir.path().join("agent.log");
+    // Notifications (JSON and Slack's format) of the syncs and the drift put back.
+    let receiver = support::agent::Receiver::start(200);
     let agent = support::tether_command()
         .args(["agent", "-n", &ns.name, "-vvv", "--verify-interval", "2s"])
+        .args(["--notify", &format!("{}/json", receiver.url)])
+        .args(["--notify-slack", &format!("{}/slack", receiver.url)])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--api-token-file"])
         .arg(&token_file)
         .env("TETHER_CACHE_DIR", dir.path().join("agent-cache"))
@@ -319,6 +323,17 @@ async fn a_canary_secret_value_appears_in_no_output() {
         "the agent's log at trace level",
         std::fs::read_to_string(&log).expect("log"),
     );
+    let notifications = receiver.taken();
+    assert!(
+        !notifications.is_empty(),
+        "the syncs sent notifications to search"
+    );
+    for notification in notifications {
+        outputs.add(
+            format!("a notification to {}", notification.path),
+            String::from_utf8_lossy(&notification.body),
+        );
+    }
     for file in files_under(&dir.path().join("agent-cache")) {
         let bytes = std::fs::read(&file).unwrap_or_default();
         outputs.add(
