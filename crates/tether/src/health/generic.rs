@@ -1,5 +1,6 @@
-//! Health of every kind without a family of its own: kstatus conventions (`Stalled`, `Ready`,
-//! observedGeneration) when the object has them, else healthy by existing.
+//! Health of every kind without a family or a rule of its own: kstatus conventions
+//! (`Stalled`, `Ready`, observedGeneration; Crossplane's `Synced`) when the object has them,
+//! else healthy by existing.
 
 use serde_json::Value;
 
@@ -10,6 +11,11 @@ use super::{Health, HealthStatus, condition, condition_is, condition_message, st
 pub(super) fn generic(obj: &Value) -> Health {
     if condition_is(obj, "Stalled", "True") {
         return Health::new(HealthStatus::Degraded, condition_message(obj, "Stalled"));
+    }
+    // Crossplane's claims, composites and managed resources: Synced False is a failed
+    // reconcile, whatever Ready says.
+    if condition_is(obj, "Synced", "False") {
+        return Health::new(HealthStatus::Degraded, condition_message(obj, "Synced"));
     }
     if obj.pointer("/status/observedGeneration").is_some()
         && let Some(h) = stale(obj)

@@ -2,8 +2,9 @@
 //!
 //! Workloads are judged by their rollout (observedGeneration, updated and available
 //! replicas), Jobs by completion, Pods by readiness, PVCs by binding, CRDs by Established,
-//! Namespaces by phase, anything else by a `Ready` condition when it has one. Start at
-//! [`assess`], the dispatch; each family of kinds has a file of its own (`workloads`, `batch`,
+//! Namespaces by phase, custom resources by CEL rules (an Application's, the process's, and a
+//! library shipped with tether: [`rules`]), anything else by a `Ready` condition when it has
+//! one. Start at [`assess`], the dispatch; each family of kinds has a file of its own (`workloads`, `batch`,
 //! `core`, `apiextensions`, `generic`), and `testdata/` holds one fixture per case.
 
 use serde::Serialize;
@@ -13,6 +14,7 @@ mod apiextensions;
 mod batch;
 mod core;
 mod generic;
+pub mod rules;
 mod workloads;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -73,8 +75,16 @@ impl Health {
     }
 }
 
-/// The health of a live object (`None`: it does not exist).
+/// The health of a live object (`None`: it does not exist), by this process's rules
+/// (`--health-rules`), the built-in kinds and the rule library.
 pub fn assess(live: Option<&Value>) -> Health {
+    assess_with(live, &rules::Rules::default())
+}
+
+/// The health of a live object with an Application's own rules (`spec.healthCheckExprs`)
+/// first: they, then this process's rules, decide before the built-in kinds and the rule
+/// library; a kind none of them knows is read by kstatus conventions.
+pub fn assess_with(live: Option<&Value>, first: &rules::Rules) -> Health {
     let Some(obj) = live else {
         return Health::missing();
     };
@@ -83,7 +93,11 @@ pub fn assess(live: Option<&Value>) -> Health {
     }
     let api_version = obj["apiVersion"].as_str().unwrap_or("");
     let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
-    match (group, obj["kind"].as_str().unwrap_or("")) {
+    let kind = obj["kind"].as_str().unwrap_or("");
+    if let Some(rule) = rules::user_rule(first, group, kind) {
+        return rules::evaluate(rule, obj);
+    }
+    match (group, kind) {
         ("apps", "Deployment") => workloads::deployment(obj),
         ("apps", "StatefulSet") => workloads::stateful_set(obj),
         ("apps", "DaemonSet") => workloads::daemon_set(obj),
@@ -92,7 +106,10 @@ pub fn assess(live: Option<&Value>) -> Health {
         ("", "PersistentVolumeClaim") => core::pvc(obj),
         ("", "Namespace") => core::namespace(obj),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => apiextensions::crd(obj),
-        _ => generic::generic(obj),
+        _ => match rules::library_rule(group, kind) {
+            Some(rule) => rules::evaluate(rule, obj),
+            None => generic::generic(obj),
+        },
     }
 }
 

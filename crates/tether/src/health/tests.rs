@@ -171,4 +171,93 @@ fn every_fixture_in_testdata_gets_its_expected_health() {
         );
     }
     assert!(judged.iter().any(|(_, s)| *s == HealthStatus::Missing));
+    // So has every kind of the rule library.
+    for kind in rules::library().kinds() {
+        let statuses: Vec<_> = judged
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, s)| *s)
+            .collect();
+        assert!(
+            statuses.contains(&HealthStatus::Healthy)
+                && statuses.iter().any(|s| *s != HealthStatus::Healthy),
+            "library kind {kind} needs a healthy fixture and one that is not, has {statuses:?}"
+        );
+    }
+}
+
+#[test]
+fn an_applications_rules_come_before_the_library_and_bad_ones_are_refused() {
+    use rules::{HealthCheckExpr, Rules};
+    let certificate = json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+        "metadata": {"name": "web", "generation": 1},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}], "renewals": 3}
+    });
+    assert_eq!(assess(Some(&certificate)).status, HealthStatus::Healthy);
+    let own = Rules::compile(
+        &[HealthCheckExpr {
+            api_version: "cert-manager.io/v1".into(),
+            kind: "Certificate".into(),
+            current: "status.renewals < 3".into(),
+            failed: Some("status.renewals >= 3".into()),
+            in_progress: None,
+        }],
+        "spec.healthCheckExprs",
+    )
+    .unwrap();
+    let health = assess_with(Some(&certificate), &own);
+    assert_eq!(health.status, HealthStatus::Degraded);
+    assert_eq!(
+        health.message,
+        "spec.healthCheckExprs rule for Certificate: failed"
+    );
+    // A rule for a kind nothing else knows; a field that is not there yet is progress.
+    let widget = |status: Value| json!({"apiVersion": "example.dev/v2", "kind": "Widget", "metadata": {"name": "w"}, "status": status});
+    let rules = Rules::compile(
+        &[HealthCheckExpr {
+            api_version: "example.dev/v1".into(),
+            kind: "Widget".into(),
+            current: "status.state == 'on'".into(),
+            ..Default::default()
+        }],
+        "--health-rules rules.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        assess_with(Some(&widget(json!({"state": "on"}))), &rules).status,
+        HealthStatus::Healthy
+    );
+    let pending = assess_with(Some(&widget(json!({}))), &rules);
+    assert_eq!(pending.status, HealthStatus::Progressing);
+    assert!(
+        pending.message.contains("current cannot be evaluated yet"),
+        "{}",
+        pending.message
+    );
+    // Bad rules name where they are.
+    let bad = Rules::compile(
+        &[HealthCheckExpr {
+            api_version: "example.dev/v1".into(),
+            kind: "Widget".into(),
+            current: "status.state ==".into(),
+            ..Default::default()
+        }],
+        "spec.healthCheckExprs",
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert!(
+        bad.starts_with(
+            "spec.healthCheckExprs[0] (example.dev/v1 Widget): current: not a CEL expression"
+        ),
+        "{bad}"
+    );
+    let missing = Rules::compile(&[HealthCheckExpr::default()], "x")
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        missing.contains("apiVersion, kind and current are required"),
+        "{missing}"
+    );
 }
