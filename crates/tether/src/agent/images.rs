@@ -76,6 +76,17 @@ async fn run(
     if spec.source.repo_url.starts_with("oci://") {
         return Err("image updates are written to Git: spec.source is an OCI repository".into());
     }
+    // The agent pushes only to a Git server: never to a repository on its own file system.
+    let url = &spec.source.repo_url;
+    let remote = ["https://", "http://", "ssh://", "git://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+        || (url.contains('@') && url.contains(':') && !url.contains("://"));
+    if !remote {
+        return Err(format!(
+            "image updates push to a Git server: {url} is a local repository (use https://, ssh:// or user@host:path)"
+        ));
+    }
     let namespace = app.namespace().unwrap_or_default();
     let chosen = scan_all(ctx, app, updates).await?;
     let (revision, tree) = crate::app::fetch(&ctx.client, &ctx.pipeline, app, None, Duration::ZERO)

@@ -60,7 +60,14 @@ pub fn registry_url(image: &str) -> Result<OciUrl, String> {
         ));
     }
     let (first, rest) = image.split_once('/').unwrap_or(("", image));
-    let url = if first.contains('.') || first.contains(':') || first == "localhost" {
+    let url = if matches!(first, "docker.io" | "index.docker.io") {
+        let path = if rest.contains('/') {
+            rest.to_string()
+        } else {
+            format!("library/{rest}")
+        };
+        format!("oci://registry-1.docker.io/{path}")
+    } else if first.contains('.') || first.contains(':') || first == "localhost" {
         format!("oci://{image}")
     } else if first.is_empty() {
         format!("oci://registry-1.docker.io/library/{rest}")
@@ -120,6 +127,9 @@ pub fn choose(policy: &ImagePolicy, tags: &[String]) -> Result<String, String> {
     let (rule, filter) = Rule::of(policy)?;
     let candidates: Vec<(String, String)> = tags
         .iter()
+        // Only what OCI allows in a tag is ever written to Git (a registry's answer is not
+        // trusted to be YAML-safe).
+        .filter(|tag| is_tag(tag))
         .filter_map(|tag| match &filter {
             Some((pattern, extract)) => {
                 let captures = pattern.captures(tag)?;
@@ -164,6 +174,16 @@ pub fn choose(policy: &ImagePolicy, tags: &[String]) -> Result<String, String> {
             if tags.len() > 10 { ", …" } else { "" }
         )
     })
+}
+
+/// A tag as OCI's distribution spec writes them: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn is_tag(tag: &str) -> bool {
+    let mut chars = tag.chars();
+    tag.len() <= 128
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 /// Asks the registry for the tags of the policy's image and picks one (with its digest

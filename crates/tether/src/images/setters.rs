@@ -91,6 +91,11 @@ fn marked(line: &str, namespace: &str, chosen: &[Chosen]) -> Option<(String, Cha
     if old == new {
         return None;
     }
+    let quote = if quote.is_empty() && needs_quotes(&new) {
+        "\""
+    } else {
+        quote
+    };
     let new_line = format!(
         "{}{quote}{new}{quote}{}",
         &line[..value_start],
@@ -123,8 +128,21 @@ fn value_span(left: &str) -> Option<(usize, usize)> {
     } else {
         indent + body.find(": ")? + 2
     };
+    if start >= end {
+        return None; // no value to set (`image: # {…}`)
+    }
     let start = start + (left[start..end].len() - left[start..end].trim_start().len());
     (start < end).then_some((start, end))
+}
+
+/// Whether `value` written plain would be read as something else than a string (a number,
+/// a boolean, null): `1.10` is then written `"1.10"`.
+fn needs_quotes(value: &str) -> bool {
+    value.parse::<f64>().is_ok()
+        || matches!(
+            value.to_ascii_lowercase().as_str(),
+            "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "~" | ""
+        )
 }
 
 fn unquote(raw: &str) -> (&'static str, &str) {
@@ -165,7 +183,12 @@ fn kustomize_images(
             let next = &lines[end];
             let next_body = next.trim_start();
             let indent = next.len() - next_body.len();
-            if next_body.is_empty() || indent < item_indent || next_body.starts_with("- ") {
+            // Blank and comment lines do not end an entry.
+            if next_body.is_empty() || next_body.starts_with('#') {
+                end += 1;
+                continue;
+            }
+            if indent < item_indent || next_body.starts_with("- ") {
                 break;
             }
             end += 1;
@@ -180,7 +203,9 @@ fn kustomize_images(
             .collect();
         let field = |key: &str| fields.iter().find(|(_, k, _)| k == key).cloned();
         let image = field("newName").or_else(|| field("name")).map(|f| f.2);
-        if let Some(choice) = chosen.iter().find(|c| Some(&c.image) == image.as_ref()) {
+        // An entry with a marker is the marker's alone (set above, as Flux sets it).
+        let marked = (index..end).any(|i| lines[i].contains("\"$imagepolicy\""));
+        if !marked && let Some(choice) = chosen.iter().find(|c| Some(&c.image) == image.as_ref()) {
             let item = Item {
                 first: index,
                 indent: item_indent,
@@ -218,8 +243,20 @@ fn set_fields(
         match item.fields.iter().find(|(_, k, _)| k == key) {
             Some((_, _, old)) if *old == value => {}
             Some((i, _, old)) => {
-                let prefix = lines[*i][..lines[*i].find(key).unwrap_or(0)].to_string();
-                lines[*i] = format!("{prefix}{key}: {value}");
+                let line = &lines[*i];
+                let prefix = &line[..line.find(key).unwrap_or(0)];
+                let after = line.split_once(':').map(|(_, a)| a).unwrap_or_default();
+                let (raw, comment) = match after.find(" #") {
+                    Some(at) => (&after[..at], &after[at..]),
+                    None => (after, ""),
+                };
+                let (quote, _) = unquote(raw.trim());
+                let quote = if quote.is_empty() && needs_quotes(&value) {
+                    "\""
+                } else {
+                    quote
+                };
+                lines[*i] = format!("{prefix}{key}: {quote}{value}{quote}{comment}");
                 changes.push(Change {
                     file: file.to_string(),
                     line: i + 1,
@@ -234,7 +271,11 @@ fn set_fields(
     let added = missing.len();
     for (offset, (key, value)) in missing.into_iter().enumerate() {
         let at = item.first + 1 + offset;
-        lines.insert(at, format!("{}{key}: {value}", " ".repeat(item.indent)));
+        let quote = if needs_quotes(&value) { "\"" } else { "" };
+        lines.insert(
+            at,
+            format!("{}{key}: {quote}{value}{quote}", " ".repeat(item.indent)),
+        );
         changes.push(Change {
             file: file.to_string(),
             line: at + 1,

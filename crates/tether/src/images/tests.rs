@@ -461,3 +461,71 @@ fn a_commit_is_signed_with_an_openpgp_key_when_one_is_given() {
         .args(["--kill", "gpg-agent"])
         .status();
 }
+
+#[test]
+fn hostile_or_awkward_input_is_kept_safe() {
+    // A marker on an empty value: nothing to set, no panic.
+    for text in [
+        "image: # {\"$imagepolicy\": \"shop:web\"}\n",
+        "- # {\"$imagepolicy\": \"shop:web\"}\n",
+    ] {
+        assert_eq!(
+            update("a.yaml", text, "shop", &chosen(None)),
+            None,
+            "{text}"
+        );
+    }
+    // A numeric tag stays a string; quotes and comments are kept.
+    let numeric = vec![Chosen {
+        tag: "1.10".into(),
+        ..chosen(None)[0].clone()
+    }];
+    let (new, _) = update(
+        "a.yaml",
+        "tag: 1.9 # {\"$imagepolicy\": \"shop:web:tag\"}\n",
+        "shop",
+        &numeric,
+    )
+    .unwrap();
+    assert_eq!(
+        new,
+        "tag: \"1.10\" # {\"$imagepolicy\": \"shop:web:tag\"}\n"
+    );
+    let text = "\
+images:
+- name: reg.example/team/web
+# pinned by hand
+  newTag: '1.0.0' # the current release
+- name: reg.example/team/web
+  newTag: 3.0-rc # {\"$imagepolicy\": \"shop:canary:tag\"}
+";
+    let (new, changes) = update("kustomization.yaml", text, "shop", &numeric).unwrap();
+    assert_eq!(
+        new,
+        "\
+images:
+- name: reg.example/team/web
+# pinned by hand
+  newTag: '1.10' # the current release
+- name: reg.example/team/web
+  newTag: 3.0-rc # {\"$imagepolicy\": \"shop:canary:tag\"}
+",
+        "a comment line does not end the entry; an entry with a marker is the marker's"
+    );
+    assert_eq!(changes.len(), 1);
+    // Tags a registry answers that are not OCI tags are never chosen (nor written).
+    let tags: Vec<String> = [
+        "1.0.0",
+        "1.9.0\n---\nkind: ClusterRoleBinding",
+        "1.5.0: x",
+        "-1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let alphabetical = TagPolicy {
+        alphabetical: Some(OrderPolicy { order: None }),
+        ..Default::default()
+    };
+    assert_eq!(choose(&policy(alphabetical, None), &tags).unwrap(), "1.0.0");
+}

@@ -130,11 +130,12 @@ pub fn commit_and_push(
     ))
 }
 
+/// Whether a refused push says the branch moved (done again on its new head); a hook's or a
+/// protected branch's refusal is final.
 fn moved(error: &str) -> bool {
     [
         "fetch first",
         "non-fast-forward",
-        "rejected",
         "stale info",
         "cannot lock ref",
     ]
@@ -217,35 +218,18 @@ struct Git<'a> {
     target: &'a Target,
     env: Vec<(String, String)>,
     config: Vec<String>,
-    /// With an OpenPGP signing key: its GnuPG home and fingerprint.
-    gnupg: Option<(PathBuf, String)>,
+    /// With an OpenPGP signing key: its GnuPG home (which stops its agent when dropped)
+    /// and fingerprint.
+    gnupg: Option<(crate::source::signature::GnupgHome, String)>,
 }
 
-impl Drop for Git<'_> {
-    /// gpg leaves an agent running for its home: stopped before the home is removed.
-    fn drop(&mut self) {
-        if let Some((home, _)) = &self.gnupg {
-            let _ = Command::new("gpgconf")
-                .env("GNUPGHOME", home)
-                .args(["--kill", "gpg-agent"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// Imports an armored OpenPGP secret key into a new GnuPG home under `work`: the home and
-/// the key's fingerprint.
-fn import_openpgp(work: &Path, key: &Path) -> Result<(PathBuf, String), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let home = work.join("gnupg");
-    std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| e.to_string())?;
+/// Imports an armored OpenPGP secret key into a new GnuPG home: the home and the key's
+/// fingerprint.
+fn import_openpgp(key: &Path) -> Result<(crate::source::signature::GnupgHome, String), String> {
+    let home = crate::source::signature::GnupgHome::new()?;
     let gpg = |args: &[&str]| {
         Command::new("gpg")
-            .env("GNUPGHOME", &home)
+            .env("GNUPGHOME", home.path())
             .args([
                 "--batch",
                 "--no-tty",
@@ -339,8 +323,8 @@ impl<'a> Git<'a> {
         }
         let gnupg = match &target.signing {
             Some(Signing::OpenPgp(key)) => {
-                let (home, fingerprint) = import_openpgp(work, key)?;
-                env.push(("GNUPGHOME".into(), home.display().to_string()));
+                let (home, fingerprint) = import_openpgp(key)?;
+                env.push(("GNUPGHOME".into(), home.path().display().to_string()));
                 Some((home, fingerprint))
             }
             _ => None,
@@ -436,6 +420,8 @@ impl<'a> Git<'a> {
         if let Some(dir) = dir {
             command.current_dir(dir);
         }
+        // A group of its own: a timeout ends git's helpers too.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().map_err(|e| {
             format!("cannot run git ({e}): image updates need the git program on the PATH")
         })?;
@@ -464,22 +450,53 @@ pub fn askpass_answer() -> Option<String> {
     Some(std::env::var(key).unwrap_or_default())
 }
 
-/// Waits for `child` at most `limit`, then kills it.
+/// Waits for `child` (in a process group of its own) at most `limit`, reading its output
+/// meanwhile (a full pipe would stall it), then kills the whole group (git's ssh or HTTP
+/// helper with it).
 fn wait_bounded(
     mut child: std::process::Child,
     limit: Duration,
 ) -> Result<std::process::Output, String> {
+    use std::io::Read;
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    // Everything is read (so git never waits on a full pipe); the first MiB is kept.
+    let read = |pipe: Option<&mut dyn Read>| {
+        let mut buffer = Vec::new();
+        if let Some(pipe) = pipe {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                if buffer.len() < 1 << 20 {
+                    buffer.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+        buffer
+    };
+    let out = std::thread::spawn(move || read(stdout.as_mut().map(|p| p as &mut dyn Read)));
+    let err = std::thread::spawn(move || read(stderr.as_mut().map(|p| p as &mut dyn Read)));
     let started = Instant::now();
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(_)) => return child.wait_with_output().map_err(|e| e.to_string()),
+            Ok(Some(status)) => break status,
             Ok(None) if started.elapsed() > limit => {
-                let _ = child.kill();
+                if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ =
+                        rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+                }
                 let _ = child.wait();
                 return Err(format!("git gave no answer within {} s", limit.as_secs()));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => return Err(e.to_string()),
         }
-    }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }

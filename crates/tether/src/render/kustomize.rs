@@ -99,15 +99,17 @@ fn is_remote(reference: &str) -> bool {
         || reference.starts_with("git::")
 }
 
-/// Checks every path the kustomizations under `dir` name (recursively through bases).
+/// Checks every path the kustomizations under `dir` name (recursively through bases);
+/// returns the folders and files they reach (what the render reads: its scope).
 pub fn check_references(
     tree: &dyn Tree,
     dir: &str,
     options: &KustomizeOptions,
     max_file_bytes: u64,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     let mut visited = BTreeSet::new();
-    check_dir(tree, dir, options, max_file_bytes, &mut visited)
+    check_dir(tree, dir, options, max_file_bytes, &mut visited)?;
+    Ok(visited.into_iter().collect())
 }
 
 fn check_dir(
@@ -162,6 +164,9 @@ fn check_dir(
         };
         if matches!(tree.entry_kind(&resolved), Some(None)) {
             check_dir(tree, &resolved, options, max_file_bytes, visited)?;
+        } else {
+            // A file it reads (a generator's input, a patch): in the render's scope too.
+            visited.insert(resolved);
         }
     }
     Ok(())

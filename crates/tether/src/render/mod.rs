@@ -262,7 +262,7 @@ fn render_kustomize(
     options: &RenderOptions,
 ) -> Result<Vec<Object>, Problems> {
     let fail = |message: String| renderer_problem("kustomize", path, &options.app, message);
-    kustomize::check_references(tree, path, &options.kustomize, options.max_file_bytes)
+    let scope = kustomize::check_references(tree, path, &options.kustomize, options.max_file_bytes)
         .map_err(fail)?;
     let program = external::locate(
         options.kustomize_bin.as_deref(),
@@ -276,8 +276,13 @@ fn render_kustomize(
         "tool": tool_identity(&program),
     });
     let output = cached(options, key, || {
-        let snapshot =
-            snapshot::Snapshot::write(tree, path, options.max_file_bytes, &options.decryption)?;
+        let snapshot = snapshot::Snapshot::write(
+            tree,
+            path,
+            options.max_file_bytes,
+            &options.decryption,
+            &scope,
+        )?;
         let output = kustomize::build(
             &program,
             &snapshot,
@@ -358,8 +363,17 @@ fn render_helm(
         "tool": tool_identity(&program),
     });
     let output = cached(options, key, || {
-        let snapshot =
-            snapshot::Snapshot::write(tree, path, options.max_file_bytes, &options.decryption)?;
+        // The chart's folder and its values files.
+        let scope: Vec<String> = std::iter::once(path.to_string())
+            .chain(options.helm.values_files.iter().cloned())
+            .collect();
+        let snapshot = snapshot::Snapshot::write(
+            tree,
+            path,
+            options.max_file_bytes,
+            &options.decryption,
+            &scope,
+        )?;
         let chart = match &repo_chart {
             Some((file, _)) => file.clone(),
             None => snapshot.root().join(path),

@@ -200,16 +200,31 @@ fn evaluate_jsonnet(
     snapshot: &mut Option<Result<snapshot::Snapshot, String>>,
 ) -> Result<Value, String> {
     let Some(program) = &options.jsonnet_program else {
-        return jsonnet::evaluate(tree, file, bytes, &options.jsonnet, options.max_file_bytes);
+        // In this process, imports are read from the tree as they are: ciphertext in the
+        // value is refused, never applied.
+        let value = jsonnet::evaluate(tree, file, bytes, &options.jsonnet, options.max_file_bytes)?;
+        if super::sops::file::shows_ciphertext(value.to_string().as_bytes()) {
+            return Err(format!(
+                "{file}: its value holds SOPS-encrypted values (an import of an encrypted file), which are decrypted only when Jsonnet runs in its own process"
+            ));
+        }
+        return Ok(value);
     };
     // Made once: when it cannot be, every file of the folder says so.
     let copy = snapshot
         .get_or_insert_with(|| {
-            snapshot::Snapshot::write(tree, path, options.max_file_bytes, &options.decryption)
+            let scope = [path.to_string()];
+            snapshot::Snapshot::write(
+                tree,
+                path,
+                options.max_file_bytes,
+                &options.decryption,
+                &scope,
+            )
         })
         .as_ref()
         .map_err(|e| format!("{file}: cannot copy the repository to evaluate it: {e}"))?;
-    jsonnet::evaluate_in_child(
+    let value = jsonnet::evaluate_in_child(
         program,
         copy,
         file,
@@ -217,7 +232,10 @@ fn evaluate_jsonnet(
         options.max_file_bytes,
         &options.limits,
     )
-    .map_err(|message| copy.explain(message))
+    .map_err(|message| copy.explain(message))?;
+    copy.refuse_sealed(value.to_string().as_bytes())
+        .map_err(|e| format!("{file}: {e}"))?;
+    Ok(value)
 }
 
 /// The objects of a `.jsonnet` file's value: an object, a `kind: List`, or an array of

@@ -30,14 +30,16 @@ pub struct Snapshot {
 impl Snapshot {
     /// Writes every file of `tree` for a render of folder `within`: there, a file above
     /// `max_file_bytes` or a symlink leaving the repository is an error; elsewhere it is
-    /// left out (see [`Self::explain`]). SOPS-encrypted files are written decrypted with
-    /// `keys` (a Kustomize `secretGenerator`'s inputs, a values file); one that cannot be
-    /// is copied as it is and named by [`Self::refuse_sealed`] if the output shows it.
+    /// left out (see [`Self::explain`]). SOPS-encrypted files in `scope` (folders and files
+    /// the render reads: `within`, a kustomization's bases and inputs, values files) are
+    /// written decrypted with `keys`; one that cannot be is copied as it is and named by
+    /// [`Self::refuse_sealed`] if the output shows it. Others are copied as they are.
     pub fn write(
         tree: &dyn Tree,
         within: &str,
         max_file_bytes: u64,
         keys: &sops::Keys,
+        scope: &[String],
     ) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("tether-render-")
@@ -83,7 +85,11 @@ impl Snapshot {
                             MAX_TOTAL_BYTES >> 20
                         ));
                     }
-                    let bytes = copy.decrypt(&entry.path, bytes, keys);
+                    let bytes = if in_scope(scope, &entry.path) {
+                        copy.decrypt(&entry.path, bytes, keys)
+                    } else {
+                        bytes
+                    };
                     std::fs::write(&target, bytes).map_err(|e| format!("{}: {e}", entry.path))?;
                 }
                 EntryKind::Symlink => {
@@ -175,6 +181,17 @@ impl Snapshot {
         std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
         Ok(home)
     }
+}
+
+/// Whether `path` is one of `scope` or below one of its folders.
+fn in_scope(scope: &[String], path: &str) -> bool {
+    scope.iter().any(|s| {
+        s.is_empty()
+            || path == s
+            || path
+                .strip_prefix(s.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+    })
 }
 
 /// Checks that a path given by the user (a values file, a kustomization reference) stays

@@ -203,3 +203,38 @@ fn verify_pgp(signature: &[u8], payload: &[u8], policy: &SignaturePolicy) -> Res
         ))
     }
 }
+
+/// A private, temporary GnuPG home (0700) for one use of `gpg` with keys given to tether:
+/// the user's keyring is neither read nor changed. Dropped, it stops the agent gpg may have
+/// started for it (on every path, errors included) and is removed.
+pub struct GnupgHome {
+    dir: tempfile::TempDir,
+}
+
+impl GnupgHome {
+    pub fn new() -> Result<Self, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("tether-gnupg-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a GnuPG home: {e}"))?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot protect the GnuPG home: {e}"))?;
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for GnupgHome {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.dir.path())
+            .args(["--kill", "gpg-agent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

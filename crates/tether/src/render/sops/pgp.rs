@@ -8,14 +8,7 @@ use std::process::{Command, Stdio};
 /// (armored secret key blocks); `None` when none opens it or gpg cannot be run (the error
 /// is then the caller's: no key is a recipient).
 pub fn decrypt(message: &str, secret_keys: &[String]) -> Option<Vec<u8>> {
-    let home = tempfile::Builder::new()
-        .prefix("tether-gnupg-")
-        .tempdir()
-        .ok()?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).ok()?;
-    }
+    let home = crate::source::signature::GnupgHome::new().ok()?;
     let gpg = |args: &[&str], input: &[u8]| -> Option<Vec<u8>> {
         use std::io::Write;
         let mut child = Command::new("gpg")
@@ -45,13 +38,6 @@ pub fn decrypt(message: &str, secret_keys: &[String]) -> Option<Vec<u8>> {
     for key in secret_keys {
         gpg(&["--import"], key.as_bytes())?;
     }
-    let plain = gpg(&["--decrypt"], message.as_bytes());
-    // gpg leaves an agent running for the home: stop it before the home goes.
-    let _ = Command::new("gpgconf")
-        .env("GNUPGHOME", home.path())
-        .args(["--kill", "gpg-agent"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    plain
+    // The home stops the agent gpg started when it is dropped, on every path.
+    gpg(&["--decrypt"], message.as_bytes())
 }

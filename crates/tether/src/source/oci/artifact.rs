@@ -110,8 +110,18 @@ pub fn pull(url: &OciUrl, reference: &OciRef, options: &Options) -> Result<Pulle
             ),
         })?;
     let layer_digest = layer["digest"].as_str().unwrap_or_default().to_string();
+    // Kept by repository and digest: an artifact pulled for one repository is never served
+    // for another (whoever names a digest must still be let in to that repository).
+    let repository: String = {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(url.repository_url().as_bytes());
+        faster_hex::hex_string(&digest[..8])
+    };
     let hex = manifest.digest.trim_start_matches("sha256:");
-    let folder = options.cache_dir.join("oci").join(hex);
+    let folder = options
+        .cache_dir
+        .join("oci")
+        .join(format!("{repository}-{hex}"));
     if !folder.join("content").is_dir() {
         let size = layer["size"].as_u64().unwrap_or(0);
         if size > MAX_ARTIFACT_BYTES {
@@ -271,12 +281,14 @@ pub fn unpack_into(bytes: &[u8], folder: &Path) -> Result<(), Error> {
             continue;
         }
         files += 1;
-        total += entry.header().size().unwrap_or(0);
-        if files > MAX_FILES || total > MAX_ARTIFACT_BYTES {
-            return Err(local(format!(
+        let too_much = || {
+            local(format!(
                 "more than {MAX_FILES} files or {} MiB unpacked: refused",
                 MAX_ARTIFACT_BYTES >> 20
-            )));
+            ))
+        };
+        if files > MAX_FILES {
+            return Err(too_much());
         }
         let target = staging.path().join(&relative);
         if kind.is_dir() {
@@ -287,11 +299,15 @@ pub fn unpack_into(bytes: &[u8], folder: &Path) -> Result<(), Error> {
             std::fs::create_dir_all(parent).map_err(|e| local(e.to_string()))?;
         }
         let mut out = std::fs::File::create(&target).map_err(|e| local(e.to_string()))?;
-        std::io::copy(
-            &mut std::io::Read::take(&mut entry, MAX_ARTIFACT_BYTES),
-            &mut out,
-        )
-        .map_err(|e| local(format!("{relative}: {e}")))?;
+        // The bytes written count, whatever the headers say (a PAX size can differ from the
+        // header's): one more than what is left is a refusal.
+        let left = MAX_ARTIFACT_BYTES - total;
+        let written = std::io::copy(&mut std::io::Read::take(&mut entry, left + 1), &mut out)
+            .map_err(|e| local(format!("{relative}: {e}")))?;
+        total += written;
+        if total > MAX_ARTIFACT_BYTES {
+            return Err(too_much());
+        }
     }
     let content = folder.join("content");
     let unpacked = staging.keep();

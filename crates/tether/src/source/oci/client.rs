@@ -267,10 +267,11 @@ impl Client {
                     .flatten()
                     .filter_map(|t| t.as_str().map(str::to_string)),
             );
+            // The next page on this registry only: credentials never go to another host.
             match link {
                 Some(link) if link.starts_with('/') => next = format!("{}{link}", self.base),
-                Some(link) => next = link,
-                None => return Ok(tags),
+                Some(link) if link.starts_with(&format!("{}/", self.base)) => next = link,
+                _ => return Ok(tags),
             }
         }
         Ok(tags)

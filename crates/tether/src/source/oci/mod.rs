@@ -145,10 +145,10 @@ impl OciRef {
         }
         match RefSpec::parse(text).map_err(|e| invalid(&e.to_string()))? {
             RefSpec::Default => Ok(OciRef::Tag("latest".into())),
-            RefSpec::Tag(tag) | RefSpec::Name(tag) => Ok(OciRef::Tag(tag)),
+            // A tag may look like a commit id (a full Git SHA as the tag): it is a tag here.
+            RefSpec::Tag(tag) | RefSpec::Name(tag) | RefSpec::Commit(tag) => Ok(OciRef::Tag(tag)),
             RefSpec::Semver(range) => Ok(OciRef::Semver(range)),
             RefSpec::Branch(_) => Err(invalid("an OCI repository has tags, not branches")),
-            RefSpec::Commit(_) => Err(invalid("an OCI repository has no commits")),
         }
     }
 }
@@ -185,14 +185,24 @@ impl Credentials {
         let config: serde_json::Value = serde_json::from_slice(config)
             .map_err(|e| format!("not a Docker config (JSON with auths): {e}"))?;
         let auths = &config["auths"];
-        let entry = [
+        let mut keys = vec![
             host.to_string(),
             format!("https://{host}"),
             format!("http://{host}"),
-        ]
-        .iter()
-        .find_map(|key| auths.get(key.as_str()))
-        .or_else(|| auths.get(format!("https://{host}/v1/").as_str()));
+            format!("https://{host}/v1/"),
+        ];
+        // Docker Hub's credentials are kept under its index's old name.
+        if matches!(
+            host,
+            "registry-1.docker.io" | "docker.io" | "index.docker.io"
+        ) {
+            keys.extend([
+                "https://index.docker.io/v1/".to_string(),
+                "docker.io".into(),
+                "index.docker.io".into(),
+            ]);
+        }
+        let entry = keys.iter().find_map(|key| auths.get(key.as_str()));
         let Some(entry) = entry else {
             return Ok(None);
         };

@@ -50,6 +50,16 @@ fn credentials_come_from_a_docker_config() {
         None
     );
     assert!(!format!("{alice:?}").contains("s3cret"));
+    // Docker Hub's credentials, under the name docker login gives them.
+    let hub = br#"{"auths": {"https://index.docker.io/v1/": {"auth": "Ym9iOnQwa2Vu"}}}"#;
+    let bob = Credentials::from_docker_config(hub, "registry-1.docker.io")
+        .unwrap()
+        .unwrap();
+    assert_eq!(bob.username, "bob");
+    // A tag that looks like a Git commit id is a tag.
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let url = OciUrl::parse("oci://r.example/app").unwrap();
+    assert!(matches!(OciRef::parse(sha, &url).unwrap(), OciRef::Tag(t) if t == sha));
 }
 
 #[test]
