@@ -83,6 +83,12 @@ impl ApplicationSpec {
             };
             super::commit_status::request_for(status, &self.source.repo_url, &probe)?;
         }
-        Ok(())
+        self.health_rules().map(|_| ())
+    }
+
+    /// The Application's health rules, compiled (`spec.healthCheckExprs`); an error names
+    /// the rule and the expression that does not parse.
+    pub fn health_rules(&self) -> Result<crate::health::rules::Rules, String> {
+        crate::health::rules::Rules::compile(&self.health_check_exprs, "spec.healthCheckExprs")
     }
 }

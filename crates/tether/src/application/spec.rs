@@ -62,6 +62,10 @@ pub struct ApplicationSpec {
     /// secretRef: {name}}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decryption: Option<Decryption>,
+    /// Health rules (CEL) for kinds of this Application, before the agent's and the library's
+    /// (Flux's `healthCheckExprs`: apiVersion, kind, current, inProgress, failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_check_exprs: Vec<crate::health::rules::HealthCheckExpr>,
     /// Scan registries for newer image tags and commit them to the source's Git branch (as
     /// Flux's ImagePolicy and ImageUpdateAutomation); the sync then applies the commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -44,6 +44,9 @@ pub struct ApplyOptions {
     /// How long one hook may run, and one sync wave may take to become Healthy.
     pub hook_timeout: Duration,
     pub progress: crate::progress::ProgressHandle,
+    /// Health rules before the process's and the library's (an Application's
+    /// `spec.healthCheckExprs`): waves, PostSync hooks and `--wait` gate on them.
+    pub health_rules: crate::health::rules::Rules,
 }
 
 impl Default for ApplyOptions {
@@ -57,6 +60,7 @@ impl Default for ApplyOptions {
             settle_timeout: Duration::from_secs(120),
             run_hooks: true,
             hook_timeout: Duration::from_secs(300),
+            health_rules: Default::default(),
             progress: Default::default(),
         }
     }

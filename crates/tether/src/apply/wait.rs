@@ -9,6 +9,7 @@ use super::ApplyReport;
 use super::execute::Run;
 use crate::cluster::api_for;
 use crate::cluster::discovery::Resolver;
+use crate::health::rules::Rules;
 use crate::health::{self, Health, HealthStatus};
 use crate::object::ObjectKey;
 use crate::plan::Change;
@@ -28,6 +29,7 @@ impl<'a> Run<'a> {
         if let Err(why) = wait_until_healthy(
             self.client,
             self.resolver,
+            &options.health_rules,
             &members,
             options.hook_timeout,
             WAVE_PAUSE,
@@ -48,6 +50,7 @@ impl<'a> Run<'a> {
         if let Err(why) = wait_until_healthy(
             self.client,
             self.resolver,
+            &options.health_rules,
             &members,
             options.hook_timeout,
             WAVE_PAUSE,
@@ -68,6 +71,7 @@ impl<'a> Run<'a> {
         wait_healthy(
             self.client,
             self.resolver,
+            &self.options.health_rules,
             &members,
             &mut self.report,
             timeout,
@@ -82,6 +86,7 @@ impl<'a> Run<'a> {
 async fn check_health(
     client: &kube::Client,
     resolver: &Resolver,
+    rules: &Rules,
     changes: &[&Change],
 ) -> Vec<(ObjectKey, Health)> {
     futures::stream::iter((0..changes.len()).map(|i| async move {
@@ -104,7 +109,10 @@ async fn check_health(
             .ok()
             .flatten()
             .map(|o| serde_json::to_value(o).expect("objects serialize"));
-        (change.key.clone(), health::assess(live.as_ref()))
+        (
+            change.key.clone(),
+            health::assess_with(live.as_ref(), rules),
+        )
     }))
     .buffer_unordered(16)
     .collect()
@@ -121,6 +129,7 @@ const WAVE_PAUSE: Duration = Duration::from_millis(100);
 async fn wait_until_healthy(
     client: &kube::Client,
     resolver: &Resolver,
+    rules: &Rules,
     changes: &[&Change],
     timeout: Duration,
     first_pause: Duration,
@@ -131,7 +140,7 @@ async fn wait_until_healthy(
     let mut pauses =
         crate::duration::doubling(first_pause, first_pause.max(Duration::from_secs(1))).build();
     loop {
-        let checks = check_health(client, resolver, changes).await;
+        let checks = check_health(client, resolver, rules, changes).await;
         if let Some((key, h)) = checks
             .iter()
             .find(|(_, h)| h.status == HealthStatus::Degraded)
@@ -172,6 +181,7 @@ async fn wait_until_healthy(
 async fn wait_healthy(
     client: &kube::Client,
     resolver: &Resolver,
+    rules: &Rules,
     desired: &[&Change],
     report: &mut ApplyReport,
     timeout: Duration,
@@ -180,6 +190,7 @@ async fn wait_healthy(
     let (checks, healthy) = wait_until_healthy(
         client,
         resolver,
+        rules,
         desired,
         timeout,
         Duration::from_secs(1),

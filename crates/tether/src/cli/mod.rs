@@ -63,6 +63,12 @@ pub struct GlobalArgs {
     /// More logs on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
     #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Health rules for custom resources: a YAML list in the form of Flux's
+    /// healthCheckExprs (apiVersion, kind, current, inProgress, failed; CEL), before the
+    /// rules shipped with tether (an Application's own come first).
+    #[arg(long, global = true, value_name = "FILE", env = "TETHER_HEALTH_RULES")]
+    pub health_rules: Option<PathBuf>,
 }
 
 impl GlobalArgs {
@@ -131,6 +137,9 @@ pub enum Command {
 /// Runs one command; returns the process exit code (0 success, 1 error; some commands
 /// define more, such as `plan --detailed-exitcode`).
 pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
+    if let Some(file) = &cli.global.health_rules {
+        crate::health::rules::set_global(read_health_rules(file)?);
+    }
     match cli.command {
         Command::Render(args) => render::run(&cli.global, &args, out).await,
         Command::Plan(args) => plan::run(&cli.global, &args, out).await,
@@ -163,6 +172,22 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
             }
         }
     }
+}
+
+/// The rules of a `--health-rules` file, compiled; an error names the file and the rule.
+fn read_health_rules(file: &std::path::Path) -> anyhow::Result<crate::health::rules::Rules> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--health-rules {}", file.display()))?;
+    let exprs: Vec<crate::health::rules::HealthCheckExpr> = serde_saphyr::from_str(&text)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--health-rules {}: not a list of rules (apiVersion, kind, current, inProgress, failed): {e}",
+                file.display()
+            )
+        })?;
+    crate::health::rules::Rules::compile(&exprs, &format!("--health-rules {}", file.display()))
+        .map_err(anyhow::Error::msg)
 }
 
 /// Logs go to stderr so that stdout stays parseable (`-o json`).

@@ -328,6 +328,27 @@ fn kustomize_origin(manifest: &Value, path: &str) -> Option<String> {
     join_within(path, file)
 }
 
+/// The packaged chart of `helm.repo_chart` (from a Helm repository or an OCI registry) and
+/// its version; `None` when the chart is the folder itself.
+fn fetch_repo_chart(
+    options: &RenderOptions,
+) -> Result<Option<(std::path::PathBuf, String)>, String> {
+    let chart_cache = options
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("tether-helm-charts"));
+    match &options.helm.repo_chart {
+        Some(chart) if chart.url.starts_with("oci://") => {
+            let registry = options.registry.clone().unwrap_or_default();
+            helm::fetch_oci_chart(chart, &registry).map(Some)
+        }
+        Some(chart) => {
+            helm::fetch_repo_chart(chart, &chart_cache, options.limits.timeout).map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
 fn render_helm(
     tree: &dyn Tree,
     path: &str,
@@ -342,20 +363,7 @@ fn render_helm(
         .release
         .clone()
         .unwrap_or_else(|| options.app.clone());
-    let chart_cache = options
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("tether-helm-charts"));
-    let repo_chart = match &options.helm.repo_chart {
-        Some(chart) if chart.url.starts_with("oci://") => {
-            let registry = options.registry.clone().unwrap_or_default();
-            Some(helm::fetch_oci_chart(chart, &registry).map_err(fail)?)
-        }
-        Some(chart) => Some(
-            helm::fetch_repo_chart(chart, &chart_cache, options.limits.timeout).map_err(fail)?,
-        ),
-        None => None,
-    };
+    let repo_chart = fetch_repo_chart(options).map_err(fail)?;
     let key = serde_json::json!({
         "renderer": "helm", "revision": options.revision, "path": path, "namespace": options.namespace,
         "release": release, "options": options.helm,

@@ -93,27 +93,36 @@ impl Snapshot {
                     std::fs::write(&target, bytes).map_err(|e| format!("{}: {e}", entry.path))?;
                 }
                 EntryKind::Symlink => {
-                    let link = tree.read(&entry.path, 4096).map_err(|e| e.to_string())?;
-                    let link = String::from_utf8_lossy(&link).into_owned();
-                    if join_within(parent(&entry.path), &link).is_none() {
-                        if inside(&entry.path) {
-                            return Err(format!(
-                                "{}: symlink to {link:?} leaves the repository; refusing to render",
-                                entry.path
-                            ));
-                        }
-                        copy.left_out.push(format!(
-                            "{} (a symlink to {link:?}, which leaves the repository)",
-                            entry.path
-                        ));
-                        continue;
-                    }
-                    std::os::unix::fs::symlink(&link, &target)
-                        .map_err(|e| format!("{}: {e}", entry.path))?;
+                    copy.link(tree, &entry.path, &target, inside(&entry.path))?;
                 }
             }
         }
         Ok(copy)
+    }
+
+    /// Recreates the symlink at `path` when it stays inside the repository; one that leaves
+    /// it is an error inside the folder rendered (`inside`), else left out.
+    fn link(
+        &mut self,
+        tree: &dyn Tree,
+        path: &str,
+        target: &Path,
+        inside: bool,
+    ) -> Result<(), String> {
+        let link = tree.read(path, 4096).map_err(|e| e.to_string())?;
+        let link = String::from_utf8_lossy(&link).into_owned();
+        if join_within(parent(path), &link).is_none() {
+            if inside {
+                return Err(format!(
+                    "{path}: symlink to {link:?} leaves the repository; refusing to render"
+                ));
+            }
+            self.left_out.push(format!(
+                "{path} (a symlink to {link:?}, which leaves the repository)"
+            ));
+            return Ok(());
+        }
+        std::os::unix::fs::symlink(&link, target).map_err(|e| format!("{path}: {e}"))
     }
 
     /// The file's bytes as they are written: decrypted when it is SOPS-encrypted and

@@ -13,6 +13,7 @@ mod cli_plan;
 mod cli_render;
 mod cli_version;
 mod cluster;
+mod health_rules;
 mod oci;
 mod render_tools;
 mod sops;

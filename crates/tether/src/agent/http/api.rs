@@ -155,7 +155,10 @@ async fn show(
                     let health = if change.action == Action::Prune {
                         None
                     } else {
-                        Some(crate::health::assess(change.live.as_ref()))
+                        Some(crate::health::assess_with(
+                            change.live.as_ref(),
+                            &app.spec.health_rules().unwrap_or_default(),
+                        ))
                     };
                     json!({
                         "key": change.key,

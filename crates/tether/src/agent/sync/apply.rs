@@ -31,6 +31,7 @@ pub(super) async fn apply_and_record(
         concurrency: ctx.options.concurrency,
         // Putting back the revision already applied is not a new deployment.
         run_hooks: !drift,
+        health_rules: super::health_rules(app),
         ..Default::default()
     };
     // The plan had changes: whatever stopped the apply (a conflict, a parent that cannot be

@@ -7,6 +7,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::apply::apply_and_record;
 use super::health::assess_set;
+use super::health_rules;
 use crate::agent::clusters::Connected;
 use crate::agent::{
     Acting, Application, Context, Desired, Failure, Outcome, WATCH_LIST_TIMEOUT, sync_requested,
@@ -74,7 +75,7 @@ pub(super) async fn full_sync(
         sync.status = SyncState::OutOfSync.into();
     }
     record_held(dest, applyset_id, digest, &sync, versions, desired);
-    let health = assess_set(ctx, dest, client, applyset_id).await;
+    let health = assess_set(ctx, dest, client, applyset_id, &health_rules(app)).await;
     if !refused.is_empty() {
         return Err(Failure {
             message: dest.target.context(refused_message(&refused, &sync)),

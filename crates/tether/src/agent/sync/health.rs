@@ -5,6 +5,7 @@ use futures::StreamExt;
 
 use crate::agent::clusters::Connected;
 use crate::agent::{Context, Desired};
+use crate::health::rules::Rules;
 use crate::health::{self, HealthStatus};
 
 /// The health of set `id` (its objects as its last full sync desired them), reading again
@@ -17,6 +18,7 @@ pub(super) async fn assess_set(
     dest: &Connected,
     client: &kube::Client,
     id: &str,
+    rules: &Rules,
 ) -> HealthStatus {
     let changed = dest.drift.take_status_changes(id);
     let desired = dest
@@ -37,7 +39,7 @@ pub(super) async fn assess_set(
             .collect(),
         _ => desired.clone(),
     };
-    let read = assess_each(ctx, client, &to_read).await;
+    let read = assess_each(ctx, client, &to_read, rules).await;
     let mut all = dest.health.lock().expect("not poisoned");
     let each = all.entry(id.to_string()).or_default();
     each.extend(read);
@@ -54,6 +56,7 @@ pub(super) async fn assess_each(
     ctx: &Context,
     client: &kube::Client,
     desired: &[Desired],
+    rules: &Rules,
 ) -> Vec<(crate::object::ObjectKey, HealthStatus)> {
     futures::stream::iter((0..desired.len()).map(|i| async move {
         let (key, kind) = &desired[i];
@@ -66,7 +69,10 @@ pub(super) async fn assess_each(
             .ok()
             .flatten()
             .map(|o| serde_json::to_value(o).expect("objects serialize"));
-        (key.clone(), health::assess(live.as_ref()).status)
+        (
+            key.clone(),
+            health::assess_with(live.as_ref(), rules).status,
+        )
     }))
     .buffer_unordered(ctx.options.concurrency.max(1))
     .collect::<Vec<_>>()

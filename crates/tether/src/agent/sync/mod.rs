@@ -116,7 +116,7 @@ async fn idle_poll(
         author: applied.author.clone(),
         ..listed
     };
-    Some(unchanged_outcome(ctx, at, applyset_id, settled, status_changed, revision).await)
+    Some(unchanged_outcome(ctx, at, app, applyset_id, settled, status_changed, revision).await)
 }
 
 /// The sync of a fetched revision: a correction of just what drifted, or nothing when it
@@ -163,9 +163,16 @@ async fn sync_revision(
             renders_the_same(ctx, at, app, applyset_id, settled, &revision, &mut tree).await?;
         rendered = render;
         if same {
-            return Ok(
-                unchanged_outcome(ctx, at, applyset_id, settled, status_changed, revision).await,
-            );
+            return Ok(unchanged_outcome(
+                ctx,
+                at,
+                app,
+                applyset_id,
+                settled,
+                status_changed,
+                revision,
+            )
+            .await);
         }
     }
     let applied_digest = dest.drift.applied_digest(applyset_id);
@@ -241,6 +248,7 @@ fn facts(ctx: &Context, dest: &Connected, app: &Application, applyset_id: &str) 
 async fn unchanged_outcome(
     ctx: &Context,
     at: &Acting<'_>,
+    app: &Application,
     applyset_id: &str,
     settled: Settled<'_>,
     status_changed: bool,
@@ -252,7 +260,7 @@ async fn unchanged_outcome(
     // progress: only the objects not Healthy are read).
     let healthy = status.health.as_deref().map(health_from) == Some(HealthStatus::Healthy);
     let health = if status_changed || !healthy {
-        assess_set(ctx, at.dest, at.client, applyset_id).await
+        assess_set(ctx, at.dest, at.client, applyset_id, &health_rules(app)).await
     } else {
         status
             .health
@@ -269,6 +277,11 @@ async fn unchanged_outcome(
         apply_set: apply_set.clone(),
         destination: dest.clone(),
     }
+}
+
+/// The Application's health rules (checked valid before the sync: none when they are not).
+pub(super) fn health_rules(app: &Application) -> crate::health::rules::Rules {
+    app.spec.health_rules().unwrap_or_default()
 }
 
 /// Renders as [`render_app`] does, with the render's [`digest_of`].

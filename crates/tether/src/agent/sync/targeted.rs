@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use super::apply::apply_and_record;
 use super::full::applied_digests;
 use super::health::assess_set;
+use super::health_rules;
 use super::{Settled, render_digested};
 use crate::agent::{Acting, Application, Context, Failure, Outcome};
 use crate::object::{Object, ObjectKey};
@@ -77,7 +78,7 @@ pub(super) async fn correct_drift(
             known.remove(key);
         }
     }
-    let health = assess_set(ctx, at.dest, at.client, applyset_id).await;
+    let health = assess_set(ctx, at.dest, at.client, applyset_id, &health_rules(app)).await;
     let mut sync = sync.clone();
     sync.revision = revision.commit.clone();
     Ok(Targeted::Done(Box::new(Outcome {

@@ -158,12 +158,14 @@ async fn compute(state: &UiState, app: &Application) -> AppView {
     };
     let mut nodes = Vec::new();
     let owned = owned_objects(&destination.target.client, &plan.changes).await;
+    // The same rules as the agent's status (rule 11): the Application's own first.
+    let rules = app.spec.health_rules().unwrap_or_default();
     for change in &plan.changes {
         let live = change.live.as_ref().map(redacted);
         let health = if change.action == Action::Prune {
             Health::new(health::HealthStatus::Missing, "no longer in Git")
         } else {
-            health::assess(change.live.as_ref())
+            health::assess_with(change.live.as_ref(), &rules)
         };
         nodes.push(Node {
             depth: 0,
