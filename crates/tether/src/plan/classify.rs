@@ -158,6 +158,36 @@ pub(super) enum Verdict {
     Predicted(Prediction),
 }
 
+/// A field in conflict as the user reads it: who holds it now, from the server's cause
+/// (`conflict with "kubectl-scale" with subresource "scale" using apps/v1`), with the
+/// operation and the time the live object's managedFields record for that manager
+/// (`.spec.replicas: changed by "kubectl-scale" (Update of the scale subresource at
+/// 2026-12-06T06:00:00Z)`); the server's words when the entry is not found.
+pub(super) fn attributed(live: Option<&Value>, field: &str, message: &str) -> String {
+    let manager = message.split('"').nth(1);
+    let subresource = message
+        .split("with subresource \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next());
+    let entry = live
+        .and_then(|l| l["metadata"]["managedFields"].as_array())
+        .into_iter()
+        .flatten()
+        .find(|e| e["manager"].as_str() == manager && e["subresource"].as_str() == subresource);
+    let (Some(manager), Some(entry)) = (manager, entry) else {
+        return format!("{field}: {message}");
+    };
+    let operation = entry["operation"].as_str().unwrap_or("a write");
+    let mut how = operation.to_string();
+    if let Some(subresource) = subresource {
+        how.push_str(&format!(" of the {subresource} subresource"));
+    }
+    if let Some(time) = entry["time"].as_str() {
+        how.push_str(&format!(" at {time}"));
+    }
+    format!("{field}: changed by \"{manager}\" ({how})")
+}
+
 /// What the dry-run `answer` for `desired` (the object `key`, live as `live`) means. A
 /// field in conflict that tether applied before is drift, whoever holds it now, and is
 /// taken back with force; only a field it never applied is a conflict. An object applied
@@ -204,7 +234,7 @@ pub(super) fn read_answer(
                 .unwrap_or(true)
     };
     let (reclaimed, foreign): (Vec<_>, Vec<_>) = causes.iter().partition(|(field, _)| drift(field));
-    let describe = |(field, message): &(String, String)| format!("{field}: {message}");
+    let describe = |(field, message): &(String, String)| attributed(live.as_ref(), field, message);
     let reclaims = reclaimed.into_iter().map(describe).collect();
     if !causes.is_empty() && foreign.is_empty() {
         return Verdict::Predicted(Prediction {

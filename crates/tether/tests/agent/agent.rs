@@ -245,6 +245,33 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
     })
     .await;
     eprintln!("drift corrected in {:?}", started.elapsed());
+    // The history says who changed what was put back (a field and its writer, no value).
+    let said = until(
+        &apps,
+        "healed",
+        "a history entry naming the hand edit",
+        |a| {
+            a.status.as_ref().is_some_and(|s| {
+                s.history
+                    .iter()
+                    .any(|h| h.message.as_deref().is_some_and(|m| m.contains("put back")))
+            })
+        },
+    )
+    .await;
+    let message = said
+        .status
+        .expect("status")
+        .history
+        .iter()
+        .filter_map(|h| h.message.clone())
+        .find(|m| m.contains("put back"))
+        .expect("an entry");
+    assert!(
+        message.contains(r#".data.color: changed by "hand-edit" (Apply at 20"#)
+            && !message.contains("red"),
+        "{message}"
+    );
 
     // Only what drifted is planned and applied again: one hand edit among 50 LimitRanges
     // costs a few requests for LimitRanges, not one per member.

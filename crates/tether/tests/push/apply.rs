@@ -410,6 +410,11 @@ async fn hand_edits_of_fields_tether_applied_are_drift_and_put_back() {
         settings.contains(".data.color") && settings.contains("kubectl-patch"),
         "{settings}"
     );
+    // Who, how and when, from the live object's managedFields.
+    assert!(
+        settings.contains(r#"changed by "kubectl-patch" (Update at 20"#),
+        "{settings}"
+    );
     assert!(
         settings.contains(".data.size") && settings.contains("kubectl-edit"),
         "{settings}"

@@ -34,6 +34,17 @@ pub(super) async fn apply_and_record(
         health_rules: super::health_rules(app),
         ..Default::default()
     };
+    // Who changed what tether puts back (fields and writers, never values): in the history
+    // entry, so the Event, the notifications, the status and the API say it.
+    let put_back: Vec<String> = planned
+        .changes
+        .iter()
+        .flat_map(|c| {
+            c.reclaims
+                .iter()
+                .map(move |field| format!("{} {field}", c.key))
+        })
+        .collect();
     // The plan had changes: whatever stopped the apply (a conflict, a parent that cannot be
     // written), the cluster differs from the revision.
     let report = apply(client, &dest.target.resolver, planned, &options)
@@ -74,7 +85,15 @@ pub(super) async fn apply_and_record(
         .filter(|r| r.action != PlanAction::Prune)
         .filter_map(|r| Some((r.key.clone(), r.resource_version.clone()?)))
         .collect();
-    Ok((succeeded_entry(&report, revision, hooks, what), versions))
+    let mut entry = succeeded_entry(&report, revision, hooks, what);
+    if !put_back.is_empty()
+        && let Some(message) = entry.message.as_mut()
+    {
+        let shown: Vec<&str> = put_back.iter().take(5).map(String::as_str).collect();
+        let more = if put_back.len() > 5 { "; …" } else { "" };
+        message.push_str(&format!("; put back: {}{more}", shown.join("; ")));
+    }
+    Ok((entry, versions))
 }
 
 /// How many objects the apply gave `action`.

@@ -324,3 +324,25 @@ fn every_golden_case_plans_as_expected() {
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
+
+#[test]
+fn a_field_in_conflict_names_who_wrote_it_how_and_when() {
+    let live = serde_json::json!({"metadata": {"managedFields": [
+        {"manager": "tether", "operation": "Apply", "time": "2026-12-06T05:00:00Z"},
+        {"manager": "kubectl-scale", "operation": "Update", "subresource": "scale", "time": "2026-12-06T06:00:00Z"},
+        {"manager": "kubectl-scale", "operation": "Update", "time": "2026-12-01T00:00:00Z"}
+    ]}});
+    assert_eq!(
+        super::attributed(
+            Some(&live),
+            ".spec.replicas",
+            r#"conflict with "kubectl-scale" with subresource "scale" using apps/v1"#
+        ),
+        r#".spec.replicas: changed by "kubectl-scale" (Update of the scale subresource at 2026-12-06T06:00:00Z)"#
+    );
+    // Without a matching entry, the server's own words.
+    assert_eq!(
+        super::attributed(Some(&live), ".data.x", r#"conflict with "helm" using v1"#),
+        r#".data.x: conflict with "helm" using v1"#
+    );
+}
