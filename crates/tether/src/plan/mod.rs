@@ -16,6 +16,7 @@ mod live;
 pub mod migrate;
 mod prepare;
 mod prune;
+pub mod sync_options;
 mod types;
 
 pub use prepare::hook_label;
@@ -49,7 +50,7 @@ pub async fn plan(
     let Preparation {
         members,
         mut hooks,
-        skipped,
+        mut skipped,
         errors: invalid,
         desired,
     } = prepare::prepare(objects, resolve, &pending_kinds, &placement);
@@ -76,13 +77,17 @@ pub async fn plan(
 
     if !options.partial {
         match prune::prune_candidates(client, resolver, &applyset, &desired).await {
-            Ok(prunes) => changes.extend(prunes),
+            Ok((prunes, kept)) => {
+                changes.extend(prunes);
+                skipped.extend(kept);
+            }
             Err(error) => errors.push(error),
         }
     }
     stop_at(errors)?;
     stop_at(dry_run::dry_run_hooks(client, resolver, &hooks, &creating_namespaces).await)?;
 
+    sync_options::apply_ssa_modes(&mut changes, &mut skipped);
     changes.sort_by(|a, b| (a.stage, a.wave, &a.key).cmp(&(b.stage, b.wave, &b.key)));
     hooks.sort_by(|a, b| {
         (&a.phases, a.run_order(), &a.key).cmp(&(&b.phases, b.run_order(), &b.key))

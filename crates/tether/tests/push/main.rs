@@ -18,4 +18,5 @@ mod oci;
 mod render_tools;
 mod sops;
 mod source_git;
+mod sync_options;
 mod waves_hooks;

@@ -1,0 +1,138 @@
+//! Per-object sync options as Argo CD and Flux users write them, against the real API
+//! server: `argocd.argoproj.io/sync-options: Prune=false` and `kustomize.toolkit.fluxcd.io/
+//! prune: disabled` keep an object Git no longer has; `kustomize.toolkit.fluxcd.io/ssa:
+//! IfNotPresent` creates but never changes; `Ignore` never applies.
+
+use crate::support;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use support::{TestNamespace, cluster, said, tether};
+
+fn annotated(name: &str, color: &str, annotation: Option<(&str, &str)>) -> String {
+    let annotations = annotation
+        .map(|(k, v)| format!("  annotations:\n    {k}: \"{v}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n{annotations}data:\n  color: {color}\n"
+    )
+}
+
+#[tokio::test]
+async fn both_peers_sync_options_are_honoured() {
+    let client = cluster().await.client();
+    let ns = TestNamespace::create(&client, "sync-options").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let folder = dir.path().join("app");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    let write = |name: &str, text: String| {
+        std::fs::write(folder.join(format!("{name}.yaml")), text).expect("write")
+    };
+    let files = |color: &str| {
+        vec![
+            (
+                "argo-keep",
+                annotated(
+                    "argo-keep",
+                    color,
+                    Some(("argocd.argoproj.io/sync-options", "Prune=false")),
+                ),
+            ),
+            (
+                "flux-keep",
+                annotated(
+                    "flux-keep",
+                    color,
+                    Some(("kustomize.toolkit.fluxcd.io/prune", "disabled")),
+                ),
+            ),
+            ("plain", annotated("plain", color, None)),
+            (
+                "once",
+                annotated(
+                    "once",
+                    color,
+                    Some(("kustomize.toolkit.fluxcd.io/ssa", "IfNotPresent")),
+                ),
+            ),
+            (
+                "never",
+                annotated(
+                    "never",
+                    color,
+                    Some(("kustomize.toolkit.fluxcd.io/ssa", "Ignore")),
+                ),
+            ),
+        ]
+    };
+    for (name, text) in files("blue") {
+        write(name, text);
+    }
+    let path = folder.to_str().expect("utf-8 path").to_string();
+    let apply = || tether(&["apply", "--path", &path, "--app", "opts", "-n", &ns.name]);
+    let out = apply();
+    assert!(out.status.success(), "{}", said(&out));
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let color = |cm: Option<ConfigMap>| cm.and_then(|c| c.data).map(|d| d["color"].clone());
+    for name in ["argo-keep", "flux-keep", "plain", "once"] {
+        assert_eq!(
+            color(configmaps.get_opt(name).await.expect("read")).as_deref(),
+            Some("blue"),
+            "{name}"
+        );
+    }
+    assert!(
+        configmaps.get_opt("never").await.expect("read").is_none(),
+        "ssa: Ignore is never applied"
+    );
+
+    // IfNotPresent: Git's change and a hand edit alike are left alone.
+    configmaps
+        .patch("once", &PatchParams::apply("hand-edit").force(), &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "once"}, "data": {"color": "red"}})))
+        .await
+        .expect("hand edit");
+    for (name, text) in files("green") {
+        write(name, text);
+    }
+    let out = apply();
+    assert!(out.status.success(), "{}", said(&out));
+    assert_eq!(
+        color(configmaps.get_opt("plain").await.expect("read")).as_deref(),
+        Some("green")
+    );
+    assert_eq!(
+        color(configmaps.get_opt("once").await.expect("read")).as_deref(),
+        Some("red"),
+        "created once, never changed"
+    );
+
+    // Out of Git: the plain one is pruned, the kept ones stay, and the plan says why.
+    for name in ["argo-keep", "flux-keep", "plain"] {
+        std::fs::remove_file(folder.join(format!("{name}.yaml"))).expect("remove");
+    }
+    let plan = tether(&["plan", "--path", &path, "--app", "opts", "-n", &ns.name]);
+    assert!(
+        said(&plan).contains("kept in the cluster: argocd.argoproj.io/sync-options: Prune=false"),
+        "{}",
+        said(&plan)
+    );
+    assert!(
+        said(&plan).contains("kept in the cluster: kustomize.toolkit.fluxcd.io/prune: disabled"),
+        "{}",
+        said(&plan)
+    );
+    let out = apply();
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(
+        configmaps.get_opt("plain").await.expect("read").is_none(),
+        "pruned"
+    );
+    for name in ["argo-keep", "flux-keep"] {
+        assert!(
+            configmaps.get_opt(name).await.expect("read").is_some(),
+            "{name} kept"
+        );
+    }
+}
