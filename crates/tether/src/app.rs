@@ -410,6 +410,7 @@ pub fn plan_options_for(options: &AppOptions, app: &Application) -> PlanOptions 
     plan_options.refuse_alone = true;
     // Checked where the sync starts (an unknown option fails it there).
     plan_options.create_namespace = spec.sync_policy.create_namespace().unwrap_or(false);
+    plan_options.ignore_differences = spec.ignore_differences.clone();
     plan_options
 }
 

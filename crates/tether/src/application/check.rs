@@ -83,6 +83,7 @@ impl ApplicationSpec {
             };
             super::commit_status::request_for(status, &self.source.repo_url, &probe)?;
         }
+        crate::plan::ignore::check(&self.ignore_differences, "spec.ignoreDifferences")?;
         self.health_rules().map(|_| ())
     }
 

@@ -62,6 +62,10 @@ pub struct ApplicationSpec {
     /// secretRef: {name}}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decryption: Option<Decryption>,
+    /// Fields left to someone else (Argo CD's `ignoreDifferences`: group, kind, name,
+    /// namespace, jsonPointers, managedFieldsManagers): not applied, never drift.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_differences: Vec<crate::plan::ignore::IgnoreRule>,
     /// Health rules (CEL) for kinds of this Application, before the agent's and the library's
     /// (Flux's `healthCheckExprs`: apiVersion, kind, current, inProgress, failed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

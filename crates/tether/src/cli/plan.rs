@@ -50,6 +50,33 @@ pub struct TargetArgs {
     /// pruned), as Argo CD's CreateNamespace=true and helm's --create-namespace.
     #[arg(long)]
     pub create_namespace: bool,
+
+    /// Fields left to someone else: a YAML list of rules as Argo CD's ignoreDifferences
+    /// (group, kind, name, namespace, jsonPointers, managedFieldsManagers). They are left
+    /// out of what is applied and never shown as drift.
+    #[arg(long, value_name = "FILE")]
+    pub ignore_differences: Option<std::path::PathBuf>,
+}
+
+impl TargetArgs {
+    /// The rules of --ignore-differences (none without it).
+    fn ignore_rules(&self) -> anyhow::Result<Vec<crate::plan::ignore::IgnoreRule>> {
+        let Some(file) = &self.ignore_differences else {
+            return Ok(Vec::new());
+        };
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("--ignore-differences {}", file.display()))?;
+        let rules: Vec<crate::plan::ignore::IgnoreRule> = serde_saphyr::from_str(&text)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "--ignore-differences {}: not a list of rules (group, kind, jsonPointers, managedFieldsManagers): {e}",
+                    file.display()
+                )
+            })?;
+        crate::plan::ignore::check(&rules, &format!("--ignore-differences {}", file.display()))
+            .map_err(anyhow::Error::msg)?;
+        Ok(rules)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +146,7 @@ pub async fn prepare(
     options.create_namespace = target.create_namespace;
     options.source = Some(resolved.source.clone());
     options.app_defaulted = target.app.is_none();
+    options.ignore_differences = target.ignore_rules()?;
     options.progress = super::progress::for_stderr();
     let plan = crate::plan::plan(&cluster.client(), &resolver, objects, &options).await?;
     Ok(Prepared {
@@ -401,6 +429,9 @@ fn write_text_change(
     for field in &change.reclaims {
         writeln!(out, "    drift, Git's value goes back: {field}")?;
     }
+    for field in &change.ignored {
+        writeln!(out, "    ignored (left to others, not applied): {field}")?;
+    }
     if !change.takes_over_from.is_empty() {
         writeln!(
             out,
@@ -537,6 +568,9 @@ fn write_markdown_details(out: &mut impl Write, change: &Change) -> anyhow::Resu
     }
     for field in &change.reclaims {
         writeln!(out, "- drift, Git's value goes back: {field}")?;
+    }
+    for field in &change.ignored {
+        writeln!(out, "- ignored (left to others, not applied): {field}")?;
     }
     // A fence longer than any run of backticks in the diff cannot be closed by it.
     let fence = "`".repeat(3.max(longest_backtick_run(&change.diff) + 1));

@@ -86,11 +86,26 @@ async fn plan_one(
     let Prepared {
         key,
         origin,
-        manifest,
+        mut manifest,
         kind,
         namespaced,
         wave,
     } = item;
+    // Fields left to someone else: named by a pointer (taken out before the live read),
+    // or written by a listed manager (known once the live object is read).
+    let rules = &context.options.ignore_differences;
+    let mut ignored = super::ignore::strip(&mut manifest, &key, None, rules);
+    let by_managers = super::ignore::by_managers(rules, &key);
+    let prefetched = match (prefetched, &kind) {
+        (Prefetched::Unknown, Some(info)) if by_managers => {
+            let api = api_for(context.client, info, &key.namespace);
+            Prefetched::Live(read_live(&api, &key, &origin).await?)
+        }
+        (other, _) => other,
+    };
+    if by_managers && let Prefetched::Live(Some(live)) = &prefetched {
+        ignored.extend(super::ignore::strip(&mut manifest, &key, Some(live), rules));
+    }
     let outcome = plan_change(context, &key, &origin, &manifest, kind.clone(), prefetched).await?;
     // The manifest moves into the change once planned: one copy per object, not two.
     Ok(Change {
@@ -107,6 +122,7 @@ async fn plan_one(
         wave,
         reclaims: outcome.reclaims,
         force: outcome.force,
+        ignored,
     })
 }
 

@@ -12,6 +12,7 @@ pub mod diff;
 mod dry_run;
 pub mod fields;
 pub mod hooks;
+pub mod ignore;
 mod live;
 pub mod migrate;
 mod prepare;

@@ -86,6 +86,7 @@ pub(super) async fn prune_candidates(
                     takes_over_from: Vec::new(),
                     reclaims: Vec::new(),
                     force: false,
+                    ignored: Vec::new(),
                 });
             }
         }

@@ -50,6 +50,9 @@ pub struct PlanOptions {
     /// The application name was derived from the path: a set recording another source is
     /// refused, since two folders of one name would otherwise share (and prune) one set.
     pub app_defaulted: bool,
+    /// Fields left to someone else (Argo CD's `ignoreDifferences`): taken out of what is
+    /// applied, never drift (see [`super::ignore`]).
+    pub ignore_differences: Vec<super::ignore::IgnoreRule>,
     pub progress: crate::progress::ProgressHandle,
 }
 
@@ -68,6 +71,7 @@ impl PlanOptions {
             create_namespace: false,
             source: None,
             app_defaulted: false,
+            ignore_differences: Vec::new(),
             progress: Default::default(),
         }
     }
@@ -140,6 +144,9 @@ pub struct Change {
     /// Apply with force: every field in conflict is one tether applied before.
     #[serde(skip)]
     pub force: bool,
+    /// Fields an ignore rule left out of what is applied (pointers, and who writes them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
 }
 
 /// An object that runs at a phase of the sync instead of being a member of the set

@@ -15,4 +15,5 @@ mod every_size;
 mod faults;
 mod hardening;
 mod oci;
+mod options;
 mod secrets;

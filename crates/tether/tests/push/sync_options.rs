@@ -136,3 +136,98 @@ async fn both_peers_sync_options_are_honoured() {
         );
     }
 }
+
+#[tokio::test]
+async fn fields_left_to_others_are_not_applied_nor_drift() {
+    let client = cluster().await.client();
+    let ns = TestNamespace::create(&client, "ignore-diff").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let folder = dir.path().join("app");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    let write = |level: &str, mode: &str| {
+        std::fs::write(
+            folder.join("tuned.yaml"),
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: tuned\ndata:\n  level: \"{level}\"\n  mode: {mode}\n  color: blue\n"),
+        )
+        .expect("write")
+    };
+    write("1", "fast");
+    let rules = dir.path().join("ignore.yaml");
+    std::fs::write(
+        &rules,
+        "- kind: ConfigMap\n  name: tuned\n  managedFieldsManagers: [autoscaler]\n- kind: ConfigMap\n  jsonPointers: [/data/mode]\n",
+    )
+    .expect("rules");
+    let path = folder.to_str().expect("utf-8 path").to_string();
+    let args = |verb: &str| {
+        vec![
+            verb.to_string(),
+            "--path".into(),
+            path.clone(),
+            "--app".into(),
+            "tuned".into(),
+            "-n".into(),
+            ns.name.clone(),
+            "--ignore-differences".into(),
+            rules.display().to_string(),
+        ]
+    };
+    let run = |verb: &str| {
+        let all = args(verb);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        tether(&all)
+    };
+    let out = run("apply");
+    assert!(out.status.success(), "{}", said(&out));
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let data = || async {
+        configmaps
+            .get("tuned")
+            .await
+            .expect("get")
+            .data
+            .expect("data")
+    };
+    // /data/mode is never applied; level was (no one else wrote it yet).
+    assert!(!data().await.contains_key("mode"), "{:?}", data().await);
+    assert_eq!(data().await["level"], "1");
+    // An autoscaler writes level (another manager, an Update); Git changes it too.
+    configmaps
+        .patch(
+            "tuned",
+            &PatchParams {
+                field_manager: Some("autoscaler".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"data": {"level": "7"}})),
+        )
+        .await
+        .expect("the autoscaler's write");
+    write("2", "slow");
+    let plan = run("plan");
+    assert!(
+        said(&plan).contains(
+            r#"ignored (left to others, not applied): /data/level (written by "autoscaler")"#
+        ) || !said(&plan).contains("drift"),
+        "{}",
+        said(&plan)
+    );
+    assert!(
+        !said(&plan).contains("Git's value goes back"),
+        "never drift: {}",
+        said(&plan)
+    );
+    let out = run("apply");
+    assert!(out.status.success(), "{}", said(&out));
+    assert_eq!(data().await["level"], "7", "the autoscaler's value stays");
+    assert!(!data().await.contains_key("mode"));
+    // A rule that is not a pointer is refused, naming where it is.
+    std::fs::write(&rules, "- kind: ConfigMap\n  jsonPointers: [data.mode]\n").expect("rules");
+    let out = run("plan");
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(
+        said(&out).contains("is not a JSON pointer"),
+        "{}",
+        said(&out)
+    );
+}

@@ -86,14 +86,18 @@ pub(super) async fn apply_and_record(
         .filter_map(|r| Some((r.key.clone(), r.resource_version.clone()?)))
         .collect();
     let mut entry = succeeded_entry(&report, revision, hooks, what);
-    if !put_back.is_empty()
-        && let Some(message) = entry.message.as_mut()
-    {
-        let shown: Vec<&str> = put_back.iter().take(5).map(String::as_str).collect();
-        let more = if put_back.len() > 5 { "; …" } else { "" };
-        message.push_str(&format!("; put back: {}{more}", shown.join("; ")));
-    }
+    say_put_back(&mut entry, &put_back);
     Ok((entry, versions))
+}
+
+/// Adds what was put back, and who had changed it, to the entry's message (five at most).
+fn say_put_back(entry: &mut HistoryEntry, put_back: &[String]) {
+    let Some(message) = entry.message.as_mut().filter(|_| !put_back.is_empty()) else {
+        return;
+    };
+    let shown: Vec<&str> = put_back.iter().take(5).map(String::as_str).collect();
+    let more = if put_back.len() > 5 { "; …" } else { "" };
+    message.push_str(&format!("; put back: {}{more}", shown.join("; ")));
 }
 
 /// How many objects the apply gave `action`.

@@ -34,6 +34,7 @@ fn change(kind: &str, name: &str, action: Action, stage: Stage, wave: i64) -> Ch
         takes_over_from: Vec::new(),
         wave,
         reclaims: Vec::new(),
+        ignored: Vec::new(),
         force: false,
     }
 }
