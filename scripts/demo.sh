@@ -67,6 +67,13 @@ spec:
   source: {repoURL: "git://127.0.0.1:$git_port/platform", ref: {branch: main}, path: apps/web-app}
   destination: {namespace: web-app}
   syncPolicy: {interval: 1m}
+  healthCheckExprs:
+    - apiVersion: example.tether.dev/v1
+      kind: Greeting
+      failed: "has(spec.language) && !(spec.language in ['en', 'de', 'fr'])"
+      current: "size(spec.message) > 0"
+  ignoreDifferences:
+    - {group: apps, kind: Deployment, managedFieldsManagers: [kube-controller-manager]}
 YAML
 setsid "$tether" agent -n tether-system --listen "127.0.0.1:$ui_port" --api-token-file "$demo_dir/ui-token" \
   > "$demo_dir/agent.log" 2>&1 < /dev/null &

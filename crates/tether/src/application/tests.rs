@@ -176,3 +176,31 @@ fn two_refs_at_once_are_refused() {
     };
     assert!(git_ref.as_ref_text().is_err());
 }
+
+#[test]
+fn the_example_application_is_valid_and_its_rules_judge_a_greeting() {
+    let text = include_str!("../../../../examples/application.yaml");
+    let documents = crate::render::yaml::parse_documents(text, &Default::default()).expect("YAML");
+    let app: super::Application = documents
+        .into_iter()
+        .map(|d| d.value)
+        .find(|v| v["kind"] == "Application")
+        .map(|v| serde_json::from_value(v).expect("an Application"))
+        .expect("the example has an Application");
+    app.spec.check().expect("the example's spec is valid");
+    let rules = app.spec.health_rules().expect("its rules compile");
+    assert_eq!(app.spec.ignore_differences.len(), 1);
+    let greeting = |language: &str| {
+        serde_json::json!({"apiVersion": "example.tether.dev/v1", "kind": "Greeting",
+            "metadata": {"name": "welcome"}, "spec": {"message": "hi", "language": language}})
+    };
+    use crate::health::{HealthStatus, assess_with};
+    assert_eq!(
+        assess_with(Some(&greeting("en")), &rules).status,
+        HealthStatus::Healthy
+    );
+    assert_eq!(
+        assess_with(Some(&greeting("xx")), &rules).status,
+        HealthStatus::Degraded
+    );
+}
