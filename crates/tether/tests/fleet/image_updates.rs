@@ -56,14 +56,25 @@ fn push_tag(registry: &Registry, dir: &std::path::Path, tag: &str) {
     assert!(out.status.success(), "push {tag}: {}", said(&out));
 }
 
+/// The newest commit of main as Gitea's API shows it; Gitea indexes a push in the
+/// background ("Git Repository is empty", 409, until then): asked again for up to 30 s.
 fn head_of_main(gitea: &Gitea) -> Value {
-    let (code, commits) = gitea.api(
-        Method::GET,
-        &format!("/repos/{}/deploy/commits?sha=main&limit=1", gitea::USER),
-        None,
-    );
-    assert_eq!(code, 200, "{commits}");
-    commits[0].clone()
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, commits) = gitea.api(
+            Method::GET,
+            &format!("/repos/{}/deploy/commits?sha=main&limit=1", gitea::USER),
+            None,
+        );
+        if code == 200 {
+            return commits[0].clone();
+        }
+        assert!(
+            code == 409 && Instant::now() < deadline,
+            "{code}: {commits}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 async fn create_secret(secrets: &Api<Secret>, name: &str, data: Value) {
