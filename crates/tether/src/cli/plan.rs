@@ -395,6 +395,21 @@ fn write_text(
             skipped.key, skipped.why, skipped.origin
         )?;
     }
+    // Ignored fields of objects that do not change otherwise (those that do say it above).
+    for change in plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Unchanged && !c.ignored.is_empty())
+    {
+        writeln!(out)?;
+        for field in &change.ignored {
+            writeln!(
+                out,
+                "  {}: ignored (the cluster's value is kept): {field}",
+                change.key
+            )?;
+        }
+    }
     writeln!(out)?;
     writeln!(out, "{}", plan.summary())?;
     Ok(())
@@ -430,7 +445,7 @@ fn write_text_change(
         writeln!(out, "    drift, Git's value goes back: {field}")?;
     }
     for field in &change.ignored {
-        writeln!(out, "    ignored (left to others, not applied): {field}")?;
+        writeln!(out, "    ignored (the cluster's value is kept): {field}")?;
     }
     if !change.takes_over_from.is_empty() {
         writeln!(
@@ -570,7 +585,7 @@ fn write_markdown_details(out: &mut impl Write, change: &Change) -> anyhow::Resu
         writeln!(out, "- drift, Git's value goes back: {field}")?;
     }
     for field in &change.ignored {
-        writeln!(out, "- ignored (left to others, not applied): {field}")?;
+        writeln!(out, "- ignored (the cluster's value is kept): {field}")?;
     }
     // A fence longer than any run of backticks in the diff cannot be closed by it.
     let fence = "`".repeat(3.max(longest_backtick_run(&change.diff) + 1));

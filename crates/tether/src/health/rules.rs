@@ -90,6 +90,13 @@ impl Rules {
                 let Some(text) = text.filter(|t| !t.trim().is_empty()) else {
                     continue;
                 };
+                // Rules are evaluated inline for every object: no loop of their own making
+                // (`lists.range`), only over the object's own lists.
+                if text.contains("range(") {
+                    return Err(format!(
+                        "{at}: {name}: lists.range is not allowed in a health rule"
+                    ));
+                }
                 let program = env()
                     .compile(text)
                     .map_err(|e| format!("{at}: {name}: not a CEL expression: {e}"))?;
@@ -173,10 +180,10 @@ pub(super) fn evaluate(rule: &Rule, obj: &Value) -> Health {
             format!("{} rule for {}: {what}", rule.source, rule.kind),
         )
     };
-    let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64);
-    let observed = obj
-        .pointer("/status/observedGeneration")
-        .and_then(Value::as_i64);
+    // A number, or a number written as a string (Argo Rollouts); a hash is not compared.
+    let number = |v: &Value| v.as_i64().or_else(|| v.as_str()?.parse::<i64>().ok());
+    let generation = obj.pointer("/metadata/generation").and_then(number);
+    let observed = obj.pointer("/status/observedGeneration").and_then(number);
     if let (Some(generation), Some(observed)) = (generation, observed)
         && generation != observed
     {
@@ -209,9 +216,10 @@ pub(super) fn evaluate(rule: &Rule, obj: &Value) -> Health {
             }
             Ok(cel::Value::Bool(false)) => {}
             Ok(other) => {
+                // The type only: a value could be a Secret's.
                 return said(
                     HealthStatus::Progressing,
-                    &format!("{name} is not true or false but {other:?}"),
+                    &format!("{name} is not true or false but a {:?}", other.type_of()),
                 );
             }
             Err(e) => {

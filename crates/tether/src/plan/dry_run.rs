@@ -91,20 +91,20 @@ async fn plan_one(
         namespaced,
         wave,
     } = item;
-    // Fields left to someone else: named by a pointer (taken out before the live read),
-    // or written by a listed manager (known once the live object is read).
+    // Fields left to someone else are applied with the values the cluster holds (named by
+    // a pointer, or written by a listed manager): the live object is read for them.
     let rules = &context.options.ignore_differences;
-    let mut ignored = super::ignore::strip(&mut manifest, &key, None, rules);
-    let by_managers = super::ignore::by_managers(rules, &key);
+    let named = super::ignore::applies_to(rules, &key);
     let prefetched = match (prefetched, &kind) {
-        (Prefetched::Unknown, Some(info)) if by_managers => {
+        (Prefetched::Unknown, Some(info)) if named => {
             let api = api_for(context.client, info, &key.namespace);
             Prefetched::Live(read_live(&api, &key, &origin).await?)
         }
         (other, _) => other,
     };
-    if by_managers && let Prefetched::Live(Some(live)) = &prefetched {
-        ignored.extend(super::ignore::strip(&mut manifest, &key, Some(live), rules));
+    let mut ignored = Vec::new();
+    if named && let Prefetched::Live(Some(live)) = &prefetched {
+        ignored = super::ignore::respect(&mut manifest, &key, Some(live), rules);
     }
     let outcome = plan_change(context, &key, &origin, &manifest, kind.clone(), prefetched).await?;
     // The manifest moves into the change once planned: one copy per object, not two.

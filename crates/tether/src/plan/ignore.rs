@@ -1,7 +1,10 @@
-//! Ignore rules (Argo CD's `ignoreDifferences`): fields of matching objects that are left
-//! to someone else. A field named by a JSON pointer, or one a listed manager writes (an
-//! autoscaler's `spec.replicas`), is taken out of the manifest tether applies: never shown
-//! as drift, never put back, never fought over; the plan names each field it left out.
+//! Ignore rules (Argo CD's `ignoreDifferences`, applied as its `RespectIgnoreDifferences`):
+//! fields of matching objects that are left to someone else. For an object that exists, a
+//! field named by a JSON pointer, or one a listed manager writes (an autoscaler's
+//! `spec.replicas`), is applied with the value the cluster holds: never shown as drift,
+//! never put back, never fought over, and never deleted (leaving it out of a server-side
+//! apply would delete a field tether alone owned). An object being created gets Git's
+//! values. Fields inside list items are not followed (the list is left as Git has it).
 //! Pure: manifests and live objects in, manifests out.
 
 use schemars::JsonSchema;
@@ -40,11 +43,9 @@ impl IgnoreRule {
     }
 }
 
-/// Whether a rule for `key` names managers (its live object must be read to apply it).
-pub fn by_managers(rules: &[IgnoreRule], key: &ObjectKey) -> bool {
-    rules
-        .iter()
-        .any(|r| r.matches(key) && !r.managed_fields_managers.is_empty())
+/// Whether a rule names `key` (its live object must then be read to apply it).
+pub fn applies_to(rules: &[IgnoreRule], key: &ObjectKey) -> bool {
+    rules.iter().any(|r| r.matches(key))
 }
 
 /// Checks the rules as written: a kind, and each pointer a valid one.
@@ -81,25 +82,26 @@ pub fn check(rules: &[IgnoreRule], source: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Takes the fields `rules` name out of `manifest` (the object `key`): without `live`, those
-/// their pointers name; with it (as the cluster holds the object), those their managers
-/// write. The fields left out, as pointers.
-pub fn strip(
+/// Sets the fields `rules` name in `manifest` (the object `key`) to the values `live` (the
+/// object as the cluster holds it) has: those their pointers name, and those their
+/// managers write. Nothing without `live` (a create applies Git's values). The fields
+/// kept, as pointers.
+pub fn respect(
     manifest: &mut Value,
     key: &ObjectKey,
     live: Option<&Value>,
     rules: &[IgnoreRule],
 ) -> Vec<String> {
-    let mut left_out = Vec::new();
+    let Some(live) = live else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
     for rule in rules.iter().filter(|r| r.matches(key)) {
-        let Some(live) = live else {
-            for pointer in &rule.json_pointers {
-                if remove(manifest, pointer) {
-                    left_out.push(pointer.clone());
-                }
+        for pointer in &rule.json_pointers {
+            if keep_live(manifest, live, pointer) {
+                kept.push(pointer.clone());
             }
-            continue;
-        };
+        }
         for entry in live["metadata"]["managedFields"]
             .as_array()
             .into_iter()
@@ -115,13 +117,44 @@ pub fn strip(
                 if pointer.starts_with("/metadata") {
                     continue;
                 }
-                if remove(manifest, &pointer) {
-                    left_out.push(format!("{pointer} (written by {manager:?})"));
+                if keep_live(manifest, live, &pointer) {
+                    kept.push(format!("{pointer} (written by {manager:?})"));
                 }
             }
         }
     }
-    left_out
+    kept
+}
+
+/// Puts the live value at `pointer` into `manifest` (when the cluster has one and the
+/// parent exists in the manifest); whether it did.
+fn keep_live(manifest: &mut Value, live: &Value, pointer: &str) -> bool {
+    let Some(value) = live.pointer(pointer) else {
+        return false;
+    };
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return false;
+    };
+    let last = last.replace("~1", "/").replace("~0", "~");
+    let target = if parent.is_empty() {
+        Some(manifest)
+    } else {
+        manifest.pointer_mut(parent)
+    };
+    match target {
+        Some(Value::Object(map)) => {
+            map.insert(last, value.clone());
+            true
+        }
+        Some(Value::Array(items)) => match last.parse::<usize>() {
+            Ok(index) if index < items.len() => {
+                items[index] = value.clone();
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// The leaf fields of a managedFields `fieldsV1` set, as pointers (maps' `f:` keys only: a
@@ -130,48 +163,28 @@ fn field_paths(set: &Value, prefix: &mut String, out: &mut Vec<String>) {
     let Some(map) = set.as_object() else {
         return;
     };
-    let mut leaf = true;
+    // A field with list items under it (`k:{…}`, `v:…`) is not followed: the list stays as
+    // Git has it (its items' other fields are tether's).
+    if map
+        .keys()
+        .any(|k| k.starts_with("k:") || k.starts_with("v:") || k.starts_with("i:"))
+    {
+        return;
+    }
+    // A leaf is `{}`; a map holding only "." is owned as a map, not its contents: skipped.
+    if map.is_empty() && !prefix.is_empty() {
+        out.push(prefix.clone());
+        return;
+    }
     for (key, child) in map {
-        if key == "." {
-            continue;
-        }
         let Some(name) = key.strip_prefix("f:") else {
-            // `k:{…}` or `v:…`: an item of a list; the list is the field.
             continue;
         };
-        leaf = false;
         let len = prefix.len();
         prefix.push('/');
         prefix.push_str(&name.replace('~', "~0").replace('/', "~1"));
         field_paths(child, prefix, out);
         prefix.truncate(len);
-    }
-    if leaf && !prefix.is_empty() {
-        out.push(prefix.clone());
-    }
-}
-
-/// Removes the field at `pointer`; whether there was one.
-fn remove(value: &mut Value, pointer: &str) -> bool {
-    let Some((parent, last)) = pointer.rsplit_once('/') else {
-        return false;
-    };
-    let last = last.replace("~1", "/").replace("~0", "~");
-    let target = if parent.is_empty() {
-        Some(value)
-    } else {
-        value.pointer_mut(parent)
-    };
-    match target {
-        Some(Value::Object(map)) => map.remove(&last).is_some(),
-        Some(Value::Array(items)) => match last.parse::<usize>() {
-            Ok(index) if index < items.len() => {
-                items.remove(index);
-                true
-            }
-            _ => false,
-        },
-        _ => false,
     }
 }
 
@@ -190,12 +203,15 @@ mod tests {
     }
 
     #[test]
-    fn pointers_and_managers_fields_are_left_out() {
+    fn the_live_values_of_ignored_fields_are_applied_never_deleted() {
         let rules = vec![
             IgnoreRule {
                 group: "apps".into(),
                 kind: "Deployment".into(),
-                managed_fields_managers: vec!["kube-controller-manager".into()],
+                managed_fields_managers: vec![
+                    "kube-controller-manager".into(),
+                    "kubectl-set".into(),
+                ],
                 ..Default::default()
             },
             IgnoreRule {
@@ -205,35 +221,72 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let mut deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "web", "image": "nginx"}]}}}});
+        let git = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "web", "image": "nginx:1", "env": [{"name": "A", "value": "1"}]}]}}}});
         let live = json!({"metadata": {"managedFields": [
             {"manager": "tether", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}},
             {"manager": "kube-controller-manager", "operation": "Update", "subresource": "scale",
-             "fieldsV1": {"f:spec": {"f:replicas": {}}}}
-        ]}});
-        let left = strip(
+             "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+            // A field inside a list item: not followed (the list stays as Git has it).
+            {"manager": "kubectl-set", "operation": "Update",
+             "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"web\"}": {"f:image": {}}}}}}}},
+            // A map owned as a map only: its contents are not the manager's.
+            {"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {"f:spec": {"f:strategy": {".": {}}}}}
+        ]}, "spec": {"replicas": 5, "strategy": {"type": "Recreate"},
+            "template": {"spec": {"containers": [{"name": "web", "image": "nginx:2"}]}}}});
+        let mut deployment = git.clone();
+        let kept = respect(
             &mut deployment,
             &key("Deployment", "apps", "web"),
             Some(&live),
             &rules,
         );
         assert_eq!(
-            left,
+            kept,
             vec!["/spec/replicas (written by \"kube-controller-manager\")".to_string()]
         );
-        assert!(deployment["spec"].get("replicas").is_none());
         assert_eq!(
-            deployment["spec"]["template"]["spec"]["containers"][0]["image"],
-            "nginx"
+            deployment["spec"]["replicas"], 5,
+            "the live value is applied, never deleted"
         );
+        assert_eq!(
+            deployment["spec"]["template"], git["spec"]["template"],
+            "a list is left as Git has it"
+        );
+        assert!(deployment["spec"].get("strategy").is_none());
+        // A create applies Git's values.
+        let mut created = git.clone();
+        assert!(
+            respect(
+                &mut created,
+                &key("Deployment", "apps", "web"),
+                None,
+                &rules
+            )
+            .is_empty()
+        );
+        assert_eq!(created, git);
         let mut configmap = json!({"kind": "ConfigMap", "metadata": {"name": "tuned"}, "data": {"level": "3", "mode": "fast"}});
-        let left = strip(&mut configmap, &key("ConfigMap", "", "tuned"), None, &rules);
-        assert_eq!(left, vec!["/data/level".to_string()]);
-        assert_eq!(configmap["data"], json!({"mode": "fast"}));
+        let live = json!({"data": {"level": "7", "mode": "slow"}});
+        let kept = respect(
+            &mut configmap,
+            &key("ConfigMap", "", "tuned"),
+            Some(&live),
+            &rules,
+        );
+        assert_eq!(kept, vec!["/data/level".to_string()]);
+        assert_eq!(configmap["data"], json!({"level": "7", "mode": "fast"}));
         // Another ConfigMap is not named by the rule.
         let mut other = json!({"data": {"level": "3"}});
-        assert!(strip(&mut other, &key("ConfigMap", "", "other"), None, &rules).is_empty());
+        assert!(
+            respect(
+                &mut other,
+                &key("ConfigMap", "", "other"),
+                Some(&live),
+                &rules
+            )
+            .is_empty()
+        );
         assert!(check(&rules, "spec.ignoreDifferences").is_ok());
         let bad = vec![IgnoreRule {
             kind: "ConfigMap".into(),

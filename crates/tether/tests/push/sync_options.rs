@@ -188,8 +188,8 @@ async fn fields_left_to_others_are_not_applied_nor_drift() {
             .data
             .expect("data")
     };
-    // /data/mode is never applied; level was (no one else wrote it yet).
-    assert!(!data().await.contains_key("mode"), "{:?}", data().await);
+    // Created with Git's values.
+    assert_eq!(data().await["mode"], "fast");
     assert_eq!(data().await["level"], "1");
     // An autoscaler writes level (another manager, an Update); Git changes it too.
     configmaps
@@ -205,22 +205,29 @@ async fn fields_left_to_others_are_not_applied_nor_drift() {
         .expect("the autoscaler's write");
     write("2", "slow");
     let plan = run("plan");
+    let said_plan = said(&plan);
     assert!(
-        said(&plan).contains(
-            r#"ignored (left to others, not applied): /data/level (written by "autoscaler")"#
-        ) || !said(&plan).contains("drift"),
-        "{}",
-        said(&plan)
+        said_plan.contains(
+            r#"ignored (the cluster's value is kept): /data/level (written by "autoscaler")"#
+        ),
+        "{said_plan}"
     );
     assert!(
-        !said(&plan).contains("Git's value goes back"),
-        "never drift: {}",
-        said(&plan)
+        said_plan.contains("ignored (the cluster's value is kept): /data/mode"),
+        "{said_plan}"
+    );
+    assert!(
+        !said_plan.contains("Git's value goes back"),
+        "never drift: {said_plan}"
     );
     let out = run("apply");
     assert!(out.status.success(), "{}", said(&out));
     assert_eq!(data().await["level"], "7", "the autoscaler's value stays");
-    assert!(!data().await.contains_key("mode"));
+    assert_eq!(
+        data().await["mode"],
+        "fast",
+        "the cluster's value, not Git's"
+    );
     // A rule that is not a pointer is refused, naming where it is.
     std::fs::write(&rules, "- kind: ConfigMap\n  jsonPointers: [data.mode]\n").expect("rules");
     let out = run("plan");

@@ -148,6 +148,7 @@ async fn show(
                     "error": refused.message,
                 })
             });
+            let rules = app.spec.health_rules().unwrap_or_default();
             let objects: Vec<Value> = plan
                 .changes
                 .iter()
@@ -155,10 +156,7 @@ async fn show(
                     let health = if change.action == Action::Prune {
                         None
                     } else {
-                        Some(crate::health::assess_with(
-                            change.live.as_ref(),
-                            &app.spec.health_rules().unwrap_or_default(),
-                        ))
+                        Some(crate::health::assess_with(change.live.as_ref(), &rules))
                     };
                     json!({
                         "key": change.key,
