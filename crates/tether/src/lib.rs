@@ -52,3 +52,4 @@ pub mod render;
 pub mod size;
 pub mod source;
 pub mod tenancy;
+pub mod windows;

@@ -449,11 +449,13 @@ async fn run_controller(
 /// A spawned task that ends when this handle is dropped.
 pub(super) type AbortOnDrop = tokio_util::task::AbortOnDropHandle<()>;
 
-/// Reconcile when the spec changes (generation) or `tether sync` asks (annotation).
+/// Reconcile when the spec changes (generation), `tether sync` asks (annotation), or the
+/// Application is being deleted.
 pub(super) fn spec_or_sync_request(app: &Application) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     app.metadata.generation.hash(&mut hasher);
+    app.metadata.deletion_timestamp.is_some().hash(&mut hasher);
     app.annotations()
         .get(application::SYNC_REQUEST_ANNOTATION)
         .hash(&mut hasher);

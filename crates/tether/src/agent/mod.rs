@@ -4,7 +4,8 @@
 //!
 //! Where things are:
 //! - `controller`: the wiring ([`run`]): watches, controller, HTTP server, Leases.
-//! - `reconcile`: one reconcile of one Application, on one screen.
+//! - `reconcile`: one reconcile of one Application, on one screen; [`finalize`]: one
+//!   being deleted (its objects deleted as `spec.deletionPolicy` says).
 //! - `decide` (pure): which way a sync goes; `sync`: carrying it out.
 //! - `status` (pure): what the status says after a sync; `memory`: what the agent
 //!   remembers of each Application; `report`: what a reconcile tells (Events, and the
@@ -20,6 +21,7 @@ pub mod commit_status;
 mod controller;
 mod decide;
 pub mod drift;
+pub mod finalize;
 pub mod http;
 mod images;
 pub mod leader;

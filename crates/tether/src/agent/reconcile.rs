@@ -1,5 +1,6 @@
 //! The one screen of pull mode: a reconcile of one Application goes through the shard
-//! gate, reads the Application fresh, checks suspend and dependencies, syncs
+//! gate, reads the Application fresh (one being deleted goes to [`super::finalize`]),
+//! checks suspend and dependencies, syncs
 //! ([`super::sync`]), writes the status [`super::status`] decides, tells what it says, and
 //! says when to look again. Start at [`reconcile`].
 
@@ -45,6 +46,10 @@ pub(super) async fn reconcile(
     let Some(app) = read_fresh(&ctx, &cached).await? else {
         return Ok(Action::await_change());
     };
+    if app.meta().deletion_timestamp.is_some() {
+        return super::finalize::finalize(&ctx, &app).await;
+    }
+    let app = super::finalize::keep_finalizer(&ctx, app).await?;
     report_late_failure(&ctx, &app).await;
     take_refresh(&ctx, &app);
     let mut interval =
@@ -287,11 +292,13 @@ pub(super) async fn unready_dependency(ctx: &Context, app: &Application) -> Opti
     let namespace = app.namespace().unwrap_or_default();
     let apps: Api<Application> = Api::namespaced(ctx.client.clone(), &namespace);
     for dependency in &app.spec.depends_on {
+        // One being deleted is not Ready.
         let ready = apps
             .get_opt(&dependency.name)
             .await
             .ok()
             .flatten()
+            .filter(|d| d.metadata.deletion_timestamp.is_none())
             .and_then(|d| d.status)
             .is_some_and(|s| {
                 s.conditions

@@ -11,10 +11,12 @@ pub mod state;
 pub mod status;
 #[cfg(test)]
 mod tests;
+pub mod windows;
 
 pub use spec::*;
 pub use state::{ConditionStatus, ConditionType, Reason, RunResult, SyncState, health_from};
 pub use status::*;
+pub use windows::{SyncWindow, SyncWindowSpec, Window, WindowKind};
 
 /// `tether sync` sets this annotation (to a timestamp) to ask for a full sync now.
 pub const SYNC_REQUEST_ANNOTATION: &str = "tether.dev/sync-requested";

@@ -74,6 +74,44 @@ pub struct ApplicationSpec {
     /// Flux's ImagePolicy and ImageUpdateAutomation); the sync then applies the commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_updates: Option<ImageUpdates>,
+    /// When automated syncs may run (Argo CD's sync windows): allow and deny windows, with
+    /// those of the namespace's `SyncWindow` resources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sync_windows: Vec<super::Window>,
+    /// What deleting the Application does to its objects (Flux's field and names).
+    #[serde(default, skip_serializing_if = "DeletionPolicy::is_default")]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// What deleting an Application does to the objects it applied.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema, Default)]
+pub enum DeletionPolicy {
+    /// Deleted (PreDelete hooks first, then stages and waves in reverse, each gone with
+    /// what it owns before the next, then PostDelete hooks); the Application goes once
+    /// they are.
+    #[default]
+    Delete,
+    /// The same as Delete: tether always waits until the objects are gone.
+    WaitForTermination,
+    /// Kept in the cluster with the set's record; no hooks run.
+    Orphan,
+    /// Delete when `spec.syncPolicy.prune` is true, else Orphan.
+    MirrorPrune,
+}
+
+impl DeletionPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == DeletionPolicy::Delete
+    }
+
+    /// The policy that applies with pruning on or off (MirrorPrune resolved).
+    pub fn resolved(self, prune: bool) -> DeletionPolicy {
+        match self {
+            DeletionPolicy::MirrorPrune if prune => DeletionPolicy::Delete,
+            DeletionPolicy::MirrorPrune => DeletionPolicy::Orphan,
+            other => other,
+        }
+    }
 }
 
 /// Image automation of an Application.

@@ -110,6 +110,8 @@ words! {
         Retrying,
         /// Stalled: no retry until a change or the interval.
         Stalled,
+        /// The Application is deleted, and deleting its objects failed (Ready False).
+        DeletionFailed,
     }
 }
 
@@ -185,6 +187,7 @@ mod tests {
                 "RetryLimitReached",
                 "Retrying",
                 "Stalled",
+                "DeletionFailed",
             ],
         );
         round_trips(RunResult::ALL, &["Succeeded", "Failed"]);

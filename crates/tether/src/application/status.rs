@@ -37,6 +37,25 @@ pub struct ApplicationStatus {
     /// The last applied revision as Git describes it (for people: the UI, `tether get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision_info: Option<RevisionInfo>,
+    /// Whether its sync windows let syncs run now (none without windows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_window: Option<SyncWindowStatus>,
+}
+
+/// What an Application's sync windows say now.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncWindowStatus {
+    /// Automated syncs may run now.
+    pub open: bool,
+    /// Which window decides, in a sentence.
+    pub message: String,
+    /// While they block: when syncs may run again (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_sync: Option<String>,
+    /// While they block: a sync asked for by hand still runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manual_sync: bool,
 }
 
 /// Every sync state an Application is shown in: each Application is in exactly one.

@@ -100,8 +100,9 @@ impl<'a> Run<'a> {
         self.unresolved.get(&i).unwrap_or(&self.plan.changes[i])
     }
 
-    /// Runs `hooks` of `phase`: a failed PreSync hook stops the sync, a failed Sync hook
-    /// the stages; a PostSync hook's failure is the sync's.
+    /// Runs `hooks` of `phase`: a failed PreSync (PreDelete) hook stops the sync (the
+    /// deletion), a failed Sync hook the stages; a PostSync (PostDelete) hook's failure is
+    /// the sync's (the deletion's).
     pub async fn hooks(&mut self, phase: Phase, hooks: &[usize]) {
         let plan = self.plan;
         let hooks: Vec<&Hook> = hooks.iter().map(|&h| &plan.hooks[h]).collect();
@@ -114,7 +115,7 @@ impl<'a> Run<'a> {
         };
         let failure = runner.run(&hooks, phase, &mut self.report.hooks).await;
         match phase {
-            Phase::PreSync if failure.is_some() => {
+            Phase::PreSync | Phase::PreDelete if failure.is_some() => {
                 self.report.failure = failure;
                 self.stopped = true;
             }
@@ -122,7 +123,7 @@ impl<'a> Run<'a> {
                 self.report.failure = failure;
                 self.applied_all = false;
             }
-            Phase::PostSync => self.report.failure = failure,
+            Phase::PostSync | Phase::PostDelete => self.report.failure = failure,
             _ => {}
         }
     }

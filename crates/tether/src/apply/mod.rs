@@ -47,6 +47,14 @@ pub struct ApplyOptions {
     /// Health rules before the process's and the library's (an Application's
     /// `spec.healthCheckExprs`): waves, PostSync hooks and `--wait` gate on them.
     pub health_rules: crate::health::rules::Rules,
+    /// Delete the whole set (its Application is deleted): its PreDelete hooks, every member
+    /// pruned (stages and waves in reverse), its PostDelete hooks, then the hooks' objects
+    /// left from earlier syncs and the parent. The plan is made with
+    /// [`crate::plan::PlanOptions::deleting`].
+    pub delete_set: bool,
+    /// Delete with foreground propagation: an object is gone only once what it owns is (a
+    /// Deployment once its Pods are).
+    pub foreground: bool,
 }
 
 impl Default for ApplyOptions {
@@ -61,6 +69,8 @@ impl Default for ApplyOptions {
             run_hooks: true,
             hook_timeout: Duration::from_secs(300),
             health_rules: Default::default(),
+            delete_set: false,
+            foreground: false,
             progress: Default::default(),
         }
     }
@@ -81,6 +91,8 @@ pub enum Error {
     Namespace { name: String, reason: String },
     #[error("cannot update the ApplySet parent Secret/{name}: {reason}")]
     Parent { name: String, reason: String },
+    #[error("cannot delete {what}: {reason}")]
+    Delete { what: String, reason: String },
     #[error("CRD {name} was not established within {seconds} s")]
     CrdNotEstablished { name: String, seconds: u64 },
     #[error("cannot refresh API discovery: {0}")]
@@ -130,6 +142,7 @@ pub async fn apply(
             // Recorded even when the sync stopped on an error: its hooks did not all run.
             Step::RecordHooks => run.record_hooks().await,
             Step::WaitHealthy { members, timeout } => run.wait_healthy(&members, timeout).await,
+            Step::RemoveSet => run.remove_set().await,
         }
     }
     run.finish()

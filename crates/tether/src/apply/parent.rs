@@ -3,15 +3,16 @@
 
 use std::collections::BTreeSet;
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 
 use super::execute::Run;
 use super::{ApplyReport, Error};
-use crate::cluster::describe;
+use crate::cluster::discovery::Resolver;
+use crate::cluster::{api_for, describe};
 use crate::inventory::ApplySet;
 use crate::object::GroupKind;
 use crate::plan::hooks::Phase;
-use crate::plan::{Action, FIELD_MANAGER, Plan};
+use crate::plan::{Action, FIELD_MANAGER, HOOK_OF_LABEL, Plan};
 
 impl Run<'_> {
     /// Widens the inventory before anything is created (crash safety).
@@ -54,6 +55,78 @@ impl Run<'_> {
             self.stop(e);
         }
     }
+}
+
+impl Run<'_> {
+    /// Deleting the set, once its members are gone: the objects its hooks left (those of
+    /// its hooks' kinds and namespaces labelled as its hooks), then the parent itself.
+    pub async fn remove_set(&mut self) {
+        let (client, resolver, plan) = (self.client, self.resolver, self.plan);
+        if let Err(e) = remove_set(client, resolver, plan, &mut self.report).await {
+            self.stop(e);
+        }
+    }
+}
+
+async fn remove_set(
+    client: &kube::Client,
+    resolver: &Resolver,
+    plan: &Plan,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    let places: BTreeSet<(&str, &str, &str)> = plan
+        .hooks
+        .iter()
+        .map(|h| {
+            (
+                h.key.group.as_str(),
+                h.key.kind.as_str(),
+                h.key.namespace.as_str(),
+            )
+        })
+        .collect();
+    let selector = format!("{HOOK_OF_LABEL}={}", plan.applyset.id);
+    let background = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    for (group, kind, namespace) in places {
+        let Some(info) = resolver.resolve_group_kind(group, kind) else {
+            continue;
+        };
+        let api = api_for(client, &info, namespace);
+        let failed = |what: String, e: &kube::Error| Error::Delete {
+            what,
+            reason: describe(e),
+        };
+        let left = api
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| failed(format!("the hooks ({kind}) of this set"), &e))?;
+        for name in left.into_iter().filter_map(|o| o.metadata.name) {
+            match api.delete(&name, &background).await {
+                Ok(_) => report.writes += 1,
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(failed(format!("hook {kind} {name}"), &e)),
+            }
+        }
+    }
+    let parents: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &plan.applyset.namespace);
+    match parents
+        .delete(&plan.applyset.parent_name(), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => report.writes += 1,
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(e) => {
+            return Err(Error::Parent {
+                name: plan.applyset.parent_name(),
+                reason: describe(&e),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The desired objects' kinds, and their namespaces beyond the parent's own (the
@@ -153,10 +226,11 @@ impl Parent {
         if !self.exists {
             return Ok(());
         }
-        let due = plan
-            .hooks
-            .iter()
-            .any(|h| h.phases.iter().any(|p| *p != Phase::SyncFail));
+        let due = plan.hooks.iter().any(|h| {
+            h.phases
+                .iter()
+                .any(|p| *p != Phase::SyncFail && !p.on_delete())
+        });
         let mut set = self.recorded.clone();
         set.hooks_unfinished = match why {
             Some(why) if due => Some(crate::inventory::UnfinishedHooks::new(

@@ -37,8 +37,12 @@ async fn prune_batch(
         let change = batch[i];
         let kind = change.kind.as_ref().expect("prune candidates are resolved");
         let api = api_for(client, kind, &change.key.namespace);
+        let propagation = match options.foreground {
+            true => PropagationPolicy::Foreground,
+            false => PropagationPolicy::Background,
+        };
         let params = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
+            propagation_policy: Some(propagation),
             ..Default::default()
         };
         let error = match api.delete(&change.key.name, &params).await {

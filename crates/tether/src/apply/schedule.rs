@@ -58,6 +58,8 @@ pub enum Step {
         members: Vec<usize>,
         timeout: Duration,
     },
+    /// Deleting the set: delete the hooks' objects left from earlier syncs, then the parent.
+    RemoveSet,
 }
 
 /// How an apply has gone so far: what decides whether a step still runs.
@@ -119,6 +121,8 @@ impl Step {
                 Phase::Sync => When::Applied,
                 Phase::PostSync => When::Succeeded,
                 Phase::SyncFail => When::Failed,
+                Phase::PreDelete => When::Always,
+                Phase::PostDelete => When::Succeeded,
             },
             Step::Widen | Step::BeginApplying(_) | Step::FinishApplying => When::Going,
             Step::RecordUnchanged(_) => When::Going,
@@ -127,6 +131,7 @@ impl Step {
             Step::Prune { .. } | Step::Narrow | Step::WaitForPostSync(_) => When::Succeeded,
             Step::RecordHooks => When::Always,
             Step::WaitHealthy { .. } => When::Applied,
+            Step::RemoveSet => When::Succeeded,
         }
     }
 }
@@ -205,6 +210,9 @@ pub fn first_namespace(plan: &Plan, missing: bool) -> Result<FirstNamespace, Err
 /// The steps of applying `plan`, in order; `applied_first` is the namespace member already
 /// applied before them (see [`first_namespace`]).
 pub fn schedule(plan: &Plan, options: &ApplyOptions, applied_first: Option<usize>) -> Vec<Step> {
+    if options.delete_set {
+        return deletion(plan);
+    }
     // Hooks run with a sync that changes something (a no-op runs none).
     let run_hooks = options.run_hooks && plan.has_changes();
     let hooks_of = |phase| {
@@ -331,6 +339,30 @@ fn prunes(plan: &Plan, steps: &mut Vec<Step>) {
         steps.push(Step::FinishPruning);
     }
     steps.push(Step::Narrow);
+}
+
+/// Deleting the set: PreDelete hooks (a failure keeps everything), every member pruned
+/// in reverse, PostDelete hooks, then what is left of the set. A deletion that got past
+/// its prunes before (the parent records no kinds any more) does not run its PreDelete
+/// hooks again.
+fn deletion(plan: &Plan) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let pruned_before = plan.parent_exists && plan.applyset.group_kinds.is_empty();
+    if !pruned_before {
+        push_hooks(
+            &mut steps,
+            Phase::PreDelete,
+            hooks_of(plan, Phase::PreDelete),
+        );
+    }
+    prunes(plan, &mut steps);
+    push_hooks(
+        &mut steps,
+        Phase::PostDelete,
+        hooks_of(plan, Phase::PostDelete),
+    );
+    steps.push(Step::RemoveSet);
+    steps
 }
 
 fn push_hooks(steps: &mut Vec<Step>, phase: Phase, hooks: Vec<usize>) {

@@ -274,6 +274,41 @@ fn print_documents(
     Ok(0)
 }
 
+/// Takes tether's finalizer off every Application (none when the CRD is not installed);
+/// how many had it.
+async fn release_applications(client: &kube::Client) -> anyhow::Result<usize> {
+    use crate::agent::finalize::FINALIZER;
+    use kube::ResourceExt;
+    let apps: Api<crate::application::Application> = Api::all(client.clone());
+    let listed = match apps.list(&Default::default()).await {
+        Ok(listed) => listed,
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut released = 0;
+    for app in listed
+        .items
+        .iter()
+        .filter(|a| a.finalizers().iter().any(|f| f == FINALIZER))
+    {
+        let rest: Vec<&String> = app
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .collect();
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": app.resource_version(), "finalizers": rest}
+        });
+        let api: Api<crate::application::Application> =
+            Api::namespaced(client.clone(), &app.namespace().unwrap_or_default());
+        api.patch(&app.name_any(), &Default::default(), &kube::api::Patch::Merge(&patch))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot remove the finalizer {FINALIZER} from Application {}/{}: {e}; run `tether uninstall` again", app.namespace().unwrap_or_default(), app.name_any()))?;
+        released += 1;
+    }
+    Ok(released)
+}
+
 pub async fn uninstall(
     global: &GlobalArgs,
     args: &UninstallArgs,
@@ -308,6 +343,16 @@ pub async fn uninstall(
         out,
     )
     .await?;
+    // No agent is left to delete an Application's objects: without this, deleting one (or
+    // the CRD, or a namespace holding one) would wait for an agent for ever.
+    let released = release_applications(&client).await?;
+    if released > 0 {
+        writeln!(
+            out,
+            "removed the finalizer {} from {released} Application(s): deleting them now keeps their objects",
+            crate::agent::finalize::FINALIZER
+        )?;
+    }
     if args.delete_namespace {
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
         namespaces.delete(&namespace, &Default::default()).await?;

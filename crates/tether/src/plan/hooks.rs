@@ -80,6 +80,17 @@ pub enum Phase {
     PostSync,
     /// When the sync failed.
     SyncFail,
+    /// When the Application is deleted, before any of its objects is; a failure keeps them.
+    PreDelete,
+    /// When the Application is deleted, once all of its objects are gone.
+    PostDelete,
+}
+
+impl Phase {
+    /// Runs when the set is deleted, never in a sync.
+    pub fn on_delete(self) -> bool {
+        matches!(self, Phase::PreDelete | Phase::PostDelete)
+    }
 }
 
 impl std::fmt::Display for Phase {
@@ -89,6 +100,8 @@ impl std::fmt::Display for Phase {
             Phase::Sync => "Sync",
             Phase::PostSync => "PostSync",
             Phase::SyncFail => "SyncFail",
+            Phase::PreDelete => "PreDelete",
+            Phase::PostDelete => "PostDelete",
         })
     }
 }
@@ -130,8 +143,8 @@ pub enum Role {
         order: i64,
         delete: DeletePolicy,
     },
-    /// Neither applied nor run by a sync: `Skip`, Helm's test hooks, Helm hooks of other
-    /// events (delete, rollback), or an install hook on an upgrade and the reverse.
+    /// Neither applied nor run by a sync: `Skip`, Helm's test and rollback hooks, or an
+    /// install hook on an upgrade and the reverse.
     Ignored { why: String },
 }
 
@@ -172,6 +185,8 @@ pub fn role_of(manifest: &Value, first_sync: bool) -> Result<Role, String> {
                 "Sync" => Phase::Sync,
                 "PostSync" => Phase::PostSync,
                 "SyncFail" => Phase::SyncFail,
+                "PreDelete" => Phase::PreDelete,
+                "PostDelete" => Phase::PostDelete,
                 "Skip" => {
                     return Ok(Role::Ignored {
                         why: format!("{key}: Skip"),
@@ -179,7 +194,7 @@ pub fn role_of(manifest: &Value, first_sync: bool) -> Result<Role, String> {
                 }
                 other => {
                     return Err(format!(
-                        "annotation {key}: unknown hook {other:?}; use PreSync, Sync, PostSync, SyncFail or Skip"
+                        "annotation {key}: unknown hook {other:?}; use PreSync, Sync, PostSync, SyncFail, PreDelete, PostDelete or Skip"
                     ));
                 }
             };
@@ -242,11 +257,12 @@ fn helm_role(manifest: &Value, value: &str, first_sync: bool) -> Result<Role, St
             ("pre-install", true) | ("pre-upgrade", false) => Some(Phase::PreSync),
             ("post-install", true) | ("post-upgrade", false) => Some(Phase::PostSync),
             ("pre-install" | "pre-upgrade" | "post-install" | "post-upgrade", _) => None,
-            (
-                "test" | "test-success" | "test-failure" | "pre-delete" | "post-delete"
-                | "pre-rollback" | "post-rollback",
-                _,
-            ) => None,
+            // `helm uninstall`'s hooks run when the Application is deleted.
+            ("pre-delete", _) => Some(Phase::PreDelete),
+            ("post-delete", _) => Some(Phase::PostDelete),
+            ("test" | "test-success" | "test-failure" | "pre-rollback" | "post-rollback", _) => {
+                None
+            }
             (other, _) => {
                 return Err(format!(
                     "annotation {HELM_HOOK}: unknown hook {other:?}; Helm knows pre-install, post-install, pre-upgrade, post-upgrade, pre-delete, post-delete, pre-rollback, post-rollback and test"
@@ -349,6 +365,13 @@ mod tests {
             panic!("a hook");
         };
         assert!(delete.before_creation && !delete.succeeded && !delete.failed);
+        let Ok(Role::Hook { phases, .. }) = role_of(
+            &annotated(json!({"argocd.argoproj.io/hook": "PreDelete,PostDelete"})),
+            false,
+        ) else {
+            panic!("a hook");
+        };
+        assert!(phases.iter().all(|p| p.on_delete()) && phases.len() == 2);
         assert!(matches!(
             role_of(&annotated(json!({"argocd.argoproj.io/hook": "Skip"})), true),
             Ok(Role::Ignored { .. })
@@ -395,11 +418,21 @@ mod tests {
             assert_eq!(phases, vec![Phase::PostSync]);
             assert!(delete.succeeded && delete.failed && !delete.before_creation);
         }
-        for event in ["test", "pre-delete", "post-rollback"] {
+        for event in ["test", "pre-rollback", "post-rollback"] {
             assert!(matches!(
                 role_of(&annotated(json!({"helm.sh/hook": event})), true),
                 Ok(Role::Ignored { .. })
             ));
+        }
+        // `helm uninstall`'s hooks run when the Application is deleted, whatever the sync.
+        for first in [true, false] {
+            let Ok(Role::Hook { phases, .. }) = role_of(
+                &annotated(json!({"helm.sh/hook": "pre-delete,post-delete"})),
+                first,
+            ) else {
+                panic!("a hook");
+            };
+            assert_eq!(phases, vec![Phase::PreDelete, Phase::PostDelete]);
         }
         // An Argo CD annotation wins over Helm's, as in Argo CD.
         assert!(matches!(

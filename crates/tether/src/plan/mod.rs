@@ -77,7 +77,8 @@ pub async fn plan(
     errors.extend(failed);
 
     if !options.partial {
-        match prune::prune_candidates(client, resolver, &applyset, &desired).await {
+        let deleting = options.deleting;
+        match prune::prune_candidates(client, resolver, &applyset, &desired, deleting).await {
             Ok((prunes, kept)) => {
                 changes.extend(prunes);
                 skipped.extend(kept);
@@ -86,7 +87,10 @@ pub async fn plan(
         }
     }
     stop_at(errors)?;
-    stop_at(dry_run::dry_run_hooks(client, resolver, &hooks, &creating_namespaces).await)?;
+    // Deleting, the hooks are run as they come (their namespace may be gone already).
+    if !options.deleting {
+        stop_at(dry_run::dry_run_hooks(client, resolver, &hooks, &creating_namespaces).await)?;
+    }
 
     sync_options::apply_ssa_modes(&mut changes, &mut skipped);
     changes.sort_by(|a, b| (a.stage, a.wave, &a.key).cmp(&(b.stage, b.wave, &b.key)));

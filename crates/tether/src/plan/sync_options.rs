@@ -1,7 +1,8 @@
 //! Per-object sync options, as Argo CD and Flux users write them on their objects:
 //! `argocd.argoproj.io/sync-options` (`Prune=false`, `Prune=confirm`), `argocd.argoproj.io/
 //! compare-options: IgnoreExtraneous`, `kustomize.toolkit.fluxcd.io/prune: disabled` keep an
-//! object in the cluster when Git no longer has it; `kustomize.toolkit.fluxcd.io/ssa:
+//! object in the cluster when Git no longer has it (`Delete=false` and `prune: disabled`
+//! when its Application is deleted); `kustomize.toolkit.fluxcd.io/ssa:
 //! IfNotPresent` creates an object but never changes it, `Ignore` never applies it. Pure.
 
 use serde_json::Value;
@@ -38,6 +39,24 @@ pub fn kept_on_prune(live: &Value) -> Option<String> {
     }
     if has_option(live, ARGO_COMPARE_OPTIONS, "IgnoreExtraneous") {
         return Some(format!("{ARGO_COMPARE_OPTIONS}: IgnoreExtraneous"));
+    }
+    if annotation(live, FLUX_PRUNE).is_some_and(|v| v.eq_ignore_ascii_case("disabled")) {
+        return Some(format!("{FLUX_PRUNE}: disabled"));
+    }
+    None
+}
+
+/// Why a member stays in the cluster when its whole set is deleted (its Application is):
+/// Argo CD's `Delete=false` (and `Delete=confirm`, left for a person), and Flux's `prune:
+/// disabled`, which Flux also honours then. `Prune=false` does not keep it, as in Argo CD.
+pub fn kept_on_delete(live: &Value) -> Option<String> {
+    if has_option(live, ARGO_SYNC_OPTIONS, "Delete=false") {
+        return Some(format!("{ARGO_SYNC_OPTIONS}: Delete=false"));
+    }
+    if has_option(live, ARGO_SYNC_OPTIONS, "Delete=confirm") {
+        return Some(format!(
+            "{ARGO_SYNC_OPTIONS}: Delete=confirm (delete it by hand once you are sure)"
+        ));
     }
     if annotation(live, FLUX_PRUNE).is_some_and(|v| v.eq_ignore_ascii_case("disabled")) {
         return Some(format!("{FLUX_PRUNE}: disabled"));
@@ -136,6 +155,17 @@ mod tests {
             None
         );
         assert_eq!(kept_on_prune(&json!({"metadata": {}})), None);
+        // Deleting the Application: Delete=false keeps an object, Prune=false does not.
+        assert!(kept_on_delete(&with(ARGO_SYNC_OPTIONS, "Delete=false")).is_some());
+        assert!(kept_on_delete(&with(FLUX_PRUNE, "disabled")).is_some());
+        assert_eq!(
+            kept_on_delete(&with(ARGO_SYNC_OPTIONS, "Prune=false")),
+            None
+        );
+        assert_eq!(
+            kept_on_prune(&with(ARGO_SYNC_OPTIONS, "Delete=false")),
+            None
+        );
         assert_eq!(
             ssa_mode(&with(FLUX_SSA, "IfNotPresent")),
             SsaMode::IfNotPresent

@@ -53,6 +53,10 @@ pub struct PlanOptions {
     /// Fields left to someone else (Argo CD's `ignoreDifferences`): taken out of what is
     /// applied, never drift (see [`super::ignore`]).
     pub ignore_differences: Vec<super::ignore::IgnoreRule>,
+    /// The whole set is deleted (its Application is): given only hooks, every member is
+    /// planned for pruning but those kept on deletion (`Delete=false`, see
+    /// [`super::sync_options::kept_on_delete`]).
+    pub deleting: bool,
     pub progress: crate::progress::ProgressHandle,
 }
 
@@ -72,6 +76,7 @@ impl PlanOptions {
             source: None,
             app_defaulted: false,
             ignore_differences: Vec::new(),
+            deleting: false,
             progress: Default::default(),
         }
     }

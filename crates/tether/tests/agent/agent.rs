@@ -1481,9 +1481,11 @@ async fn a_sync_asked_for_while_a_hand_edit_waits_applies_the_new_commit() {
     let daemon = GitDaemon::start(&root);
     let agent = start_agent(&client, options_for(&ns, dir.path()));
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    // Orphan: deleted at once (its objects are not what this test is about).
     let gate = json!({
         "source": {"repoURL": daemon.url("deploy"), "path": "gate"},
-        "destination": {"namespace": ns.name}
+        "destination": {"namespace": ns.name},
+        "deletionPolicy": "Orphan"
     });
     create_application(&apps, "gate", gate.clone()).await;
     create_application(

@@ -9,6 +9,7 @@ mod support;
 
 mod agent;
 mod canary;
+mod deletion;
 mod drift_torture;
 mod edges;
 mod every_size;

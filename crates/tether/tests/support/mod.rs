@@ -109,12 +109,33 @@ impl Drop for TestNamespace {
         cleanup(
             &format!("test namespace {name}"),
             move |client| async move {
+                release_applications(&client, &name).await;
                 Api::<Namespace>::all(client)
                     .delete(&name, &DeleteParams::background())
                     .await
                     .map(|_| ())
             },
         );
+    }
+}
+
+/// Takes tether's finalizer off the namespace's Applications: the test's agent is gone, and
+/// the namespace could not be deleted while they wait for one.
+async fn release_applications(client: &kube::Client, namespace: &str) {
+    use kube::ResourceExt;
+    let apps: Api<tether::application::Application> = Api::namespaced(client.clone(), namespace);
+    let Ok(listed) = apps.list(&Default::default()).await else {
+        return;
+    };
+    for app in listed.items.iter().filter(|a| !a.finalizers().is_empty()) {
+        let patch = serde_json::json!({"metadata": {"finalizers": []}});
+        let _ = apps
+            .patch(
+                &app.name_any(),
+                &Default::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await;
     }
 }
 

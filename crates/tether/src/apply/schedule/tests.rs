@@ -522,3 +522,70 @@ fn a_failure_skips_what_today_s_apply_skips_and_runs_the_sync_fail_hooks() {
         ]
     );
 }
+
+#[test]
+fn deleting_a_set_runs_pre_delete_hooks_prunes_in_reverse_then_post_delete_hooks() {
+    let mut plan = plan(
+        vec![
+            object("low", Action::Prune, 0),
+            change("Namespace", "shop", Action::Prune, Stage::Namespaces, 0),
+            object("high", Action::Prune, 2),
+        ],
+        vec![
+            hook("before", Phase::PreDelete, 0),
+            hook("after", Phase::PostDelete, 0),
+            hook("migrate", Phase::PreSync, 0),
+        ],
+    );
+    plan.applyset.group_kinds.insert(crate::object::GroupKind {
+        group: String::new(),
+        kind: "ConfigMap".into(),
+    });
+    let deleting = ApplyOptions {
+        delete_set: true,
+        allow_empty: true,
+        ..Default::default()
+    };
+    let prune = |stage, wave, changes: &[usize]| Step::Prune {
+        stage,
+        wave,
+        changes: changes.to_vec(),
+    };
+    let steps = schedule(&plan, &deleting, None);
+    assert_eq!(
+        steps,
+        [
+            hooks(Phase::PreDelete, &[0]),
+            Step::BeginPruning(3),
+            prune(Stage::Namespaced, 2, &[2]),
+            prune(Stage::Namespaced, 0, &[0]),
+            prune(Stage::Namespaces, 0, &[1]),
+            Step::FinishPruning,
+            Step::Narrow,
+            hooks(Phase::PostDelete, &[1]),
+            Step::RemoveSet,
+        ]
+    );
+    // A PreDelete hook fails: nothing is deleted.
+    let ran = walk(&steps, 0, |o| {
+        o.stopped = true;
+        o.failure = true;
+    });
+    assert_eq!(ran, [hooks(Phase::PreDelete, &[0])]);
+    // A PostDelete hook fails: the set's record stays (the deletion is tried again).
+    let post = steps.len() - 2;
+    let ran = walk(&steps, post, |o| o.failure = true);
+    assert!(!ran.contains(&Step::RemoveSet), "{ran:?}");
+    // Tried again after its prunes went through: no PreDelete hook runs twice.
+    plan.applyset.group_kinds.clear();
+    let again = schedule(&plan, &deleting, None);
+    assert!(!again.contains(&hooks(Phase::PreDelete, &[0])), "{again:?}");
+    // A sync never runs deletion hooks.
+    let sync = schedule(&plan, &ApplyOptions::default(), None);
+    assert!(
+        !sync
+            .iter()
+            .any(|s| matches!(s, Step::Hooks { phase, .. } if phase.on_delete())),
+        "{sync:?}"
+    );
+}
