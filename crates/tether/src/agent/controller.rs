@@ -57,14 +57,16 @@ pub async fn run(
         ready: &watch.ready,
     };
     let server = serve(serving, changes).await?;
-    let context = Arc::new(Context::new(
-        client,
-        options,
+    let (windows, _windows_watch) =
+        super::windows::watch(&client, &options, &watch.store, &trigger);
+    let parts = Parts {
         recorder,
         clusters,
         metrics,
-        shards.clone(),
-    )?);
+        shards: shards.clone(),
+        windows,
+    };
+    let context = Arc::new(Context::new(client, options, parts)?);
     let sharding = shards.map(|shards| follow_shards(shards, &watch.store, &trigger, &context));
     let _forgetting = forget_gone(&context, &watch.store, watch.gone);
     let shutdown = shutdown.boxed().shared();
@@ -87,17 +89,26 @@ pub async fn run(
     Ok(())
 }
 
+/// What the context is made of, beside the client and the options.
+struct Parts {
+    recorder: Recorder,
+    clusters: Arc<Clusters>,
+    metrics: Arc<http::Metrics>,
+    shards: Option<Arc<shard::Shards>>,
+    windows: Store<application::SyncWindow>,
+}
+
 impl Context {
     /// What every reconcile shares; `Err` when a notification or commit status client
     /// cannot be built.
-    fn new(
-        client: kube::Client,
-        options: AgentOptions,
-        recorder: Recorder,
-        clusters: Arc<Clusters>,
-        metrics: Arc<http::Metrics>,
-        shards: Option<Arc<shard::Shards>>,
-    ) -> Result<Self, Error> {
+    fn new(client: kube::Client, options: AgentOptions, parts: Parts) -> Result<Self, Error> {
+        let Parts {
+            recorder,
+            clusters,
+            metrics,
+            shards,
+            windows,
+        } = parts;
         let notifier = notify::Notifier::new(options.notify.clone(), metrics.clone())
             .map_err(Error::Notify)?;
         let commit_statuses =
@@ -113,6 +124,7 @@ impl Context {
             metrics,
             memory: Default::default(),
             shards,
+            windows,
         })
     }
 }

@@ -5,7 +5,8 @@
 //! Where things are:
 //! - `controller`: the wiring ([`run`]): watches, controller, HTTP server, Leases.
 //! - `reconcile`: one reconcile of one Application, on one screen; [`finalize`]: one
-//!   being deleted (its objects deleted as `spec.deletionPolicy` says).
+//!   being deleted (its objects deleted as `spec.deletionPolicy` says); `windows`: when
+//!   its sync windows let it sync.
 //! - `decide` (pure): which way a sync goes; `sync`: carrying it out.
 //! - `status` (pure): what the status says after a sync; `memory`: what the agent
 //!   remembers of each Application; `report`: what a reconcile tells (Events, and the
@@ -32,13 +33,14 @@ mod report;
 pub mod shard;
 mod status;
 mod sync;
+mod windows;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Recorder;
-use kube::{CustomResourceExt, ResourceExt};
 
 use crate::app::plan_current;
 pub use crate::application::{Application, ApplicationSpec, ApplicationStatus};
@@ -186,24 +188,25 @@ pub enum Error {
 pub async fn install_crd(client: &kube::Client) -> Result<(), Error> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = Application::crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply("tether").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .map_err(Error::Install)?;
-    let established = kube::runtime::wait::await_condition(
-        crds,
-        &name,
-        kube::runtime::wait::conditions::is_crd_established(),
-    );
-    tokio::time::timeout(Duration::from_secs(60), established)
+    for crd in crate::application::crds() {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("tether").force(),
+            &Patch::Apply(&crd),
+        )
         .await
-        .map_err(|_| Error::NotEstablished(name.clone()))?
-        .map_err(Error::Established)?;
+        .map_err(Error::Install)?;
+        let established = kube::runtime::wait::await_condition(
+            crds.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(Duration::from_secs(60), established)
+            .await
+            .map_err(|_| Error::NotEstablished(name.clone()))?
+            .map_err(Error::Established)?;
+    }
     Ok(())
 }
 
@@ -223,6 +226,8 @@ struct Context {
     memory: memory::Memory,
     /// With sharding: the shards this agent holds (it reconciles only their Applications).
     shards: Option<Arc<shard::Shards>>,
+    /// The SyncWindows of the watched namespaces.
+    windows: kube::runtime::reflector::Store<crate::application::SyncWindow>,
 }
 
 impl Context {
@@ -369,6 +374,8 @@ impl From<String> for Failure {
 struct Acting<'a> {
     dest: &'a Arc<Connected>,
     client: &'a kube::Client,
+    /// What the Application's sync windows let run now.
+    gate: &'a crate::windows::Gate,
 }
 
 /// What one sync did, for the status.

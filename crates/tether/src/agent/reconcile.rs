@@ -69,8 +69,22 @@ pub(super) async fn reconcile(
         write_status(&ctx, &app, status).await?;
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
+    let mut status = status;
+    let gate = match windows_gate(&ctx, &app, &mut status) {
+        Ok(gate) => gate,
+        Err(message) => {
+            ctx.count_reconcile(&app, "failed", started);
+            return record_failure(&ctx, &app, status, message.into(), interval).await;
+        }
+    };
+    // While a window blocks, look again when it opens.
+    if let Some(opens) = gate.next_open {
+        let until = opens.duration_since(jiff::Timestamp::now());
+        let until = Duration::try_from(until).unwrap_or_default();
+        interval = interval.min(until + Duration::from_secs(1));
+    }
     super::images::update_images(&ctx, &app).await;
-    match sync(&ctx, &app).await {
+    match sync(&ctx, &app, &gate).await {
         Ok(outcome) => {
             let result = if outcome.applied.is_some() {
                 "applied"
@@ -85,6 +99,24 @@ pub(super) async fn reconcile(
             record_failure(&ctx, &app, status, failure, interval).await
         }
     }
+}
+
+/// What the Application's sync windows let run now, written into `status`; a window that
+/// cannot be read fails the reconcile, naming it.
+fn windows_gate(
+    ctx: &Context,
+    app: &Application,
+    status: &mut ApplicationStatus,
+) -> Result<crate::windows::Gate, String> {
+    let gate = super::windows::gate_for(ctx, app)?;
+    // A window just opened (its time came, or it was changed or deleted): what waited is
+    // looked for in Git anew, not in a listing from before.
+    let was_closed = status.sync_window.as_ref().is_some_and(|w| !w.open);
+    if was_closed && gate.open {
+        ctx.pipeline.listings.forget(&app.spec.source.repo_url);
+    }
+    status.sync_window = super::windows::status_of(&gate);
+    Ok(gate)
 }
 
 /// The Application as this agent last wrote it, or newer; `None` when it is gone.

@@ -160,7 +160,11 @@ pub fn on_success(
     }
     status.health = Some(outcome.health.to_string());
     status.apply_set = Some(outcome.apply_set);
-    let message = success_message(app, commit, outcome.health, synced, changed_meanwhile);
+    let blocked = status.sync_window.as_ref().filter(|w| !w.open);
+    let message = match blocked {
+        Some(window) if !synced && !changed_meanwhile => window_message(commit, window),
+        _ => success_message(app, commit, outcome.health, synced, changed_meanwhile),
+    };
     status.sync = Some(sync);
     set_success_conditions(&mut status, app, synced, changed_meanwhile, &message, now);
     AfterSuccess {
@@ -227,6 +231,24 @@ fn success_message(
     format!(
         "revision {} {state}; {health}",
         &commit[..12.min(commit.len())]
+    )
+}
+
+/// The conditions' message while a sync window keeps a revision from being applied.
+fn window_message(commit: &str, window: &crate::application::SyncWindowStatus) -> String {
+    let next = match &window.next_sync {
+        Some(at) => format!("; syncs may run from {at}"),
+        None => "; no window opens within a year".into(),
+    };
+    let manual = if window.manual_sync {
+        " (a sync asked for by hand runs)"
+    } else {
+        ""
+    };
+    format!(
+        "revision {} differs from the cluster and waits: {}{next}{manual}",
+        &commit[..12.min(commit.len())],
+        window.message
     )
 }
 

@@ -31,3 +31,14 @@ pub fn application_key(app: &Application) -> String {
     use kube::ResourceExt;
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
 }
+
+/// The custom resources of tether: Applications and SyncWindows, as installed.
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![Application::crd(), SyncWindow::crd()]
+}
+
+/// Their names, as `kubectl get crd` shows them.
+pub const CRD_NAMES: [&str; 2] = ["applications.tether.dev", "syncwindows.tether.dev"];

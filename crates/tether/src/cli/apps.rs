@@ -77,6 +77,17 @@ fn condition(app: &Application, kind: &str) -> String {
         .unwrap_or_else(|| "Unknown".into())
 }
 
+/// What a list says of an Application that a sync window keeps from syncing now.
+fn window_note(status: &crate::application::ApplicationStatus) -> String {
+    match status.sync_window.as_ref().filter(|w| !w.open) {
+        Some(window) => format!(
+            " (sync window closed; next sync {})",
+            window.next_sync.as_deref().unwrap_or("none within a year")
+        ),
+        None => String::new(),
+    }
+}
+
 pub async fn get(global: &GlobalArgs, args: &GetArgs, out: &mut impl Write) -> anyhow::Result<u8> {
     let (cluster, namespaced) = api(global).await?;
     let api: Api<Application> = if args.all_namespaces {
@@ -114,13 +125,14 @@ pub async fn get(global: &GlobalArgs, args: &GetArgs, out: &mut impl Write) -> a
         let suspended = if app.spec.suspend { " (suspended)" } else { "" };
         writeln!(
             out,
-            "{:<20} {:<24} {:<13} {:<10} {:<11} {}{suspended}",
+            "{:<20} {:<24} {:<13} {:<10} {:<11} {}{suspended}{}",
             app.namespace().unwrap_or_default(),
             app.name_any(),
             revision,
             sync,
             health,
-            condition(app, "Ready")
+            condition(app, "Ready"),
+            window_note(&status)
         )?;
     }
     Ok(0)
@@ -128,7 +140,16 @@ pub async fn get(global: &GlobalArgs, args: &GetArgs, out: &mut impl Write) -> a
 
 pub async fn sync(global: &GlobalArgs, args: &AppArgs, out: &mut impl Write) -> anyhow::Result<u8> {
     let (cluster, api) = api(global).await?;
-    get_app(&cluster, &api, &args.app).await?;
+    let app = get_app(&cluster, &api, &args.app).await?;
+    let window = app.status.as_ref().and_then(|s| s.sync_window.as_ref());
+    if let Some(window) = window.filter(|w| !w.open && !w.manual_sync) {
+        eprintln!(
+            "warning: a sync window keeps {} from syncing now ({}); no window lets a sync asked for by hand through (manualSync), so nothing is applied before {}",
+            args.app,
+            window.message,
+            window.next_sync.as_deref().unwrap_or("a window opens")
+        );
+    }
     let patch = actions::sync();
     api.patch(&args.app, &PatchParams::default(), &Patch::Merge(&patch))
         .await

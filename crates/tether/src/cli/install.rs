@@ -9,9 +9,8 @@ use kube::Api;
 use serde_json::Value;
 
 use super::GlobalArgs;
-use kube::CustomResourceExt;
 
-use crate::agent::{Application, install_crd};
+use crate::agent::install_crd;
 use crate::apply::ApplyOptions;
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
@@ -27,7 +26,8 @@ pub struct InstallArgs {
     #[command(flatten)]
     pub agent: InstallFlags,
 
-    /// Install or upgrade only the Application CRD (applications.tether.dev), no agent.
+    /// Install or upgrade only the CRDs (applications.tether.dev, syncwindows.tether.dev),
+    /// no agent.
     #[arg(long)]
     pub crd_only: bool,
 
@@ -85,8 +85,8 @@ pub struct UninstallArgs {
     #[arg(long)]
     pub delete_namespace: bool,
 
-    /// Also delete the Application CRD, and with it every Application in the cluster (the
-    /// objects they applied stay).
+    /// Also delete the CRDs, and with them every Application and SyncWindow in the cluster
+    /// (the objects Applications applied stay).
     #[arg(long)]
     pub delete_crd: bool,
 }
@@ -142,7 +142,9 @@ pub async fn install(
     if args.dry_run {
         let tokens = args.show_secrets.then(Tokens::generate);
         let mut documents = Vec::new();
-        documents.push(serde_json::to_value(Application::crd())?);
+        for crd in crate::application::crds() {
+            documents.push(serde_json::to_value(crd)?);
+        }
         if !args.crd_only {
             documents.extend(crate::install::manifests(&options, tokens.as_ref()));
         }
@@ -151,10 +153,12 @@ pub async fn install(
     let cluster = Cluster::connect(&global.cluster_options()).await?;
     cluster.server_version().await?;
     install_crd(&cluster.client()).await?;
-    writeln!(
-        out,
-        "customresourcedefinition applications.tether.dev installed and established"
-    )?;
+    for name in crate::application::CRD_NAMES {
+        writeln!(
+            out,
+            "customresourcedefinition {name} installed and established"
+        )?;
+    }
     if args.crd_only {
         return Ok(0);
     }
@@ -361,16 +365,17 @@ pub async fn uninstall(
     if args.delete_crd {
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        crds.delete("applications.tether.dev", &Default::default())
-            .await?;
-        writeln!(
-            out,
-            "deleted customresourcedefinition applications.tether.dev"
-        )?;
+        for name in crate::application::CRD_NAMES {
+            match crds.delete(name, &Default::default()).await {
+                Ok(_) => writeln!(out, "deleted customresourcedefinition {name}")?,
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     } else {
         writeln!(
             out,
-            "The CRD and the Applications stay (--delete-crd removes them); the objects Applications applied stay either way."
+            "The CRDs, the Applications and SyncWindows stay (--delete-crd removes them); the objects Applications applied stay either way."
         )?;
     }
     Ok(0)

@@ -18,3 +18,4 @@ mod hardening;
 mod oci;
 mod options;
 mod secrets;
+mod windows;

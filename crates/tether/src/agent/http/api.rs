@@ -80,6 +80,7 @@ fn summary(app: &Application) -> Value {
         "sync": crate::application::sync_state(app.status.as_ref(), crate::application::Objects::NotPlanned),
         "health": crate::application::health_state(app.status.as_ref()),
         "ready": ready,
+        "syncWindow": status.sync_window,
     })
 }
 

@@ -18,6 +18,7 @@ use crate::cluster::discovery::{KindInfo, Resolver};
 use crate::object::{Object, ObjectKey};
 use crate::plan::{Action as PlanAction, Plan};
 use crate::source::git::Revision;
+use crate::windows::Gate;
 
 /// Plans every object of the render against the cluster and applies when the policy
 /// allows; records for the drift watch what the cluster now holds. With `check_watches`,
@@ -53,7 +54,7 @@ pub(super) async fn full_sync(
         .filter(|c| c.kind.is_none())
         .filter_map(|c| Some((c.key.clone(), c.desired.clone()?)))
         .collect();
-    let (new_revision, allowed) = may_apply(app, &revision);
+    let (new_revision, allowed) = may_apply(app, &revision, at.gate);
     let (mut desired, mut versions) = members(&planned);
     let mut applied = None;
     if planned.has_changes() && allowed {
@@ -123,13 +124,22 @@ async fn watch_and_plan(
 /// sync apply it: a new revision is applied when automated, and drift on the same revision
 /// with selfHeal; anything, when someone asks for a sync (`tether sync`, the UI's Sync
 /// button), as a manual sync does in Argo CD.
-fn may_apply(app: &Application, revision: &Revision) -> (bool, bool) {
+fn may_apply(app: &Application, revision: &Revision, gate: &Gate) -> (bool, bool) {
     let policy = &app.spec.sync_policy;
     let last_applied = app.status.as_ref();
     let last_applied = last_applied.and_then(|s| s.last_applied_revision.as_deref());
     let new_revision = last_applied != Some(revision.commit.as_str());
-    let allowed = sync_requested(app) || (policy.automated && (new_revision || policy.self_heal));
-    (new_revision, allowed)
+    // While a sync window blocks: a sync asked for by hand only when it says manualSync,
+    // the revision already applied again (hand edits put back) only when it says selfHeal,
+    // a new revision never.
+    let asked = sync_requested(app) && (gate.open || gate.manual_sync);
+    let automated = policy.automated
+        && if new_revision {
+            gate.open
+        } else {
+            policy.self_heal && (gate.open || gate.self_heal)
+        };
+    (new_revision, asked || automated)
 }
 
 /// The status's reference to the set's ApplySet parent.

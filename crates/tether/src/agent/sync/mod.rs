@@ -35,7 +35,11 @@ type Settled<'a> = (&'a ApplicationStatus, &'a SyncStatus, &'a ApplySetReference
 
 /// Resolve, render, plan and (when the policy allows) apply; an `Err` is a message for
 /// the status, saying what failed.
-pub(super) async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Failure> {
+pub(super) async fn sync(
+    ctx: &Context,
+    app: &Application,
+    gate: &crate::windows::Gate,
+) -> Result<Outcome, Failure> {
     let name = app.name_any();
     let spec = &app.spec;
     spec.check()?;
@@ -53,10 +57,11 @@ pub(super) async fn sync(ctx: &Context, app: &Application) -> Result<Outcome, Fa
     let at = &Acting {
         dest,
         client: &client,
+        gate,
     };
     let fetch_started = Instant::now();
     let applyset_id = crate::inventory::ApplySet::new(&name, &spec.destination.namespace).id;
-    let decision = decide::decide(&facts(ctx, dest, app, &applyset_id));
+    let decision = decide::decide(&facts(ctx, at, app, &applyset_id));
     // What the last full sync left, for the ways that change nothing.
     let settled = app
         .status
@@ -211,7 +216,8 @@ async fn renders_the_same(
 }
 
 /// What the status and the drift watches say before a sync of set `applyset_id`.
-fn facts(ctx: &Context, dest: &Connected, app: &Application, applyset_id: &str) -> decide::Facts {
+fn facts(ctx: &Context, at: &Acting<'_>, app: &Application, applyset_id: &str) -> decide::Facts {
+    let dest = at.dest;
     let status = app.status.as_ref();
     let policy = &app.spec.sync_policy;
     let spec_observed = status.is_some_and(|s| s.observed_generation == app.metadata.generation);
@@ -238,7 +244,8 @@ fn facts(ctx: &Context, dest: &Connected, app: &Application, applyset_id: &str) 
             .verify_interval
             .is_some_and(|period| dest.drift.verification_due(applyset_id, period)),
         automated: policy.automated,
-        self_heal: policy.self_heal,
+        // A sync window that blocks puts hand edits back only when it says selfHeal.
+        self_heal: policy.self_heal && (at.gate.open || at.gate.self_heal),
         interval: parse_duration(&policy.interval).unwrap_or(LISTING_MAX_AGE),
     }
 }

@@ -131,6 +131,12 @@ fn heading(app: &Application, view: &AppView, operator: bool) -> Markup {
             div.states {
                 (badge(sync)) (badge(health))
                 @if app.spec.suspend { (badge("Suspended")) }
+                @if let Some(window) = app.status.as_ref().and_then(|s| s.sync_window.as_ref()).filter(|w| !w.open) {
+                    span.badge.warn title={(window.message)} {
+                        "Sync window closed · next sync "
+                        (window.next_sync.as_deref().unwrap_or("none within a year"))
+                    }
+                }
             }
             @if operator {
                 div.actions {

@@ -53,7 +53,7 @@ fn role_name(role: Role) -> &'static str {
 pub fn badge(text: &str) -> Markup {
     let class = match text {
         "Synced" | "Healthy" | "Succeeded" | "True" => "ok",
-        "OutOfSync" | "Progressing" | "Suspended" => "warn",
+        "OutOfSync" | "Progressing" | "Suspended" | "Window closed" => "warn",
         "Degraded" | "Failed" | "Missing" | "False" => "bad",
         _ => "neutral",
     };

@@ -91,6 +91,7 @@ pub fn row(app: &Application) -> Markup {
             td.name {
                 a href={"/ui/apps/" (namespace) "/" (name)} { (name) }
                 @if app.spec.suspend { " " (badge("Suspended")) }
+                @if status.sync_window.as_ref().is_some_and(|w| !w.open) { " " (badge("Window closed")) }
             }
             td { (namespace) }
             td { (badge(sync_of(app))) }

@@ -1,0 +1,96 @@
+//! Sync windows in the agent: the `SyncWindow` resources of the watched namespaces, kept
+//! in a store (a change reconciles the Applications it selects at once), and the gate an
+//! Application's windows and its namespace's make now ([`gate_for`]); [`crate::windows`]
+//! decides.
+
+use futures::StreamExt;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::controller::AbortOnDrop;
+use super::{AgentOptions, Context};
+use crate::application::{Application, SyncWindow, SyncWindowStatus};
+use crate::windows::{Gate, compile, gate};
+
+/// Watches the SyncWindows of the agent's namespaces into a store; when one is created,
+/// changed or deleted, the Applications of its namespace that it selects are reconciled.
+pub(super) fn watch(
+    client: &kube::Client,
+    options: &AgentOptions,
+    applications: &Store<Application>,
+    trigger: &UnboundedSender<ObjectRef<Application>>,
+) -> (Store<SyncWindow>, AbortOnDrop) {
+    let api: Api<SyncWindow> = match &options.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (store, writer) = kube::runtime::reflector::store();
+    let (applications, trigger) = (applications.clone(), trigger.clone());
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let window = match event {
+                Ok(watcher::Event::Apply(w) | watcher::Event::Delete(w)) => w,
+                Ok(_) => continue,
+                Err(err) => {
+                    tracing::debug!(%err, "the watch of SyncWindows is retried");
+                    continue;
+                }
+            };
+            let namespace = window.namespace().unwrap_or_default();
+            for app in applications.state() {
+                if app.namespace().as_deref() == Some(namespace.as_str())
+                    && window.spec.selects(&app.name_any())
+                {
+                    let _ = trigger.send(ObjectRef::from_obj(app.as_ref()));
+                }
+            }
+        }
+    });
+    (store, AbortOnDrop::new(task))
+}
+
+/// What `app`'s windows (its own and its namespace's SyncWindows) let run now; `Err` names
+/// the window that cannot be read.
+pub(super) fn gate_for(ctx: &Context, app: &Application) -> Result<Gate, String> {
+    let namespace = app.namespace().unwrap_or_default();
+    let mut compiled = Vec::new();
+    for (i, window) in app.spec.sync_windows.iter().enumerate() {
+        compiled.push(compile(window, &format!("spec.syncWindows[{i}]"))?);
+    }
+    let mut shared: Vec<_> = ctx
+        .windows
+        .state()
+        .into_iter()
+        .filter(|w| w.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|w| w.spec.selects(&app.name_any()))
+        .collect();
+    shared.sort_by_key(|w| w.name_any());
+    for window in shared {
+        let source = format!("SyncWindow {namespace}/{}", window.name_any());
+        compiled.push(compile(&window.spec.window, &source)?);
+    }
+    if compiled.is_empty() {
+        return Ok(Gate::open());
+    }
+    Ok(gate(&compiled, jiff::Timestamp::now()))
+}
+
+/// The status of `gate` (none for an Application without windows).
+pub(super) fn status_of(gate: &Gate) -> Option<SyncWindowStatus> {
+    if gate.message.is_empty() {
+        return None;
+    }
+    Some(SyncWindowStatus {
+        open: gate.open,
+        message: gate.message.clone(),
+        next_sync: gate.next_open.map(|t| t.to_string()),
+        manual_sync: !gate.open && gate.manual_sync,
+    })
+}
