@@ -617,6 +617,29 @@ def kubectl(versions: dict[str, str], *args: str, stdin: str | None = None) -> s
     return out.stdout
 
 
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  verbs: [get, list, watch]
+- level: None
+  resources:
+  - {group: coordination.k8s.io, resources: [leases]}
+  - {group: events.k8s.io, resources: [events]}
+  - {group: "", resources: [events]}
+- level: None
+  nonResourceURLs: ["*"]
+- level: Metadata
+"""
+
+
+def write_audit_policy(rd: Path) -> Path:
+    path = rd / "audit-policy.yaml"
+    path.write_text(AUDIT_POLICY)
+    return path
+
+
 def component_argv(name: str, versions: dict[str, str], state: dict) -> list[str]:
     rd, pki, ports = run_dir(), run_dir() / "pki", state["ports"]
     kubeconfig = str(rd / "kubeconfig")
@@ -640,7 +663,11 @@ def component_argv(name: str, versions: dict[str, str], state: dict) -> list[str
                 f"--service-account-issuer=https://127.0.0.1:{port}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
-                "--authorization-mode=RBAC", "--allow-privileged=true", "--profiling=false"]
+                "--authorization-mode=RBAC", "--allow-privileged=true", "--profiling=false",
+                # Who wrote what (tether's --audit-log): writes at level Metadata, next to the
+                # kubeconfig; reads, Leases and Events are left out to keep it small.
+                f"--audit-policy-file={write_audit_policy(rd)}", f"--audit-log-path={rd / 'audit.log'}",
+                "--audit-log-maxsize=100", "--audit-log-maxbackup=1"]
         if admission:
             # Without the controller-manager nobody creates the `default` ServiceAccount.
             argv.append(f"--disable-admission-plugins={admission}")

@@ -77,6 +77,9 @@ pub struct AppOptions {
     pub render_memory: u64,
     /// The ref listings its fetches share (see [`crate::source::git::Listings`]).
     pub listings: std::sync::Arc<crate::source::git::Listings>,
+    /// The API server's audit log (see [`crate::audit`]), read by each plan that names who
+    /// changed a field.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Default for AppOptions {
@@ -89,6 +92,7 @@ impl Default for AppOptions {
             require_service_account: false,
             render_memory: crate::render::external::DEFAULT_MEMORY_BYTES,
             listings: Default::default(),
+            audit_log: None,
         }
     }
 }
@@ -411,6 +415,13 @@ pub fn plan_options_for(options: &AppOptions, app: &Application) -> PlanOptions 
     // Checked where the sync starts (an unknown option fails it there).
     plan_options.create_namespace = spec.sync_policy.create_namespace().unwrap_or(false);
     plan_options.ignore_differences = spec.ignore_differences.clone();
+    // Read by this plan only if it names who changed a field.
+    plan_options.audit_log = options.audit_log.as_deref().and_then(|path| {
+        crate::audit::AuditLog::open(path)
+            .inspect_err(|err| tracing::warn!(%err, "who changed what is told without users"))
+            .ok()
+            .map(std::sync::Arc::new)
+    });
     plan_options
 }
 

@@ -110,6 +110,9 @@ pub struct AgentOptions {
     /// makes them stale). `Default` makes a new one: agents built from their own options
     /// share nothing.
     pub listings: std::sync::Arc<crate::source::git::Listings>,
+    /// The API server's audit log: drift and conflicts name the user and user agent of
+    /// each change (see [`crate::audit`]).
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 /// The backstop's default period (see [`AgentOptions::verify_interval`]).
@@ -126,6 +129,7 @@ impl AgentOptions {
             require_service_account: self.require_service_account,
             render_memory: self.render_memory,
             listings: self.listings.clone(),
+            audit_log: self.audit_log.clone(),
         }
     }
 }
@@ -151,6 +155,7 @@ impl Default for AgentOptions {
             notify: Default::default(),
             render_memory: crate::render::external::DEFAULT_MEMORY_BYTES,
             listings: Default::default(),
+            audit_log: None,
         }
     }
 }

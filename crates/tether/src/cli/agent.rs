@@ -99,6 +99,12 @@ pub struct AgentArgs {
     #[arg(long)]
     pub require_service_account: bool,
 
+    /// The API server's audit log (the file of its --audit-log-path, JSON, level Metadata
+    /// or above, readable by the agent): drift it puts back names the user and user agent
+    /// of each change beside its field manager.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<std::path::PathBuf>,
+
     /// Stay in the namespace (-n): reconcile only its Applications, apply only into it, and
     /// watch only it, so the agent needs a Role there and no cluster-wide rights (tether
     /// install --namespaced).
@@ -209,6 +215,7 @@ fn agent_options(
         helm_bin: args.helm_bin.clone(),
         verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
         require_service_account: args.require_service_account,
+        audit_log: args.audit_log.clone(),
         namespaced: args.namespaced,
         render_memory: args.render_memory,
         notify: crate::agent::notify::NotifyOptions {

@@ -39,6 +39,10 @@ pub struct DiffArgs {
     /// The helm program (default: $TETHER_HELM, else PATH), as `tether render`.
     #[arg(long, value_name = "FILE")]
     pub helm_bin: Option<std::path::PathBuf>,
+    /// The API server's audit log (its --audit-log-path): drift names the user and user
+    /// agent of each change beside its field manager.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -188,9 +192,13 @@ pub async fn diff(
         ),
     };
     // Rendered exactly as the agent renders it (the cluster's Helm capabilities included).
+    if let Some(path) = &args.audit_log {
+        crate::audit::AuditLog::open(path).map_err(anyhow::Error::msg)?;
+    }
     let options = crate::app::AppOptions {
         kustomize_bin: args.kustomize_bin.clone(),
         helm_bin: args.helm_bin.clone(),
+        audit_log: args.audit_log.clone(),
         ..Default::default()
     };
     let (revision, plan) =

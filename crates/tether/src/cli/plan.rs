@@ -56,6 +56,12 @@ pub struct TargetArgs {
     /// out of what is applied and never shown as drift.
     #[arg(long, value_name = "FILE")]
     pub ignore_differences: Option<std::path::PathBuf>,
+
+    /// The API server's audit log (the file of its --audit-log-path, JSON, level Metadata
+    /// or above): drift and conflicts name the user and user agent of each change beside
+    /// its field manager.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 impl TargetArgs {
@@ -147,6 +153,10 @@ pub async fn prepare(
     options.source = Some(resolved.source.clone());
     options.app_defaulted = target.app.is_none();
     options.ignore_differences = target.ignore_rules()?;
+    if let Some(path) = &target.audit_log {
+        let log = crate::audit::AuditLog::open(path).map_err(anyhow::Error::msg)?;
+        options.audit_log = Some(std::sync::Arc::new(log));
+    }
     options.progress = super::progress::for_stderr();
     let plan = crate::plan::plan(&cluster.client(), &resolver, objects, &options).await?;
     Ok(Prepared {

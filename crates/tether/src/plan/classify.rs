@@ -158,12 +158,17 @@ pub(super) enum Verdict {
     Predicted(Prediction),
 }
 
+/// Who made a write beyond its manager, when known (the audit log's user and user agent):
+/// `(manager, subresource, time)` → `user "alice" with kubectl/v1.34.4`.
+pub(super) type Who<'a> = &'a dyn Fn(&str, Option<&str>, Option<&str>) -> Option<String>;
+
 /// A field in conflict as the user reads it: who holds it now, from the server's cause
 /// (`conflict with "kubectl-scale" with subresource "scale" using apps/v1`), with the
 /// operation and the time the live object's managedFields record for that manager
 /// (`.spec.replicas: changed by "kubectl-scale" (Update of the scale subresource at
-/// 2026-12-06T06:00:00Z)`); the server's words when the entry is not found.
-pub(super) fn attributed(live: Option<&Value>, field: &str, message: &str) -> String {
+/// 2026-12-06T06:00:00Z)`, and `; user "alice" with kubectl/…` when `who` knows); the
+/// server's words when the entry is not found.
+pub(super) fn attributed(live: Option<&Value>, field: &str, message: &str, who: Who<'_>) -> String {
     let manager = message.split('"').nth(1);
     let subresource = message
         .split("with subresource \"")
@@ -182,8 +187,12 @@ pub(super) fn attributed(live: Option<&Value>, field: &str, message: &str) -> St
     if let Some(subresource) = subresource {
         how.push_str(&format!(" of the {subresource} subresource"));
     }
-    if let Some(time) = entry["time"].as_str() {
+    let time = entry["time"].as_str();
+    if let Some(time) = time {
         how.push_str(&format!(" at {time}"));
+    }
+    if let Some(by) = who(manager, subresource, time) {
+        how.push_str(&format!("; {by}"));
     }
     format!("{field}: changed by \"{manager}\" ({how})")
 }
@@ -199,6 +208,7 @@ pub(super) fn read_answer(
     relabel: bool,
     applyset_id: &str,
     answer: DryRun,
+    who: Who<'_>,
 ) -> Verdict {
     let relabeled = || relabel.then(relabel_reclaim).into_iter().collect();
     let (causes, message, forced) = match answer {
@@ -234,7 +244,8 @@ pub(super) fn read_answer(
                 .unwrap_or(true)
     };
     let (reclaimed, foreign): (Vec<_>, Vec<_>) = causes.iter().partition(|(field, _)| drift(field));
-    let describe = |(field, message): &(String, String)| attributed(live.as_ref(), field, message);
+    let describe =
+        |(field, message): &(String, String)| attributed(live.as_ref(), field, message, who);
     let reclaims = reclaimed.into_iter().map(describe).collect();
     if !causes.is_empty() && foreign.is_empty() {
         return Verdict::Predicted(Prediction {

@@ -174,8 +174,17 @@ async fn plan_change(
     }
     let pending = live.is_none() && creating_namespaces.contains(&key.namespace);
     let answer = dry_run_apply(&api, key, origin, manifest, &params, pending).await?;
-    let prediction = match classify::read_answer(key, manifest, live, relabel, &applyset.id, answer)
-    {
+    let who = |manager: &str, subresource: Option<&str>, time: Option<&str>| {
+        let object = crate::audit::ObjectRef {
+            resource: &kind.resource.plural,
+            namespace: &key.namespace,
+            name: &key.name,
+            subresource,
+        };
+        options.audit_log.as_ref()?.who(&object, manager, time)
+    };
+    let set = &applyset.id;
+    let prediction = match classify::read_answer(key, manifest, live, relabel, set, answer, &who) {
         Verdict::Settled(outcome) => return Ok(outcome),
         Verdict::Predicted(prediction) => prediction,
     };

@@ -57,6 +57,9 @@ pub struct PlanOptions {
     /// planned for pruning but those kept on deletion (`Delete=false`, see
     /// [`super::sync_options::kept_on_delete`]).
     pub deleting: bool,
+    /// The API server's audit log: who changed a field (user, user agent) beside its
+    /// manager, in drift and conflicts.
+    pub audit_log: Option<std::sync::Arc<crate::audit::AuditLog>>,
     pub progress: crate::progress::ProgressHandle,
 }
 
@@ -77,6 +80,7 @@ impl PlanOptions {
             app_defaulted: false,
             ignore_differences: Vec::new(),
             deleting: false,
+            audit_log: None,
             progress: Default::default(),
         }
     }

@@ -198,7 +198,16 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
     repo.write("reported/a.yaml", &configmap("reported", "blue"));
     let commit = repo.commit("first");
     let daemon = GitDaemon::start(&root);
-    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    // With the API server's audit log, the user who made each change is named too.
+    let audit_log = support::kubeconfig().with_file_name("audit.log");
+    let (port, listen) = support::agent::free_listen();
+    let options = AgentOptions {
+        audit_log: Some(audit_log),
+        listen,
+        api_token: Some(b"api-t0ken".to_vec()),
+        ..options_for(&ns, dir.path())
+    };
+    let agent = start_agent(&client, options);
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
     for (name, self_heal) in [("healed", true), ("reported", false)] {
         // An hour between polls: only the watch can explain a quick reaction.
@@ -269,6 +278,7 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
         .expect("an entry");
     assert!(
         message.contains(r#".data.color: changed by "hand-edit" (Apply at 20"#)
+            && message.contains("; user \"")
             && !message.contains("red"),
         "{message}"
     );
@@ -368,6 +378,29 @@ async fn drift_is_corrected_from_the_watch_or_only_reported_without_self_heal() 
             .expect("data")["color"],
         "red",
         "without selfHeal the edit stays"
+    );
+    // The JSON API names who changed the field that differs, with the audit log's user.
+    let url = format!(
+        "http://127.0.0.1:{port}/api/v1/applications/{}/reported",
+        ns.name
+    );
+    let text = tokio::task::spawn_blocking(move || {
+        reqwest::blocking::Client::new()
+            .get(url)
+            .bearer_auth("api-t0ken")
+            .send()
+            .expect("request")
+            .text()
+            .expect("a body")
+    })
+    .await
+    .expect("join");
+    let body: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let changed_by = body["objects"][0]["changedBy"].to_string();
+    assert!(
+        changed_by.contains(r#".data.color: changed by \"hand-edit\""#)
+            && changed_by.contains("; user"),
+        "{body}"
     );
     let _ = agent.stop().await;
 }

@@ -102,14 +102,7 @@ async fn a_deny_window_holds_new_commits_puts_hand_edits_back_and_yields_to_manu
             .clone()
     };
     assert_eq!(color().await, "blue", "the new commit waits");
-    let listed = tether(&[
-        "get",
-        "apps",
-        "-n",
-        &ns.name,
-        "--kubeconfig",
-        &support::kubeconfig().to_string_lossy(),
-    ]);
+    let listed = tether(&["get", "apps", "-n", &ns.name]);
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
     assert!(
         listed.contains("sync window closed; next sync 20"),

@@ -20,3 +20,4 @@ mod sops;
 mod source_git;
 mod sync_options;
 mod waves_hooks;
+mod who_changed;

@@ -166,6 +166,9 @@ async fn show(
                         "action": change.action,
                         "health": health,
                         "diff": change.diff,
+                        // Who changed each field that differs (drift) or is held (conflict).
+                        "changedBy": change.reclaims,
+                        "conflicts": change.conflicts,
                     })
                 })
                 .chain(refused)

@@ -235,7 +235,15 @@ fn run(case: Case, file: &str) -> Expected {
     let answer = case
         .dry_run
         .expect("the plan asks for a dry-run: give its answer");
-    match read_answer(key, desired, live, relabel, SET_ID, answer.filled(desired)) {
+    match read_answer(
+        key,
+        desired,
+        live,
+        relabel,
+        SET_ID,
+        answer.filled(desired),
+        &|_, _, _| None,
+    ) {
         Verdict::Settled(outcome) => Expected::from_outcome(outcome, true),
         Verdict::Predicted(prediction) => {
             let sides = Sides::new(prediction.live, &prediction.predicted);
@@ -332,17 +340,40 @@ fn a_field_in_conflict_names_who_wrote_it_how_and_when() {
         {"manager": "kubectl-scale", "operation": "Update", "subresource": "scale", "time": "2026-12-06T06:00:00Z"},
         {"manager": "kubectl-scale", "operation": "Update", "time": "2026-12-01T00:00:00Z"}
     ]}});
+    let none = |_: &str, _: Option<&str>, _: Option<&str>| None;
     assert_eq!(
         super::attributed(
             Some(&live),
             ".spec.replicas",
-            r#"conflict with "kubectl-scale" with subresource "scale" using apps/v1"#
+            r#"conflict with "kubectl-scale" with subresource "scale" using apps/v1"#,
+            &none
         ),
         r#".spec.replicas: changed by "kubectl-scale" (Update of the scale subresource at 2026-12-06T06:00:00Z)"#
     );
+    // With the audit log: the user and the user agent of that write.
+    let audit = |manager: &str, subresource: Option<&str>, time: Option<&str>| {
+        (manager == "kubectl-scale"
+            && subresource == Some("scale")
+            && time == Some("2026-12-06T06:00:00Z"))
+        .then(|| "user \"alice\" with kubectl/v1.34.4".to_string())
+    };
+    assert_eq!(
+        super::attributed(
+            Some(&live),
+            ".spec.replicas",
+            r#"conflict with "kubectl-scale" with subresource "scale" using apps/v1"#,
+            &audit
+        ),
+        r#".spec.replicas: changed by "kubectl-scale" (Update of the scale subresource at 2026-12-06T06:00:00Z; user "alice" with kubectl/v1.34.4)"#
+    );
     // Without a matching entry, the server's own words.
     assert_eq!(
-        super::attributed(Some(&live), ".data.x", r#"conflict with "helm" using v1"#),
+        super::attributed(
+            Some(&live),
+            ".data.x",
+            r#"conflict with "helm" using v1"#,
+            &none
+        ),
         r#".data.x: conflict with "helm" using v1"#
     );
 }

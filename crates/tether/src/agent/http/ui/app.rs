@@ -321,6 +321,10 @@ pub async fn object(
             @if node.diff.is_empty() {
                 p.insync { "In sync: the cluster holds what Git says." }
             } @else {
+                @if !node.who.is_empty() {
+                    h3 { "Who changed it" }
+                    ul.who { @for line in &node.who { li { (line) } } }
+                }
                 pre.diff { @for line in node.diff.lines() { span class=(diff_class(line)) { (line) "\n" } } }
             }
         } @else if let Some(hook) = &node.hook {

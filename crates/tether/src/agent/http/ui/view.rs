@@ -29,6 +29,9 @@ pub struct Node {
     pub health: Health,
     /// The diff against Git (Secret values redacted); empty when in sync.
     pub diff: String,
+    /// Who changed what differs (drift put back, and conflicts): each field with its
+    /// manager, how and when, and with an audit log the user and user agent.
+    pub who: Vec<String>,
     /// The live object, Secret values replaced by their sizes.
     pub live: Option<Value>,
     /// A hook object a sync left behind (not a member): its phases and delete policy.
@@ -173,6 +176,12 @@ async fn compute(state: &UiState, app: &Application) -> AppView {
             action: Some(change.action),
             health,
             diff: change.diff.clone(),
+            who: change
+                .reclaims
+                .iter()
+                .chain(&change.conflicts)
+                .cloned()
+                .collect(),
             live,
             hook: None,
         });
@@ -193,6 +202,7 @@ async fn compute(state: &UiState, app: &Application) -> AppView {
                 action: Some(Action::Conflict),
                 health: Health::new(health::HealthStatus::Unknown, refused.message.clone()),
                 diff: String::new(),
+                who: Vec::new(),
                 live: None,
                 hook: None,
             });
@@ -265,6 +275,7 @@ async fn leftover_hooks(
                 action: None,
                 health: health::assess(Some(&value)),
                 diff: String::new(),
+                who: Vec::new(),
                 live: Some(redacted(&value)),
                 hook: Some(what),
             });
@@ -286,6 +297,7 @@ fn add_children(owned: &Owned, uid: &str, depth: usize, nodes: &mut Vec<Node>) {
             action: None,
             health: health::assess(Some(live)),
             diff: String::new(),
+            who: Vec::new(),
             live: Some(live.clone()),
             hook: None,
         });
