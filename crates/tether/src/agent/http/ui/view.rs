@@ -164,27 +164,7 @@ async fn compute(state: &UiState, app: &Application) -> AppView {
     // The same rules as the agent's status (rule 11): the Application's own first.
     let rules = app.spec.health_rules().unwrap_or_default();
     for change in &plan.changes {
-        let live = change.live.as_ref().map(redacted);
-        let health = if change.action == Action::Prune {
-            Health::new(health::HealthStatus::Missing, "no longer in Git")
-        } else {
-            health::assess_with(change.live.as_ref(), &rules)
-        };
-        nodes.push(Node {
-            depth: 0,
-            key: change.key.clone(),
-            action: Some(change.action),
-            health,
-            diff: change.diff.clone(),
-            who: change
-                .reclaims
-                .iter()
-                .chain(&change.conflicts)
-                .cloned()
-                .collect(),
-            live,
-            hook: None,
-        });
+        nodes.push(node_of(change, &rules));
         if let Some(uid) = change
             .live
             .as_ref()
@@ -219,6 +199,30 @@ async fn compute(state: &UiState, app: &Application) -> AppView {
         revision: Some(revision),
         error: None,
         nodes,
+    }
+}
+
+/// The node of a member (or of one Git no longer has).
+fn node_of(change: &crate::plan::Change, rules: &crate::health::rules::Rules) -> Node {
+    let health = if change.action == Action::Prune {
+        Health::new(health::HealthStatus::Missing, "no longer in Git")
+    } else {
+        health::assess_with(change.live.as_ref(), rules)
+    };
+    Node {
+        depth: 0,
+        key: change.key.clone(),
+        action: Some(change.action),
+        health,
+        diff: change.diff.clone(),
+        who: change
+            .reclaims
+            .iter()
+            .chain(&change.conflicts)
+            .cloned()
+            .collect(),
+        live: change.live.as_ref().map(redacted),
+        hook: None,
     }
 }
 
