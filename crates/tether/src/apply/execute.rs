@@ -280,7 +280,11 @@ async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOption
             if options.force_conflicts || change.force {
                 params = params.force();
             }
-            match take_over_client_side_fields(&api, change).await {
+            let prepared = match &change.recreate {
+                Some(_) => delete_to_recreate(&api, change, options).await,
+                None => take_over_client_side_fields(&api, change).await,
+            };
+            match prepared {
                 Err(e) => Some(e),
                 Ok(()) => match api
                     .patch(&change.key.name, &params, &Patch::Apply(manifest))
@@ -309,6 +313,32 @@ async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOption
         health: None,
         resource_version,
     }
+}
+
+/// Deletes an object that is to be created anew (`Force=true`: the server refuses to
+/// update it in place), and waits until it and what it owns are gone.
+async fn delete_to_recreate(
+    api: &Api<DynamicObject>,
+    change: &Change,
+    options: &ApplyOptions,
+) -> Result<(), String> {
+    let params = kube::api::DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Foreground),
+        ..Default::default()
+    };
+    match api.delete(&change.key.name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(e) => {
+            return Err(format!(
+                "cannot delete it to create it anew: {}",
+                describe(&e)
+            ));
+        }
+    }
+    super::prune::wait_gone(api, &change.key.name, options.settle_timeout)
+        .await
+        .map_err(|e| format!("deleted to be created anew, but {e}"))
 }
 
 /// Hands fields owned by client-side apply to tether (see [`crate::plan::migrate`]), with

@@ -454,6 +454,9 @@ fn write_text_change(
     for field in &change.reclaims {
         writeln!(out, "    drift, Git's value goes back: {field}")?;
     }
+    if let Some(why) = &change.recreate {
+        writeln!(out, "    deleted and created anew: {why}")?;
+    }
     for field in &change.ignored {
         writeln!(out, "    ignored (the cluster's value is kept): {field}")?;
     }
@@ -593,6 +596,9 @@ fn write_markdown_details(out: &mut impl Write, change: &Change) -> anyhow::Resu
     }
     for field in &change.reclaims {
         writeln!(out, "- drift, Git's value goes back: {field}")?;
+    }
+    if let Some(why) = &change.recreate {
+        writeln!(out, "- deleted and created anew: {why}")?;
     }
     for field in &change.ignored {
         writeln!(out, "- ignored (the cluster's value is kept): {field}")?;

@@ -93,6 +93,9 @@ pub(super) enum DryRun {
     },
     /// Not found while its namespace is created by this same apply: nothing to dry-run yet.
     NamespacePending,
+    /// 422: the server refuses to update it in place (an immutable field changed), and its
+    /// annotations (`why`) say to delete it and create it anew.
+    Refused { message: String, why: String },
 }
 
 /// The plan of one object: what apply would do, and why.
@@ -104,6 +107,8 @@ pub(super) struct Outcome {
     pub conflicts: Vec<String>,
     pub reclaims: Vec<String>,
     pub takes_over_from: Vec<String>,
+    /// Deleted and created anew instead of updated, and why.
+    pub recreate: Option<String>,
     /// Apply with force: every field in conflict is one tether applied before.
     pub force: bool,
     pub live: Option<Value>,
@@ -117,6 +122,7 @@ impl Outcome {
             conflicts: Vec::new(),
             reclaims: Vec::new(),
             takes_over_from: Vec::new(),
+            recreate: None,
             force: false,
             live: None,
         }
@@ -147,6 +153,57 @@ pub(super) struct Prediction {
     /// Apply with force: every field in conflict is one tether applied before.
     pub force: bool,
     pub reclaims: Vec<String>,
+}
+
+/// An object the server refuses to update in place, to be deleted and created anew (`why`
+/// names the annotation). No prediction: the diff shows the fields Git sets, as the
+/// cluster holds them and as Git has them.
+fn recreated(
+    key: &ObjectKey,
+    desired: &Value,
+    live: Option<Value>,
+    message: &str,
+    why: &str,
+) -> Outcome {
+    let after = diff::normalize(desired);
+    let before = live
+        .as_ref()
+        .map(|l| only_fields_of(&diff::normalize(l), &after));
+    Outcome {
+        diff: render_diff(before.as_ref(), Some(&after), key),
+        recreate: Some(format!(
+            "{why}; the server refuses the update: {}",
+            refusal(message)
+        )),
+        live,
+        ..Outcome::new(Action::Update)
+    }
+}
+
+/// `value` with only the object fields `shape` has (at every depth; lists and values as
+/// they are): what Git sets, as the cluster holds it.
+fn only_fields_of(value: &Value, shape: &Value) -> Value {
+    match (value, shape) {
+        (Value::Object(fields), Value::Object(wanted)) => Value::Object(
+            fields
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), only_fields_of(v, wanted.get(k)?))))
+                .collect(),
+        ),
+        _ => value.clone(),
+    }
+}
+
+/// The server's refusal without the object it quotes (`Job.batch "x" is invalid:
+/// spec.template: … field is immutable`).
+fn refusal(message: &str) -> String {
+    match message.split_once("Invalid value:") {
+        Some((head, tail)) => {
+            let reason = tail.rsplit(": ").next().unwrap_or_default();
+            format!("{head}…: {reason}")
+        }
+        None => message.chars().take(300).collect(),
+    }
 }
 
 /// What a dry-run answer settles.
@@ -225,6 +282,9 @@ pub(super) fn read_answer(
                 reclaims: relabeled(),
                 ..Outcome::create_unchecked(key, desired)
             });
+        }
+        DryRun::Refused { message, why } => {
+            return Verdict::Settled(recreated(key, desired, live, &message, &why));
         }
         DryRun::Conflict {
             causes,

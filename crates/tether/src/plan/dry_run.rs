@@ -122,6 +122,7 @@ async fn plan_one(
         wave,
         reclaims: outcome.reclaims,
         force: outcome.force,
+        recreate: outcome.recreate,
         ignored,
     })
 }
@@ -151,16 +152,7 @@ async fn plan_change(
         Prefetched::Live(live) => live,
         Prefetched::Unknown => read_live(&api, key, origin).await?,
     };
-    // A member whose ApplySet label someone removed is still one (the apply puts it back).
-    let relabel = match classify::ownership(live.as_ref(), key, applyset, options.adopt) {
-        Ownership::Ours => false,
-        Ownership::Relabel => true,
-        Ownership::OtherSet(set) => {
-            let owner = owner_of_set(client, &set, &key.namespace).await;
-            return Err(owned_by_another_set(key, origin, set, owner));
-        }
-        Ownership::Unmanaged => return Err(unmanaged(key, origin)),
-    };
+    let relabel = ours(context, key, origin, live.as_ref()).await?;
     // Read alone (a small set): the same shortcut as for a listed member.
     if let Some(held) = &live
         && already_held(manifest, held, &applyset.id)
@@ -168,23 +160,26 @@ async fn plan_change(
         let kept = live.map(|live| unchanged_live(live, options.keep_unchanged_live));
         return Ok(Outcome::unchanged(kept));
     }
+    // Argo CD's Replace=true takes every field Git sets, whoever holds it.
+    let replace = super::sync_options::replaces(manifest);
     let mut params = PatchParams::apply(FIELD_MANAGER).dry_run();
-    if options.force_conflicts {
+    if options.force_conflicts || replace {
         params = params.force();
     }
     let pending = live.is_none() && creating_namespaces.contains(&key.namespace);
-    let answer = dry_run_apply(&api, key, origin, manifest, &params, pending).await?;
-    let who = |manager: &str, subresource: Option<&str>, time: Option<&str>| {
-        let object = crate::audit::ObjectRef {
-            resource: &kind.resource.plural,
-            namespace: &key.namespace,
-            name: &key.name,
-            subresource,
-        };
-        options.audit_log.as_ref()?.who(&object, manager, time)
-    };
-    let set = &applyset.id;
-    let prediction = match classify::read_answer(key, manifest, live, relabel, set, answer, &who) {
+    let recreate = super::sync_options::recreate_when_refused(manifest);
+    let answer = dry_run_apply(
+        &api,
+        key,
+        origin,
+        manifest,
+        &params,
+        pending,
+        recreate.clone(),
+    )
+    .await?;
+    let read = (key, manifest, live, relabel);
+    let prediction = match read_answer(context, &kind, read, answer) {
         Verdict::Settled(outcome) => return Ok(outcome),
         Verdict::Predicted(prediction) => prediction,
     };
@@ -201,11 +196,61 @@ async fn plan_change(
         &prediction.predicted,
     )
     .await?;
-    Ok(Outcome {
-        force: prediction.force,
+    let mut outcome = Outcome {
+        force: prediction.force || replace,
         reclaims: prediction.reclaims,
         ..classify::compare(key, sides, options.keep_unchanged_live)
-    })
+    };
+    // Replace=true with Force=true: any change deletes it and creates it anew.
+    if replace && outcome.action == super::types::Action::Update {
+        outcome.recreate = recreate.map(|why| format!("Replace=true with {why}"));
+    }
+    Ok(outcome)
+}
+
+/// Whether the live object may be planned as a member: `Ok(true)` when it is one whose
+/// ApplySet label someone removed (still one: the apply puts it back).
+async fn ours(
+    context: &SetScope<'_>,
+    key: &ObjectKey,
+    origin: &Origin,
+    live: Option<&Value>,
+) -> Result<bool, PlanError> {
+    let (applyset, adopt) = (context.applyset, context.options.adopt);
+    match classify::ownership(live, key, applyset, adopt) {
+        Ownership::Ours => Ok(false),
+        Ownership::Relabel => Ok(true),
+        Ownership::OtherSet(set) => {
+            let owner = owner_of_set(context.client, &set, &key.namespace).await;
+            Err(owned_by_another_set(key, origin, set, owner))
+        }
+        Ownership::Unmanaged => Err(unmanaged(key, origin)),
+    }
+}
+
+/// What the dry-run's answer means ([`classify::read_answer`]), who changed each field
+/// named from the audit log when the plan has one.
+fn read_answer(
+    context: &SetScope<'_>,
+    kind: &KindInfo,
+    (key, manifest, live, relabel): (&ObjectKey, &Value, Option<Value>, bool),
+    answer: DryRun,
+) -> Verdict {
+    let who = |manager: &str, subresource: Option<&str>, time: Option<&str>| {
+        let object = crate::audit::ObjectRef {
+            resource: &kind.resource.plural,
+            namespace: &key.namespace,
+            name: &key.name,
+            subresource,
+        };
+        context
+            .options
+            .audit_log
+            .as_ref()?
+            .who(&object, manager, time)
+    };
+    let set = &context.applyset.id;
+    classify::read_answer(key, manifest, live, relabel, set, answer, &who)
 }
 
 /// The object `key` as the cluster holds it now (`None`: it does not exist).
@@ -260,6 +305,7 @@ async fn dry_run_apply(
     manifest: &Value,
     params: &PatchParams,
     pending: bool,
+    recreate: Option<String>,
 ) -> Result<DryRun, PlanError> {
     let err = match api.patch(&key.name, params, &Patch::Apply(manifest)).await {
         Ok(object) => {
@@ -294,6 +340,11 @@ async fn dry_run_apply(
         }
         // Its namespace is created by this same apply: the server cannot dry-run it yet.
         Some(status) if status.code == 404 && pending => Ok(DryRun::NamespacePending),
+        // Refused in place (an immutable field), and to be recreated when that happens.
+        Some(status) if status.code == 422 && recreate.is_some() => Ok(DryRun::Refused {
+            message: status.message.clone(),
+            why: recreate.unwrap_or_default(),
+        }),
         _ => {
             let mut error = cluster_error(Some(key), Some(origin), &err);
             if error.message.contains("illegal base64 data")

@@ -104,6 +104,7 @@ fn prune_of(key: ObjectKey, live: serde_json::Value, info: &KindInfo) -> Change 
         takes_over_from: Vec::new(),
         reclaims: Vec::new(),
         force: false,
+        recreate: None,
         ignored: Vec::new(),
     }
 }

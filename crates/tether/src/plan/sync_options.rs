@@ -64,6 +64,27 @@ pub fn kept_on_delete(live: &Value) -> Option<String> {
     None
 }
 
+pub const FLUX_FORCE: &str = "kustomize.toolkit.fluxcd.io/force";
+
+/// Why a desired object is deleted and created anew when the server refuses to update it
+/// in place (an immutable field changed): Argo CD's `Force=true`, Flux's `force: enabled`.
+pub fn recreate_when_refused(desired: &Value) -> Option<String> {
+    if has_option(desired, ARGO_SYNC_OPTIONS, "Force=true") {
+        return Some(format!("{ARGO_SYNC_OPTIONS}: Force=true"));
+    }
+    if annotation(desired, FLUX_FORCE).is_some_and(|v| v.eq_ignore_ascii_case("enabled")) {
+        return Some(format!("{FLUX_FORCE}: enabled"));
+    }
+    None
+}
+
+/// Argo CD's `Replace=true`: the object is written whole, every field Git sets taken from
+/// whoever holds it (applied with force); with `Force=true` too, any change deletes it and
+/// creates it anew, as Argo CD's replace with force does.
+pub fn replaces(desired: &Value) -> bool {
+    has_option(desired, ARGO_SYNC_OPTIONS, "Replace=true")
+}
+
 /// Flux's server-side apply policy of a desired object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SsaMode {
@@ -155,6 +176,14 @@ mod tests {
             None
         );
         assert_eq!(kept_on_prune(&json!({"metadata": {}})), None);
+        // Recreated when refused in place; Replace=true takes every field.
+        assert!(
+            recreate_when_refused(&with(ARGO_SYNC_OPTIONS, "Replace=true,Force=true")).is_some()
+        );
+        assert!(recreate_when_refused(&with(FLUX_FORCE, "Enabled")).is_some());
+        assert_eq!(recreate_when_refused(&with(FLUX_FORCE, "disabled")), None);
+        assert!(replaces(&with(ARGO_SYNC_OPTIONS, "Replace=true")));
+        assert!(!replaces(&with(ARGO_SYNC_OPTIONS, "Force=true")));
         // Deleting the Application: Delete=false keeps an object, Prune=false does not.
         assert!(kept_on_delete(&with(ARGO_SYNC_OPTIONS, "Delete=false")).is_some());
         assert!(kept_on_delete(&with(FLUX_PRUNE, "disabled")).is_some());

@@ -150,9 +150,14 @@ pub struct Change {
     /// them back, as `field (from manager)`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reclaims: Vec<String>,
-    /// Apply with force: every field in conflict is one tether applied before.
+    /// Apply with force: every field in conflict is one tether applied before (or
+    /// `Replace=true` takes every field Git sets).
     #[serde(skip)]
     pub force: bool,
+    /// Deleted and created anew instead of updated, and why (`Force=true` when the server
+    /// refuses the update, `Replace=true,Force=true` on any change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recreate: Option<String>,
     /// Fields an ignore rule left out of what is applied (pointers, and who writes them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,

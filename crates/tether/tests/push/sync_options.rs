@@ -238,3 +238,130 @@ async fn fields_left_to_others_are_not_applied_nor_drift() {
         said(&out)
     );
 }
+
+/// A Job's template cannot change in place: with Argo CD's `Force=true` or Flux's `force:
+/// enabled` it is deleted and created anew (the plan says so), without, the plan says why
+/// nothing can be written. Argo CD's `Replace=true` takes a field another manager holds.
+#[tokio::test]
+async fn force_recreates_what_cannot_change_in_place_and_replace_takes_every_field() {
+    let client = cluster().await.client();
+    let ns = TestNamespace::create(&client, "force").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let folder = dir.path().join("app");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    let job = |name: &str, annotation: &str, image: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\n  annotations: {{{annotation}}}\nspec:\n  suspend: true\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: run\n        image: registry.invalid/{image}\n"
+        )
+    };
+    let write = |image: &str, plain: bool| {
+        for (name, annotation) in [
+            ("argo", "argocd.argoproj.io/sync-options: Force=true"),
+            ("flux", "kustomize.toolkit.fluxcd.io/force: enabled"),
+        ] {
+            std::fs::write(
+                folder.join(format!("{name}.yaml")),
+                job(name, annotation, image),
+            )
+            .expect("write");
+        }
+        let plain_image = if plain { image } else { "task:1" };
+        std::fs::write(folder.join("plain.yaml"), job("plain", "", plain_image)).expect("write");
+        std::fs::write(
+            folder.join("whole.yaml"),
+            annotated(
+                "whole",
+                "blue",
+                Some(("argocd.argoproj.io/sync-options", "Replace=true")),
+            ),
+        )
+        .expect("write");
+    };
+    write("task:1", true);
+    let path = folder.to_str().expect("utf-8");
+    let args = ["--path", path, "--app", "force", "-n", ns.name.as_str()];
+    let run = |verb: &str| tether(&[&[verb][..], &args[..]].concat());
+    let out = run("apply");
+    assert!(out.status.success(), "{}", said(&out));
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns.name);
+    let uid = |name: &'static str| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.get(name)
+                .await
+                .expect("job")
+                .metadata
+                .uid
+                .expect("uid")
+        }
+    };
+    let (argo, flux) = (uid("argo").await, uid("flux").await);
+
+    // Without the annotation, an immutable change is refused, and nothing is written.
+    write("task:2", true);
+    let out = run("plan");
+    assert!(
+        !out.status.success() && said(&out).contains("Job.batch/plain"),
+        "{}",
+        said(&out)
+    );
+    // With it, the plan says the Job is deleted and created anew, and apply does so.
+    write("task:2", false);
+    let out = run("plan");
+    let text = said(&out);
+    for name in ["argo", "flux"] {
+        let at = text
+            .find(&format!("Job.batch/{name}"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(text[at..].contains("deleted and created anew: "), "{text}");
+    }
+    assert!(
+        text.contains("Force=true; the server refuses the update")
+            && text.contains("force: enabled")
+            && text.contains("field is immutable"),
+        "{text}"
+    );
+    // The diff: the fields Git sets (no status, no defaults), and the server's quote left out.
+    assert!(
+        text.contains("-        image: registry.invalid/task:1")
+            && text.contains("+        image: registry.invalid/task:2")
+            && !text.contains("status:")
+            && !text.contains("TerminationMessagePath"),
+        "{text}"
+    );
+    // Another manager takes a field Git sets: Replace=true takes it back without a conflict.
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    configmaps
+        .patch(
+            "whole",
+            &PatchParams::apply("other").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "whole"}, "data": {"color": "red"}})),
+        )
+        .await
+        .expect("another manager's apply");
+    let out = run("apply");
+    assert!(out.status.success(), "{}", said(&out));
+    assert_ne!(uid("argo").await, argo, "created anew");
+    assert_ne!(uid("flux").await, flux, "created anew");
+    let image = jobs
+        .get("argo")
+        .await
+        .expect("job")
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("registry.invalid/task:2"));
+    let color = configmaps
+        .get("whole")
+        .await
+        .expect("cm")
+        .data
+        .expect("data")["color"]
+        .clone();
+    assert_eq!(color, "blue");
+}

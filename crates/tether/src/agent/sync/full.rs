@@ -61,6 +61,10 @@ pub(super) async fn full_sync(
         if policy.prune {
             dest.drift.expect_pruned(applyset_id, pruned(&planned));
         }
+        // Deleted to be created anew (Force=true): its deletion is tether's too.
+        let recreated = planned.changes.iter().filter(|c| c.recreate.is_some());
+        dest.drift
+            .expect_pruned(applyset_id, recreated.map(|c| c.key.clone()));
         let (entry, written) =
             apply_and_record(ctx, at, app, planned, &revision, !new_revision, "applied").await?;
         applied = Some(entry);

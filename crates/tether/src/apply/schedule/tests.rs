@@ -36,6 +36,7 @@ fn change(kind: &str, name: &str, action: Action, stage: Stage, wave: i64) -> Ch
         reclaims: Vec::new(),
         ignored: Vec::new(),
         force: false,
+        recreate: None,
     }
 }
 

@@ -377,3 +377,18 @@ fn a_field_in_conflict_names_who_wrote_it_how_and_when() {
         r#".data.x: conflict with "helm" using v1"#
     );
 }
+
+#[test]
+fn a_refused_update_shows_the_fields_git_sets_and_the_reason_without_the_quote() {
+    let shape = serde_json::json!({"spec": {"template": {"image": "b"}}});
+    let live = serde_json::json!({"spec": {"template": {"image": "a", "pull": "Always"}, "x": 1}, "status": {}});
+    assert_eq!(
+        super::only_fields_of(&live, &shape),
+        serde_json::json!({"spec": {"template": {"image": "a"}}})
+    );
+    let message = r#"Job.batch "x" is invalid: spec.template: Invalid value: {"Spec":{"a":"b: c"}}: field is immutable"#;
+    assert_eq!(
+        super::refusal(message),
+        r#"Job.batch "x" is invalid: spec.template: …: field is immutable"#
+    );
+}
