@@ -63,7 +63,7 @@ pub async fn run(
     args: &ApplyArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
-    let prepared = prepare(global, &args.target, false).await?;
+    let prepared = prepare(global, &args.target, false, false).await?;
     guard_application_set(&prepared.plan, args.override_application)?;
     let options = apply_options(args);
     let app = prepared.plan.options.app.clone();
@@ -116,7 +116,7 @@ pub async fn run(
 
 /// An Application's agent syncs this set: refused unless `--override-application`, and then
 /// with a warning.
-fn guard_application_set(
+pub(super) fn guard_application_set(
     plan: &crate::plan::Plan,
     override_application: bool,
 ) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ mod agent;
 mod apply;
 mod apps;
 mod bootstrap;
+mod delete;
 mod images;
 mod install;
 mod plan;
@@ -94,6 +95,9 @@ pub enum Command {
     Apply(Box<apply::ApplyArgs>),
     /// Is the cluster in sync with the revision, and is every object healthy?
     Status(Box<status::StatusArgs>),
+    /// Delete everything the application applied: its PreDelete hooks, its objects in
+    /// reverse waves, its PostDelete hooks, then the set's record (--dry-run shows it).
+    Delete(Box<delete::DeleteArgs>),
     /// Install or upgrade the agent in the cluster (CRD, RBAC, tokens, Deployment, Service);
     /// --dry-run prints it.
     Install(install::InstallArgs),
@@ -144,6 +148,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<u8> {
         Command::Render(args) => render::run(&cli.global, &args, out).await,
         Command::Plan(args) => plan::run(&cli.global, &args, out).await,
         Command::Apply(args) => apply::run(&cli.global, &args, out).await,
+        Command::Delete(args) => delete::run(&cli.global, &args, out).await,
         Command::Status(args) => status::run(&cli.global, &args, out).await,
         Command::Install(args) => install::install(&cli.global, &args, out).await,
         Command::Uninstall(args) => install::uninstall(&cli.global, &args, out).await,

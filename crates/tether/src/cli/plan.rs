@@ -104,11 +104,13 @@ pub struct Prepared {
 }
 
 /// Resolves the source, renders, connects, discovers and plans; `keep_unchanged_live` when
-/// the caller shows unchanged objects' state (see [`PlanOptions::keep_unchanged_live`]).
+/// the caller shows unchanged objects' state (see [`PlanOptions::keep_unchanged_live`]);
+/// `deleting` plans the deletion of the whole set (its hooks kept from the render).
 pub async fn prepare(
     global: &GlobalArgs,
     target: &TargetArgs,
     keep_unchanged_live: bool,
+    deleting: bool,
 ) -> anyhow::Result<Prepared> {
     let resolved = target.source.resolve().await?;
     let cluster = Cluster::connect(&global.cluster_options()).await?;
@@ -131,7 +133,10 @@ pub async fn prepare(
     render_options
         .helm
         .fill_capabilities(capabilities.kube_version, capabilities.api_versions);
-    let objects = resolved.render(render_options).await?;
+    let mut objects = resolved.render(render_options).await?;
+    if deleting {
+        objects.retain(|o| crate::object::is_hook(&o.manifest));
+    }
     if let Some(namespace) = &global.namespace
         && !target.multi_namespace
     {
@@ -149,6 +154,7 @@ pub async fn prepare(
     options.force_conflicts = target.force_conflicts;
     options.concurrency = target.concurrency;
     options.keep_unchanged_live = keep_unchanged_live;
+    options.deleting = deleting;
     options.create_namespace = target.create_namespace;
     options.source = Some(resolved.source.clone());
     options.app_defaulted = target.app.is_none();
@@ -168,7 +174,7 @@ pub async fn prepare(
 }
 
 pub async fn run(global: &GlobalArgs, args: &PlanArgs, out: &mut impl Write) -> anyhow::Result<u8> {
-    let prepared = prepare(global, &args.target, false).await?;
+    let prepared = prepare(global, &args.target, false, false).await?;
     if let Some(application) = prepared.plan.synced_by_other() {
         eprintln!(
             "note: this is the set of Application {application}; its agent syncs it from Git, and `tether apply` here is refused without --override-application"

@@ -57,7 +57,7 @@ pub async fn run(
     args: &StatusArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
-    let prepared = prepare(global, &args.target, true).await?;
+    let prepared = prepare(global, &args.target, true, false).await?;
     let plan = &prepared.plan;
     let objects = object_statuses(plan);
     let (sync, overall) = verdict(&objects);

@@ -31,7 +31,7 @@ pub(super) async fn prune_candidates(
         false => kept_on_prune(value),
     };
     let gone = match deleting {
-        true => "its Application is deleted",
+        true => "the set is deleted",
         false => "no longer in Git",
     };
     let selector = ListParams::default().labels(&format!("{PART_OF_LABEL}={}", applyset.id));

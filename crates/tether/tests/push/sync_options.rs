@@ -365,3 +365,78 @@ async fn force_recreates_what_cannot_change_in_place_and_replace_takes_every_fie
         .clone();
     assert_eq!(color, "blue");
 }
+
+/// `tether delete`: push mode's deletion of a set, as the agent deletes an Application's:
+/// `--dry-run` deletes nothing; then the PreDelete hook, the members in reverse waves, the
+/// set's record; `Delete=false` keeps one; a set that does not exist is an error.
+#[tokio::test]
+async fn tether_delete_deletes_the_set_between_its_hooks_and_keeps_what_says_so() {
+    let client = cluster().await.client();
+    let ns = TestNamespace::create(&client, "delete").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let folder = dir.path().join("app");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    for (name, annotation) in [
+        ("low", ("argocd.argoproj.io/sync-wave", "0")),
+        ("high", ("argocd.argoproj.io/sync-wave", "1")),
+        ("kept", ("argocd.argoproj.io/sync-options", "Delete=false")),
+        ("before", ("argocd.argoproj.io/hook", "PreDelete")),
+    ] {
+        let text = annotated(name, "blue", Some(annotation));
+        std::fs::write(folder.join(format!("{name}.yaml")), text).expect("write");
+    }
+    let path = folder.to_str().expect("utf-8");
+    let args = ["--path", path, "--app", "doomed", "-n", ns.name.as_str()];
+    let run = |verb: &[&str]| tether(&[verb, &args[..]].concat());
+    let out = run(&["apply"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let exists = |name: &'static str| {
+        let configmaps = configmaps.clone();
+        async move { configmaps.get_opt(name).await.expect("read").is_some() }
+    };
+    assert!(
+        !exists("before").await,
+        "a PreDelete hook does not run on apply"
+    );
+
+    let out = run(&["delete", "--dry-run"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("kept in the cluster"), "{}", said(&out));
+    assert!(
+        exists("low").await && exists("high").await,
+        "--dry-run deletes nothing"
+    );
+
+    let out = run(&["delete"]);
+    let text = said(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("PreDelete hook ConfigMap/before")
+            && text.contains(
+                "2 object(s) deleted, 1 kept by their annotations, 1 deletion hook(s) ran"
+            ),
+        "{text}"
+    );
+    let high = text.find("pruned ConfigMap/high").expect("high pruned");
+    let low = text.find("pruned ConfigMap/low").expect("low pruned");
+    assert!(high < low, "the higher wave first: {text}");
+    assert!(!exists("low").await && !exists("high").await && !exists("before").await);
+    assert!(exists("kept").await, "Delete=false keeps it");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        secrets
+            .get_opt("tether-doomed")
+            .await
+            .expect("read")
+            .is_none()
+    );
+
+    let out = run(&["delete"]);
+    assert!(
+        !out.status.success() && said(&out).contains("nothing to delete: no set doomed"),
+        "{}",
+        said(&out)
+    );
+}
