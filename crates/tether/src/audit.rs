@@ -125,8 +125,10 @@ fn read_writes(path: &Path) -> Vec<Write> {
 /// A successful create, update or patch from one line of the log.
 fn parse_write(line: &str) -> Option<Write> {
     let event: Value = serde_json::from_str(line).ok()?;
+    let uri = event["requestURI"].as_str().unwrap_or_default();
     if !matches!(event["verb"].as_str()?, "create" | "update" | "patch")
         || event["stage"].as_str() != Some("ResponseComplete")
+        || uri.contains("dryRun=")
     {
         return None;
     }
@@ -136,7 +138,7 @@ fn parse_write(line: &str) -> Option<Write> {
     }
     let object = &event["objectRef"];
     let user_agent = event["userAgent"].as_str().unwrap_or_default().to_string();
-    let manager = field_manager(event["requestURI"].as_str().unwrap_or_default())
+    let manager = field_manager(uri)
         .unwrap_or_else(|| user_agent.split('/').next().unwrap_or_default().to_string());
     let second = |field: &str| {
         event[field]

@@ -26,6 +26,8 @@ pub const SOURCE_ANNOTATION: &str = "tether.dev/source";
 /// On the parent: the hooks of the last sync that ran hooks did not all succeed, so the
 /// next sync runs them again (`install: why` or `upgrade: why`).
 pub const HOOKS_UNFINISHED_ANNOTATION: &str = "tether.dev/hooks-unfinished";
+/// The set is being deleted and its PreDelete hooks ran (they do not run again).
+pub const DELETING_ANNOTATION: &str = "tether.dev/deleting";
 
 /// The hooks of the set's last sync failed or never ran: until a sync runs them and they
 /// succeed, the set is not in sync.
@@ -87,6 +89,8 @@ pub struct ApplySet {
     pub hooks_unfinished: Option<UnfinishedHooks>,
     /// Where the objects come from, as the last `tether apply` said.
     pub source: Option<String>,
+    /// The set is being deleted: its PreDelete hooks ran.
+    pub deleting: bool,
 }
 
 impl ApplySet {
@@ -101,6 +105,7 @@ impl ApplySet {
             application: None,
             hooks_unfinished: None,
             source: None,
+            deleting: false,
         }
     }
 
@@ -146,6 +151,7 @@ impl ApplySet {
         self.hooks_unfinished = annotations[HOOKS_UNFINISHED_ANNOTATION]
             .as_str()
             .and_then(UnfinishedHooks::parse);
+        self.deleting = annotations[DELETING_ANNOTATION].as_str() == Some("true");
         Ok(())
     }
 
@@ -182,6 +188,9 @@ impl ApplySet {
         if let Some(unfinished) = &self.hooks_unfinished {
             parent["metadata"]["annotations"][HOOKS_UNFINISHED_ANNOTATION] =
                 json!(unfinished.to_string());
+        }
+        if self.deleting {
+            parent["metadata"]["annotations"][DELETING_ANNOTATION] = json!("true");
         }
         parent
     }

@@ -95,7 +95,7 @@ struct Parts {
     clusters: Arc<Clusters>,
     metrics: Arc<http::Metrics>,
     shards: Option<Arc<shard::Shards>>,
-    windows: Store<application::SyncWindow>,
+    windows: super::windows::Windows,
 }
 
 impl Context {

@@ -30,6 +30,10 @@ use crate::plan::Action as PlanAction;
 /// (Argo CD's is `resources-finalizer.argocd.argoproj.io`, Flux's `finalizers.fluxcd.io`).
 pub const FINALIZER: &str = "tether.dev/delete-objects";
 
+/// Deletes the objects without rendering the revision for its deletion hooks (none run):
+/// for a repository or revision that cannot be had any more.
+pub const WITHOUT_HOOKS_ANNOTATION: &str = "tether.dev/delete-without-hooks";
+
 /// What deleting `app` does to its objects, MirrorPrune resolved.
 fn policy_of(app: &Application) -> DeletionPolicy {
     app.spec
@@ -106,6 +110,9 @@ pub(super) async fn finalize(ctx: &Context, app: &Application) -> Result<Action,
         return Ok(Action::await_change());
     }
     let outcome = match policy_of(app) {
+        _ if super::reconcile::confined(&ctx.options, app).is_err() => Ok(
+            "this agent may not act outside its namespace: the objects are left as they are".into(),
+        ),
         DeletionPolicy::Orphan => {
             Ok("spec.deletionPolicy is Orphan: its objects are kept in the cluster".into())
         }
@@ -185,7 +192,7 @@ async fn delete_objects(ctx: &Context, app: &Application) -> Result<String, Stri
     let planned = crate::plan::plan(&client, resolver, hooks, &plan_options)
         .await
         .map_err(|e| destination.target.context(e.to_string()))?;
-    let kept = planned.skipped.len();
+    let kept = kept_count(&planned);
     let prunes = planned
         .changes
         .iter()
@@ -227,9 +234,18 @@ async fn deletion_hooks(
     else {
         return Ok(Vec::new());
     };
+    // The way out when the revision cannot be had any more (a repository gone).
+    if app
+        .annotations()
+        .get(WITHOUT_HOOKS_ANNOTATION)
+        .map(String::as_str)
+        == Some("true")
+    {
+        return Ok(Vec::new());
+    }
     let failed = |what: &str, e: crate::app::Error| {
         format!(
-            "cannot {what} revision {commit} for its deletion hooks: {}",
+            "cannot {what} revision {commit} for its deletion hooks: {}; to delete the objects without hooks, annotate the Application {WITHOUT_HOOKS_ANNOTATION}=true",
             String::from(e)
         )
     };
@@ -244,6 +260,14 @@ async fn deletion_hooks(
         .into_iter()
         .filter(|o| crate::object::is_hook(&o.manifest))
         .collect())
+}
+
+/// The members a deletion keeps (`Delete=false`, …), not the hooks it skips.
+pub fn kept_count(plan: &crate::plan::Plan) -> usize {
+    plan.skipped
+        .iter()
+        .filter(|s| s.why.contains("kept in the cluster"))
+        .count()
 }
 
 /// What a deletion did, in a sentence, or why it failed.

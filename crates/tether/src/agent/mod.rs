@@ -232,7 +232,7 @@ struct Context {
     /// With sharding: the shards this agent holds (it reconciles only their Applications).
     shards: Option<Arc<shard::Shards>>,
     /// The SyncWindows of the watched namespaces.
-    windows: kube::runtime::reflector::Store<crate::application::SyncWindow>,
+    windows: windows::Windows,
 }
 
 impl Context {

@@ -42,6 +42,10 @@ pub(super) async fn reconcile(
         },
         None => None,
     };
+    // The namespaces' SyncWindows are read first (a moment after the agent starts).
+    if !super::windows::ready(&ctx) {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
     let started = std::time::Instant::now();
     let Some(app) = read_fresh(&ctx, &cached).await? else {
         return Ok(Action::await_change());
@@ -49,7 +53,11 @@ pub(super) async fn reconcile(
     if app.meta().deletion_timestamp.is_some() {
         return super::finalize::finalize(&ctx, &app).await;
     }
-    let app = super::finalize::keep_finalizer(&ctx, app).await?;
+    // An Application this agent may not act on gets no finalizer of its (its sync fails).
+    let app = match confined(&ctx.options, &app) {
+        Ok(()) => super::finalize::keep_finalizer(&ctx, app).await?,
+        Err(_) => app,
+    };
     report_late_failure(&ctx, &app).await;
     take_refresh(&ctx, &app);
     let mut interval =
@@ -70,19 +78,13 @@ pub(super) async fn reconcile(
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     let mut status = status;
-    let gate = match windows_gate(&ctx, &app, &mut status) {
+    let gate = match windows_gate(&ctx, &app, &mut status, &mut interval) {
         Ok(gate) => gate,
         Err(message) => {
             ctx.count_reconcile(&app, "failed", started);
             return record_failure(&ctx, &app, status, message.into(), interval).await;
         }
     };
-    // While a window blocks, look again when it opens.
-    if let Some(opens) = gate.next_open {
-        let until = opens.duration_since(jiff::Timestamp::now());
-        let until = Duration::try_from(until).unwrap_or_default();
-        interval = interval.min(until + Duration::from_secs(1));
-    }
     super::images::update_images(&ctx, &app).await;
     match sync(&ctx, &app, &gate).await {
         Ok(outcome) => {
@@ -101,14 +103,21 @@ pub(super) async fn reconcile(
     }
 }
 
-/// What the Application's sync windows let run now, written into `status`; a window that
-/// cannot be read fails the reconcile, naming it.
+/// What the Application's sync windows let run now, written into `status`; while they
+/// block, `interval` is cut to when they open. A window that cannot be read fails the
+/// reconcile, naming it.
 fn windows_gate(
     ctx: &Context,
     app: &Application,
     status: &mut ApplicationStatus,
+    interval: &mut Duration,
 ) -> Result<crate::windows::Gate, String> {
     let gate = super::windows::gate_for(ctx, app)?;
+    if let Some(opens) = gate.next_open {
+        let until = opens.duration_since(jiff::Timestamp::now());
+        let until = Duration::try_from(until).unwrap_or_default();
+        *interval = (*interval).min(until + Duration::from_secs(1));
+    }
     // A window just opened (its time came, or it was changed or deleted): what waited is
     // looked for in Git anew, not in a listing from before.
     let was_closed = status.sync_window.as_ref().is_some_and(|w| !w.open);

@@ -3,6 +3,9 @@
 //! Application's windows and its namespace's make now ([`gate_for`]); [`crate::windows`]
 //! decides.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -15,19 +18,31 @@ use super::{AgentOptions, Context};
 use crate::application::{Application, SyncWindow, SyncWindowStatus};
 use crate::windows::{Gate, compile, gate};
 
+/// The SyncWindows the agent knows, and whether it has read them yet.
+#[derive(Clone)]
+pub(super) struct Windows {
+    pub store: Store<SyncWindow>,
+    /// The first list is in (or the cluster has no SyncWindow kind): until then no
+    /// Application syncs a new revision, lest a freeze be missed.
+    pub ready: Arc<AtomicBool>,
+}
+
 /// Watches the SyncWindows of the agent's namespaces into a store; when one is created,
-/// changed or deleted, the Applications of its namespace that it selects are reconciled.
+/// changed or deleted, the Applications of its namespace that it selected or selects are
+/// reconciled.
 pub(super) fn watch(
     client: &kube::Client,
     options: &AgentOptions,
     applications: &Store<Application>,
     trigger: &UnboundedSender<ObjectRef<Application>>,
-) -> (Store<SyncWindow>, AbortOnDrop) {
+) -> (Windows, AbortOnDrop) {
     let api: Api<SyncWindow> = match &options.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     let (store, writer) = kube::runtime::reflector::store();
+    let ready = Arc::new(AtomicBool::new(false));
+    let listed = ready.clone();
     let (applications, trigger) = (applications.clone(), trigger.clone());
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -37,23 +52,49 @@ pub(super) fn watch(
         while let Some(event) = stream.next().await {
             let window = match event {
                 Ok(watcher::Event::Apply(w) | watcher::Event::Delete(w)) => w,
+                Ok(watcher::Event::InitDone) => {
+                    listed.store(true, Ordering::Relaxed);
+                    continue;
+                }
                 Ok(_) => continue,
                 Err(err) => {
+                    // No SyncWindow kind in this cluster (CRDs of an older tether): no windows.
+                    if no_kind(&err) && !listed.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "the cluster has no SyncWindow kind (run tether install to add it): no namespace sync windows apply"
+                        );
+                    }
                     tracing::debug!(%err, "the watch of SyncWindows is retried");
                     continue;
                 }
             };
+            // The window as it was is gone from the store by now: every Application of the
+            // namespace is reconciled (it may have selected others before).
             let namespace = window.namespace().unwrap_or_default();
             for app in applications.state() {
-                if app.namespace().as_deref() == Some(namespace.as_str())
-                    && window.spec.selects(&app.name_any())
-                {
+                if app.namespace().as_deref() == Some(namespace.as_str()) {
                     let _ = trigger.send(ObjectRef::from_obj(app.as_ref()));
                 }
             }
         }
     });
-    (store, AbortOnDrop::new(task))
+    (Windows { store, ready }, AbortOnDrop::new(task))
+}
+
+/// The watch failed because the kind is not served.
+fn no_kind(err: &watcher::Error) -> bool {
+    matches!(
+        err,
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+            | watcher::Error::WatchFailed(kube::Error::Api(status))
+            if status.code == 404
+    )
+}
+
+/// Whether the SyncWindows are read (until then no reconcile may act, lest a freeze be
+/// missed).
+pub(super) fn ready(ctx: &Context) -> bool {
+    ctx.windows.ready.load(Ordering::Relaxed)
 }
 
 /// What `app`'s windows (its own and its namespace's SyncWindows) let run now; `Err` names
@@ -66,6 +107,7 @@ pub(super) fn gate_for(ctx: &Context, app: &Application) -> Result<Gate, String>
     }
     let mut shared: Vec<_> = ctx
         .windows
+        .store
         .state()
         .into_iter()
         .filter(|w| w.namespace().as_deref() == Some(namespace.as_str()))

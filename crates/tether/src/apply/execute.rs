@@ -294,6 +294,7 @@ async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOption
                         resource_version = written.metadata.resource_version;
                         None
                     }
+                    Err(e) if change.recreate.is_some() => Some(restore(&api, change, &e).await),
                     Err(e) => Some(describe(&e)),
                 },
             }
@@ -339,6 +340,48 @@ async fn delete_to_recreate(
     super::prune::wait_gone(api, &change.key.name, options.settle_timeout)
         .await
         .map_err(|e| format!("deleted to be created anew, but {e}"))
+}
+
+/// The object deleted to be created anew could not be created: the object as it was is
+/// created again (without what the server owns); why, and whether that worked.
+async fn restore(api: &Api<DynamicObject>, change: &Change, error: &kube::Error) -> String {
+    let failed = format!(
+        "deleted to be created anew, but the create failed: {}",
+        describe(error)
+    );
+    let Some(mut live) = change.live.clone() else {
+        return failed;
+    };
+    if let Some(metadata) = live["metadata"].as_object_mut() {
+        for field in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "managedFields",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            metadata.remove(field);
+        }
+    }
+    if let Some(object) = live.as_object_mut() {
+        object.remove("status");
+    }
+    let restored = serde_json::from_value::<DynamicObject>(live)
+        .map_err(|e| e.to_string())
+        .map(|object| async move { api.create(&kube::api::PostParams::default(), &object).await });
+    match restored {
+        Ok(create) => match create.await {
+            Ok(_) => format!("{failed}; the object as it was is created again"),
+            Err(e) => format!(
+                "{failed}; creating it again as it was failed too: {}",
+                describe(&e)
+            ),
+        },
+        Err(e) => format!("{failed}; it cannot be created again as it was: {e}"),
+    }
 }
 
 /// Hands fields owned by client-side apply to tether (see [`crate::plan::migrate`]), with

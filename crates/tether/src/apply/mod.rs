@@ -115,9 +115,13 @@ pub async fn apply(
     let mut run = execute::Run::new(client, resolver, &plan, options);
     // The parent lives in the application's namespace: when this set creates that
     // namespace, it is created first, then the parent, then everything else.
-    let applied_first = match run.first_namespace().await? {
-        ControlFlow::Continue(applied_first) => applied_first,
-        ControlFlow::Break(()) => return Ok(run.report),
+    // (Deleting the set, nothing is created: no namespace either.)
+    let applied_first = match options.delete_set {
+        true => None,
+        false => match run.first_namespace().await? {
+            ControlFlow::Continue(applied_first) => applied_first,
+            ControlFlow::Break(()) => return Ok(run.report),
+        },
     };
     // Each step runs or not as the steps before it went (see `Step::when`): a failed
     // apply or wave stops the stages and pruning, a failed prune the narrowing, and an
@@ -142,6 +146,7 @@ pub async fn apply(
             // Recorded even when the sync stopped on an error: its hooks did not all run.
             Step::RecordHooks => run.record_hooks().await,
             Step::WaitHealthy { members, timeout } => run.wait_healthy(&members, timeout).await,
+            Step::MarkDeleting => run.mark_deleting().await,
             Step::RemoveSet => run.remove_set().await,
         }
     }

@@ -39,6 +39,20 @@ impl Run<'_> {
         }
     }
 
+    /// Deleting the set: records that its PreDelete hooks ran, before any member is deleted
+    /// (a retry does not run them again).
+    pub async fn mark_deleting(&mut self) {
+        let mut set = self.parent.recorded.clone();
+        set.deleting = true;
+        if let Err(e) = self
+            .parent
+            .record(self.client, &set, &mut self.report)
+            .await
+        {
+            self.stop(e);
+        }
+    }
+
     /// Records whether this sync's hooks all ran to the end: why not, when an error stopped
     /// the sync or the report says it failed.
     pub async fn record_hooks(&mut self) {
@@ -191,6 +205,7 @@ impl Parent {
             && set.application == self.recorded.application
             && set.hooks_unfinished == self.recorded.hooks_unfinished
             && set.source == self.recorded.source
+            && set.deleting == self.recorded.deleting
         {
             return Ok(());
         }

@@ -58,6 +58,8 @@ pub enum Step {
         members: Vec<usize>,
         timeout: Duration,
     },
+    /// Deleting the set: record on the parent that its PreDelete hooks ran.
+    MarkDeleting,
     /// Deleting the set: delete the hooks' objects left from earlier syncs, then the parent.
     RemoveSet,
 }
@@ -131,6 +133,7 @@ impl Step {
             Step::Prune { .. } | Step::Narrow | Step::WaitForPostSync(_) => When::Succeeded,
             Step::RecordHooks => When::Always,
             Step::WaitHealthy { .. } => When::Applied,
+            Step::MarkDeleting => When::Going,
             Step::RemoveSet => When::Succeeded,
         }
     }
@@ -315,6 +318,16 @@ fn prunes(plan: &Plan, steps: &mut Vec<Step>) {
     if !prunes.is_empty() {
         steps.push(Step::BeginPruning(prunes.len()));
     }
+    waves_in_reverse(plan, &prunes, steps);
+    if !prunes.is_empty() {
+        steps.push(Step::FinishPruning);
+    }
+    steps.push(Step::Narrow);
+}
+
+/// The prunes of `prunes`, in reverse stage order, and within a stage from the highest
+/// wave down.
+fn waves_in_reverse(plan: &Plan, prunes: &[usize], steps: &mut Vec<Step>) {
     for stage in STAGES.into_iter().rev() {
         let in_stage: Vec<usize> = prunes
             .iter()
@@ -335,32 +348,31 @@ fn prunes(plan: &Plan, steps: &mut Vec<Step>) {
             });
         }
     }
-    if !prunes.is_empty() {
-        steps.push(Step::FinishPruning);
-    }
-    steps.push(Step::Narrow);
 }
 
-/// Deleting the set: PreDelete hooks (a failure keeps everything), every member pruned
-/// in reverse, PostDelete hooks, then what is left of the set. A deletion that got past
-/// its prunes before (the parent records no kinds any more) does not run its PreDelete
-/// hooks again.
+/// Deleting the set: PreDelete hooks (a failure keeps everything), the record that they
+/// ran (a retry does not run them again), every member pruned in reverse, PostDelete
+/// hooks, then what is left of the set. No parent: nothing was ever applied, or an
+/// earlier deletion finished; nothing to do. The inventory is not narrowed: the set's
+/// own namespace may be among what is deleted, and the parent goes last anyway.
 fn deletion(plan: &Plan) -> Vec<Step> {
     let mut steps = Vec::new();
-    let pruned_before = plan.parent_exists && plan.applyset.group_kinds.is_empty();
-    if !pruned_before {
-        push_hooks(
-            &mut steps,
-            Phase::PreDelete,
-            hooks_of(plan, Phase::PreDelete),
-        );
+    if !plan.parent_exists {
+        return steps;
     }
-    prunes(plan, &mut steps);
-    push_hooks(
-        &mut steps,
-        Phase::PostDelete,
-        hooks_of(plan, Phase::PostDelete),
-    );
+    if !plan.applyset.deleting {
+        let pre_delete = hooks_of(plan, Phase::PreDelete);
+        push_hooks(&mut steps, Phase::PreDelete, pre_delete);
+        steps.push(Step::MarkDeleting);
+    }
+    let prunes = indexes(plan, |c| c.action == Action::Prune);
+    if !prunes.is_empty() {
+        steps.push(Step::BeginPruning(prunes.len()));
+        waves_in_reverse(plan, &prunes, &mut steps);
+        steps.push(Step::FinishPruning);
+    }
+    let post_delete = hooks_of(plan, Phase::PostDelete);
+    push_hooks(&mut steps, Phase::PostDelete, post_delete);
     steps.push(Step::RemoveSet);
     steps
 }

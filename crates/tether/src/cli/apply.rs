@@ -42,6 +42,10 @@ pub struct ApplyArgs {
     /// sees the write as drift and puts Git's state back.
     #[arg(long)]
     pub override_application: bool,
+
+    /// Apply although a SyncWindow of the namespace keeps this application from syncing now.
+    #[arg(long)]
+    pub ignore_sync_windows: bool,
 }
 
 #[derive(Serialize)]
@@ -68,6 +72,7 @@ pub async fn run(
     let options = apply_options(args);
     let app = prepared.plan.options.app.clone();
     let namespace = prepared.plan.options.namespace.clone();
+    guard_windows(&prepared.cluster.client(), &namespace, &app, args).await?;
     let summary = prepared.plan.summary();
     if global.output == OutputFormat::Text {
         super::plan::write_plan(
@@ -112,6 +117,31 @@ pub async fn run(
     outcome(report)?;
     tracing::debug!(?summary, writes, "apply finished");
     Ok(0)
+}
+
+/// A SyncWindow of the namespace blocks this application now: refused unless a blocking
+/// window says manualSync (an apply is a sync asked for by hand) or the user overrides it.
+async fn guard_windows(
+    client: &kube::Client,
+    namespace: &str,
+    app: &str,
+    args: &ApplyArgs,
+) -> anyhow::Result<()> {
+    let Some(gate) = super::windows::closed_now(client, namespace, app).await? else {
+        return Ok(());
+    };
+    let reopens = super::windows::reopens(&gate);
+    if gate.manual_sync || args.ignore_sync_windows {
+        eprintln!(
+            "note: a sync window keeps {app} from syncing now ({}; {reopens}); applying as a sync asked for by hand",
+            gate.message
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "a sync window keeps {app} from syncing now: {}; {reopens}. Pass --ignore-sync-windows to apply anyway (or give the window manualSync: true); nothing was written",
+        gate.message
+    )
 }
 
 /// An Application's agent syncs this set: refused unless `--override-application`, and then

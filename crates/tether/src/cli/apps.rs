@@ -148,7 +148,7 @@ pub async fn sync(global: &GlobalArgs, args: &AppArgs, out: &mut impl Write) -> 
     let window = app.status.as_ref().and_then(|s| s.sync_window.as_ref());
     if let Some(window) = window.filter(|w| !w.open && !w.manual_sync) {
         eprintln!(
-            "warning: a sync window keeps {} from syncing now ({}); no window lets a sync asked for by hand through (manualSync), so nothing is applied before {}",
+            "warning: a sync window keeps {} from syncing now ({}); no window lets a sync asked for by hand through (manualSync): this request applies nothing. Ask again once a window opens ({})",
             args.app,
             window.message,
             window.next_sync.as_deref().unwrap_or("a window opens")

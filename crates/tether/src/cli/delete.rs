@@ -57,7 +57,7 @@ pub async fn run(
         return Ok(0);
     }
     writeln!(out)?;
-    let kept = plan.skipped.len();
+    let kept = crate::agent::finalize::kept_count(plan);
     let options = ApplyOptions {
         allow_empty: true,
         delete_set: true,

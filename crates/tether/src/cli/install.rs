@@ -287,6 +287,12 @@ async fn release_applications(client: &kube::Client) -> anyhow::Result<usize> {
     let listed = match apps.list(&Default::default()).await {
         Ok(listed) => listed,
         Err(kube::Error::Api(status)) if status.code == 404 => return Ok(0),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            eprintln!(
+                "warning: cannot list Applications (forbidden): their finalizer {FINALIZER} stays, and deleting one waits for an agent; remove it by hand (kubectl patch application NAME --type=merge -p '{{\"metadata\":{{\"finalizers\":null}}}}') to keep its objects"
+            );
+            return Ok(0);
+        }
         Err(e) => return Err(e.into()),
     };
     let mut released = 0;

@@ -18,6 +18,7 @@ mod render;
 mod source;
 mod status;
 mod version;
+mod windows;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -15,6 +15,8 @@ use crate::output::OutputFormat;
 use crate::plan::{Action, Change, Hook, Plan, PlanOptions, Skipped, Summary};
 use crate::source::git::Revision;
 
+mod markdown;
+
 /// Where to apply and how: shared by `plan` and `apply`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TargetArgs {
@@ -175,6 +177,8 @@ pub async fn prepare(
 
 pub async fn run(global: &GlobalArgs, args: &PlanArgs, out: &mut impl Write) -> anyhow::Result<u8> {
     let prepared = prepare(global, &args.target, false, false).await?;
+    let (app, namespace) = (&prepared.plan.options.app, &prepared.plan.options.namespace);
+    super::windows::note(&prepared.cluster.client(), namespace, app).await?;
     if let Some(application) = prepared.plan.synced_by_other() {
         eprintln!(
             "note: this is the set of Application {application}; its agent syncs it from Git, and `tether apply` here is refused without --override-application"
@@ -300,7 +304,7 @@ pub fn write_plan(
             };
             crate::output::write_structured(out, format, &document)?;
         }
-        OutputFormat::Markdown => write_markdown(out, plan, revision)?,
+        OutputFormat::Markdown => markdown::write_markdown(out, plan, revision)?,
         OutputFormat::Text => write_text(out, plan, revision, color_wanted())?,
     }
     Ok(())
@@ -311,7 +315,7 @@ pub fn color_wanted() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-fn symbol(action: Action) -> &'static str {
+pub(super) fn symbol(action: Action) -> &'static str {
     match action {
         Action::Create => "+",
         Action::Update => "~",
@@ -341,7 +345,7 @@ fn describe_change(change: &Change, waves: bool) -> String {
 }
 
 /// `PreSync Job.batch/migrate-* -n web (order 0, delete: BeforeHookCreation)`.
-fn describe_hook(hook: &Hook) -> String {
+pub(super) fn describe_hook(hook: &Hook) -> String {
     let phases: Vec<String> = hook.phases.iter().map(ToString::to_string).collect();
     let mut key = hook.key.clone();
     if hook.generate_name {
@@ -501,7 +505,7 @@ fn diff_line_color(line: &str) -> &'static str {
 }
 
 /// The hooks of the set's last sync failed or never ran: the next sync runs them again.
-fn unfinished_hooks(plan: &Plan) -> Option<String> {
+pub(super) fn unfinished_hooks(plan: &Plan) -> Option<String> {
     let unfinished = plan.applyset.hooks_unfinished.as_ref()?;
     Some(format!(
         "The last sync's hooks did not all succeed, so the next sync runs them again: {}",
@@ -509,131 +513,9 @@ fn unfinished_hooks(plan: &Plan) -> Option<String> {
     ))
 }
 
-fn write_markdown(
-    out: &mut impl Write,
-    plan: &Plan,
-    revision: Option<&Revision>,
-) -> anyhow::Result<()> {
-    let at = revision
-        .map(|r| format!(" at `{}`", r.short()))
-        .unwrap_or_default();
-    writeln!(
-        out,
-        "### tether plan: `{}` → namespace `{}`{at}",
-        plan.options.app, plan.options.namespace
-    )?;
-    writeln!(out)?;
-    writeln!(out, "**{}**", plan.summary())?;
-    if !plan.hooks.is_empty() {
-        writeln!(out)?;
-        writeln!(out, "Hooks run by this sync:")?;
-        for hook in &plan.hooks {
-            writeln!(out, "- `{}`", describe_hook(hook))?;
-        }
-    }
-    if let Some(line) = unfinished_hooks(plan) {
-        writeln!(out)?;
-        writeln!(out, "{line}")?;
-    }
-    let changed: Vec<&Change> = plan
-        .changes
-        .iter()
-        .filter(|c| c.action != Action::Unchanged)
-        .collect();
-    if changed.is_empty() {
-        writeln!(out)?;
-        writeln!(out, "No changes: the cluster matches the revision.")?;
-        return Ok(());
-    }
-    writeln!(out)?;
-    write_markdown_table(out, &changed, plan.uses_waves())?;
-    for change in changed {
-        writeln!(out)?;
-        write_markdown_details(out, change)?;
-    }
-    Ok(())
-}
-
-/// The table of changes: action, object, wave (when the plan uses waves), source.
-fn write_markdown_table(
-    out: &mut impl Write,
-    changed: &[&Change],
-    waves: bool,
-) -> anyhow::Result<()> {
-    if waves {
-        writeln!(out, "| | Action | Object | Wave | Source |")?;
-        writeln!(out, "|---|---|---|---|---|")?;
-    } else {
-        writeln!(out, "| | Action | Object | Source |")?;
-        writeln!(out, "|---|---|---|---|")?;
-    }
-    for change in changed {
-        let origin = change
-            .origin
-            .as_ref()
-            .map(|o| format!("`{o}`"))
-            .unwrap_or_default();
-        let wave = if waves {
-            format!(" {} |", change.wave)
-        } else {
-            String::new()
-        };
-        writeln!(
-            out,
-            "| {} | {} | `{}` |{wave} {origin} |",
-            symbol(change.action),
-            change.action,
-            change.key
-        )?;
-    }
-    Ok(())
-}
-
-/// One change as a folded `<details>` block: conflicts, reclaimed fields, and its diff.
-fn write_markdown_details(out: &mut impl Write, change: &Change) -> anyhow::Result<()> {
-    writeln!(
-        out,
-        "<details><summary>{} <code>{}</code></summary>",
-        change.action, change.key
-    )?;
-    writeln!(out)?;
-    for conflict in &change.conflicts {
-        writeln!(out, "- conflict (tether never applied it): {conflict}")?;
-    }
-    for field in &change.reclaims {
-        writeln!(out, "- drift, Git's value goes back: {field}")?;
-    }
-    if let Some(why) = &change.recreate {
-        writeln!(out, "- deleted and created anew: {why}")?;
-    }
-    for field in &change.ignored {
-        writeln!(out, "- ignored (the cluster's value is kept): {field}")?;
-    }
-    // A fence longer than any run of backticks in the diff cannot be closed by it.
-    let fence = "`".repeat(3.max(longest_backtick_run(&change.diff) + 1));
-    writeln!(out, "{fence}diff")?;
-    write!(out, "{}", change.diff)?;
-    if !change.diff.ends_with('\n') {
-        writeln!(out)?;
-    }
-    writeln!(out, "{fence}")?;
-    writeln!(out)?;
-    writeln!(out, "</details>")?;
-    Ok(())
-}
-
-fn longest_backtick_run(text: &str) -> usize {
-    text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn markdown_fences_outlast_backticks_in_diffs() {
-        assert_eq!(longest_backtick_run("a ```` b ` c"), 4);
-    }
 
     #[test]
     fn diff_lines_are_coloured_by_what_they_say() {

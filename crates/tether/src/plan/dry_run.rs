@@ -340,11 +340,18 @@ async fn dry_run_apply(
         }
         // Its namespace is created by this same apply: the server cannot dry-run it yet.
         Some(status) if status.code == 404 && pending => Ok(DryRun::NamespacePending),
-        // Refused in place (an immutable field), and to be recreated when that happens.
-        Some(status) if status.code == 422 && recreate.is_some() => Ok(DryRun::Refused {
-            message: status.message.clone(),
-            why: recreate.unwrap_or_default(),
-        }),
+        // Refused in place for an immutable field, and to be recreated when that happens
+        // (any other refusal, an invalid value, stays an error: recreating would not help).
+        Some(status)
+            if status.code == 422
+                && status.message.contains("field is immutable")
+                && recreate.is_some() =>
+        {
+            Ok(DryRun::Refused {
+                message: status.message.clone(),
+                why: recreate.unwrap_or_default(),
+            })
+        }
         _ => {
             let mut error = cluster_error(Some(key), Some(origin), &err);
             if error.message.contains("illegal base64 data")

@@ -169,12 +169,14 @@ pub fn gate(windows: &[Compiled], now: Timestamp) -> Gate {
     }
 }
 
-/// The first instant after `now` at which `windows` block nothing (within a year; a few
-/// steps: each jumps to the end of the deny windows open, or to the next allow window).
+/// The first instant after `now` at which `windows` block nothing, within a year: each step
+/// jumps to the end of the deny windows open, or to the next allow window (at most 1,000
+/// steps: daily windows back to back for a year take 366; windows of minutes back to back
+/// for weeks are not followed to their end).
 fn next_open(windows: &[Compiled], now: Timestamp) -> Option<Timestamp> {
     let limit = now.checked_add(SignedDuration::from_hours(366 * 24)).ok()?;
     let mut at = now;
-    for _ in 0..64 {
+    for _ in 0..1000 {
         let blocking = match blocking_at(windows, at) {
             Ok(()) => return Some(at),
             Err(blocking) => blocking,

@@ -329,16 +329,30 @@ async fn force_recreates_what_cannot_change_in_place_and_replace_takes_every_fie
             && !text.contains("TerminationMessagePath"),
         "{text}"
     );
-    // Another manager takes a field Git sets: Replace=true takes it back without a conflict.
+    // Another manager holds a field Git starts setting only now: Replace=true takes it
+    // without a conflict (without it, the plan would stop at the conflict).
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     configmaps
         .patch(
             "whole",
             &PatchParams::apply("other").force(),
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "whole"}, "data": {"color": "red"}})),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "whole"}, "data": {"size": "big"}})),
         )
         .await
         .expect("another manager's apply");
+    let whole = |annotation: Option<(&str, &str)>| {
+        let text = annotated("whole", "blue", annotation)
+            .replace("  color: blue\n", "  color: blue\n  size: small\n");
+        std::fs::write(folder.join("whole.yaml"), text).expect("write");
+    };
+    whole(None);
+    let out = run("plan");
+    assert!(
+        said(&out).contains("conflict (tether never applied it): .data.size"),
+        "{}",
+        said(&out)
+    );
+    whole(Some(("argocd.argoproj.io/sync-options", "Replace=true")));
     let out = run("apply");
     assert!(out.status.success(), "{}", said(&out));
     assert_ne!(uid("argo").await, argo, "created anew");
@@ -356,14 +370,16 @@ async fn force_recreates_what_cannot_change_in_place_and_replace_takes_every_fie
         .image
         .clone();
     assert_eq!(image.as_deref(), Some("registry.invalid/task:2"));
-    let color = configmaps
+    let data = configmaps
         .get("whole")
         .await
         .expect("cm")
         .data
-        .expect("data")["color"]
-        .clone();
-    assert_eq!(color, "blue");
+        .expect("data");
+    assert_eq!(
+        (data["color"].as_str(), data["size"].as_str()),
+        ("blue", "small")
+    );
 }
 
 /// `tether delete`: push mode's deletion of a set, as the agent deletes an Application's:
@@ -439,4 +455,75 @@ async fn tether_delete_deletes_the_set_between_its_hooks_and_keeps_what_says_so(
         "{}",
         said(&out)
     );
+}
+
+/// Sync windows in push mode: a deny window of the namespace that selects the application
+/// refuses `tether apply` (naming the window and when syncs may run), `plan` says so,
+/// `--ignore-sync-windows` overrides it, and a window with `manualSync` lets it through.
+#[tokio::test]
+async fn a_sync_window_of_the_namespace_holds_tether_apply() {
+    let client = cluster().await.client();
+    tether::agent::install_crd(&client)
+        .await
+        .expect("CRDs installed");
+    let ns = TestNamespace::create(&client, "push-window").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let folder = dir.path().join("app");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::write(folder.join("cm.yaml"), annotated("web", "blue", None)).expect("write");
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .in_tz("UTC")
+        .expect("UTC");
+    let windows: Api<tether::application::SyncWindow> = Api::namespaced(client.clone(), &ns.name);
+    let freeze = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "SyncWindow", "metadata": {"name": "freeze"},
+        "spec": {"kind": "deny", "schedule": format!("{} {} * * *", now.minute(), now.hour()),
+                 "duration": "1h", "applications": ["we?"]}
+    }))
+    .expect("a SyncWindow");
+    windows
+        .create(&Default::default(), &freeze)
+        .await
+        .expect("created");
+    let path = folder.to_str().expect("utf-8");
+    let args = ["--path", path, "--app", "web", "-n", ns.name.as_str()];
+    let run = |extra: &[&str]| tether(&[extra, &args[..]].concat());
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+
+    let out = run(&["plan"]);
+    assert!(
+        said(&out).contains("note: a sync window keeps web from syncing now"),
+        "{}",
+        said(&out)
+    );
+    let out = run(&["apply"]);
+    let text = said(&out);
+    assert!(
+        !out.status.success()
+            && text.contains("SyncWindow")
+            && text.contains("/freeze: deny")
+            && text.contains("syncs may run from")
+            && text.contains("--ignore-sync-windows"),
+        "{text}"
+    );
+    assert!(
+        configmaps.get_opt("web").await.expect("read").is_none(),
+        "nothing written"
+    );
+    let out = run(&["apply", "--ignore-sync-windows"]);
+    assert!(out.status.success(), "{}", said(&out));
+    // manualSync: an apply is a sync asked for by hand.
+    std::fs::write(folder.join("cm.yaml"), annotated("web", "green", None)).expect("write");
+    windows
+        .patch(
+            "freeze",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"manualSync": true}})),
+        )
+        .await
+        .expect("patched");
+    let out = run(&["apply"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let color = configmaps.get("web").await.expect("cm").data.expect("data")["color"].clone();
+    assert_eq!(color, "green");
 }

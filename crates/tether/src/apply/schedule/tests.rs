@@ -538,10 +538,6 @@ fn deleting_a_set_runs_pre_delete_hooks_prunes_in_reverse_then_post_delete_hooks
             hook("migrate", Phase::PreSync, 0),
         ],
     );
-    plan.applyset.group_kinds.insert(crate::object::GroupKind {
-        group: String::new(),
-        kind: "ConfigMap".into(),
-    });
     let deleting = ApplyOptions {
         delete_set: true,
         allow_empty: true,
@@ -557,12 +553,12 @@ fn deleting_a_set_runs_pre_delete_hooks_prunes_in_reverse_then_post_delete_hooks
         steps,
         [
             hooks(Phase::PreDelete, &[0]),
+            Step::MarkDeleting,
             Step::BeginPruning(3),
             prune(Stage::Namespaced, 2, &[2]),
             prune(Stage::Namespaced, 0, &[0]),
             prune(Stage::Namespaces, 0, &[1]),
             Step::FinishPruning,
-            Step::Narrow,
             hooks(Phase::PostDelete, &[1]),
             Step::RemoveSet,
         ]
@@ -577,10 +573,15 @@ fn deleting_a_set_runs_pre_delete_hooks_prunes_in_reverse_then_post_delete_hooks
     let post = steps.len() - 2;
     let ran = walk(&steps, post, |o| o.failure = true);
     assert!(!ran.contains(&Step::RemoveSet), "{ran:?}");
-    // Tried again after its prunes went through: no PreDelete hook runs twice.
-    plan.applyset.group_kinds.clear();
+    // Tried again once its PreDelete hooks ran (the parent says so): they do not run twice.
+    plan.applyset.deleting = true;
     let again = schedule(&plan, &deleting, None);
     assert!(!again.contains(&hooks(Phase::PreDelete, &[0])), "{again:?}");
+    assert!(again.contains(&Step::RemoveSet));
+    // No parent: nothing was applied, or the deletion finished; nothing to do.
+    plan.parent_exists = false;
+    assert_eq!(schedule(&plan, &deleting, None), []);
+    plan.parent_exists = true;
     // A sync never runs deletion hooks.
     let sync = schedule(&plan, &ApplyOptions::default(), None);
     assert!(
