@@ -430,6 +430,18 @@ async fn the_web_ui_shows_applications_live_and_acts_on_them() {
         diff.contains("-  color: red") && diff.contains("+  color: teal"),
         "{diff}"
     );
+    // Who changed it: the field, its writer, how and when (no value).
+    let who = browser
+        .find(Locator::Css("#object ul.who"))
+        .await
+        .expect("who changed it")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        who.contains(r#".data.color: changed by "hand-edit" (Apply at 20"#) && !who.contains("red"),
+        "{who}"
+    );
     shoot(&browser, "4-hand-edit-diff").await;
 
     // Sync: confirmed, then corrected, and the page shows it.
