@@ -35,6 +35,7 @@ pub mod agent;
 pub mod app;
 pub mod application;
 pub mod apply;
+pub mod appset;
 pub mod audit;
 pub mod cli;
 pub mod cluster;

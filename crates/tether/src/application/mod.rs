@@ -6,6 +6,7 @@
 pub mod actions;
 mod check;
 pub mod commit_status;
+pub mod set;
 pub mod spec;
 pub mod state;
 pub mod status;
@@ -13,6 +14,7 @@ pub mod status;
 mod tests;
 pub mod windows;
 
+pub use set::{ApplicationSet, ApplicationSetSpec, ApplicationSetStatus};
 pub use spec::*;
 pub use state::{ConditionStatus, ConditionType, Reason, RunResult, SyncState, health_from};
 pub use status::*;
@@ -37,8 +39,12 @@ pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![Application::crd(), SyncWindow::crd()]
+    vec![Application::crd(), SyncWindow::crd(), ApplicationSet::crd()]
 }
 
 /// Their names, as `kubectl get crd` shows them.
-pub const CRD_NAMES: [&str; 2] = ["applications.tether.dev", "syncwindows.tether.dev"];
+pub const CRD_NAMES: [&str; 3] = [
+    "applications.tether.dev",
+    "syncwindows.tether.dev",
+    "applicationsets.tether.dev",
+];

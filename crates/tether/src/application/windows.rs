@@ -74,7 +74,7 @@ impl SyncWindowSpec {
 }
 
 /// `*` matches any text, `?` any one character.
-fn wildcard(pattern: &str, name: &str) -> bool {
+pub fn wildcard(pattern: &str, name: &str) -> bool {
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
     // The classic two-pointer match with one backtrack point.
     let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
