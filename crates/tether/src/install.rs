@@ -186,8 +186,8 @@ pub fn namespace_manifest(namespace: &str) -> Value {
 fn agent_rules() -> Value {
     json!([
         {"apiGroups": ["tether.dev"], "resources": ["applications"],
-         "verbs": ["get", "list", "watch", "patch"]},
-        {"apiGroups": ["tether.dev"], "resources": ["applications/status"],
+         "verbs": ["get", "list", "watch", "patch", "create", "delete"]},
+        {"apiGroups": ["tether.dev"], "resources": ["applications/status", "applicationsets/status"],
          "verbs": ["get", "patch", "update"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["impersonate"]},

@@ -74,8 +74,12 @@ pub async fn run(
         drop(server);
         return Ok(());
     };
-    let stop = until_stopped(shutdown, leadership.lost_signal.clone());
-    run_controller(controller, drifted, webhooks, stop, &context).await;
+    let stop = until_stopped(shutdown, leadership.lost_signal.clone())
+        .boxed()
+        .shared();
+    let sets = super::appsets::run(context.clone(), stop.clone());
+    let applications = run_controller(controller, drifted, webhooks, stop, &context);
+    futures::future::join(applications, sets).await;
     context.clusters.stop();
     drop(sharding);
     if let Some(shards) = &context.shards {

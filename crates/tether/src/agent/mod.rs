@@ -17,6 +17,7 @@
 //!
 //! The `Application` resource itself lives below every stage, in [`crate::application`].
 
+mod appsets;
 pub mod clusters;
 pub mod commit_status;
 mod controller;

@@ -15,8 +15,8 @@ use crate::output::{OutputFormat, write_structured};
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// What to list: apps (Applications).
-    #[arg(value_parser = ["apps", "app", "applications", "application"])]
+    /// What to list: apps (Applications) or appsets (ApplicationSets).
+    #[arg(value_parser = ["apps", "app", "applications", "application", "appsets", "appset", "applicationsets", "applicationset"])]
     pub what: String,
     /// In every namespace.
     #[arg(short = 'A', long)]
@@ -81,6 +81,49 @@ fn condition(app: &Application, kind: &str) -> String {
         .unwrap_or_else(|| "Unknown".into())
 }
 
+/// `tether get appsets`: each set with how many Applications it makes, and whether its
+/// generators and template went through.
+async fn get_sets(global: &GlobalArgs, args: &GetArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+    use crate::application::ApplicationSet;
+    let cluster = crate::cluster::Cluster::connect(&global.cluster_options()).await?;
+    let api: Api<ApplicationSet> = if args.all_namespaces {
+        Api::all(cluster.client())
+    } else {
+        Api::namespaced(cluster.client(), cluster.namespace())
+    };
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| cluster.describe(e))?;
+    if matches!(global.output, OutputFormat::Json | OutputFormat::Yaml) {
+        write_structured(out, global.output, &list.items)?;
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "{:<20} {:<24} {:<6} {:<6} APPLICATIONS / MESSAGE",
+        "NAMESPACE", "NAME", "COUNT", "READY"
+    )?;
+    for set in &list.items {
+        let status = set.status.clone().unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        let said = match ready {
+            Some(c) if c.status == "True" => status.applications.join(", "),
+            Some(c) => c.message.clone(),
+            None => "-".into(),
+        };
+        writeln!(
+            out,
+            "{:<20} {:<24} {:<6} {:<6} {said}",
+            set.namespace().unwrap_or_default(),
+            set.name_any(),
+            status.count,
+            ready.map_or("-", |c| c.status.as_str()),
+        )?;
+    }
+    Ok(0)
+}
+
 /// What a list says of an Application that a sync window keeps from syncing now.
 fn window_note(status: &crate::application::ApplicationStatus) -> String {
     match status.sync_window.as_ref().filter(|w| !w.open) {
@@ -93,6 +136,9 @@ fn window_note(status: &crate::application::ApplicationStatus) -> String {
 }
 
 pub async fn get(global: &GlobalArgs, args: &GetArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+    if args.what.starts_with("appset") || args.what.starts_with("applicationset") {
+        return get_sets(global, args, out).await;
+    }
     let (cluster, namespaced) = api(global).await?;
     let api: Api<Application> = if args.all_namespaces {
         Api::all(cluster.client())

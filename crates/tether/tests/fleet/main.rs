@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod appsets;
 mod bootstrap;
 mod clusters;
 mod gitea;

@@ -1,0 +1,211 @@
+//! ApplicationSets (issue 26 §1): a Git directory generator makes an Application per
+//! folder, owned by the set; a new folder adds one, a folder gone deletes it (and its
+//! objects); a cluster generator makes one per cluster Secret selected by labels; a
+//! generator error leaves every Application alone and says why; `tether get appsets`.
+
+use crate::support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use support::agent::{options_for, start_agent};
+use support::git::{GitDaemon, GitRepo};
+use support::{TestNamespace, cluster, tether};
+use tether::agent::{Application, install_crd};
+use tether::application::ApplicationSet;
+
+fn configmap(name: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  from: git\n")
+}
+
+/// The names of the set's Applications once they are `want` (up to 60 s).
+async fn generated(apps: &Api<Application>, set: &str, want: &[&str]) -> Vec<Application> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = apps
+            .list(&ListParams::default().labels(&format!("tether.dev/application-set={set}")))
+            .await
+            .expect("list");
+        let mut names: Vec<String> = listed.items.iter().map(|a| a.name_any()).collect();
+        names.sort();
+        if names == want {
+            return listed.items;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "set {set}: {names:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Makes the agent generate the set again now (any change to it does).
+async fn poke(sets: &Api<ApplicationSet>, name: &str) {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    sets.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"test/poke": now}}})),
+    )
+    .await
+    .expect("poked");
+}
+
+#[tokio::test]
+async fn a_set_makes_an_application_per_folder_and_per_cluster_and_follows_its_inputs() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRDs installed");
+    let ns = TestNamespace::create(&client, "appsets").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    for app in ["web", "db", "old"] {
+        repo.write(
+            &format!("apps/{app}/cm.yaml"),
+            &configmap(&format!("{app}-config")),
+        );
+    }
+    repo.commit("three folders");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let sets: Api<ApplicationSet> = Api::namespaced(client.clone(), &ns.name);
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    let set: ApplicationSet = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "ApplicationSet", "metadata": {"name": "folders"},
+        "spec": {
+            "generators": [{"git": {"repoURL": daemon.url("deploy"), "revision": "main",
+                "directories": [{"path": "apps/*"}, {"path": "apps/old", "exclude": true}]}}],
+            "template": {
+                "metadata": {"name": "{{path.basename}}", "labels": {"team": "{{path[0]}}"}},
+                "spec": {"source": {"repoURL": daemon.url("deploy"), "path": "{{path}}"},
+                         "destination": {"namespace": ns.name},
+                         "syncPolicy": {"interval": "1h"}}
+            }
+        }
+    }))
+    .expect("a set");
+    sets.create(&PostParams::default(), &set)
+        .await
+        .expect("created");
+    let made = generated(&apps, "folders", &["db", "web"]).await;
+    let owner = &made[0].owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("ApplicationSet", "folders")
+    );
+    assert_eq!(made[0].labels()["team"], "apps");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let exists = |name: String| {
+        let configmaps = configmaps.clone();
+        async move { configmaps.get_opt(&name).await.expect("read").is_some() }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(exists("web-config".into()).await && exists("db-config".into()).await) {
+        assert!(
+            Instant::now() < deadline,
+            "the generated Applications synced"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        !exists("old-config".into()).await,
+        "an excluded folder makes nothing"
+    );
+
+    // A folder added and one removed: the set follows, and the removed one's objects go.
+    repo.write("apps/cache/cm.yaml", &configmap("cache-config"));
+    std::fs::remove_dir_all(repo.path.join("apps/db")).expect("rm");
+    repo.commit("cache in, db out");
+    poke(&sets, "folders").await;
+    generated(&apps, "folders", &["cache", "web"]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while exists("db-config".into()).await || !exists("cache-config".into()).await {
+        assert!(
+            Instant::now() < deadline,
+            "db's objects deleted, cache's applied"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A generator error: every Application stays, and the set says why.
+    sets.patch(
+        "folders",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"generators": [
+        {"git": {"repoURL": daemon.url("missing"), "directories": [{"path": "*"}]}}]}})),
+    )
+    .await
+    .expect("patched");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let message = loop {
+        let set = sets.get("folders").await.expect("set");
+        let ready = set
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
+        if let Some(ready) = ready.filter(|c| c.status == "False") {
+            break ready.message;
+        }
+        assert!(Instant::now() < deadline, "the generator error is reported");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        message.contains("cannot fetch") && message.contains("missing"),
+        "{message}"
+    );
+    generated(&apps, "folders", &["cache", "web"]).await;
+
+    // A cluster generator: one Application per cluster Secret its selector picks.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    for (name, env) in [("east", "prod"), ("west", "prod"), ("lab", "dev")] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"tether.dev/secret-type": "cluster", "env": env}},
+            "stringData": {"server": format!("https://{name}.invalid:6443")}
+        }))
+        .expect("a Secret");
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("created");
+    }
+    let per_cluster: ApplicationSet = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "ApplicationSet", "metadata": {"name": "clusters"},
+        "spec": {
+            "generators": [{"clusters": {"selector": {"matchLabels": {"env": "prod"}}}}],
+            "template": {
+                "metadata": {"name": "probe-{{name}}", "annotations": {"server": "{{server}}"}},
+                "spec": {"source": {"repoURL": daemon.url("deploy"), "path": "apps/web"},
+                         "destination": {"namespace": ns.name}, "suspend": true}
+            },
+            "syncPolicy": {"preserveResourcesOnDeletion": true}
+        }
+    }))
+    .expect("a set");
+    sets.create(&PostParams::default(), &per_cluster)
+        .await
+        .expect("created");
+    let probes = generated(&apps, "clusters", &["probe-east", "probe-west"]).await;
+    assert_eq!(
+        probes[0].annotations()["server"],
+        format!("https://{}.invalid:6443", &probes[0].name_any()[6..])
+    );
+    assert_eq!(
+        serde_json::to_value(probes[0].spec.deletion_policy).expect("json"),
+        json!("Orphan"),
+        "preserveResourcesOnDeletion"
+    );
+
+    let listed = tether(&["get", "appsets", "-n", &ns.name]);
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.contains("clusters") && listed.contains("probe-east, probe-west"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("folders") && listed.contains("cannot fetch"),
+        "{listed}"
+    );
+    agent.stop().await.expect("the agent stops");
+}
