@@ -39,6 +39,7 @@ pub mod appset;
 pub mod audit;
 pub mod cli;
 pub mod cluster;
+pub mod comment;
 pub mod duration;
 pub mod engine;
 pub mod error;

@@ -8,6 +8,7 @@ mod agent;
 mod apply;
 mod apps;
 mod bootstrap;
+mod comment;
 mod delete;
 mod images;
 mod install;

@@ -95,6 +95,9 @@ pub struct PlanArgs {
     /// Exit 0 when in sync, 2 when there are changes, 1 on error (as terraform plan).
     #[arg(long)]
     pub detailed_exitcode: bool,
+
+    #[command(flatten)]
+    pub comment: super::comment::CommentArgs,
 }
 
 /// Everything `plan` and `apply` start from.
@@ -176,6 +179,7 @@ pub async fn prepare(
 }
 
 pub async fn run(global: &GlobalArgs, args: &PlanArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+    let comment_to = args.comment.target()?;
     let prepared = prepare(global, &args.target, false, false).await?;
     let (app, namespace) = (&prepared.plan.options.app, &prepared.plan.options.namespace);
     super::windows::note(&prepared.cluster.client(), namespace, app).await?;
@@ -190,6 +194,9 @@ pub async fn run(global: &GlobalArgs, args: &PlanArgs, out: &mut impl Write) -> 
         &prepared.plan,
         prepared.revision.as_ref(),
     )?;
+    if let Some(target) = comment_to {
+        super::comment::comment(target, &prepared.plan, prepared.revision.as_ref()).await?;
+    }
     Ok(if args.detailed_exitcode && prepared.plan.has_changes() {
         2
     } else {

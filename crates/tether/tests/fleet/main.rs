@@ -12,5 +12,6 @@ mod gitea;
 mod image;
 mod image_updates;
 mod install;
+mod plan_comments;
 mod shards;
 mod tenants;
