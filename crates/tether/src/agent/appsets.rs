@@ -89,10 +89,12 @@ async fn reconcile(set: Arc<ApplicationSet>, ctx: Arc<Context>) -> Result<Action
         Err(message) => (false, message.clone(), previous_names(&set)),
     };
     write_status(&ctx, &set, ready, &message, names).await?;
+    let every = crate::appset::requeue_after(&set.spec.generators)
+        .map_or(REGENERATE_EVERY, |d| d.min(REGENERATE_EVERY));
     Ok(Action::requeue(if ready {
-        REGENERATE_EVERY
+        every
     } else {
-        Duration::from_secs(30)
+        every.min(Duration::from_secs(30))
     }))
 }
 
@@ -109,9 +111,11 @@ async fn sync_set(ctx: &Context, set: &ApplicationSet) -> Result<Vec<String>, St
     let (may_update, may_delete) = set.spec.sync_policy.allows()?;
     let trees = fetch_trees(ctx, set).await?;
     let clusters = cluster_secrets(ctx, &namespace).await?;
+    let pull_requests = super::pulls::list(ctx, set).await?;
     let inputs = Inputs {
         trees: &trees,
         clusters: &clusters,
+        pull_requests: &pull_requests,
     };
     let params = crate::appset::generate(&set.spec.generators, &inputs)?;
     let mut wanted = Vec::new();

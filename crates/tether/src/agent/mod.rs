@@ -29,6 +29,7 @@ mod images;
 pub mod leader;
 mod memory;
 pub mod notify;
+mod pulls;
 mod reconcile;
 mod report;
 pub mod shard;

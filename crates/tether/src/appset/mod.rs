@@ -8,6 +8,7 @@
 //! `matrix` (every pair of two generators' sets) and `merge` (the first generator's sets,
 //! overridden by the others' on `mergeKeys`). The agent fetches and applies (`agent::appsets`).
 
+mod pulls;
 mod template;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use pulls::{Query, TokenRef, read as read_pull_requests};
 pub use template::{Rendered, render};
 
 /// One parameter set: flattened keys (`path.basename`, `metadata.labels.env`) to text.
@@ -25,6 +27,8 @@ pub type Params = BTreeMap<String, String>;
 pub struct Inputs<'a> {
     pub trees: &'a Trees,
     pub clusters: &'a [Cluster],
+    /// The open pull requests each listing of [`pull_request_queries`] found.
+    pub pull_requests: &'a BTreeMap<Query, Vec<Params>>,
 }
 
 /// Git trees by (repository, revision).
@@ -49,8 +53,8 @@ struct Generator {
     merge: Option<Combine>,
     /// Argo CD's per-generator template override: not supported (said so).
     template: Option<Value>,
+    pull_request: Option<pulls::PullRequestGenerator>,
     /// Argo CD's generators tether does not have yet.
-    pull_request: Option<Value>,
     scm_provider: Option<Value>,
     cluster_decision_resource: Option<Value>,
     plugin: Option<Value>,
@@ -130,6 +134,44 @@ pub fn git_sources(generators: &[Value]) -> Vec<(String, String)> {
     sources
 }
 
+/// The pull request listings the generators need (made before [`generate`]); an error
+/// names a pullRequest generator that says too little.
+pub fn pull_request_queries(generators: &[Value]) -> Result<Vec<Query>, String> {
+    let mut queries = Vec::new();
+    for (i, generator) in generators.iter().enumerate() {
+        let Ok(parsed) = serde_json::from_value::<Generator>(generator.clone()) else {
+            continue;
+        };
+        if let Some(pulls) = parsed.pull_request {
+            queries.push(pulls.query(&format!("spec.generators[{i}].pullRequest"))?);
+        }
+        for combined in [parsed.matrix, parsed.merge].into_iter().flatten() {
+            queries.extend(pull_request_queries(&combined.generators)?);
+        }
+    }
+    queries.sort();
+    queries.dedup();
+    Ok(queries)
+}
+
+/// How soon the set is generated again when a pullRequest generator asks for it
+/// (`requeueAfterSeconds`).
+pub fn requeue_after(generators: &[Value]) -> Option<std::time::Duration> {
+    generators
+        .iter()
+        .filter_map(|g| serde_json::from_value::<Generator>(g.clone()).ok())
+        .flat_map(|g| {
+            let own = g.pull_request.and_then(|p| p.requeue_after_seconds);
+            let nested = [g.matrix, g.merge]
+                .into_iter()
+                .flatten()
+                .filter_map(|c| requeue_after(&c.generators).map(|d| d.as_secs()));
+            own.into_iter().chain(nested).collect::<Vec<_>>()
+        })
+        .min()
+        .map(|s| std::time::Duration::from_secs(s.max(1)))
+}
+
 /// Every parameter set of `generators`, in order (all generators' sets, one after another);
 /// an error names the generator (`spec.generators[1].git`) and what is wrong.
 pub fn generate(generators: &[Value], inputs: &Inputs<'_>) -> Result<Vec<Params>, String> {
@@ -149,7 +191,6 @@ fn one(
     let parsed: Generator =
         serde_json::from_value(generator.clone()).map_err(|e| format!("{at}: {e}"))?;
     for (present, name) in [
-        (parsed.pull_request.is_some(), "pullRequest"),
         (parsed.scm_provider.is_some(), "scmProvider"),
         (
             parsed.cluster_decision_resource.is_some(),
@@ -163,6 +204,7 @@ fn one(
         }
     }
     let kinds = [
+        parsed.pull_request.is_some(),
         parsed.list.is_some(),
         parsed.git.is_some(),
         parsed.clusters.is_some(),
@@ -171,8 +213,16 @@ fn one(
     ];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(format!(
-            "{at}: a generator names exactly one of list, git, clusters, matrix, merge"
+            "{at}: a generator names exactly one of list, git, clusters, pullRequest, matrix, merge"
         ));
+    }
+    if let Some(pulls) = parsed.pull_request {
+        let query = pulls.query(&format!("{at}.pullRequest"))?;
+        return inputs
+            .pull_requests
+            .get(&query)
+            .cloned()
+            .ok_or_else(|| format!("{at}.pullRequest: {} was not listed", query.url));
     }
     if let Some(list) = parsed.list {
         return list_params(&list, at);

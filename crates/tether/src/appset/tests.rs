@@ -54,9 +54,11 @@ fn generate_with(generators: Value) -> Result<Vec<Params>, String> {
     let dir = folder();
     let trees = trees(dir.path());
     let clusters = clusters();
+    let pulls = BTreeMap::new();
     let inputs = Inputs {
         trees: &trees,
         clusters: &clusters,
+        pull_requests: &pulls,
     };
     generate(generators.as_array().expect("a list"), &inputs)
 }
@@ -137,8 +139,12 @@ fn bad_generators_name_where_and_what() {
             "spec.generators[0]: a generator names exactly one",
         ),
         (
-            json!([{"pullRequest": {}}]),
-            "spec.generators[0].pullRequest: not supported by tether yet",
+            json!([{"scmProvider": {}}]),
+            "spec.generators[0].scmProvider: not supported by tether yet",
+        ),
+        (
+            json!([{"pullRequest": {"github": {"owner": "a", "repo": "b"}}}]),
+            "pullRequest: https://api.github.com/repos/a/b/pulls?state=open&per_page=100 was not listed",
         ),
         (
             json!([{"git": {"repoURL": "https://elsewhere", "directories": [{"path": "*"}]}}]),

@@ -13,5 +13,6 @@ mod image;
 mod image_updates;
 mod install;
 mod plan_comments;
+mod previews;
 mod shards;
 mod tenants;

@@ -1,0 +1,152 @@
+//! Preview environments per pull request (issue 26 §2), end to end against a real Gitea: an
+//! ApplicationSet's pullRequest generator makes an Application at each open pull request's
+//! head commit; a push to the pull request updates it; closing the pull request deletes it
+//! and its objects. The times are printed.
+
+use crate::support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use kube::api::PostParams;
+use reqwest::Method;
+use serde_json::json;
+use support::agent::{options_for, start_agent};
+use support::git::GitRepo;
+use support::gitea::{Gitea, USER};
+use support::{TestNamespace, cluster};
+use tether::agent::install_crd;
+use tether::application::ApplicationSet;
+
+fn configmap(color: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: preview\ndata:\n  color: {color}\n"
+    )
+}
+
+/// Waits (up to 60 s) until the preview's color is `want` (`None`: gone); how long it took
+/// since `started`.
+async fn color_becomes(
+    configmaps: &Api<ConfigMap>,
+    started: Instant,
+    want: Option<&str>,
+    what: &str,
+) -> Duration {
+    loop {
+        let now = configmaps
+            .get_opt("preview")
+            .await
+            .expect("read")
+            .and_then(|c| c.data)
+            .and_then(|d| d.get("color").cloned());
+        if now.as_deref() == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what}: still {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_open_pull_request_gets_a_preview_that_follows_it_and_goes_when_it_closes() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRDs installed");
+    let ns = TestNamespace::create(&client, "previews").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let gitea_dir = dir.path().join("gitea");
+    std::fs::create_dir_all(&gitea_dir).expect("mkdir");
+    let gitea = tokio::task::block_in_place(|| Gitea::start(&gitea_dir));
+    let (code, created) = gitea.api(
+        Method::POST,
+        "/user/repos",
+        Some(json!({"name": "deploy", "default_branch": "main"})),
+    );
+    assert_eq!(code, 201, "{created}");
+    let repo = GitRepo::init(&dir.path().join("work"), "deploy");
+    repo.write("app/cm.yaml", &configmap("blue"));
+    repo.commit("main");
+    repo.git(&["push", "-q", &gitea.push_url("deploy"), "HEAD:main"]);
+    repo.git(&["checkout", "-q", "-b", "feature"]);
+    repo.write("app/cm.yaml", &configmap("green"));
+    repo.commit("green");
+    repo.git(&["push", "-q", &gitea.push_url("deploy"), "feature"]);
+    let (code, pull) = gitea.api(
+        Method::POST,
+        &format!("/repos/{USER}/deploy/pulls"),
+        Some(json!({"head": "feature", "base": "main", "title": "Green"})),
+    );
+    assert_eq!(code, 201, "{pull}");
+    let number = pull["number"].as_u64().expect("number");
+
+    let token: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "gitea"}, "stringData": {"token": gitea.token}}),
+    )
+    .expect("Secret");
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &token)
+        .await
+        .expect("token");
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let set: ApplicationSet = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "ApplicationSet", "metadata": {"name": "previews"},
+        "spec": {
+            "generators": [{"pullRequest": {
+                "gitea": {"owner": USER, "repo": "deploy", "api": gitea.url, "tokenRef": {"secretName": "gitea", "key": "token"}},
+                "requeueAfterSeconds": 2}}],
+            "template": {
+                "metadata": {"name": "preview-{{number}}", "labels": {"branch": "{{branch_slug}}"}},
+                "spec": {"source": {"repoURL": gitea.clone_url("deploy"), "ref": {"commit": "{{head_sha}}"}, "path": "app"},
+                         "destination": {"namespace": ns.name}, "syncPolicy": {"interval": "1h"}}
+            }
+        }
+    }))
+    .expect("a set");
+    let created = Instant::now();
+    Api::<ApplicationSet>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &set)
+        .await
+        .expect("set");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let opened = color_becomes(
+        &configmaps,
+        created,
+        Some("green"),
+        "the preview of the open pull request",
+    )
+    .await;
+
+    let push = Instant::now();
+    repo.write("app/cm.yaml", &configmap("yellow"));
+    repo.commit("yellow");
+    repo.git(&["push", "-q", &gitea.push_url("deploy"), "feature"]);
+    let pushed = color_becomes(
+        &configmaps,
+        push,
+        Some("yellow"),
+        "the preview follows a push",
+    )
+    .await;
+
+    let close = Instant::now();
+    let (code, closed) = gitea.api(
+        Method::PATCH,
+        &format!("/repos/{USER}/deploy/pulls/{number}"),
+        Some(json!({"state": "closed"})),
+    );
+    assert_eq!(code, 201, "{closed}");
+    let gone = color_becomes(
+        &configmaps,
+        close,
+        None,
+        "the preview goes with the pull request",
+    )
+    .await;
+    eprintln!(
+        "preview: applied {opened:?} after the set was created, updated {pushed:?} after the push began, deleted {gone:?} after the close was asked (the set lists pull requests every 2 s here)"
+    );
+    agent.stop().await.expect("the agent stops");
+}
