@@ -29,6 +29,9 @@ pub const SET_LABEL: &str = "tether.dev/application-set";
 /// `argocd.argoproj.io/secret-type: cluster` is read too).
 pub const CLUSTER_SECRET_LABEL: &str = "tether.dev/secret-type";
 const MANAGER: &str = "tether-applicationset";
+/// What the set made an Application from (a digest): it holds the set's current template
+/// when this matches.
+pub const HASH_ANNOTATION: &str = "tether.dev/set-hash";
 /// How often a set is generated again without a change to it (Argo CD's default).
 const REGENERATE_EVERY: Duration = Duration::from_secs(180);
 
@@ -79,23 +82,54 @@ async fn reconcile(set: Arc<ApplicationSet>, ctx: Arc<Context>) -> Result<Action
         // Its Applications go with it (they are owned by it), each with its deletion policy.
         return Ok(Action::await_change());
     }
-    let outcome = sync_set(&ctx, &set).await;
-    let (ready, message, names) = match &outcome {
-        Ok(names) => (
-            true,
-            format!("{} Application(s) generated", names.len()),
-            names.clone(),
-        ),
-        Err(message) => (false, message.clone(), previous_names(&set)),
-    };
-    write_status(&ctx, &set, ready, &message, names).await?;
     let every = crate::appset::requeue_after(&set.spec.generators)
         .map_or(REGENERATE_EVERY, |d| d.min(REGENERATE_EVERY));
-    Ok(Action::requeue(if ready {
-        every
-    } else {
-        every.min(Duration::from_secs(30))
-    }))
+    let (status, next) = match sync_set(&ctx, &set).await {
+        Ok(synced) => {
+            let message = format!("{} Application(s) generated", synced.names.len());
+            // A rollout under way is looked at again soon (an Application settling also
+            // wakes it: the set watches what it owns).
+            let next = if synced.rollout.progressing {
+                every.min(Duration::from_secs(5))
+            } else {
+                every
+            };
+            let status = Outcome {
+                ready: true,
+                message,
+                names: synced.names,
+                rollout: synced.rollout.steps,
+            };
+            (status, next)
+        }
+        Err(message) => {
+            let names = previous_names(&set);
+            let rollout = set
+                .status
+                .as_ref()
+                .map(|s| s.rollout.clone())
+                .unwrap_or_default();
+            (
+                Outcome {
+                    ready: false,
+                    message,
+                    names,
+                    rollout,
+                },
+                every.min(Duration::from_secs(30)),
+            )
+        }
+    };
+    write_status(&ctx, &set, status).await?;
+    Ok(Action::requeue(next))
+}
+
+/// What a reconcile of a set came to, for its status.
+struct Outcome {
+    ready: bool,
+    message: String,
+    names: Vec<String>,
+    rollout: Vec<crate::application::set::StepStatus>,
 }
 
 fn previous_names(set: &ApplicationSet) -> Vec<String> {
@@ -105,12 +139,91 @@ fn previous_names(set: &ApplicationSet) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Generates, applies and deletes; the names of the Applications it makes now.
-async fn sync_set(ctx: &Context, set: &ApplicationSet) -> Result<Vec<String>, String> {
+/// What a set's generation did: the Applications it makes, and its rollout.
+struct Synced {
+    names: Vec<String>,
+    rollout: crate::appset::rollout::Rollout,
+}
+
+/// Generates, applies (as the rollout allows) and deletes.
+async fn sync_set(ctx: &Context, set: &ApplicationSet) -> Result<Synced, String> {
     let namespace = set.namespace().unwrap_or_default();
     let (may_update, may_delete) = set.spec.sync_policy.allows()?;
+    let wanted = generate(ctx, set, &namespace).await?;
+    let names: BTreeSet<String> = wanted.iter().map(name_of).collect();
+    let apps: Api<Application> = Api::namespaced(ctx.client.clone(), &namespace);
+    let selector = format!("{SET_LABEL}={}", set.name_any());
+    let existing = apps
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot list the Applications of this set: {}",
+                crate::cluster::describe(&e)
+            )
+        })?
+        .items;
+    let rollout = rollout_of(set, &wanted, &existing)?;
+    for app in wanted
+        .iter()
+        .filter(|a| rollout.write.contains(&name_of(a)))
+    {
+        let name = name_of(app);
+        if existing.iter().any(|e| e.name_any() == name) && !may_update {
+            continue;
+        }
+        apps.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(app),
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot apply Application {name}: {}",
+                crate::cluster::describe(&e)
+            )
+        })?;
+    }
+    if may_delete {
+        for gone in existing
+            .iter()
+            .map(|e| e.name_any())
+            .filter(|n| !names.contains(n))
+        {
+            match apps.delete(&gone, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => {
+                    return Err(format!(
+                        "cannot delete Application {gone}: {}",
+                        crate::cluster::describe(&e)
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Synced {
+        names: names.into_iter().collect(),
+        rollout,
+    })
+}
+
+fn name_of(app: &Value) -> String {
+    app["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Every Application the set's generators and template make now.
+async fn generate(
+    ctx: &Context,
+    set: &ApplicationSet,
+    namespace: &str,
+) -> Result<Vec<Value>, String> {
     let trees = fetch_trees(ctx, set).await?;
-    let clusters = cluster_secrets(ctx, &namespace).await?;
+    let clusters = cluster_secrets(ctx, namespace).await?;
     let pull_requests = super::pulls::list(ctx, set).await?;
     let inputs = Inputs {
         trees: &trees,
@@ -130,54 +243,66 @@ async fn sync_set(ctx: &Context, set: &ApplicationSet) -> Result<Vec<String>, St
         }
         wanted.push(application_of(set, rendered)?);
     }
-    let apps: Api<Application> = Api::namespaced(ctx.client.clone(), &namespace);
-    let selector = format!("{SET_LABEL}={}", set.name_any());
-    let existing = apps
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot list the Applications of this set: {}",
-                crate::cluster::describe(&e)
-            )
-        })?;
-    let existing: BTreeSet<String> = existing.items.iter().map(|a| a.name_any()).collect();
-    for app in &wanted {
-        let name = app["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if existing.contains(&name) && !may_update {
-            continue;
-        }
-        apps.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(app),
-        )
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot apply Application {name}: {}",
-                crate::cluster::describe(&e)
-            )
-        })?;
-    }
-    if may_delete {
-        for gone in existing.difference(&names) {
-            match apps.delete(gone, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(e) => {
-                    return Err(format!(
-                        "cannot delete Application {gone}: {}",
-                        crate::cluster::describe(&e)
-                    ));
-                }
+    Ok(wanted)
+}
+
+/// Which Applications are written now: those not holding what the set makes, all at once,
+/// or step by step with a RollingSync strategy.
+fn rollout_of(
+    set: &ApplicationSet,
+    wanted: &[Value],
+    existing: &[Application],
+) -> Result<crate::appset::rollout::Rollout, String> {
+    use crate::appset::rollout::{Member, Rollout, plan};
+    let members: Vec<Member> = wanted
+        .iter()
+        .map(|app| {
+            let name = name_of(app);
+            let live = existing.iter().find(|e| e.name_any() == name);
+            let hash = app["metadata"]["annotations"][HASH_ANNOTATION].as_str();
+            Member {
+                current: live.is_some_and(|l| {
+                    l.annotations().get(HASH_ANNOTATION).map(String::as_str) == hash
+                }),
+                settled: live.is_some_and(settled),
+                labels: serde_json::from_value(app["metadata"]["labels"].clone())
+                    .unwrap_or_default(),
+                name,
             }
+        })
+        .collect();
+    match &set.spec.strategy {
+        Some(strategy) if strategy.type_ == "RollingSync" => {
+            plan(&strategy.rolling_sync.steps, &members)
         }
+        Some(strategy) => Err(format!(
+            "spec.strategy.type {:?}: tether knows RollingSync",
+            strategy.type_
+        )),
+        None => Ok(Rollout {
+            write: members
+                .iter()
+                .filter(|m| !m.current)
+                .map(|m| m.name.clone())
+                .collect(),
+            steps: Vec::new(),
+            progressing: false,
+        }),
     }
-    Ok(names.into_iter().collect())
+}
+
+/// The Application is Synced and Healthy at its current spec.
+fn settled(app: &Application) -> bool {
+    let Some(status) = &app.status else {
+        return false;
+    };
+    status.observed_generation == app.metadata.generation
+        && status.sync.as_ref().is_some_and(|s| s.status == "Synced")
+        && status.health.as_deref() == Some("Healthy")
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// The Application `rendered` stands for, owned by `set`; its spec checked.
@@ -191,6 +316,18 @@ fn application_of(
     if set.spec.sync_policy.preserve_resources_on_deletion && spec.get("deletionPolicy").is_none() {
         spec["deletionPolicy"] = json!("Orphan");
     }
+    let mut annotations = rendered.annotations;
+    let hash = {
+        use sha2::Digest;
+        let made = json!({"labels": labels, "annotations": annotations, "spec": spec});
+        let digest = sha2::Sha256::digest(made.to_string().as_bytes());
+        digest
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    annotations.insert(HASH_ANNOTATION.into(), hash);
     let owner = json!({
         "apiVersion": ApplicationSet::api_version(&()),
         "kind": "ApplicationSet",
@@ -206,7 +343,7 @@ fn application_of(
             "name": rendered.name,
             "namespace": set.namespace(),
             "labels": labels,
-            "annotations": rendered.annotations,
+            "annotations": annotations,
             "ownerReferences": [owner],
         },
         "spec": spec,
@@ -302,17 +439,22 @@ async fn cluster_secrets(ctx: &Context, namespace: &str) -> Result<Vec<Cluster>,
     Ok(clusters)
 }
 
-/// Writes the set's status (Ready, the Applications it makes), when it changed.
+/// Writes the set's status (Ready, the Applications it makes, the rollout), when it changed.
 async fn write_status(
     ctx: &Context,
     set: &ApplicationSet,
-    ready: bool,
-    message: &str,
-    applications: Vec<String>,
+    outcome: Outcome,
 ) -> Result<(), StatusError> {
+    let Outcome {
+        ready,
+        message,
+        names: applications,
+        rollout,
+    } = outcome;
     let before = set.status.clone().unwrap_or_default();
     let value = if ready { "True" } else { "False" };
     let unchanged = before.applications == applications
+        && before.rollout == rollout
         && before.observed_generation == set.metadata.generation
         && before
             .conditions
@@ -332,13 +474,14 @@ async fn write_status(
             type_: "Ready".into(),
             status: value.into(),
             reason: if ready { "Generated" } else { "ErrorOccurred" }.into(),
-            message: message.into(),
+            message,
             last_transition_time: since,
             observed_generation: set.metadata.generation,
         }],
         count: applications.len() as u32,
         applications,
         observed_generation: set.metadata.generation,
+        rollout,
     };
     let api: Api<ApplicationSet> =
         Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());

@@ -53,6 +53,55 @@ pub struct ApplicationSetSpec {
     pub template: Template,
     #[serde(default)]
     pub sync_policy: SetSyncPolicy,
+    /// How changes reach the Applications: all at once (none), or step by step
+    /// (`type: RollingSync`, Argo CD's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+}
+
+/// Argo CD's progressive syncs: steps of Applications selected by their labels, each step
+/// updated only once the steps before it are Synced and Healthy.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Strategy {
+    /// `RollingSync` (the only type).
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub rolling_sync: RollingSync,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingSync {
+    pub steps: Vec<RolloutStep>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStep {
+    /// The Applications of this step: every expression holds for their labels.
+    #[serde(default)]
+    pub match_expressions: Vec<LabelExpression>,
+    /// At most this many (or this percentage, `"25%"`) of the step's Applications change at
+    /// once; all when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_string")]
+    pub max_update: Option<Value>,
+}
+
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"x-kubernetes-int-or-string": true})
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelExpression {
+    pub key: String,
+    /// `In` or `NotIn`.
+    pub operator: String,
+    #[serde(default)]
+    pub values: Vec<String>,
 }
 
 /// The Application each parameter set makes: placeholders (`{{name}}`, `{{ .path.basename }}`)
@@ -120,4 +169,18 @@ pub struct ApplicationSetStatus {
     pub count: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// With a RollingSync strategy: each step's state (`Done`, `Progressing`, `Waiting`) and
+    /// its Applications.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout: Vec<StepStatus>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    /// 1 for the first step; the last, after the steps the strategy names, holds the
+    /// Applications no step selects.
+    pub step: u32,
+    pub state: String,
+    pub applications: Vec<String>,
 }

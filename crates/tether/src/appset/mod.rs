@@ -9,6 +9,7 @@
 //! overridden by the others' on `mergeKeys`). The agent fetches and applies (`agent::appsets`).
 
 mod pulls;
+pub mod rollout;
 mod template;
 
 use std::collections::BTreeMap;

@@ -209,3 +209,113 @@ async fn a_set_makes_an_application_per_folder_and_per_cluster_and_follows_its_i
     );
     agent.stop().await.expect("the agent stops");
 }
+
+/// A staged rollout (Argo CD's RollingSync): a change to every Application of the set
+/// reaches dev, then qa, then prod, each step only once the one before is Synced and
+/// Healthy; the set's status shows the steps.
+#[tokio::test]
+async fn a_rolling_sync_changes_one_step_after_another() {
+    let client = cluster().await.client();
+    install_crd(&client).await.expect("CRDs installed");
+    let ns = TestNamespace::create(&client, "rollout").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write(
+        "app/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ${env}-cm\ndata:\n  color: ${color}\n",
+    );
+    repo.commit("one app, many environments");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let sets: Api<ApplicationSet> = Api::namespaced(client.clone(), &ns.name);
+    let set = |color: &str| {
+        json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "ApplicationSet", "metadata": {"name": "envs"},
+            "spec": {
+                "generators": [{"list": {"elements": [{"env": "dev"}, {"env": "qa"}, {"env": "prod"}]}}],
+                "template": {
+                    "metadata": {"name": "shop-{{env}}", "labels": {"env": "{{env}}"}},
+                    "spec": {"source": {"repoURL": daemon.url("deploy"), "path": "app"},
+                             "render": {"variables": {"env": "{{env}}", "color": color}},
+                             "destination": {"namespace": ns.name}, "syncPolicy": {"interval": "1h"}}
+                },
+                "strategy": {"type": "RollingSync", "rollingSync": {"steps": [
+                    {"matchExpressions": [{"key": "env", "operator": "In", "values": ["dev"]}]},
+                    {"matchExpressions": [{"key": "env", "operator": "In", "values": ["qa"]}]},
+                    {"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}], "maxUpdate": 1}
+                ]}}
+            }
+        })
+    };
+    let first: ApplicationSet = serde_json::from_value(set("blue")).expect("a set");
+    sets.create(&PostParams::default(), &first)
+        .await
+        .expect("created");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    // When each environment's color became `color`, polled every 50 ms.
+    let watch = |color: &'static str| {
+        let configmaps = configmaps.clone();
+        async move {
+            let started = Instant::now();
+            // (environment, when, the poll that saw it)
+            let mut when: Vec<(String, Duration, u32)> = Vec::new();
+            let mut poll = 0;
+            while when.len() < 3 {
+                poll += 1;
+                assert!(
+                    started.elapsed() < Duration::from_secs(90),
+                    "rollout to {color}: {when:?}"
+                );
+                for env in ["dev", "qa", "prod"] {
+                    let now = configmaps
+                        .get_opt(&format!("{env}-cm"))
+                        .await
+                        .expect("read");
+                    let has = now
+                        .and_then(|c| c.data)
+                        .is_some_and(|d| d["color"] == color);
+                    if has && !when.iter().any(|(e, ..)| e == env) {
+                        when.push((env.to_string(), started.elapsed(), poll));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            when
+        }
+    };
+    let order =
+        |when: &[(String, Duration, u32)]| when.iter().map(|(e, ..)| e.clone()).collect::<Vec<_>>();
+    let created = watch("blue").await;
+    assert_eq!(order(&created), ["dev", "qa", "prod"], "{created:?}");
+    sets.patch(
+        "envs",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(set("green")),
+    )
+    .await
+    .expect("patched");
+    let changed = watch("green").await;
+    assert_eq!(order(&changed), ["dev", "qa", "prod"], "{changed:?}");
+    assert!(
+        changed[0].1 < changed[1].1 && changed[1].1 < changed[2].1,
+        "{changed:?}"
+    );
+    eprintln!("rollout of a change: {changed:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = sets
+            .get("envs")
+            .await
+            .expect("set")
+            .status
+            .unwrap_or_default();
+        let states: Vec<String> = status.rollout.iter().map(|s| s.state.clone()).collect();
+        if states == ["Done", "Done", "Done"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the steps end Done: {states:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.stop().await.expect("the agent stops");
+}
