@@ -7,6 +7,7 @@ mod support;
 
 mod appsets;
 mod bootstrap;
+mod ci_recipe;
 mod clusters;
 mod gitea;
 mod image;
