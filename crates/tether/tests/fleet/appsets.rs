@@ -319,3 +319,97 @@ async fn a_rolling_sync_changes_one_step_after_another() {
     }
     agent.stop().await.expect("the agent stops");
 }
+
+/// One cluster generator, three clusters' worth of Applications (two control planes: the
+/// test cluster and one of the test's own, named by two Secrets): each Application applies
+/// to the cluster its Secret describes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_generator_sends_an_application_to_each_cluster() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let plane = tokio::task::block_in_place(support::OwnControlPlane::up);
+    let second_kubeconfig = std::fs::read_to_string(plane.kubeconfig()).expect("kubeconfig");
+    let second = tether::cluster::Cluster::connect(
+        &tether::cluster::ClusterOptions::default().kubeconfig(plane.kubeconfig()),
+    )
+    .await
+    .expect("the second control plane")
+    .client();
+    let home = cluster().await.client();
+    install_crd(&home).await.expect("CRDs installed");
+    let ns = TestNamespace::create(&home, "three-clusters").await;
+    for far in ["far-a", "far-b"] {
+        let namespace: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": far}})).expect("ns");
+        Api::<Namespace>::all(second.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("created");
+    }
+    let home_kubeconfig = std::fs::read_to_string(support::kubeconfig()).expect("kubeconfig");
+    let secrets: Api<Secret> = Api::namespaced(home.clone(), &ns.name);
+    for (name, kubeconfig, target, env) in [
+        ("home", &home_kubeconfig, ns.name.as_str(), "prod"),
+        ("second-a", &second_kubeconfig, "far-a", "prod"),
+        ("second-b", &second_kubeconfig, "far-b", "prod"),
+        ("lab", &second_kubeconfig, "far-a", "dev"),
+    ] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"tether.dev/secret-type": "cluster", "env": env, "target": target}},
+            "stringData": {"kubeconfig": kubeconfig}
+        }))
+        .expect("a Secret");
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("created");
+    }
+    let dir = tempfile::tempdir().expect("temp");
+    let root = dir.path().join("served");
+    let repo = GitRepo::init(&root, "deploy");
+    repo.write("app/cm.yaml", &configmap("everywhere"));
+    repo.commit("one app");
+    let daemon = GitDaemon::start(&root);
+    let agent = start_agent(&home, options_for(&ns, dir.path()));
+    let set: ApplicationSet = serde_json::from_value(json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "ApplicationSet", "metadata": {"name": "fleet"},
+        "spec": {
+            "generators": [{"clusters": {"selector": {"matchLabels": {"env": "prod"}}}}],
+            "template": {
+                "metadata": {"name": "web-{{name}}"},
+                "spec": {"source": {"repoURL": daemon.url("deploy"), "path": "app"},
+                         "destination": {"cluster": "{{name}}", "namespace": "{{metadata.labels.target}}"},
+                         "syncPolicy": {"interval": "1h"}}
+            }
+        }
+    }))
+    .expect("a set");
+    Api::<ApplicationSet>::namespaced(home.clone(), &ns.name)
+        .create(&PostParams::default(), &set)
+        .await
+        .expect("created");
+    let apps: Api<Application> = Api::namespaced(home.clone(), &ns.name);
+    generated(
+        &apps,
+        "fleet",
+        &["web-home", "web-second-a", "web-second-b"],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (client, namespace) in [
+        (&home, ns.name.as_str()),
+        (&second, "far-a"),
+        (&second, "far-b"),
+    ] {
+        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        while configmaps
+            .get_opt("everywhere")
+            .await
+            .expect("read")
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "applied in {namespace}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    agent.stop().await.expect("the agent stops");
+}
