@@ -227,7 +227,13 @@ async fn a_rolling_sync_changes_one_step_after_another() {
     );
     repo.commit("one app, many environments");
     let daemon = GitDaemon::start(&root);
-    let agent = start_agent(&client, options_for(&ns, dir.path()));
+    let (port, listen) = support::agent::free_listen();
+    let options = tether::agent::AgentOptions {
+        listen,
+        api_token: Some(b"api-t0ken".to_vec()),
+        ..options_for(&ns, dir.path())
+    };
+    let agent = start_agent(&client, options);
     let sets: Api<ApplicationSet> = Api::namespaced(client.clone(), &ns.name);
     let set = |color: &str| {
         json!({
@@ -317,6 +323,39 @@ async fn a_rolling_sync_changes_one_step_after_another() {
         assert!(Instant::now() < deadline, "the steps end Done: {states:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The JSON API and the web UI list the set with its Applications and its steps.
+    let get = |path: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            reqwest::blocking::Client::new()
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .bearer_auth("api-t0ken")
+                .send()
+                .expect("request")
+                .text()
+                .expect("a body")
+        })
+    };
+    let api: serde_json::Value =
+        serde_json::from_str(&get("/api/v1/applicationsets").await.expect("join")).expect("JSON");
+    let listed = &api["applicationSets"][0];
+    assert_eq!(listed["name"], "envs", "{api}");
+    assert_eq!(
+        listed["applications"],
+        json!(["shop-dev", "shop-prod", "shop-qa"]),
+        "{api}"
+    );
+    assert_eq!(
+        listed["rollout"][2]["applications"],
+        json!(["shop-prod"]),
+        "{api}"
+    );
+    let page = get("/ui/sets").await.expect("join");
+    assert!(
+        page.contains("/ui/apps/") && page.contains("shop-qa") && page.contains("step 3"),
+        "{page}"
+    );
+    let filtered = get("/ui/?set=envs").await.expect("join");
+    assert!(filtered.contains("the Applications of set"), "{filtered}");
     agent.stop().await.expect("the agent stops");
 }
 

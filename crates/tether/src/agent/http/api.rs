@@ -36,6 +36,7 @@ pub struct ApiState {
 pub fn routes(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/applications", get(list))
+        .route("/api/v1/applicationsets", get(list_sets))
         .route("/api/v1/applications/{namespace}/{name}", get(show))
         .route("/api/v1/applications/{namespace}/{name}/sync", post(sync))
         .with_state(state)
@@ -82,6 +83,37 @@ fn summary(app: &Application) -> Value {
         "ready": ready,
         "syncWindow": status.sync_window,
     })
+}
+
+/// The ApplicationSets of the agent's namespaces: whether each generated, its Applications
+/// and its rollout.
+async fn list_sets(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
+    if let Err(reply) = authorized(&state, &headers) {
+        return reply;
+    }
+    let api: kube::Api<crate::application::ApplicationSet> = match &state.options.namespace {
+        Some(ns) => kube::Api::namespaced(state.client.clone(), ns),
+        None => kube::Api::all(state.client.clone()),
+    };
+    let sets = match api.list(&Default::default()).await {
+        Ok(sets) => sets.items,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, crate::cluster::describe(&e)),
+    };
+    let sets: Vec<Value> = sets
+        .iter()
+        .map(|set| {
+            let status = set.status.clone().unwrap_or_default();
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+            json!({
+                "namespace": set.namespace(),
+                "name": set.name_any(),
+                "ready": ready.map(|c| json!({"status": c.status, "reason": c.reason, "message": c.message})),
+                "applications": status.applications,
+                "rollout": status.rollout,
+            })
+        })
+        .collect();
+    (StatusCode::OK, Json(json!({"applicationSets": sets})))
 }
 
 async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Reply {

@@ -16,6 +16,8 @@ use super::session::Session;
 use super::{UiState, view};
 use crate::agent::Application;
 
+const SET_LABEL: &str = "tether.dev/application-set";
+
 /// Rows per page.
 const PAGE: usize = 50;
 
@@ -29,6 +31,9 @@ pub struct Filter {
     sync: String,
     #[serde(default)]
     health: String,
+    /// The Applications of one ApplicationSet.
+    #[serde(default)]
+    set: String,
     #[serde(default)]
     page: usize,
 }
@@ -47,6 +52,7 @@ impl Filter {
             && (self.namespace.is_empty() || app.namespace().as_deref() == Some(&self.namespace))
             && (self.sync.is_empty() || sync_of(app) == self.sync)
             && (self.health.is_empty() || health_of(app) == self.health)
+            && (self.set.is_empty() || app.labels().get(SET_LABEL) == Some(&self.set))
     }
 
     fn link(&self, page: usize) -> String {
@@ -55,6 +61,7 @@ impl Filter {
             ("namespace", self.namespace.as_str()),
             ("sync", self.sync.as_str()),
             ("health", self.health.as_str()),
+            ("set", self.set.as_str()),
         ];
         let mut query: Vec<String> = pairs
             .iter()
@@ -92,6 +99,9 @@ pub fn row(app: &Application) -> Markup {
                 a href={"/ui/apps/" (namespace) "/" (name)} { (name) }
                 @if app.spec.suspend { " " (badge("Suspended")) }
                 @if status.sync_window.as_ref().is_some_and(|w| !w.open) { " " (badge("Window closed")) }
+                @if let Some(set) = app.labels().get(SET_LABEL) {
+                    div.set { "set " a href={"/ui/?set=" (set) "&namespace=" (namespace)} { (set) } }
+                }
             }
             td { (namespace) }
             td { (badge(sync_of(app))) }
@@ -153,7 +163,9 @@ pub async fn page(
     let page = filter.page.min(pages - 1);
     let body = html! {
         (counts(&apps))
+        p.sets { a href="/ui/sets" { "ApplicationSets →" } @if !filter.set.is_empty() { " · the Applications of set " strong { (filter.set) } } }
         form.filters method="get" action="/ui/" {
+            input type="hidden" name="set" value=(filter.set);
             input type="search" name="q" placeholder="Filter by name" value=(filter.q);
             select name="namespace" {
                 option value="" { "All namespaces" }

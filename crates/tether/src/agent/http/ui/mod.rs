@@ -23,6 +23,7 @@ mod events;
 mod layout;
 mod list;
 mod session;
+mod sets;
 mod view;
 
 use std::collections::HashMap;
@@ -109,6 +110,7 @@ pub fn routes(state: UiState) -> Router {
     let protected = Router::new()
         .route("/ui/", get(list::page))
         .route("/ui/events", get(events::stream))
+        .route("/ui/sets", get(sets::page))
         .route("/ui/apps/{namespace}/{name}", get(app::page))
         .route("/ui/apps/{namespace}/{name}/tree", get(app::tree_fragment))
         .route("/ui/apps/{namespace}/{name}/object", get(app::object))
