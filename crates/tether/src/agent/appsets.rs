@@ -48,8 +48,15 @@ pub(super) async fn run(
         ),
         None => (Api::all(client.clone()), Api::all(client)),
     };
+    // A push a webhook announces generates every set again.
+    let listings = context.pipeline.listings.clone();
+    let pushes = futures::stream::unfold(listings, |listings| async move {
+        listings.pushed().await;
+        Some(((), listings))
+    });
     Controller::new(sets, watcher::Config::default())
         .owns(apps, watcher::Config::default().labels(SET_LABEL))
+        .reconcile_all_on(pushes)
         .graceful_shutdown_on(stop)
         .run(
             reconcile,

@@ -243,6 +243,8 @@ fn not_replayed(
 
 /// Triggers every Application that follows the pushed repository and branch.
 fn trigger(state: &ServerState, push: &Push) -> (StatusCode, String) {
+    // ApplicationSets generate again (a pull request's head may have moved).
+    state.listings.announce_push();
     let mut triggered = 0;
     for app in state.applications.state() {
         if follows(&app, push) {

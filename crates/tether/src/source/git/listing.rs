@@ -33,6 +33,9 @@ type ListingKey = (String, Option<String>);
 #[derive(Default)]
 pub struct Listings {
     state: Mutex<ListingState>,
+    /// Woken by each push a webhook announces (ApplicationSets generate again: a pull
+    /// request's head, a folder, a file may have changed).
+    pushed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -55,6 +58,16 @@ impl std::fmt::Debug for Listings {
 impl Listings {
     /// The remote at `url` changed (a webhook said so): no ref listing taken before now may
     /// be reused for it, however recent.
+    /// A webhook announced a push: whoever waits in [`Listings::pushed`] goes on.
+    pub fn announce_push(&self) {
+        self.pushed.notify_waiters();
+    }
+
+    /// Until the next push a webhook announces.
+    pub async fn pushed(&self) {
+        self.pushed.notified().await;
+    }
+
     pub fn forget(&self, url: &str) {
         let Some(url) = display_url(url) else {
             return;
