@@ -82,8 +82,9 @@ impl Host {
                 "{}/repos/{}/issues/{}/comments?per_page=100",
                 self.api, self.repository, self.number
             ),
+            // Oldest first, as the others list them (GitLab's default is newest first).
             Provider::Gitlab => format!(
-                "{}/projects/{}/merge_requests/{}/notes?per_page=100",
+                "{}/projects/{}/merge_requests/{}/notes?per_page=100&sort=asc",
                 self.api,
                 self.repository.replace('/', "%2F"),
                 self.number
@@ -91,11 +92,15 @@ impl Host {
         }
     }
 
-    /// Lists the pull request's comments.
-    pub fn list(&self) -> Request {
+    /// Lists page `page` (from 1) of the pull request's comments (Gitea lists all at once).
+    pub fn list(&self, page: u32) -> Request {
+        let url = match self.provider {
+            Provider::Gitea => self.comments(),
+            _ => format!("{}&page={page}", self.comments()),
+        };
         Request {
             method: "GET",
-            url: self.comments(),
+            url,
             body: None,
         }
     }
@@ -176,16 +181,39 @@ pub fn body(markdown: &str, marker: &str) -> String {
         cut -= 1;
     }
     let head = &markdown[..markdown[..cut].rfind('\n').unwrap_or(cut)];
-    let fences = head
-        .lines()
-        .filter(|l| l.trim_start().starts_with("```"))
-        .count();
-    let close = if fences % 2 == 1 { "\n```" } else { "" };
+    let close = unclosed(head);
     format!(
         "{marker}\n{head}{close}\n\n**The plan is cut here ({} of {} characters).** The whole plan is in the CI log (`tether plan -o markdown`).\n",
         head.len(),
         markdown.len()
     )
+}
+
+/// What closes what `head` left open: its code fence (as long as the one that opened it),
+/// then its `<details>` blocks.
+fn unclosed(head: &str) -> String {
+    let mut fence: Option<usize> = None;
+    let (mut opened, mut closed) = (0, 0);
+    for line in head.lines() {
+        let run = line.chars().take_while(|c| *c == '`').count();
+        match fence {
+            Some(open) if run >= open && line[run..].trim().is_empty() => fence = None,
+            Some(_) => {}
+            None if run >= 3 => fence = Some(run),
+            None if line.starts_with("<details>") => opened += 1,
+            None if line.starts_with("</details>") => closed += 1,
+            None => {}
+        }
+    }
+    let mut close = String::new();
+    if let Some(run) = fence {
+        close.push('\n');
+        close.push_str(&"`".repeat(run));
+    }
+    for _ in closed..opened {
+        close.push_str("\n</details>");
+    }
+    close
 }
 
 /// The id of the comment that carries `marker`, among those a list returned.
@@ -208,12 +236,23 @@ pub async fn post(
     crate::source::git::install_crypto_provider();
     // No redirects: the token must not follow one to another host.
     let client = reqwest::Client::builder()
+        // GitHub refuses a request without one.
+        .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
         .timeout(std::time::Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| e.to_string())?;
-    let listed = send(&client, host, token, &host.list()).await?;
-    let (request, replaced) = match find(&listed, marker) {
+    // Page by page until the marker is found or a page is not full (at most 20 pages).
+    let mut found = None;
+    for page in 1..=20 {
+        let listed = send(&client, host, token, &host.list(page)).await?;
+        found = find(&listed, marker);
+        let full = listed.as_array().is_some_and(|l| l.len() >= 100);
+        if found.is_some() || !full || host.provider == Provider::Gitea {
+            break;
+        }
+    }
+    let (request, replaced) = match found {
         Some(id) => (host.update(id, body), true),
         None => (host.create(body), false),
     };
@@ -267,8 +306,8 @@ mod tests {
     fn each_host_gets_its_own_request_shapes() {
         let github = Host::new(Provider::Github, None, "team/deploy", 7).expect("github");
         assert_eq!(
-            github.list().url,
-            "https://api.github.com/repos/team/deploy/issues/7/comments?per_page=100"
+            github.list(1).url,
+            "https://api.github.com/repos/team/deploy/issues/7/comments?per_page=100&page=1"
         );
         assert_eq!(
             github.create("x").url,
@@ -300,8 +339,8 @@ mod tests {
         )
         .expect("gitlab");
         assert_eq!(
-            gitlab.list().url,
-            "https://gitlab.example/api/v4/projects/group%2Fsub%2Fdeploy/merge_requests/3/notes?per_page=100"
+            gitlab.list(2).url,
+            "https://gitlab.example/api/v4/projects/group%2Fsub%2Fdeploy/merge_requests/3/notes?per_page=100&sort=asc&page=2"
         );
         let update = gitlab.update(9, "z");
         assert_eq!(
@@ -344,11 +383,16 @@ mod tests {
         assert_eq!(find(&listed, &super::marker("db", "shop")), None);
         let short = body("## Plan\n", &marker);
         assert!(short.starts_with(&marker) && short.ends_with("## Plan\n"));
-        let long = format!("## Plan\n```diff\n{}", "+ line\n".repeat(20_000));
+        // A four-backtick fence inside a <details>: both are closed where the plan is cut.
+        let long = format!(
+            "## Plan\n<details>\n````diff\n```inner\n{}",
+            "+ line\n".repeat(20_000)
+        );
         let cut = body(&long, &marker);
         assert!(cut.len() <= LIMIT, "{}", cut.len());
         assert!(
-            cut.contains("The plan is cut here") && cut.contains("\n```\n\n**The plan"),
+            cut.contains("The plan is cut here")
+                && cut.contains("\n````\n</details>\n\n**The plan"),
             "{}",
             &cut[cut.len() - 300..]
         );

@@ -189,6 +189,9 @@ fn agent_rules() -> Value {
          "verbs": ["get", "list", "watch", "patch", "create", "delete"]},
         {"apiGroups": ["tether.dev"], "resources": ["applications/status", "applicationsets/status"],
          "verbs": ["get", "patch", "update"]},
+        // Applications a set owns block its deletion (blockOwnerDeletion), which clusters
+        // enforcing owner references check against this.
+        {"apiGroups": ["tether.dev"], "resources": ["applicationsets/finalizers"], "verbs": ["update"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["impersonate"]},
         {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch"]},

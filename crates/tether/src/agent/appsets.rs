@@ -170,14 +170,20 @@ async fn sync_set(ctx: &Context, set: &ApplicationSet) -> Result<Synced, String>
             )
         })?
         .items;
-    let rollout = rollout_of(set, &wanted, &existing)?;
+    let rollout = rollout_of(set, &wanted, &existing, may_update)?;
     for app in wanted
         .iter()
         .filter(|a| rollout.write.contains(&name_of(a)))
     {
         let name = name_of(app);
-        if existing.iter().any(|e| e.name_any() == name) && !may_update {
+        let ours = existing.iter().any(|e| e.name_any() == name);
+        if ours && !may_update {
             continue;
+        }
+        if !ours && apps.get_opt(&name).await.ok().flatten().is_some() {
+            return Err(format!(
+                "Application {name} exists and was not made by this set (another set's, or made by hand): rename it in template.metadata.name, or delete the other one"
+            ));
         }
         apps.patch(
             &name,
@@ -259,6 +265,7 @@ fn rollout_of(
     set: &ApplicationSet,
     wanted: &[Value],
     existing: &[Application],
+    may_update: bool,
 ) -> Result<crate::appset::rollout::Rollout, String> {
     use crate::appset::rollout::{Member, Rollout, plan};
     let members: Vec<Member> = wanted
@@ -267,10 +274,12 @@ fn rollout_of(
             let name = name_of(app);
             let live = existing.iter().find(|e| e.name_any() == name);
             let hash = app["metadata"]["annotations"][HASH_ANNOTATION].as_str();
+            // An Application the set may not update counts as current once it exists.
+            let held = |l: &Application| {
+                !may_update || l.annotations().get(HASH_ANNOTATION).map(String::as_str) == hash
+            };
             Member {
-                current: live.is_some_and(|l| {
-                    l.annotations().get(HASH_ANNOTATION).map(String::as_str) == hash
-                }),
+                current: live.is_some_and(held),
                 settled: live.is_some_and(settled),
                 labels: serde_json::from_value(app["metadata"]["labels"].clone())
                     .unwrap_or_default(),

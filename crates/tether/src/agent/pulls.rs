@@ -23,34 +23,62 @@ pub(super) async fn list(
     crate::source::git::install_crypto_provider();
     // No redirects: the token must not follow one to another host.
     let client = reqwest::Client::builder()
+        // GitHub refuses a request without one.
+        .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
         .timeout(std::time::Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| e.to_string())?;
     let namespace = set.namespace().unwrap_or_default();
     for query in queries {
-        let mut request = client.get(&query.url).header("Accept", "application/json");
-        if let Some(token_ref) = &query.token {
-            let token = token(ctx, &namespace, token_ref).await?;
+        let sets = all_pages(&client, ctx, &namespace, &query).await?;
+        found.insert(query, sets);
+    }
+    Ok(found)
+}
+
+/// Every open pull request of `query`, page by page (at most 20 pages: more is an error, lest
+/// the previews of those left out be deleted).
+async fn all_pages(
+    client: &reqwest::Client,
+    ctx: &Context,
+    namespace: &str,
+    query: &Query,
+) -> Result<Vec<Params>, String> {
+    let token = match &query.token {
+        Some(token_ref) => Some(token(ctx, namespace, token_ref).await?),
+        None => None,
+    };
+    let mut sets = Vec::new();
+    for page in 1..=20 {
+        let url = format!("{}&page={page}", query.url);
+        let mut request = client.get(&url).header("Accept", "application/json");
+        if let Some(token) = &token {
             let (header, prefix) = query.auth;
             request = request.header(header, format!("{prefix}{token}"));
         }
         let response = request
             .send()
             .await
-            .map_err(|e| format!("cannot list the pull requests ({}): {e}", query.url))?;
+            .map_err(|e| format!("cannot list the pull requests ({url}): {e}"))?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         if !status.is_success() {
             let said: String = text.chars().take(200).collect();
-            return Err(format!("{} answered {status}: {said}", query.url));
+            return Err(format!("{url} answered {status}: {said}"));
         }
-        let answer =
-            serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", query.url))?;
-        let sets = read_pull_requests(&query, &answer)?;
-        found.insert(query, sets);
+        let answer: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{url}: not JSON: {e}"))?;
+        let listed = answer.as_array().map_or(0, Vec::len);
+        sets.extend(read_pull_requests(query, &answer)?);
+        if listed < query.page_size() {
+            return Ok(sets);
+        }
     }
-    Ok(found)
+    Err(format!(
+        "{}: more than 20 pages of open pull requests; narrow the generator (labels) or raise the limit",
+        query.url
+    ))
 }
 
 /// The token under `token_ref` of a Secret in `namespace`.

@@ -67,6 +67,17 @@ pub struct Query {
     labels: Vec<String>,
 }
 
+impl Query {
+    /// How many pull requests a full page holds.
+    pub fn page_size(&self) -> usize {
+        if self.url.contains("limit=50") {
+            50
+        } else {
+            100
+        }
+    }
+}
+
 impl PullRequestGenerator {
     /// The listing this generator needs; an error says what is missing.
     pub(super) fn query(&self, at: &str) -> Result<Query, String> {

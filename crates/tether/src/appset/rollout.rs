@@ -48,7 +48,7 @@ fn matches(step: &RolloutStep, labels: &BTreeMap<String, String>) -> Result<bool
     Ok(true)
 }
 
-/// How many of `total` may change at once.
+/// How many of `total` may change at once (0: none, a gate opened by changing the set).
 fn budget(step: Option<&RolloutStep>, total: usize) -> Result<usize, String> {
     let Some(max) = step.and_then(|s| s.max_update.as_ref()) else {
         return Ok(total);
@@ -61,13 +61,16 @@ fn budget(step: Option<&RolloutStep>, total: usize) -> Result<usize, String> {
         serde_json::Value::String(s) => match s.strip_suffix('%') {
             Some(p) => {
                 let p: usize = p.trim().parse().map_err(|_| bad())?;
-                (total * p / 100).max(1)
+                match p {
+                    0 => 0,
+                    p => (total * p / 100).max(1),
+                }
             }
             None => s.trim().parse().map_err(|_| bad())?,
         },
         _ => return Err(bad()),
     };
-    Ok(n.max(1))
+    Ok(n)
 }
 
 /// The rollout of `members` through `steps`.
@@ -188,5 +191,14 @@ mod tests {
         assert_eq!(budget(Some(&step("x", Some(json!("50%")))), 5), Ok(2));
         assert_eq!(budget(Some(&step("x", Some(json!("10%")))), 3), Ok(1));
         assert!(budget(Some(&step("x", Some(json!("half")))), 3).is_err());
+        // maxUpdate 0: a gate; the step waits, and so do those after it.
+        let gated = [step("dev", Some(json!(0))), step("prod", None)];
+        let members = [
+            member("dev-a", "dev", false, true),
+            member("prod-a", "prod", false, true),
+        ];
+        let rollout = plan(&gated, &members).expect("plan");
+        assert!(rollout.write.is_empty());
+        assert_eq!(rollout.steps[1].state, "Waiting");
     }
 }

@@ -36,13 +36,8 @@ async fn the_recipe_plans_on_the_pull_request_and_applies_on_merge() {
     );
     repo.commit("web");
     repo.git(&["push", "-q", &gitea.push_url("deploy"), "HEAD:web"]);
-    let (code, pull) = gitea.api(
-        Method::POST,
-        &format!("/repos/{USER}/deploy/pulls"),
-        Some(json!({"head": "web", "base": "main", "title": "web"})),
-    );
-    assert_eq!(code, 201, "{pull}");
-    let number = pull["number"].as_u64().expect("number").to_string();
+    let number =
+        tokio::task::block_in_place(|| gitea.open_pull("deploy", "web", "main")).to_string();
     let token = dir.path().join("token");
     std::fs::write(&token, &gitea.token).expect("write");
     let script =

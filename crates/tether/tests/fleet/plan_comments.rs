@@ -45,13 +45,7 @@ async fn the_plan_is_posted_to_the_pull_request_and_updated_in_place() {
     repo.write("app/secret.yaml", "apiVersion: v1\nkind: Secret\nmetadata:\n  name: shop-db\nstringData:\n  password: s3cr3t-value\n");
     repo.commit("the shop");
     repo.git(&["push", "-q", &gitea.push_url("deploy"), "HEAD:shop"]);
-    let (code, pull) = gitea.api(
-        Method::POST,
-        &format!("/repos/{USER}/deploy/pulls"),
-        Some(json!({"head": "shop", "base": "main", "title": "the shop"})),
-    );
-    assert_eq!(code, 201, "{pull}");
-    let number = pull["number"].as_u64().expect("a number");
+    let number = tokio::task::block_in_place(|| gitea.open_pull("deploy", "shop", "main"));
     let token = dir.path().join("token");
     std::fs::write(&token, &gitea.token).expect("write");
     let app = unique_name("shop");

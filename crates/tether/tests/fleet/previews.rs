@@ -75,13 +75,7 @@ async fn each_open_pull_request_gets_a_preview_that_follows_it_and_goes_when_it_
     repo.write("app/cm.yaml", &configmap("green"));
     repo.commit("green");
     repo.git(&["push", "-q", &gitea.push_url("deploy"), "feature"]);
-    let (code, pull) = gitea.api(
-        Method::POST,
-        &format!("/repos/{USER}/deploy/pulls"),
-        Some(json!({"head": "feature", "base": "main", "title": "Green"})),
-    );
-    assert_eq!(code, 201, "{pull}");
-    let number = pull["number"].as_u64().expect("number");
+    let number = tokio::task::block_in_place(|| gitea.open_pull("deploy", "feature", "main"));
 
     let token: Secret = serde_json::from_value(
         json!({"metadata": {"name": "gitea"}, "stringData": {"token": gitea.token}}),

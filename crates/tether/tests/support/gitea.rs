@@ -176,6 +176,28 @@ impl Gitea {
         )
     }
 
+    /// Opens a pull request of `repo` from `head` into `base`; its number. Gitea takes a
+    /// pushed branch in the background, so a 404 or 422 (branch not there yet) is asked
+    /// again for up to 30 s. Blocking: call it in `block_in_place`.
+    pub fn open_pull(&self, repo: &str, head: &str, base: &str) -> u64 {
+        let started = Instant::now();
+        loop {
+            let (code, pull) = self.api_blocking(
+                reqwest::Method::POST,
+                &format!("/repos/{USER}/{repo}/pulls"),
+                Some(json!({"head": head, "base": base, "title": head})),
+            );
+            if code == 201 {
+                return pull["number"].as_u64().expect("a number");
+            }
+            assert!(
+                (code == 404 || code == 422) && started.elapsed() < Duration::from_secs(30),
+                "opening a pull request: {code} {pull}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// The clone URL of `repo` of the admin user, with the password (for `git push`).
     pub fn push_url(&self, repo: &str) -> String {
         self.url

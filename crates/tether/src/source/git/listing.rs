@@ -56,11 +56,10 @@ impl std::fmt::Debug for Listings {
 }
 
 impl Listings {
-    /// The remote at `url` changed (a webhook said so): no ref listing taken before now may
-    /// be reused for it, however recent.
     /// A webhook announced a push: whoever waits in [`Listings::pushed`] goes on.
     pub fn announce_push(&self) {
-        self.pushed.notify_waiters();
+        // One waiter (the sets' controller); a push while it is busy is kept for it.
+        self.pushed.notify_one();
     }
 
     /// Until the next push a webhook announces.
@@ -68,6 +67,8 @@ impl Listings {
         self.pushed.notified().await;
     }
 
+    /// The remote at `url` changed (a webhook said so): no ref listing taken before now may
+    /// be reused for it, however recent.
     pub fn forget(&self, url: &str) {
         let Some(url) = display_url(url) else {
             return;
