@@ -15,7 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -54,8 +54,15 @@ pub(super) async fn run(
         listings.pushed().await;
         Some(((), listings))
     });
+    // An owned Application wakes its set only when what a rollout reads of it changes (its
+    // spec's generation, or the generation, sync state, health and Ready its status
+    // report), not at each status write.
+    let owned = watcher(apps, watcher::Config::default().labels(SET_LABEL))
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(rollout_view, Default::default());
     Controller::new(sets, watcher::Config::default())
-        .owns(apps, watcher::Config::default().labels(SET_LABEL))
+        .owns_stream(owned)
         .reconcile_all_on(pushes)
         .graceful_shutdown_on(stop)
         .run(
@@ -68,6 +75,16 @@ pub(super) async fn run(
         )
         .for_each(|_| async {})
         .await;
+}
+
+/// What a rollout reads of an Application, as one number.
+fn rollout_view(app: &Application) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    app.metadata.generation.hash(&mut hasher);
+    app.annotations().get(HASH_ANNOTATION).hash(&mut hasher);
+    settled(app).hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 #[derive(Debug, thiserror::Error)]
