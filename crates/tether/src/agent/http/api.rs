@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -116,18 +116,74 @@ async fn list_sets(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
     (StatusCode::OK, Json(json!({"applicationSets": sets})))
 }
 
-async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Reply {
+/// Which Applications a list asks for: filters (`namespace`, `q` in the name, `sync`,
+/// `health`, `set`) and a page (`limit`, and `continue` from the previous page's answer).
+/// Without `limit`, every Application that matches.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ListQuery {
+    namespace: Option<String>,
+    q: Option<String>,
+    sync: Option<String>,
+    health: Option<String>,
+    set: Option<String>,
+    limit: Option<usize>,
+    #[serde(rename = "continue")]
+    from: Option<usize>,
+}
+
+async fn list(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Reply {
     if let Err(reply) = authorized(&state, &headers) {
         return reply;
     }
-    let mut apps: Vec<Value> = state
-        .applications
-        .state()
+    (
+        StatusCode::OK,
+        Json(page_of(&state.applications.state(), &query)),
+    )
+}
+
+/// One page of the Applications `query` matches, sorted by namespace and name: only the
+/// page's Applications are summarized (the list of 10,000 is filtered and sorted by
+/// reference). `continue` in the answer asks for the next page; `total` counts them all.
+pub fn page_of(apps: &[Arc<Application>], query: &ListQuery) -> Value {
+    let wanted = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+    let mut matched: Vec<(String, String, &Arc<Application>)> = apps
         .iter()
-        .map(|a| summary(a))
+        .filter(|a| wanted(&query.namespace, &a.namespace().unwrap_or_default()))
+        .filter(|a| query.q.as_deref().is_none_or(|q| a.name_any().contains(q)))
+        .filter(|a| {
+            let sync = crate::application::sync_state(
+                a.status.as_ref(),
+                crate::application::Objects::NotPlanned,
+            );
+            wanted(&query.sync, sync)
+        })
+        .filter(|a| {
+            wanted(
+                &query.health,
+                crate::application::health_state(a.status.as_ref()),
+            )
+        })
+        .filter(|a| {
+            let set = a.labels().get("tether.dev/application-set").cloned();
+            query.set.is_none() || query.set == set
+        })
+        .map(|a| (a.namespace().unwrap_or_default(), a.name_any(), a))
         .collect();
-    apps.sort_by_key(|a| (a["namespace"].to_string(), a["name"].to_string()));
-    (StatusCode::OK, Json(json!({"applications": apps})))
+    matched.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
+    let from = query.from.unwrap_or(0).min(matched.len());
+    let to = query
+        .limit
+        .map_or(matched.len(), |l| (from + l).min(matched.len()));
+    let page: Vec<Value> = matched[from..to]
+        .iter()
+        .map(|(_, _, a)| summary(a))
+        .collect();
+    let next = (to < matched.len()).then_some(to);
+    json!({"applications": page, "total": matched.len(), "continue": next})
 }
 
 /// The Application a request names, once the request is authorized.
@@ -247,4 +303,97 @@ async fn sync(
         StatusCode::ACCEPTED,
         Json(json!({"sync": "requested", "application": format!("{namespace}/{name}")})),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(namespace: &str, name: &str, health: &str) -> Arc<Application> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "tether.dev/v1alpha1", "kind": "Application",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"source": {"repoURL": "https://example.com/r.git"}, "destination": {"namespace": namespace}},
+                "status": {"health": health}
+            }))
+            .expect("an Application"),
+        )
+    }
+
+    fn names(page: &Value) -> Vec<String> {
+        page["applications"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}/{}",
+                    a["namespace"].as_str().unwrap_or(""),
+                    a["name"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lists_are_filtered_sorted_and_paged_on_the_server() {
+        let apps = [
+            app("b", "web", "Healthy"),
+            app("a", "web", "Degraded"),
+            app("a", "db", "Healthy"),
+            app("a", "cache", "Healthy"),
+        ];
+        let all = page_of(&apps, &ListQuery::default());
+        assert_eq!(names(&all), ["a/cache", "a/db", "a/web", "b/web"]);
+        assert_eq!(
+            (all["total"].as_u64(), all["continue"].is_null()),
+            (Some(4), true)
+        );
+        let first = page_of(
+            &apps,
+            &ListQuery {
+                limit: Some(2),
+                ..Default::default()
+            },
+        );
+        assert_eq!(names(&first), ["a/cache", "a/db"]);
+        assert_eq!(first["continue"], 2);
+        let second = page_of(
+            &apps,
+            &ListQuery {
+                limit: Some(2),
+                from: Some(2),
+                ..Default::default()
+            },
+        );
+        assert_eq!(names(&second), ["a/web", "b/web"]);
+        assert!(second["continue"].is_null());
+        let healthy_a = page_of(
+            &apps,
+            &ListQuery {
+                namespace: Some("a".into()),
+                health: Some("Healthy".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(names(&healthy_a), ["a/cache", "a/db"]);
+        let named = page_of(
+            &apps,
+            &ListQuery {
+                q: Some("we".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(named["total"], 2);
+        let beyond = page_of(
+            &apps,
+            &ListQuery {
+                limit: Some(2),
+                from: Some(9),
+                ..Default::default()
+            },
+        );
+        assert!(names(&beyond).is_empty());
+    }
 }
