@@ -58,11 +58,12 @@ pub(super) fn watch(
                 }
                 Ok(_) => continue,
                 Err(err) => {
-                    // No SyncWindow kind in this cluster (CRDs of an older tether): no windows.
-                    if no_kind(&err) && !listed.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            "the cluster has no SyncWindow kind (run tether install to add it): no namespace sync windows apply"
-                        );
+                    // No SyncWindow kind in this cluster (CRDs of an older tether), or no
+                    // right to read it: no namespace windows, said once; the Applications
+                    // are reconciled all the same.
+                    let why = unreadable(&err);
+                    if let Some(why) = why.filter(|_| !listed.swap(true, Ordering::Relaxed)) {
+                        tracing::warn!("{why}: no namespace sync windows apply");
                     }
                     tracing::debug!(%err, "the watch of SyncWindows is retried");
                     continue;
@@ -81,14 +82,21 @@ pub(super) fn watch(
     (Windows { store, ready }, AbortOnDrop::new(task))
 }
 
-/// The watch failed because the kind is not served.
-fn no_kind(err: &watcher::Error) -> bool {
-    matches!(
-        err,
-        watcher::Error::InitialListFailed(kube::Error::Api(status))
-            | watcher::Error::WatchFailed(kube::Error::Api(status))
-            if status.code == 404
-    )
+/// Why the SyncWindows cannot be read at all (the kind is not served, or the agent may not
+/// list it); `None` for a failure that may pass.
+fn unreadable(err: &watcher::Error) -> Option<&'static str> {
+    let (watcher::Error::InitialListFailed(kube::Error::Api(status))
+    | watcher::Error::WatchFailed(kube::Error::Api(status))) = err
+    else {
+        return None;
+    };
+    match status.code {
+        404 => Some("the cluster has no SyncWindow kind (run tether install to add it)"),
+        403 => Some(
+            "the agent may not list SyncWindows (give it get, list and watch on syncwindows.tether.dev)",
+        ),
+        _ => None,
+    }
 }
 
 /// Whether the SyncWindows are read (until then no reconcile may act, lest a freeze be
@@ -135,4 +143,24 @@ pub(super) fn status_of(gate: &Gate) -> Option<SyncWindowStatus> {
         next_sync: gate.next_open.map(|t| t.to_string()),
         manual_sync: !gate.open && gate.manual_sync,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(code: u16) -> watcher::Error {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "message": "m", "reason": "r", "code": code
+        }))
+        .expect("a Status");
+        watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn no_kind_or_no_right_means_no_windows_and_anything_else_is_retried() {
+        assert!(unreadable(&failed(404)).is_some_and(|w| w.contains("no SyncWindow kind")));
+        assert!(unreadable(&failed(403)).is_some_and(|w| w.contains("may not list")));
+        assert_eq!(unreadable(&failed(500)), None);
+    }
 }
