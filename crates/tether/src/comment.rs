@@ -233,15 +233,7 @@ pub async fn post(
     body: &str,
     marker: &str,
 ) -> Result<(u64, bool), String> {
-    crate::source::git::install_crypto_provider();
-    // No redirects: the token must not follow one to another host.
-    let client = reqwest::Client::builder()
-        // GitHub refuses a request without one.
-        .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
-        .timeout(std::time::Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let client = crate::source::git::host_api_client(std::time::Duration::from_secs(30))?;
     // Page by page until the marker is found or a page is not full (at most 20 pages).
     let mut found = None;
     for page in 1..=20 {

@@ -38,13 +38,8 @@ pub struct CommitStatuses {
 
 impl CommitStatuses {
     pub fn new(metrics: Arc<Metrics>) -> Result<Self, String> {
-        crate::source::git::install_crypto_provider();
-        // No redirects: the token header must not follow one to another host.
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("cannot build the commit statuses' HTTP client: {e}"))?;
+        let client = crate::source::git::host_api_client(Duration::from_secs(10))
+            .map_err(|e| format!("the commit statuses: {e}"))?;
         Ok(Self {
             client,
             metrics,

@@ -41,8 +41,37 @@ fn policy_of(app: &Application) -> DeletionPolicy {
         .resolved(app.spec.sync_policy.prune)
 }
 
-fn has_finalizer(app: &Application) -> bool {
+pub fn has_finalizer(app: &Application) -> bool {
     app.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// `app`'s finalizers but tether's.
+pub fn others(app: &Application) -> Vec<String> {
+    app.finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect()
+}
+
+/// Writes `app`'s finalizers, if it has not changed since it was read (a merge patch with
+/// its resourceVersion).
+pub async fn patch_finalizers(
+    client: &kube::Client,
+    app: &Application,
+    finalizers: Vec<String>,
+) -> Result<Application, kube::Error> {
+    let api: Api<Application> =
+        Api::namespaced(client.clone(), &app.namespace().unwrap_or_default());
+    let patch = json!({
+        "metadata": {"resourceVersion": app.resource_version(), "finalizers": finalizers}
+    });
+    api.patch(
+        &app.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
 }
 
 /// Gives `app` the finalizer when its deletion is to delete its objects, and takes it away
@@ -55,12 +84,7 @@ pub(super) async fn keep_finalizer(
     if wanted == has_finalizer(&app) {
         return Ok(app);
     }
-    let mut finalizers: Vec<String> = app
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
+    let mut finalizers = others(&app);
     if wanted {
         finalizers.push(FINALIZER.into());
     }
@@ -73,19 +97,7 @@ async fn set_finalizers(
     app: &Application,
     finalizers: Vec<String>,
 ) -> Result<Application, Error> {
-    let api: Api<Application> =
-        Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
-    let patch = json!({
-        "metadata": {"resourceVersion": app.resource_version(), "finalizers": finalizers}
-    });
-    match api
-        .patch(
-            &app.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
+    match patch_finalizers(&ctx.client, app, finalizers).await {
         Ok(written) => {
             if let Some(version) = written.resource_version() {
                 ctx.memory.with(&application_key(app), |remembered| {
@@ -127,13 +139,7 @@ pub(super) async fn finalize(ctx: &Context, app: &Application) -> Result<Action,
     match outcome {
         Ok(message) => {
             publish(ctx, app, EventType::Normal, "Deleted", message).await;
-            let rest = app
-                .finalizers()
-                .iter()
-                .filter(|f| *f != FINALIZER)
-                .cloned()
-                .collect();
-            set_finalizers(ctx, app, rest).await?;
+            set_finalizers(ctx, app, others(app)).await?;
             ctx.forget_set(app);
             Ok(Action::await_change())
         }

@@ -20,15 +20,7 @@ pub(super) async fn list(
     if queries.is_empty() {
         return Ok(found);
     }
-    crate::source::git::install_crypto_provider();
-    // No redirects: the token must not follow one to another host.
-    let client = reqwest::Client::builder()
-        // GitHub refuses a request without one.
-        .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
-        .timeout(std::time::Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let client = crate::source::git::host_api_client(std::time::Duration::from_secs(30))?;
     let namespace = set.namespace().unwrap_or_default();
     for query in queries {
         let sets = all_pages(&client, ctx, &namespace, &query).await?;

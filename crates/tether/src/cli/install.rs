@@ -281,7 +281,7 @@ fn print_documents(
 /// Takes tether's finalizer off every Application (none when the CRD is not installed);
 /// how many had it.
 async fn release_applications(client: &kube::Client) -> anyhow::Result<usize> {
-    use crate::agent::finalize::FINALIZER;
+    use crate::agent::finalize::{self, FINALIZER};
     use kube::ResourceExt;
     let apps: Api<crate::application::Application> = Api::all(client.clone());
     let listed = match apps.list(&Default::default()).await {
@@ -296,22 +296,8 @@ async fn release_applications(client: &kube::Client) -> anyhow::Result<usize> {
         Err(e) => return Err(e.into()),
     };
     let mut released = 0;
-    for app in listed
-        .items
-        .iter()
-        .filter(|a| a.finalizers().iter().any(|f| f == FINALIZER))
-    {
-        let rest: Vec<&String> = app
-            .finalizers()
-            .iter()
-            .filter(|f| *f != FINALIZER)
-            .collect();
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": app.resource_version(), "finalizers": rest}
-        });
-        let api: Api<crate::application::Application> =
-            Api::namespaced(client.clone(), &app.namespace().unwrap_or_default());
-        api.patch(&app.name_any(), &Default::default(), &kube::api::Patch::Merge(&patch))
+    for app in listed.items.iter().filter(|a| finalize::has_finalizer(a)) {
+        finalize::patch_finalizers(client, app, finalize::others(app))
             .await
             .map_err(|e| anyhow::anyhow!("cannot remove the finalizer {FINALIZER} from Application {}/{}: {e}; run `tether uninstall` again", app.namespace().unwrap_or_default(), app.name_any()))?;
         released += 1;

@@ -32,8 +32,8 @@ pub use commit_tree::CommitTree;
 pub use error::Error;
 pub use listing::Listings;
 use listing::{Listing, listed_ref};
-pub use remote::install_crypto_provider;
 use remote::{Session, Wanted};
+pub use remote::{host_api_client, install_crypto_provider};
 use url::normalize_url;
 
 use super::reference::RefSpec;

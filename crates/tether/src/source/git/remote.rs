@@ -31,6 +31,19 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// The client of a Git host's API (commit statuses, pull requests, plan comments): with a
+/// User-Agent (GitHub refuses a request without one) and no redirects (the token must not
+/// follow one to another host).
+pub fn host_api_client(timeout: std::time::Duration) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
 pub(super) fn config_overrides(source: &GitSource, ssh_stderr: &Path) -> Vec<String> {
     let mut overrides = vec![
         "gitoxide.credentials.terminalPrompt=false".to_string(),
