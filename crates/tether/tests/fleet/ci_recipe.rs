@@ -7,8 +7,6 @@ use crate::support;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use reqwest::Method;
-use serde_json::json;
-use support::git::GitRepo;
 use support::gitea::{Gitea, USER};
 use support::{TestNamespace, cluster, unique_name};
 
@@ -17,16 +15,7 @@ async fn the_recipe_plans_on_the_pull_request_and_applies_on_merge() {
     let client = cluster().await.client();
     let ns = TestNamespace::create(&client, "ci-recipe").await;
     let dir = tempfile::tempdir().expect("temp");
-    let gitea_dir = dir.path().join("gitea");
-    std::fs::create_dir_all(&gitea_dir).expect("mkdir");
-    let gitea = tokio::task::block_in_place(|| Gitea::start(&gitea_dir));
-    let (code, created) = gitea.api(
-        Method::POST,
-        "/user/repos",
-        Some(json!({"name": "deploy", "default_branch": "main"})),
-    );
-    assert_eq!(code, 201, "{created}");
-    let repo = GitRepo::init(&dir.path().join("work"), "deploy");
+    let (gitea, repo) = tokio::task::block_in_place(|| Gitea::with_repo(dir.path(), "deploy"));
     repo.write("README.md", "deploy\n");
     repo.commit("first");
     repo.git(&["push", "-q", &gitea.push_url("deploy"), "HEAD:main"]);

@@ -17,7 +17,6 @@ use kube::api::PostParams;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::agent::{applied, create_application, options_for, ready, start_agent, until};
-use support::git::GitRepo;
 use support::gitea::Gitea;
 use support::{TestNamespace, cluster};
 use tether::agent::{AgentOptions, Application, install_crd};
@@ -62,16 +61,7 @@ async fn a_push_to_gitea_is_synced_from_its_webhook_and_the_commit_shows_tethers
     install_crd(&client).await.expect("CRD installed");
     let ns = TestNamespace::create(&client, "gitea").await;
     let dir = tempfile::tempdir().expect("temp");
-    let gitea_dir = dir.path().join("gitea");
-    std::fs::create_dir_all(&gitea_dir).expect("mkdir");
-    let gitea = tokio::task::block_in_place(|| Gitea::start(&gitea_dir));
-    let (code, created) = gitea.api(
-        Method::POST,
-        "/user/repos",
-        Some(json!({"name": "deploy", "private": false, "default_branch": "main"})),
-    );
-    assert_eq!(code, 201, "{created}");
-    let repo = GitRepo::init(&dir.path().join("work"), "deploy");
+    let (gitea, repo) = tokio::task::block_in_place(|| Gitea::with_repo(dir.path(), "deploy"));
     repo.write("app/cm.yaml", &configmap("greeting", "blue"));
     let first = repo.commit("first");
     repo.git(&["push", "-q", &gitea.push_url("deploy"), "HEAD:main"]);

@@ -5,8 +5,7 @@
 use crate::support;
 
 use reqwest::Method;
-use serde_json::{Value, json};
-use support::git::GitRepo;
+use serde_json::Value;
 use support::gitea::{Gitea, USER};
 use support::{TestNamespace, cluster, tether, unique_name};
 
@@ -25,16 +24,7 @@ async fn the_plan_is_posted_to_the_pull_request_and_updated_in_place() {
     let client = cluster().await.client();
     let ns = TestNamespace::create(&client, "plan-comment").await;
     let dir = tempfile::tempdir().expect("temp");
-    let gitea_dir = dir.path().join("gitea");
-    std::fs::create_dir_all(&gitea_dir).expect("mkdir");
-    let gitea = tokio::task::block_in_place(|| Gitea::start(&gitea_dir));
-    let (code, created) = gitea.api(
-        Method::POST,
-        "/user/repos",
-        Some(json!({"name": "deploy", "default_branch": "main"})),
-    );
-    assert_eq!(code, 201, "{created}");
-    let repo = GitRepo::init(&dir.path().join("work"), "deploy");
+    let (gitea, repo) = tokio::task::block_in_place(|| Gitea::with_repo(dir.path(), "deploy"));
     repo.write("README.md", "deploy\n");
     repo.commit("first");
     repo.git(&["push", "-q", &gitea.push_url("deploy"), "HEAD:main"]);

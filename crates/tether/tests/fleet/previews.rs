@@ -14,7 +14,6 @@ use kube::api::PostParams;
 use reqwest::Method;
 use serde_json::json;
 use support::agent::{options_for, start_agent};
-use support::git::GitRepo;
 use support::gitea::{Gitea, USER};
 use support::{TestNamespace, cluster};
 use tether::agent::install_crd;
@@ -58,16 +57,7 @@ async fn each_open_pull_request_gets_a_preview_that_follows_it_and_goes_when_it_
     install_crd(&client).await.expect("CRDs installed");
     let ns = TestNamespace::create(&client, "previews").await;
     let dir = tempfile::tempdir().expect("temp");
-    let gitea_dir = dir.path().join("gitea");
-    std::fs::create_dir_all(&gitea_dir).expect("mkdir");
-    let gitea = tokio::task::block_in_place(|| Gitea::start(&gitea_dir));
-    let (code, created) = gitea.api(
-        Method::POST,
-        "/user/repos",
-        Some(json!({"name": "deploy", "default_branch": "main"})),
-    );
-    assert_eq!(code, 201, "{created}");
-    let repo = GitRepo::init(&dir.path().join("work"), "deploy");
+    let (gitea, repo) = tokio::task::block_in_place(|| Gitea::with_repo(dir.path(), "deploy"));
     repo.write("app/cm.yaml", &configmap("blue"));
     repo.commit("main");
     repo.git(&["push", "-q", &gitea.push_url("deploy"), "HEAD:main"]);

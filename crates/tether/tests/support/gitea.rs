@@ -176,6 +176,23 @@ impl Gitea {
         )
     }
 
+    /// Gitea in `dir/gitea`, with a public repository `repo` of the admin user (default
+    /// branch main, empty), and a working repository in `dir/work` to push to it. Blocking:
+    /// call it in `block_in_place`.
+    pub fn with_repo(dir: &Path, repo: &str) -> (Self, super::git::GitRepo) {
+        let home = dir.join("gitea");
+        std::fs::create_dir_all(&home).expect("mkdir");
+        let gitea = Self::start(&home);
+        let (code, created) = gitea.api_blocking(
+            reqwest::Method::POST,
+            "/user/repos",
+            Some(json!({"name": repo, "private": false, "default_branch": "main"})),
+        );
+        assert_eq!(code, 201, "{created}");
+        let work = super::git::GitRepo::init(&dir.join("work"), repo);
+        (gitea, work)
+    }
+
     /// Opens a pull request of `repo` from `head` into `base`; its number. Gitea takes a
     /// pushed branch in the background, so a 404 or 422 (branch not there yet) is asked
     /// again for up to 30 s. Blocking: call it in `block_in_place`.
