@@ -61,7 +61,12 @@ pub(super) async fn run(
         .default_backoff()
         .touched_objects()
         .predicate_filter(rollout_view, Default::default());
-    Controller::new(sets, watcher::Config::default())
+    // Each set handed on once the store holds it (a relist's new sets are not dropped).
+    let (store, writer) = kube::runtime::reflector::store();
+    let sets = watcher(sets, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    Controller::for_stream(super::stored::applied_once_stored(sets), store)
         .owns_stream(owned)
         .reconcile_all_on(pushes)
         .graceful_shutdown_on(stop)

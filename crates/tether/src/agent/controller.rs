@@ -216,7 +216,7 @@ fn watch_applications(
     // keeps the waker of its last poller only, the controller's.)
     let ready = Arc::new(AtomicBool::new(false));
     let listed = ready.clone();
-    let stream = watcher(applications, watcher::Config::default())
+    let events = watcher(applications, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .inspect(move |event| match event {
@@ -228,8 +228,8 @@ fn watch_applications(
                 let _ = gone_sender.send(None);
             }
             _ => {}
-        })
-        .applied_objects()
+        });
+    let stream = super::stored::applied_once_stored(events)
         .predicate_filter(spec_or_sync_request, Default::default());
     Watch {
         stream,

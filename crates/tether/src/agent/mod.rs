@@ -34,6 +34,7 @@ mod reconcile;
 mod report;
 pub mod shard;
 mod status;
+mod stored;
 mod sync;
 mod windows;
 

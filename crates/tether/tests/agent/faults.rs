@@ -10,7 +10,6 @@ use crate::support;
 use support::fixtures::configmap;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace};
@@ -21,7 +20,7 @@ use support::agent::{
     applied, create_application, fails_with, options_for, request_sync, start_agent, until,
 };
 use support::git::{GitDaemon, GitRepo, HttpGitServer};
-use support::toxiproxy::Toxiproxy;
+use support::toxiproxy::{Toxiproxy, api_server, client_through};
 use support::{OwnControlPlane, TestNamespace, cluster};
 use tether::agent::{AgentOptions, Application, install_crd};
 use tether::cluster::{Cluster, ClusterOptions};
@@ -207,43 +206,6 @@ async fn git_that_is_silent_cut_off_down_failing_or_slow_keeps_the_last_applied_
     }
     eprintln!("converged through a 16 KB/s link in {slow_fetch:?}");
     let _ = agent.stop().await;
-}
-
-/// The API server a kubeconfig names (`host:port`), and a copy of that kubeconfig in `dir`
-/// that reaches it through `127.0.0.1:port` instead (testenv's certificate names 127.0.0.1,
-/// so TLS still verifies).
-fn api_server(kubeconfig: &Path) -> String {
-    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
-    let config: serde_json::Value = serde_json::from_str(&text).expect("testenv writes JSON");
-    config["clusters"][0]["cluster"]["server"]
-        .as_str()
-        .and_then(|s| s.strip_prefix("https://"))
-        .expect("the kubeconfig names its server")
-        .to_string()
-}
-
-fn kubeconfig_through(kubeconfig: &Path, port: u16, dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
-    let path = dir.join("kubeconfig-proxied");
-    let proxied = text.replace(
-        &format!("https://{}", api_server(kubeconfig)),
-        &format!("https://127.0.0.1:{port}"),
-    );
-    std::fs::write(&path, proxied).expect("write");
-    path
-}
-
-/// A client of the API server `kubeconfig` names, through `proxy`.
-async fn client_through(
-    kubeconfig: &Path,
-    proxy: &support::toxiproxy::Proxy,
-    dir: &Path,
-) -> kube::Client {
-    let proxied = kubeconfig_through(kubeconfig, proxy.port, dir);
-    Cluster::connect(&ClusterOptions::default().kubeconfig(proxied))
-        .await
-        .expect("the proxied kubeconfig")
-        .client()
 }
 
 #[tokio::test]

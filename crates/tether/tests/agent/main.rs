@@ -17,5 +17,6 @@ mod faults;
 mod hardening;
 mod oci;
 mod options;
+mod relist;
 mod secrets;
 mod windows;

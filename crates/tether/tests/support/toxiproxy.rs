@@ -6,6 +6,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -125,4 +126,39 @@ fn request(port: u16, method: &str, path: &str, body: Option<Value>) -> String {
         "toxiproxy {method} {path} answered: {answer}"
     );
     answer
+}
+
+/// The API server a kubeconfig names (`host:port`), and a copy of that kubeconfig in `dir`
+/// that reaches it through `127.0.0.1:port` instead (testenv's certificate names 127.0.0.1,
+/// so TLS still verifies).
+pub fn api_server(kubeconfig: &Path) -> String {
+    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+    let config: serde_json::Value = serde_json::from_str(&text).expect("testenv writes JSON");
+    config["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("https://"))
+        .expect("the kubeconfig names its server")
+        .to_string()
+}
+
+pub fn kubeconfig_through(kubeconfig: &Path, port: u16, dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+    let path = dir.join("kubeconfig-proxied");
+    let proxied = text.replace(
+        &format!("https://{}", api_server(kubeconfig)),
+        &format!("https://127.0.0.1:{port}"),
+    );
+    std::fs::write(&path, proxied).expect("write");
+    path
+}
+
+/// A client of the API server `kubeconfig` names, through `proxy`.
+pub async fn client_through(kubeconfig: &Path, proxy: &Proxy, dir: &Path) -> kube::Client {
+    let proxied = kubeconfig_through(kubeconfig, proxy.port, dir);
+    tether::cluster::Cluster::connect(
+        &tether::cluster::ClusterOptions::default().kubeconfig(proxied),
+    )
+    .await
+    .expect("the proxied kubeconfig")
+    .client()
 }
