@@ -22,7 +22,7 @@ help:
 	@echo "make image           the agent's OCI image in target/image (no container engine); prints tether@sha256:…"
 	@echo "make bench-apply     apply 1,000 Deployments + 1,000 Services, tether beside kubectl"
 	@echo "make bench-render-tools  render 50 overlays + 20 charts, cold and cached"
-	@echo "make bench-agent     tether agent and Flux, 1,000 × 10 and 100 × 100 objects; growth to 10,000"
+	@echo "make bench-agent     tether agent and Flux, 100, 1,000 and 10,000 Applications × 10 objects (hours)"
 	@echo "make bench-ui        the web UI with 1,000 Applications: page times and weights, edit → diff"
 
 deps:

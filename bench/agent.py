@@ -27,11 +27,11 @@ import datetime
 import hashlib
 import hmac
 import json
+import math
 import os
 import platform
 import shutil
 import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -39,6 +39,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+
+from kube import Cluster
 
 
 def log(message):
@@ -51,56 +53,29 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Cluster:
-    """The API server, called with the admin certificate of the testenv kubeconfig."""
-
-    def __init__(self, kubeconfig, kubectl):
-        self.kubectl = kubectl
-        config = json.load(open(kubeconfig))
-        self.server = config["clusters"][0]["cluster"]["server"]
-        pki = os.path.join(os.path.dirname(kubeconfig), "pki")
-        self.ctx = ssl.create_default_context(cafile=os.path.join(pki, "ca.crt"))
-        self.ctx.load_cert_chain(os.path.join(pki, "admin.crt"), os.path.join(pki, "admin.key"))
-
-    def call(self, method, path, body=None, content_type="application/merge-patch+json"):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.server + path, method=method, data=data)
-        if body is not None:
-            req.add_header("Content-Type", content_type)
-        with urllib.request.urlopen(req, context=self.ctx, timeout=30) as resp:
-            return resp.read()
-
-    def items(self, path):
-        return json.loads(self.call("GET", path))["items"]
-
-    def run_kubectl(self, *args, stdin=None):
-        subprocess.run([self.kubectl, *args], input=stdin, check=True, text=True,
-                       stdout=subprocess.DEVNULL)
-
-    def per_object_configmap_requests(self):
-        text = self.call("GET", "/metrics").decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("apiserver_request_total{")
-                   and 'resource="configmaps"' in line and 'scope="resource"' in line)
-
-    def all_requests(self):
-        """Every request the API server counted so far, whoever sent it."""
-        text = self.call("GET", "/metrics").decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("apiserver_request_total{"))
-
-    def recreate_namespaces(self, *names):
-        self.run_kubectl("delete", "ns", *names, "--ignore-not-found", "--wait=true")
-        for name in names:
-            self.run_kubectl("create", "ns", name)
-
-
 def app_name(a):
     return f"app-{a:04d}"
 
 
 def cm_name(a, o):
     return f"{app_name(a)}-cm-{o:03d}"
+
+
+HEALTH_APPS = 20
+
+
+def health_name(i):
+    return f"health-{i:02d}"
+
+
+def health_deployment(i):
+    """One Deployment of one replica, scheduled on the kwok nodes (which run its Pod at once)."""
+    name = health_name(i)
+    return (f"apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: 1\n"
+            f"  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n"
+            f"    spec:\n      nodeSelector: {{type: kwok}}\n"
+            f"      tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]\n"
+            f"      containers: [{{name: web, image: registry.invalid/web:1}}]\n")
 
 
 class Fleet:
@@ -117,6 +92,13 @@ class Fleet:
                 for o in range(objects):
                     f.write(f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {cm_name(a, o)}\n"
                             f"data:\n  value: \"{o}\"\n")
+        # Folders of one Deployment each, for the health measurement (no resource points at
+        # them until then).
+        for i in range(HEALTH_APPS):
+            folder = os.path.join(self.repo, health_name(i))
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, "deployment.yaml"), "w") as f:
+                f.write(health_deployment(i))
         self.first_app = open(os.path.join(self.repo, app_name(0), "configmaps.yaml")).read()
         self.git("init", "-q", "-b", "main")
         self.head = self.commit("fleet")
@@ -171,51 +153,89 @@ def memory_mib(pid):
 class Tether:
     name = "tether"
     namespace, target = "bench-tether", "bench-tether-apps"
+    apps_path = f"/apis/tether.dev/v1alpha1/namespaces/{namespace}/applications"
 
     def __init__(self, cluster, binary, work):
         self.cluster, self.binary, self.work = cluster, binary, work
         self.processes = []
+        self.token = "bench-agent-token"
 
     def describe(self, version_of):
         return f"tether {version_of}, `tether agent` (release build, default --concurrency 16), one process"
 
     def start(self):
+        self.drop_finalizers()  # of a run that failed
         self.cluster.recreate_namespaces(self.namespace, self.target)
         subprocess.run([self.binary, "install"], check=True, stdout=subprocess.DEVNULL)
         self.secret = b"bench-hook-secret"
         secret_file = os.path.join(self.work, "webhook-secret")
         with open(secret_file, "wb") as f:
             f.write(self.secret + b"\n")
+        token_file = os.path.join(self.work, "api-token")
+        with open(token_file, "w") as f:
+            f.write(self.token + "\n")
         self.http_port = free_port()
-        log_file = open(os.path.join(self.work, "tether-agent.log"), "w")
+        self.command = [self.binary, "agent", "-n", self.namespace, "--listen", f"127.0.0.1:{self.http_port}",
+                        "--webhook-secret-file", secret_file, "--api-token-file", token_file]
+        self._spawn()
+
+    def _spawn(self):
+        log_file = open(os.path.join(self.work, "tether-agent.log"), "a")
         self.processes = [subprocess.Popen(
-            [self.binary, "agent", "-n", self.namespace, "--listen", f"127.0.0.1:{self.http_port}",
-             "--webhook-secret-file", secret_file],
-            stdout=log_file, stderr=log_file, env=dict(os.environ, TETHER_CACHE_DIR=os.path.join(self.work, "tether-cache")))]
+            self.command, stdout=log_file, stderr=log_file,
+            env=dict(os.environ, TETHER_CACHE_DIR=os.path.join(self.work, "tether-cache")))]
+
+    def restart(self):
+        """Stops the agent (SIGTERM, as a rollout does) and starts a new one; the cache folder
+        stays (a Pod's emptyDir would not: the first fetch of each repository is then cold)."""
+        for p in self.processes:
+            p.terminate()
+            p.wait(timeout=120)
+        self._spawn()
+
+    def agent_metric(self, name, labels=""):
+        """The sum of every sample of `name` (whose labels contain `labels`) the agent serves;
+        None while it does not answer."""
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10).read().decode()
+        except OSError:
+            return None
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if (line.startswith(name + "{") or line.startswith(name + " ")) and labels in line)
+
+    def application(self, name, path, labels=None):
+        return {"apiVersion": "tether.dev/v1alpha1", "kind": "Application",
+                "metadata": {"name": name, "namespace": self.namespace, "labels": labels or {}},
+                "spec": {"source": {"repoURL": self.url, "ref": {"branch": "main"}, "path": path},
+                         "destination": {"namespace": self.target}, "syncPolicy": {"interval": "1m"}}}
 
     def create(self, fleet):
-        docs = []
-        for a in range(fleet.apps):
-            docs.append(f"""---
-apiVersion: tether.dev/v1alpha1
-kind: Application
-metadata: {{name: {app_name(a)}, namespace: {self.namespace}}}
-spec:
-  source: {{repoURL: "{fleet.url}", ref: {{branch: main}}, path: {app_name(a)}}}
-  destination: {{namespace: {self.target}}}
-  syncPolicy: {{interval: 1m}}
-""")
-        self.cluster.run_kubectl("apply", "-f", "-", stdin="".join(docs))
+        self.url = fleet.url
+        self.cluster.create_many(self.apps_path, [self.application(app_name(a), app_name(a))
+                                                  for a in range(fleet.apps)])
+
+    def create_health(self, count):
+        self.cluster.create_many(self.apps_path, [self.application(health_name(i), health_name(i),
+                                                                   {"bench": "health"})
+                                                  for i in range(count)])
+
+    def healthy(self):
+        """Names of the health measurement's resources that say Healthy."""
+        return {a["metadata"]["name"] for a in self.cluster.items(self.apps_path + "?labelSelector=bench%3Dhealth")
+                if (a.get("status") or {}).get("health") == "Healthy"}
 
     def revisions(self):
-        """Application name → the revision it last applied."""
-        path = f"/apis/tether.dev/v1alpha1/namespaces/{self.namespace}/applications"
+        """Application name → the revision it last applied (None: no status at all)."""
         return {a["metadata"]["name"]: (a.get("status") or {}).get("lastAppliedRevision")
-                for a in self.cluster.items(path)}
+                for a in self.cluster.items(self.apps_path) if a["metadata"]["name"].startswith("app-")}
+
+    def never_reconciled(self):
+        return sorted(a["metadata"]["name"] for a in self.cluster.items(self.apps_path)
+                      if not (a.get("status") or {}).get("conditions"))
 
     def revision_of(self, name):
-        path = f"/apis/tether.dev/v1alpha1/namespaces/{self.namespace}/applications/{name}"
-        return (json.loads(self.cluster.call("GET", path)).get("status") or {}).get("lastAppliedRevision")
+        return (json.loads(self.cluster.call("GET", f"{self.apps_path}/{name}")).get("status") or {}).get(
+            "lastAppliedRevision")
 
     def notify(self, fleet, revision):
         # As a Git host sends it: each push names its commit (the agent refuses a body it
@@ -228,10 +248,16 @@ spec:
         req.add_header("X-GitHub-Event", "push")
         urllib.request.urlopen(req, timeout=10).read()
 
+    def drop_finalizers(self):
+        """The agent's finalizer (deleting an Application deletes its objects) is dropped once
+        the agent is stopped: the namespaces go, and their objects with them."""
+        self.cluster.drop_finalizers(self.apps_path)
+
     def stop(self):
         for p in self.processes:
             p.terminate()
-            p.wait(timeout=60)
+            p.wait(timeout=120)
+        self.drop_finalizers()
         self.cluster.run_kubectl("delete", "ns", self.namespace, self.target, "--wait=true")
 
 
@@ -270,29 +296,37 @@ class Flux:
             log_file = open(os.path.join(self.work, f"flux-{name}.log"), "w")
             self.processes.append(subprocess.Popen(command, stdout=log_file, stderr=log_file, env=env))
 
+    kustomizations_path = f"/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/{namespace}/kustomizations"
+
+    def kustomization(self, name, path, labels=None, wait=False):
+        spec = {"sourceRef": {"kind": "GitRepository", "name": "fleet"}, "path": f"./{path}",
+                "targetNamespace": self.target, "prune": True, "interval": "1m"}
+        if wait:
+            spec.update({"wait": True, "timeout": "5m"})
+        return {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+                "metadata": {"name": name, "namespace": self.namespace, "labels": labels or {}}, "spec": spec}
+
     def create(self, fleet):
-        docs = [f"""---
-apiVersion: source.toolkit.fluxcd.io/v1
-kind: GitRepository
-metadata: {{name: fleet, namespace: {self.namespace}}}
-spec:
-  url: "{fleet.url}"
-  ref: {{branch: main}}
-  interval: 1m
-"""]
-        for a in range(fleet.apps):
-            docs.append(f"""---
-apiVersion: kustomize.toolkit.fluxcd.io/v1
-kind: Kustomization
-metadata: {{name: {app_name(a)}, namespace: {self.namespace}}}
-spec:
-  sourceRef: {{kind: GitRepository, name: fleet}}
-  path: ./{app_name(a)}
-  targetNamespace: {self.target}
-  prune: true
-  interval: 1m
-""")
-        self.cluster.run_kubectl("apply", "-f", "-", stdin="".join(docs))
+        repository = {"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+                      "metadata": {"name": "fleet", "namespace": self.namespace},
+                      "spec": {"url": fleet.url, "ref": {"branch": "main"}, "interval": "1m"}}
+        self.cluster.create_many(f"/apis/source.toolkit.fluxcd.io/v1/namespaces/{self.namespace}/gitrepositories",
+                                 [repository])
+        self.cluster.create_many(self.kustomizations_path, [self.kustomization(app_name(a), app_name(a))
+                                                            for a in range(fleet.apps)])
+
+    def create_health(self, count):
+        """Kustomizations with `wait: true`: Ready once what they applied is healthy (Flux's
+        health assessment)."""
+        self.cluster.create_many(self.kustomizations_path,
+                                 [self.kustomization(health_name(i), health_name(i), {"bench": "health"}, True)
+                                  for i in range(count)])
+
+    def healthy(self):
+        items = self.cluster.items(self.kustomizations_path + "?labelSelector=bench%3Dhealth")
+        return {k["metadata"]["name"] for k in items
+                if any(c.get("type") == "Ready" and c.get("status") == "True"
+                       for c in (k.get("status") or {}).get("conditions") or [])}
 
     @staticmethod
     def _revision(kustomization):
@@ -301,12 +335,15 @@ spec:
         return revision.rsplit(":", 1)[-1] or None
 
     def revisions(self):
-        path = f"/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/{self.namespace}/kustomizations"
-        return {k["metadata"]["name"]: self._revision(k) for k in self.cluster.items(path)}
+        return {k["metadata"]["name"]: self._revision(k) for k in self.cluster.items(self.kustomizations_path)
+                if k["metadata"]["name"].startswith("app-")}
+
+    def never_reconciled(self):
+        return sorted(k["metadata"]["name"] for k in self.cluster.items(self.kustomizations_path)
+                      if not (k.get("status") or {}).get("conditions"))
 
     def revision_of(self, name):
-        path = f"/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/{self.namespace}/kustomizations/{name}"
-        return self._revision(json.loads(self.cluster.call("GET", path)))
+        return self._revision(json.loads(self.cluster.call("GET", f"{self.kustomizations_path}/{name}")))
 
     def notify(self, fleet, revision):
         now = datetime.datetime.now(datetime.timezone.utc).isoformat()
@@ -316,14 +353,8 @@ spec:
     def drop_finalizers(self):
         """Flux's objects carry finalizers that only its controllers remove: once they are
         gone (or after a failed run), drop them so that the namespace can be deleted."""
-        for path in (f"/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/{self.namespace}/kustomizations",
-                     f"/apis/source.toolkit.fluxcd.io/v1/namespaces/{self.namespace}/gitrepositories"):
-            try:
-                items = self.cluster.items(path)
-            except urllib.error.HTTPError:
-                continue  # the CRD is not installed yet
-            for item in items:
-                self.cluster.call("PATCH", f"{path}/{item['metadata']['name']}", {"metadata": {"finalizers": None}})
+        self.cluster.drop_finalizers(self.kustomizations_path)
+        self.cluster.drop_finalizers(f"/apis/source.toolkit.fluxcd.io/v1/namespaces/{self.namespace}/gitrepositories")
 
     def stop(self):
         for p in self.processes:
@@ -334,14 +365,18 @@ spec:
 
 
 def wait_all_applied(tool, revision, count, limit):
-    deadline = time.time() + limit
+    """Until `count` resources applied `revision`: (all did, how many did). Lists every
+    resource at each look, so it looks less often the more there are (every 5 s at 10,000):
+    the benchmark's own reads must not be what the API server spends its time on."""
+    started = time.time()
+    interval = max(0.5, count / 2000)
     while True:
         done = sum(1 for r in tool.revisions().values() if r == revision)
         if done >= count:
-            return
-        if time.time() > deadline:
-            raise SystemExit(f"{tool.name}: only {done} of {count} applied {revision[:12]} within {limit} s")
-        time.sleep(0.5)
+            return True, done
+        if time.time() - started > limit:
+            return False, done
+        time.sleep(interval)
 
 
 def drift(cluster, tool, fleet, objects, edits, batch_size, limit):
@@ -366,29 +401,121 @@ def drift(cluster, tool, fleet, objects, edits, batch_size, limit):
     return sorted(latencies)
 
 
-def measure(tool, cluster, fleet, drift_runs, objects, drift_limit, steady_seconds, pushes):
-    """`drift_runs`: (edits at once, edits in all) pairs. With `drift_runs` empty and no
-    pushes, only the converge time and the memory (the growth runs)."""
-    results = {}
+def percentiles(values):
+    """(p50, p99, max, count) of a list of numbers."""
+    values = sorted(values)
+    return (statistics.median(values), values[min(len(values) - 1, int(len(values) * 0.99))],
+            values[-1], len(values))
+
+
+def converge(tool, fleet, budget, results):
+    """Creates the fleet's resources and waits until all applied its head; False when the
+    budget ran out first (with how far it got in `results`)."""
     head = fleet.reset()
     tool.start()
     started = time.time()
     tool.create(fleet)
-    wait_all_applied(tool, head, fleet.apps, 1800)
+    results["created"] = time.time() - started
+    log(f"{tool.name}: {fleet.apps} resources created in {results['created']:.1f} s")
+    complete, done = wait_all_applied(tool, head, fleet.apps, budget)
     results["converge"] = time.time() - started
+    results["converged"], results["budget"] = done, budget
+    results["never"] = len(tool.never_reconciled())
     results["converge_peak_mib"] = sum(memory_mib(p.pid)[0] for p in tool.processes)
-    log(f"{tool.name}: {fleet.apps} × {objects} converged in {results['converge']:.1f} s, "
-        f"peak {results['converge_peak_mib']:.0f} MiB")
+    log(f"{tool.name}: {done} of {fleet.apps} applied after {results['converge']:.1f} s, "
+        f"{results['never']} never reconciled, peak {results['converge_peak_mib']:.0f} MiB")
+    return complete
+
+
+def restart(tool, cluster, apps, results):
+    """The agent stopped and started again with everything applied: time until its gauge
+    counts every Application Synced (each verified by the new process), the requests the
+    API server served meanwhile (whoever sent them), and the writes to objects and to
+    Applications."""
+    before = (cluster.all_requests(), cluster.writes("configmaps"), cluster.writes("applications"))
+    started = time.time()
+    tool.restart()
+    while (tool.agent_metric("tether_applications", 'sync="Synced"') or 0) < apps:
+        if time.time() - started > 1800:
+            raise SystemExit(f"{tool.name}: not every Application verified within 1800 s of a restart")
+        time.sleep(0.25)
+    results["restart"] = time.time() - started
+    after = (cluster.all_requests(), cluster.writes("configmaps"), cluster.writes("applications"))
+    results["restart_requests"], results["restart_cm_writes"], results["restart_app_writes"] = (
+        a - b for a, b in zip(after, before))
+    log(f"{tool.name}: restart, every Application verified in {results['restart']:.1f} s, "
+        f"{results['restart_requests']:.0f} requests, {results['restart_cm_writes']:.0f} object writes")
+
+
+def health_latency(tool, cluster, count, limit=600):
+    """New resources of one Deployment each: from the Deployment Available (first seen so in
+    a list every 50 ms) to its resource saying Healthy (tether) or Ready (Flux, `wait: true`)
+    (first seen so in the same loop); both are read in each loop, so the resolution is one
+    loop (a few tens of milliseconds)."""
+    tool.create_health(count)
+    available, healthy = {}, {}
+    deployments = f"/apis/apps/v1/namespaces/{tool.target}/deployments"
+    started = time.time()
+    while len(healthy) < count:
+        now = time.time()
+        for d in cluster.items(deployments):
+            name = d["metadata"]["name"]
+            if name.startswith("health-") and name not in available and any(
+                    c.get("type") == "Available" and c.get("status") == "True"
+                    for c in (d.get("status") or {}).get("conditions") or []):
+                available[name] = now
+        now = time.time()
+        for name in tool.healthy() - healthy.keys():
+            healthy[name] = now
+            available.setdefault(name, now)
+        if time.time() - started > limit:
+            raise SystemExit(f"{tool.name}: only {len(healthy)} of {count} healthy within {limit} s")
+        time.sleep(0.05)
+    return percentiles([healthy[n] - available[n] for n in healthy])
+
+
+def api_times(tool, runs=20):
+    """The agent's JSON API and web UI with the whole fleet: each page `runs` times."""
+    base, ns = f"http://127.0.0.1:{tool.http_port}", tool.namespace
+    pages = {
+        "JSON API list, first page of 50": "/api/v1/applications?limit=50",
+        "JSON API list, a name filter (app-09)": "/api/v1/applications?q=app-09&limit=50",
+        "JSON API list, one namespace": f"/api/v1/applications?namespace={ns}&limit=50",
+        "JSON API, one Application": f"/api/v1/applications/{ns}/app-0001",
+        "web UI list, first page": "/ui/",
+        "web UI list, a name filter (app-09)": "/ui/?q=app-09",
+        "web UI, one Application's page": f"/ui/apps/{ns}/app-0001",
+    }
+    times = {}
+    for what, path in pages.items():
+        took = []
+        for _ in range(runs):
+            request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {tool.token}"})
+            started = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=60) as response:
+                size = len(response.read())
+            took.append((time.perf_counter() - started) * 1000)
+        times[what] = percentiles(took) + (size,)
+    return times
+
+
+def measure(tool, cluster, fleet, drift_runs, objects, drift_limit, steady_seconds, pushes, budget):
+    """`drift_runs`: (edits at once, edits in all) pairs. With `drift_runs` empty and no
+    pushes, only the converge time and the memory (the growth runs)."""
+    results = {}
+    if not converge(tool, fleet, budget, results):
+        results["partial"] = True
+        memory = [memory_mib(p.pid) for p in tool.processes]
+        results["peak_mib"], results["rss_mib"] = sum(m[0] for m in memory), sum(m[1] for m in memory)
+        results["peak_each"] = " + ".join(f"{m[0]:.0f}" for m in memory)
+        tool.stop()
+        return results
 
     for batch, count in drift_runs:
-        latencies = drift(cluster, tool, fleet, objects, count, batch, drift_limit)
-        key = f"drift{batch}"
-        results[key] = (statistics.median(latencies),
-                        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-                        latencies[-1], len(latencies))
-        log(f"{tool.name}: drift, {batch} at once: p50 {results[key][0]:.3f} s over {len(latencies)} edits")
+        results[f"drift{batch}"] = percentiles(drift(cluster, tool, fleet, objects, count, batch, drift_limit))
+        log(f"{tool.name}: drift, {batch} at once: p50 {results[f'drift{batch}'][0]:.3f} s over {count} edits")
 
-    revision = head
+    revision = fleet.head
     if pushes:
         times = []
         for _ in range(pushes):
@@ -422,6 +549,12 @@ def measure(tool, cluster, fleet, drift_runs, objects, drift_limit, steady_secon
     results["peak_mib"] = sum(m[0] for m in memory)
     results["rss_mib"] = sum(m[1] for m in memory)
     results["peak_each"] = " + ".join(f"{m[0]:.0f}" for m in memory)
+    if drift_runs and hasattr(tool, "restart"):
+        restart(tool, cluster, fleet.apps, results)
+        results["api"] = api_times(tool)
+    if drift_runs:
+        results["health"] = health_latency(tool, cluster, HEALTH_APPS)
+        log(f"{tool.name}: Deployment Available to healthy p50 {results['health'][0]:.3f} s")
     tool.stop()
     return results
 
@@ -434,21 +567,29 @@ def svg_plot(points, path):
     panels = [("converge (s)", [p[1] for p in points]), ("peak RSS (MiB)", [p[2] for p in points])]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * width}" height="{height}" '
              'font-family="sans-serif" font-size="11">']
+    # Managed objects on a log scale when they span more than 20×: 1,000 to 100,000 would
+    # crowd the small fleets at the origin.
+    logarithmic = min(xs) > 0 and max(xs) / min(xs) > 20
+    scale = math.log10 if logarithmic else (lambda x: x)
+    left = scale(min(xs)) - 0.3 if logarithmic else 0
     for i, (title, ys) in enumerate(panels):
         x0 = i * width
         top = max(ys) * 1.15 or 1
-        right = max(xs) * 1.05
+        span = scale(max(xs)) * 1.05 - left if not logarithmic else scale(max(xs)) + 0.3 - left
 
-        def at(x, y):
-            return (x0 + pad + (width - 1.5 * pad) * x / right, height - pad - (height - 1.7 * pad) * y / top)
+        def at(x, y, x0=x0, top=top, span=span):
+            return (x0 + pad + (width - 1.5 * pad) * (scale(x) - left) / span if x else x0 + pad,
+                    height - pad - (height - 1.7 * pad) * y / top)
 
         parts.append(f'<text x="{x0 + width / 2}" y="15" text-anchor="middle" font-weight="bold">{title}</text>')
-        parts.append(f'<line x1="{at(0, 0)[0]}" y1="{at(0, 0)[1]}" x2="{at(right, 0)[0]}" y2="{at(right, 0)[1]}" stroke="black"/>')
+        end = x0 + width - 0.5 * pad
+        parts.append(f'<line x1="{at(0, 0)[0]}" y1="{at(0, 0)[1]}" x2="{end}" y2="{at(0, 0)[1]}" stroke="black"/>')
         parts.append(f'<line x1="{at(0, 0)[0]}" y1="{at(0, 0)[1]}" x2="{at(0, top)[0]}" y2="{at(0, top)[1]}" stroke="black"/>')
         for x in xs:
             px, py = at(x, 0)
             parts.append(f'<text x="{px}" y="{py + 14}" text-anchor="middle">{x}</text>')
-        parts.append(f'<text x="{x0 + width / 2}" y="{height - 8}" text-anchor="middle">managed objects</text>')
+        axis = "managed objects (log scale)" if logarithmic else "managed objects"
+        parts.append(f'<text x="{x0 + width / 2}" y="{height - 8}" text-anchor="middle">{axis}</text>')
         for fraction in (0, 0.5, 1):
             px, py = at(0, top / 1.15 * fraction)
             parts.append(f'<text x="{px - 4}" y="{py + 4}" text-anchor="end">{top / 1.15 * fraction:.0f}</text>')
@@ -485,6 +626,10 @@ def main():
                         help="tether alone: converge and memory at these numbers of managed objects")
     parser.add_argument("--growth-apps", type=int, default=100, help="Applications of the growth runs")
     parser.add_argument("--tools", default="tether,flux", help="which tools to measure, in order")
+    parser.add_argument("--budget", type=int, default=3600,
+                        help="seconds a tool may take to converge a fleet before it is reported as far as it got")
+    parser.add_argument("--flux-budget", type=int, default=None,
+                        help="the same for Flux at fleets over 1,000 (default: --budget)")
     parser.add_argument("--report", required=True)
     args = parser.parse_args()
 
@@ -513,43 +658,59 @@ def main():
             tool, drift_runs, limit, pushes = plan[name]
             try:
                 if full:
+                    budget = args.budget
+                    if name == "flux" and apps > 1000 and args.flux_budget:
+                        budget = args.flux_budget
                     runs[(apps, objects, name)] = measure(tool, cluster, fleet, drift_runs, objects, limit,
-                                                          args.steady_seconds, pushes)
+                                                          args.steady_seconds, pushes, budget)
                 else:
-                    r = measure(tool, cluster, fleet, [], objects, limit, 0, 0)
-                    growth_runs.append((apps * objects, r["converge"], r["peak_mib"]))
+                    r = measure(tool, cluster, fleet, [], objects, limit, 0, 0, args.budget)
+                    growth_runs.append((apps * objects, r["converge"], r["peak_mib"], apps))
             finally:
                 for p in tool.processes:
                     p.kill()
-                if isinstance(tool, Flux):
-                    tool.drop_finalizers()
+                tool.drop_finalizers()
                 fleet.stop()
                 shutil.rmtree(fleet.root, ignore_errors=True)
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem_gib = int(open("/proc/meminfo").readline().split()[1]) / 1024 / 1024
 
+    def cell(key, render):
+        def show(r):
+            return render(r) if key in r else "—"
+        return show
+
     def drift_cell(key):
-        def render(r):
-            if key not in r:
-                return "—"
-            p50, p99, worst, count = r[key]
-            return f"{p50:.3f} / {p99:.3f} / {worst:.3f} s ({count})"
-        return render
+        return cell(key, lambda r: "{:.3f} / {:.3f} / {:.3f} s ({})".format(*r[key]))
+
+    def converged(r):
+        if r.get("partial"):
+            return f"**not within its budget of {r['budget']} s**: {r['converged']} of the fleet applied by then"
+        return f"{r['converge']:.1f} s"
 
     rows = [
-        ("create until all applied", lambda r: f"{r['converge']:.1f} s"),
+        ("create the resources (the benchmark's client, 8 requests at once)", lambda r: f"{r['created']:.1f} s"),
+        ("create until all applied", converged),
+        ("resources never reconciled (no status) when all others had applied", lambda r: f"{r['never']}"),
         ("drift to corrected, one edit at a time: p50 / p99 / max (edits)", drift_cell("drift1")),
         ("drift to corrected, 10 edits at once: p50 / p99 / max (edits)", drift_cell("drift10")),
         ("push notification to applied: median / max (pushes)",
-         lambda r: f"{r['push_p50']:.3f} / {r['push_max']:.3f} s ({r['pushes']})"),
+         cell("push_p50", lambda r: f"{r['push_p50']:.3f} / {r['push_max']:.3f} s ({r['pushes']})")),
         ("peak RSS (VmHWM; per process)", lambda r: f"{r['peak_mib']:.0f} MiB ({r['peak_each']})"),
         ("RSS at the end", lambda r: f"{r['rss_mib']:.0f} MiB"),
         (f"steady state: per-object ConfigMap requests per minute ({args.steady_seconds} s window)",
-         lambda r: f"{r['steady']:.1f}"),
+         cell("steady", lambda r: f"{r['steady']:.1f}")),
         (f"steady state: all API requests per minute, whole server (baseline without a tool: {baseline:.0f})",
-         lambda r: f"{r['steady_all']:.0f}"),
-        ("steady state: the tool's CPU seconds per idle minute", lambda r: f"{r['idle_cpu']:.2f}"),
+         cell("steady_all", lambda r: f"{r['steady_all']:.0f}")),
+        ("steady state: the tool's CPU seconds per idle minute", cell("idle_cpu", lambda r: f"{r['idle_cpu']:.2f}")),
+        ("agent restarted: until every Application verified (Synced in its gauge)",
+         cell("restart", lambda r: f"{r['restart']:.1f} s")),
+        ("agent restarted: API requests meanwhile (whole server) / object writes / Application writes",
+         cell("restart", lambda r: f"{r['restart_requests']:.0f} / {r['restart_cm_writes']:.0f} / "
+                                   f"{r['restart_app_writes']:.0f}")),
+        (f"Deployment Available to healthy ({HEALTH_APPS} new resources): p50 / p99 / max",
+         cell("health", lambda r: "{:.3f} / {:.3f} / {:.3f} s".format(*r["health"][:3]))),
     ]
     date = datetime.datetime.now(datetime.timezone.utc)
     lines = [
@@ -565,7 +726,14 @@ def main():
         "Push notification: the `reconcile.fluxcd.io/requestedAt` annotation Flux's Receiver sets "
         "(notification-controller itself not run). Flux corrects drift only at its interval, so it is "
         "measured with fewer edits, 10 at once.",
-        "- The tools ran one after the other, each alone, in separate namespaces, in this run.",
+        "- The tools ran one after the other, each alone, in separate namespaces, in this run. The resources "
+        "were created by the benchmark's own client, 8 requests at once (kubectl would take about 19 minutes for "
+        "10,000), and converge counts from the first create.",
+        f"- Health: {HEALTH_APPS} new resources of one Deployment each (its Pod run by kwok) once the fleet has "
+        "converged: from the Deployment's Available condition to tether's Application `Healthy` / Flux's "
+        "Kustomization (`wait: true`) `Ready`, both read in one loop every 50 ms.",
+        "- tether only: the agent restarted (SIGTERM, started again, its Git cache kept) with everything applied; "
+        "its JSON API and web UI timed with the whole fleet.",
         "",
     ]
     for apps, objects in fleets:
@@ -575,20 +743,35 @@ def main():
         for what, render in rows:
             cell = lambda r: render(r) if r else "not run"
             lines.append(f"| {what} | {cell(tr)} | {cell(fr)} |")
-        if tr and fr:
+        if tr and fr and not tr.get("partial") and not fr.get("partial"):
             lines += ["", f"Converge: Flux / tether = {fr['converge'] / tr['converge']:.1f}×; "
                           f"peak memory: Flux / tether = {fr['peak_mib'] / tr['peak_mib']:.1f}×."]
+        if tr and "api" in tr:
+            lines += ["", f"tether's JSON API and web UI with these {apps} Applications synced (the agent's "
+                          "`--listen`, a bearer token, 20 requests each from a client on loopback): "
+                          "p50 / p99 / max ms, bytes", "", "| page | tether |", "|---|---|"]
+            for what, (p50, p99, worst, _, size) in tr["api"].items():
+                lines.append(f"| {what} | {p50:.1f} / {p99:.1f} / {worst:.1f} ms, {size:,} bytes |")
         lines.append("")
+    # Growth: the growth runs and the fleets tether ran in full, together.
+    growth_runs = sorted(growth_runs + [(apps * objects, r["converge"], r["converge_peak_mib"], apps)
+                                        for (apps, objects, name), r in runs.items()
+                                        if name == "tether" and not r.get("partial")])
+    if len(growth_runs) < 2:
+        growth_runs = []
     if growth_runs:
         plot = os.path.splitext(args.report)[0] + "-growth.svg"
         svg_plot(growth_runs, plot)
         first = growth_runs[0]
-        lines += [f"## Growth: tether alone, {args.growth_apps} Applications", "",
-                  "| managed objects | converge s | peak RSS MiB | s per 1,000 objects | MiB per 1,000 objects above the first |",
-                  "|---|---|---|---|---|"]
-        for total, seconds, peak in growth_runs:
+        lines += ["## Growth: tether alone, converge and peak memory against managed objects", "",
+                  "| Applications | managed objects | converge s | peak RSS MiB (during converge) "
+                  "| s per 1,000 objects | MiB per 1,000 objects above the first | KiB per Application above the first |",
+                  "|---|---|---|---|---|---|---|"]
+        for total, seconds, peak, apps in growth_runs:
             extra = "—" if total == first[0] else f"{(peak - first[2]) * 1000 / (total - first[0]):.1f}"
-            lines.append(f"| {total} | {seconds:.1f} | {peak:.0f} | {seconds * 1000 / total:.2f} | {extra} |")
+            per_app = "—" if apps == first[3] else f"{(peak - first[2]) * 1024 / (apps - first[3]):.0f}"
+            lines.append(f"| {apps} | {total} | {seconds:.1f} | {peak:.0f} | {seconds * 1000 / total:.2f} "
+                         f"| {extra} | {per_app} |")
         lines += ["", f"Plot: [{os.path.basename(plot)}]({os.path.basename(plot)})", ""]
     os.makedirs(os.path.dirname(args.report), exist_ok=True)
     with open(args.report, "w") as f:
