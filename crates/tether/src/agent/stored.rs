@@ -6,8 +6,10 @@
 //! `ObjectNotFound` and drops the request; with a predicate filter in between, the object
 //! is never handed on again. So an Application created while the agent's watch was down,
 //! and first seen in the relist that followed (a 410 after a busy minute or an API server
-//! restart), was never reconciled: 61 of 10,000 in the fleet benchmark of 2026-12-05.
-//! [`applied_once_stored`] holds a list's objects until the list is done.
+//! restart), was never reconciled (40 of 40 in the test `relist::…` without this module; a
+//! likely cause of the 61 of 10,000 in the fleet benchmark of 2026-12-05, beside the
+//! saturation that docs/performance.md describes). [`applied_once_stored`] holds a list's
+//! objects until the list is done.
 
 use futures::{Stream, StreamExt};
 use kube::runtime::watcher;
