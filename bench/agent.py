@@ -17,7 +17,12 @@ Measured for each tool, in this order:
   GitRepository), until that folder's resource has applied it;
 - steady state: per-object ConfigMap requests per minute at the API server (its own
   apiserver_request_total) over two minutes once everything has applied the last commit;
-- peak memory (VmHWM) of the tool's processes.
+- peak memory (VmHWM) of the tool's processes;
+- for tether, an agent restart (until every Application is verified, requests, writes) and its JSON API and web UI
+  with the whole fleet;
+- health: new resources of one Deployment each, from Deployment Available to the resource saying so.
+The converge creates the resources 8 requests at once, counts those never reconciled, and has a budget after
+which a tool is reported as far as it got; a drift, push or health limit passed is reported, not fatal.
 
 Usage: see bench/agent.sh, which builds everything and calls this.
 """
