@@ -12,8 +12,8 @@ use support::fixtures::configmap;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Event};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::agent::{
@@ -23,7 +23,6 @@ use support::git::{GitDaemon, GitRepo, HttpGitServer};
 use support::toxiproxy::{Toxiproxy, api_server, client_through};
 use support::{OwnControlPlane, TestNamespace, cluster};
 use tether::agent::{AgentOptions, Application, install_crd};
-use tether::cluster::{Cluster, ClusterOptions};
 
 /// name → (uid, data.color) of every ConfigMap in the namespace but kube-root-ca.crt.
 async fn configmaps(client: &kube::Client, ns: &str) -> BTreeMap<String, (String, String)> {
@@ -323,18 +322,8 @@ async fn the_agent_rides_out_latency_thin_links_and_cut_connections_to_the_api_s
 #[tokio::test]
 async fn an_api_server_restart_and_etcd_stopped_for_10_s_in_the_middle_of_syncs() {
     let plane = OwnControlPlane::up();
-    let client = Cluster::connect(&ClusterOptions::default().kubeconfig(plane.kubeconfig()))
-        .await
-        .expect("the own control plane")
-        .client();
-    install_crd(&client).await.expect("CRD installed");
     let ns = "outages";
-    let namespace: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("namespace created");
+    let client = plane.client_with_namespace(ns).await;
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");

@@ -14,16 +14,14 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::OwnControlPlane;
 use support::agent::{applied, create_application, start_agent, until};
 use support::git::{GitDaemon, GitRepo};
 use support::toxiproxy::{Toxiproxy, api_server, client_through};
-use tether::agent::{AgentOptions, Application, install_crd};
-use tether::cluster::{Cluster, ClusterOptions};
+use tether::agent::{AgentOptions, Application};
 
 const CREATED_WHILE_CUT: usize = 40;
 const FILLERS: usize = 600;
@@ -31,18 +29,8 @@ const FILLERS: usize = 600;
 #[tokio::test]
 async fn applications_created_while_the_watch_was_down_are_reconciled_after_the_relist() {
     let plane = OwnControlPlane::up();
-    let client = Cluster::connect(&ClusterOptions::default().kubeconfig(plane.kubeconfig()))
-        .await
-        .expect("the own control plane")
-        .client();
-    install_crd(&client).await.expect("CRD installed");
     let ns = "relist";
-    let namespace: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("namespace created");
+    let client = plane.client_with_namespace(ns).await;
     let dir = tempfile::tempdir().expect("temp");
     let root = dir.path().join("served");
     let repo = GitRepo::init(&root, "deploy");

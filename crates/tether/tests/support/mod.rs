@@ -527,6 +527,27 @@ impl OwnControlPlane {
         self.dir.path().join("kubeconfig")
     }
 
+    /// A client of this control plane, once tether's CRDs are installed and namespace `ns`
+    /// is created.
+    pub async fn client_with_namespace(&self, ns: &str) -> kube::Client {
+        let options = tether::cluster::ClusterOptions::default().kubeconfig(self.kubeconfig());
+        let client = tether::cluster::Cluster::connect(&options)
+            .await
+            .expect("the own control plane")
+            .client();
+        tether::agent::install_crd(&client)
+            .await
+            .expect("CRD installed");
+        let namespace: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))
+                .expect("namespace");
+        kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .create(&kube::api::PostParams::default(), &namespace)
+            .await
+            .expect("namespace created");
+        client
+    }
+
     /// Stops `component`, waits `down_for`, starts it again (keeping the data); blocking.
     pub fn restart(dir: &Path, component: &str, down_for: Duration) {
         let out = Self::testenv(
