@@ -22,6 +22,7 @@ use tokio::sync::{Notify, broadcast};
 
 use super::clusters::{Clusters, Connected};
 use super::reconcile::reconcile;
+use super::slots::Slots;
 use super::{AgentOptions, Context, Error, commit_status, drift, http, leader, notify, shard};
 use crate::application::{self, Application, application_key};
 use crate::cluster::discovery::Resolver;
@@ -42,10 +43,12 @@ pub async fn run(
     let recorder = recorder(&client, shards.as_ref());
     let metrics = Arc::new(http::Metrics::default());
     let (trigger, webhooks) = unbounded_channel();
-    let watch = watch_applications(&client, &options);
-    let concurrency = Config::default().concurrency(options.concurrency as u16);
+    let slots = slots(&options, &metrics);
+    let watch = watch_applications(&client, &options, &slots);
+    // No limit in kube's controller: its waiting requests are taken in hash order, so
+    // reconciles wait for a slot in `slots` instead, in order (see [`super::slots`]).
     let controller =
-        Controller::for_stream(watch.stream, watch.store.clone()).with_config(concurrency);
+        Controller::for_stream(watch.stream, watch.store.clone()).with_config(Config::default());
     let serving = Serving {
         client: &client,
         options: &options,
@@ -65,6 +68,7 @@ pub async fn run(
         metrics,
         shards: shards.clone(),
         windows,
+        slots,
     };
     let context = Arc::new(Context::new(client, options, parts)?);
     let sharding = shards.map(|shards| follow_shards(shards, &watch.store, &trigger, &context));
@@ -100,6 +104,18 @@ struct Parts {
     metrics: Arc<http::Metrics>,
     shards: Option<Arc<shard::Shards>>,
     windows: super::windows::Windows,
+    slots: Arc<Slots>,
+}
+
+/// The `--concurrency` slots of reconciles, counting their waiters in `metrics`.
+fn slots(options: &AgentOptions, metrics: &http::Metrics) -> Arc<Slots> {
+    let waiting = |class: &str| {
+        let labels = http::ClassLabels {
+            class: class.into(),
+        };
+        metrics.reconciles_waiting.get_or_create(&labels).clone()
+    };
+    Slots::new(options.concurrency, [waiting("urgent"), waiting("routine")])
 }
 
 impl Context {
@@ -112,6 +128,7 @@ impl Context {
             metrics,
             shards,
             windows,
+            slots,
         } = parts;
         let notifier = notify::Notifier::new(options.notify.clone(), metrics.clone())
             .map_err(Error::Notify)?;
@@ -129,6 +146,7 @@ impl Context {
             memory: Default::default(),
             shards,
             windows,
+            slots,
         })
     }
 }
@@ -198,6 +216,7 @@ struct Watch<S> {
 fn watch_applications(
     client: &kube::Client,
     options: &AgentOptions,
+    slots: &Arc<Slots>,
 ) -> Watch<impl Stream<Item = Result<Application, watcher::Error>> + Send + 'static> {
     let applications: Api<Application> = match &options.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -229,8 +248,15 @@ fn watch_applications(
             }
             _ => {}
         });
+    // What passes the filter is new or changed: its reconcile is urgent.
+    let slots = slots.clone();
     let stream = super::stored::applied_once_stored(events)
-        .predicate_filter(spec_or_sync_request, Default::default());
+        .predicate_filter(spec_or_sync_request, Default::default())
+        .inspect(move |app| {
+            if let Ok(app) = app {
+                slots.expedite(application_key(app));
+            }
+        });
     Watch {
         stream,
         store,
@@ -442,10 +468,16 @@ async fn run_controller(
     stop: impl Future<Output = ()> + Send + Sync + 'static,
     context: &Arc<Context>,
 ) {
+    // Drift, a webhook, the API: someone waits, the reconcile is urgent.
+    let slots = context.slots.clone();
     let triggers = futures::stream::select(
         drifted,
         futures::stream::poll_fn(move |cx| webhooks.poll_recv(cx)),
-    );
+    )
+    .inspect(move |app: &ObjectRef<Application>| {
+        let namespace = app.namespace.as_deref().unwrap_or_default();
+        slots.expedite(format!("{namespace}/{}", app.name));
+    });
     controller
         .reconcile_on(triggers)
         .graceful_shutdown_on(stop)

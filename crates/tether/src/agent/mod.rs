@@ -33,6 +33,7 @@ mod pulls;
 mod reconcile;
 mod report;
 pub mod shard;
+mod slots;
 mod status;
 mod stored;
 mod sync;
@@ -236,6 +237,8 @@ struct Context {
     shards: Option<Arc<shard::Shards>>,
     /// The SyncWindows of the watched namespaces.
     windows: windows::Windows,
+    /// Which reconcile runs next when all `--concurrency` slots are busy.
+    slots: Arc<slots::Slots>,
 }
 
 impl Context {
@@ -299,6 +302,7 @@ impl Context {
     /// The Application `key` is gone: it no longer counts in the gauge of states, and a
     /// failure it could not report has no one left to tell.
     fn forget(&self, key: &str) {
+        self.slots.forget(key);
         self.memory.forget(key, |gone| {
             if let Some(previous) = gone.state {
                 self.uncount_state(previous);

@@ -46,6 +46,8 @@ pub(super) async fn reconcile(
     if !super::windows::ready(&ctx) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
+    // At most `--concurrency` run at once; the urgent first, then the polls, in order.
+    let _slot = ctx.slots.acquire_for(&application_key(&cached)).await;
     let started = std::time::Instant::now();
     let Some(app) = read_fresh(&ctx, &cached).await? else {
         return Ok(Action::await_change());

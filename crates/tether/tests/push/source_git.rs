@@ -225,6 +225,45 @@ fn concurrent_fetches_of_one_repository_share_the_cache_safely() {
     assert_sound(cache.path());
 }
 
+#[test]
+fn polls_of_one_repository_list_it_once_and_fetch_nothing() {
+    let f = fixture();
+    let cache = tempfile::tempdir().expect("cache");
+    let url = format!("file://{}", f.repo.path.display());
+    let listings = std::sync::Arc::new(tether::source::git::Listings::default());
+    let polls: Vec<_> = [
+        "main", "main", "v2.0.0", "main", "v1.0.0", "main", "main", "main",
+    ]
+    .iter()
+    .map(|reference| {
+        let mut source = source(&url, reference, cache.path());
+        source.listing_max_age = Duration::from_secs(60);
+        source.listings = listings.clone();
+        std::thread::spawn(move || source.list_remote())
+    })
+    .collect();
+    let commits: Vec<String> = polls
+        .into_iter()
+        .map(|poll| {
+            let revision = poll.join().expect("no panic").expect("listed");
+            revision.expect("the ref is listed").commit
+        })
+        .collect();
+    assert_eq!(commits[0], f.head);
+    assert_eq!(commits[2], f.head, "v2.0.0 is the head, peeled");
+    assert_eq!(commits[4], f.first, "v1.0.0, peeled");
+    assert_eq!(listings.taken(), 1, "eight polls at once, one listing");
+    // Nothing was fetched: the commit comes with the first fetch.
+    let (_, _, stats) = source(&url, "main", cache.path()).fetch().expect("fetch");
+    assert!(stats.objects_received > 0, "{stats:?}");
+    // A ref the remote lacks is for the fetch to explain.
+    let mut missing = source(&url, "no-such-branch", cache.path());
+    missing.listings = listings.clone();
+    missing.listing_max_age = Duration::from_secs(60);
+    assert!(missing.list_remote().expect("listed").is_none());
+    assert_eq!(listings.taken(), 1, "the listing is reused");
+}
+
 /// `git fsck` finds the cached repository sound.
 fn assert_sound(cache: &Path) {
     let fsck = std::process::Command::new("git")

@@ -13,6 +13,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Family<ResultLabels, Counter>,
     pub reconcile_seconds: Histogram,
+    pub reconciles_waiting: Family<ClassLabels, Gauge>,
     pub git_fetch_seconds: Histogram,
     pub applied: Family<ActionLabels, Counter>,
     pub drift_corrections: Counter,
@@ -29,6 +30,11 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +67,11 @@ impl Default for Metrics {
                 "reconcile_duration_seconds",
                 "Time of one reconcile",
                 Histogram::new(buckets),
+            ),
+            reconciles_waiting: add(
+                r,
+                "reconciles_waiting",
+                "Reconciles waiting for one of the --concurrency slots, by class: urgent (the Application is new or changed, a sync was asked for, drift or a webhook named it) or routine (a poll at the interval, a retry); urgent ones go first",
             ),
             git_fetch_seconds: registered(
                 r,

@@ -18,7 +18,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
 
 use crate::agent::Application;
-pub use metrics::{ActionLabels, Metrics, ResultLabels, StateLabels, WebhookLabels};
+pub use metrics::{ActionLabels, ClassLabels, Metrics, ResultLabels, StateLabels, WebhookLabels};
 pub use webhook::{
     Push, REPLAY_WINDOW, WEBHOOK_BODY_LIMIT, parse_push, same_repository, signature_valid,
 };

@@ -2,6 +2,8 @@
 //! first), applied when the policy allows, and what the cluster now holds recorded for the
 //! drift watches; the backstop's report of drift the watches missed.
 
+use std::collections::HashMap;
+
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
@@ -15,6 +17,8 @@ use crate::agent::{
 use crate::app::plan_app;
 use crate::application::{ApplySetReference, SyncState, SyncStatus};
 use crate::cluster::discovery::{KindInfo, Resolver};
+use crate::health::HealthStatus;
+use crate::health::rules::Rules;
 use crate::object::{Object, ObjectKey};
 use crate::plan::{Action as PlanAction, Plan};
 use crate::source::git::Revision;
@@ -36,6 +40,9 @@ pub(super) async fn full_sync(
     let policy = &app.spec.sync_policy;
     let owner = ObjectRef::from_obj(app);
     let mut planned = watch_and_plan(ctx, at, app, applyset_id, &owner, objects).await?;
+    // What the plan read is what the cluster holds: each member's health, unless a write
+    // follows (an agent's restart then reads no object a second time).
+    let read_health = health_of_planned(&planned, &health_rules(app));
     // Objects another owner holds fail alone; the rest is synced (rule 13).
     let refused = std::mem::take(&mut planned.refused);
     if check_watches {
@@ -79,7 +86,15 @@ pub(super) async fn full_sync(
     if !refused.is_empty() {
         sync.status = SyncState::OutOfSync.into();
     }
-    record_held(dest, applyset_id, digest, &sync, versions, desired);
+    let known_health = applied.is_none().then_some(read_health);
+    record_held(
+        dest,
+        applyset_id,
+        digest,
+        &sync,
+        (versions, desired),
+        known_health,
+    );
     let health = assess_set(ctx, dest, client, applyset_id, &health_rules(app)).await;
     if !refused.is_empty() {
         return Err(Failure {
@@ -116,7 +131,8 @@ async fn watch_and_plan(
     dest.drift
         .watch_before_sync(owner.clone(), applyset_id, kinds, WATCH_LIST_TIMEOUT)
         .await;
-    let planned = plan_app(client, resolver, &ctx.pipeline, app, objects, false)
+    // Unchanged objects are kept whole: their health is read from them.
+    let planned = plan_app(client, resolver, &ctx.pipeline, app, objects, true)
         .await
         .map_err(|e| dest.target.context(e.into()))?;
     dest.drift
@@ -236,14 +252,15 @@ fn serve_unserved(
 
 /// Records for the drift watch and the health reads what the cluster holds after a full
 /// sync: the render's digest once Synced (a later revision that renders the same needs no
-/// plan), each member's resourceVersion, and the desired set (its health read in full).
+/// plan), each member's resourceVersion, and the desired set, with the health of its
+/// members when the plan's reads are still current (`known`; else it is read in full).
 fn record_held(
     dest: &Connected,
     applyset_id: &str,
     digest: [u8; 32],
     sync: &SyncStatus,
-    mut versions: Vec<(ObjectKey, String)>,
-    desired: Vec<Desired>,
+    (mut versions, desired): (Vec<(ObjectKey, String)>, Vec<Desired>),
+    known: Option<HashMap<ObjectKey, HealthStatus>>,
 ) {
     if sync.status == SyncState::Synced {
         dest.drift.set_applied_digest(applyset_id, digest);
@@ -252,15 +269,32 @@ fn record_held(
         versions.clear();
     }
     dest.drift.finish_full_sync(applyset_id, versions);
-    // A new desired set: its health is read in full (and remembered per object).
-    dest.health
-        .lock()
-        .expect("not poisoned")
-        .remove(applyset_id);
+    // A new desired set: its health is read in full (and remembered per object), unless
+    // the plan just read it.
+    let mut health = dest.health.lock().expect("not poisoned");
+    match known {
+        Some(known) => health.insert(applyset_id.to_string(), known),
+        None => health.remove(applyset_id),
+    };
+    drop(health);
     dest.desired
         .lock()
         .expect("not poisoned")
         .insert(applyset_id.to_string(), desired);
+}
+
+/// The health of each member the plan read (all but those to prune, and those of kinds not
+/// served yet), by `rules`.
+fn health_of_planned(planned: &Plan, rules: &Rules) -> HashMap<ObjectKey, HealthStatus> {
+    planned
+        .changes
+        .iter()
+        .filter(|c| c.action != PlanAction::Prune && c.kind.is_some())
+        .map(|c| {
+            let health = crate::health::assess_with(c.live.as_ref(), rules).status;
+            (c.key.clone(), health)
+        })
+        .collect()
 }
 
 /// Each desired member's applied digest, as the plan will write it.

@@ -16,7 +16,7 @@ use super::clusters::Connected;
 use super::decide::{self, Decision, LISTING_MAX_AGE};
 use super::reconcile::confined;
 use super::{Acting, Application, Context, Failure, Outcome, sync_requested};
-use crate::app::{digest_of, fetch, git_source, render_app};
+use crate::app::{digest_of, fetch, git_source, list_remote, render_app};
 use crate::application::{
     ApplicationStatus, ApplySetReference, SyncState, SyncStatus, health_from,
 };
@@ -96,9 +96,9 @@ pub(super) async fn sync(
     })
 }
 
-/// An idle poll: the shared listing of the remote's refs (a few seconds old at most)
-/// shows the commit already applied. Nor is the Git cache opened then. `None`: it does
-/// not.
+/// An idle poll: the listing of the remote's refs (shared, a few seconds old at most, or
+/// taken now) shows the commit already applied. No commit is fetched or read then.
+/// `None`: it does not (or the remote cannot be listed: the fetch then says why).
 async fn idle_poll(
     ctx: &Context,
     at: &Acting<'_>,
@@ -110,9 +110,12 @@ async fn idle_poll(
     let (status, _, _) = settled;
     let status_changed = at.dest.drift.may_skip(applyset_id)?;
     let applied = status.revision_info.as_ref()?;
-    let listed = git_source(&ctx.pipeline, app, decision.listing_max_age)
+    // The shared listing, else a new one (polls of one repository wait for one listing);
+    // any failure is the fetch's to report.
+    let listed = list_remote(&ctx.client, &ctx.pipeline, app, decision.listing_max_age)
+        .await
         .ok()
-        .and_then(|source| source.recently_listed())?;
+        .flatten()?;
     if listed.commit != applied.commit {
         return None;
     }

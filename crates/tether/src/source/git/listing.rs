@@ -3,7 +3,7 @@
 //! ([`Listings`], a value its owner passes in: the agent keeps one, each command its own).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::url::display_url;
@@ -33,6 +33,11 @@ type ListingKey = (String, Option<String>);
 #[derive(Default)]
 pub struct Listings {
     state: Mutex<ListingState>,
+    /// Held by whoever lists a remote for a poll ([`super::GitSource::list_remote`]), so
+    /// that many polls of one repository list it once.
+    listers: Mutex<BTreeMap<ListingKey, Arc<Mutex<()>>>>,
+    /// How many listings were taken (remembered).
+    taken: std::sync::atomic::AtomicU64,
     /// Woken by each push a webhook announces (ApplicationSets generate again: a pull
     /// request's head, a folder, a file may have changed).
     pushed: tokio::sync::Notify,
@@ -94,6 +99,20 @@ impl Listings {
         (*taken >= not_before).then(|| listing.clone())
     }
 
+    /// How many listings of remotes the sources sharing these listings took.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The lock of whoever lists `url` as `identity` for polls.
+    pub(super) fn lister(&self, url: &str, identity: Option<&str>) -> Arc<Mutex<()>> {
+        let mut listers = self.listers.lock().expect("not poisoned");
+        listers
+            .entry((url.to_string(), identity.map(str::to_string)))
+            .or_default()
+            .clone()
+    }
+
     pub(super) fn remember(
         &self,
         url: &str,
@@ -101,6 +120,8 @@ impl Listings {
         taken: Instant,
         listing: &Listing,
     ) {
+        self.taken
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut state = self.state.lock().expect("not poisoned");
         state.taken.insert(
             (url.to_string(), identity.map(str::to_string)),

@@ -163,6 +163,71 @@ impl GitSource {
             let (revision, tree) = self.open_commit(repo, commit, None, &display_url)?;
             return Ok((revision, tree, FetchStats::default()));
         }
+        let fetched = self.locked(
+            &cache,
+            &url,
+            &display_url,
+            waiting_since,
+            |session, repo| {
+                let (commit, from_ref, stats) = session.resolve_and_fetch(&repo)?;
+                if stats.objects_received > 0 {
+                    consolidate_packs(&cache.dir);
+                }
+                Ok((repo, commit, from_ref, stats))
+            },
+        );
+        let (repo, commit, from_ref, stats) = fetched?;
+        let (revision, tree) = self.open_commit(repo, commit, from_ref, &display_url)?;
+        drop(cache);
+        Ok((revision, tree, stats))
+    }
+
+    /// What a fetch now would resolve the ref to, from the remote's refs alone: a listing
+    /// at most `listing_max_age` old, else a new one (the cache is opened to list, its
+    /// objects neither fetched nor read). Polls of many Applications following one
+    /// repository list it once: one listing at a time per repository and identity in this
+    /// process, and those that waited for it take its result. `None` when the ref is not
+    /// in the listing (a fetch says why). Blocking: call from a blocking thread.
+    pub fn list_remote(&self) -> Result<Option<Revision>, Error> {
+        if let Some(revision) = self.recently_listed() {
+            return Ok(Some(revision));
+        }
+        install_crypto_provider();
+        let url = normalize_url(&self.url)?;
+        let display_url = url.to_bstring().to_string();
+        let identity = self.identity();
+        let lister = self.listings.lister(&display_url, identity.as_deref());
+        let _one_at_a_time = lister.lock().unwrap_or_else(|e| e.into_inner());
+        // Listed while this one waited.
+        if let Some(revision) = self.recently_listed() {
+            return Ok(Some(revision));
+        }
+        let cache = Cache::open(&self.cache_dir, self.cache_folder(&display_url))?;
+        let listing = self.locked(
+            &cache,
+            &url,
+            &display_url,
+            Instant::now(),
+            |session, repo| session.listing(&repo),
+        )?;
+        Ok(listed_ref(&self.reference, &listing).map(|found| Revision {
+            commit: found.commit.to_string(),
+            from_ref: Some(found.name),
+            url: display_url,
+            summary: None,
+            author: None,
+        }))
+    }
+
+    /// Runs `work` on the cached repository (made when missing) under its exclusive lock.
+    fn locked<T>(
+        &self,
+        cache: &Cache,
+        url: &gix::Url,
+        display_url: &str,
+        waiting_since: Instant,
+        work: impl FnOnce(&Session<'_>, gix::Repository) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         cache.lock_exclusive()?;
         // ssh writes why it failed (host key, auth) to its stderr: keep it to explain errors.
         let ssh_stderr = cache.dir.with_extension("ssh-stderr");
@@ -170,19 +235,13 @@ impl GitSource {
         let repo = cache.open_or_init(self, &ssh_stderr)?;
         let session = Session {
             source: self,
-            url: &url,
-            display_url: &display_url,
+            url,
+            display_url,
             started: Instant::now(),
             waiting_since,
             ssh_stderr: &ssh_stderr,
         };
-        let (commit, from_ref, stats) = session.resolve_and_fetch(&repo)?;
-        if stats.objects_received > 0 {
-            consolidate_packs(&cache.dir);
-        }
-        let (revision, tree) = self.open_commit(repo, commit, from_ref, &display_url)?;
-        drop(cache);
-        Ok((revision, tree, stats))
+        work(&session, repo)
     }
 
     /// The one way to a fetched or cached commit: its signature checked when asked, its
