@@ -18,8 +18,8 @@ Measured for each tool, in this order:
 - steady state: per-object ConfigMap requests per minute at the API server (its own
   apiserver_request_total) over two minutes once everything has applied the last commit;
 - peak memory (VmHWM) of the tool's processes;
-- for tether, an agent restart (until every Application is verified, requests, writes) and its JSON API and web UI
-  with the whole fleet;
+- for tether, an agent restart (until every Application is verified, requests, writes), its JSON API and web UI
+  with the whole fleet, and its web UI's event stream read through the converge;
 - health: new resources of one Deployment each, from Deployment Available to the resource saying so.
 The converge creates the resources 8 requests at once, counts those never reconciled, and has a budget after
 which a tool is reported as far as it got; a drift, push or health limit passed is reported, not fatal.
@@ -35,12 +35,14 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -416,12 +418,55 @@ def percentiles(values):
             values[-1], len(values))
 
 
+class EventStream:
+    """The web UI's live event stream (server-sent events, `/ui/events`) read from the
+    agent's start through the converge, as an open page reads it: how many `app` events
+    came, how many `resync` events (the stream fell behind and the page would reload), and
+    when it first showed every Application Synced (the counts each event carries)."""
+
+    SYNCED = re.compile(r'href="/ui/\?sync=Synced"><span class="n">(\d+)</span>')
+
+    def __init__(self, port, token, apps):
+        self.port, self.token, self.apps = port, token, apps
+        self.app_events, self.resyncs, self.synced, self.all_synced_at = 0, 0, 0, None
+        self.started = time.time()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/ui/events",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        for _ in range(600):  # until the agent listens (at most 60 s)
+            try:
+                response = urllib.request.urlopen(request, timeout=None)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            return
+        event = None
+        # Ends when the agent stops (or restarts) and closes the stream.
+        for raw in response:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "resync":
+                self.resyncs += 1
+            elif line.startswith("data:") and event == "app":
+                self.app_events += 1
+                found = self.SYNCED.search(json.loads(line[5:]).get("counts", ""))
+                if found:
+                    self.synced = int(found.group(1))
+                    if self.synced >= self.apps and self.all_synced_at is None:
+                        self.all_synced_at = time.time() - self.started
+
+
 def converge(tool, fleet, budget, results):
     """Creates the fleet's resources and waits until all applied its head; False when the
     budget ran out first (with how far it got in `results`)."""
     head = fleet.reset()
     tool.start()
     started = time.time()
+    events = EventStream(tool.http_port, tool.token, fleet.apps) if hasattr(tool, "token") else None
     tool.create(fleet)
     results["created"] = time.time() - started
     log(f"{tool.name}: {fleet.apps} resources created in {results['created']:.1f} s")
@@ -432,6 +477,14 @@ def converge(tool, fleet, budget, results):
     results["converge_peak_mib"] = sum(memory_mib(p.pid)[0] for p in tool.processes)
     log(f"{tool.name}: {done} of {fleet.apps} applied after {results['converge']:.1f} s, "
         f"{results['never']} never reconciled, peak {results['converge_peak_mib']:.0f} MiB")
+    if events:
+        # The stream may trail the lists the benchmark reads every few seconds: a moment more.
+        deadline = time.time() + 30
+        while complete and events.all_synced_at is None and time.time() < deadline:
+            time.sleep(0.2)
+        results["events"] = (events.app_events, events.resyncs, events.synced, events.all_synced_at)
+        log(f"{tool.name}: event stream: {events.app_events} app events, {events.resyncs} resyncs, "
+            f"{events.synced} Synced in its last counts, all Synced at {events.all_synced_at} s")
     return complete
 
 
@@ -743,6 +796,11 @@ def main():
         ("agent restarted: API requests meanwhile (whole server) / object writes / Application writes",
          cell("restart", lambda r: f"{r['restart_requests']:.0f} / {r['restart_cm_writes']:.0f} / "
                                    f"{r['restart_app_writes']:.0f}")),
+        ("web UI event stream during the converge: `app` events / `resync` events (fell behind) / "
+         "first showed every Application Synced",
+         cell("events", lambda r: f"{r['events'][0]} / {r['events'][1]} / "
+              + (f"{r['events'][3]:.1f} s after the first create" if r["events"][3] is not None
+                 else f"never ({r['events'][2]} Synced in its last event)"))),
         (f"Deployment Available to healthy ({HEALTH_APPS} new resources): p50 / p99 / max",
          cell("health", lambda r: "{:.3f} / {:.3f} / {:.3f} s".format(*r["health"][:3])
               + (f"; **{r['health'][4]} not healthy within 600 s**" if r["health"][4] else ""))),

@@ -287,10 +287,11 @@ report=bench/reports/apply-${BIG_ONLY:+big-}$(date -u +%Y-%m-%d)${REPORT_TAG:+-$
     echo
   fi
   if [ -s "$work/rows" ]; then
-  echo "| latency (measured round trip) | what | wall s | peak RSS MiB | writes | requests | API server CPU s | etcd CPU s |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "| latency (measured round trip) | what | wall s | peak RSS MiB | writes | requests | API server CPU s | etcd CPU s | API server + etcd CPU ms per object |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   while IFS='|' read -r latency what seconds rss writes total api etcd; do
-    echo "| $latency ms (${rtt[$latency]} ms) | $what | $seconds | $rss | $writes | $total | $api | $etcd |"
+    per_object=$(python3 -c "print(f'{($api + $etcd) * 1000 / (2 * $N):.1f}')")
+    echo "| $latency ms (${rtt[$latency]} ms) | $what | $seconds | $rss | $writes | $total | $api | $etcd | $per_object |"
   done < "$work/rows"
   echo
   python3 - "$work/rows" <<'PY'

@@ -251,6 +251,9 @@ pub struct Connected {
     /// the objects it touched (and those not Healthy), not the whole set.
     pub health:
         Mutex<HashMap<String, HashMap<crate::object::ObjectKey, crate::health::HealthStatus>>>,
+    /// ApplySet id → the digest of its last render and what that render read of its tree:
+    /// a later revision that holds the same there renders the same.
+    pub render_inputs: Mutex<HashMap<String, ([u8; 32], crate::source::recording::Inputs)>>,
 }
 
 impl Connected {
@@ -260,7 +263,17 @@ impl Connected {
             drift,
             desired: Default::default(),
             health: Default::default(),
+            render_inputs: Default::default(),
         }
+    }
+
+    /// Forgets what is known of set `id` (its Application is gone, or another agent took
+    /// it over).
+    pub fn forget_set(&self, id: &str) {
+        self.drift.forget_set(id);
+        self.desired.lock().expect("not poisoned").remove(id);
+        self.health.lock().expect("not poisoned").remove(id);
+        self.render_inputs.lock().expect("not poisoned").remove(id);
     }
 }
 

@@ -81,9 +81,18 @@ pub async fn run(
     let stop = until_stopped(shutdown, leadership.lost_signal.clone())
         .boxed()
         .shared();
+    // On the stop, reconciles waiting for a slot end (the shutdown waits for those running).
+    let closing = {
+        let (stop, context) = (stop.clone(), context.clone());
+        AbortOnDrop::new(tokio::spawn(async move {
+            stop.await;
+            context.slots.close();
+        }))
+    };
     let sets = super::appsets::run(context.clone(), stop.clone());
     let applications = run_controller(controller, drifted, webhooks, stop, &context);
     futures::future::join(applications, sets).await;
+    drop(closing);
     context.clusters.stop();
     drop(sharding);
     if let Some(shards) = &context.shards {

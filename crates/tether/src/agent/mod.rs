@@ -316,12 +316,7 @@ impl Context {
         let id =
             crate::inventory::ApplySet::new(&app.name_any(), &app.spec.destination.namespace).id;
         if let Some(destination) = self.clusters.cached(app) {
-            destination.drift.forget_set(&id);
-            destination
-                .desired
-                .lock()
-                .expect("not poisoned")
-                .remove(&id);
+            destination.forget_set(&id);
         }
     }
 

@@ -31,6 +31,12 @@ pub(super) async fn reconcile(
     cached: Arc<Application>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    // At most `--concurrency` run at once; the urgent first, then the polls, in order.
+    // (Taken first: a reconcile that waits for its turn holds up no shard's handover.)
+    let Some(_slot) = ctx.slots.acquire_for(&application_key(&cached)).await else {
+        // The agent stops.
+        return Ok(Action::await_change());
+    };
     // Sharded: only the agent holding the Application's shard acts on it; the shard is not
     // given up while this reconcile runs.
     let _in_shard = match &ctx.shards {
@@ -46,8 +52,6 @@ pub(super) async fn reconcile(
     if !super::windows::ready(&ctx) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
-    // At most `--concurrency` run at once; the urgent first, then the polls, in order.
-    let _slot = ctx.slots.acquire_for(&application_key(&cached)).await;
     let started = std::time::Instant::now();
     let Some(app) = read_fresh(&ctx, &cached).await? else {
         return Ok(Action::await_change());

@@ -37,6 +37,8 @@ pub struct Slots {
 
 struct State {
     free: usize,
+    /// The agent stops: nobody gets a slot any more.
+    closed: bool,
     urgent: VecDeque<oneshot::Sender<Permit>>,
     routine: VecDeque<oneshot::Sender<Permit>>,
 }
@@ -54,6 +56,7 @@ impl Slots {
         Arc::new(Self {
             state: Mutex::new(State {
                 free: concurrency.max(1),
+                closed: false,
                 urgent: VecDeque::new(),
                 routine: VecDeque::new(),
             }),
@@ -69,7 +72,7 @@ impl Slots {
 
     /// A slot for the reconcile of the Application with `key`: urgent when it was
     /// expedited since its last one, else routine (a poll, a retry).
-    pub async fn acquire_for(self: &Arc<Self>, key: &str) -> Permit {
+    pub async fn acquire_for(self: &Arc<Self>, key: &str) -> Option<Permit> {
         let urgent = self.expedited.lock().expect("not poisoned").remove(key);
         self.acquire(if urgent {
             Class::Urgent
@@ -85,15 +88,19 @@ impl Slots {
     }
 
     /// A slot for a reconcile of `class`: at once when one is free and nobody waits,
-    /// else when those before it are done. A waiter dropped before its turn takes no slot.
-    pub async fn acquire(self: &Arc<Self>, class: Class) -> Permit {
+    /// else when those before it are done; `None` once the agent stops ([`Slots::close`]).
+    /// A waiter dropped before its turn takes no slot.
+    pub async fn acquire(self: &Arc<Self>, class: Class) -> Option<Permit> {
         let receiver = {
             let mut state = self.state.lock().expect("not poisoned");
+            if state.closed {
+                return None;
+            }
             if state.free > 0 && state.urgent.is_empty() && state.routine.is_empty() {
                 state.free -= 1;
-                return Permit {
+                return Some(Permit {
                     slots: Some(self.clone()),
-                };
+                });
             }
             let (sender, receiver) = oneshot::channel();
             match class {
@@ -103,8 +110,18 @@ impl Slots {
             self.count(&state);
             receiver
         };
-        // The sender is dropped only with a permit sent: a slot is handed over, not lost.
-        receiver.await.expect("a waiter is sent a permit")
+        // A sender is dropped without a permit only when the agent stops.
+        receiver.await.ok()
+    }
+
+    /// The agent stops: the reconciles that wait for a slot end at once (a graceful
+    /// shutdown then waits only for those running), and none starts any more.
+    pub fn close(&self) {
+        let mut state = self.state.lock().expect("not poisoned");
+        state.closed = true;
+        state.urgent.clear();
+        state.routine.clear();
+        self.count(&state);
     }
 
     /// Hands the slot of a dropped permit to the first waiter still waiting, else frees it.
@@ -170,7 +187,7 @@ mod tests {
         let (slots, order) = (slots.clone(), order.clone());
         let (done, until) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _permit = slots.acquire(class).await;
+            let _permit = slots.acquire(class).await.expect("open");
             order.lock().unwrap().push(name);
             let _ = until.await;
         });
@@ -206,7 +223,7 @@ mod tests {
     async fn urgent_waiters_go_first_and_each_class_in_order_of_arrival() {
         let slots = slots(1);
         let order = Arc::new(Mutex::new(Vec::new()));
-        let held = slots.acquire(Class::Routine).await;
+        let held = slots.acquire(Class::Routine).await.expect("open");
         let mut waiters = Vec::new();
         for (class, name) in [
             (Class::Routine, "poll 1"),
@@ -232,7 +249,7 @@ mod tests {
     #[tokio::test]
     async fn an_expedited_application_is_urgent_once() {
         let slots = slots(1);
-        let held = slots.acquire(Class::Routine).await;
+        let held = slots.acquire(Class::Routine).await.expect("open");
         let order = Arc::new(Mutex::new(Vec::new()));
         slots.expedite("ns/changed".into());
         let mut waiters = Vec::new();
@@ -241,7 +258,7 @@ mod tests {
             let (done, until) = oneshot::channel::<()>();
             waiters.push((
                 tokio::spawn(async move {
-                    let _permit = slots.acquire_for(key).await;
+                    let _permit = slots.acquire_for(key).await.expect("open");
                     order.lock().unwrap().push(key);
                     let _ = until.await;
                 }),
@@ -258,8 +275,8 @@ mod tests {
     #[tokio::test]
     async fn no_more_run_at_once_than_the_slots_and_a_freed_slot_is_taken_at_once() {
         let slots = slots(2);
-        let a = slots.acquire(Class::Routine).await;
-        let _b = slots.acquire(Class::Routine).await;
+        let a = slots.acquire(Class::Routine).await.expect("open");
+        let b = slots.acquire(Class::Routine).await.expect("open");
         let order = Arc::new(Mutex::new(Vec::new()));
         let (task, done) = waiter(&slots, Class::Urgent, "third", &order);
         settle().await;
@@ -273,17 +290,37 @@ mod tests {
         let _ = done.send(());
         task.await.unwrap();
         // Both slots free again once every permit is gone.
-        drop(_b);
-        let _c = slots.acquire(Class::Routine).await;
+        drop(b);
+        let _c = slots.acquire(Class::Routine).await.expect("open");
         let _d = tokio::time::timeout(Duration::from_secs(1), slots.acquire(Class::Routine))
             .await
             .expect("the second slot is free");
     }
 
     #[tokio::test]
+    async fn when_the_agent_stops_the_waiters_end_and_none_starts() {
+        let slots = slots(1);
+        let held = slots.acquire(Class::Routine).await.expect("open");
+        let waiting = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.acquire(Class::Urgent).await.is_some() })
+        };
+        settle().await;
+        slots.close();
+        let got_slot = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the waiter ends at once")
+            .expect("no panic");
+        assert!(!got_slot, "a waiter got a slot after the stop");
+        drop(held);
+        assert!(slots.acquire(Class::Urgent).await.is_none());
+        assert_eq!(slots.waiting[0].get(), 0);
+    }
+
+    #[tokio::test]
     async fn a_waiter_that_gives_up_takes_no_slot_with_it() {
         let slots = slots(1);
-        let held = slots.acquire(Class::Routine).await;
+        let held = slots.acquire(Class::Routine).await.expect("open");
         let order = Arc::new(Mutex::new(Vec::new()));
         let (gone, _) = waiter(&slots, Class::Urgent, "gone", &order);
         settle().await;

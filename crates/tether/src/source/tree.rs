@@ -51,6 +51,14 @@ pub trait Tree: Send + Sync {
 
     /// The contents of a file (or the target of a symlink), refused above `limit` bytes.
     fn read(&self, path: &str, limit: u64) -> Result<Vec<u8>, TreeError>;
+
+    /// The id of the entry at `path` ("" is the root) in a tree whose entries have ids that
+    /// name their contents (a Git commit's: equal ids, equal contents, a directory's with
+    /// everything below it): `Some(None)` when nothing is there. `None`: this tree has no
+    /// such ids (a folder on disk).
+    fn entry_id(&self, _path: &str) -> Option<Option<String>> {
+        None
+    }
 }
 
 /// Joins `base` (a directory) and a relative `target`, resolving `.` and `..`.

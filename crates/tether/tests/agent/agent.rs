@@ -560,6 +560,12 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
         0,
         "a revision that changed another folder sent requests for this Application's objects"
     );
+    // Nor was it rendered: it holds what the last render read, where it read it.
+    let skipped = support::agent::agent_metric(port, "tether_renders_skipped_total").await;
+    assert!(
+        skipped >= 1.0,
+        "the revision that changed another folder was rendered again ({skipped} skipped)"
+    );
     assert_eq!(
         moved
             .status

@@ -264,6 +264,45 @@ fn polls_of_one_repository_list_it_once_and_fetch_nothing() {
     assert_eq!(listings.taken(), 1, "the listing is reused");
 }
 
+#[test]
+fn a_render_records_what_it_read_and_a_revision_that_holds_the_same_there_is_known() {
+    use tether::source::recording::Recording;
+    let f = fixture();
+    let cache = tempfile::tempdir().expect("cache");
+    let url = format!("file://{}", f.repo.path.display());
+    let render = |commit: &str| {
+        let (_, tree, _) = source(&url, commit, cache.path()).fetch().expect("fetch");
+        let (tree, recorded) = Recording::new(Box::new(tree));
+        render_plain(&tree, "apps/web", &RenderOptions::default()).expect("renders");
+        recorded.take().expect("a commit's tree has ids")
+    };
+    let tree_at = |commit: &str| source(&url, commit, cache.path()).fetch().expect("fetch").1;
+    let read = render(&f.head);
+    assert!(!read.is_empty());
+    assert!(read.same_in(&tree_at(&f.head)));
+    // Another folder changes: the same.
+    f.repo.write("apps/other/cm.yaml", &cm("other"));
+    let elsewhere = f.repo.commit("another folder");
+    assert!(read.same_in(&tree_at(&elsewhere)), "a change elsewhere");
+    // A file of the folder changes, one is added, one is removed: not the same.
+    f.repo.write("apps/web/cm.yaml", &cm("web-v3"));
+    let changed = f.repo.commit("changed");
+    assert!(!read.same_in(&tree_at(&changed)), "a file changed");
+    let read = render(&changed);
+    f.repo.write("apps/web/more.yaml", &cm("more"));
+    let added = f.repo.commit("added");
+    assert!(!read.same_in(&tree_at(&added)), "a file added");
+    let read = render(&added);
+    f.repo.remove("apps/web/more.yaml");
+    let removed = f.repo.commit("removed");
+    assert!(!read.same_in(&tree_at(&removed)), "a file removed");
+    // A folder on disk has no ids: nothing is recorded.
+    let dir = tether::source::tree::DirTree::new(&f.repo.path).expect("dir tree");
+    let (tree, recorded) = Recording::new(Box::new(dir));
+    render_plain(&tree, "apps/web", &RenderOptions::default()).expect("renders");
+    assert!(recorded.take().is_none());
+}
+
 /// `git fsck` finds the cached repository sound.
 fn assert_sound(cache: &Path) {
     let fsck = std::process::Command::new("git")

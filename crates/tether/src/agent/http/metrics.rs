@@ -15,6 +15,7 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     pub reconciles_waiting: Family<ClassLabels, Gauge>,
     pub git_fetch_seconds: Histogram,
+    pub renders_skipped: Counter,
     pub applied: Family<ActionLabels, Counter>,
     pub drift_corrections: Counter,
     pub drift_missed: Counter,
@@ -78,6 +79,11 @@ impl Default for Metrics {
                 "git_fetch_duration_seconds",
                 "Time to resolve and fetch a revision",
                 Histogram::new(buckets),
+            ),
+            renders_skipped: add(
+                r,
+                "renders_skipped",
+                "Renders not needed: a new revision holds, at every path the render of what is applied read, what it read (plain YAML and Jsonnet folders; kustomize and helm read a copy of the whole repository)",
             ),
             applied: add(
                 r,
@@ -166,6 +172,10 @@ mod tests {
             result: "accepted".into(),
         };
         metrics.webhooks.get_or_create(&webhook).inc();
+        let class = ClassLabels {
+            class: "urgent".into(),
+        };
+        metrics.reconciles_waiting.get_or_create(&class).set(0);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &metrics.registry).expect("encodes");
         let helps: Vec<&str> = text
@@ -178,7 +188,9 @@ mod tests {
             [
                 "tether_reconciles",
                 "tether_reconcile_duration_seconds",
+                "tether_reconciles_waiting",
                 "tether_git_fetch_duration_seconds",
+                "tether_renders_skipped",
                 "tether_objects_applied",
                 "tether_drift_corrections",
                 "tether_drift_missed",

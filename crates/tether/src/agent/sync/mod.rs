@@ -24,6 +24,7 @@ use crate::duration::parse_duration;
 use crate::health::HealthStatus;
 use crate::object::Object;
 use crate::source::git::Revision;
+use crate::source::recording::Recording;
 use crate::source::tree::Tree;
 use crate::tenancy;
 use full::full_sync;
@@ -189,7 +190,7 @@ async fn sync_revision(
         Some(rendered) => rendered,
         None => {
             let tree = tree.take().expect("the tree is rendered once");
-            render_digested(ctx, dest, app, &revision, tree).await?
+            render_digested(ctx, dest, app, applyset_id, &revision, tree).await?
         }
     };
     // The watches vouched that nothing changed, and the cluster holds this very render:
@@ -213,9 +214,27 @@ async fn renders_the_same(
         return Ok((true, None));
     }
     let tree = tree.take().expect("the tree is rendered once");
-    let (objects, digest) = render_digested(ctx, at.dest, app, revision, tree).await?;
+    if reads_the_same(at.dest, app, applyset_id, tree.as_ref()) {
+        ctx.metrics.renders_skipped.inc();
+        return Ok((true, None));
+    }
+    let (objects, digest) = render_digested(ctx, at.dest, app, applyset_id, revision, tree).await?;
     let same = at.dest.drift.applied_digest(applyset_id) == Some(digest);
     Ok((same, Some((objects, digest))))
+}
+
+/// Whether `tree` holds, at every path the render of what was applied read, what that
+/// render read: then it renders the same. Not asked of an Application that decrypts (its
+/// keys come from a Secret, outside the tree).
+fn reads_the_same(dest: &Connected, app: &Application, applyset_id: &str, tree: &dyn Tree) -> bool {
+    if app.spec.decryption.is_some() {
+        return false;
+    }
+    let applied = dest.drift.applied_digest(applyset_id);
+    let inputs = dest.render_inputs.lock().expect("not poisoned");
+    inputs
+        .get(applyset_id)
+        .is_some_and(|(digest, inputs)| Some(*digest) == applied && inputs.same_in(tree))
 }
 
 /// What the status and the drift watches say before a sync of set `applyset_id`.
@@ -294,23 +313,38 @@ pub(super) fn health_rules(app: &Application) -> crate::health::rules::Rules {
     app.spec.health_rules().unwrap_or_default()
 }
 
-/// Renders as [`render_app`] does, with the render's [`digest_of`].
+/// Renders as [`render_app`] does, with the render's [`digest_of`]; remembers for set
+/// `applyset_id` what the render read of the tree (see [`reads_the_same`]).
 async fn render_digested(
     ctx: &Context,
     dest: &Connected,
     app: &Application,
+    applyset_id: &str,
     revision: &Revision,
     tree: Box<dyn Tree>,
 ) -> Result<(Vec<Object>, [u8; 32]), String> {
+    let (tree, recorded) = Recording::new(tree);
     let objects = render_app(
         &ctx.client,
         &dest.target.resolver,
         &ctx.pipeline,
         app,
         revision,
-        tree,
+        Box::new(tree),
     )
-    .await?;
+    .await;
+    let mut inputs = dest.render_inputs.lock().expect("not poisoned");
+    let objects = match objects {
+        Ok(objects) => objects,
+        Err(err) => {
+            inputs.remove(applyset_id);
+            return Err(err.into());
+        }
+    };
     let digest = digest_of(&objects);
+    match recorded.take() {
+        Some(read) => inputs.insert(applyset_id.to_string(), (digest, read)),
+        None => inputs.remove(applyset_id),
+    };
     Ok((objects, digest))
 }

@@ -34,7 +34,7 @@ pub(super) async fn correct_drift(
     settled: Settled<'_>,
 ) -> Result<Targeted, Failure> {
     let (dest, client) = (at.dest, at.client);
-    let (objects, digest) = render_digested(ctx, dest, app, &revision, tree).await?;
+    let (objects, digest) = render_digested(ctx, dest, app, applyset_id, &revision, tree).await?;
     if dest.drift.applied_digest(applyset_id) != Some(digest) {
         return Ok(Targeted::Full(objects, digest));
     }

@@ -29,7 +29,8 @@ type ListingKey = (String, Option<String>);
 
 /// The last ref listing per URL and identity, with when it was taken, and the webhooks'
 /// word that a remote changed. Shared by the fetches of its owner (clone the `Arc`), so
-/// polls of many Applications following one repository share one listing.
+/// polls of many Applications following one repository share one listing (and the
+/// index of the commit they read).
 #[derive(Default)]
 pub struct Listings {
     state: Mutex<ListingState>,
@@ -38,6 +39,8 @@ pub struct Listings {
     listers: Mutex<BTreeMap<ListingKey, Arc<Mutex<()>>>>,
     /// How many listings were taken (remembered).
     taken: std::sync::atomic::AtomicU64,
+    /// The tree indexes of the commits read last (see [`super::commit_tree::Indexes`]).
+    pub(super) indexes: super::commit_tree::Indexes,
     /// Woken by each push a webhook announces (ApplicationSets generate again: a pull
     /// request's head, a folder, a file may have changed).
     pushed: tokio::sync::Notify,

@@ -266,7 +266,8 @@ impl GitSource {
             })?;
         }
         let (summary, author) = commit_details(&repo, commit);
-        let tree = CommitTree::new(repo.into_sync(), commit, url).map_err(|e| git_err(&e))?;
+        let tree = CommitTree::new(repo.into_sync(), commit, url, &self.listings.indexes)
+            .map_err(|e| git_err(&e))?;
         let revision = Revision {
             commit: commit.to_string(),
             from_ref,
