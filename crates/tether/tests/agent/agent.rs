@@ -607,6 +607,13 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
     );
     let reconciled = || support::agent::agent_metric(port, "tether_reconciles_total");
     let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent does not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Its first reconcile plans in full (the watches vouch for nothing yet); a few more.
     while reconciled().await < 4.0 {
         assert!(

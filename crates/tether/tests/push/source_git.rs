@@ -265,6 +265,44 @@ fn polls_of_one_repository_list_it_once_and_fetch_nothing() {
 }
 
 #[test]
+fn a_listed_commit_already_cached_is_read_beside_other_readers() {
+    let f = fixture();
+    let cache = tempfile::tempdir().expect("cache");
+    let url = format!("file://{}", f.repo.path.display());
+    let listings = std::sync::Arc::new(tether::source::git::Listings::default());
+    let poll = || {
+        let mut source = source(&url, "main", cache.path());
+        source.listing_max_age = Duration::from_secs(60);
+        source.listings = listings.clone();
+        source
+    };
+    let (first, _, stats) = poll().fetch().expect("first fetch");
+    assert!(stats.objects_received > 0);
+    // Another reader holds the repository's lock shared (a fetch would need it alone).
+    let lock_file = std::fs::read_dir(cache.path())
+        .expect("cache")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "lock"))
+        .expect("the repository's lock file");
+    let reader = std::fs::File::open(&lock_file).expect("lock file");
+    reader.lock_shared().expect("shared lock");
+    let source = poll();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(source.fetch().map(|(rev, _, stats)| (rev, stats)));
+    });
+    let (again, stats) = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the listed commit is read while another reader holds the lock")
+        .expect("fetch");
+    assert_eq!(again.commit, first.commit);
+    assert_eq!(again.from_ref, first.from_ref);
+    assert!(!stats.contacted_remote, "{stats:?}");
+    reader.unlock().expect("unlock");
+}
+
+#[test]
 fn a_render_records_what_it_read_and_a_revision_that_holds_the_same_there_is_known() {
     use tether::source::recording::Recording;
     let f = fixture();

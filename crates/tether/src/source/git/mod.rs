@@ -163,6 +163,15 @@ impl GitSource {
             let (revision, tree) = self.open_commit(repo, commit, None, &display_url)?;
             return Ok((revision, tree, FetchStats::default()));
         }
+        // So is the commit a recent listing names for the ref, once cached (after a push, the
+        // Applications following the repository read it together, one having fetched it).
+        if let Some(listed) = self.recently_listed()
+            && let Ok(commit) = gix::ObjectId::from_hex(listed.commit.as_bytes())
+            && let Some(repo) = cache.read_shared(commit)?
+        {
+            let (revision, tree) = self.open_commit(repo, commit, listed.from_ref, &display_url)?;
+            return Ok((revision, tree, FetchStats::default()));
+        }
         let fetched = self.locked(
             &cache,
             &url,
