@@ -246,8 +246,10 @@ class Tether:
 
     def notify(self, fleet, revision):
         # As a Git host sends it: each push names its commit (the agent refuses a body it
-        # received before, a replay).
+        # received before, a replay) and the files each commit changed.
+        changed = fleet.git("diff-tree", "--no-commit-id", "--name-only", "-r", revision).splitlines()
         body = json.dumps({"ref": "refs/heads/main", "after": revision,
+                           "commits": [{"id": revision, "added": [], "modified": changed, "removed": []}],
                            "repository": {"clone_url": fleet.url}}).encode()
         signature = hmac.new(self.secret, body, hashlib.sha256).hexdigest()
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/webhooks/github", data=body, method="POST")

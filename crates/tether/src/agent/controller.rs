@@ -17,12 +17,12 @@ use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::sync::{Notify, broadcast};
 
 use super::clusters::{Clusters, Connected};
 use super::reconcile::reconcile;
-use super::slots::Slots;
+use super::slots::{Slots, Trigger};
 use super::{AgentOptions, Context, Error, commit_status, drift, http, leader, notify, shard};
 use crate::application::{self, Application, application_key};
 use crate::cluster::discovery::Resolver;
@@ -42,8 +42,9 @@ pub async fn run(
     let (clusters, changes, drifted) = destinations(&client, &options).await?;
     let recorder = recorder(&client, shards.as_ref());
     let metrics = Arc::new(http::Metrics::default());
-    let (trigger, webhooks) = unbounded_channel();
+    let (sender, webhooks) = unbounded_channel();
     let slots = slots(&options, &metrics);
+    let trigger = Trigger::new(sender, slots.clone());
     let watch = watch_applications(&client, &options, &slots);
     // No limit in kube's controller: its waiting requests are taken in hash order, so
     // reconciles wait for a slot in `slots` instead, in order (see [`super::slots`]).
@@ -280,7 +281,7 @@ struct Serving<'a> {
     options: &'a AgentOptions,
     store: &'a Store<Application>,
     /// Reconciles an Application now (webhooks, the API and the UI).
-    trigger: &'a UnboundedSender<ObjectRef<Application>>,
+    trigger: &'a Trigger,
     clusters: &'a Arc<Clusters>,
     shards: Option<&'a Arc<shard::Shards>>,
     metrics: &'a Arc<http::Metrics>,
@@ -366,7 +367,7 @@ async fn serve(
 fn follow_shards(
     shards: Arc<shard::Shards>,
     store: &Store<Application>,
-    trigger: &UnboundedSender<ObjectRef<Application>>,
+    trigger: &Trigger,
     context: &Arc<Context>,
 ) -> AbortOnDrop {
     let (store, trigger, context) = (store.clone(), trigger.clone(), context.clone());
@@ -378,7 +379,7 @@ fn follow_shards(
         for app in apps.filter(|app| shard::shard_of(&application_key(app), of) == shard) {
             match change {
                 shard::ShardEvent::Taken => {
-                    let _ = trigger.send(ObjectRef::from_obj(app.as_ref()));
+                    trigger.routine(&app);
                 }
                 shard::ShardEvent::GivenUp => {
                     context.forget(&application_key(&app));
@@ -477,16 +478,17 @@ async fn run_controller(
     stop: impl Future<Output = ()> + Send + Sync + 'static,
     context: &Arc<Context>,
 ) {
-    // Drift, a webhook, the API: someone waits, the reconcile is urgent.
+    // Drift: someone's edit waits to be put back, the reconcile is urgent. (The others say
+    // their class through [`Trigger`].)
     let slots = context.slots.clone();
-    let triggers = futures::stream::select(
-        drifted,
-        futures::stream::poll_fn(move |cx| webhooks.poll_recv(cx)),
-    )
-    .inspect(move |app: &ObjectRef<Application>| {
+    let drifted = drifted.inspect(move |app: &ObjectRef<Application>| {
         let namespace = app.namespace.as_deref().unwrap_or_default();
         slots.expedite(format!("{namespace}/{}", app.name));
     });
+    let triggers = futures::stream::select(
+        drifted,
+        futures::stream::poll_fn(move |cx| webhooks.poll_recv(cx)),
+    );
     controller
         .reconcile_on(triggers)
         .graceful_shutdown_on(stop)

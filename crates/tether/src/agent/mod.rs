@@ -33,7 +33,7 @@ mod pulls;
 mod reconcile;
 mod report;
 pub mod shard;
-mod slots;
+pub mod slots;
 mod status;
 mod stored;
 mod sync;

@@ -14,6 +14,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::report::{notify, publish, report_late_failure, set_commit_status};
+use super::slots::Permit;
 use super::sync::sync;
 use super::{
     AgentOptions, Context, Error, Failure, MIN_REQUEUE, Outcome, STATUS_MANAGER, commit_status,
@@ -31,22 +32,10 @@ pub(super) async fn reconcile(
     cached: Arc<Application>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    // At most `--concurrency` run at once; the urgent first, then the polls, in order.
-    // (Taken first: a reconcile that waits for its turn holds up no shard's handover.)
-    let Some(_slot) = ctx.slots.acquire_for(&application_key(&cached)).await else {
-        // The agent stops.
-        return Ok(Action::await_change());
-    };
-    // Sharded: only the agent holding the Application's shard acts on it; the shard is not
-    // given up while this reconcile runs.
-    let _in_shard = match &ctx.shards {
-        Some(shards) => match shards.begin(&application_key(&cached)) {
-            shard::Begin::Act(guard) => Some(guard),
-            // Reconciled again when this agent takes the shard.
-            shard::Begin::NotHeld => return Ok(Action::await_change()),
-            shard::Begin::Stale => return Ok(Action::requeue(shards.options().renew_every)),
-        },
-        None => None,
+    let _admitted = match admit(&ctx, &cached).await {
+        Ok(Some(admitted)) => admitted,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(action) => return Ok(action),
     };
     // The namespaces' SyncWindows are read first (a moment after the agent starts).
     if !super::windows::ready(&ctx) {
@@ -107,6 +96,29 @@ pub(super) async fn reconcile(
             record_failure(&ctx, &app, status, failure, interval).await
         }
     }
+}
+
+/// A slot among `--concurrency` (the urgent first, then the polls, in order), taken first:
+/// a reconcile that waits for its turn holds up no shard's handover; then, sharded, the
+/// Application's shard, kept while the reconcile runs. `Ok(None)`: the agent stops, or
+/// another agent holds the shard; `Err(action)`: the shard's state is stale, look again.
+async fn admit(
+    ctx: &Context,
+    cached: &Application,
+) -> Result<Option<(Permit, Option<shard::ShardGuard>)>, Action> {
+    let Some(slot) = ctx.slots.acquire_for(&application_key(cached)).await else {
+        return Ok(None);
+    };
+    let in_shard = match &ctx.shards {
+        Some(shards) => match shards.begin(&application_key(cached)) {
+            shard::Begin::Act(guard) => Some(guard),
+            // Reconciled again when this agent takes the shard.
+            shard::Begin::NotHeld => return Ok(None),
+            shard::Begin::Stale => return Err(Action::requeue(shards.options().renew_every)),
+        },
+        None => None,
+    };
+    Ok(Some((slot, in_shard)))
 }
 
 /// What the Application's sync windows let run now, written into `status`; while they

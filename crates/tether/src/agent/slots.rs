@@ -10,11 +10,40 @@
 //! over: each waits at most for those that came before it in its class, and for the
 //! urgent ones.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use kube::runtime::reflector::ObjectRef;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
+
+use crate::application::{Application, application_key};
+
+/// Asks for a reconcile of an Application now, urgent (someone waits for it) or routine.
+#[derive(Clone)]
+pub struct Trigger {
+    sender: UnboundedSender<ObjectRef<Application>>,
+    slots: Arc<Slots>,
+}
+
+impl Trigger {
+    /// Reconciles sent on `sender` (to the controller), their class noted in `slots`.
+    pub fn new(sender: UnboundedSender<ObjectRef<Application>>, slots: Arc<Slots>) -> Self {
+        Self { sender, slots }
+    }
+
+    /// Reconcile `app` ahead of the polls: a sync asked for, a push to its folder.
+    pub fn urgent(&self, app: &Application) {
+        self.slots.expedite(application_key(app));
+        let _ = self.sender.send(ObjectRef::from_obj(app));
+    }
+
+    /// Reconcile `app` soon, in turn with the polls.
+    pub fn routine(&self, app: &Application) {
+        let _ = self.sender.send(ObjectRef::from_obj(app));
+    }
+}
 
 /// How soon a reconcile should run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,19 +57,35 @@ pub enum Class {
 /// Admission of reconciles: `free` slots, and who waits for one.
 pub struct Slots {
     state: Mutex<State>,
-    /// Applications something happened to (the watch, drift, a webhook, the API): their
-    /// next reconcile is urgent. Keys as [`crate::application::application_key`] makes them.
-    expedited: Mutex<HashSet<String>>,
     /// How many wait, per class (the agent's `tether_reconciles_waiting`).
     waiting: [Gauge; 2],
+}
+
+/// Where a waiter is sent its permit; `None` once it was sent (or the waiter promoted to
+/// the urgent queue was served there: its routine place is then skipped).
+type Ticket = Arc<Mutex<Option<oneshot::Sender<Permit>>>>;
+
+struct Waiter {
+    /// The Application it reconciles, when known.
+    key: Option<String>,
+    ticket: Ticket,
 }
 
 struct State {
     free: usize,
     /// The agent stops: nobody gets a slot any more.
     closed: bool,
-    urgent: VecDeque<oneshot::Sender<Permit>>,
-    routine: VecDeque<oneshot::Sender<Permit>>,
+    urgent: VecDeque<Waiter>,
+    routine: VecDeque<Waiter>,
+    /// The tickets of the routine waiters by Application: one that is expedited while it
+    /// waits moves to the urgent queue.
+    routine_keys: HashMap<String, Ticket>,
+    /// Applications something happened to (the watch, drift, a webhook, the API) while no
+    /// reconcile of theirs waited: their next one is urgent. Keys as
+    /// [`crate::application::application_key`] makes them.
+    expedited: HashSet<String>,
+    /// Live waiters per class (a promoted waiter counts as urgent).
+    counts: [i64; 2],
 }
 
 /// One slot, held while a reconcile runs; passed on to the next waiter when dropped.
@@ -59,43 +104,65 @@ impl Slots {
                 closed: false,
                 urgent: VecDeque::new(),
                 routine: VecDeque::new(),
+                routine_keys: HashMap::new(),
+                expedited: HashSet::new(),
+                counts: [0, 0],
             }),
             waiting,
-            expedited: Mutex::default(),
         })
     }
 
-    /// The next reconcile of the Application with `key` is urgent.
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("not poisoned")
+    }
+
+    /// The reconcile of the Application with `key` is urgent: the one waiting for a slot
+    /// now, else the next.
     pub fn expedite(&self, key: String) {
-        self.expedited.lock().expect("not poisoned").insert(key);
+        let mut state = self.state();
+        if let Some(ticket) = state.routine_keys.remove(&key)
+            && ticket.lock().expect("not poisoned").is_some()
+        {
+            state.urgent.push_back(Waiter {
+                key: Some(key),
+                ticket,
+            });
+            state.counts[0] += 1;
+            state.counts[1] -= 1;
+            self.count(&state);
+        } else {
+            state.expedited.insert(key);
+        }
     }
 
     /// A slot for the reconcile of the Application with `key`: urgent when it was
-    /// expedited since its last one, else routine (a poll, a retry).
+    /// expedited since its last one (or is while it waits), else routine (a poll, a retry).
     pub async fn acquire_for(self: &Arc<Self>, key: &str) -> Option<Permit> {
-        let urgent = self.expedited.lock().expect("not poisoned").remove(key);
-        self.acquire(if urgent {
-            Class::Urgent
-        } else {
-            Class::Routine
-        })
-        .await
+        self.wait(Class::Routine, Some(key)).await
     }
 
     /// Forgets that the Application with `key` was expedited (it is gone).
     pub fn forget(&self, key: &str) {
-        self.expedited.lock().expect("not poisoned").remove(key);
+        self.state().expedited.remove(key);
     }
 
     /// A slot for a reconcile of `class`: at once when one is free and nobody waits,
     /// else when those before it are done; `None` once the agent stops ([`Slots::close`]).
     /// A waiter dropped before its turn takes no slot.
     pub async fn acquire(self: &Arc<Self>, class: Class) -> Option<Permit> {
+        self.wait(class, None).await
+    }
+
+    async fn wait(self: &Arc<Self>, class: Class, key: Option<&str>) -> Option<Permit> {
         let receiver = {
-            let mut state = self.state.lock().expect("not poisoned");
+            let mut state = self.state();
             if state.closed {
                 return None;
             }
+            let class = match key {
+                Some(key) if state.expedited.remove(key) => Class::Urgent,
+                _ => class,
+            };
             if state.free > 0 && state.urgent.is_empty() && state.routine.is_empty() {
                 state.free -= 1;
                 return Some(Permit {
@@ -103,9 +170,23 @@ impl Slots {
                 });
             }
             let (sender, receiver) = oneshot::channel();
+            let ticket: Ticket = Arc::new(Mutex::new(Some(sender)));
+            let waiter = Waiter {
+                key: key.map(str::to_string),
+                ticket: ticket.clone(),
+            };
             match class {
-                Class::Urgent => state.urgent.push_back(sender),
-                Class::Routine => state.routine.push_back(sender),
+                Class::Urgent => {
+                    state.urgent.push_back(waiter);
+                    state.counts[0] += 1;
+                }
+                Class::Routine => {
+                    if let Some(key) = key {
+                        state.routine_keys.insert(key.to_string(), ticket);
+                    }
+                    state.routine.push_back(waiter);
+                    state.counts[1] += 1;
+                }
             }
             self.count(&state);
             receiver
@@ -117,27 +198,46 @@ impl Slots {
     /// The agent stops: the reconciles that wait for a slot end at once (a graceful
     /// shutdown then waits only for those running), and none starts any more.
     pub fn close(&self) {
-        let mut state = self.state.lock().expect("not poisoned");
+        let mut state = self.state();
         state.closed = true;
         state.urgent.clear();
         state.routine.clear();
+        state.routine_keys.clear();
+        state.counts = [0, 0];
         self.count(&state);
+    }
+
+    /// The next waiter's sender, urgent ones first; `None` when nobody waits.
+    fn next_waiter(state: &mut State) -> Option<oneshot::Sender<Permit>> {
+        loop {
+            let (waiter, class) = match state.urgent.pop_front() {
+                Some(waiter) => (waiter, 0),
+                None => (state.routine.pop_front()?, 1),
+            };
+            if class == 1
+                && let Some(key) = &waiter.key
+                && state
+                    .routine_keys
+                    .get(key)
+                    .is_some_and(|t| Arc::ptr_eq(t, &waiter.ticket))
+            {
+                state.routine_keys.remove(key);
+            }
+            // Served already in the urgent queue (promoted): skipped here.
+            if let Some(sender) = waiter.ticket.lock().expect("not poisoned").take() {
+                state.counts[class] -= 1;
+                return Some(sender);
+            }
+        }
     }
 
     /// Hands the slot of a dropped permit to the first waiter still waiting, else frees it.
     fn release(self: Arc<Self>) {
-        let mut state = self.state.lock().expect("not poisoned");
+        let mut state = self.state();
         let mut permit = Permit {
             slots: Some(self.clone()),
         };
-        loop {
-            let next = state
-                .urgent
-                .pop_front()
-                .or_else(|| state.routine.pop_front());
-            let Some(next) = next else {
-                break;
-            };
+        while let Some(next) = Self::next_waiter(&mut state) {
             match next.send(permit) {
                 Ok(()) => {
                     self.count(&state);
@@ -154,8 +254,8 @@ impl Slots {
     }
 
     fn count(&self, state: &State) {
-        self.waiting[0].set(state.urgent.len() as i64);
-        self.waiting[1].set(state.routine.len() as i64);
+        self.waiting[0].set(state.counts[0]);
+        self.waiting[1].set(state.counts[1]);
     }
 }
 
@@ -269,7 +369,41 @@ mod tests {
         finish(held, waiters).await;
         assert_eq!(*order.lock().unwrap(), ["ns/changed", "ns/polled"]);
         // Taken: its next reconcile is a routine one again.
-        assert!(slots.expedited.lock().unwrap().is_empty());
+        assert!(slots.state().expedited.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_application_expedited_while_its_poll_waits_goes_ahead_at_once() {
+        let slots = slots(1);
+        let held = slots.acquire(Class::Routine).await.expect("open");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for key in ["ns/a", "ns/b", "ns/drifted", "ns/c"] {
+            let (slots, order) = (slots.clone(), order.clone());
+            let (done, until) = oneshot::channel::<()>();
+            waiters.push((
+                tokio::spawn(async move {
+                    let _permit = slots.acquire_for(key).await.expect("open");
+                    order.lock().unwrap().push(key);
+                    let _ = until.await;
+                }),
+                done,
+            ));
+            settle().await;
+        }
+        assert_eq!(slots.waiting[1].get(), 4);
+        // A hand edit of one of its objects, while its poll waits behind three others.
+        slots.expedite("ns/drifted".into());
+        assert_eq!((slots.waiting[0].get(), slots.waiting[1].get()), (1, 3));
+        finish(held, waiters).await;
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["ns/drifted", "ns/a", "ns/b", "ns/c"]
+        );
+        // Served once: its place among the routine ones was skipped, nothing is left over.
+        assert_eq!(slots.waiting[0].get() + slots.waiting[1].get(), 0);
+        assert!(slots.state().routine_keys.is_empty());
+        assert!(slots.state().expedited.is_empty());
     }
 
     #[tokio::test]

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
-use tokio::sync::mpsc::UnboundedSender;
 
 use super::controller::AbortOnDrop;
 use super::{AgentOptions, Context};
@@ -34,7 +33,7 @@ pub(super) fn watch(
     client: &kube::Client,
     options: &AgentOptions,
     applications: &Store<Application>,
-    trigger: &UnboundedSender<ObjectRef<Application>>,
+    trigger: &super::slots::Trigger,
 ) -> (Windows, AbortOnDrop) {
     let api: Api<SyncWindow> = match &options.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -74,7 +73,7 @@ pub(super) fn watch(
             let namespace = window.namespace().unwrap_or_default();
             for app in applications.state() {
                 if app.namespace().as_deref() == Some(namespace.as_str()) {
-                    let _ = trigger.send(ObjectRef::from_obj(app.as_ref()));
+                    trigger.routine(&app);
                 }
             }
         }

@@ -15,7 +15,6 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
-use tokio::sync::mpsc;
 
 use crate::agent::{AgentOptions, Application};
 use crate::plan::Action;
@@ -23,7 +22,7 @@ use crate::plan::Action;
 #[derive(Clone)]
 pub struct ApiState {
     pub applications: Store<Application>,
-    pub trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
+    pub trigger: crate::agent::slots::Trigger,
     pub token: Arc<Vec<u8>>,
     pub client: kube::Client,
     /// Where Applications apply (their diffs are planned there).
@@ -295,7 +294,8 @@ async fn sync(
         Ok(app) => app,
         Err(reply) => return reply,
     };
-    let _ = state.trigger.send(ObjectRef::from_obj(app.as_ref()));
+    // Asked for: it goes ahead of the polls.
+    state.trigger.urgent(&app);
     if let Some(relay) = &state.relay {
         relay.pass_on_unless_held(&app);
     }

@@ -14,8 +14,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
-use kube::runtime::reflector::{ObjectRef, Store};
-use tokio::sync::mpsc;
+use kube::runtime::reflector::Store;
 
 use crate::agent::Application;
 pub use metrics::{ActionLabels, ClassLabels, Metrics, ResultLabels, StateLabels, WebhookLabels};
@@ -27,7 +26,7 @@ pub use webhook::{
 struct ServerState {
     metrics: Arc<Metrics>,
     applications: Store<Application>,
-    trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
+    trigger: crate::agent::slots::Trigger,
     webhook_secret: Option<Arc<Vec<u8>>>,
     ready: Arc<AtomicBool>,
     deliveries: Arc<std::sync::Mutex<webhook::Deliveries>>,
@@ -80,7 +79,7 @@ impl Relay {
 pub fn router(
     metrics: Arc<Metrics>,
     applications: Store<Application>,
-    trigger: mpsc::UnboundedSender<ObjectRef<Application>>,
+    trigger: crate::agent::slots::Trigger,
     webhook_secret: Option<Vec<u8>>,
     ready: Arc<AtomicBool>,
     api: Option<api::ApiState>,

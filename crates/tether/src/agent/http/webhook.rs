@@ -10,12 +10,13 @@
 //! received before, or a signed body received in the last [`REPLAY_WINDOW`] under any
 //! delivery id (the id is not signed, so a replay may carry a new one).
 
+use std::collections::BTreeSet;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
-use kube::runtime::reflector::ObjectRef;
 use subtle::ConstantTimeEq;
 
 use super::ServerState;
@@ -241,16 +242,27 @@ fn not_replayed(
     Ok(())
 }
 
-/// Triggers every Application that follows the pushed repository and branch.
+/// Triggers every Application that follows the pushed repository and branch: first those
+/// whose folder the push changed (all of them when the payload does not list the files),
+/// then the others (their new revision most likely renders what they have).
 fn trigger(state: &ServerState, push: &Push) -> (StatusCode, String) {
     // ApplicationSets generate again (a pull request's head may have moved).
     state.listings.announce_push();
-    let mut triggered = 0;
+    let (mut triggered, mut first) = (0, 0);
     for app in state.applications.state() {
         if follows(&app, push) {
             // The push is news: the next fetch must list the remote's refs again.
             state.listings.forget(&app.spec.source.repo_url);
-            let _ = state.trigger.send(ObjectRef::from_obj(app.as_ref()));
+            if push
+                .changed
+                .as_ref()
+                .is_none_or(|files| touches(files, &app.spec.source.path))
+            {
+                state.trigger.urgent(&app);
+                first += 1;
+            } else {
+                state.trigger.routine(&app);
+            }
             if let Some(relay) = &state.relay {
                 relay.pass_on_unless_held(&app);
             }
@@ -259,8 +271,22 @@ fn trigger(state: &ServerState, push: &Push) -> (StatusCode, String) {
     }
     (
         StatusCode::ACCEPTED,
-        format!("{triggered} Application(s) will sync now\n"),
+        format!(
+            "{triggered} Application(s) will sync now ({first} whose folder the push changed first)\n"
+        ),
     )
+}
+
+/// Whether one of the `files` a push changed is in folder `path` of the repository.
+fn touches(files: &BTreeSet<String>, path: &str) -> bool {
+    let Some(folder) = crate::source::tree::normalize(path) else {
+        return true;
+    };
+    folder.is_empty()
+        || files.iter().any(|file| {
+            file.strip_prefix(folder.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
 }
 
 /// HMAC-SHA256 of `body` with `secret`, compared in constant time with `given_hex`.
@@ -277,11 +303,16 @@ pub fn signature_valid(secret: &[u8], body: &[u8], given_hex: &str) -> bool {
     expected.as_slice().ct_eq(&given).into()
 }
 
-/// What a push says: which repository (by every URL the provider gives) and which ref.
+/// What a push says: which repository (by every URL the provider gives), which ref, and
+/// which files changed.
 #[derive(Debug, PartialEq)]
 pub struct Push {
     pub urls: Vec<String>,
     pub branch: Option<String>,
+    /// The files added, changed or removed, when the payload lists them for each of its
+    /// commits (`commits[].added/modified/removed`: GitHub, Gitea, GitLab); `None` when it
+    /// does not. Only an order: every Application following the branch is still triggered.
+    pub changed: Option<BTreeSet<String>>,
 }
 
 /// Reads a push from an authenticated webhook's JSON `payload`, in the layout of `provider`
@@ -317,7 +348,26 @@ pub fn parse_push(provider: &str, payload: &serde_json::Value) -> Push {
     let branch = payload["ref"]
         .as_str()
         .map(|r| r.strip_prefix("refs/heads/").unwrap_or(r).to_string());
-    Push { urls, branch }
+    Push {
+        urls,
+        branch,
+        changed: changed_files(payload),
+    }
+}
+
+/// The files every commit of a push payload lists as added, modified or removed; `None`
+/// when there is no commit or one lacks a list.
+fn changed_files(payload: &serde_json::Value) -> Option<BTreeSet<String>> {
+    let commits = payload["commits"].as_array().filter(|c| !c.is_empty())?;
+    let mut files = BTreeSet::new();
+    for commit in commits {
+        for field in ["added", "modified", "removed"] {
+            for file in commit.get(field)?.as_array()? {
+                files.insert(file.as_str()?.to_string());
+            }
+        }
+    }
+    Some(files)
 }
 
 /// Compares repository URLs without scheme, credentials, `.git` and trailing slashes.
@@ -469,5 +519,41 @@ mod tests {
         );
         assert_eq!(push.branch.as_deref(), Some("main"));
         assert_eq!(push.urls, ["https://git.example.com/team/deploy.git"]);
+        assert_eq!(
+            push.changed, None,
+            "no commits listed: every folder may have changed"
+        );
+    }
+
+    #[test]
+    fn the_folders_a_push_changed_go_first() {
+        let push = parse_push(
+            "gitea",
+            &serde_json::json!({"ref": "refs/heads/main", "commits": [
+                {"added": ["apps/web/new.yaml"], "modified": [], "removed": []},
+                {"added": [], "modified": ["apps/db/cm.yaml", "README.md"], "removed": ["old/x.yaml"]}
+            ]}),
+        );
+        let files = push.changed.expect("listed");
+        assert_eq!(files.len(), 4);
+        for (path, touched) in [
+            ("apps/web", true),
+            ("./apps/web/", true),
+            ("apps/db", true),
+            ("apps/we", false),
+            ("apps/webapp", false),
+            ("apps", true),
+            ("", true),
+            ("old", true),
+            ("other", false),
+        ] {
+            assert_eq!(touches(&files, path), touched, "{path:?}");
+        }
+        // One commit without its lists: nothing can be told.
+        let partial = parse_push(
+            "github",
+            &serde_json::json!({"commits": [{"added": []}, {"added": [], "modified": [], "removed": []}]}),
+        );
+        assert_eq!(partial.changed, None);
     }
 }

@@ -40,8 +40,7 @@ pub(super) async fn full_sync(
     let policy = &app.spec.sync_policy;
     let owner = ObjectRef::from_obj(app);
     let mut planned = watch_and_plan(ctx, at, app, applyset_id, &owner, objects).await?;
-    // What the plan read is what the cluster holds: each member's health, unless a write
-    // follows (an agent's restart then reads no object a second time).
+    // Each member's health as the plan read it (kept when nothing is written after).
     let read_health = health_of_planned(&planned, &health_rules(app));
     // Objects another owner holds fail alone; the rest is synced (rule 13).
     let refused = std::mem::take(&mut planned.refused);
@@ -86,15 +85,8 @@ pub(super) async fn full_sync(
     if !refused.is_empty() {
         sync.status = SyncState::OutOfSync.into();
     }
-    let known_health = applied.is_none().then_some(read_health);
-    record_held(
-        dest,
-        applyset_id,
-        digest,
-        &sync,
-        (versions, desired),
-        known_health,
-    );
+    let known = applied.is_none().then_some(read_health);
+    record_held(dest, applyset_id, digest, &sync, (versions, desired), known);
     let health = assess_set(ctx, dest, client, applyset_id, &health_rules(app)).await;
     if !refused.is_empty() {
         return Err(Failure {
