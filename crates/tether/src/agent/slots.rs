@@ -294,6 +294,23 @@ mod tests {
         (task, done)
     }
 
+    /// [`waiter`] for the reconcile of the Application with `key` (its class as the slots
+    /// say).
+    fn waiter_for(
+        slots: &Arc<Slots>,
+        key: &'static str,
+        order: &Arc<Mutex<Vec<&'static str>>>,
+    ) -> (tokio::task::JoinHandle<()>, oneshot::Sender<()>) {
+        let (slots, order) = (slots.clone(), order.clone());
+        let (done, until) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _permit = slots.acquire_for(key).await.expect("open");
+            order.lock().unwrap().push(key);
+            let _ = until.await;
+        });
+        (task, done)
+    }
+
     /// Tells every waiter to let go of its slot once it has it, frees `held`, and waits
     /// for them all.
     async fn finish(
@@ -354,16 +371,7 @@ mod tests {
         slots.expedite("ns/changed".into());
         let mut waiters = Vec::new();
         for key in ["ns/polled", "ns/changed"] {
-            let (slots, order) = (slots.clone(), order.clone());
-            let (done, until) = oneshot::channel::<()>();
-            waiters.push((
-                tokio::spawn(async move {
-                    let _permit = slots.acquire_for(key).await.expect("open");
-                    order.lock().unwrap().push(key);
-                    let _ = until.await;
-                }),
-                done,
-            ));
+            waiters.push(waiter_for(&slots, key, &order));
             settle().await;
         }
         finish(held, waiters).await;
@@ -379,16 +387,7 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for key in ["ns/a", "ns/b", "ns/drifted", "ns/c"] {
-            let (slots, order) = (slots.clone(), order.clone());
-            let (done, until) = oneshot::channel::<()>();
-            waiters.push((
-                tokio::spawn(async move {
-                    let _permit = slots.acquire_for(key).await.expect("open");
-                    order.lock().unwrap().push(key);
-                    let _ = until.await;
-                }),
-                done,
-            ));
+            waiters.push(waiter_for(&slots, key, &order));
             settle().await;
         }
         assert_eq!(slots.waiting[1].get(), 4);
