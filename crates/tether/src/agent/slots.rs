@@ -1,5 +1,5 @@
 //! Which reconcile runs next when all `--concurrency` slots are busy ([`Slots`]): the
-//! urgent ones (an Application new or changed, a sync asked for, drift reported) first,
+//! urgent ones (an Application new or changed, a sync asked for, drift, a push to its folder) first,
 //! then the routine polls, each class first come first served.
 //!
 //! kube's controller runs at most its own concurrency at once; past that it keeps the
@@ -48,9 +48,9 @@ impl Trigger {
 /// How soon a reconcile should run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
-    /// Someone waits for it: a new or changed Application, a sync asked for, drift.
+    /// Someone waits for it: a new or changed Application, a sync asked for, drift, a push.
     Urgent,
-    /// A poll at the interval.
+    /// A poll at the interval, a retry, another Application a push woke.
     Routine,
 }
 

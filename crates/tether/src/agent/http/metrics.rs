@@ -72,7 +72,7 @@ impl Default for Metrics {
             reconciles_waiting: add(
                 r,
                 "reconciles_waiting",
-                "Reconciles waiting for one of the --concurrency slots, by class: urgent (the Application is new or changed, a sync was asked for, drift or a webhook named it) or routine (a poll at the interval, a retry); urgent ones go first",
+                "Reconciles waiting for one of the --concurrency slots, by class: urgent (the Application is new or changed, a sync was asked for, drift was seen, a push changed its folder) or routine (a poll at the interval, a retry, another Application a push woke); urgent ones go first",
             ),
             git_fetch_seconds: registered(
                 r,
