@@ -1,6 +1,6 @@
 //! Which reconcile runs next when all `--concurrency` slots are busy ([`Slots`]): the
-//! urgent ones (an Application new or changed, a sync asked for, drift, a push to its folder) first,
-//! then the routine polls, each class first come first served.
+//! urgent ones (an Application new or changed, a sync asked for, drift, a push to its
+//! folder) first, then the routine polls, each class first come first served.
 //!
 //! kube's controller runs at most its own concurrency at once; past that it keeps the
 //! waiting requests in an unordered set and takes the first in hash order, so the same
