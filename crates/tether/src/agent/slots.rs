@@ -276,36 +276,24 @@ mod tests {
         Slots::new(n, Default::default())
     }
 
-    /// Starts a waiter for a slot of `class` that records `name` when it gets one and holds
+    /// Starts a waiter for a slot of `class` (`None`: for the reconcile of the Application
+    /// `name`, its class as the slots say) that records `name` when it gets one and holds
     /// the slot until told to let go.
     fn waiter(
         slots: &Arc<Slots>,
-        class: Class,
+        class: Option<Class>,
         name: &'static str,
         order: &Arc<Mutex<Vec<&'static str>>>,
     ) -> (tokio::task::JoinHandle<()>, oneshot::Sender<()>) {
         let (slots, order) = (slots.clone(), order.clone());
         let (done, until) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _permit = slots.acquire(class).await.expect("open");
+            let permit = match class {
+                Some(class) => slots.acquire(class).await,
+                None => slots.acquire_for(name).await,
+            };
+            let _permit = permit.expect("open");
             order.lock().unwrap().push(name);
-            let _ = until.await;
-        });
-        (task, done)
-    }
-
-    /// [`waiter`] for the reconcile of the Application with `key` (its class as the slots
-    /// say).
-    fn waiter_for(
-        slots: &Arc<Slots>,
-        key: &'static str,
-        order: &Arc<Mutex<Vec<&'static str>>>,
-    ) -> (tokio::task::JoinHandle<()>, oneshot::Sender<()>) {
-        let (slots, order) = (slots.clone(), order.clone());
-        let (done, until) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _permit = slots.acquire_for(key).await.expect("open");
-            order.lock().unwrap().push(key);
             let _ = until.await;
         });
         (task, done)
@@ -349,7 +337,7 @@ mod tests {
             (Class::Routine, "poll 3"),
             (Class::Urgent, "new 2"),
         ] {
-            waiters.push(waiter(&slots, class, name, &order));
+            waiters.push(waiter(&slots, Some(class), name, &order));
             settle().await;
         }
         assert_eq!(slots.waiting[0].get(), 2, "urgent waiters counted");
@@ -371,7 +359,7 @@ mod tests {
         slots.expedite("ns/changed".into());
         let mut waiters = Vec::new();
         for key in ["ns/polled", "ns/changed"] {
-            waiters.push(waiter_for(&slots, key, &order));
+            waiters.push(waiter(&slots, None, key, &order));
             settle().await;
         }
         finish(held, waiters).await;
@@ -387,7 +375,7 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for key in ["ns/a", "ns/b", "ns/drifted", "ns/c"] {
-            waiters.push(waiter_for(&slots, key, &order));
+            waiters.push(waiter(&slots, None, key, &order));
             settle().await;
         }
         assert_eq!(slots.waiting[1].get(), 4);
@@ -411,7 +399,7 @@ mod tests {
         let a = slots.acquire(Class::Routine).await.expect("open");
         let b = slots.acquire(Class::Routine).await.expect("open");
         let order = Arc::new(Mutex::new(Vec::new()));
-        let (task, done) = waiter(&slots, Class::Urgent, "third", &order);
+        let (task, done) = waiter(&slots, Some(Class::Urgent), "third", &order);
         settle().await;
         assert!(
             order.lock().unwrap().is_empty(),
@@ -455,11 +443,11 @@ mod tests {
         let slots = slots(1);
         let held = slots.acquire(Class::Routine).await.expect("open");
         let order = Arc::new(Mutex::new(Vec::new()));
-        let (gone, _) = waiter(&slots, Class::Urgent, "gone", &order);
+        let (gone, _) = waiter(&slots, Some(Class::Urgent), "gone", &order);
         settle().await;
         gone.abort();
         let _ = gone.await;
-        let (task, done) = waiter(&slots, Class::Routine, "next", &order);
+        let (task, done) = waiter(&slots, Some(Class::Routine), "next", &order);
         settle().await;
         drop(held);
         settle().await;

@@ -280,16 +280,12 @@ pub async fn decryption_keys(
     };
     let namespace = app.namespace().unwrap_or_default();
     let name = &secret.name;
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(home.clone(), &namespace);
-    let secret = secrets.get(name).await.map_err(|e| {
-        Error::Decryption(format!(
-            "cannot read the decryption Secret {namespace}/{name} (spec.decryption.secretRef): {}",
-            describe(&e)
-        ))
-    })?;
+    let label = format!("the decryption Secret {namespace}/{name} (spec.decryption.secretRef)");
+    let data = secret_data(home, &namespace, name, &label)
+        .await
+        .map_err(Error::Decryption)?;
     let mut keys = crate::render::sops::Keys::default();
-    for (key, value) in secret.data.unwrap_or_default() {
+    for (key, value) in data {
         if !key.ends_with(".agekey") && !key.ends_with(".asc") {
             continue;
         }
@@ -311,6 +307,32 @@ pub async fn decryption_keys(
     Ok(keys)
 }
 
+/// The data of Secret `namespace/name`; when it cannot be read, says so of `label` ("the
+/// Git credentials Secret ns/name") and why.
+pub(crate) async fn secret_data(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    label: &str,
+) -> Result<std::collections::BTreeMap<String, k8s_openapi::ByteString>, String> {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), namespace);
+    let secret = secrets
+        .get(name)
+        .await
+        .map_err(|e| format!("cannot read {label}: {}", describe(&e)))?;
+    Ok(secret.data.unwrap_or_default())
+}
+
+/// The text of key `key` of a Secret's `data`, if it has it.
+pub(crate) fn secret_text(
+    data: &std::collections::BTreeMap<String, k8s_openapi::ByteString>,
+    key: &str,
+) -> Option<String> {
+    data.get(key)
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+}
+
 /// Key `key` of Secret `namespace/name` written to `path` (readable by this process only),
 /// e.g. a signing key.
 pub(crate) async fn secret_file(
@@ -321,17 +343,9 @@ pub(crate) async fn secret_file(
     path: &std::path::Path,
 ) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(client.clone(), namespace);
-    let secret = secrets.get(name).await.map_err(|e| {
-        format!(
-            "cannot read the Secret {namespace}/{name}: {}",
-            describe(&e)
-        )
-    })?;
-    let value = secret
-        .data
-        .unwrap_or_default()
+    let label = format!("the Secret {namespace}/{name}");
+    let value = secret_data(client, namespace, name, &label)
+        .await?
         .remove(key)
         .ok_or_else(|| format!("Secret {namespace}/{name} has no key {key}"))?;
     let mut bytes = value.0;

@@ -4,11 +4,9 @@
 use std::time::Duration;
 
 use kube::ResourceExt;
-use kube::api::Api;
 
-use super::{AppOptions, Error};
+use super::{AppOptions, Error, secret_data, secret_text};
 use crate::application::Application;
-use crate::cluster::describe;
 use crate::duration::parse_duration;
 use crate::source::git::{GitAuth, GitSource, Revision};
 use crate::source::reference::RefSpec;
@@ -33,12 +31,7 @@ pub async fn fetch(
     if let Some(commit) = pin {
         source.reference = RefSpec::Commit(commit.to_string());
     }
-    let (revision, tree, _) = tokio::task::spawn_blocking(move || source.fetch())
-        .await
-        .map_err(|source| Error::Task {
-            what: "Git",
-            source,
-        })??;
+    let (revision, tree, _) = on_blocking_thread(move || source.fetch()).await?;
     drop(secret_files);
     Ok((revision, Box::new(tree)))
 }
@@ -57,14 +50,22 @@ pub async fn list_remote(
         return Ok(Some(listed));
     }
     let (source, secret_files) = git_source_for(client, options, app, listing_max_age).await?;
-    let listed = tokio::task::spawn_blocking(move || source.list_remote())
+    let listed = on_blocking_thread(move || source.list_remote()).await?;
+    drop(secret_files);
+    Ok(listed)
+}
+
+/// Runs Git's blocking `work` on a blocking thread.
+async fn on_blocking_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::source::git::Error> + Send + 'static,
+) -> Result<T, Error> {
+    let done = tokio::task::spawn_blocking(work)
         .await
         .map_err(|source| Error::Task {
             what: "Git",
             source,
-        })??;
-    drop(secret_files);
-    Ok(listed)
+        })?;
+    Ok(done?)
 }
 
 /// The Git source of the Application's ref with its credentials (written to files in the
@@ -163,19 +164,11 @@ pub(crate) async fn registry_credentials(
     name: &str,
     host: &str,
 ) -> Result<(Option<crate::source::oci::Credentials>, Option<Vec<u8>>), Error> {
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(client.clone(), namespace);
-    let secret = secrets.get(name).await.map_err(|e| {
-        Error::Credentials(format!(
-            "cannot read the registry credentials Secret {namespace}/{name}: {}",
-            describe(&e)
-        ))
-    })?;
-    let data = secret.data.unwrap_or_default();
-    let text = |key: &str| {
-        data.get(key)
-            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-    };
+    let label = format!("the registry credentials Secret {namespace}/{name}");
+    let data = secret_data(client, namespace, name, &label)
+        .await
+        .map_err(Error::Credentials)?;
+    let text = |key: &str| secret_text(&data, key);
     let credentials = match data.get(".dockerconfigjson") {
         Some(config) => crate::source::oci::Credentials::from_docker_config(&config.0, host)
             .map_err(|e| {
@@ -242,19 +235,9 @@ pub(crate) async fn credentials(
     dir: &std::path::Path,
 ) -> Result<GitAuth, String> {
     use std::os::unix::fs::PermissionsExt;
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(client.clone(), namespace);
-    let secret = secrets.get(name).await.map_err(|e| {
-        format!(
-            "cannot read the Git credentials Secret {namespace}/{name}: {}",
-            describe(&e)
-        )
-    })?;
-    let data = secret.data.unwrap_or_default();
-    let text = |key: &str| {
-        data.get(key)
-            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-    };
+    let label = format!("the Git credentials Secret {namespace}/{name}");
+    let data = secret_data(client, namespace, name, &label).await?;
+    let text = |key: &str| secret_text(&data, key);
     let file = |key: &str, file: &str| -> Result<Option<std::path::PathBuf>, String> {
         let Some(value) = data.get(key) else {
             return Ok(None);
