@@ -212,6 +212,7 @@ impl<'a> Run<'a> {
                     .as_ref()
                     .and_then(|l| l["metadata"]["resourceVersion"].as_str())
                     .map(str::to_string),
+                written_health: None,
             });
         }
     }
@@ -270,7 +271,7 @@ async fn apply_batch(
 }
 
 async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOptions) -> ObjectResult {
-    let mut resource_version = None;
+    let (mut resource_version, mut written_health) = (None, None);
     let error = match (&change.kind, &change.desired) {
         (Some(kind), Some(manifest)) => {
             let api = api_for(client, kind, &change.key.namespace);
@@ -291,7 +292,11 @@ async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOption
                     .await
                 {
                     Ok(written) => {
-                        resource_version = written.metadata.resource_version;
+                        resource_version = written.metadata.resource_version.clone();
+                        let written = serde_json::to_value(written).expect("objects serialize");
+                        let health =
+                            crate::health::assess_with(Some(&written), &options.health_rules);
+                        written_health = Some(health.status);
                         None
                     }
                     Err(e) if change.recreate.is_some() => Some(restore(&api, change, &e).await),
@@ -313,6 +318,7 @@ async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOption
         error,
         health: None,
         resource_version,
+        written_health,
     }
 }
 

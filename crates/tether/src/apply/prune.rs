@@ -59,6 +59,7 @@ async fn prune_batch(
             error,
             health: None,
             resource_version: None,
+            written_health: None,
         }
     }))
     .buffer_unordered(options.concurrency.max(1))

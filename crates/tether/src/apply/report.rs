@@ -19,6 +19,11 @@ pub struct ObjectResult {
     /// The object's resourceVersion once tether's write (or plan, when unchanged) saw it.
     #[serde(skip)]
     pub resource_version: Option<String>,
+    /// The object's health in the server's answer to tether's write, by the apply's health
+    /// rules (none for a prune, a failed write, or an unchanged object): the agent's
+    /// health after a sync starts from it instead of reading each object again.
+    #[serde(skip)]
+    pub written_health: Option<crate::health::HealthStatus>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -114,6 +119,7 @@ mod tests {
             error: error.map(str::to_string),
             health: None,
             resource_version: None,
+            written_health: None,
         }
     }
 

@@ -59,10 +59,9 @@ pub async fn plan(
 
     let (creating_namespaces, creates_namespace) =
         namespaces_to_create(client, options, parent_exists, &members).await?;
-    let prefetched =
-        live::prefetch_live(client, &members, &applyset.id, options.keep_unchanged_live)
-            .await
-            .map_err(|error| PlanErrors(vec![error]))?;
+    let prefetched = live::prefetch_live(client, &members, &applyset, options)
+        .await
+        .map_err(|error| PlanErrors(vec![error]))?;
     let context = SetScope {
         client,
         applyset: &applyset,

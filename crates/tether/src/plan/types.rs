@@ -61,6 +61,28 @@ pub struct PlanOptions {
     /// manager, in drift and conflicts.
     pub audit_log: Option<std::sync::Arc<crate::audit::AuditLog>>,
     pub progress: crate::progress::ProgressHandle,
+    /// How many labelled objects (of every set) each kind has in a namespace, when someone
+    /// watching them knows (the agent's drift watches): where they far outnumber the set's
+    /// own, its members are read one by one instead of listed (see [`Crowd`]).
+    pub crowd: Option<Crowd>,
+}
+
+/// How many objects labelled as members of some ApplySet (any set's) the cluster holds of
+/// a kind in a namespace: `(group, kind, namespace) → count`. A LIST by the set's label
+/// still makes the API server scan every object of the kind there (0.5 µs each: 27-36 ms
+/// for 60,000 ConfigMaps on the local cluster against 1.1 ms for one GET, measured
+/// 2026-12-07), so a small set among many (10,000 Applications in one namespace) reads its
+/// members alone.
+#[derive(Clone)]
+pub struct Crowd(pub std::sync::Arc<CountThere>);
+
+/// `(group, kind, namespace) → count`, as [`Crowd`] holds it.
+pub type CountThere = dyn Fn(&str, &str, &str) -> usize + Send + Sync;
+
+impl std::fmt::Debug for Crowd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Crowd")
+    }
 }
 
 impl PlanOptions {
@@ -82,6 +104,7 @@ impl PlanOptions {
             deleting: false,
             audit_log: None,
             progress: Default::default(),
+            crowd: None,
         }
     }
 }

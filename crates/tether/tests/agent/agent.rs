@@ -495,6 +495,9 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
         },
     );
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns.name);
+    let gets =
+        |verbs: &std::collections::BTreeMap<String, u64>| verbs.get("GET").copied().unwrap_or(0);
+    let first_before = requests_by_verb(&client, "podtemplates").await;
     create_application(
         &apps,
         "many",
@@ -509,6 +512,15 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
         applied(a) == Some(commit.as_str())
     })
     .await;
+    // The first sync learns which objects exist from one LIST of names, and their health
+    // from the server's answers to its applies: not one GET of the 1,000 (it used to read
+    // each again for its health).
+    let first_after = requests_by_verb(&client, "podtemplates").await;
+    assert_eq!(
+        gets(&first_after) - gets(&first_before),
+        0,
+        "GETs of the 1,000 objects the first sync created (requests: {first_after:?})"
+    );
     // Once the watches have seen every object at the version the sync left it, reconciles
     // must be free. Look for a 5-second window with at least 3 reconciles: it must show
     // zero requests, and at most half as many Git fetches as reconciles: a poll whose shared
@@ -656,8 +668,6 @@ async fn reconciles_that_change_nothing_send_no_request_and_a_restart_writes_not
     // The plan reads them with one LIST, and their health comes from what it read: not
     // one GET. (Listed objects used to lack apiVersion and kind, look changed, and be read
     // again; then each was read once more for its health.)
-    let gets =
-        |verbs: &std::collections::BTreeMap<String, u64>| verbs.get("GET").copied().unwrap_or(0);
     let read = gets(&verbs_after) - gets(&verbs_before);
     assert_eq!(
         read, 0,

@@ -104,6 +104,18 @@ impl DriftWatch {
         self
     }
 
+    /// How many labelled objects of each kind the watches see in each namespace, for the
+    /// plans (see [`crate::plan::Crowd`]).
+    pub fn crowd(&self) -> crate::plan::Crowd {
+        let state = self.state.clone();
+        crate::plan::Crowd(Arc::new(move |group, kind, namespace| {
+            state
+                .lock()
+                .expect("not poisoned")
+                .crowd(group, kind, namespace)
+        }))
+    }
+
     /// A full sync of set `id` starts: forget earlier changes. Until it completes
     /// ([`Self::finish_full_sync`]) the watches vouch for nothing: a sync that fails leaves
     /// the cluster as it found it, drift included, and the next reconcile must plan in

@@ -26,6 +26,10 @@ pub(super) struct State {
     owners: HashMap<String, ObjectRef<Application>>,
     /// Object uid → fingerprint of the last state seen.
     seen: HashMap<String, Prints>,
+    /// (group, kind, namespace) → how many labelled objects the watches see there (every
+    /// set's): tells a plan when one LIST of its members there would scan far more objects
+    /// than it reads (see [`crate::plan::Crowd`]).
+    crowds: HashMap<(String, String, String), usize>,
     /// Member → its resourceVersion as last seen by the watches.
     versions: HashMap<ObjectKey, String>,
     /// Kinds whose watch has listed every object once.
@@ -69,6 +73,11 @@ struct SetState {
     /// Each desired member's digest as this agent applies it: an apply under tether's
     /// field manager that carries another is someone else's (rule 12).
     applied: HashMap<ObjectKey, String>,
+}
+
+/// Where an object counts in [`State::crowd`].
+fn crowd_of(key: &ObjectKey) -> (String, String, String) {
+    (key.group.clone(), key.kind.clone(), key.namespace.clone())
 }
 
 /// What the watch saw happen to a member.
@@ -271,14 +280,37 @@ impl State {
 
     /// Stores the fingerprints of the object with `uid`; returns the ones seen before
     /// (none at first sight, or without a uid).
-    pub fn remember(&mut self, uid: Option<String>, prints: Prints) -> Option<Prints> {
-        self.seen.insert(uid?, prints)
+    pub fn remember(
+        &mut self,
+        uid: Option<String>,
+        key: &ObjectKey,
+        prints: Prints,
+    ) -> Option<Prints> {
+        let previous = self.seen.insert(uid?, prints);
+        if previous.is_none() {
+            *self.crowds.entry(crowd_of(key)).or_default() += 1;
+        }
+        previous
     }
 
     /// An object is gone: forget its fingerprints and version.
     pub fn forget(&mut self, uid: &str, key: &ObjectKey) {
-        self.seen.remove(uid);
+        if self.seen.remove(uid).is_some() {
+            let crowd = crowd_of(key);
+            if let Some(count) = self.crowds.get_mut(&crowd) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.crowds.remove(&crowd);
+                }
+            }
+        }
         self.versions.remove(key);
+    }
+
+    /// How many labelled objects of `kind` (group, kind) the watches see in `namespace`.
+    pub fn crowd(&self, group: &str, kind: &str, namespace: &str) -> usize {
+        let key = (group.to_string(), kind.to_string(), namespace.to_string());
+        self.crowds.get(&key).copied().unwrap_or(0)
     }
 
     /// A member's status changed: remembers which, and returns the Application to trigger

@@ -109,7 +109,7 @@ impl DriftWatch {
 
     /// An object on a list (the first, or after a gap in the watch).
     fn list_item(&self, watch: &mut KindWatch, object: &PartialObjectMeta<DynamicObject>) {
-        let (previous, now) = self.remember(object);
+        let (previous, now) = self.remember(&watch.kind, object);
         trace_event("watch list item", object, &previous, &now, None);
         // A list after a gap shows only the newest state: any change to an object seen
         // before may hide someone else's write.
@@ -125,7 +125,7 @@ impl DriftWatch {
 
     /// A write the watch saw live.
     fn applied(&self, watch: &mut KindWatch, object: &PartialObjectMeta<DynamicObject>) {
-        let (previous, now) = self.remember(object);
+        let (previous, now) = self.remember(&watch.kind, object);
         let key = member_key(&watch.kind, object);
         let change = judge(previous.as_ref(), &now, || {
             let id = set_of(object);
@@ -206,10 +206,15 @@ impl DriftWatch {
 
     /// Stores the object's fingerprints; returns the ones seen before (none at first sight)
     /// and the new ones.
-    fn remember(&self, object: &PartialObjectMeta<DynamicObject>) -> (Option<Prints>, Prints) {
+    fn remember(
+        &self,
+        kind: &KindInfo,
+        object: &PartialObjectMeta<DynamicObject>,
+    ) -> (Option<Prints>, Prints) {
         let prints = fingerprints(object);
         let uid = object.metadata.uid.clone();
-        let previous = self.state().remember(uid, prints.clone());
+        let key = member_key(kind, object);
+        let previous = self.state().remember(uid, &key, prints.clone());
         (previous, prints)
     }
 

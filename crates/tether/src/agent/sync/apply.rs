@@ -8,12 +8,23 @@ use crate::agent::report::publish;
 use crate::agent::{Acting, Context, Failure, http, now_rfc3339};
 use crate::application::{HistoryEntry, HookRecord, RunResult};
 use crate::apply::{ApplyOptions, ApplyReport, apply};
+use crate::health::HealthStatus;
 use crate::object::ObjectKey;
 use crate::plan::Action as PlanAction;
 use crate::source::git::Revision;
 
+/// What the cluster held of the set once an apply succeeded, as the server answered
+/// tether's writes (and the plan read the unchanged members).
+pub(super) struct Written {
+    /// Each member's resourceVersion, for the drift watch.
+    pub versions: Vec<(ObjectKey, String)>,
+    /// Each written member's health in the server's answer.
+    pub health: Vec<(ObjectKey, HealthStatus)>,
+}
+
 /// Applies a plan as the Application's policy says, counts what it did in the metrics, and
-/// returns the history entry (`what` starts its message: "applied", "corrected drift at").
+/// returns the history entry (`what` starts its message: "applied", "corrected drift at")
+/// and what the cluster now holds.
 pub(super) async fn apply_and_record(
     ctx: &Context,
     at: &Acting<'_>,
@@ -22,7 +33,7 @@ pub(super) async fn apply_and_record(
     revision: &Revision,
     drift: bool,
     what: &str,
-) -> Result<(HistoryEntry, Vec<(ObjectKey, String)>), Failure> {
+) -> Result<(HistoryEntry, Written), Failure> {
     let (dest, client) = (at.dest, at.client);
     let policy = &app.spec.sync_policy;
     let options = ApplyOptions {
@@ -85,9 +96,14 @@ pub(super) async fn apply_and_record(
         .filter(|r| r.action != PlanAction::Prune)
         .filter_map(|r| Some((r.key.clone(), r.resource_version.clone()?)))
         .collect();
+    let health = report
+        .results
+        .iter()
+        .filter_map(|r| Some((r.key.clone(), r.written_health?)))
+        .collect();
     let mut entry = succeeded_entry(&report, revision, hooks, what);
     say_put_back(&mut entry, &put_back);
-    Ok((entry, versions))
+    Ok((entry, Written { versions, health }))
 }
 
 /// Adds what was put back, and who had changed it, to the entry's message (five at most).

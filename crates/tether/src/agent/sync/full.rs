@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
-use super::apply::apply_and_record;
+use super::apply::{Written, apply_and_record};
 use super::health::assess_set;
 use super::health_rules;
 use crate::agent::clusters::Connected;
 use crate::agent::{
     Acting, Application, Context, Desired, Failure, Outcome, WATCH_LIST_TIMEOUT, sync_requested,
 };
-use crate::app::plan_app;
+use crate::app::plan_options_for;
 use crate::application::{ApplySetReference, SyncState, SyncStatus};
 use crate::cluster::discovery::{KindInfo, Resolver};
 use crate::health::HealthStatus;
@@ -40,8 +40,8 @@ pub(super) async fn full_sync(
     let policy = &app.spec.sync_policy;
     let owner = ObjectRef::from_obj(app);
     let mut planned = watch_and_plan(ctx, at, app, applyset_id, &owner, objects).await?;
-    // Each member's health as the plan read it (kept when nothing is written after).
-    let read_health = health_of_planned(&planned, &health_rules(app));
+    // Each member's health as the plan read it (kept for those not written after).
+    let mut known = health_of_planned(&planned, &health_rules(app));
     // Objects another owner holds fail alone; the rest is synced (rule 13).
     let refused = std::mem::take(&mut planned.refused);
     if check_watches {
@@ -64,17 +64,14 @@ pub(super) async fn full_sync(
     let (mut desired, mut versions) = members(&planned);
     let mut applied = None;
     if planned.has_changes() && allowed {
-        if policy.prune {
-            dest.drift.expect_pruned(applyset_id, pruned(&planned));
-        }
-        // Deleted to be created anew (Force=true): its deletion is tether's too.
-        let recreated = planned.changes.iter().filter(|c| c.recreate.is_some());
-        dest.drift
-            .expect_pruned(applyset_id, recreated.map(|c| c.key.clone()));
+        // What is written is as the server answers the write (else it is read again).
+        let unchanged: std::collections::HashSet<&ObjectKey> = unchanged_in(&planned).collect();
+        known.retain(|key, _| unchanged.contains(key));
         let (entry, written) =
-            apply_and_record(ctx, at, app, planned, &revision, !new_revision, "applied").await?;
+            apply_planned(ctx, at, app, planned, &revision, !new_revision).await?;
         applied = Some(entry);
-        versions = written;
+        versions = written.versions;
+        known.extend(written.health);
         sync = applied_sync(sync, policy.prune);
     }
     if !unserved.is_empty() {
@@ -85,7 +82,6 @@ pub(super) async fn full_sync(
     if !refused.is_empty() {
         sync.status = SyncState::OutOfSync.into();
     }
-    let known = applied.is_none().then_some(read_health);
     record_held(dest, applyset_id, digest, &sync, (versions, desired), known);
     let health = assess_set(ctx, dest, client, applyset_id, &health_rules(app)).await;
     if !refused.is_empty() {
@@ -106,6 +102,36 @@ pub(super) async fn full_sync(
     })
 }
 
+/// Applies a plan, after telling the drift watch what it prunes and deletes to create anew.
+async fn apply_planned(
+    ctx: &Context,
+    at: &Acting<'_>,
+    app: &Application,
+    planned: Plan,
+    revision: &Revision,
+    drift: bool,
+) -> Result<(crate::application::HistoryEntry, Written), Failure> {
+    let id = planned.applyset.id.clone();
+    if app.spec.sync_policy.prune {
+        at.dest.drift.expect_pruned(&id, pruned(&planned));
+    }
+    // Deleted to be created anew (Force=true): its deletion is tether's too.
+    let recreated = planned.changes.iter().filter(|c| c.recreate.is_some());
+    at.dest
+        .drift
+        .expect_pruned(&id, recreated.map(|c| c.key.clone()));
+    apply_and_record(ctx, at, app, planned, revision, drift, "applied").await
+}
+
+/// The members the plan leaves as they are.
+fn unchanged_in(planned: &Plan) -> impl Iterator<Item = &ObjectKey> {
+    planned
+        .changes
+        .iter()
+        .filter(|c| c.action == PlanAction::Unchanged)
+        .map(|c| &c.key)
+}
+
 /// Watches every kind of the render before planning it (from then on no write to a member
 /// goes unseen, and this sync counts as watched from its start), plans it, and tells the
 /// drift watch what this agent is about to apply, before it writes (rule 12).
@@ -124,9 +150,11 @@ async fn watch_and_plan(
         .watch_before_sync(owner.clone(), applyset_id, kinds, WATCH_LIST_TIMEOUT)
         .await;
     // Unchanged objects are kept whole: their health is read from them.
-    let planned = plan_app(client, resolver, &ctx.pipeline, app, objects, true)
+    let mut options = plan_options_for(&ctx.pipeline, app);
+    options.crowd = Some(dest.drift.crowd());
+    let planned = crate::plan::plan(client, resolver, objects, &options)
         .await
-        .map_err(|e| dest.target.context(e.into()))?;
+        .map_err(|e| dest.target.context(crate::app::Error::from(e).into()))?;
     dest.drift
         .expect_applied(applyset_id, applied_digests(&planned), true);
     Ok(planned)
@@ -245,14 +273,15 @@ fn serve_unserved(
 /// Records for the drift watch and the health reads what the cluster holds after a full
 /// sync: the render's digest once Synced (a later revision that renders the same needs no
 /// plan), each member's resourceVersion, and the desired set, with the health of its
-/// members when the plan's reads are still current (`known`; else it is read in full).
+/// members as the plan read them or the apply's answers told (`known`; a member missing
+/// from it, or not Healthy, is read again).
 fn record_held(
     dest: &Connected,
     applyset_id: &str,
     digest: [u8; 32],
     sync: &SyncStatus,
     (mut versions, desired): (Vec<(ObjectKey, String)>, Vec<Desired>),
-    known: Option<HashMap<ObjectKey, HealthStatus>>,
+    known: HashMap<ObjectKey, HealthStatus>,
 ) {
     if sync.status == SyncState::Synced {
         dest.drift.set_applied_digest(applyset_id, digest);
@@ -261,14 +290,11 @@ fn record_held(
         versions.clear();
     }
     dest.drift.finish_full_sync(applyset_id, versions);
-    // A new desired set: its health is read in full (and remembered per object), unless
-    // the plan just read it.
-    let mut health = dest.health.lock().expect("not poisoned");
-    match known {
-        Some(known) => health.insert(applyset_id.to_string(), known),
-        None => health.remove(applyset_id),
-    };
-    drop(health);
+    // A new desired set: its health as just read or written (remembered per object).
+    dest.health
+        .lock()
+        .expect("not poisoned")
+        .insert(applyset_id.to_string(), known);
     dest.desired
         .lock()
         .expect("not poisoned")

@@ -44,6 +44,7 @@ pub(super) async fn correct_drift(
     }
     let mut plan_options = crate::app::plan_options_for(&ctx.pipeline, app);
     plan_options.partial = true;
+    plan_options.crowd = Some(dest.drift.crowd());
     // Health is read afresh after the correction: an unchanged object's state is not kept.
     plan_options.keep_unchanged_live = false;
     let planned = plan(client, &dest.target.resolver, subset, &plan_options)
@@ -56,18 +57,17 @@ pub(super) async fn correct_drift(
     dest.drift
         .expect_applied(applyset_id, applied_digests(&planned), false);
     let corrected: Vec<ObjectKey> = planned.changes.iter().map(|c| c.key.clone()).collect();
-    let applied = if planned.has_changes() {
-        Some(
-            apply_and_record(ctx, at, app, planned, &revision, true, "corrected drift at")
-                .await?
-                .0,
-        )
+    let (applied, written) = if planned.has_changes() {
+        let what = "corrected drift at";
+        let (entry, written) =
+            apply_and_record(ctx, at, app, planned, &revision, true, what).await?;
+        (Some(entry), written.health)
     } else {
-        None
+        (None, Vec::new())
     };
     let (_, sync, apply_set) = settled;
-    // The corrected objects are read again, with those whose status changed and those not
-    // Healthy (the others still are as last read).
+    // The corrected objects are as the server answered their writes, or read again, with
+    // those whose status changed and those not Healthy (the others still are as last read).
     if let Some(known) = dest
         .health
         .lock()
@@ -77,6 +77,7 @@ pub(super) async fn correct_drift(
         for key in &corrected {
             known.remove(key);
         }
+        known.extend(written);
     }
     let health = assess_set(ctx, at.dest, at.client, applyset_id, &health_rules(app)).await;
     let mut sync = sync.clone();

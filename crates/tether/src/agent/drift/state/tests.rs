@@ -259,3 +259,31 @@ fn registering_a_kind_that_has_not_listed_makes_the_sync_unwatched() {
     );
     assert_eq!(state.owner(SET), Some(app()));
 }
+
+#[test]
+fn the_crowd_counts_each_labelled_object_once_until_it_is_gone() {
+    use super::super::prints::Prints;
+    let prints = |time| Prints {
+        ours: 1,
+        ours_size: 1,
+        ours_time: Some(time),
+        deleting: false,
+        digest: None,
+    };
+    let mut state = State::default();
+    state.remember(Some("uid-a".into()), &member("a"), prints(1));
+    state.remember(Some("uid-b".into()), &member("b"), prints(1));
+    // Seen again (a change, or a relist): still one object.
+    state.remember(Some("uid-a".into()), &member("a"), prints(2));
+    // No uid: nothing to count it by.
+    state.remember(None, &member("c"), prints(1));
+    assert_eq!(state.crowd("apps", "Deployment", "shop"), 2);
+    assert_eq!(state.crowd("apps", "Deployment", "other"), 0);
+    assert_eq!(state.crowd("", "Deployment", "shop"), 0, "another group");
+    state.forget("uid-a", &member("a"));
+    // Forgotten twice (a delete event after a relist saw it gone): counted off once.
+    state.forget("uid-a", &member("a"));
+    assert_eq!(state.crowd("apps", "Deployment", "shop"), 1);
+    state.forget("uid-b", &member("b"));
+    assert_eq!(state.crowd("apps", "Deployment", "shop"), 0);
+}
