@@ -264,10 +264,16 @@ async fn apply_batch(
 ) -> Vec<ObjectResult> {
     // Indexes, not `iter().map(|change| …)`: a closure over a borrowed item makes the
     // future's Send-ness unprovable for the agent's controller (rust-lang/rust#102211).
-    futures::stream::iter((0..batch.len()).map(|i| apply_one(client, batch[i], options)))
-        .buffer_unordered(options.concurrency.max(1))
-        .collect()
-        .await
+    let in_flight = crate::cluster::window::in_flight(options.concurrency, &options.window);
+    futures::stream::iter((0..batch.len()).map(|i| async move {
+        match &options.window {
+            Some(window) => window.run(apply_one(client, batch[i], options)).await,
+            None => apply_one(client, batch[i], options).await,
+        }
+    }))
+    .buffer_unordered(in_flight)
+    .collect()
+    .await
 }
 
 async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOptions) -> ObjectResult {

@@ -55,6 +55,9 @@ pub struct ApplyOptions {
     /// Delete with foreground propagation: an object is gone only once what it owns is (a
     /// Deployment once its Pods are).
     pub foreground: bool,
+    /// Requests in flight as a window that grows with the round trip (push mode; see
+    /// [`crate::cluster::window`]); else [`Self::concurrency`].
+    pub window: Option<std::sync::Arc<crate::cluster::window::Window>>,
 }
 
 impl Default for ApplyOptions {
@@ -72,6 +75,7 @@ impl Default for ApplyOptions {
             delete_set: false,
             foreground: false,
             progress: Default::default(),
+            window: None,
         }
     }
 }

@@ -69,7 +69,9 @@ pub async fn run(
 ) -> anyhow::Result<u8> {
     let prepared = prepare(global, &args.target, false, false).await?;
     guard_application_set(&prepared.plan, args.override_application)?;
-    let options = apply_options(args);
+    let mut options = apply_options(args);
+    // The window the plan found carries on into the apply.
+    options.window = prepared.plan.options.window.clone();
     let app = prepared.plan.options.app.clone();
     let namespace = prepared.plan.options.namespace.clone();
     guard_windows(&prepared.cluster.client(), &namespace, &app, args).await?;

@@ -1,6 +1,7 @@
 //! `tether plan`: what `apply` would change, as a diff per object, a summary line, JSON for
 //! tools or Markdown for a pull-request comment. `--detailed-exitcode`: 0 in sync, 2 changes.
 
+use crate::cluster::window::Window;
 use std::io::{IsTerminal, Write};
 
 use anyhow::Context;
@@ -39,9 +40,15 @@ pub struct TargetArgs {
     #[arg(long)]
     pub force_conflicts: bool,
 
-    /// API requests in flight at once.
+    /// API requests in flight at once, to start with.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub concurrency: usize,
+
+    /// Requests in flight grow from --concurrency up to this many while the API server
+    /// answers as fast as it first did (a long round trip, not its queue, is what they wait
+    /// for), and shrink back when its answers slow down. Equal to --concurrency: fixed.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_concurrency: usize,
 
     /// Let objects name namespaces other than -n (a set spanning namespaces); without it,
     /// an explicit -n refuses them, as kubectl does.
@@ -158,6 +165,10 @@ pub async fn prepare(
     options.adopt = target.adopt;
     options.force_conflicts = target.force_conflicts;
     options.concurrency = target.concurrency;
+    if target.max_concurrency > target.concurrency {
+        let window = Window::new(target.concurrency, target.max_concurrency);
+        options.window = Some(std::sync::Arc::new(window));
+    }
     options.keep_unchanged_live = keep_unchanged_live;
     options.deleting = deleting;
     options.create_namespace = target.create_namespace;

@@ -6,6 +6,7 @@
 
 pub mod discovery;
 pub mod target;
+pub mod window;
 
 use std::path::PathBuf;
 use std::time::Duration;

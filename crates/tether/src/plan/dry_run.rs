@@ -18,6 +18,7 @@ use super::types::{
 };
 use crate::cluster::api_for;
 use crate::cluster::discovery::{KindInfo, Resolver};
+use crate::cluster::window::in_flight;
 use crate::inventory::ApplySet;
 use crate::object::{ObjectKey, Origin};
 
@@ -37,7 +38,8 @@ pub(super) struct Planned {
     pub errors: Vec<PlanError>,
 }
 
-/// Plans every member, [`PlanOptions::concurrency`] at a time, from what the LISTs told.
+/// Plans every member, [`PlanOptions::concurrency`] (or its window) at a time, from what
+/// the LISTs told.
 pub(super) async fn plan_objects(
     context: &SetScope<'_>,
     members: Vec<Prepared>,
@@ -50,12 +52,15 @@ pub(super) async fn plan_objects(
             // Settled by the LISTs, or unknown (not ours yet, or not listed), so read it.
             let live = prefetched.take(&item.key);
             async move {
-                let result = plan_one(context, item, live).await;
+                let result = match &context.options.window {
+                    Some(window) => window.run(plan_one(context, item, live)).await,
+                    None => plan_one(context, item, live).await,
+                };
                 context.options.progress.tick();
                 result
             }
         }))
-        .buffer_unordered(options.concurrency.max(1))
+        .buffer_unordered(in_flight(options.concurrency, &options.window))
         .collect()
         .await;
     options.progress.finish();

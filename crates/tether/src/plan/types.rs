@@ -65,6 +65,9 @@ pub struct PlanOptions {
     /// watching them knows (the agent's drift watches): where they far outnumber the set's
     /// own, its members are read one by one instead of listed (see [`Crowd`]).
     pub crowd: Option<Crowd>,
+    /// Requests in flight as a window that grows with the round trip (push mode; see
+    /// [`crate::cluster::window`]), shared with the apply; else [`Self::concurrency`].
+    pub window: Option<std::sync::Arc<crate::cluster::window::Window>>,
 }
 
 /// How many objects labelled as members of some ApplySet (any set's) the cluster holds of
@@ -105,6 +108,7 @@ impl PlanOptions {
             audit_log: None,
             progress: Default::default(),
             crowd: None,
+            window: None,
         }
     }
 }
