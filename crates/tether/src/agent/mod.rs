@@ -134,6 +134,7 @@ impl AgentOptions {
             render_memory: self.render_memory,
             listings: self.listings.clone(),
             audit_log: self.audit_log.clone(),
+            crowd: None,
         }
     }
 }
@@ -407,10 +408,15 @@ pub(crate) async fn plan_in_destination(
     // What a sync would refuse is not planned either.
     confined(options, app)?;
     let destination = clusters.for_app(app).await?;
+    // Members among many others of their kind are read alone, as the agent's syncs do.
+    let app_options = crate::app::AppOptions {
+        crowd: Some(destination.drift.crowd()),
+        ..options.app_options()
+    };
     let (revision, plan) = plan_current(
         home,
         &destination.target,
-        &options.app_options(),
+        &app_options,
         app,
         listing_max_age,
     )

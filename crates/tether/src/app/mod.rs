@@ -81,6 +81,9 @@ pub struct AppOptions {
     /// The API server's audit log (see [`crate::audit`]), read by each plan that names who
     /// changed a field.
     pub audit_log: Option<PathBuf>,
+    /// How many labelled objects of a kind a namespace holds, as the agent's drift watches
+    /// of the destination see them (see [`crate::plan::Crowd`]).
+    pub crowd: Option<crate::plan::Crowd>,
 }
 
 impl Default for AppOptions {
@@ -94,6 +97,7 @@ impl Default for AppOptions {
             render_memory: crate::render::external::DEFAULT_MEMORY_BYTES,
             listings: Default::default(),
             audit_log: None,
+            crowd: None,
         }
     }
 }
@@ -233,6 +237,7 @@ pub fn plan_options_for(options: &AppOptions, app: &Application) -> PlanOptions 
     // Checked where the sync starts (an unknown option fails it there).
     plan_options.create_namespace = spec.sync_policy.create_namespace().unwrap_or(false);
     plan_options.ignore_differences = spec.ignore_differences.clone();
+    plan_options.crowd = options.crowd.clone();
     // Read by this plan only if it names who changed a field.
     plan_options.audit_log = options.audit_log.as_deref().and_then(|path| {
         crate::audit::AuditLog::open(path)
