@@ -265,7 +265,7 @@ report=bench/reports/apply-${BIG_ONLY:+big-}$(date -u +%Y-%m-%d)${REPORT_TAG:+-$
   if [ -n "$BIG_ONLY" ]; then
     echo "tether $tether_version (release build); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side\` of the same object); direct connection."
   else
-    echo "tether $tether_version (release build, --concurrency 16); ceiling: examples/ssa_ceiling.rs (kube-rs, server-side apply PATCHes only, concurrency $CEILING_CONCURRENCY); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side --applyset --prune\`)."
+    echo "tether $tether_version (release build, default --concurrency 16 and, since 4ce9957, --max-concurrency 64); ceiling: examples/ssa_ceiling.rs (kube-rs, server-side apply PATCHes only, concurrency $CEILING_CONCURRENCY); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side --applyset --prune\`)."
     echo "Latency: Toxiproxy $("$toxiproxy" -version | awk '{print $NF}') between the client and the API server, half of it on each direction; 0 ms is a direct connection."
     echo "One run each, same manifests, separate namespaces (deleted after each latency). Writes and requests: the API server's"
     echo "apiserver_request_total for Deployments, Services and Secrets, subresources apart (writes: POST, PUT, PATCH, APPLY,"
