@@ -1,7 +1,6 @@
 //! `tether plan`: what `apply` would change, as a diff per object, a summary line, JSON for
 //! tools or Markdown for a pull-request comment. `--detailed-exitcode`: 0 in sync, 2 changes.
 
-use crate::cluster::window::Window;
 use std::io::{IsTerminal, Write};
 
 use anyhow::Context;
@@ -11,6 +10,7 @@ use super::GlobalArgs;
 use super::render::{RendererArgs, SourceArgs};
 use crate::cluster::Cluster;
 use crate::cluster::discovery::Resolver;
+use crate::cluster::window::Window;
 use crate::object::{ObjectKey, Origin};
 use crate::output::OutputFormat;
 use crate::plan::{Action, Change, Hook, Plan, PlanOptions, Skipped, Summary};
