@@ -1,9 +1,9 @@
 //! How many requests a push keeps in flight: a window that starts at `--concurrency` and
-//! grows while answers come back as fast as the fastest one (the round trip, not the
-//! server's queue, is what they wait for), and shrinks when they slow down (a queue builds
-//! at the server: the API server's priority and fairness queues a client's requests before
-//! it refuses any), as TCP Vegas finds its window by comparing round trips. On loopback the
-//! server's queue shows at once and the window stays where it started; at a 20 ms round
+//! grows while a round of answers comes back as fast as the best round did (the round
+//! trip, not the server's queue, is what they wait for), and shrinks when they slow down (a
+//! queue builds at the server: the API server's priority and fairness queues a client's
+//! requests before it refuses any), as TCP Vegas finds its window by comparing round trips.
+//! Where the server's queue is what answers wait for, it does not grow; over a 20 ms round
 //! trip it grows until the server, not the wire, is the bound.
 
 use std::sync::Mutex;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-/// Requests in flight, between `min` and `max`, adjusted as each answer comes back.
+/// Requests in flight, between `min` and `max`, adjusted as each round of answers comes back.
 #[derive(Debug)]
 pub struct Window {
     permits: Semaphore,
