@@ -224,7 +224,7 @@ pub(super) async fn prefetch_live(
 /// costs the API server less than scanning them all: a GET costs about what scanning
 /// 2,000 objects does (1.1 ms against 0.45-0.6 µs an object, measured on the local
 /// cluster; see [`super::Crowd`]). At 1,000 the agent's restart with 1,000 Applications of
-/// 10 objects in one namespace sent 13,031 requests instead of about 4,050.
+/// 10 objects in one namespace sent 13,031 requests, at 2,000 4,041 (both in 7.2 s).
 const LISTED_PER_GET: usize = 2000;
 
 /// Which LISTs one (kind, namespace) of the set is worth.
