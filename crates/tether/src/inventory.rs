@@ -113,6 +113,20 @@ impl ApplySet {
         parent_name(&self.app)
     }
 
+    /// Whether the parent records members of kind `group`/`kind` in `namespace` (empty for
+    /// a cluster-scoped kind): where it does not, the set has none (the parent is widened
+    /// before a member is created).
+    pub fn records(&self, group: &str, kind: &str, namespace: &str) -> bool {
+        let kind_recorded = self.group_kinds.contains(&GroupKind {
+            group: group.to_string(),
+            kind: kind.to_string(),
+        });
+        kind_recorded
+            && (namespace.is_empty()
+                || namespace == self.namespace
+                || self.namespaces.contains(namespace))
+    }
+
     /// Reads the recorded members' kinds and namespaces from an existing parent.
     pub fn read_parent(&mut self, parent: &Value) -> Result<(), String> {
         let labels = &parent["metadata"]["labels"];

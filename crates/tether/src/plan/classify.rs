@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::types::Action;
 use super::{diff, fields, migrate};
 use crate::inventory::{ApplySet, PART_OF_LABEL};
-use crate::object::{GroupKind, ObjectKey};
+use crate::object::ObjectKey;
 
 /// Whose the live object is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,19 +48,12 @@ pub(super) fn ownership(
 /// tether. Someone removed the label (`kubectl label … applyset.kubernetes.io/part-of-`);
 /// the object is still tether's, and the apply puts the label back.
 fn recorded_member(live: &Value, key: &ObjectKey, set: &ApplySet) -> bool {
-    let kind_recorded = set.group_kinds.contains(&GroupKind {
-        group: key.group.clone(),
-        kind: key.kind.clone(),
-    });
-    let namespace_recorded = key.namespace.is_empty()
-        || key.namespace == set.namespace
-        || set.namespaces.contains(&key.namespace);
     let applied_by_tether = live["metadata"]["managedFields"]
         .as_array()
         .into_iter()
         .flatten()
         .any(fields::is_tethers_apply);
-    kind_recorded && namespace_recorded && applied_by_tether
+    set.records(&key.group, &key.kind, &key.namespace) && applied_by_tether
 }
 
 /// What the reclaim of a removed ApplySet label says.

@@ -14,7 +14,7 @@ use super::types::{PlanError, PlanErrors, PlanOptions, SetOwner, cluster_error};
 use crate::cluster::api_for;
 use crate::cluster::discovery::KindInfo;
 use crate::inventory::{ApplySet, PART_OF_LABEL};
-use crate::object::{GroupKind, ObjectKey};
+use crate::object::ObjectKey;
 
 /// Reads the set's parent: the set as recorded (a new one when there is no parent yet),
 /// whether the parent exists, and what about it stops the plan.
@@ -253,12 +253,12 @@ impl Reads {
             .crowd
             .as_ref()
             .map_or(0, |crowd| (crowd.0)(g, k, namespace));
-        let recorded = applyset.group_kinds.contains(&GroupKind {
-            group: g.clone(),
-            kind: k.clone(),
-        }) && (!kind.namespaced
-            || *namespace == applyset.namespace
-            || applyset.namespaces.contains(namespace));
+        let there = if kind.namespaced {
+            namespace.as_str()
+        } else {
+            ""
+        };
+        let recorded = applyset.records(g, k, there);
         Self {
             members: recorded && crowd <= desired * LISTED_PER_GET,
             names: crowd <= desired * NAMES_PER_GET,
@@ -419,6 +419,7 @@ pub(super) async fn owner_of_set(client: &kube::Client, id: &str, namespace: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::object::GroupKind;
     use crate::plan::Crowd;
 
     fn kind(namespaced: bool) -> KindInfo {

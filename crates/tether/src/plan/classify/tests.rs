@@ -15,7 +15,7 @@ use super::super::fields;
 use super::super::prepare::{self, Placement, Preparation, Prepared};
 use super::*;
 use crate::cluster::discovery::KindInfo;
-use crate::object::{Object, Origin};
+use crate::object::{GroupKind, Object, Origin};
 
 /// The set every case plans into.
 const SET_ID: &str = "applyset-golden-v1";
