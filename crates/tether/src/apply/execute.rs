@@ -299,10 +299,12 @@ async fn apply_one(client: &kube::Client, change: &Change, options: &ApplyOption
                 {
                     Ok(written) => {
                         resource_version = written.metadata.resource_version.clone();
-                        let written = serde_json::to_value(written).expect("objects serialize");
-                        let health =
-                            crate::health::assess_with(Some(&written), &options.health_rules);
-                        written_health = Some(health.status);
+                        if options.health_of_written {
+                            let written = serde_json::to_value(written).expect("objects serialize");
+                            let health =
+                                crate::health::assess_with(Some(&written), &options.health_rules);
+                            written_health = Some(health.status);
+                        }
                         None
                     }
                     Err(e) if change.recreate.is_some() => Some(restore(&api, change, &e).await),

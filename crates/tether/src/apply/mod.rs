@@ -58,6 +58,9 @@ pub struct ApplyOptions {
     /// Requests in flight as a window that grows with the round trip (push mode; see
     /// [`crate::cluster::window`]); else [`Self::concurrency`].
     pub window: Option<std::sync::Arc<crate::cluster::window::Window>>,
+    /// Assess each written object's health from the server's answer to its apply
+    /// ([`ObjectResult::written_health`]): the agent's health after a sync starts from it.
+    pub health_of_written: bool,
 }
 
 impl Default for ApplyOptions {
@@ -76,6 +79,7 @@ impl Default for ApplyOptions {
             foreground: false,
             progress: Default::default(),
             window: None,
+            health_of_written: false,
         }
     }
 }

@@ -20,8 +20,9 @@ pub struct ObjectResult {
     #[serde(skip)]
     pub resource_version: Option<String>,
     /// The object's health in the server's answer to tether's write, by the apply's health
-    /// rules (none for a prune, a failed write, or an unchanged object): the agent's
-    /// health after a sync starts from it instead of reading each object again.
+    /// rules, when [`super::ApplyOptions::health_of_written`] asks (none for a prune, a
+    /// failed write, or an unchanged object): the agent's health after a sync starts from
+    /// it instead of reading each object again.
     #[serde(skip)]
     pub written_health: Option<crate::health::HealthStatus>,
 }

@@ -43,6 +43,7 @@ pub(super) async fn apply_and_record(
         // Putting back the revision already applied is not a new deployment.
         run_hooks: !drift,
         health_rules: super::health_rules(app),
+        health_of_written: true,
         ..Default::default()
     };
     // Who changed what tether puts back (fields and writers, never values): in the history
