@@ -546,11 +546,13 @@ def api_times(tool, runs=20):
         "JSON API list, a name filter (app-09)": "/api/v1/applications?q=app-09&limit=50",
         "JSON API list, one namespace": f"/api/v1/applications?namespace={ns}&limit=50",
         "JSON API, one Application": f"/api/v1/applications/{ns}/app-0001",
+        "JSON API, one Application, refresh=true (lists the remote)":
+            f"/api/v1/applications/{ns}/app-0001?refresh=true",
         "web UI list, first page": "/ui/",
         "web UI list, a name filter (app-09)": "/ui/?q=app-09",
         "web UI, one Application's page": f"/ui/apps/{ns}/app-0001",
     }
-    times = {}
+    times, steps = {}, {}
     for what, path in pages.items():
         took = []
         for _ in range(runs):
@@ -558,9 +560,15 @@ def api_times(tool, runs=20):
             started = time.perf_counter()
             with urllib.request.urlopen(request, timeout=60) as response:
                 size = len(response.read())
+                timing = response.headers.get("Server-Timing")
             took.append((time.perf_counter() - started) * 1000)
+            # The agent's own split of the time (`step;dur=ms, ...`), where it gives one.
+            for part in (timing or "").split(","):
+                name, _, duration = part.strip().partition(";dur=")
+                if duration:
+                    steps.setdefault(what, {}).setdefault(name, []).append(float(duration))
         times[what] = percentiles(took) + (size,)
-    return times
+    return times, steps
 
 
 def measure(tool, cluster, fleet, drift_runs, objects, drift_limit, steady_seconds, pushes, budget):
@@ -624,7 +632,7 @@ def measure(tool, cluster, fleet, drift_runs, objects, drift_limit, steady_secon
     results["peak_each"] = " + ".join(f"{m[0]:.0f}" for m in memory)
     if drift_runs and hasattr(tool, "restart"):
         restart(tool, cluster, fleet.apps, results)
-        results["api"] = api_times(tool)
+        results["api"], results["api_steps"] = api_times(tool)
     if drift_runs:
         health = health_latency(tool, cluster, HEALTH_APPS)
         if health:
@@ -847,6 +855,9 @@ def main():
                           "p50 / p99 / max ms, bytes", "", "| page | tether |", "|---|---|"]
             for what, (p50, p99, worst, _, size) in tr["api"].items():
                 lines.append(f"| {what} | {p50:.1f} / {p99:.1f} / {worst:.1f} ms, {size:,} bytes |")
+            for what, split in tr.get("api_steps", {}).items():
+                lines += ["", f"{what}: the agent's split of the time (its `Server-Timing` header), p50 / max ms: "
+                          + ", ".join(f"{name} {statistics.median(ms):.1f} / {max(ms):.1f}" for name, ms in split.items())]
         lines.append("")
     # Growth: the growth runs and the fleets tether ran in full, together.
     growth_runs = sorted(growth_runs + [(apps * objects, r["converge"], r["converge_peak_mib"], apps)

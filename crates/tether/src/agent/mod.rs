@@ -397,6 +397,14 @@ struct Outcome {
     destination: Arc<Connected>,
 }
 
+/// What [`plan_in_destination`] found, and how long each step took.
+pub(crate) struct Planned {
+    pub destination: Arc<Connected>,
+    pub revision: Revision,
+    pub plan: crate::plan::Plan,
+    pub steps: crate::app::Steps,
+}
+
 /// [`plan_current`] in the Application's destination (the JSON API's and the web UI's view).
 pub(crate) async fn plan_in_destination(
     home: &kube::Client,
@@ -404,7 +412,8 @@ pub(crate) async fn plan_in_destination(
     options: &AgentOptions,
     app: &Application,
     listing_max_age: Duration,
-) -> Result<(Arc<Connected>, Revision, crate::plan::Plan), String> {
+) -> Result<Planned, String> {
+    let mut steps = crate::app::Steps::new();
     // What a sync would refuse is not planned either.
     confined(options, app)?;
     let destination = clusters.for_app(app).await?;
@@ -413,15 +422,22 @@ pub(crate) async fn plan_in_destination(
         crowd: Some(destination.drift.crowd()),
         ..options.app_options()
     };
+    steps.done("destination");
     let (revision, plan) = plan_current(
         home,
         &destination.target,
         &app_options,
         app,
         listing_max_age,
+        &mut steps,
     )
     .await?;
-    Ok((destination, revision, plan))
+    Ok(Planned {
+        destination,
+        revision,
+        plan,
+        steps,
+    })
 }
 
 /// ±10 % so that many Applications with one interval do not poll Git in lockstep.

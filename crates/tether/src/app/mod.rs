@@ -104,22 +104,24 @@ impl Default for AppOptions {
 
 /// What a sync of the Application's ref would do now: its newest revision (from a listing
 /// of the remote's refs at most `listing_max_age` old), rendered and planned. What
-/// `tether diff`, the JSON API and the web UI show.
+/// `tether diff`, the JSON API and the web UI show; `steps` gets the time of each step.
 pub async fn plan_current(
     home: &kube::Client,
     target: &crate::cluster::target::Target,
     options: &AppOptions,
     app: &Application,
     listing_max_age: Duration,
+    steps: &mut Steps,
 ) -> Result<(Revision, crate::plan::Plan), Error> {
     let (revision, tree) = fetch(home, options, app, None, listing_max_age).await?;
-    let plan = render_and_plan(home, target, options, app, &revision, tree).await?;
+    steps.done("source");
+    let plan = render_and_plan(home, target, options, app, &revision, tree, steps).await?;
     Ok((revision, plan))
 }
 
 /// Renders a fetched revision as the Application says and plans it against its
 /// destination `target`, as the Application's ServiceAccount when it names one; `home`
-/// holds the Application (and the Secrets it names).
+/// holds the Application (and the Secrets it names). `steps` gets the time of each step.
 pub async fn render_and_plan(
     home: &kube::Client,
     target: &crate::cluster::target::Target,
@@ -127,12 +129,55 @@ pub async fn render_and_plan(
     app: &Application,
     revision: &Revision,
     tree: Box<dyn Tree>,
+    steps: &mut Steps,
 ) -> Result<crate::plan::Plan, Error> {
     let resolver = &target.resolver;
     let objects = render_app(home, resolver, options, app, revision, tree).await?;
+    steps.done("render");
     let acting = crate::tenancy::client_for(&target.client, app, options.require_service_account)
         .map_err(Error::Spec)?;
-    plan_app(&acting, resolver, options, app, objects, true).await
+    let plan = plan_app(&acting, resolver, options, app, objects, true).await?;
+    steps.done("plan");
+    Ok(plan)
+}
+
+/// How long each step of a piece of work took, in order (for a `Server-Timing` header).
+#[derive(Debug)]
+pub struct Steps {
+    began: std::time::Instant,
+    pub taken: Vec<(&'static str, Duration)>,
+}
+
+impl Steps {
+    /// Starts timing now.
+    pub fn new() -> Steps {
+        Steps {
+            began: std::time::Instant::now(),
+            taken: Vec::new(),
+        }
+    }
+
+    /// The step `name` ended now; the next one starts.
+    pub fn done(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.taken.push((name, now - self.began));
+        self.began = now;
+    }
+
+    /// The steps as a `Server-Timing` header's value: `source;dur=1.2, plan;dur=30.5` (ms).
+    pub fn server_timing(&self) -> String {
+        self.taken
+            .iter()
+            .map(|(name, took)| format!("{name};dur={:.1}", took.as_secs_f64() * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Default for Steps {
+    fn default() -> Steps {
+        Steps::new()
+    }
 }
 
 /// Renders a fetched revision as the Application says (the agent's render, for

@@ -247,10 +247,16 @@ pub async fn diff(
         audit_log: args.audit_log.clone(),
         ..Default::default()
     };
-    let (revision, plan) =
-        crate::app::plan_current(&client, &target, &options, &app, std::time::Duration::ZERO)
-            .await
-            .map_err(anyhow::Error::msg)?;
+    let (revision, plan) = crate::app::plan_current(
+        &client,
+        &target,
+        &options,
+        &app,
+        std::time::Duration::ZERO,
+        &mut Default::default(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     super::plan::write_plan(out, global.output, &plan, Some(&revision))?;
     for refused in &plan.refused {
         eprintln!("cannot be synced: {refused}");

@@ -842,6 +842,62 @@ async fn a_signed_webhook_syncs_at_once_and_a_forged_one_changes_nothing() {
     assert_eq!(one["objects"][0]["key"]["name"], "hooked", "{one}");
     assert_eq!(one["objects"][0]["sync"], "Synced", "{one}");
     assert_eq!(one["objects"][0]["health"]["status"], "Healthy", "{one}");
+    // A push without a webhook: the agent's listing (taken by the GET above, within its 5 s)
+    // still names the applied commit; `?refresh=true` lists the remote and plans the push.
+    repo.write("app/a.yaml", &configmap("hooked", "violet"));
+    let third = repo.commit("third");
+    let listed = Instant::now();
+    let (status, cached) = api(
+        format!("/api/v1/applications/{}/hooked", ns.name),
+        Some("api-t0ken"),
+        "GET",
+    )
+    .await
+    .expect("join");
+    assert_eq!(status, 200, "{cached}");
+    if listed.elapsed() < Duration::from_secs(4) {
+        assert_eq!(cached["revision"]["commit"], second.as_str(), "{cached}");
+    }
+    let (status, fresh) = api(
+        format!("/api/v1/applications/{}/hooked?refresh=true", ns.name),
+        Some("api-t0ken"),
+        "GET",
+    )
+    .await
+    .expect("join");
+    assert_eq!(status, 200, "{fresh}");
+    assert_eq!(fresh["revision"]["commit"], third.as_str(), "{fresh}");
+    assert_eq!(fresh["objects"][0]["sync"], "OutOfSync", "{fresh}");
+    assert_eq!(fresh["sync"], "OutOfSync", "{fresh}");
+    let (status, refused) = api(
+        format!("/api/v1/applications/{}/hooked?refresh=maybe", ns.name),
+        Some("api-t0ken"),
+        "GET",
+    )
+    .await
+    .expect("join");
+    assert_eq!(status, 400, "{refused}");
+    // The answer says where its time went.
+    let url = format!(
+        "http://127.0.0.1:{port}/api/v1/applications/{}/hooked",
+        ns.name
+    );
+    let timing = tokio::task::spawn_blocking(move || {
+        let response = reqwest::blocking::Client::new()
+            .get(url)
+            .bearer_auth("api-t0ken")
+            .send()
+            .expect("request");
+        response.headers()["server-timing"]
+            .to_str()
+            .expect("text")
+            .to_string()
+    })
+    .await
+    .expect("join");
+    for step in ["source;dur=", "render;dur=", "plan;dur="] {
+        assert!(timing.contains(step), "{timing}");
+    }
     let (status, _) = api(
         format!("/api/v1/applications/{}/hooked/sync", ns.name),
         Some("api-t0ken"),

@@ -546,7 +546,13 @@ impl Checker {
                         .expect("fetch the revision the status names");
                         let home = tether::cluster::target::Target::home(client.clone(), resolver);
                         let plan = tether::app::render_and_plan(
-                            &client, &home, &pipeline, &app, &commit, tree,
+                            &client,
+                            &home,
+                            &pipeline,
+                            &app,
+                            &commit,
+                            tree,
+                            &mut Default::default(),
                         )
                         .await
                         .expect("plan");

@@ -204,25 +204,55 @@ fn authorized_app(
         })
 }
 
-/// One Application with its objects: what apply would do, and health, computed now.
+#[derive(serde::Deserialize, Default)]
+pub struct ShowQuery {
+    refresh: Option<String>,
+}
+
+/// How old the listing of the remote's refs may be for `?refresh=`: the agent's own (up to
+/// [`crate::agent::LISTING_MAX_AGE`], made stale by a webhook) without it, a new listing with
+/// `true` (or Argo CD's `normal` and `hard`).
+fn listing_age(refresh: Option<&str>) -> Result<std::time::Duration, String> {
+    match refresh {
+        None | Some("false") => Ok(crate::agent::LISTING_MAX_AGE),
+        Some("true" | "normal" | "hard") => Ok(std::time::Duration::ZERO),
+        Some(other) => Err(format!(
+            "refresh={other:?}: say refresh=true to list the remote's refs now, or leave it out"
+        )),
+    }
+}
+
+/// One Application with its objects: what apply would do, and health, planned now against
+/// the cluster, from the newest revision the agent knows of (`?refresh=true` asks the
+/// remote first). The `Server-Timing` header says how long each step took.
 async fn show(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path((namespace, name)): Path<(String, String)>,
-) -> Reply {
+    Query(query): Query<ShowQuery>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let app = match authorized_app(&state, &headers, &namespace, &name) {
         Ok(app) => app,
-        Err(reply) => return reply,
+        Err(reply) => return reply.into_response(),
+    };
+    let listing_max_age = match listing_age(query.refresh.as_deref()) {
+        Ok(age) => age,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message).into_response(),
     };
     let planned = crate::agent::plan_in_destination(
         &state.client,
         &state.clusters,
         &state.options,
         &app,
-        std::time::Duration::ZERO,
+        listing_max_age,
     )
-    .await
-    .map(|(_, revision, plan)| (revision, plan));
+    .await;
+    let timing = match &planned {
+        Ok(planned) => planned.steps.server_timing(),
+        Err(_) => String::new(),
+    };
+    let planned = planned.map(|p| (p.revision, p.plan));
     let mut body = summary(&app);
     body["status"] = serde_json::to_value(&app.status).unwrap_or(Value::Null);
     match planned {
@@ -282,7 +312,11 @@ async fn show(
             body["planError"] = Value::String(message)
         }
     }
-    (StatusCode::OK, Json(body))
+    let mut reply = (StatusCode::OK, Json(body)).into_response();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&timing) {
+        reply.headers_mut().insert("server-timing", value);
+    }
+    reply
 }
 
 async fn sync(
@@ -334,6 +368,21 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn refresh_asks_for_a_new_listing_and_anything_else_is_refused() {
+        use std::time::Duration;
+        assert_eq!(listing_age(None), Ok(crate::agent::LISTING_MAX_AGE));
+        assert_eq!(
+            listing_age(Some("false")),
+            Ok(crate::agent::LISTING_MAX_AGE)
+        );
+        for fresh in ["true", "normal", "hard"] {
+            assert_eq!(listing_age(Some(fresh)), Ok(Duration::ZERO), "{fresh}");
+        }
+        let refused = listing_age(Some("yes")).expect_err("not a refresh value");
+        assert!(refused.contains("refresh=true"), "{refused}");
     }
 
     #[test]

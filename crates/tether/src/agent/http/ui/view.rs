@@ -151,7 +151,7 @@ async fn compute(state: &UiState, app: &Application) -> AppView {
     )
     .await;
     let (destination, revision, plan) = match planned {
-        Ok(planned) => planned,
+        Ok(planned) => (planned.destination, planned.revision, planned.plan),
         Err(error) => {
             return AppView {
                 error: Some(error),
