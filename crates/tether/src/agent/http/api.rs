@@ -257,39 +257,7 @@ async fn show(
     body["status"] = serde_json::to_value(&app.status).unwrap_or(Value::Null);
     match planned {
         Ok((revision, plan)) => {
-            let refused = plan.refused.iter().map(|refused| {
-                json!({
-                    "key": refused.key,
-                    "origin": refused.origin,
-                    "sync": "OutOfSync",
-                    "action": "refused",
-                    "error": refused.message,
-                })
-            });
-            let rules = app.spec.health_rules().unwrap_or_default();
-            let objects: Vec<Value> = plan
-                .changes
-                .iter()
-                .map(|change| {
-                    let health = if change.action == Action::Prune {
-                        None
-                    } else {
-                        Some(crate::health::assess_with(change.live.as_ref(), &rules))
-                    };
-                    json!({
-                        "key": change.key,
-                        "origin": change.origin,
-                        "sync": if change.action == Action::Unchanged { "Synced" } else { "OutOfSync" },
-                        "action": change.action,
-                        "health": health,
-                        "diff": change.diff,
-                        // Who changed each field that differs (drift) or is held (conflict).
-                        "changedBy": change.reclaims,
-                        "conflicts": change.conflicts,
-                    })
-                })
-                .chain(refused)
-                .collect();
+            let objects = objects_of(&plan, &app.spec.health_rules().unwrap_or_default());
             // The top state is derived from the objects' (rule 11).
             let differing = plan
                 .changes
@@ -317,6 +285,42 @@ async fn show(
         reply.headers_mut().insert("server-timing", value);
     }
     reply
+}
+
+/// Each object of `plan` with its sync state, action, health, diff and who changed what,
+/// then those refused.
+fn objects_of(plan: &crate::plan::Plan, rules: &crate::health::rules::Rules) -> Vec<Value> {
+    let refused = plan.refused.iter().map(|refused| {
+        json!({
+            "key": refused.key,
+            "origin": refused.origin,
+            "sync": "OutOfSync",
+            "action": "refused",
+            "error": refused.message,
+        })
+    });
+    plan.changes
+        .iter()
+        .map(|change| {
+            let health = if change.action == Action::Prune {
+                None
+            } else {
+                Some(crate::health::assess_with(change.live.as_ref(), rules))
+            };
+            json!({
+                "key": change.key,
+                "origin": change.origin,
+                "sync": if change.action == Action::Unchanged { "Synced" } else { "OutOfSync" },
+                "action": change.action,
+                "health": health,
+                "diff": change.diff,
+                // Who changed each field that differs (drift) or is held (conflict).
+                "changedBy": change.reclaims,
+                "conflicts": change.conflicts,
+            })
+        })
+        .chain(refused)
+        .collect()
 }
 
 async fn sync(

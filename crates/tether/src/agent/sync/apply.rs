@@ -51,11 +51,7 @@ pub(super) async fn apply_and_record(
     let put_back: Vec<String> = planned
         .changes
         .iter()
-        .flat_map(|c| {
-            c.reclaims
-                .iter()
-                .map(move |field| format!("{} {field}", c.key))
-        })
+        .flat_map(|c| c.reclaims.iter().map(move |f| format!("{} {f}", c.key)))
         .collect();
     // The plan had changes: whatever stopped the apply (a conflict, a parent that cannot be
     // written), the cluster differs from the revision.
