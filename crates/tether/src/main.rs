@@ -6,6 +6,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc instead of glibc's malloc. The agent allocates on many threads (the runtime's
+/// workers, Git and render work on blocking threads), and glibc's arenas kept much of what
+/// they freed: at 10,000 Applications the agent's peak was 1,003-1,110 MiB in two runs
+/// with glibc and 924 MiB with jemalloc a few commits later (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // Run by git as its askpass helper (image updates): answer and stop.
     if let Some(answer) = tether::images::writeback::askpass_answer() {
@@ -19,8 +26,7 @@ fn main() -> ExitCode {
     }
     tether::cli::init_logging(cli.global.verbose);
     // One thread for one-shot commands: they wait on the API server (an apply of 2,000
-    // objects uses 2 s of CPU in 20 s), and one thread keeps one malloc arena (peak RSS of
-    // that apply: 66 MiB instead of 77). The agent serves and reconciles at once: all cores.
+    // objects uses 2 s of CPU in 20 s). The agent serves and reconciles at once: all cores.
     let runtime = if matches!(cli.command, tether::cli::Command::Agent(_)) {
         tokio::runtime::Runtime::new()
     } else {
