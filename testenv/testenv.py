@@ -621,6 +621,13 @@ AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
+# LISTs of two kinds nothing but the tests' Applications hold, so that a test can count a
+# plan's LISTs in its namespace (the API server's metrics do not say which namespace).
+- level: Metadata
+  verbs: [list]
+  resources:
+  - {group: apps, resources: [controllerrevisions]}
+  - {group: "", resources: [podtemplates]}
 - level: None
   verbs: [get, list, watch]
 - level: None

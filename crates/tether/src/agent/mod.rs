@@ -134,7 +134,7 @@ impl AgentOptions {
             render_memory: self.render_memory,
             listings: self.listings.clone(),
             audit_log: self.audit_log.clone(),
-            crowd: None,
+            watched: None,
         }
     }
 }
@@ -419,7 +419,7 @@ pub(crate) async fn plan_in_destination(
     let destination = clusters.for_app(app).await?;
     // Members among many others of their kind are read alone, as the agent's syncs do.
     let app_options = crate::app::AppOptions {
-        crowd: Some(destination.drift.crowd()),
+        watched: Some(destination.drift.watched()),
         ..options.app_options()
     };
     steps.done("destination");

@@ -81,9 +81,8 @@ pub struct AppOptions {
     /// The API server's audit log (see [`crate::audit`]), read by each plan that names who
     /// changed a field.
     pub audit_log: Option<PathBuf>,
-    /// How many labelled objects of a kind a namespace holds, as the agent's drift watches
-    /// of the destination see them (see [`crate::plan::Crowd`]).
-    pub crowd: Option<crate::plan::Crowd>,
+    /// What the agent's drift watches of the destination see (see [`crate::plan::Watched`]).
+    pub watched: Option<std::sync::Arc<dyn crate::plan::Watched>>,
 }
 
 impl Default for AppOptions {
@@ -97,7 +96,7 @@ impl Default for AppOptions {
             render_memory: crate::render::external::DEFAULT_MEMORY_BYTES,
             listings: Default::default(),
             audit_log: None,
-            crowd: None,
+            watched: None,
         }
     }
 }
@@ -282,7 +281,7 @@ pub fn plan_options_for(options: &AppOptions, app: &Application) -> PlanOptions 
     // Checked where the sync starts (an unknown option fails it there).
     plan_options.create_namespace = spec.sync_policy.create_namespace().unwrap_or(false);
     plan_options.ignore_differences = spec.ignore_differences.clone();
-    plan_options.crowd = options.crowd.clone();
+    plan_options.watched = options.watched.clone();
     // Read by this plan only if it names who changed a field.
     plan_options.audit_log = options.audit_log.as_deref().and_then(|path| {
         crate::audit::AuditLog::open(path)

@@ -43,7 +43,7 @@ pub(super) struct Planned {
 pub(super) async fn plan_objects(
     context: &SetScope<'_>,
     members: Vec<Prepared>,
-    mut prefetched: Prefetch,
+    prefetched: &mut Prefetch,
 ) -> Planned {
     let options = context.options;
     options.progress.begin("planning", members.len());

@@ -109,6 +109,8 @@ struct Listed {
     /// When many desired objects were not members: the names of every object of that kind
     /// there, from a metadata-only LIST. A desired name absent from it does not exist.
     existing: Option<BTreeSet<String>>,
+    /// The members were listed: those not taken are every other member there.
+    members_listed: bool,
 }
 
 impl Listed {
@@ -142,7 +144,7 @@ pub(super) enum Prefetched {
 }
 
 /// A (group, kind, namespace) of the set.
-type Group = (String, String, String);
+pub(super) type Group = (String, String, String);
 
 /// What the LISTs told, by (group, kind, namespace).
 pub(super) struct Prefetch(BTreeMap<Group, Listed>);
@@ -155,6 +157,16 @@ impl Prefetch {
         self.0
             .get_mut(&group)
             .map_or(Prefetched::Unknown, |listed| listed.take(&key.name))
+    }
+
+    /// The members listed and not taken, where the members were listed: by (group, kind,
+    /// namespace), every member there that is not desired (the prune candidates).
+    pub(super) fn leftover(self) -> BTreeMap<Group, Vec<Value>> {
+        self.0
+            .into_iter()
+            .filter(|(_, listed)| listed.members_listed)
+            .map(|(group, listed)| (group, listed.members.into_values().collect()))
+            .collect()
     }
 }
 
@@ -174,7 +186,7 @@ const NAMES_PER_GET: usize = 4;
 /// among them (a first apply), one metadata-only LIST, paged, tells which of them exist
 /// instead of one GET each, unless the namespace holds many more objects of that kind (see
 /// [`NAMES_PER_GET`]); an object that exists but is not a member yet (to adopt, or another
-/// set's) is read alone. Where `options.crowd` says the kind's labelled objects there far
+/// set's) is read alone. Where `options.watched` says the kind's labelled objects there far
 /// outnumber the set's (see [`LISTED_PER_GET`]), nothing is listed: each is read alone.
 pub(super) async fn prefetch_live(
     client: &kube::Client,
@@ -223,9 +235,9 @@ pub(super) async fn prefetch_live(
 /// that kind there number at most this many per desired object; beyond, one GET each
 /// costs the API server less than scanning them all: a GET costs about what scanning
 /// 2,000 objects does (1.1 ms against 0.45-0.6 µs an object, measured on the local
-/// cluster; see [`super::Crowd`]). At 1,000 the agent's restart with 1,000 Applications of
+/// cluster; see [`super::Watched::crowd`]). At 1,000 the agent's restart with 1,000 Applications of
 /// 10 objects in one namespace sent 13,031 requests, at 2,000 4,041 (both in 7.2 s).
-const LISTED_PER_GET: usize = 2000;
+pub(super) const LISTED_PER_GET: usize = 2000;
 
 /// Which LISTs one (kind, namespace) of the set is worth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,9 +262,9 @@ impl Reads {
     ) -> Self {
         let (g, k, namespace) = group;
         let crowd = options
-            .crowd
+            .watched
             .as_ref()
-            .map_or(0, |crowd| (crowd.0)(g, k, namespace));
+            .map_or(0, |watched| watched.crowd(g, k, namespace));
         let there = if kind.namespaced {
             namespace.as_str()
         } else {
@@ -297,6 +309,7 @@ async fn list_group(
         members,
         unchanged,
         existing,
+        members_listed: reads.members,
     })
 }
 
@@ -420,7 +433,6 @@ pub(super) async fn owner_of_set(client: &kube::Client, id: &str, namespace: &st
 mod tests {
     use super::*;
     use crate::object::GroupKind;
-    use crate::plan::Crowd;
 
     fn kind(namespaced: bool) -> KindInfo {
         let gvk = kube::api::GroupVersionKind::gvk("", "v1", "ConfigMap");
@@ -437,8 +449,21 @@ mod tests {
     /// Plan options whose crowd says `crowd` labelled ConfigMaps everywhere.
     fn options(crowd: Option<usize>) -> PlanOptions {
         let mut options = PlanOptions::new("web", "shop");
-        options.crowd = crowd.map(|n| Crowd(std::sync::Arc::new(move |_, _, _| n)));
+        options.watched = crowd.map(|n| std::sync::Arc::new(Crowd(n)) as _);
         options
+    }
+
+    /// `n` labelled objects of every kind everywhere; no members known.
+    struct Crowd(usize);
+
+    impl crate::plan::Watched for Crowd {
+        fn crowd(&self, _: &str, _: &str, _: &str) -> usize {
+            self.0
+        }
+
+        fn members(&self, _: &str, _: &str, _: &str, _: &str) -> Option<Vec<String>> {
+            None
+        }
     }
 
     #[test]

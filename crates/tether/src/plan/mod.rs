@@ -59,7 +59,7 @@ pub async fn plan(
 
     let (creating_namespaces, creates_namespace) =
         namespaces_to_create(client, options, parent_exists, &members).await?;
-    let prefetched = live::prefetch_live(client, &members, &applyset, options)
+    let mut prefetched = live::prefetch_live(client, &members, &applyset, options)
         .await
         .map_err(|error| PlanErrors(vec![error]))?;
     let context = SetScope {
@@ -72,12 +72,13 @@ pub async fn plan(
         mut changes,
         refused,
         errors: failed,
-    } = dry_run::plan_objects(&context, members, prefetched).await;
+    } = dry_run::plan_objects(&context, members, &mut prefetched).await;
     errors.extend(failed);
 
     if !options.partial {
-        let deleting = options.deleting;
-        match prune::prune_candidates(client, resolver, &applyset, &desired, deleting).await {
+        let listed = prefetched.leftover();
+        match prune::prune_candidates(client, resolver, &applyset, &desired, listed, options).await
+        {
             Ok((prunes, kept)) => {
                 changes.extend(prunes);
                 skipped.extend(kept);

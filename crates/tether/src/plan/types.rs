@@ -61,30 +61,35 @@ pub struct PlanOptions {
     /// manager, in drift and conflicts.
     pub audit_log: Option<std::sync::Arc<crate::audit::AuditLog>>,
     pub progress: crate::progress::ProgressHandle,
-    /// How many labelled objects (of every set) each kind has in a namespace, when someone
-    /// watching them knows (the agent's drift watches): where they far outnumber the set's
-    /// own, its members are read one by one instead of listed (see [`Crowd`]).
-    pub crowd: Option<Crowd>,
+    /// What someone watching the cluster's labelled objects knows (the agent's drift
+    /// watches): how many each kind has in a namespace, where they far outnumber the set's
+    /// own its members are read one by one instead of listed; and which are the set's,
+    /// its prune candidates without a LIST (see [`Watched`]).
+    pub watched: Option<std::sync::Arc<dyn Watched>>,
     /// Requests in flight as a window that grows with the round trip (push mode; see
     /// [`crate::cluster::window`]), shared with the apply; else [`Self::concurrency`].
     pub window: Option<std::sync::Arc<crate::cluster::window::Window>>,
 }
 
-/// How many objects labelled as members of some ApplySet (any set's) the cluster holds of
-/// a kind in a namespace: `(group, kind, namespace) → count`. A LIST by the set's label
-/// still makes the API server scan every object of the kind there (0.5 µs each: 27-36 ms
-/// for 60,000 ConfigMaps on the local cluster against 1.1 ms for one GET, measured
-/// 2026-12-07), so a small set among many (10,000 Applications in one namespace) reads its
-/// members alone.
-#[derive(Clone)]
-pub struct Crowd(pub std::sync::Arc<CountThere>);
+/// What a watch of the cluster's labelled objects (the agent's drift watches) tells a plan,
+/// so that it need not ask the API server.
+pub trait Watched: Send + Sync {
+    /// How many objects labelled as members of some ApplySet (any set's) the cluster holds
+    /// of a kind in a namespace. A LIST by the set's label still makes the API server scan
+    /// every object of the kind there (0.5 µs each: 27-36 ms for 60,000 ConfigMaps on the
+    /// local cluster against 1.1 ms for one GET, measured 2026-12-07), so a small set among
+    /// many (10,000 Applications in one namespace) reads its members alone.
+    fn crowd(&self, group: &str, kind: &str, namespace: &str) -> usize;
 
-/// `(group, kind, namespace) → count`, as [`Crowd`] holds it.
-pub type CountThere = dyn Fn(&str, &str, &str) -> usize + Send + Sync;
+    /// The names of set `id`'s members of a kind in a namespace as the watch sees them;
+    /// `None` when it cannot tell all of them (the kind is not watched, or is being listed
+    /// again, or the set's last writes are not all seen yet).
+    fn members(&self, id: &str, group: &str, kind: &str, namespace: &str) -> Option<Vec<String>>;
+}
 
-impl std::fmt::Debug for Crowd {
+impl std::fmt::Debug for dyn Watched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Crowd")
+        f.write_str("Watched")
     }
 }
 
@@ -107,7 +112,7 @@ impl PlanOptions {
             deleting: false,
             audit_log: None,
             progress: Default::default(),
-            crowd: None,
+            watched: None,
             window: None,
         }
     }

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod agent;
+pub mod audit;
 pub mod fixtures;
 pub mod git;
 pub mod gitea;

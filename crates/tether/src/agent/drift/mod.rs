@@ -104,16 +104,10 @@ impl DriftWatch {
         self
     }
 
-    /// How many labelled objects of each kind the watches see in each namespace, for the
-    /// plans (see [`crate::plan::Crowd`]).
-    pub fn crowd(&self) -> crate::plan::Crowd {
-        let state = self.state.clone();
-        crate::plan::Crowd(Arc::new(move |group, kind, namespace| {
-            state
-                .lock()
-                .expect("not poisoned")
-                .crowd(group, kind, namespace)
-        }))
+    /// What the watches see, for the plans: how many labelled objects of each kind are in
+    /// each namespace, and each set's members (see [`crate::plan::Watched`]).
+    pub fn watched(&self) -> Arc<dyn crate::plan::Watched> {
+        Arc::new(Watching(self.state.clone()))
     }
 
     /// A full sync of set `id` starts: forget earlier changes. Until it completes
@@ -319,4 +313,19 @@ fn tokio_stream_from<T: Send + 'static>(
     mut receiver: mpsc::UnboundedReceiver<T>,
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+/// The plans' view of the watches' state ([`DriftWatch::watched`]).
+struct Watching(Arc<Mutex<State>>);
+
+impl crate::plan::Watched for Watching {
+    fn crowd(&self, group: &str, kind: &str, namespace: &str) -> usize {
+        let state = self.0.lock().expect("not poisoned");
+        state.crowd(group, kind, namespace)
+    }
+
+    fn members(&self, id: &str, group: &str, kind: &str, namespace: &str) -> Option<Vec<String>> {
+        let state = self.0.lock().expect("not poisoned");
+        state.members_of(id, group, kind, namespace)
+    }
 }

@@ -3,7 +3,7 @@
 //! each set's state machine (vouching, verification, applied digests, drifted members).
 //! Pure: no I/O, and the time comes in as an argument, so every transition is unit-tested.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,9 @@ use crate::object::ObjectKey;
 
 /// A kind as the watches key it: (group, kind).
 pub(super) type Kind = (String, String);
+
+/// Where objects are: (group, kind, namespace).
+type Place = (String, String, String);
 
 /// Up to this many drifted members are corrected one by one; more take a full sync.
 pub(super) const TARGETED_LIMIT: usize = 32;
@@ -29,11 +32,17 @@ pub(super) struct State {
     /// (group, kind, namespace) → how many labelled objects the watches see there (every
     /// set's): tells a plan when one LIST of its members there would scan far more objects
     /// than it reads (see [`crate::plan::Crowd`]).
-    crowds: HashMap<(String, String, String), usize>,
+    crowds: HashMap<Place, usize>,
     /// Member → its resourceVersion as last seen by the watches.
     versions: HashMap<ObjectKey, String>,
     /// Kinds whose watch has listed every object once.
     ready: BTreeSet<Kind>,
+    /// Kinds whose watch lists again after a gap: what it knows may lack objects made
+    /// meanwhile until the list ends.
+    relisting: BTreeSet<Kind>,
+    /// ApplySet id → its members the watches see, by (group, kind, namespace), by name: a
+    /// plan's prune candidates without a LIST that scans the namespace.
+    members: HashMap<String, BTreeMap<Place, BTreeSet<String>>>,
     /// ApplySet id → what changed since the last full sync.
     sets: HashMap<String, SetState>,
 }
@@ -76,7 +85,7 @@ struct SetState {
 }
 
 /// Where an object counts in [`State::crowd`].
-fn crowd_of(key: &ObjectKey) -> (String, String, String) {
+fn crowd_of(key: &ObjectKey) -> Place {
     (key.group.clone(), key.kind.clone(), key.namespace.clone())
 }
 
@@ -268,9 +277,79 @@ impl State {
         }
     }
 
-    /// The watch of `kind` listed every object once.
+    /// The watch of `kind` listed every object (once, or again after a gap).
     pub fn listed(&mut self, kind: Kind) {
+        self.relisting.remove(&kind);
         self.ready.insert(kind);
+    }
+
+    /// The watch of `kind` lists again after a gap.
+    pub fn relisting(&mut self, kind: Kind) {
+        self.relisting.insert(kind);
+    }
+
+    /// The watch saw `key` labelled as a member of set `now` (`None`: of none, or gone),
+    /// where it knew it in set `was` before.
+    pub fn member(&mut self, was: Option<&str>, now: Option<&str>, key: &ObjectKey) {
+        if let Some(was) = was.filter(|was| Some(*was) != now)
+            && let Some(there) = self.members.get_mut(was)
+        {
+            let group = crowd_of(key);
+            if let Some(names) = there.get_mut(&group) {
+                names.remove(&key.name);
+                if names.is_empty() {
+                    there.remove(&group);
+                }
+            }
+            if there.is_empty() {
+                self.members.remove(was);
+            }
+        }
+        if let Some(now) = now {
+            let there = self.members.entry(now.to_string()).or_default();
+            there
+                .entry(crowd_of(key))
+                .or_default()
+                .insert(key.name.clone());
+        }
+    }
+
+    /// See [`crate::plan::Watched::members`]: set `id`'s members of a kind in a namespace
+    /// as the watch sees them, and those this agent applied (the watch may not have seen
+    /// its last writes yet); while the kind's watch has listed and is not listing again,
+    /// and, after a sync the watches did not see from its start, every member it wrote has
+    /// been seen at the version it left.
+    pub fn members_of(
+        &self,
+        id: &str,
+        group: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> Option<Vec<String>> {
+        let watched = (group.to_string(), kind.to_string());
+        if !self.ready.contains(&watched) || self.relisting.contains(&watched) {
+            return None;
+        }
+        if self.sets.get(id).is_some_and(|set| !set.pending.is_empty()) {
+            return None;
+        }
+        let there = (watched.0, watched.1, namespace.to_string());
+        let mut names: BTreeSet<&String> = self
+            .members
+            .get(id)
+            .and_then(|m| m.get(&there))
+            .into_iter()
+            .flatten()
+            .collect();
+        if let Some(set) = self.sets.get(id) {
+            names.extend(
+                set.applied
+                    .keys()
+                    .filter(|k| crowd_of(k) == there)
+                    .map(|k| &k.name),
+            );
+        }
+        Some(names.into_iter().cloned().collect())
     }
 
     /// The Application that owns set `id`.

@@ -77,6 +77,11 @@ impl DriftWatch {
             match event {
                 Ok(watcher::Event::Init) => {
                     tracing::trace!(kind = %watch.kind.resource.kind, "watch lists");
+                    if watch.listed_once {
+                        let kind = &watch.kind.resource;
+                        self.state()
+                            .relisting((kind.group.clone(), kind.kind.clone()));
+                    }
                     watch.relisted = Some(HashSet::new())
                 }
                 Ok(watcher::Event::InitApply(object)) => self.list_item(&mut watch, &object),
@@ -119,7 +124,7 @@ impl DriftWatch {
         if let (Some(relisted), Some(uid)) = (watch.relisted.as_mut(), &object.metadata.uid) {
             relisted.insert(uid.clone());
         }
-        watch.know(object);
+        self.know(watch, object);
         self.record_version(&watch.kind, object);
     }
 
@@ -138,7 +143,7 @@ impl DriftWatch {
             Some(Writer::Status) => self.status_changed(&watch.kind, object),
             Some(Writer::Ours) | None => {}
         }
-        watch.know(object);
+        self.know(watch, object);
         self.record_version(&watch.kind, object);
         self.announce(object);
     }
@@ -149,6 +154,7 @@ impl DriftWatch {
         tracing::trace!(kind = %watch.kind.resource.kind, "watch listed");
         for (uid, key, id) in watch.gone_since_gap() {
             self.forget(&uid, &key);
+            self.state().member(id.as_deref(), None, &key);
             if let Some(id) = id {
                 self.report(&id, key, Seen::DeletedMeanwhile);
             }
@@ -165,10 +171,12 @@ impl DriftWatch {
         let mut id = set_of(object);
         if let Some(uid) = &object.metadata.uid {
             if let Some((_, known_in)) = watch.known.remove(uid) {
+                self.state().member(known_in.as_deref(), None, &key);
                 id = id.or(known_in);
             }
             self.forget(uid, &key);
         }
+        self.state().member(set_of(object).as_deref(), None, &key);
         let what = if set_of(object).is_none() && id.is_some() {
             Seen::Unlabelled
         } else {
@@ -178,6 +186,21 @@ impl DriftWatch {
             self.report(&id, key, what);
         }
         self.announce(object);
+    }
+
+    /// The watch of `watch`'s kind sees `object` now: in its own memory and in the sets'
+    /// members (moved when its set label changed).
+    fn know(&self, watch: &mut KindWatch, object: &PartialObjectMeta<DynamicObject>) {
+        let was = object
+            .metadata
+            .uid
+            .as_ref()
+            .and_then(|uid| watch.known.get(uid))
+            .and_then(|(_, set)| set.clone());
+        let key = member_key(&watch.kind, object);
+        self.state()
+            .member(was.as_deref(), set_of(object).as_deref(), &key);
+        watch.know(object);
     }
 
     /// Tells whoever follows (the web UI) that a member of this object's set changed.

@@ -151,7 +151,7 @@ async fn watch_and_plan(
         .await;
     // Unchanged objects are kept whole: their health is read from them.
     let mut options = plan_options_for(&ctx.pipeline, app);
-    options.crowd = Some(dest.drift.crowd());
+    options.watched = Some(dest.drift.watched());
     let planned = crate::plan::plan(client, resolver, objects, &options)
         .await
         .map_err(|e| dest.target.context(crate::app::Error::from(e).into()))?;

@@ -44,7 +44,7 @@ pub(super) async fn correct_drift(
     }
     let mut plan_options = crate::app::plan_options_for(&ctx.pipeline, app);
     plan_options.partial = true;
-    plan_options.crowd = Some(dest.drift.crowd());
+    plan_options.watched = Some(dest.drift.watched());
     // Health is read afresh after the correction: an unchanged object's state is not kept.
     plan_options.keep_unchanged_live = false;
     let planned = plan(client, &dest.target.resolver, subset, &plan_options)
