@@ -21,6 +21,8 @@ Measured for each tool, in this order:
 - for tether, an agent restart (until every Application is verified, requests, writes), its JSON API and web UI
   with the whole fleet, and its web UI's event stream read through the converge;
 - health: new resources of one Deployment each, from Deployment Available to the resource saying so.
+Then the API server's ceiling for the fleet's writes (TOOLS has `ceiling`): the bare client's server-side applies
+of the same ConfigMaps, 128 at once, into a namespace of its own.
 The converge creates the resources 8 requests at once, counts those never reconciled, and has a budget after
 which a tool is reported as far as it got; a drift, push or health limit passed is reported, not fatal.
 
@@ -538,6 +540,30 @@ def health_latency(tool, cluster, count, limit=600):
     return percentiles([healthy[n] - available[n] for n in healthy]) + (count - len(healthy),) if healthy else None
 
 
+def measure_ceiling(cluster, binary, work, apps, objects, concurrency):
+    """The API server's ceiling for the fleet's writes: the bare client (server-side applies
+    only, `concurrency` at once) applies the same ConfigMaps into a namespace of its own.
+    Returns (seconds, failures); the namespace is deleted (and waited for) afterwards."""
+    folder = os.path.join(work, "ceiling")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "configmaps.yaml"), "w") as f:
+        for a in range(apps):
+            for o in range(objects):
+                f.write(f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {cm_name(a, o)}\n"
+                        f"data:\n  value: \"{o}\"\n")
+    namespace = "bench-ceiling"
+    cluster.run_kubectl("create", "namespace", namespace)
+    try:
+        done = subprocess.run([binary, folder, namespace, str(concurrency)], check=True, text=True,
+                              capture_output=True)
+        seconds, _, failures = done.stdout.split()
+        log(f"ceiling: {apps * objects} applies, {concurrency} at once, in {float(seconds):.1f} s")
+        return float(seconds), int(failures)
+    finally:
+        cluster.run_kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=30m")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def api_times(tool, runs=20):
     """The agent's JSON API and web UI with the whole fleet: each page `runs` times."""
     base, ns = f"http://127.0.0.1:{tool.http_port}", tool.namespace
@@ -708,7 +734,10 @@ def main():
     parser.add_argument("--growth", default="1000,5000,10000",
                         help="tether alone: converge and memory at these numbers of managed objects")
     parser.add_argument("--growth-apps", type=int, default=100, help="Applications of the growth runs")
-    parser.add_argument("--tools", default="tether,flux", help="which tools to measure, in order")
+    parser.add_argument("--tools", default="tether,flux,ceiling",
+                        help="which tools to measure, in order (ceiling: the bare client's applies)")
+    parser.add_argument("--ceiling", required=True, help="the bare client (examples/ssa_ceiling.rs)")
+    parser.add_argument("--ceiling-concurrency", type=int, default=128)
     parser.add_argument("--budget", type=int, default=3600,
                         help="seconds a tool may take to converge a fleet before it is reported as far as it got")
     parser.add_argument("--flux-budget", type=int, default=None,
@@ -737,6 +766,10 @@ def main():
             jobs += [(args.growth_apps, total // args.growth_apps, "tether", False) for total in growth]
         for apps, objects, name, full in jobs:
             log(f"{name}: {apps} × {objects}{'' if full else ' (growth)'}")
+            if name == "ceiling":
+                runs[(apps, objects, name)] = measure_ceiling(cluster, args.ceiling, work, apps, objects,
+                                                              args.ceiling_concurrency)
+                continue
             fleet = Fleet(work, apps, objects, args.git_server)
             tool, drift_runs, limit, pushes = plan[name]
             try:
@@ -846,6 +879,14 @@ def main():
         for what, render in rows:
             cell = lambda r: render(r) if r else "not run"
             lines.append(f"| {what} | {cell(tr)} | {cell(fr)} |")
+        ceiling = runs.get((apps, objects, "ceiling"))
+        if ceiling:
+            seconds, failures = ceiling
+            lines += ["", f"The API server's ceiling for these writes: the bare client (`examples/ssa_ceiling.rs`, "
+                          f"server-side applies only, {args.ceiling_concurrency} at once, no plan, no status) applied "
+                          f"the same {apps * objects:,} ConfigMaps in {seconds:.1f} s ({failures} failed)"
+                          + (f"; tether's converge took {tr['converge'] / seconds:.1f}× that."
+                             if tr and not tr.get("partial") else ".")]
         if tr and fr and not tr.get("partial") and not fr.get("partial"):
             lines += ["", f"Converge: Flux / tether = {fr['converge'] / tr['converge']:.1f}×; "
                           f"peak memory: Flux / tether = {fr['peak_mib'] / tr['peak_mib']:.1f}×."]

@@ -6,7 +6,8 @@
 # time and how many were never reconciled, drift-to-corrected latency, push-notification-to-
 # applied latency, API requests and the tool's CPU seconds per minute in steady state, peak
 # memory, Deployment Available to healthy; for tether also an agent restart (time until every
-# Application is verified, requests, writes) and its JSON API and web UI with the whole fleet.
+# Application is verified, requests, writes) and its JSON API and web UI with the whole fleet;
+# then the API server's ceiling for the same writes (the bare client's applies: TOOLS has ceiling).
 # A tool that has not converged a fleet within BUDGET seconds (default 1800; FLUX_BUDGET, default
 # 900, for Flux past 1,000 resources) is reported as far as it got. Growth (converge and memory
 # against managed objects, with a plot bench/reports/agent-<date>-growth.svg) comes from tether's
@@ -19,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 testenv() { python3 testenv/testenv.py "$@"; }
-cargo build --release --locked --quiet --bin tether
+cargo build --release --locked --quiet --bin tether --example ssa_ceiling
 testenv up
 source_controller=$(testenv bin flux-source-controller)
 kustomize_controller=$(testenv bin flux-kustomize-controller)
@@ -33,5 +34,5 @@ exec python3 bench/agent.py \
   --fleets "${FLEETS:-100x10,1000x10,10000x10}" --growth "${GROWTH:-}" --budget "${BUDGET:-1800}" --flux-budget "${FLUX_BUDGET:-900}" \
   --edits "${EDITS:-100}" --flux-edits "${FLUX_EDITS:-20}" --steady-seconds "${STEADY_SECONDS:-120}" \
   --pushes "${PUSHES:-5}" --flux-pushes "${FLUX_PUSHES:-3}" \
-  --tools "${TOOLS:-tether,flux}" \
+  --tools "${TOOLS:-tether,flux,ceiling}" --ceiling target/release/examples/ssa_ceiling \
   --report "bench/reports/agent-$(date -u +%Y-%m-%d)${REPORT_TAG:+-$REPORT_TAG}.md"

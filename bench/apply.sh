@@ -10,8 +10,10 @@
 # dry-runs apart), and the CPU seconds the API server and etcd used, so a reader sees when
 # the server, not the client, is the bound. The ceiling beside them: the example
 # `ssa_ceiling` (kube-rs) does nothing but the PATCHes, at each concurrency in
-# CEILING_CONCURRENCY, the best of which is what the server allows a client. Writes
-# bench/reports/apply-<date>.md.
+# CEILING_CONCURRENCY, the best of which is what the server allows a client. tether's cold
+# apply also reports its own steps (planning: the dry-runs of the pre-flight; applying), from
+# its progress lines. Writes bench/reports/apply-<date>.md (REPORT_TAG=… keeps an earlier
+# report of the same day).
 # Then objects of many fields (BIG_FIELDS, default "1000 5000 30000" keys of one ConfigMap,
 # direct connection): the size of tether's record of applied fields, and plan, apply and
 # no-op apply times beside kubectl's apply of the same object. BIG_ONLY=1 runs only that.
@@ -177,6 +179,7 @@ measure() { # NAME COMMAND...: appends one row of figures to $work/rows
 }
 
 : > "$work/rows"
+: > "$work/phases"
 declare -A rtt
 [ -n "$BIG_ONLY" ] && LATENCIES=
 for latency in $LATENCIES; do
@@ -198,6 +201,8 @@ for latency in $LATENCIES; do
     "$kubectl" create ns "$ns" >/dev/null
   done
   measure "$latency|tether apply (cold)" "$tether" --kubeconfig "$config" apply --path "$work/manifests" --app bench -n "bench-tether-$latency" -o json
+  # Where tether's time went: its own progress lines (each step's end and time).
+  grep -E '^tether: [a-z ]+: done' "$work/err" | sed "s/^tether: /$latency|/" >> "$work/phases" || true
   measure "$latency|kubectl apply (cold)" env KUBECTL_APPLYSET=true "$kubectl" --kubeconfig "$config" apply --server-side --prune \
     --applyset=secret/bench -n "bench-kubectl-$latency" -f "$work/manifests"
   measure "$latency|tether apply (no-op)" "$tether" --kubeconfig "$config" apply --path "$work/manifests" --app bench -n "bench-tether-$latency" -o json
@@ -294,6 +299,14 @@ report=bench/reports/apply-${BIG_ONLY:+big-}$(date -u +%Y-%m-%d)${REPORT_TAG:+-$
     echo "| $latency ms (${rtt[$latency]} ms) | $what | $seconds | $rss | $writes | $total | $api | $etcd | $per_object |"
   done < "$work/rows"
   echo
+  if [ -s "$work/phases" ]; then
+    echo "tether apply (cold), its steps as it reported them on stderr:"
+    echo
+    while IFS='|' read -r latency step; do
+      echo "- $latency ms: $step"
+    done < "$work/phases"
+    echo
+  fi
   python3 - "$work/rows" <<'PY'
 import sys
 rows = {}
