@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -151,6 +152,40 @@ def cpu_seconds(pid):
     """User + system CPU seconds a process has used so far."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_with_children(pid):
+    """User + system CPU seconds of a process and of its children it has waited for."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+# The cluster's processes, by their /proc comm (cut at 15 characters).
+CLUSTER = {"kube-apiserver": "API server", "etcd": "etcd", "kube-controller": "controllers",
+           "kube-scheduler": "controllers", "kwok": "controllers"}
+
+
+def cpu_split(tool_pids=(), git_server=None):
+    """CPU seconds used so far: by the cluster's processes (API server, etcd, controllers),
+    the tool's, the Git server with its children (git http-backend), and the whole machine
+    (busy time from /proc/stat)."""
+    split = {"API server": 0.0, "etcd": 0.0, "controllers": 0.0}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            who = CLUSTER.get(open(f"/proc/{pid}/comm").read().strip())
+            if who:
+                split[who] += cpu_seconds(pid)
+        except OSError:
+            continue
+    split["tool"] = sum(cpu_seconds(pid) for pid in tool_pids)
+    split["Git server"] = cpu_with_children(git_server) if git_server else 0.0
+    busy = [int(f) for f in open("/proc/stat").readline().split()[1:]]
+    split["machine"] = (sum(busy) - busy[3] - busy[4]) / os.sysconf("SC_CLK_TCK")  # not idle, iowait
+    return split
+
+
+def cpu_used(before, after):
+    return {who: after[who] - before.get(who, 0.0) for who in after}
 
 
 def memory_mib(pid):
@@ -468,6 +503,7 @@ def converge(tool, fleet, budget, results):
     """Creates the fleet's resources and waits until all applied its head; False when the
     budget ran out first (with how far it got in `results`)."""
     head = fleet.reset()
+    cpu_before = cpu_split(git_server=fleet.server.pid)
     tool.start()
     started = time.time()
     events = EventStream(tool.http_port, tool.token, fleet.apps) if hasattr(tool, "token") else None
@@ -479,6 +515,8 @@ def converge(tool, fleet, budget, results):
     results["converged"], results["budget"] = done, budget
     results["never"] = len(tool.never_reconciled())
     results["converge_peak_mib"] = sum(memory_mib(p.pid)[0] for p in tool.processes)
+    results["converge_cpu"] = cpu_used(cpu_before, cpu_split([p.pid for p in tool.processes],
+                                                             fleet.server.pid))
     log(f"{tool.name}: {done} of {fleet.apps} applied after {results['converge']:.1f} s, "
         f"{results['never']} never reconciled, peak {results['converge_peak_mib']:.0f} MiB")
     if events:
@@ -543,22 +581,32 @@ def health_latency(tool, cluster, count, limit=600):
 def measure_ceiling(cluster, binary, work, apps, objects, concurrency):
     """The API server's ceiling for the fleet's writes: the bare client (server-side applies
     only, `concurrency` at once) applies the same ConfigMaps into a namespace of its own.
-    Returns (seconds, failures); the namespace is deleted (and waited for) afterwards."""
+    Returns (seconds, failures, CPU seconds by who used them: see `cpu_split`); the namespace
+    is deleted (and waited for) afterwards."""
     folder = os.path.join(work, "ceiling")
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "configmaps.yaml"), "w") as f:
-        for a in range(apps):
-            for o in range(objects):
-                f.write(f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {cm_name(a, o)}\n"
-                        f"data:\n  value: \"{o}\"\n")
+    per_file = max(1, 1000 // objects)  # tether reads up to 1,024 documents from one file
+    for first in range(0, apps, per_file):
+        with open(os.path.join(folder, f"configmaps-{first:06d}.yaml"), "w") as f:
+            for a in range(first, min(first + per_file, apps)):
+                for o in range(objects):
+                    f.write(f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n"
+                            f"  name: {cm_name(a, o)}\ndata:\n  value: \"{o}\"\n")
     namespace = "bench-ceiling"
     cluster.run_kubectl("create", "namespace", namespace)
     try:
-        done = subprocess.run([binary, folder, namespace, str(concurrency)], check=True, text=True,
+        cpu_before = cpu_split()
+        client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run([binary, folder, namespace, str(concurrency)], text=True,
                               capture_output=True)
+        if done.returncode != 0:
+            raise SystemExit(f"ceiling: {binary} failed ({done.returncode}): {done.stderr[:2000]}")
+        cpu = cpu_used(cpu_before, cpu_split())
+        client = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu["tool"] = (client.ru_utime + client.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
         seconds, _, failures = done.stdout.split()
         log(f"ceiling: {apps * objects} applies, {concurrency} at once, in {float(seconds):.1f} s")
-        return float(seconds), int(failures)
+        return float(seconds), int(failures), cpu
     finally:
         cluster.run_kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=30m")
         shutil.rmtree(folder, ignore_errors=True)
@@ -817,10 +865,20 @@ def main():
             return f"**not within its budget of {r['budget']} s**: {r['converged']} of the fleet applied by then"
         return f"{r['converge']:.1f} s"
 
+    def cpu_cell(r):
+        cpu = r.get("converge_cpu")
+        if not cpu:
+            return "—"
+        named = " / ".join(f"{cpu[who]:.0f}" for who in
+                           ["API server", "etcd", "controllers", "tool", "Git server", "machine"])
+        return f"{named} (of {os.cpu_count() * r['converge']:.0f})"
+
     rows = [
         ("create the resources (the benchmark's client, 8 requests at once)", lambda r: f"{r['created']:.1f} s"),
         ("create until all applied", converged),
         ("resources never reconciled (no status) when all others had applied", lambda r: f"{r['never']}"),
+        ("CPU seconds during the converge: API server / etcd / controllers / the tool / Git server (with "
+         "git http-backend) / whole machine (busy, of cores × seconds)", cpu_cell),
         ("drift to corrected, one edit at a time: p50 / p99 / max (edits)", drift_cell("drift1")),
         ("drift to corrected, 10 edits at once: p50 / p99 / max (edits)", drift_cell("drift10")),
         ("push notification to applied: median / max (pushes)",
@@ -881,12 +939,15 @@ def main():
             lines.append(f"| {what} | {cell(tr)} | {cell(fr)} |")
         ceiling = runs.get((apps, objects, "ceiling"))
         if ceiling:
-            seconds, failures = ceiling
+            seconds, failures, cpu = ceiling
             lines += ["", f"The API server's ceiling for these writes: the bare client (`examples/ssa_ceiling.rs`, "
                           f"server-side applies only, {args.ceiling_concurrency} at once, no plan, no status) applied "
                           f"the same {apps * objects:,} ConfigMaps in {seconds:.1f} s ({failures} failed)"
                           + (f"; tether's converge took {tr['converge'] / seconds:.1f}× that."
-                             if tr and not tr.get("partial") else ".")]
+                             if tr and not tr.get("partial") else ".")
+                          + f" CPU seconds meanwhile: API server {cpu['API server']:.0f}, etcd {cpu['etcd']:.0f}, "
+                          f"controllers {cpu['controllers']:.0f}, the bare client {cpu['tool']:.0f}, whole machine "
+                          f"{cpu['machine']:.0f} of {os.cpu_count() * seconds:.0f}."]
         if tr and fr and not tr.get("partial") and not fr.get("partial"):
             lines += ["", f"Converge: Flux / tether = {fr['converge'] / tr['converge']:.1f}×; "
                           f"peak memory: Flux / tether = {fr['peak_mib'] / tr['peak_mib']:.1f}×."]

@@ -10,7 +10,8 @@
 # dry-runs apart), and the CPU seconds the API server and etcd used, so a reader sees when
 # the server, not the client, is the bound. The ceiling beside them: the example
 # `ssa_ceiling` (kube-rs) does nothing but the PATCHes, at each concurrency in
-# CEILING_CONCURRENCY, the best of which is what the server allows a client. tether's cold
+# CEILING_CONCURRENCY, over HTTP/1.1 (as tether and kube-rs) and over HTTP/2; the best of
+# these is what the server allows a client. tether's cold
 # apply also reports its own steps (planning: the dry-runs of the pre-flight; applying), from
 # its progress lines. Writes bench/reports/apply-<date>.md (REPORT_TAG=… keeps an earlier
 # report of the same day).
@@ -211,13 +212,18 @@ for latency in $LATENCIES; do
   for ns in "bench-tether-$latency" "bench-kubectl-$latency"; do
     "$kubectl" delete ns "$ns" --wait=true >/dev/null
   done
-  # The ceiling: nothing but the server-side apply PATCHes, at each concurrency.
+  # The ceiling: nothing but the server-side apply PATCHes, at each concurrency, over
+  # HTTP/1.1 (kube-rs's, as tether) and over one HTTP/2 connection.
   for c in $CEILING_CONCURRENCY; do
-    ns=bench-ceiling-$latency-$c
-    "$kubectl" delete ns "$ns" --ignore-not-found --wait=true >/dev/null
-    "$kubectl" create ns "$ns" >/dev/null
-    measure "$latency|ceiling, $c at once (cold)" env KUBECONFIG="$config" "$ceiling" "$work/manifests" "$ns" "$c"
-    "$kubectl" delete ns "$ns" --wait=true >/dev/null
+    for h2 in 0 1; do
+      ns=bench-ceiling-$latency-$c-$h2
+      "$kubectl" delete ns "$ns" --ignore-not-found --wait=true >/dev/null
+      "$kubectl" create ns "$ns" >/dev/null
+      what="ceiling, $c at once (cold)"
+      [ "$h2" = 1 ] && what="ceiling, $c at once over HTTP/2 (cold)"
+      measure "$latency|$what" env KUBECONFIG="$config" SSA_HTTP2=$h2 "$ceiling" "$work/manifests" "$ns" "$c"
+      "$kubectl" delete ns "$ns" --wait=true >/dev/null
+    done
   done
 done
 
@@ -270,7 +276,7 @@ report=bench/reports/apply-${BIG_ONLY:+big-}$(date -u +%Y-%m-%d)${REPORT_TAG:+-$
   if [ -n "$BIG_ONLY" ]; then
     echo "tether $tether_version (release build); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side\` of the same object); direct connection."
   else
-    echo "tether $tether_version (release build, default --concurrency 16 and, since 4ce9957, --max-concurrency 64); ceiling: examples/ssa_ceiling.rs (kube-rs, server-side apply PATCHes only, concurrency $CEILING_CONCURRENCY); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side --applyset --prune\`)."
+    echo "tether $tether_version (release build, default --concurrency 16 and, since 4ce9957, --max-concurrency 64); ceiling: examples/ssa_ceiling.rs (kube-rs, server-side apply PATCHes only, concurrency $CEILING_CONCURRENCY, each over HTTP/1.1 and over one HTTP/2 connection); peer: kubectl $("$kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])') (\`apply --server-side --applyset --prune\`)."
     echo "Latency: Toxiproxy $("$toxiproxy" -version | awk '{print $NF}') between the client and the API server, half of it on each direction; 0 ms is a direct connection."
     echo "One run each, same manifests, separate namespaces (deleted after each latency). Writes and requests: the API server's"
     echo "apiserver_request_total for Deployments, Services and Secrets, subresources apart (writes: POST, PUT, PATCH, APPLY,"

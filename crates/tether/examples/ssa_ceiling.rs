@@ -4,7 +4,8 @@
 //! client to write. Prints `<seconds> <objects> <failures>`.
 //!
 //! `cargo run --release --example ssa_ceiling -- DIR NAMESPACE CONCURRENCY` (KUBECONFIG as
-//! kubectl reads it).
+//! kubectl reads it). With `SSA_HTTP2=1` the requests go as streams of one HTTP/2
+//! connection instead of kube-rs's HTTP/1.1, a connection for each request in flight.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -28,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         &RenderOptions::default(),
     )
     .map_err(|problems| anyhow::anyhow!("{problems}"))?;
-    let client = kube::Client::try_default().await?;
+    let client = client(std::env::var("SSA_HTTP2").as_deref() == Ok("1")).await?;
     // One discovery per kind, before the clock starts.
     let mut apis: BTreeMap<(String, String), Api<DynamicObject>> = BTreeMap::new();
     for object in &objects {
@@ -71,4 +72,35 @@ async fn main() -> anyhow::Result<()> {
         objects.len()
     );
     Ok(())
+}
+
+/// kube-rs's client (HTTP/1.1), or one that speaks only HTTP/2 (ALPN `h2`), with the same
+/// kubeconfig: its address, its TLS identity and trust, and its credentials.
+async fn client(http2: bool) -> anyhow::Result<kube::Client> {
+    use kube::client::ConfigExt;
+    let config = kube::Config::infer().await?;
+    if !http2 {
+        return Ok(kube::Client::try_from(config)?);
+    }
+    if config.tls_server_name.is_some() {
+        anyhow::bail!("SSA_HTTP2=1: a kubeconfig with tls-server-name is not supported here");
+    }
+    // ALPN `h2`: hyper-rustls offers it with `enable_http2` alone.
+    let tls = config.rustls_client_config()?;
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http2()
+        .wrap_connector(tcp);
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build(https);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(http);
+    Ok(kube::Client::new(service, config.default_namespace))
 }

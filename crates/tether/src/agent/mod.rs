@@ -417,7 +417,8 @@ pub(crate) async fn plan_in_destination(
     // What a sync would refuse is not planned either.
     confined(options, app)?;
     let destination = clusters.for_app(app).await?;
-    // Members among many others of their kind are read alone, as the agent's syncs do.
+    // What the drift watches see, as the agent's syncs use it: members among many others
+    // of their kind read alone, prune candidates without a LIST.
     let app_options = crate::app::AppOptions {
         watched: Some(destination.drift.watched()),
         ..options.app_options()
