@@ -188,6 +188,20 @@ def cpu_used(before, after):
     return {who: after[who] - before.get(who, 0.0) for who in after}
 
 
+def requests_used(before, after):
+    """The requests counted between two `requests_by_kind` readings, most first."""
+    used = {key: after[key] - before.get(key, 0.0) for key in after}
+    return sorted(((n, key) for key, n in used.items() if n > 0), reverse=True)
+
+
+def requests_line(used, top=8):
+    """`used` (see `requests_used`) as a sentence: the total and the `top` most."""
+    total = sum(n for n, _ in used)
+    most = "; ".join(f"{verb} {resource}{' (dry-run)' if dry else ''} {n:,.0f}"
+                     for n, (verb, resource, dry) in used[:top])
+    return f"{total:,.0f} requests, the most: {most}"
+
+
 def memory_mib(pid):
     status = open(f"/proc/{pid}/status").read()
     field = lambda key: int([l for l in status.splitlines() if l.startswith(key)][0].split()[1]) / 1024
@@ -504,6 +518,7 @@ def converge(tool, fleet, budget, results):
     budget ran out first (with how far it got in `results`)."""
     head = fleet.reset()
     cpu_before = cpu_split(git_server=fleet.server.pid)
+    requests_before = tool.cluster.requests_by_kind()
     tool.start()
     started = time.time()
     events = EventStream(tool.http_port, tool.token, fleet.apps) if hasattr(tool, "token") else None
@@ -517,6 +532,7 @@ def converge(tool, fleet, budget, results):
     results["converge_peak_mib"] = sum(memory_mib(p.pid)[0] for p in tool.processes)
     results["converge_cpu"] = cpu_used(cpu_before, cpu_split([p.pid for p in tool.processes],
                                                              fleet.server.pid))
+    results["converge_requests"] = requests_used(requests_before, tool.cluster.requests_by_kind())
     log(f"{tool.name}: {done} of {fleet.apps} applied after {results['converge']:.1f} s, "
         f"{results['never']} never reconciled, peak {results['converge_peak_mib']:.0f} MiB")
     if events:
@@ -596,12 +612,14 @@ def measure_ceiling(cluster, binary, work, apps, objects, concurrency):
     cluster.run_kubectl("create", "namespace", namespace)
     try:
         cpu_before = cpu_split()
+        requests_before = cluster.requests_by_kind()
         client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run([binary, folder, namespace, str(concurrency)], text=True,
                               capture_output=True)
         if done.returncode != 0:
             raise SystemExit(f"ceiling: {binary} failed ({done.returncode}): {done.stderr[:2000]}")
         cpu = cpu_used(cpu_before, cpu_split())
+        cpu["requests"] = requests_used(requests_before, cluster.requests_by_kind())
         client = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu["tool"] = (client.ru_utime + client.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
         seconds, _, failures = done.stdout.split()
@@ -947,7 +965,11 @@ def main():
                              if tr and not tr.get("partial") else ".")
                           + f" CPU seconds meanwhile: API server {cpu['API server']:.0f}, etcd {cpu['etcd']:.0f}, "
                           f"controllers {cpu['controllers']:.0f}, the bare client {cpu['tool']:.0f}, whole machine "
-                          f"{cpu['machine']:.0f} of {os.cpu_count() * seconds:.0f}."]
+                          f"{cpu['machine']:.0f} of {os.cpu_count() * seconds:.0f}; "
+                          f"{requests_line(cpu['requests'], 4)}."]
+        if tr and tr.get("converge_requests"):
+            lines += ["", f"The API server during tether's converge (whole server, the benchmark's own reads "
+                          f"included): {requests_line(tr['converge_requests'], 12)}."]
         if tr and fr and not tr.get("partial") and not fr.get("partial"):
             lines += ["", f"Converge: Flux / tether = {fr['converge'] / tr['converge']:.1f}×; "
                           f"peak memory: Flux / tether = {fr['peak_mib'] / tr['peak_mib']:.1f}×."]

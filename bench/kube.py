@@ -5,6 +5,7 @@ the 2-core machine, one object after another: the benchmark measures the tool, n
 
 import http.client
 import json
+import re
 import os
 import ssl
 import subprocess
@@ -102,6 +103,19 @@ class Cluster:
         """Every request the API server counted so far, whoever sent it."""
         return sum(float(line.rsplit(" ", 1)[1]) for line in self.metrics().splitlines()
                    if line.startswith("apiserver_request_total{"))
+
+    def requests_by_kind(self):
+        """Requests the API server counted so far, by (verb, resource with its subresource,
+        dry-run or not), whoever sent them."""
+        counts = {}
+        for line in self.metrics().splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            resource = "/".join(filter(None, [labels.get("resource"), labels.get("subresource")]))
+            key = (labels.get("verb", ""), resource or "(no resource)", labels.get("dry_run") == "All")
+            counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+        return counts
 
     def writes(self, resource):
         """Writes (not dry-runs) the API server counted so far to `resource`, subresources
