@@ -424,19 +424,31 @@ class Flux:
         self.cluster.run_kubectl("delete", "ns", self.namespace, self.target, "--wait=true")
 
 
-def wait_all_applied(tool, revision, count, limit):
+def wait_all_applied(tool, revision, count, limit, looks=None):
     """Until `count` resources applied `revision`: (all did, how many did). Lists every
     resource at each look, so it looks less often the more there are (every 5 s at 10,000):
-    the benchmark's own reads must not be what the API server spends its time on."""
+    the benchmark's own reads must not be what the API server spends its time on. `looks`
+    (a list) gets one entry per look."""
     started = time.time()
     interval = max(0.5, count / 2000)
     while True:
         done = sum(1 for r in tool.revisions().values() if r == revision)
+        if looks is not None:
+            looks.append(done)
         if done >= count:
             return True, done
         if time.time() - started > limit:
             return False, done
         time.sleep(interval)
+
+
+def look_cost(tool, looks=3):
+    """The API server's CPU seconds for one of the benchmark's looks at the fleet (a LIST of
+    every resource), the mean of `looks`."""
+    before = cpu_split()["API server"]
+    for _ in range(looks):
+        tool.revisions()
+    return (cpu_split()["API server"] - before) / looks
 
 
 def drift(cluster, tool, fleet, objects, edits, batch_size, limit):
@@ -525,7 +537,8 @@ def converge(tool, fleet, budget, results):
     tool.create(fleet)
     results["created"] = time.time() - started
     log(f"{tool.name}: {fleet.apps} resources created in {results['created']:.1f} s")
-    complete, done = wait_all_applied(tool, head, fleet.apps, budget)
+    looks = []
+    complete, done = wait_all_applied(tool, head, fleet.apps, budget, looks)
     results["converge"] = time.time() - started
     results["converged"], results["budget"] = done, budget
     results["never"] = len(tool.never_reconciled())
@@ -533,6 +546,7 @@ def converge(tool, fleet, budget, results):
     results["converge_cpu"] = cpu_used(cpu_before, cpu_split([p.pid for p in tool.processes],
                                                              fleet.server.pid))
     results["converge_requests"] = requests_used(requests_before, tool.cluster.requests_by_kind())
+    results["looks"] = (len(looks), look_cost(tool))
     log(f"{tool.name}: {done} of {fleet.apps} applied after {results['converge']:.1f} s, "
         f"{results['never']} never reconciled, peak {results['converge_peak_mib']:.0f} MiB")
     if events:
@@ -970,6 +984,10 @@ def main():
         if tr and tr.get("converge_requests"):
             lines += ["", f"The API server during tether's converge (whole server, the benchmark's own reads "
                           f"included): {requests_line(tr['converge_requests'], 12)}."]
+            looked, cost = tr["looks"]
+            lines += ["", f"The benchmark's own looks at the fleet (a LIST of every Application) during the converge: "
+                          f"{looked}, each {cost:.2f} API server CPU s afterwards (mean of 3), about "
+                          f"{looked * cost:.0f} of the API server's {tr['converge_cpu']['API server']:.0f}."]
         if tr and fr and not tr.get("partial") and not fr.get("partial"):
             lines += ["", f"Converge: Flux / tether = {fr['converge'] / tr['converge']:.1f}×; "
                           f"peak memory: Flux / tether = {fr['peak_mib'] / tr['peak_mib']:.1f}×."]
