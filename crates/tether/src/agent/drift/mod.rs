@@ -197,9 +197,14 @@ impl DriftWatch {
     }
 
     /// Whether a member's status change triggers set `id`'s Application at once (only
-    /// while the set is settled; see `SetState::follows_health`).
+    /// while the set is settled; see `SetState::follows_health`). A change seen after the
+    /// last health read and before the set is followed again triggers it now: the next
+    /// change would not (one is already due).
     pub fn follow_health(&self, id: &str, on: bool) {
-        self.state().follow_health(id, on);
+        let owner = self.state().follow_health(id, on);
+        if let Some(owner) = owner {
+            let _ = self.trigger.send(owner);
+        }
     }
 
     /// Starts watches for the `kinds` of set `id` (owned by `app`) before its full sync

@@ -248,10 +248,15 @@ impl State {
         (!overflow).then_some(changed)
     }
 
-    pub fn follow_health(&mut self, id: &str, on: bool) {
-        if let Some(state) = self.sets.get_mut(id) {
-            state.follows_health = on;
+    /// See [`super::DriftWatch::follow_health`]: the owner to trigger now when a member's
+    /// status changed while the set was not followed (after its last health read).
+    pub fn follow_health(&mut self, id: &str, on: bool) -> Option<ObjectRef<Application>> {
+        let state = self.sets.get_mut(id)?;
+        state.follows_health = on;
+        if on && state.status_changed {
+            return self.owner(id);
         }
+        None
     }
 
     /// Records that `app` owns set `id` with objects of `kinds`. A kind whose watch has

@@ -156,6 +156,22 @@ fn a_status_change_triggers_a_settled_set_once_per_health_read() {
 }
 
 #[test]
+fn a_status_change_between_the_health_read_and_following_triggers_when_followed() {
+    let mut state = vouched();
+    assert_eq!(state.follow_health(SET, true), None, "nothing changed");
+    state.take_status_changes(SET);
+    // A sync read health, wrote its status; a member's status changes before the set is
+    // followed again.
+    state.follow_health(SET, false);
+    assert_eq!(state.status_changed(SET, member("a")), None, "not followed");
+    assert_eq!(state.follow_health(SET, true), Some(app()), "due now");
+    assert_eq!(state.status_changed(SET, member("a")), None, "already due");
+    state.take_status_changes(SET);
+    assert_eq!(state.follow_health(SET, true), None, "read since");
+    assert_eq!(state.follow_health(SET, false), None);
+}
+
+#[test]
 fn a_missed_difference_is_one_seen_at_its_version_and_not_reported() {
     let mut state = vouched();
     state.saw_version(Some(SET), member("a"), "7".into());
