@@ -628,11 +628,13 @@ def measure_ceiling(cluster, binary, work, apps, objects, concurrency):
         cpu_before = cpu_split()
         requests_before = cluster.requests_by_kind()
         client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.time()
         done = subprocess.run([binary, folder, namespace, str(concurrency)], text=True,
                               capture_output=True)
         if done.returncode != 0:
             raise SystemExit(f"ceiling: {binary} failed ({done.returncode}): {done.stderr[:2000]}")
         cpu = cpu_used(cpu_before, cpu_split())
+        cpu["wall"] = time.time() - started  # the client's start and discovery too
         cpu["requests"] = requests_used(requests_before, cluster.requests_by_kind())
         client = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu["tool"] = (client.ru_utime + client.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
@@ -979,7 +981,7 @@ def main():
                              if tr and not tr.get("partial") else ".")
                           + f" CPU seconds meanwhile: API server {cpu['API server']:.0f}, etcd {cpu['etcd']:.0f}, "
                           f"controllers {cpu['controllers']:.0f}, the bare client {cpu['tool']:.0f}, whole machine "
-                          f"{cpu['machine']:.0f} of {os.cpu_count() * seconds:.0f}; "
+                          f"{cpu['machine']:.0f} of {os.cpu_count() * cpu['wall']:.0f} (cores × the client's whole run); "
                           f"{requests_line(cpu['requests'], 4)}."]
         if tr and tr.get("converge_requests"):
             lines += ["", f"The API server during tether's converge (whole server, the benchmark's own reads "
