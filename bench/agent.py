@@ -71,6 +71,12 @@ def cm_name(a, o):
     return f"{app_name(a)}-cm-{o:03d}"
 
 
+def cm_yaml(a, o):
+    """ConfigMap `o` of Application `a`, as one YAML document."""
+    return (f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {cm_name(a, o)}\n"
+            f"data:\n  value: \"{o}\"\n")
+
+
 HEALTH_APPS = 20
 
 
@@ -100,8 +106,7 @@ class Fleet:
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, "configmaps.yaml"), "w") as f:
                 for o in range(objects):
-                    f.write(f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {cm_name(a, o)}\n"
-                            f"data:\n  value: \"{o}\"\n")
+                    f.write(cm_yaml(a, o))
         # Folders of one Deployment each, for the health measurement (no resource points at
         # them until then).
         for i in range(HEALTH_APPS):
@@ -148,16 +153,11 @@ class Fleet:
         self.server.kill()
 
 
-def cpu_seconds(pid):
-    """User + system CPU seconds a process has used so far."""
+def cpu_seconds(pid, children=False):
+    """User + system CPU seconds a process has used so far (`children`: and its children it
+    has waited for)."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_with_children(pid):
-    """User + system CPU seconds of a process and of its children it has waited for."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15 if children else 13]) / os.sysconf("SC_CLK_TCK")
 
 
 # The cluster's processes, by their /proc comm (cut at 15 characters).
@@ -178,7 +178,7 @@ def cpu_split(tool_pids=(), git_server=None):
         except OSError:
             continue
     split["tool"] = sum(cpu_seconds(pid) for pid in tool_pids)
-    split["Git server"] = cpu_with_children(git_server) if git_server else 0.0
+    split["Git server"] = cpu_seconds(git_server, children=True) if git_server else 0.0
     busy = [int(f) for f in open("/proc/stat").readline().split()[1:]]
     split["machine"] = (sum(busy) - busy[3] - busy[4]) / os.sysconf("SC_CLK_TCK")  # not idle, iowait
     return split
@@ -620,8 +620,7 @@ def measure_ceiling(cluster, binary, work, apps, objects, concurrency):
         with open(os.path.join(folder, f"configmaps-{first:06d}.yaml"), "w") as f:
             for a in range(first, min(first + per_file, apps)):
                 for o in range(objects):
-                    f.write(f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n"
-                            f"  name: {cm_name(a, o)}\ndata:\n  value: \"{o}\"\n")
+                    f.write(cm_yaml(a, o))
     namespace = "bench-ceiling"
     cluster.run_kubectl("create", "namespace", namespace)
     try:

@@ -5,8 +5,8 @@ the 2-core machine, one object after another: the benchmark measures the tool, n
 
 import http.client
 import json
-import re
 import os
+import re
 import ssl
 import subprocess
 import threading
